@@ -1,0 +1,1 @@
+"""Throughput measurement and the split/merge policy for partitions."""

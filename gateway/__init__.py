@@ -1,0 +1,1 @@
+"""The HTTP(S) gateway: app factory, handlers, auth, tenancy, metering, the CLI."""

@@ -1,0 +1,1 @@
+"""Thin AWS Lambda handlers over the other packages."""

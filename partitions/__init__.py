@@ -1,0 +1,1 @@
+"""Partitions: record batches, segments, the partition log, and (later) the catalog."""

@@ -1,0 +1,100 @@
+"""Blocking file primitives shared by the log and the stores: the fault-injection seam,
+exact reads, and atomic small-file replacement. Everything here runs on executor threads."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+_IOV_MAX = 1024
+
+
+class WriteFailedError(OSError):
+    """A write (not an fsync) failed; the file may hold part of it, to be cut back."""
+
+
+class FileOps:
+    """The system calls that can fail on a write path, in one place.
+
+    Production uses this class as it is. Fault-injection tests subclass it to make a chosen
+    write or fsync fail the way a real disk does (``ENOSPC``, ``EIO``).
+    """
+
+    def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        return os.pwritev(fd, buffers, offset)
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_all(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+        """Write every buffer at ``offset``, resuming after short writes."""
+        pending = [memoryview(b) for b in buffers if len(b)]
+        first = 0
+        while first < len(pending):
+            written = self.pwritev(fd, pending[first : first + _IOV_MAX], offset)
+            if written <= 0:
+                raise OSError(errno.EIO, "pwritev wrote nothing")
+            offset += written
+            while written:
+                head = pending[first]
+                if written >= len(head):
+                    written -= len(head)
+                    first += 1
+                else:
+                    pending[first] = head[written:]
+                    written = 0
+
+    def replace_file(self, path: Path, data: bytes) -> None:
+        """Replace ``path`` with ``data`` atomically and durably.
+
+        Write a temporary file, fsync it, rename it over ``path``, fsync the directory: a
+        crash leaves either the old content or the new, never a mix.
+        """
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            self.write_all(fd, [data], 0)
+            self.fdatasync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+        self.fsync_dir(path.parent)
+
+    def make_dirs(self, path: Path) -> None:
+        """Create ``path`` and any missing parents, fsyncing each parent that changed."""
+        missing = []
+        probe = path
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        for directory in reversed(missing):
+            directory.mkdir(exist_ok=True)
+            self.fsync_dir(directory.parent)
+
+
+def pread_exact(fd: int, size: int, offset: int) -> bytes:
+    """Read ``size`` bytes at ``offset``, or fewer only at the end of the file."""
+    data = os.pread(fd, size, offset)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = os.pread(fd, size - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)

@@ -1,0 +1,941 @@
+"""The partition log: an append-only, crash-safe sequence of segments.
+
+One writer task per partition owns every change (appends, rolls, seal, retention) and takes
+them in the order they were asked for. Appends waiting while the previous write ran are
+written together and share one fsync (group commit); each append's future resolves only
+after its bytes are durable, and only then does the high watermark (the offset readers see
+and wait on) move. Readers never see an offset that a crash could take back.
+
+Blocking file I/O runs on executor threads; the event loop only plans and bookkeeps.
+
+A failed fsync is never retried as if it had worked: every waiting append fails, the
+partition closes its files and reopens them with recovery, and takes appends again after.
+A full disk (``ENOSPC``) fails only the appends of that write; the file is cut back to
+where it was, so the log stays readable and consistent, and appends work again once space
+is freed.
+
+Directory layout::
+
+    partition.json          {"format_version": 1, "sealed": bool, "end_offset": int|null}
+    00000000000000000000.log / .index / .timeindex
+    00000000000000004711.log / .index / .timeindex
+    ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from partitions.batch import (
+    BatchHeader,
+    NewRecord,
+    Record,
+    checksum_ok,
+    encode_batch,
+    iter_records,
+    read_header,
+    validate_batch,
+)
+from partitions.errors import (
+    BatchTooLargeError,
+    CorruptLogError,
+    DiskFullError,
+    EventBusError,
+    OffsetOutOfRangeError,
+    PartitionClosedError,
+    PartitionSealedError,
+    PartitionUnavailableError,
+    StorageIOError,
+)
+from partitions.fileio import FileOps, WriteFailedError
+from partitions.segment import (
+    Segment,
+    TailRecovery,
+    list_segment_bases,
+    remove_strays,
+)
+
+log = logging.getLogger(__name__)
+
+META_FILE = "partition.json"
+META_FORMAT_VERSION = 1
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+T = TypeVar("T")
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Per-partition storage settings (from the topic config)."""
+
+    segment_bytes: int = 128 * 1024 * 1024
+    segment_ms: int = 60 * 60 * 1000
+    index_interval_bytes: int = 4096
+    max_record_bytes: int = 1024 * 1024
+    max_batch_bytes: int = 64 * 1024 * 1024
+    # Bytes written by one group commit; a larger backlog is written by the next one.
+    max_group_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in (
+            "segment_bytes",
+            "segment_ms",
+            "index_interval_bytes",
+            "max_record_bytes",
+            "max_batch_bytes",
+            "max_group_bytes",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.segment_bytes >= 1 << 32:
+            raise ValueError("segment_bytes must be below 4 GiB (index positions are u32)")
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    base_offset: int
+    record_count: int
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.record_count - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    records: list[Record]
+    next_offset: int
+    high_watermark: int
+    start_offset: int
+    sealed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRead:
+    """Whole stored batches, as they are on disk.
+
+    ``first_offset`` is the first record offset in ``data``; it may lie below the offset
+    asked for, because batches are not split: a reader skips the records before it.
+    """
+
+    data: bytes
+    first_offset: int
+    next_offset: int
+    high_watermark: int
+    start_offset: int
+    sealed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    base_offset: int
+    next_offset: int
+    size_bytes: int
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogStats:
+    start_offset: int
+    end_offset: int
+    size_bytes: int
+    segment_count: int
+    sealed: bool
+    group_commits: int
+    appends: int
+
+
+@dataclass(slots=True)
+class _Append:
+    data: bytes
+    header: BatchHeader
+    future: asyncio.Future[AppendResult]
+
+
+@dataclass(slots=True)
+class _Control:
+    action: Callable[[], Any]
+    future: asyncio.Future[Any]
+
+
+class PartitionLog:
+    """One partition's log. Create with :meth:`open`; finish with :meth:`close`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        config: LogConfig,
+        ops: FileOps,
+        executor: Executor | None,
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self.directory = directory
+        self.config = config
+        self._ops = ops
+        self._executor = executor
+        self._clock_ms = clock_ms
+        self._loop = asyncio.get_running_loop()
+        self._segments: list[Segment] = []
+        self._sealed = False
+        self._sealed_end: int | None = None
+        self._high_watermark = 0
+        self._queue: deque[_Append | _Control] = deque()
+        self._wake = asyncio.Event()
+        self._data_event = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._unavailable: EventBusError | None = None
+        self._recovery_failed = False
+        self._roll_timer: asyncio.TimerHandle | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.last_recovery: TailRecovery | None = None
+        self._group_commits = 0
+        self._appends = 0
+
+    # --- opening and closing -------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        directory: Path,
+        config: LogConfig | None = None,
+        *,
+        ops: FileOps | None = None,
+        executor: Executor | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> PartitionLog:
+        """Open (or create) the log in ``directory``, recovering the tail of the last segment."""
+        self = cls(directory, config or LogConfig(), ops or FileOps(), executor, clock_ms)
+        await self._run(self._load)
+        self._writer = self._loop.create_task(self._write_loop(), name=f"log-writer:{directory}")
+        self._writer.add_done_callback(self._writer_done)
+        self._arm_roll_timer()
+        return self
+
+    def _load(self) -> None:
+        """Open every segment and recover the last one (executor thread)."""
+        self._ops.make_dirs(self.directory)
+        meta_path = self.directory / META_FILE
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_bytes())
+            if meta.get("format_version") != META_FORMAT_VERSION:
+                raise CorruptLogError(
+                    f"{meta_path}: unknown format version {meta.get('format_version')}"
+                )
+            sealed = bool(meta["sealed"])
+            sealed_end = meta.get("end_offset")
+        else:
+            sealed, sealed_end = False, None
+            self._write_meta(sealed=False, end_offset=None)
+        bases = list_segment_bases(self.directory)
+        remove_strays(self.directory, bases)
+        segments: list[Segment] = []
+        try:
+            for i, base in enumerate(bases[:-1]):
+                segment = Segment.open_existing(self.directory, base, self._ops)
+                segments.append(segment)
+                segment.load_closed(self.config.index_interval_bytes, bases[i + 1])
+            if bases:
+                last = Segment.open_existing(self.directory, bases[-1], self._ops)
+                segments.append(last)
+                self.last_recovery = last.recover_tail(self.config.index_interval_bytes)
+                if self.last_recovery.truncated_bytes:
+                    log.warning(
+                        "recovered %s: cut %d bytes (%s tail) at the end of %s",
+                        self.directory,
+                        self.last_recovery.truncated_bytes,
+                        self.last_recovery.reason or "garbage",
+                        last.log_path.name,
+                    )
+                if sealed:
+                    last.read_only = True
+            elif not sealed:
+                segments.append(Segment.create(self.directory, 0, self._ops))
+        except BaseException:
+            for segment in segments:
+                segment.close()
+            raise
+        self._segments = segments
+        self._sealed = sealed
+        self._sealed_end = sealed_end
+        self._high_watermark = segments[-1].next_offset if segments else int(sealed_end or 0)
+
+    def _write_meta(self, *, sealed: bool, end_offset: int | None) -> None:
+        body = {"format_version": META_FORMAT_VERSION, "sealed": sealed, "end_offset": end_offset}
+        self._ops.replace_file(self.directory / META_FILE, json.dumps(body).encode())
+
+    async def close(self) -> None:
+        """Finish every append already asked for, make the indexes durable, close the files."""
+        if self._closed:
+            return
+        self._closing = True
+        writer = self._writer
+        if writer is not None and not writer.done() and self._unavailable is None:
+            with contextlib.suppress(EventBusError):
+                await self._control(self._finish_active_for_close)
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        self._closed = True
+        if self._roll_timer is not None:
+            self._roll_timer.cancel()
+        self._fail_queue(PartitionClosedError(f"partition log {self.directory} is closed"))
+        segments, self._segments = self._segments, []
+        await self._run(self._close_segments, segments)
+        self._notify_data()
+
+    @staticmethod
+    def _close_segments(segments: Sequence[Segment]) -> None:
+        for segment in segments:
+            segment.retire()
+
+    async def _finish_active_for_close(self) -> None:
+        if self._segments and not self._segments[-1].read_only and self._unavailable is None:
+            segment = self._segments[-1]
+            await self._run(segment.sync_indexes)
+
+    # --- properties ------------------------------------------------------------------------
+
+    @property
+    def high_watermark(self) -> int:
+        """The durable end: the offset the next append gets, and the bound of every read."""
+        return self._high_watermark
+
+    @property
+    def end_offset(self) -> int:
+        return self._high_watermark
+
+    @property
+    def start_offset(self) -> int:
+        if self._segments:
+            return self._segments[0].base_offset
+        return self._high_watermark
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def segments(self) -> list[SegmentInfo]:
+        active = None if self._sealed else (self._segments[-1] if self._segments else None)
+        return [
+            SegmentInfo(s.base_offset, s.next_offset, s.size, s is active) for s in self._segments
+        ]
+
+    def stats(self) -> LogStats:
+        return LogStats(
+            start_offset=self.start_offset,
+            end_offset=self._high_watermark,
+            size_bytes=sum(s.size for s in self._segments),
+            segment_count=len(self._segments),
+            sealed=self._sealed,
+            group_commits=self._group_commits,
+            appends=self._appends,
+        )
+
+    # --- appending -------------------------------------------------------------------------
+
+    async def append(self, batch: bytes) -> AppendResult:
+        """Append one encoded batch; resolves with its offsets once it is durable.
+
+        The batch's own base offset is ignored: the log assigns the next one. Appends are
+        written in the order they were called.
+        """
+        if len(batch) > self.config.max_batch_bytes:
+            raise BatchTooLargeError(
+                f"a batch of {len(batch)} bytes exceeds the limit of "
+                f"{self.config.max_batch_bytes}",
+                size=len(batch),
+                limit=self.config.max_batch_bytes,
+            )
+        header = validate_batch(batch)
+        self._check_writable()
+        future: asyncio.Future[AppendResult] = self._loop.create_future()
+        self._queue.append(_Append(batch, header, future))
+        self._wake.set()
+        return await future
+
+    async def append_records(
+        self, records: Sequence[NewRecord], *, producer_tag: bytes = b""
+    ) -> AppendResult:
+        """Encode ``records`` as one batch (checking ``max_record_bytes``) and append it."""
+        batch = encode_batch(
+            records,
+            now_ms=self._clock_ms(),
+            max_record_bytes=self.config.max_record_bytes,
+            producer_tag=producer_tag,
+        )
+        return await self.append(batch)
+
+    def _check_writable(self) -> None:
+        if self._closing or self._closed:
+            raise PartitionClosedError(f"partition log {self.directory} is closed")
+        if self._sealed:
+            raise PartitionSealedError(
+                f"the partition is sealed at offset {self._high_watermark}",
+                end_offset=self._high_watermark,
+            )
+        if self._recovery_failed:
+            raise PartitionUnavailableError(
+                f"the partition could not recover from a storage failure: {self._unavailable}"
+            )
+
+    # --- control operations (run by the writer, in order with appends) ---------------------
+
+    async def _control(self, action: Callable[[], Any]) -> Any:
+        if self._closed:
+            raise PartitionClosedError(f"partition log {self.directory} is closed")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.append(_Control(action, future))
+        self._wake.set()
+        return await future
+
+    async def roll(self) -> None:
+        """Close the active segment and start a new one (no-op when it is empty)."""
+        await self._control(self._roll)
+
+    async def seal(self) -> int:
+        """Take no more appends, ever. Answers the final end offset.
+
+        Every append asked for before the seal is written first; any asked for after it
+        fails with :class:`PartitionSealedError`. Sealing again answers the same offset.
+        """
+        if self._sealed:
+            return self._high_watermark
+        result: int = await self._control(self._seal)
+        return result
+
+    async def enforce_retention(
+        self,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        max_offset: int | None = None,
+    ) -> list[SegmentInfo]:
+        """Delete whole segments from the head that fall outside the retention bounds.
+
+        A segment goes when its newest record is older than ``retention_ms``, or while the
+        log without it still holds at least ``retention_bytes``. Only segments that end at
+        or below ``max_offset`` may go (tiering passes the end of what is safely uploaded).
+        The active segment never goes. Answers the deleted segments.
+        """
+        result: list[SegmentInfo] = await self._control(
+            partial(self._retain, retention_ms, retention_bytes, max_offset)
+        )
+        return result
+
+    async def delete_segments_below(self, offset: int) -> list[SegmentInfo]:
+        """Delete the segments whose records are all below ``offset`` (never the active one)."""
+        result: list[SegmentInfo] = await self._control(
+            partial(self._retain, None, None, offset, delete_all_below=True)
+        )
+        return result
+
+    async def _roll(self) -> None:
+        active = self._segments[-1] if self._segments else None
+        if self._sealed or active is None or active.is_empty:
+            return
+        await self._run(active.finish)
+        new = await self._run(Segment.create, self.directory, active.next_offset, self._ops)
+        self._segments.append(new)
+        self._arm_roll_timer()
+
+    async def _roll_if_due(self, segment: Segment) -> None:
+        if self._segments and self._segments[-1] is segment and not segment.is_empty:
+            if self._roll_deadline_ms(segment) <= self._clock_ms():
+                await self._roll()
+            else:
+                self._arm_roll_timer()
+
+    async def _seal(self) -> int:
+        if self._sealed:
+            return self._high_watermark
+        if self._segments and not self._segments[-1].read_only:
+            await self._run(self._segments[-1].finish)
+        end = self._high_watermark
+        await self._run(partial(self._write_meta, sealed=True, end_offset=end))
+        self._sealed = True
+        self._sealed_end = end
+        if self._roll_timer is not None:
+            self._roll_timer.cancel()
+        self._notify_data()
+        return end
+
+    async def _retain(
+        self,
+        retention_ms: int | None,
+        retention_bytes: int | None,
+        max_offset: int | None,
+        *,
+        delete_all_below: bool = False,
+    ) -> list[SegmentInfo]:
+        candidates = list(self._segments if self._sealed else self._segments[:-1])
+        now = self._clock_ms()
+
+        def choose() -> int:
+            total = sum(s.size for s in self._segments)
+            count = 0
+            for segment in candidates:
+                if max_offset is not None and segment.next_offset > max_offset:
+                    break
+                expired = delete_all_below
+                if not expired and retention_ms is not None:
+                    newest = segment.ensure_max_timestamp()
+                    expired = newest is None or newest < now - retention_ms
+                if not expired and retention_bytes is not None:
+                    expired = total - segment.size >= retention_bytes
+                if not expired:
+                    break
+                total -= segment.size
+                count += 1
+            return count
+
+        count = await self._run(choose)
+        if not count:
+            return []
+        doomed = self._segments[:count]
+        del self._segments[:count]
+        self._notify_data()
+
+        def remove() -> None:
+            for segment in doomed:
+                segment.delete()
+            self._ops.fsync_dir(self.directory)
+
+        await self._run(remove)
+        return [SegmentInfo(s.base_offset, s.next_offset, s.size, False) for s in doomed]
+
+    # --- the writer ------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._unavailable is not None:
+                await self._reopen()
+                continue
+            head = self._queue[0]
+            if isinstance(head, _Control):
+                self._queue.popleft()
+                try:
+                    result = await head.action()
+                except asyncio.CancelledError:
+                    raise
+                except OSError as exc:
+                    error = StorageIOError(f"storage failure in {self.directory}: {exc}")
+                    if not head.future.done():
+                        head.future.set_exception(error)
+                    await self._fail_and_reopen(error)
+                    continue
+                except EventBusError as exc:
+                    if not head.future.done():
+                        head.future.set_exception(exc)
+                    continue
+                if not head.future.done():
+                    head.future.set_result(result)
+                continue
+            await self._write_group()
+
+    def _take_group(self, active: Segment) -> list[_Append]:
+        group: list[_Append] = []
+        size = 0
+        room = self.config.segment_bytes - active.size
+        while self._queue and isinstance(self._queue[0], _Append):
+            item = self._queue[0]
+            item_size = item.header.total_size
+            if group and (
+                size + item_size > self.config.max_group_bytes or size + item_size > room
+            ):
+                break
+            self._queue.popleft()
+            group.append(item)
+            size += item_size
+        return group
+
+    async def _write_group(self) -> None:
+        if self._sealed:
+            self._fail_appends(
+                PartitionSealedError(
+                    f"the partition is sealed at offset {self._high_watermark}",
+                    end_offset=self._high_watermark,
+                )
+            )
+            return
+        active = self._segments[-1]
+        head = self._queue[0]
+        if not isinstance(head, _Append):
+            return
+        if not active.is_empty and active.size + head.header.total_size > (
+            self.config.segment_bytes
+        ):
+            try:
+                await self._roll()
+            except OSError as exc:
+                await self._fail_and_reopen(StorageIOError(f"roll failed: {exc}"))
+                return
+            active = self._segments[-1]
+        group = self._take_group(active)
+        was_empty = active.is_empty
+        plan = active.plan_append(
+            [(item.data, item.header) for item in group],
+            active.next_offset,
+            self.config.index_interval_bytes,
+        )
+        try:
+            await self._run(active.write_plan, plan)
+        except OSError as exc:
+            if isinstance(exc, WriteFailedError) and exc.errno in _DISK_FULL_ERRNOS:
+                try:
+                    await self._run(active.undo_plan, plan)
+                except OSError as undo_exc:
+                    error = StorageIOError(f"could not undo a failed write: {undo_exc}")
+                    self._fail_items(group, error)
+                    await self._fail_and_reopen(error)
+                    return
+                self._fail_items(
+                    group,
+                    DiskFullError(f"no space left on the device holding {self.directory}"),
+                )
+                return
+            error = StorageIOError(f"write or fsync failed in {self.directory}: {exc}")
+            self._fail_items(group, error)
+            await self._fail_and_reopen(error)
+            return
+        active.commit_plan(plan)
+        self._group_commits += 1
+        self._appends += len(group)
+        base = plan.first_offset
+        for item in group:
+            if not item.future.done():
+                item.future.set_result(AppendResult(base, item.header.record_count))
+            base += item.header.record_count
+        self._high_watermark = active.next_offset
+        self._notify_data()
+        if was_empty:
+            self._arm_roll_timer()
+
+    # --- failure handling ------------------------------------------------------------------
+
+    def _fail_items(self, items: Iterable[_Append], error: EventBusError) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _fail_appends(self, error: EventBusError) -> None:
+        """Fail the appends at the head of the queue (up to the next control operation)."""
+        while self._queue and isinstance(self._queue[0], _Append):
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _fail_queue(self, error: EventBusError) -> None:
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    async def _fail_and_reopen(self, error: EventBusError) -> None:
+        """A write or fsync failed (its waiters already failed): reopen with recovery.
+
+        Appends queued behind the failed write were not waiting on it; they are written
+        once the partition has recovered.
+        """
+        log.error("partition %s: %s; reopening with recovery", self.directory, error.message)
+        self._unavailable = error
+        await self._reopen()
+
+    async def _reopen(self) -> None:
+        old, self._segments = self._segments, []
+        await self._run(self._close_segments, old)
+        delay = 0.05
+        while True:
+            try:
+                await self._run(self._load)
+            except (OSError, CorruptLogError) as exc:
+                log.warning("partition %s: recovery failed (%s); retrying", self.directory, exc)
+                # Fail fast while the disk is broken rather than queue without bound.
+                self._recovery_failed = True
+                self._fail_appends_everywhere(
+                    PartitionUnavailableError(
+                        f"the partition could not recover from a storage failure: {exc}"
+                    )
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            break
+        self._unavailable = None
+        self._recovery_failed = False
+        self._notify_data()
+        self._arm_roll_timer()
+
+    def _fail_appends_everywhere(self, error: EventBusError) -> None:
+        appends = [item for item in self._queue if isinstance(item, _Append)]
+        self._queue = deque(item for item in self._queue if isinstance(item, _Control))
+        self._fail_items(appends, error)
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        log.error("partition %s: writer stopped", self.directory, exc_info=exc)
+        self._unavailable = StorageIOError(f"the partition writer stopped: {exc!r}")
+        self._fail_queue(self._unavailable)
+        self._notify_data()
+
+    # --- segment_ms ------------------------------------------------------------------------
+
+    def _roll_deadline_ms(self, segment: Segment) -> int:
+        first = segment.first_timestamp
+        now = self._clock_ms()
+        anchor = now if first is None else min(first, now)
+        return anchor + self.config.segment_ms
+
+    def _arm_roll_timer(self) -> None:
+        if self._roll_timer is not None:
+            self._roll_timer.cancel()
+            self._roll_timer = None
+        if self._sealed or self._closed or not self._segments:
+            return
+        active = self._segments[-1]
+        if active.is_empty:
+            return
+        delay_ms = max(0, self._roll_deadline_ms(active) - self._clock_ms())
+        self._roll_timer = self._loop.call_later(delay_ms / 1000, self._roll_timer_fired, active)
+
+    def _roll_timer_fired(self, segment: Segment) -> None:
+        self._roll_timer = None
+        if self._closing or self._closed:
+            return
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.append(_Control(partial(self._roll_if_due, segment), future))
+        self._wake.set()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _check_readable(self) -> None:
+        if self._closed:
+            raise PartitionClosedError(f"partition log {self.directory} is closed")
+        if self._unavailable is not None:
+            raise PartitionUnavailableError(
+                f"the partition is recovering from a storage failure: {self._unavailable}"
+            )
+
+    def _check_range(self, offset: int) -> None:
+        start, hw = self.start_offset, self._high_watermark
+        if offset < start or offset > hw:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside the partition's range [{start}, {hw}]",
+                offset=offset,
+                start_offset=start,
+                high_watermark=hw,
+            )
+
+    def _pin_from(self, offset: int) -> list[tuple[Segment, int]]:
+        """Pin the segments holding ``offset`` onwards, with each one's durable size."""
+        pinned: list[tuple[Segment, int]] = []
+        for segment in self._segments:
+            if segment.next_offset <= offset:
+                continue
+            if not segment.pin():
+                for done, _ in pinned:
+                    done.unpin()
+                self._check_range(offset)
+                return []
+            pinned.append((segment, segment.size))
+        return pinned
+
+    async def read_batches(self, offset: int, *, max_bytes: int = 1024 * 1024) -> BatchRead:
+        """Stored batches from the one holding ``offset``, up to ``max_bytes`` (at least one).
+
+        An offset equal to the high watermark answers no data; one outside
+        ``[start_offset, high_watermark]`` raises :class:`OffsetOutOfRangeError`.
+        """
+        self._check_readable()
+        self._check_range(offset)
+        hw, start, sealed = self._high_watermark, self.start_offset, self._sealed
+        pinned = self._pin_from(offset) if offset < hw else []
+        try:
+            chunks, first, next_offset = await self._run(
+                self._read_batches_sync, pinned, offset, max_bytes
+            )
+        finally:
+            for segment, _ in pinned:
+                segment.unpin()
+        if not chunks:
+            return BatchRead(b"", offset, offset, hw, start, sealed)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return BatchRead(data, first, next_offset, hw, start, sealed)
+
+    @staticmethod
+    def _read_batches_sync(
+        pinned: Sequence[tuple[Segment, int]], offset: int, max_bytes: int
+    ) -> tuple[list[bytes], int, int]:
+        chunks: list[bytes] = []
+        total = 0
+        first = offset
+        next_offset = offset
+        for n, (segment, limit) in enumerate(pinned):
+            position = segment.locate(offset, limit) if n == 0 else 0
+            while position < limit and (total < max_bytes or not chunks):
+                data = segment.read_batches(position, limit, max_bytes - total)
+                if not data:
+                    break
+                if not chunks:
+                    first = read_header(data).base_offset
+                pos = 0
+                while pos < len(data):
+                    header = read_header(data, pos)
+                    pos += header.total_size
+                    next_offset = header.next_offset
+                chunks.append(data)
+                total += len(data)
+                position += len(data)
+            if total >= max_bytes:
+                break
+        return chunks, first, next_offset
+
+    async def read(
+        self, offset: int, *, max_records: int = 500, max_bytes: int = 1024 * 1024
+    ) -> ReadResult:
+        """Decoded records from ``offset``: at most ``max_records``, and at most ``max_bytes``
+        of keys, values and headers (but always at least one record when there is one)."""
+        if max_records < 1 or max_bytes < 1:
+            raise ValueError("max_records and max_bytes must be positive")
+        self._check_readable()
+        self._check_range(offset)
+        hw, start, sealed = self._high_watermark, self.start_offset, self._sealed
+        if offset == hw:
+            return ReadResult([], offset, hw, start, sealed)
+        pinned = self._pin_from(offset)
+        try:
+            records = await self._run(_collect_records, pinned, offset, max_records, max_bytes)
+        finally:
+            for segment, _ in pinned:
+                segment.unpin()
+        next_offset = records[-1].offset + 1 if records else offset
+        return ReadResult(records, next_offset, hw, start, sealed)
+
+    async def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """The first offset whose record timestamp is at least ``timestamp_ms``.
+
+        ``None`` when no record that is still in the log is that new.
+        """
+        self._check_readable()
+        pinned = self._pin_from(self.start_offset)
+        try:
+            return await self._run(_find_timestamp, pinned, timestamp_ms)
+        finally:
+            for segment, _ in pinned:
+                segment.unpin()
+
+    async def wait_for_data(self, offset: int, timeout_s: float) -> bool:
+        """Wait until there is a record at ``offset`` or the timeout passes.
+
+        Wakes on the append that makes ``offset`` durable, without polling. Answers whether
+        data is there; answers at once when the partition is sealed (no data can come).
+        """
+        deadline = self._loop.time() + timeout_s
+        while True:
+            if self._high_watermark > offset:
+                return True
+            if self._sealed or self._closed:
+                return False
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return False
+            event = self._data_event
+            try:
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+            except TimeoutError:
+                return self._high_watermark > offset
+
+    def _notify_data(self) -> None:
+        event, self._data_event = self._data_event, asyncio.Event()
+        event.set()
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(self._executor, partial(fn, *args))
+
+
+_RECORD_READ_CHUNK = 256 * 1024
+
+
+def _collect_records(
+    pinned: Sequence[tuple[Segment, int]], offset: int, max_records: int, max_bytes: int
+) -> list[Record]:
+    """Decode records from ``offset`` until either limit is reached (executor thread).
+
+    ``max_bytes`` counts record payload (keys, values, headers); the first record is
+    returned even when it alone is larger.
+    """
+    records: list[Record] = []
+    size = 0
+    for n, (segment, limit) in enumerate(pinned):
+        position = segment.locate(offset, limit) if n == 0 else 0
+        while position < limit:
+            data = segment.read_batches(position, limit, _RECORD_READ_CHUNK)
+            if not data:
+                break
+            pos = 0
+            while pos < len(data):
+                header = read_header(data, pos)
+                if header.next_offset > offset:
+                    if not checksum_ok(data, pos, header):
+                        raise CorruptLogError(
+                            f"stored batch at offset {header.base_offset} fails its CRC"
+                        )
+                    for record in iter_records(data, pos, min_offset=offset):
+                        payload = record.payload_bytes
+                        if records and size + payload > max_bytes:
+                            return records
+                        records.append(record)
+                        size += payload
+                        if len(records) >= max_records:
+                            return records
+                pos += header.total_size
+            position += len(data)
+    return records
+
+
+def _find_timestamp(pinned: Sequence[tuple[Segment, int]], timestamp_ms: int) -> int | None:
+    for segment, limit in pinned:
+        newest = segment.ensure_max_timestamp()
+        if newest is None or newest < timestamp_ms:
+            continue
+        position, expected = segment.timestamp_position(timestamp_ms)
+        for pos, header in segment.scan(position, limit, expected, verify_crc=False):
+            if header.max_timestamp < timestamp_ms:
+                continue
+            data = segment.read_batches(pos, limit, header.total_size)
+            for record in iter_records(data):
+                if record.timestamp_ms >= timestamp_ms:
+                    return record.offset
+    return None

@@ -1,0 +1,665 @@
+"""Log segments: one file of batches and two sparse indexes, named by the base offset.
+
+A segment ``00000000000000001234`` is three files:
+
+- ``.log``: record batches back to back (``partitions.batch``).
+- ``.index``: the sparse offset index, entries of ``OFFSET_INDEX_ENTRY``::
+
+      relative_offset  u32  base offset of a batch minus the segment's base offset
+      position         u32  byte position of that batch in the ``.log`` file
+
+  An entry is added before a batch once at least ``index_interval_bytes`` were appended
+  since the previous entry (about every 4 KiB), so a lookup reads at most that much.
+- ``.timeindex``: the time index, entries of ``TIME_INDEX_ENTRY``, one for each offset index
+  entry (the two files move in lockstep)::
+
+      max_timestamp    i64  largest record timestamp of every batch *before* the entry's
+                            batch in this segment
+      relative_offset  u32  the same batch as the offset index entry
+
+  To find the first record with a timestamp at or after T, start at the last entry whose
+  ``max_timestamp`` is below T: nothing before it can qualify.
+
+Everything here is blocking file I/O and runs on executor threads; the partition log
+serialises writes, so a segment has one writer at a time and any number of readers, who
+only read bytes below the durable size that the log hands them.
+
+Indexes are derived data: they are written as batches are appended, fsync'd when the
+segment rolls, and rebuilt from the log whenever they disagree with it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import os
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from partitions.batch import (
+    BASE_OFFSET,
+    BATCH_HEADER,
+    FORMAT_VERSION,
+    BatchHeader,
+    checksum_ok,
+    read_header,
+)
+from partitions.errors import CorruptBatchError, ShortBatchError
+from partitions.fileio import FileOps, WriteFailedError, pread_exact
+
+OFFSET_INDEX_ENTRY = struct.Struct(">II")
+TIME_INDEX_ENTRY = struct.Struct(">qI")
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+TIME_INDEX_SUFFIX = ".timeindex"
+
+_READ_CHUNK = 256 * 1024
+# Smaller than any i64 timestamp a batch can carry: "no record seen yet".
+NO_TIMESTAMP = -(1 << 63) - 1
+_MIN_BATCH_LENGTH = BATCH_HEADER.size - struct.calcsize(">QI")
+
+
+def segment_name(base_offset: int) -> str:
+    return f"{base_offset:020d}"
+
+
+@dataclass(slots=True)
+class IndexState:
+    """The in-memory copy of a segment's two indexes (lockstep lists)."""
+
+    relative_offsets: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    max_timestamps: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def truncate(self, count: int) -> None:
+        del self.relative_offsets[count:]
+        del self.positions[count:]
+        del self.max_timestamps[count:]
+
+    def append(self, relative_offset: int, position: int, max_timestamp: int) -> None:
+        self.relative_offsets.append(relative_offset)
+        self.positions.append(position)
+        self.max_timestamps.append(max_timestamp)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendPlan:
+    """Where one group of batches goes and what the segment looks like after it.
+
+    Built on the event loop, carried out on a thread, and committed to the segment only if
+    every write and the fsync succeeded.
+    """
+
+    position: int
+    first_offset: int
+    buffers: tuple[bytes | memoryview, ...]
+    end_position: int
+    next_offset: int
+    new_index_entries: tuple[tuple[int, int, int], ...]
+    bytes_since_index: int
+    max_timestamp: int
+    first_timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class TailRecovery:
+    """What recovery found at the end of the last segment."""
+
+    truncated_bytes: int
+    reason: str | None  # "short" for a torn tail, "corrupt" for a bad batch, None if clean
+    rebuilt_index: bool
+
+
+class Segment:
+    """One segment's files and their in-memory state.
+
+    ``size`` and ``next_offset`` describe what is durable: bytes past ``size`` in the file
+    are never served and are cut off by recovery.
+    """
+
+    def __init__(self, directory: Path, base_offset: int, ops: FileOps) -> None:
+        self.directory = directory
+        self.base_offset = base_offset
+        self.ops = ops
+        name = segment_name(base_offset)
+        self.log_path = directory / (name + LOG_SUFFIX)
+        self.index_path = directory / (name + INDEX_SUFFIX)
+        self.time_index_path = directory / (name + TIME_INDEX_SUFFIX)
+        self.log_fd = -1
+        self.index_fd = -1
+        self.time_index_fd = -1
+        self.size = 0
+        self.next_offset = base_offset
+        self.index = IndexState()
+        self.bytes_since_index = 0
+        self.max_timestamp: int | None = None
+        self.first_timestamp: int | None = None
+        self.read_only = False
+        # Readers pin a segment so that retention cannot close its file under them.
+        self._pins = 0
+        self._deleted = False
+        self._lock = threading.Lock()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: Path, base_offset: int, ops: FileOps) -> Segment:
+        segment = cls(directory, base_offset, ops)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        segment.log_fd = os.open(segment.log_path, flags, 0o644)
+        segment.index_fd = os.open(segment.index_path, flags, 0o644)
+        segment.time_index_fd = os.open(segment.time_index_path, flags, 0o644)
+        if os.fstat(segment.log_fd).st_size:
+            segment.close()
+            raise CorruptBatchError(f"segment {segment.log_path.name} already holds data")
+        for fd in (segment.index_fd, segment.time_index_fd):
+            ops.ftruncate(fd, 0)
+        ops.fsync_dir(directory)
+        return segment
+
+    @classmethod
+    def open_existing(cls, directory: Path, base_offset: int, ops: FileOps) -> Segment:
+        segment = cls(directory, base_offset, ops)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        segment.log_fd = os.open(segment.log_path, os.O_RDWR | os.O_CLOEXEC)
+        segment.index_fd = os.open(segment.index_path, flags, 0o644)
+        segment.time_index_fd = os.open(segment.time_index_path, flags, 0o644)
+        return segment
+
+    def close(self) -> None:
+        for name in ("log_fd", "index_fd", "time_index_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+    def pin(self) -> bool:
+        with self._lock:
+            if self._deleted:
+                return False
+            self._pins += 1
+            return True
+
+    def unpin(self) -> None:
+        with self._lock:
+            self._pins -= 1
+            close_now = self._deleted and self._pins == 0
+        if close_now:
+            self.close()
+
+    def retire(self) -> None:
+        """Stop using this segment object; its descriptors close once no reader pins it."""
+        with self._lock:
+            self._deleted = True
+            close_now = self._pins == 0
+        if close_now:
+            self.close()
+
+    def delete(self) -> None:
+        """Remove the files; the descriptors close once the last reader unpins."""
+        for path in (self.log_path, self.index_path, self.time_index_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        with self._lock:
+            self._deleted = True
+            close_now = self._pins == 0
+        if close_now:
+            self.close()
+
+    @property
+    def is_empty(self) -> bool:
+        return self.size == 0
+
+    # --- scanning --------------------------------------------------------------------
+
+    def scan(
+        self, position: int, limit: int, expected_offset: int, *, verify_crc: bool
+    ) -> Iterator[tuple[int, BatchHeader]]:
+        """Yield ``(position, header)`` of each batch from ``position`` up to ``limit``.
+
+        Raises :class:`ShortBatchError` where the bytes end inside a batch and
+        :class:`CorruptBatchError` where a batch is whole but wrong (version, offset, CRC).
+        """
+        buf = b""
+        buf_start = position
+        while position < limit:
+            if position + BATCH_HEADER.size > limit:
+                raise ShortBatchError(
+                    f"{self.log_path.name}: {limit - position} bytes at {position} "
+                    "are less than a batch header",
+                    position=position,
+                )
+            if position + BATCH_HEADER.size > buf_start + len(buf):
+                buf = pread_exact(self.log_fd, min(_READ_CHUNK, limit - position), position)
+                buf_start = position
+                if len(buf) < BATCH_HEADER.size:
+                    raise ShortBatchError(
+                        f"{self.log_path.name}: file ends at {position + len(buf)}",
+                        position=position,
+                    )
+            header = read_header(buf, position - buf_start)
+            if (
+                header.version != FORMAT_VERSION
+                or header.record_count < 1
+                or header.batch_length < _MIN_BATCH_LENGTH + header.producer_tag_length
+            ):
+                raise CorruptBatchError(
+                    f"{self.log_path.name}: bad batch header at {position}", position=position
+                )
+            if header.base_offset != expected_offset:
+                raise CorruptBatchError(
+                    f"{self.log_path.name}: batch at {position} has base offset "
+                    f"{header.base_offset}, expected {expected_offset}",
+                    position=position,
+                )
+            end = position + header.total_size
+            if end > limit:
+                raise ShortBatchError(
+                    f"{self.log_path.name}: batch at {position} needs {header.total_size} "
+                    f"bytes, {limit - position} are there",
+                    position=position,
+                )
+            if verify_crc:
+                if end > buf_start + len(buf):
+                    buf = pread_exact(
+                        self.log_fd, max(header.total_size, min(_READ_CHUNK, limit - position)),
+                        position,
+                    )
+                    buf_start = position
+                    if len(buf) < header.total_size:
+                        raise ShortBatchError(
+                            f"{self.log_path.name}: file ends inside the batch at {position}",
+                            position=position,
+                        )
+                if not checksum_ok(buf, position - buf_start, header):
+                    raise CorruptBatchError(
+                        f"{self.log_path.name}: CRC mismatch in the batch at {position}",
+                        position=position,
+                    )
+            yield position, header
+            position = end
+            expected_offset = header.next_offset
+
+    def _file_size(self) -> int:
+        return os.fstat(self.log_fd).st_size
+
+    # --- indexes ---------------------------------------------------------------------
+
+    def _read_index_files(self) -> IndexState:
+        raw = pread_exact(self.index_fd, os.fstat(self.index_fd).st_size, 0)
+        raw_time = pread_exact(self.time_index_fd, os.fstat(self.time_index_fd).st_size, 0)
+        count = min(len(raw) // OFFSET_INDEX_ENTRY.size, len(raw_time) // TIME_INDEX_ENTRY.size)
+        state = IndexState()
+        for i in range(count):
+            rel, pos = OFFSET_INDEX_ENTRY.unpack_from(raw, i * OFFSET_INDEX_ENTRY.size)
+            ts, rel_t = TIME_INDEX_ENTRY.unpack_from(raw_time, i * TIME_INDEX_ENTRY.size)
+            if rel != rel_t:
+                break
+            if state.positions and (
+                pos <= state.positions[-1]
+                or rel <= state.relative_offsets[-1]
+                or ts < state.max_timestamps[-1]
+            ):
+                break
+            if pos == 0:
+                break
+            state.append(rel, pos, ts)
+        return state
+
+    def _entry_ok(self, index: IndexState, i: int, limit: int) -> bool:
+        """Whether entry ``i`` points at a whole, checksummed batch with the right offset."""
+        expected = self.base_offset + index.relative_offsets[i]
+        try:
+            for _pos, _header in self.scan(index.positions[i], limit, expected, verify_crc=True):
+                return True
+        except (ShortBatchError, CorruptBatchError):
+            return False
+        return False
+
+    def _write_index_files(self, index: IndexState) -> None:
+        offsets = b"".join(
+            OFFSET_INDEX_ENTRY.pack(rel, pos)
+            for rel, pos in zip(index.relative_offsets, index.positions, strict=True)
+        )
+        times = b"".join(
+            TIME_INDEX_ENTRY.pack(ts, rel)
+            for ts, rel in zip(index.max_timestamps, index.relative_offsets, strict=True)
+        )
+        for fd, data in ((self.index_fd, offsets), (self.time_index_fd, times)):
+            self.ops.ftruncate(fd, 0)
+            self.ops.write_all(fd, [data], 0)
+            self.ops.fdatasync(fd)
+
+    def _replay(
+        self,
+        index: IndexState,
+        start_position: int,
+        start_offset: int,
+        max_before: int | None,
+        limit: int,
+        index_interval: int,
+        *,
+        verify_crc: bool,
+    ) -> tuple[int, int, int | None, int, str | None, int | None]:
+        """Scan from an indexed point, adding index entries as appends would have.
+
+        Answers (end position, next offset, max timestamp, bytes since the last entry,
+        the reason the scan stopped early or None, first timestamp of the segment).
+        """
+        position = start_position
+        next_offset = start_offset
+        running_max = NO_TIMESTAMP if max_before is None else max_before
+        since = 0
+        first_ts: int | None = None
+        reason: str | None = None
+        try:
+            for pos, header in self.scan(
+                start_position, limit, start_offset, verify_crc=verify_crc
+            ):
+                if pos == 0:
+                    first_ts = header.first_timestamp
+                if since >= index_interval and pos != start_position:
+                    index.append(header.base_offset - self.base_offset, pos, running_max)
+                    since = 0
+                since += header.total_size
+                running_max = max(running_max, header.max_timestamp)
+                position = pos + header.total_size
+                next_offset = header.next_offset
+        except ShortBatchError:
+            reason = "short"
+        except CorruptBatchError:
+            reason = "corrupt"
+        newest = None if running_max == NO_TIMESTAMP else running_max
+        return position, next_offset, newest, since, reason, first_ts
+
+    def load_closed(self, index_interval: int, next_base: int | None) -> bool:
+        """Open a rolled segment: check its indexes cheaply, rebuild them if they disagree.
+
+        Answers whether the indexes had to be rebuilt.
+        """
+        self.read_only = True
+        self.size = self._file_size()
+        index = self._read_index_files()
+        sane = len(index) == os.fstat(self.index_fd).st_size // OFFSET_INDEX_ENTRY.size
+        sane = sane and len(index) == os.fstat(self.time_index_fd).st_size // (
+            TIME_INDEX_ENTRY.size
+        )
+        if sane and len(index):
+            sane = index.positions[-1] < self.size and self._entry_ok(
+                index, len(index) - 1, self.size
+            )
+        if sane:
+            self.index = index
+            self.next_offset = next_base if next_base is not None else self.base_offset
+            if next_base is None:
+                self._finish_scan_for_end()
+            return False
+        rebuilt = IndexState()
+        end, next_offset, max_ts, since, reason, first_ts = self._replay(
+            rebuilt, 0, self.base_offset, None, self.size, index_interval, verify_crc=True
+        )
+        if reason is not None:
+            raise CorruptBatchError(
+                f"{self.log_path.name}: a rolled segment is damaged at byte {end} ({reason})",
+                position=end,
+            )
+        self.index = rebuilt
+        self.next_offset = next_offset
+        self.max_timestamp = max_ts
+        self.first_timestamp = first_ts
+        self.bytes_since_index = since
+        self._write_index_files(rebuilt)
+        return True
+
+    def _finish_scan_for_end(self) -> None:
+        """Find the end offset and max timestamp of a closed segment from its last entry."""
+        if len(self.index):
+            start = self.index.positions[-1]
+            offset = self.base_offset + self.index.relative_offsets[-1]
+            max_before: int | None = self.index.max_timestamps[-1]
+        else:
+            start, offset, max_before = 0, self.base_offset, None
+        index = IndexState()  # entries past the last one are not wanted here
+        end, next_offset, max_ts, _since, reason, _first = self._replay(
+            index, start, offset, max_before, self.size, 1 << 62, verify_crc=False
+        )
+        if reason is not None:
+            raise CorruptBatchError(
+                f"{self.log_path.name}: a rolled segment is damaged at byte {end} ({reason})",
+                position=end,
+            )
+        self.next_offset = next_offset
+        self.max_timestamp = max_ts
+
+    def ensure_max_timestamp(self) -> int | None:
+        """The largest record timestamp of this segment (computed once for old segments)."""
+        if self.max_timestamp is None and not self.is_empty:
+            self._finish_scan_for_end()
+        return self.max_timestamp
+
+    def recover_tail(self, index_interval: int) -> TailRecovery:
+        """Open the last segment: scan only from its last good index entry, cut a bad tail.
+
+        Index entries are trusted only back to the last one that points at a whole batch
+        with the right offset; the log is scanned from there, the first short or corrupt
+        batch and everything after it are cut off, and the indexes are rewritten if they
+        disagreed with what the scan found.
+        """
+        file_size = self._file_size()
+        on_disk = self._read_index_files()
+        index = IndexState(
+            list(on_disk.relative_offsets), list(on_disk.positions), list(on_disk.max_timestamps)
+        )
+        while len(index) and (
+            index.positions[-1] >= file_size or not self._entry_ok(index, len(index) - 1,
+                                                                   file_size)
+        ):
+            index.truncate(len(index) - 1)
+        kept = len(index)
+        if kept:
+            start = index.positions[-1]
+            offset = self.base_offset + index.relative_offsets[-1]
+            max_before: int | None = index.max_timestamps[-1]
+        else:
+            start, offset, max_before = 0, self.base_offset, None
+        end, next_offset, max_ts, since, reason, first_ts = self._replay(
+            index, start, offset, max_before, file_size, index_interval, verify_crc=True
+        )
+        if kept:
+            # The replay counted from the entry's batch; the first timestamp is the very
+            # first batch's, read from position 0.
+            first = next(self.scan(0, file_size, self.base_offset, verify_crc=False))
+            first_ts = first[1].first_timestamp
+        truncated = file_size - end
+        if truncated:
+            self.ops.ftruncate(self.log_fd, end)
+            self.ops.fdatasync(self.log_fd)
+        index_files_match = (
+            on_disk.relative_offsets == index.relative_offsets
+            and on_disk.positions == index.positions
+            and on_disk.max_timestamps == index.max_timestamps
+            and os.fstat(self.index_fd).st_size == len(index) * OFFSET_INDEX_ENTRY.size
+            and os.fstat(self.time_index_fd).st_size == len(index) * TIME_INDEX_ENTRY.size
+        )
+        if not index_files_match:
+            self._write_index_files(index)
+        self.size = end
+        self.next_offset = next_offset
+        self.index = index
+        self.bytes_since_index = since
+        self.max_timestamp = max_ts
+        self.first_timestamp = first_ts
+        return TailRecovery(truncated, reason, not index_files_match)
+
+    # --- appending (writer side) -----------------------------------------------------
+
+    def plan_append(
+        self,
+        batches: Sequence[tuple[bytes, BatchHeader]],
+        first_offset: int,
+        index_interval: int,
+    ) -> AppendPlan:
+        """Lay out ``batches`` (with their headers) at the end of this segment.
+
+        ``first_offset`` is the base offset the first batch gets; each batch's own base
+        offset field is rewritten on the way to disk.
+        """
+        position = self.size
+        since = self.bytes_since_index
+        running_max = NO_TIMESTAMP if self.max_timestamp is None else self.max_timestamp
+        first_ts = batches[0][1].first_timestamp if self.first_timestamp is None else (
+            self.first_timestamp
+        )
+        offset = first_offset
+        buffers: list[bytes | memoryview] = []
+        entries: list[tuple[int, int, int]] = []
+        for data, header in batches:
+            if since >= index_interval and position != 0:
+                entries.append((offset - self.base_offset, position, running_max))
+                since = 0
+            buffers.append(BASE_OFFSET.pack(offset))
+            buffers.append(memoryview(data)[BASE_OFFSET.size :])
+            since += header.total_size
+            running_max = max(running_max, header.max_timestamp)
+            position += header.total_size
+            offset += header.record_count
+        return AppendPlan(
+            position=self.size,
+            first_offset=first_offset,
+            buffers=tuple(buffers),
+            end_position=position,
+            next_offset=offset,
+            new_index_entries=tuple(entries),
+            bytes_since_index=since,
+            max_timestamp=running_max,
+            first_timestamp=first_ts,
+        )
+
+    def write_plan(self, plan: AppendPlan) -> None:
+        """Write a plan and make it durable (thread side). Raises ``OSError`` on failure.
+
+        The index entries are written too but not fsync'd: they are derived data that
+        recovery checks against the log.
+        """
+        try:
+            self.ops.write_all(self.log_fd, plan.buffers, plan.position)
+            if plan.new_index_entries:
+                count = len(self.index)
+                self.ops.write_all(
+                    self.index_fd,
+                    [OFFSET_INDEX_ENTRY.pack(rel, pos) for rel, pos, _ in plan.new_index_entries],
+                    count * OFFSET_INDEX_ENTRY.size,
+                )
+                self.ops.write_all(
+                    self.time_index_fd,
+                    [TIME_INDEX_ENTRY.pack(ts, rel) for rel, _, ts in plan.new_index_entries],
+                    count * TIME_INDEX_ENTRY.size,
+                )
+        except OSError as exc:
+            raise WriteFailedError(exc.errno, exc.strerror) from exc
+        self.ops.fdatasync(self.log_fd)
+
+    def undo_plan(self, plan: AppendPlan) -> None:
+        """Cut the files back to where they were before a failed ``write_plan``."""
+        self.ops.ftruncate(self.log_fd, plan.position)
+        count = len(self.index)
+        self.ops.ftruncate(self.index_fd, count * OFFSET_INDEX_ENTRY.size)
+        self.ops.ftruncate(self.time_index_fd, count * TIME_INDEX_ENTRY.size)
+
+    def commit_plan(self, plan: AppendPlan) -> None:
+        """Adopt a plan's end state once it is durable (event-loop side)."""
+        for rel, pos, ts in plan.new_index_entries:
+            self.index.append(rel, pos, ts)
+        self.size = plan.end_position
+        self.next_offset = plan.next_offset
+        self.bytes_since_index = plan.bytes_since_index
+        self.max_timestamp = plan.max_timestamp
+        self.first_timestamp = plan.first_timestamp
+
+    def sync_indexes(self) -> None:
+        """Make the index files durable, so that the next open scans only a short tail."""
+        self.ops.fdatasync(self.index_fd)
+        self.ops.fdatasync(self.time_index_fd)
+
+    def finish(self) -> None:
+        """Roll: make the indexes durable and stop taking appends (thread side)."""
+        self.ops.fdatasync(self.log_fd)
+        self.ops.fdatasync(self.index_fd)
+        self.ops.fdatasync(self.time_index_fd)
+        self.read_only = True
+
+    # --- reading (reader side) -------------------------------------------------------
+
+    def locate(self, offset: int, limit: int) -> int:
+        """Byte position of the batch that holds ``offset``, or ``limit`` if none does."""
+        index = self.index
+        count = len(index)
+        i = bisect.bisect_right(index.relative_offsets, offset - self.base_offset, 0, count) - 1
+        if i >= 0 and index.positions[i] < limit:
+            position, expected = index.positions[i], self.base_offset + index.relative_offsets[i]
+        else:
+            position, expected = 0, self.base_offset
+        for pos, header in self.scan(position, limit, expected, verify_crc=False):
+            if header.next_offset > offset:
+                return pos
+        return limit
+
+    def read_batches(self, position: int, limit: int, max_bytes: int) -> bytes:
+        """Whole batches from ``position``: as many as fit in ``max_bytes``, at least one."""
+        if position >= limit:
+            return b""
+        want = min(limit - position, max(max_bytes, BATCH_HEADER.size))
+        data = pread_exact(self.log_fd, want, position)
+        if len(data) < BATCH_HEADER.size:
+            raise ShortBatchError(f"{self.log_path.name}: short read at {position}")
+        first = read_header(data)
+        if first.total_size > len(data):
+            if position + first.total_size > limit:
+                raise ShortBatchError(f"{self.log_path.name}: batch at {position} is cut off")
+            return pread_exact(self.log_fd, first.total_size, position)
+        end = 0
+        while end + BATCH_HEADER.size <= len(data):
+            header = read_header(data, end)
+            if end + header.total_size > len(data):
+                break
+            end += header.total_size
+        return data if end == len(data) else data[:end]
+
+    def timestamp_position(self, timestamp_ms: int) -> tuple[int, int]:
+        """Where to start scanning for the first record with a timestamp >= ``timestamp_ms``."""
+        index = self.index
+        count = len(index)
+        i = bisect.bisect_left(index.max_timestamps, timestamp_ms, 0, count) - 1
+        if i >= 0:
+            return index.positions[i], self.base_offset + index.relative_offsets[i]
+        return 0, self.base_offset
+
+
+def list_segment_bases(directory: Path) -> list[int]:
+    """Base offsets of the ``.log`` files in ``directory``, in order."""
+    bases = []
+    for path in directory.iterdir():
+        if path.suffix == LOG_SUFFIX and path.stem.isdigit() and len(path.stem) == 20:
+            bases.append(int(path.stem))
+    return sorted(bases)
+
+
+def remove_strays(directory: Path, bases: Sequence[int]) -> list[Path]:
+    """Delete index files without their log and temporary files (left by a crash)."""
+    keep = {segment_name(b) for b in bases}
+    removed = []
+    for path in directory.iterdir():
+        if path.suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX) and path.stem not in keep:
+            path.unlink()
+            removed.append(path)
+        elif path.suffix == ".tmp":
+            path.unlink()
+            removed.append(path)
+    return removed

@@ -1,0 +1,1 @@
+"""Object-store backends, segment upload, remote retention and remote reads."""
