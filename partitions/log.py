@@ -363,8 +363,7 @@ class PartitionLog:
         """
         if len(batch) > self.config.max_batch_bytes:
             raise BatchTooLargeError(
-                f"a batch of {len(batch)} bytes exceeds the limit of "
-                f"{self.config.max_batch_bytes}",
+                f"a batch of {len(batch)} bytes exceeds the limit of {self.config.max_batch_bytes}",
                 size=len(batch),
                 limit=self.config.max_batch_bytes,
             )

@@ -269,7 +269,8 @@ class Segment:
             if verify_crc:
                 if end > buf_start + len(buf):
                     buf = pread_exact(
-                        self.log_fd, max(header.total_size, min(_READ_CHUNK, limit - position)),
+                        self.log_fd,
+                        max(header.total_size, min(_READ_CHUNK, limit - position)),
                         position,
                     )
                     buf_start = position
@@ -458,8 +459,7 @@ class Segment:
             list(on_disk.relative_offsets), list(on_disk.positions), list(on_disk.max_timestamps)
         )
         while len(index) and (
-            index.positions[-1] >= file_size or not self._entry_ok(index, len(index) - 1,
-                                                                   file_size)
+            index.positions[-1] >= file_size or not self._entry_ok(index, len(index) - 1, file_size)
         ):
             index.truncate(len(index) - 1)
         kept = len(index)
@@ -514,8 +514,10 @@ class Segment:
         position = self.size
         since = self.bytes_since_index
         running_max = NO_TIMESTAMP if self.max_timestamp is None else self.max_timestamp
-        first_ts = batches[0][1].first_timestamp if self.first_timestamp is None else (
-            self.first_timestamp
+        first_ts = (
+            batches[0][1].first_timestamp
+            if self.first_timestamp is None
+            else (self.first_timestamp)
         )
         offset = first_offset
         buffers: list[bytes | memoryview] = []

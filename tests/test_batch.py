@@ -63,7 +63,9 @@ def test_round_trip_keeps_every_field(records: list[NewRecord], base: int) -> No
 
 def test_layout_matches_the_documented_header() -> None:
     batch = encode_batch(
-        [NewRecord(value=b"v", timestamp_ms=5)], now_ms=9, max_record_bytes=MIB,
+        [NewRecord(value=b"v", timestamp_ms=5)],
+        now_ms=9,
+        max_record_bytes=MIB,
         producer_tag=b"retry-key",
     )
     base, length = BATCH_PREFIX.unpack_from(batch)
