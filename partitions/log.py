@@ -623,6 +623,8 @@ class PartitionLog:
             await self._fail_and_reopen(error)
             return
         active.commit_plan(plan)
+        if was_empty:
+            active.first_append_ms = self._clock_ms()
         self._group_commits += 1
         self._appends += len(group)
         base = plan.first_offset
@@ -709,9 +711,20 @@ class PartitionLog:
     # --- segment_ms ------------------------------------------------------------------------
 
     def _roll_deadline_ms(self, segment: Segment) -> int:
-        first = segment.first_timestamp
+        """When ``segment_ms`` rolls the segment: counted from its first append here.
+
+        A segment recovered at open has no such moment; its first record's timestamp
+        stands in, but never later than now (producer clocks may run ahead). Producer
+        timestamps never drive rolls of live segments: old timestamps would otherwise roll
+        a segment per batch.
+        """
         now = self._clock_ms()
-        anchor = now if first is None else min(first, now)
+        if segment.first_append_ms is not None:
+            anchor = segment.first_append_ms
+        elif segment.first_timestamp is not None:
+            anchor = min(segment.first_timestamp, now)
+        else:
+            anchor = now
         return anchor + self.config.segment_ms
 
     def _arm_roll_timer(self) -> None:

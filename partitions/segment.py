@@ -141,6 +141,8 @@ class Segment:
         self.bytes_since_index = 0
         self.max_timestamp: int | None = None
         self.first_timestamp: int | None = None
+        # Wall-clock time of the first append in this process (drives segment_ms).
+        self.first_append_ms: int | None = None
         self.read_only = False
         # Readers pin a segment so that retention cannot close its file under them.
         self._pins = 0

@@ -161,7 +161,7 @@ async def test_timestamp_lookup(tmp_path: Path) -> None:
     # Out-of-order producer timestamps: the first record at or after T wins.
     stamps = [100, 300, 200, 400, 400, 350, 900] + [1000 + i for i in range(150)]
     for ts in stamps:
-        await log.append_records([record(f"t{ts}" * 20, ts=ts)])
+        await log.append_records([record(f"t{ts}" * 60, ts=ts)])
     assert len(log.segments()) > 2
     assert await log.offset_for_timestamp(0) == 0
     assert await log.offset_for_timestamp(150) == 1
@@ -202,6 +202,14 @@ async def test_an_idle_partition_rolls_on_the_segment_timer(tmp_path: Path) -> N
     segments = log.segments()
     assert len(segments) == 2
     assert segments[0].next_offset == 1 and segments[1].active and segments[1].size_bytes == 0
+    await log.close()
+
+
+async def test_old_producer_timestamps_do_not_roll_segments(tmp_path: Path) -> None:
+    log = await PartitionLog.open(tmp_path, LogConfig(segment_ms=60_000))
+    for i in range(20):
+        await log.append_records([record(str(i), ts=1_000 + i)])  # 1970: long "expired"
+    assert len(log.segments()) == 1
     await log.close()
 
 
