@@ -1,18 +1,23 @@
 """The partition log: an append-only, crash-safe sequence of segments.
 
-One writer task per partition owns every change (appends, rolls, seal, retention) and takes
-them in the order they were asked for. Appends waiting while the previous write ran are
-written together and share one fsync (group commit); each append's future resolves only
-after its bytes are durable, and only then does the high watermark (the offset readers see
-and wait on) move. Readers never see an offset that a crash could take back.
+Writing works like a database's WAL writer. Appends are queued in call order; a *drain*
+running on a writer thread takes everything queued, writes it with one ``pwritev``, makes
+it durable with one ``fdatasync`` (group commit), hands the results to the event loop, and
+at once takes whatever queued up during that fsync. So the disk stays busy while the loop
+accepts and answers requests in parallel, and no append waits for a thread hop of its own
+under load. An append's future resolves only after its bytes are durable, and only then
+does the high watermark (the offset readers see and wait on) move: no reader ever sees an
+offset that a crash could take back.
 
-Blocking file I/O runs on executor threads; the event loop only plans and bookkeeps.
+Changes other than appends (roll, seal, retention, close) go through the same queue, so
+they happen in order with the appends around them. While a drain runs it owns the segment
+state; the event loop sees what the drain *published*: the high watermark and each
+segment's durable size.
 
-A failed fsync is never retried as if it had worked: every waiting append fails, the
-partition closes its files and reopens them with recovery, and takes appends again after.
-A full disk (``ENOSPC``) fails only the appends of that write; the file is cut back to
-where it was, so the log stays readable and consistent, and appends work again once space
-is freed.
+A failed fsync is never retried as if it had worked: the appends waiting on it fail, and
+the partition closes its files and reopens them with recovery before it writes again. A full
+disk (``ENOSPC``) fails only the appends of that write; the file is cut back to where it
+was, so the log stays readable and consistent, and appends work again once space is freed.
 
 Directory layout::
 
@@ -25,14 +30,14 @@ Directory layout::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -72,8 +77,23 @@ log = logging.getLogger(__name__)
 META_FILE = "partition.json"
 META_FORMAT_VERSION = 1
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Group commits one drain does before it lets other partitions have its thread.
+_DRAIN_ROUNDS = 32
+_RECOVERY_BACKOFF_S = (0.05, 5.0)
 
 T = TypeVar("T")
+
+_writer_pool_lock = threading.Lock()
+_writer_pool: ThreadPoolExecutor | None = None
+
+
+def default_writer_pool() -> ThreadPoolExecutor:
+    """The process-wide threads that run drains (kept apart from readers' threads)."""
+    global _writer_pool
+    with _writer_pool_lock:
+        if _writer_pool is None:
+            _writer_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="log-writer")
+        return _writer_pool
 
 
 def wall_clock_ms() -> int:
@@ -159,19 +179,24 @@ class LogStats:
     sealed: bool
     group_commits: int
     appends: int
+    # Seconds the writer spent in write+fsync: divided by wall time, how busy the disk was.
+    sync_seconds: float
 
 
 @dataclass(slots=True)
 class _Append:
     data: bytes
     header: BatchHeader
+    size: int
     future: asyncio.Future[AppendResult]
 
 
 @dataclass(slots=True)
 class _Control:
+    """A change run by the drain, in order with appends. ``action`` runs on its thread."""
+
     action: Callable[[], Any]
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None
 
 
 class PartitionLog:
@@ -183,30 +208,33 @@ class PartitionLog:
         config: LogConfig,
         ops: FileOps,
         executor: Executor | None,
+        writer_pool: Executor,
         clock_ms: Callable[[], int],
     ) -> None:
         self.directory = directory
         self.config = config
         self._ops = ops
         self._executor = executor
+        self._writer_pool = writer_pool
         self._clock_ms = clock_ms
         self._loop = asyncio.get_running_loop()
+        # Replaced, never changed in place, so that a reader iterating it is never upset.
         self._segments: list[Segment] = []
         self._sealed = False
-        self._sealed_end: int | None = None
         self._high_watermark = 0
-        self._queue: deque[_Append | _Control] = deque()
-        self._wake = asyncio.Event()
+        self._pending: deque[_Append | _Control] = deque()
+        self._drain_lock = threading.Lock()
+        self._draining = False
         self._data_event = asyncio.Event()
         self._closing = False
         self._closed = False
         self._unavailable: EventBusError | None = None
         self._recovery_failed = False
         self._roll_timer: asyncio.TimerHandle | None = None
-        self._writer: asyncio.Task[None] | None = None
         self.last_recovery: TailRecovery | None = None
         self._group_commits = 0
         self._appends = 0
+        self._sync_seconds = 0.0
 
     # --- opening and closing -------------------------------------------------------------
 
@@ -218,18 +246,28 @@ class PartitionLog:
         *,
         ops: FileOps | None = None,
         executor: Executor | None = None,
+        writer_pool: Executor | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> PartitionLog:
-        """Open (or create) the log in ``directory``, recovering the tail of the last segment."""
-        self = cls(directory, config or LogConfig(), ops or FileOps(), executor, clock_ms)
+        """Open (or create) the log in ``directory``, recovering the tail of the last segment.
+
+        ``executor`` runs reads (default: the loop's); ``writer_pool`` runs drains
+        (default: one pool per process, see :func:`default_writer_pool`).
+        """
+        self = cls(
+            directory,
+            config or LogConfig(),
+            ops or FileOps(),
+            executor,
+            writer_pool or default_writer_pool(),
+            clock_ms,
+        )
         await self._run(self._load)
-        self._writer = self._loop.create_task(self._write_loop(), name=f"log-writer:{directory}")
-        self._writer.add_done_callback(self._writer_done)
         self._arm_roll_timer()
         return self
 
     def _load(self) -> None:
-        """Open every segment and recover the last one (executor thread)."""
+        """Open every segment and recover the last one (thread)."""
         self._ops.make_dirs(self.directory)
         meta_path = self.directory / META_FILE
         if meta_path.exists():
@@ -273,7 +311,6 @@ class PartitionLog:
             raise
         self._segments = segments
         self._sealed = sealed
-        self._sealed_end = sealed_end
         self._high_watermark = segments[-1].next_offset if segments else int(sealed_end or 0)
 
     def _write_meta(self, *, sealed: bool, end_offset: int | None) -> None:
@@ -285,31 +322,27 @@ class PartitionLog:
         if self._closed:
             return
         self._closing = True
-        writer = self._writer
-        if writer is not None and not writer.done() and self._unavailable is None:
-            with contextlib.suppress(EventBusError):
-                await self._control(self._finish_active_for_close)
-        if writer is not None and not writer.done():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-        self._closed = True
         if self._roll_timer is not None:
             self._roll_timer.cancel()
-        self._fail_queue(PartitionClosedError(f"partition log {self.directory} is closed"))
+        if not self._recovery_failed:
+            try:
+                await self._control(self._sync_active_indexes)
+            except EventBusError as exc:
+                log.warning("partition %s: closing after an error: %s", self.directory, exc)
+        self._closed = True
+        self._fail_pending(PartitionClosedError(f"partition log {self.directory} is closed"))
         segments, self._segments = self._segments, []
-        await self._run(self._close_segments, segments)
+        await self._run(self._retire_segments, segments)
         self._notify_data()
 
     @staticmethod
-    def _close_segments(segments: Sequence[Segment]) -> None:
+    def _retire_segments(segments: Sequence[Segment]) -> None:
         for segment in segments:
             segment.retire()
 
-    async def _finish_active_for_close(self) -> None:
+    def _sync_active_indexes(self) -> None:
         if self._segments and not self._segments[-1].read_only and self._unavailable is None:
-            segment = self._segments[-1]
-            await self._run(segment.sync_indexes)
+            self._segments[-1].sync_indexes()
 
     # --- properties ------------------------------------------------------------------------
 
@@ -324,9 +357,8 @@ class PartitionLog:
 
     @property
     def start_offset(self) -> int:
-        if self._segments:
-            return self._segments[0].base_offset
-        return self._high_watermark
+        segments = self._segments
+        return segments[0].base_offset if segments else self._high_watermark
 
     @property
     def sealed(self) -> bool:
@@ -337,20 +369,23 @@ class PartitionLog:
         return self._closed
 
     def segments(self) -> list[SegmentInfo]:
-        active = None if self._sealed else (self._segments[-1] if self._segments else None)
+        segments = self._segments
+        active = None if self._sealed or not segments else segments[-1]
         return [
-            SegmentInfo(s.base_offset, s.next_offset, s.size, s is active) for s in self._segments
+            SegmentInfo(s.base_offset, s.next_offset, s.durable_size, s is active) for s in segments
         ]
 
     def stats(self) -> LogStats:
+        segments = self._segments
         return LogStats(
             start_offset=self.start_offset,
             end_offset=self._high_watermark,
-            size_bytes=sum(s.size for s in self._segments),
-            segment_count=len(self._segments),
+            size_bytes=sum(s.durable_size for s in segments),
+            segment_count=len(segments),
             sealed=self._sealed,
             group_commits=self._group_commits,
             appends=self._appends,
+            sync_seconds=self._sync_seconds,
         )
 
     # --- appending -------------------------------------------------------------------------
@@ -361,17 +396,18 @@ class PartitionLog:
         The batch's own base offset is ignored: the log assigns the next one. Appends are
         written in the order they were called.
         """
-        if len(batch) > self.config.max_batch_bytes:
+        size = len(batch)
+        if size > self.config.max_batch_bytes:
             raise BatchTooLargeError(
-                f"a batch of {len(batch)} bytes exceeds the limit of {self.config.max_batch_bytes}",
-                size=len(batch),
+                f"a batch of {size} bytes exceeds the limit of {self.config.max_batch_bytes}",
+                size=size,
                 limit=self.config.max_batch_bytes,
             )
         header = validate_batch(batch)
         self._check_writable()
         future: asyncio.Future[AppendResult] = self._loop.create_future()
-        self._queue.append(_Append(batch, header, future))
-        self._wake.set()
+        self._pending.append(_Append(batch, header, size, future))
+        self._kick()
         return await future
 
     async def append_records(
@@ -399,14 +435,14 @@ class PartitionLog:
                 f"the partition could not recover from a storage failure: {self._unavailable}"
             )
 
-    # --- control operations (run by the writer, in order with appends) ---------------------
+    # --- control operations ----------------------------------------------------------------
 
     async def _control(self, action: Callable[[], Any]) -> Any:
         if self._closed:
             raise PartitionClosedError(f"partition log {self.directory} is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.append(_Control(action, future))
-        self._wake.set()
+        self._pending.append(_Control(action, future))
+        self._kick()
         return await future
 
     async def roll(self) -> None:
@@ -450,37 +486,44 @@ class PartitionLog:
         )
         return result
 
-    async def _roll(self) -> None:
-        active = self._segments[-1] if self._segments else None
+    # The methods below run on the drain's thread.
+
+    def _roll(self) -> None:
+        segments = self._segments
+        active = segments[-1] if segments else None
         if self._sealed or active is None or active.is_empty:
             return
-        await self._run(active.finish)
-        new = await self._run(Segment.create, self.directory, active.next_offset, self._ops)
-        self._segments.append(new)
-        self._arm_roll_timer()
+        active.finish()
+        new = Segment.create(self.directory, active.next_offset, self._ops)
+        self._segments = [*segments, new]
+        self._post(self._arm_roll_timer)
 
-    async def _roll_if_due(self, segment: Segment) -> None:
-        if self._segments and self._segments[-1] is segment and not segment.is_empty:
+    def _roll_if_due(self, segment: Segment) -> None:
+        segments = self._segments
+        if segments and segments[-1] is segment and not segment.is_empty:
             if self._roll_deadline_ms(segment) <= self._clock_ms():
-                await self._roll()
+                self._roll()
             else:
-                self._arm_roll_timer()
+                self._post(self._arm_roll_timer)
 
-    async def _seal(self) -> int:
+    def _seal(self) -> int:
         if self._sealed:
             return self._high_watermark
-        if self._segments and not self._segments[-1].read_only:
-            await self._run(self._segments[-1].finish)
-        end = self._high_watermark
-        await self._run(partial(self._write_meta, sealed=True, end_offset=end))
+        segments = self._segments
+        if segments and not segments[-1].read_only:
+            segments[-1].finish()
+        end = segments[-1].next_offset if segments else self._high_watermark
+        self._write_meta(sealed=True, end_offset=end)
         self._sealed = True
-        self._sealed_end = end
+        self._post(self._after_seal)
+        return end
+
+    def _after_seal(self) -> None:
         if self._roll_timer is not None:
             self._roll_timer.cancel()
         self._notify_data()
-        return end
 
-    async def _retain(
+    def _retain(
         self,
         retention_ms: int | None,
         retention_bytes: int | None,
@@ -488,94 +531,110 @@ class PartitionLog:
         *,
         delete_all_below: bool = False,
     ) -> list[SegmentInfo]:
-        candidates = list(self._segments if self._sealed else self._segments[:-1])
+        segments = self._segments
+        candidates = segments if self._sealed else segments[:-1]
         now = self._clock_ms()
-
-        def choose() -> int:
-            total = sum(s.size for s in self._segments)
-            count = 0
-            for segment in candidates:
-                if max_offset is not None and segment.next_offset > max_offset:
-                    break
-                expired = delete_all_below
-                if not expired and retention_ms is not None:
-                    newest = segment.ensure_max_timestamp()
-                    expired = newest is None or newest < now - retention_ms
-                if not expired and retention_bytes is not None:
-                    expired = total - segment.size >= retention_bytes
-                if not expired:
-                    break
-                total -= segment.size
-                count += 1
-            return count
-
-        count = await self._run(choose)
+        total = sum(s.size for s in segments)
+        count = 0
+        for segment in candidates:
+            if max_offset is not None and segment.next_offset > max_offset:
+                break
+            expired = delete_all_below
+            if not expired and retention_ms is not None:
+                newest = segment.ensure_max_timestamp()
+                expired = newest is None or newest < now - retention_ms
+            if not expired and retention_bytes is not None:
+                expired = total - segment.size >= retention_bytes
+            if not expired:
+                break
+            total -= segment.size
+            count += 1
         if not count:
             return []
-        doomed = self._segments[:count]
-        del self._segments[:count]
-        self._notify_data()
-
-        def remove() -> None:
-            for segment in doomed:
-                segment.delete()
-            self._ops.fsync_dir(self.directory)
-
-        await self._run(remove)
+        doomed = segments[:count]
+        self._segments = segments[count:]
+        for segment in doomed:
+            segment.delete()
+        self._ops.fsync_dir(self.directory)
+        self._post(self._notify_data)
         return [SegmentInfo(s.base_offset, s.next_offset, s.size, False) for s in doomed]
 
-    # --- the writer ------------------------------------------------------------------------
+    # --- the drain -------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if self._unavailable is not None:
-                await self._reopen()
-                continue
-            head = self._queue[0]
-            if isinstance(head, _Control):
-                self._queue.popleft()
-                try:
-                    result = await head.action()
-                except asyncio.CancelledError:
-                    raise
-                except OSError as exc:
-                    error = StorageIOError(f"storage failure in {self.directory}: {exc}")
-                    if not head.future.done():
-                        head.future.set_exception(error)
-                    await self._fail_and_reopen(error)
-                    continue
-                except EventBusError as exc:
-                    if not head.future.done():
-                        head.future.set_exception(exc)
-                    continue
-                if not head.future.done():
-                    head.future.set_result(result)
-                continue
-            await self._write_group()
+    def _kick(self) -> None:
+        """Make sure a drain is running (event loop side)."""
+        with self._drain_lock:
+            if self._draining:
+                return
+            self._draining = True
+        self._writer_pool.submit(self._drain)
+
+    def _drain(self) -> None:
+        """Work through the queue on a writer thread until it is empty."""
+        try:
+            for _ in range(_DRAIN_ROUNDS):
+                with self._drain_lock:
+                    # Checked under the lock: an append queued after this sees
+                    # _draining False and starts the next drain itself.
+                    if not self._pending:
+                        self._draining = False
+                        return
+                self._drain_one()
+            # Give the thread to other partitions; this one goes on at the back of the line.
+            self._writer_pool.submit(self._drain)
+        except BaseException as exc:  # noqa: BLE001 - a dead drain must fail its waiters
+            with self._drain_lock:
+                self._draining = False
+            self._post(self._drain_crashed, exc)
+
+    def _drain_one(self) -> None:
+        if self._closed:
+            closed = PartitionClosedError(f"partition log {self.directory} is closed")
+            self._fail_queued_appends(closed)
+            while self._pending:
+                item = self._pending.popleft()
+                self._settle(item.future, error=closed)
+            return
+        if self._unavailable is not None:
+            self._reopen()
+            return
+        head = self._pending[0]
+        if isinstance(head, _Control):
+            self._pending.popleft()
+            try:
+                result = head.action()
+            except OSError as exc:
+                error = StorageIOError(f"storage failure in {self.directory}: {exc}")
+                self._settle(head.future, error=error)
+                self._fail_and_reopen(error)
+                return
+            except EventBusError as exc:
+                self._settle(head.future, error=exc)
+                return
+            self._settle(head.future, result=result)
+            return
+        self._write_group()
 
     def _take_group(self, active: Segment) -> list[_Append]:
+        pending = self._pending
         group: list[_Append] = []
         size = 0
         room = self.config.segment_bytes - active.size
-        while self._queue and isinstance(self._queue[0], _Append):
-            item = self._queue[0]
-            item_size = item.header.total_size
-            if group and (
-                size + item_size > self.config.max_group_bytes or size + item_size > room
-            ):
+        limit = self.config.max_group_bytes
+        while pending:
+            item = pending[0]
+            if not isinstance(item, _Append):
                 break
-            self._queue.popleft()
+            if group and (size + item.size > limit or size + item.size > room):
+                break
+            pending.popleft()
             group.append(item)
-            size += item_size
+            size += item.size
         return group
 
-    async def _write_group(self) -> None:
+    def _write_group(self) -> None:
         if self._sealed:
-            self._fail_appends(
+            self._fail_head_appends(
                 PartitionSealedError(
                     f"the partition is sealed at offset {self._high_watermark}",
                     end_offset=self._high_watermark,
@@ -583,129 +642,165 @@ class PartitionLog:
             )
             return
         active = self._segments[-1]
-        head = self._queue[0]
+        head = self._pending[0]
         if not isinstance(head, _Append):
             return
-        if not active.is_empty and active.size + head.header.total_size > (
-            self.config.segment_bytes
-        ):
+        if not active.is_empty and active.size + head.size > self.config.segment_bytes:
             try:
-                await self._roll()
+                self._roll()
             except OSError as exc:
-                await self._fail_and_reopen(StorageIOError(f"roll failed: {exc}"))
+                self._fail_and_reopen(StorageIOError(f"roll failed: {exc}"))
                 return
             active = self._segments[-1]
         group = self._take_group(active)
-        was_empty = active.is_empty
         plan = active.plan_append(
             [(item.data, item.header) for item in group],
             active.next_offset,
             self.config.index_interval_bytes,
         )
+        started = time.perf_counter()
         try:
-            await self._run(active.write_plan, plan)
+            active.write_plan(plan)
         except OSError as exc:
             if isinstance(exc, WriteFailedError) and exc.errno in _DISK_FULL_ERRNOS:
                 try:
-                    await self._run(active.undo_plan, plan)
+                    active.undo_plan(plan)
                 except OSError as undo_exc:
                     error = StorageIOError(f"could not undo a failed write: {undo_exc}")
-                    self._fail_items(group, error)
-                    await self._fail_and_reopen(error)
+                    self._post(self._fail_items, group, error)
+                    self._fail_and_reopen(error)
                     return
-                self._fail_items(
-                    group,
-                    DiskFullError(f"no space left on the device holding {self.directory}"),
-                )
+                full = DiskFullError(f"no space left on the device holding {self.directory}")
+                self._post(self._fail_items, group, full)
                 return
             error = StorageIOError(f"write or fsync failed in {self.directory}: {exc}")
-            self._fail_items(group, error)
-            await self._fail_and_reopen(error)
+            self._post(self._fail_items, group, error)
+            self._fail_and_reopen(error)
             return
+        self._sync_seconds += time.perf_counter() - started
+        first_in_segment = active.is_empty
         active.commit_plan(plan)
-        if was_empty:
+        if first_in_segment:
             active.first_append_ms = self._clock_ms()
+        self._post(self._publish, active, plan.end_position, plan.next_offset, group)
+
+    def _publish(
+        self, segment: Segment, durable_size: int, next_offset: int, group: list[_Append]
+    ) -> None:
+        """Make a durable group visible and answer its appends (event loop side)."""
+        first_in_segment = segment.durable_size == 0
+        segment.durable_size = durable_size
+        self._high_watermark = max(self._high_watermark, next_offset)
         self._group_commits += 1
         self._appends += len(group)
-        base = plan.first_offset
+        base = next_offset - sum(item.header.record_count for item in group)
         for item in group:
             if not item.future.done():
                 item.future.set_result(AppendResult(base, item.header.record_count))
             base += item.header.record_count
-        self._high_watermark = active.next_offset
         self._notify_data()
-        if was_empty:
+        if first_in_segment:
             self._arm_roll_timer()
 
     # --- failure handling ------------------------------------------------------------------
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` on the event loop, in the order posted."""
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            log.warning("partition %s: the event loop is gone; dropped %s", self.directory, fn)
+
+    def _settle(
+        self,
+        future: asyncio.Future[Any] | None,
+        *,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if future is not None:
+            self._post(_resolve, future, result, error)
 
     def _fail_items(self, items: Iterable[_Append], error: EventBusError) -> None:
         for item in items:
             if not item.future.done():
                 item.future.set_exception(error)
 
-    def _fail_appends(self, error: EventBusError) -> None:
-        """Fail the appends at the head of the queue (up to the next control operation)."""
-        while self._queue and isinstance(self._queue[0], _Append):
-            item = self._queue.popleft()
-            if not item.future.done():
+    def _fail_head_appends(self, error: EventBusError) -> None:
+        """Fail the appends at the head of the queue, up to the next control (thread)."""
+        failed = []
+        while self._pending and isinstance(self._pending[0], _Append):
+            item = self._pending.popleft()
+            if isinstance(item, _Append):
+                failed.append(item)
+        self._post(self._fail_items, failed, error)
+
+    def _fail_pending(self, error: EventBusError) -> None:
+        """Fail everything still queued (event loop side, once no drain can run)."""
+        while self._pending:
+            item = self._pending.popleft()
+            if item.future is not None and not item.future.done():
                 item.future.set_exception(error)
 
-    def _fail_queue(self, error: EventBusError) -> None:
-        while self._queue:
-            item = self._queue.popleft()
-            if not item.future.done():
-                item.future.set_exception(error)
-
-    async def _fail_and_reopen(self, error: EventBusError) -> None:
-        """A write or fsync failed (its waiters already failed): reopen with recovery.
+    def _fail_and_reopen(self, error: EventBusError) -> None:
+        """A write or fsync failed (its waiters are told): reopen with recovery (thread).
 
         Appends queued behind the failed write were not waiting on it; they are written
         once the partition has recovered.
         """
         log.error("partition %s: %s; reopening with recovery", self.directory, error.message)
         self._unavailable = error
-        await self._reopen()
+        self._reopen()
 
-    async def _reopen(self) -> None:
+    def _reopen(self) -> None:
         old, self._segments = self._segments, []
-        await self._run(self._close_segments, old)
-        delay = 0.05
+        self._retire_segments(old)
+        delay, longest = _RECOVERY_BACKOFF_S
         while True:
             try:
-                await self._run(self._load)
+                self._load()
             except (OSError, CorruptLogError) as exc:
                 log.warning("partition %s: recovery failed (%s); retrying", self.directory, exc)
                 # Fail fast while the disk is broken rather than queue without bound.
                 self._recovery_failed = True
-                self._fail_appends_everywhere(
+                self._fail_queued_appends(
                     PartitionUnavailableError(
                         f"the partition could not recover from a storage failure: {exc}"
                     )
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                if self._closing:
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, longest)
                 continue
             break
+        for segment in self._segments:
+            segment.durable_size = segment.size
         self._unavailable = None
         self._recovery_failed = False
+        self._post(self._after_reopen)
+
+    def _after_reopen(self) -> None:
         self._notify_data()
         self._arm_roll_timer()
 
-    def _fail_appends_everywhere(self, error: EventBusError) -> None:
-        appends = [item for item in self._queue if isinstance(item, _Append)]
-        self._queue = deque(item for item in self._queue if isinstance(item, _Control))
-        self._fail_items(appends, error)
+    def _fail_queued_appends(self, error: EventBusError) -> None:
+        kept: list[_Append | _Control] = []
+        failed: list[_Append] = []
+        while self._pending:
+            item = self._pending.popleft()
+            if isinstance(item, _Append):
+                failed.append(item)
+            else:
+                kept.append(item)
+        self._pending.extend(kept)
+        self._post(self._fail_items, failed, error)
 
-    def _writer_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            return
-        log.error("partition %s: writer stopped", self.directory, exc_info=exc)
+    def _drain_crashed(self, exc: BaseException) -> None:
+        log.error("partition %s: writer crashed", self.directory, exc_info=exc)
         self._unavailable = StorageIOError(f"the partition writer stopped: {exc!r}")
-        self._fail_queue(self._unavailable)
+        self._recovery_failed = True
+        self._fail_pending(self._unavailable)
         self._notify_data()
 
     # --- segment_ms ------------------------------------------------------------------------
@@ -731,10 +826,11 @@ class PartitionLog:
         if self._roll_timer is not None:
             self._roll_timer.cancel()
             self._roll_timer = None
-        if self._sealed or self._closed or not self._segments:
+        segments = self._segments
+        if self._sealed or self._closing or self._closed or not segments:
             return
-        active = self._segments[-1]
-        if active.is_empty:
+        active = segments[-1]
+        if active.durable_size == 0:
             return
         delay_ms = max(0, self._roll_deadline_ms(active) - self._clock_ms())
         self._roll_timer = self._loop.call_later(delay_ms / 1000, self._roll_timer_fired, active)
@@ -743,9 +839,8 @@ class PartitionLog:
         self._roll_timer = None
         if self._closing or self._closed:
             return
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.append(_Control(partial(self._roll_if_due, segment), future))
-        self._wake.set()
+        self._pending.append(_Control(partial(self._roll_if_due, segment), None))
+        self._kick()
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -778,7 +873,7 @@ class PartitionLog:
                     done.unpin()
                 self._check_range(offset)
                 return []
-            pinned.append((segment, segment.size))
+            pinned.append((segment, segment.durable_size))
         return pinned
 
     async def read_batches(self, offset: int, *, max_bytes: int = 1024 * 1024) -> BatchRead:
@@ -951,3 +1046,12 @@ def _find_timestamp(pinned: Sequence[tuple[Segment, int]], timestamp_ms: int) ->
                 if record.timestamp_ms >= timestamp_ms:
                     return record.offset
     return None
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

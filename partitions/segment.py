@@ -136,6 +136,9 @@ class Segment:
         self.index_fd = -1
         self.time_index_fd = -1
         self.size = 0
+        # What readers may read: set by the event loop once a write is durable and
+        # published (``size`` belongs to the writer and may be ahead of it).
+        self.durable_size = 0
         self.next_offset = base_offset
         self.index = IndexState()
         self.bytes_since_index = 0
@@ -388,7 +391,7 @@ class Segment:
         Answers whether the indexes had to be rebuilt.
         """
         self.read_only = True
-        self.size = self._file_size()
+        self.size = self.durable_size = self._file_size()
         index = self._read_index_files()
         sane = len(index) == os.fstat(self.index_fd).st_size // OFFSET_INDEX_ENTRY.size
         sane = sane and len(index) == os.fstat(self.time_index_fd).st_size // (
@@ -492,7 +495,7 @@ class Segment:
         )
         if not index_files_match:
             self._write_index_files(index)
-        self.size = end
+        self.size = self.durable_size = end
         self.next_offset = next_offset
         self.index = index
         self.bytes_since_index = since

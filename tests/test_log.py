@@ -550,3 +550,46 @@ async def test_a_real_full_disk(small_filesystem: Path) -> None:
     reopened = await PartitionLog.open(small_filesystem / "p", LogConfig(segment_bytes=4 << 20))
     assert [r.value for r in await read_all(reopened)] == [*acked, b"room again"]
     await reopened.close()
+
+
+async def test_tailing_readers_see_every_record_while_segments_roll_and_expire(
+    tmp_path: Path,
+) -> None:
+    log = await PartitionLog.open(tmp_path, LogConfig(segment_bytes=8 * 1024))
+    producers, per_producer = 4, 300
+
+    async def produce(n: int) -> None:
+        for i in range(per_producer):
+            await log.append_records([record(f"{n}:{i}:" + "p" * (i % 50))])
+
+    positions = [0, 0]
+    deleted: list[int] = []
+
+    async def tail(reader: int) -> list[bytes]:
+        seen: list[bytes] = []
+        offset = 0
+        while offset < producers * per_producer:
+            if not await log.wait_for_data(offset, 10):
+                raise AssertionError(f"no data past {offset}")
+            result = await log.read(offset, max_records=37)
+            assert result.records[0].offset == offset
+            seen.extend(r.value for r in result.records)
+            offset = positions[reader] = result.next_offset
+        return seen
+
+    async def expire() -> None:
+        # Keep deleting old segments, but never past what the slower reader has read.
+        while min(positions) < producers * per_producer:
+            removed = await log.enforce_retention(retention_bytes=1, max_offset=min(positions))
+            deleted.extend(s.base_offset for s in removed)
+            await asyncio.sleep(0.001)
+
+    readers = [asyncio.ensure_future(tail(n)) for n in range(2)]
+    await asyncio.gather(*(produce(n) for n in range(producers)), expire(), *readers)
+    assert len(deleted) > 5, "retention never ran behind the readers"
+    for seen in await asyncio.gather(*readers):
+        assert len(seen) == producers * per_producer
+        for n in range(producers):
+            mine = [v for v in seen if v.startswith(f"{n}:".encode())]
+            assert [int(v.split(b":")[1]) for v in mine] == list(range(per_producer))
+    await log.close()
