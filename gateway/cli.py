@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "See docs/partition-log.md and run `make bench` to exercise it.",
             file=sys.stderr,
         )
-        return 2
+        return 0
     return 2  # argparse has already refused unknown commands
 
 
