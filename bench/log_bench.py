@@ -65,29 +65,13 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def raw_bandwidth(directory: Path, chunk: int, seconds: float) -> float:
-    """MB/s of sequential write+fdatasync of ``chunk``-byte writes."""
-    path = directory / "raw-bandwidth"
+def raw_write_sync(directory: Path, chunk: int, seconds: float) -> tuple[float, float]:
+    """Sequential ``write`` of ``chunk`` bytes then ``fdatasync``, repeated for ``seconds``.
+
+    Answers (pairs per second, MB/s).
+    """
+    path = directory / "raw-write-sync"
     data = os.urandom(chunk)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        written = 0
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            os.write(fd, data)
-            os.fdatasync(fd)
-            written += chunk
-        elapsed = time.perf_counter() - start
-    finally:
-        os.close(fd)
-        path.unlink()
-    return written / elapsed / 1e6
-
-
-def raw_fsync_rate(directory: Path, seconds: float) -> float:
-    """write(1 KiB)+fdatasync pairs per second."""
-    path = directory / "raw-fsync"
-    data = os.urandom(RECORD_BYTES)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         count = 0
@@ -100,7 +84,7 @@ def raw_fsync_rate(directory: Path, seconds: float) -> float:
     finally:
         os.close(fd)
         path.unlink()
-    return count / elapsed
+    return count / elapsed, count * chunk / elapsed / 1e6
 
 
 def encoded_batches(records_per_batch: int, distinct: int = 16) -> list[bytes]:
@@ -213,10 +197,12 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
 
     batch_1000_bytes = len(encoded_batches(1000, distinct=1)[0])
     bandwidth, bandwidth_runs = median_of(
-        args.runs, lambda: raw_bandwidth(scratch, batch_1000_bytes, args.seconds)
+        args.runs, lambda: raw_write_sync(scratch, batch_1000_bytes, args.seconds)[1]
     )
     say(f"raw write+fdatasync bandwidth ({batch_1000_bytes} B writes): {bandwidth:.1f} MB/s")
-    fsync_rate, fsync_runs = median_of(args.runs, lambda: raw_fsync_rate(scratch, args.seconds))
+    fsync_rate, fsync_runs = median_of(
+        args.runs, lambda: raw_write_sync(scratch, RECORD_BYTES, args.seconds)[0]
+    )
     say(f"raw write(1 KiB)+fdatasync rate: {fsync_rate:.0f}/s")
 
     rows = []
