@@ -135,3 +135,102 @@ class CorruptBatchError(CorruptLogError):
     """A whole batch is there but fails its CRC or carries the wrong offset or version."""
 
     code = "corrupt_batch"
+
+
+# --- catalog -----------------------------------------------------------------------------
+
+
+class NotFoundError(EventBusError):
+    code = "not_found"
+    status = 404
+
+
+class TenantNotFoundError(NotFoundError):
+    code = "tenant_not_found"
+
+
+class TopicNotFoundError(NotFoundError):
+    code = "topic_not_found"
+
+
+class PartitionNotFoundError(NotFoundError):
+    code = "partition_not_found"
+
+
+class ApiKeyNotFoundError(NotFoundError):
+    code = "api_key_not_found"
+
+
+class GroupNotFoundError(NotFoundError):
+    code = "group_not_found"
+
+
+class RemoteSegmentNotFoundError(NotFoundError):
+    code = "remote_segment_not_found"
+
+
+class ConflictError(EventBusError):
+    code = "conflict"
+    status = 409
+
+
+class TenantExistsError(ConflictError):
+    code = "tenant_exists"
+
+
+class TopicExistsError(ConflictError):
+    """A live topic of that name exists; ``details["incarnation"]`` names it."""
+
+    code = "topic_exists"
+
+
+class VersionConflictError(ConflictError):
+    """A compare-and-set lost: the row changed since the caller read it."""
+
+    code = "version_conflict"
+
+
+class StaleGenerationError(ConflictError):
+    """A consumer-group write from a generation that is no longer current."""
+
+    code = "stale_generation"
+
+
+class PartitionNotActiveError(ConflictError):
+    """Split or merge of a partition that is already sealed."""
+
+    code = "partition_not_active"
+
+
+class PartitionsNotAdjacentError(ConflictError):
+    """A merge of two partitions whose hash ranges do not touch."""
+
+    code = "partitions_not_adjacent"
+
+
+class InvalidSplitPointError(InvalidInputError):
+    """A split point that is not strictly inside the partition's hash range."""
+
+    code = "invalid_split_point"
+
+
+class InvalidMergeError(InvalidInputError):
+    """A merge that does not name exactly two different partitions."""
+
+    code = "invalid_merge"
+
+
+class InvalidOffsetError(InvalidInputError):
+    """An offset that cannot be right (negative, or a sealed end below the start)."""
+
+    code = "invalid_offset"
+
+
+class RemoteSegmentStateError(ConflictError):
+    """A remote-segment state change from a state the row is not in."""
+
+    code = "remote_segment_state"
+
+
+class RemoteSegmentExistsError(ConflictError):
+    code = "remote_segment_exists"

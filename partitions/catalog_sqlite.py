@@ -1,0 +1,1182 @@
+"""The catalog in SQLite, for one node: a file in the data directory.
+
+One connection on one dedicated thread does every read and write, so the event loop never
+blocks on SQLite and operations are serialised: each is a single ``BEGIN IMMEDIATE``
+transaction that either commits whole or changes nothing. The database runs in WAL mode with
+``synchronous=FULL``, so a committed transaction survives a crash of the process or the
+machine, and a backup can be taken while the server runs.
+
+The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` brings an older
+file up to date at open, one transaction per step.
+
+Hash points are stored as 20-digit zero-padded decimal text: SQLite integers are signed
+64-bit and the end of the hash space, 2**64, does not fit in one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from partitions.catalog import (
+    WHOLE_SPACE,
+    ApiKeyRecord,
+    Catalog,
+    GroupRecord,
+    HashRange,
+    IdempotencyRecord,
+    LineageChange,
+    PartitionRecord,
+    PartitionState,
+    RemoteSegmentRecord,
+    RemoteSegmentState,
+    TenantRecord,
+    TopicRecord,
+)
+from partitions.errors import (
+    ApiKeyNotFoundError,
+    GroupNotFoundError,
+    InvalidMergeError,
+    InvalidOffsetError,
+    InvalidSplitPointError,
+    PartitionNotActiveError,
+    PartitionNotFoundError,
+    PartitionsNotAdjacentError,
+    RemoteSegmentExistsError,
+    RemoteSegmentNotFoundError,
+    RemoteSegmentStateError,
+    StaleGenerationError,
+    TenantExistsError,
+    TenantNotFoundError,
+    TopicExistsError,
+    TopicNotFoundError,
+    VersionConflictError,
+)
+
+CATALOG_FILE = "catalog.sqlite3"
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema.
+    """
+    CREATE TABLE tenants (
+        name TEXT PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        quotas TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE TABLE api_keys (
+        tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        last_used_ms INTEGER,
+        PRIMARY KEY (tenant, key_id)
+    );
+    CREATE TABLE topics (
+        tenant TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        name TEXT NOT NULL,
+        config TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        deleted_ms INTEGER,
+        next_partition_id INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (tenant, incarnation)
+    );
+    CREATE UNIQUE INDEX topics_live_name ON topics (tenant, name) WHERE deleted_ms IS NULL;
+    CREATE TABLE partitions (
+        tenant TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        partition_id INTEGER NOT NULL,
+        hash_start TEXT NOT NULL,
+        hash_end TEXT NOT NULL,
+        state TEXT NOT NULL,
+        parents TEXT NOT NULL,
+        children TEXT NOT NULL,
+        start_offset INTEGER NOT NULL,
+        end_offset INTEGER,
+        created_ms INTEGER NOT NULL,
+        sealed_ms INTEGER,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (tenant, incarnation, partition_id)
+    );
+    CREATE TABLE groups (
+        tenant TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        name TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        metadata TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (tenant, incarnation, name)
+    );
+    CREATE TABLE group_offsets (
+        tenant TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        name TEXT NOT NULL,
+        partition_id INTEGER NOT NULL,
+        next_offset INTEGER NOT NULL,
+        PRIMARY KEY (tenant, incarnation, name, partition_id)
+    );
+    CREATE TABLE idempotency (
+        tenant TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, incarnation, key)
+    );
+    CREATE INDEX idempotency_expiry ON idempotency (expires_ms);
+    CREATE TABLE remote_segments (
+        tenant TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        partition_id INTEGER NOT NULL,
+        base_offset INTEGER NOT NULL,
+        last_offset INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        first_timestamp_ms INTEGER NOT NULL,
+        max_timestamp_ms INTEGER NOT NULL,
+        object_key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (tenant, incarnation, partition_id, base_offset)
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _hash_text(point: int) -> str:
+    return f"{point:020d}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to :data:`SCHEMA_VERSION`; answers the version found."""
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the catalog has schema version {found}; this build knows up to {SCHEMA_VERSION}"
+        )
+    for version in range(found, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return found
+
+
+def backup_catalog(source: Path, destination: Path) -> None:
+    """Write a consistent copy of the catalog at ``source`` to ``destination``.
+
+    Uses SQLite's online backup, so it is safe while a server writes to ``source``; the
+    copy is written to a temporary file, fsync'd and renamed into place.
+    """
+    if not source.exists():
+        raise FileNotFoundError(f"no catalog at {source}")
+    src = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
+    tmp = destination.with_name(destination.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(destination)
+    dir_fd = os.open(destination.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class SqliteCatalog:
+    """:class:`partitions.catalog.Catalog` in one SQLite file."""
+
+    def __init__(self, path: Path, clock_ms: Callable[[], int]) -> None:
+        self.path = path
+        self._clock_ms = clock_ms
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog")
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, clock_ms: Callable[[], int] = wall_clock_ms
+    ) -> SqliteCatalog:
+        self = cls(path, clock_ms)
+        try:
+            await self._run(self._open)
+        except BaseException:
+            self._thread.shutdown(wait=False)
+            raise
+        return self
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = connect(self.path)
+        migrate(self._conn)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._thread.shutdown(wait=True)
+
+    async def backup(self, destination: Path) -> None:
+        await self._run(backup_catalog, self.path, destination)
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
+
+    async def _tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args)`` in one immediate transaction on the catalog thread."""
+        return await self._run(self._in_transaction, fn, *args, **kwargs)
+
+    def _in_transaction(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("the catalog is closed")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn, *args, **kwargs)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # --- row mapping ---------------------------------------------------------------------
+
+    @staticmethod
+    def _tenant(row: sqlite3.Row) -> TenantRecord:
+        return TenantRecord(
+            name=row["name"],
+            created_ms=row["created_ms"],
+            quotas=json.loads(row["quotas"]),
+            plan=json.loads(row["plan"]),
+            version=row["version"],
+        )
+
+    @staticmethod
+    def _key(row: sqlite3.Row) -> ApiKeyRecord:
+        return ApiKeyRecord(
+            tenant=row["tenant"],
+            key_id=row["key_id"],
+            key_hash=row["key_hash"],
+            scope=json.loads(row["scope"]),
+            created_ms=row["created_ms"],
+            last_used_ms=row["last_used_ms"],
+        )
+
+    @staticmethod
+    def _topic(row: sqlite3.Row) -> TopicRecord:
+        return TopicRecord(
+            tenant=row["tenant"],
+            name=row["name"],
+            incarnation=row["incarnation"],
+            config=json.loads(row["config"]),
+            created_ms=row["created_ms"],
+            deleted=row["deleted_ms"] is not None,
+            deleted_ms=row["deleted_ms"],
+            version=row["version"],
+        )
+
+    @staticmethod
+    def _partition(row: sqlite3.Row, topic: str) -> PartitionRecord:
+        return PartitionRecord(
+            tenant=row["tenant"],
+            topic=topic,
+            incarnation=row["incarnation"],
+            partition_id=row["partition_id"],
+            hash_range=HashRange(int(row["hash_start"]), int(row["hash_end"])),
+            state=PartitionState(row["state"]),
+            parents=tuple(json.loads(row["parents"])),
+            children=tuple(json.loads(row["children"])),
+            start_offset=row["start_offset"],
+            end_offset=row["end_offset"],
+            created_ms=row["created_ms"],
+            sealed_ms=row["sealed_ms"],
+            version=row["version"],
+        )
+
+    @staticmethod
+    def _segment(row: sqlite3.Row) -> RemoteSegmentRecord:
+        return RemoteSegmentRecord(
+            tenant=row["tenant"],
+            incarnation=row["incarnation"],
+            partition_id=row["partition_id"],
+            base_offset=row["base_offset"],
+            last_offset=row["last_offset"],
+            size_bytes=row["size_bytes"],
+            first_timestamp_ms=row["first_timestamp_ms"],
+            max_timestamp_ms=row["max_timestamp_ms"],
+            object_key=row["object_key"],
+            state=RemoteSegmentState(row["state"]),
+            version=row["version"],
+        )
+
+    # --- tenants and keys ----------------------------------------------------------------
+
+    def _require_tenant(self, conn: sqlite3.Connection, name: str) -> sqlite3.Row:
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM tenants WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise TenantNotFoundError(f"no tenant {name!r}", tenant=name)
+        return row
+
+    async def create_tenant(
+        self,
+        name: str,
+        *,
+        quotas: Mapping[str, Any] | None = None,
+        plan: Mapping[str, Any] | None = None,
+    ) -> TenantRecord:
+        def op(conn: sqlite3.Connection) -> TenantRecord:
+            if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
+                raise TenantExistsError(f"tenant {name!r} exists", tenant=name)
+            conn.execute(
+                "INSERT INTO tenants VALUES (?, ?, ?, ?, 1)",
+                (name, self._clock_ms(), _json(quotas or {}), _json(plan or {})),
+            )
+            return self._tenant(self._require_tenant(conn, name))
+
+        return await self._tx(op)
+
+    async def get_tenant(self, name: str) -> TenantRecord:
+        return await self._tx(lambda conn: self._tenant(self._require_tenant(conn, name)))
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        def op(conn: sqlite3.Connection) -> list[TenantRecord]:
+            return [self._tenant(r) for r in conn.execute("SELECT * FROM tenants ORDER BY name")]
+
+        return await self._tx(op)
+
+    async def update_tenant(
+        self,
+        name: str,
+        *,
+        expected_version: int,
+        quotas: Mapping[str, Any] | None = None,
+        plan: Mapping[str, Any] | None = None,
+    ) -> TenantRecord:
+        def op(conn: sqlite3.Connection) -> TenantRecord:
+            row = self._require_tenant(conn, name)
+            if row["version"] != expected_version:
+                raise VersionConflictError(
+                    f"tenant {name!r} is at version {row['version']}, not {expected_version}",
+                    version=row["version"],
+                )
+            conn.execute(
+                "UPDATE tenants SET quotas = ?, plan = ?, version = version + 1 WHERE name = ?",
+                (
+                    _json(quotas if quotas is not None else json.loads(row["quotas"])),
+                    _json(plan if plan is not None else json.loads(row["plan"])),
+                    name,
+                ),
+            )
+            return self._tenant(self._require_tenant(conn, name))
+
+        return await self._tx(op)
+
+    async def delete_tenant(self, name: str) -> list[TopicRecord]:
+        def op(conn: sqlite3.Connection) -> list[TopicRecord]:
+            self._require_tenant(conn, name)
+            now = self._clock_ms()
+            conn.execute(
+                "UPDATE topics SET deleted_ms = ?, version = version + 1 "
+                "WHERE tenant = ? AND deleted_ms IS NULL",
+                (now, name),
+            )
+            for table in ("groups", "group_offsets", "idempotency", "api_keys"):
+                conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (name,))  # noqa: S608
+            conn.execute("DELETE FROM tenants WHERE name = ?", (name,))
+            rows = conn.execute(
+                "SELECT * FROM topics WHERE tenant = ? AND deleted_ms = ?", (name, now)
+            )
+            return [self._topic(r) for r in rows]
+
+        return await self._tx(op)
+
+    async def add_api_key(
+        self, tenant: str, key_id: str, key_hash: str, scope: Mapping[str, Any]
+    ) -> ApiKeyRecord:
+        def op(conn: sqlite3.Connection) -> ApiKeyRecord:
+            self._require_tenant(conn, tenant)
+            conn.execute(
+                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
+                (tenant, key_id, key_hash, _json(scope), self._clock_ms()),
+            )
+            row = conn.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
+            return self._key(row.fetchone())
+
+        return await self._tx(op)
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        def op(conn: sqlite3.Connection) -> ApiKeyRecord | None:
+            row = conn.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
+            found = row.fetchone()
+            return None if found is None else self._key(found)
+
+        return await self._tx(op)
+
+    async def list_api_keys(self, tenant: str) -> list[ApiKeyRecord]:
+        def op(conn: sqlite3.Connection) -> list[ApiKeyRecord]:
+            self._require_tenant(conn, tenant)
+            rows = conn.execute(
+                "SELECT * FROM api_keys WHERE tenant = ? ORDER BY created_ms, key_id", (tenant,)
+            )
+            return [self._key(r) for r in rows]
+
+        return await self._tx(op)
+
+    async def revoke_api_key(self, tenant: str, key_id: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            gone = conn.execute(
+                "DELETE FROM api_keys WHERE tenant = ? AND key_id = ?", (tenant, key_id)
+            )
+            if gone.rowcount == 0:
+                raise ApiKeyNotFoundError(f"no key {key_id!r} for tenant {tenant!r}")
+
+        await self._tx(op)
+
+    async def touch_api_key(self, tenant: str, key_id: str, used_ms: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE api_keys SET last_used_ms = MAX(COALESCE(last_used_ms, 0), ?) "
+                "WHERE tenant = ? AND key_id = ?",
+                (used_ms, tenant, key_id),
+            )
+
+        await self._tx(op)
+
+    # --- topics --------------------------------------------------------------------------
+
+    def _live_topic(self, conn: sqlite3.Connection, tenant: str, name: str) -> sqlite3.Row:
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM topics WHERE tenant = ? AND name = ? AND deleted_ms IS NULL",
+            (tenant, name),
+        ).fetchone()
+        if row is None:
+            raise TopicNotFoundError(f"no topic {name!r}", topic=name)
+        return row
+
+    async def create_topic(
+        self, tenant: str, name: str, config: Mapping[str, Any]
+    ) -> tuple[TopicRecord, PartitionRecord]:
+        def op(conn: sqlite3.Connection) -> tuple[TopicRecord, PartitionRecord]:
+            self._require_tenant(conn, tenant)
+            existing = conn.execute(
+                "SELECT incarnation FROM topics "
+                "WHERE tenant = ? AND name = ? AND deleted_ms IS NULL",
+                (tenant, name),
+            ).fetchone()
+            if existing is not None:
+                raise TopicExistsError(
+                    f"topic {name!r} exists", topic=name, incarnation=existing["incarnation"]
+                )
+            incarnation = str(uuid.uuid4())
+            now = self._clock_ms()
+            conn.execute(
+                "INSERT INTO topics VALUES (?, ?, ?, ?, ?, NULL, 1, 1)",
+                (tenant, incarnation, name, _json(config), now),
+            )
+            self._insert_partition(conn, tenant, incarnation, 0, WHOLE_SPACE, (), now)
+            topic = self._topic(self._live_topic(conn, tenant, name))
+            return topic, self._partition_row(conn, tenant, incarnation, 0, name)
+
+        return await self._tx(op)
+
+    async def get_topic(self, tenant: str, name: str) -> TopicRecord:
+        return await self._tx(lambda conn: self._topic(self._live_topic(conn, tenant, name)))
+
+    async def list_topics(
+        self, tenant: str, *, after: str | None = None, limit: int = 100
+    ) -> list[TopicRecord]:
+        def op(conn: sqlite3.Connection) -> list[TopicRecord]:
+            rows = conn.execute(
+                "SELECT * FROM topics WHERE tenant = ? AND deleted_ms IS NULL AND name > ? "
+                "ORDER BY name LIMIT ?",
+                (tenant, after or "", limit),
+            )
+            return [self._topic(r) for r in rows]
+
+        return await self._tx(op)
+
+    async def update_topic_config(
+        self, tenant: str, name: str, config: Mapping[str, Any], *, expected_version: int
+    ) -> TopicRecord:
+        def op(conn: sqlite3.Connection) -> TopicRecord:
+            row = self._live_topic(conn, tenant, name)
+            if row["version"] != expected_version:
+                raise VersionConflictError(
+                    f"topic {name!r} is at version {row['version']}, not {expected_version}",
+                    version=row["version"],
+                )
+            conn.execute(
+                "UPDATE topics SET config = ?, version = version + 1 "
+                "WHERE tenant = ? AND incarnation = ?",
+                (_json(config), tenant, row["incarnation"]),
+            )
+            return self._topic(self._live_topic(conn, tenant, name))
+
+        return await self._tx(op)
+
+    async def delete_topic(self, tenant: str, name: str) -> TopicRecord:
+        def op(conn: sqlite3.Connection) -> TopicRecord:
+            row = self._live_topic(conn, tenant, name)
+            incarnation = row["incarnation"]
+            conn.execute(
+                "UPDATE topics SET deleted_ms = ?, version = version + 1 "
+                "WHERE tenant = ? AND incarnation = ?",
+                (self._clock_ms(), tenant, incarnation),
+            )
+            for table in ("groups", "group_offsets", "idempotency"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE tenant = ? AND incarnation = ?",  # noqa: S608
+                    (tenant, incarnation),
+                )
+            gone = conn.execute(
+                "SELECT * FROM topics WHERE tenant = ? AND incarnation = ?", (tenant, incarnation)
+            )
+            return self._topic(gone.fetchone())
+
+        return await self._tx(op)
+
+    async def list_deleted_topics(self) -> list[TopicRecord]:
+        def op(conn: sqlite3.Connection) -> list[TopicRecord]:
+            rows = conn.execute(
+                "SELECT * FROM topics WHERE deleted_ms IS NOT NULL ORDER BY deleted_ms"
+            )
+            return [self._topic(r) for r in rows]
+
+        return await self._tx(op)
+
+    async def purge_topic(self, tenant: str, incarnation: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT deleted_ms FROM topics WHERE tenant = ? AND incarnation = ?",
+                (tenant, incarnation),
+            ).fetchone()
+            if row is None:
+                raise TopicNotFoundError(f"no topic incarnation {incarnation}")
+            if row["deleted_ms"] is None:
+                raise TopicExistsError(
+                    f"incarnation {incarnation} is live; delete the topic first",
+                    incarnation=incarnation,
+                )
+            for table in ("partitions", "remote_segments", "topics"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE tenant = ? AND incarnation = ?",  # noqa: S608
+                    (tenant, incarnation),
+                )
+
+        await self._tx(op)
+
+    # --- partitions ----------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_partition(
+        conn: sqlite3.Connection,
+        tenant: str,
+        incarnation: str,
+        partition_id: int,
+        hash_range: HashRange,
+        parents: tuple[int, ...],
+        now: int,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO partitions VALUES (?, ?, ?, ?, ?, 'active', ?, '[]', 0, NULL, ?, NULL, 1)",
+            (
+                tenant,
+                incarnation,
+                partition_id,
+                _hash_text(hash_range.start),
+                _hash_text(hash_range.end),
+                _json(list(parents)),
+                now,
+            ),
+        )
+
+    def _partition_row(
+        self, conn: sqlite3.Connection, tenant: str, incarnation: str, pid: int, topic: str
+    ) -> PartitionRecord:
+        row = conn.execute(
+            "SELECT * FROM partitions WHERE tenant = ? AND incarnation = ? AND partition_id = ?",
+            (tenant, incarnation, pid),
+        ).fetchone()
+        if row is None:
+            raise PartitionNotFoundError(
+                f"topic {topic!r} has no partition {pid}", topic=topic, partition=pid
+            )
+        return self._partition(row, topic)
+
+    async def list_partitions(self, tenant: str, topic: str) -> list[PartitionRecord]:
+        def op(conn: sqlite3.Connection) -> list[PartitionRecord]:
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            rows = conn.execute(
+                "SELECT * FROM partitions WHERE tenant = ? AND incarnation = ? "
+                "ORDER BY partition_id",
+                (tenant, incarnation),
+            )
+            return [self._partition(r, topic) for r in rows]
+
+        return await self._tx(op)
+
+    async def get_partition(self, tenant: str, topic: str, partition_id: int) -> PartitionRecord:
+        def op(conn: sqlite3.Connection) -> PartitionRecord:
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            return self._partition_row(conn, tenant, incarnation, partition_id, topic)
+
+        return await self._tx(op)
+
+    def _next_ids(
+        self, conn: sqlite3.Connection, tenant: str, incarnation: str, count: int
+    ) -> list[int]:
+        row = conn.execute(
+            "SELECT next_partition_id FROM topics WHERE tenant = ? AND incarnation = ?",
+            (tenant, incarnation),
+        ).fetchone()
+        first = int(row["next_partition_id"])
+        conn.execute(
+            "UPDATE topics SET next_partition_id = ? WHERE tenant = ? AND incarnation = ?",
+            (first + count, tenant, incarnation),
+        )
+        return list(range(first, first + count))
+
+    @staticmethod
+    def _seal(
+        conn: sqlite3.Connection,
+        parent: PartitionRecord,
+        end_offset: int,
+        children: list[int],
+        now: int,
+    ) -> None:
+        if end_offset < parent.start_offset:
+            raise InvalidOffsetError(
+                f"partition {parent.partition_id} cannot end at {end_offset}, below its "
+                f"start {parent.start_offset}",
+                partition=parent.partition_id,
+            )
+        changed = conn.execute(
+            "UPDATE partitions SET state = 'sealed', end_offset = ?, children = ?, "
+            "sealed_ms = ?, version = version + 1 "
+            "WHERE tenant = ? AND incarnation = ? AND partition_id = ? AND version = ? "
+            "AND state = 'active'",
+            (
+                end_offset,
+                _json(children),
+                now,
+                parent.tenant,
+                parent.incarnation,
+                parent.partition_id,
+                parent.version,
+            ),
+        )
+        if changed.rowcount != 1:
+            raise VersionConflictError(f"partition {parent.partition_id} changed meanwhile")
+
+    async def split_partition(
+        self, tenant: str, topic: str, partition_id: int, *, at: int, end_offset: int
+    ) -> LineageChange:
+        def op(conn: sqlite3.Connection) -> LineageChange:
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            parent = self._partition_row(conn, tenant, incarnation, partition_id, topic)
+            if not parent.active:
+                raise PartitionNotActiveError(
+                    f"partition {partition_id} is sealed", partition=partition_id
+                )
+            if not parent.hash_range.start < at < parent.hash_range.end:
+                raise InvalidSplitPointError(
+                    f"split point {at} is not strictly inside partition {partition_id}'s range "
+                    f"[{parent.hash_range.start}, {parent.hash_range.end})",
+                    partition=partition_id,
+                )
+            now = self._clock_ms()
+            left, right = self._next_ids(conn, tenant, incarnation, 2)
+            self._seal(conn, parent, end_offset, [left, right], now)
+            parents = (partition_id,)
+            self._insert_partition(
+                conn,
+                tenant,
+                incarnation,
+                left,
+                HashRange(parent.hash_range.start, at),
+                parents,
+                now,
+            )
+            self._insert_partition(
+                conn, tenant, incarnation, right, HashRange(at, parent.hash_range.end), parents, now
+            )
+            return LineageChange(
+                sealed=(self._partition_row(conn, tenant, incarnation, partition_id, topic),),
+                created=tuple(
+                    self._partition_row(conn, tenant, incarnation, pid, topic)
+                    for pid in (left, right)
+                ),
+            )
+
+        return await self._tx(op)
+
+    async def merge_partitions(
+        self,
+        tenant: str,
+        topic: str,
+        partition_ids: Sequence[int],
+        *,
+        end_offsets: Sequence[int],
+    ) -> LineageChange:
+        def op(conn: sqlite3.Connection) -> LineageChange:
+            if len(partition_ids) != 2 or partition_ids[0] == partition_ids[1]:
+                raise InvalidMergeError("a merge takes exactly two different partitions")
+            if len(end_offsets) != 2:
+                raise InvalidMergeError("a merge needs one end offset per partition")
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            parents = [
+                self._partition_row(conn, tenant, incarnation, pid, topic) for pid in partition_ids
+            ]
+            for parent in parents:
+                if not parent.active:
+                    raise PartitionNotActiveError(
+                        f"partition {parent.partition_id} is sealed",
+                        partition=parent.partition_id,
+                    )
+            ends = dict(zip(partition_ids, end_offsets, strict=True))
+            low, high = sorted(parents, key=lambda p: p.hash_range.start)
+            if low.hash_range.end != high.hash_range.start:
+                raise PartitionsNotAdjacentError(
+                    f"partitions {low.partition_id} and {high.partition_id} are not adjacent",
+                    partitions=[low.partition_id, high.partition_id],
+                )
+            now = self._clock_ms()
+            (child,) = self._next_ids(conn, tenant, incarnation, 1)
+            for parent in (low, high):
+                self._seal(conn, parent, ends[parent.partition_id], [child], now)
+            self._insert_partition(
+                conn,
+                tenant,
+                incarnation,
+                child,
+                HashRange(low.hash_range.start, high.hash_range.end),
+                (low.partition_id, high.partition_id),
+                now,
+            )
+            return LineageChange(
+                sealed=tuple(
+                    self._partition_row(conn, tenant, incarnation, p.partition_id, topic)
+                    for p in (low, high)
+                ),
+                created=(self._partition_row(conn, tenant, incarnation, child, topic),),
+            )
+
+        return await self._tx(op)
+
+    async def advance_start_offset(
+        self, tenant: str, topic: str, partition_id: int, start_offset: int
+    ) -> PartitionRecord:
+        def op(conn: sqlite3.Connection) -> PartitionRecord:
+            if start_offset < 0:
+                raise InvalidOffsetError(f"a start offset cannot be negative: {start_offset}")
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            current = self._partition_row(conn, tenant, incarnation, partition_id, topic)
+            if current.end_offset is not None and start_offset > current.end_offset:
+                raise InvalidOffsetError(
+                    f"partition {partition_id} ends at {current.end_offset}; its start cannot "
+                    f"pass that",
+                    partition=partition_id,
+                )
+            conn.execute(
+                "UPDATE partitions SET start_offset = MAX(start_offset, ?), "
+                "version = version + (start_offset < ?) "
+                "WHERE tenant = ? AND incarnation = ? AND partition_id = ?",
+                (start_offset, start_offset, tenant, incarnation, partition_id),
+            )
+            return self._partition_row(conn, tenant, incarnation, partition_id, topic)
+
+        return await self._tx(op)
+
+    # --- consumer groups -----------------------------------------------------------------
+
+    def _group(
+        self, conn: sqlite3.Connection, tenant: str, incarnation: str, topic: str, group: str
+    ) -> GroupRecord | None:
+        row = conn.execute(
+            "SELECT * FROM groups WHERE tenant = ? AND incarnation = ? AND name = ?",
+            (tenant, incarnation, group),
+        ).fetchone()
+        if row is None:
+            return None
+        offsets = conn.execute(
+            "SELECT partition_id, next_offset FROM group_offsets "
+            "WHERE tenant = ? AND incarnation = ? AND name = ? ORDER BY partition_id",
+            (tenant, incarnation, group),
+        )
+        return GroupRecord(
+            tenant=tenant,
+            topic=topic,
+            group=group,
+            generation=row["generation"],
+            metadata=json.loads(row["metadata"]),
+            offsets={r["partition_id"]: r["next_offset"] for r in offsets},
+            version=row["version"],
+        )
+
+    def _require_group(
+        self, conn: sqlite3.Connection, tenant: str, incarnation: str, topic: str, group: str
+    ) -> GroupRecord:
+        found = self._group(conn, tenant, incarnation, topic, group)
+        if found is None:
+            raise GroupNotFoundError(f"no group {group!r} on topic {topic!r}", group=group)
+        return found
+
+    async def get_group(self, tenant: str, topic: str, group: str) -> GroupRecord:
+        def op(conn: sqlite3.Connection) -> GroupRecord:
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            return self._require_group(conn, tenant, incarnation, topic, group)
+
+        return await self._tx(op)
+
+    async def list_groups(self, tenant: str, topic: str) -> list[GroupRecord]:
+        def op(conn: sqlite3.Connection) -> list[GroupRecord]:
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            names = conn.execute(
+                "SELECT name FROM groups WHERE tenant = ? AND incarnation = ? ORDER BY name",
+                (tenant, incarnation),
+            ).fetchall()
+            groups = [self._group(conn, tenant, incarnation, topic, r["name"]) for r in names]
+            return [g for g in groups if g is not None]
+
+        return await self._tx(op)
+
+    @staticmethod
+    def _check_version(found: GroupRecord | None, expected: int | None, group: str) -> None:
+        current = None if found is None else found.version
+        if current != expected:
+            raise VersionConflictError(
+                f"group {group!r} is at version {current}, not {expected}", version=current
+            )
+
+    async def put_group(
+        self,
+        tenant: str,
+        topic: str,
+        group: str,
+        *,
+        generation: int,
+        metadata: Mapping[str, Any],
+        expected_version: int | None,
+    ) -> GroupRecord:
+        def op(conn: sqlite3.Connection) -> GroupRecord:
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            found = self._group(conn, tenant, incarnation, topic, group)
+            self._check_version(found, expected_version, group)
+            conn.execute(
+                "INSERT INTO groups VALUES (?, ?, ?, ?, ?, 1) "
+                "ON CONFLICT (tenant, incarnation, name) DO UPDATE SET "
+                "generation = excluded.generation, metadata = excluded.metadata, "
+                "version = groups.version + 1",
+                (tenant, incarnation, group, generation, _json(metadata)),
+            )
+            return self._require_group(conn, tenant, incarnation, topic, group)
+
+        return await self._tx(op)
+
+    async def commit_offsets(
+        self,
+        tenant: str,
+        topic: str,
+        group: str,
+        offsets: Mapping[int, int],
+        *,
+        generation: int | None = None,
+        expected_version: int | None = None,
+    ) -> GroupRecord:
+        def op(conn: sqlite3.Connection) -> GroupRecord:
+            for pid, offset in offsets.items():
+                if offset < 0:
+                    raise InvalidOffsetError(
+                        f"a committed offset cannot be negative: {offset} for partition {pid}"
+                    )
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            known = {
+                r["partition_id"]
+                for r in conn.execute(
+                    "SELECT partition_id FROM partitions WHERE tenant = ? AND incarnation = ?",
+                    (tenant, incarnation),
+                )
+            }
+            for pid in offsets:
+                if pid not in known:
+                    raise PartitionNotFoundError(
+                        f"topic {topic!r} has no partition {pid}", topic=topic, partition=pid
+                    )
+            found = self._group(conn, tenant, incarnation, topic, group)
+            if expected_version is not None:
+                self._check_version(found, expected_version, group)
+            if generation is not None:
+                current = None if found is None else found.generation
+                if current != generation:
+                    raise StaleGenerationError(
+                        f"group {group!r} is at generation {current}, not {generation}",
+                        generation=current,
+                    )
+            if found is None:
+                conn.execute(
+                    "INSERT INTO groups VALUES (?, ?, ?, 0, '{}', 1)", (tenant, incarnation, group)
+                )
+            else:
+                conn.execute(
+                    "UPDATE groups SET version = version + 1 "
+                    "WHERE tenant = ? AND incarnation = ? AND name = ?",
+                    (tenant, incarnation, group),
+                )
+            conn.executemany(
+                "INSERT INTO group_offsets VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant, incarnation, name, partition_id) "
+                "DO UPDATE SET next_offset = excluded.next_offset",
+                [(tenant, incarnation, group, pid, off) for pid, off in offsets.items()],
+            )
+            return self._require_group(conn, tenant, incarnation, topic, group)
+
+        return await self._tx(op)
+
+    async def delete_group(
+        self, tenant: str, topic: str, group: str, *, expected_version: int | None = None
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            found = self._group(conn, tenant, incarnation, topic, group)
+            if found is None:
+                raise GroupNotFoundError(f"no group {group!r} on topic {topic!r}", group=group)
+            if expected_version is not None:
+                self._check_version(found, expected_version, group)
+            for table in ("groups", "group_offsets"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE tenant = ? AND incarnation = ? AND name = ?",  # noqa: S608
+                    (tenant, incarnation, group),
+                )
+
+        await self._tx(op)
+
+    # --- idempotency ---------------------------------------------------------------------
+
+    async def remember_answer(self, record: IdempotencyRecord, *, now_ms: int) -> IdempotencyRecord:
+        def op(conn: sqlite3.Connection) -> IdempotencyRecord:
+            incarnation = self._live_topic(conn, record.tenant, record.topic)["incarnation"]
+            row = conn.execute(
+                "SELECT * FROM idempotency WHERE tenant = ? AND incarnation = ? AND key = ? "
+                "AND expires_ms > ?",
+                (record.tenant, incarnation, record.key, now_ms),
+            ).fetchone()
+            if row is not None:
+                return IdempotencyRecord(
+                    tenant=record.tenant,
+                    topic=record.topic,
+                    key=record.key,
+                    request_hash=row["request_hash"],
+                    answer=row["answer"],
+                    expires_ms=row["expires_ms"],
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.tenant,
+                    incarnation,
+                    record.key,
+                    record.request_hash,
+                    record.answer,
+                    record.expires_ms,
+                ),
+            )
+            return record
+
+        return await self._tx(op)
+
+    async def find_answer(
+        self, tenant: str, topic: str, key: str, *, now_ms: int
+    ) -> IdempotencyRecord | None:
+        def op(conn: sqlite3.Connection) -> IdempotencyRecord | None:
+            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            row = conn.execute(
+                "SELECT * FROM idempotency WHERE tenant = ? AND incarnation = ? AND key = ? "
+                "AND expires_ms > ?",
+                (tenant, incarnation, key, now_ms),
+            ).fetchone()
+            if row is None:
+                return None
+            return IdempotencyRecord(
+                tenant=tenant,
+                topic=topic,
+                key=key,
+                request_hash=row["request_hash"],
+                answer=row["answer"],
+                expires_ms=row["expires_ms"],
+            )
+
+        return await self._tx(op)
+
+    async def forget_expired_answers(self, *, now_ms: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM idempotency WHERE expires_ms <= ?", (now_ms,)).rowcount
+
+        return await self._tx(op)
+
+    # --- remote segments -----------------------------------------------------------------
+
+    def _segment_row(
+        self, conn: sqlite3.Connection, tenant: str, incarnation: str, pid: int, base: int
+    ) -> RemoteSegmentRecord:
+        row = conn.execute(
+            "SELECT * FROM remote_segments WHERE tenant = ? AND incarnation = ? "
+            "AND partition_id = ? AND base_offset = ?",
+            (tenant, incarnation, pid, base),
+        ).fetchone()
+        if row is None:
+            raise RemoteSegmentNotFoundError(
+                f"no remote segment {base} of partition {pid}", partition=pid, base_offset=base
+            )
+        return self._segment(row)
+
+    async def add_remote_segment(self, record: RemoteSegmentRecord) -> RemoteSegmentRecord:
+        def op(conn: sqlite3.Connection) -> RemoteSegmentRecord:
+            if record.state is not RemoteSegmentState.COPY_STARTED:
+                raise RemoteSegmentStateError("a remote segment starts as copy-started")
+            if record.last_offset < record.base_offset:
+                raise InvalidOffsetError("a remote segment's last offset is below its base")
+            try:
+                conn.execute(
+                    "INSERT INTO remote_segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    (
+                        record.tenant,
+                        record.incarnation,
+                        record.partition_id,
+                        record.base_offset,
+                        record.last_offset,
+                        record.size_bytes,
+                        record.first_timestamp_ms,
+                        record.max_timestamp_ms,
+                        record.object_key,
+                        record.state.value,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise RemoteSegmentExistsError(
+                    f"remote segment {record.base_offset} of partition {record.partition_id} "
+                    "is already recorded",
+                    base_offset=record.base_offset,
+                ) from exc
+            return self._segment_row(
+                conn, record.tenant, record.incarnation, record.partition_id, record.base_offset
+            )
+
+        return await self._tx(op)
+
+    async def set_remote_segment_state(
+        self,
+        tenant: str,
+        incarnation: str,
+        partition_id: int,
+        base_offset: int,
+        *,
+        from_state: RemoteSegmentState,
+        to_state: RemoteSegmentState,
+    ) -> RemoteSegmentRecord:
+        def op(conn: sqlite3.Connection) -> RemoteSegmentRecord:
+            current = self._segment_row(conn, tenant, incarnation, partition_id, base_offset)
+            if current.state is not from_state:
+                raise RemoteSegmentStateError(
+                    f"remote segment {base_offset} is {current.state.value}, "
+                    f"not {from_state.value}",
+                    state=current.state.value,
+                )
+            conn.execute(
+                "UPDATE remote_segments SET state = ?, version = version + 1 "
+                "WHERE tenant = ? AND incarnation = ? AND partition_id = ? AND base_offset = ?",
+                (to_state.value, tenant, incarnation, partition_id, base_offset),
+            )
+            return self._segment_row(conn, tenant, incarnation, partition_id, base_offset)
+
+        return await self._tx(op)
+
+    async def list_remote_segments(
+        self, tenant: str, incarnation: str, partition_id: int
+    ) -> list[RemoteSegmentRecord]:
+        def op(conn: sqlite3.Connection) -> list[RemoteSegmentRecord]:
+            rows = conn.execute(
+                "SELECT * FROM remote_segments WHERE tenant = ? AND incarnation = ? "
+                "AND partition_id = ? ORDER BY base_offset",
+                (tenant, incarnation, partition_id),
+            )
+            return [self._segment(r) for r in rows]
+
+        return await self._tx(op)
+
+    async def remove_remote_segment(
+        self, tenant: str, incarnation: str, partition_id: int, base_offset: int
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            current = self._segment_row(conn, tenant, incarnation, partition_id, base_offset)
+            if current.state is not RemoteSegmentState.DELETE_STARTED:
+                raise RemoteSegmentStateError(
+                    f"remote segment {base_offset} is {current.state.value}; only a "
+                    "delete-started segment can be forgotten",
+                    state=current.state.value,
+                )
+            conn.execute(
+                "DELETE FROM remote_segments WHERE tenant = ? AND incarnation = ? "
+                "AND partition_id = ? AND base_offset = ?",
+                (tenant, incarnation, partition_id, base_offset),
+            )
+
+        await self._tx(op)
+
+
+def _conforms(catalog: SqliteCatalog) -> Catalog:
+    """Lets mypy prove that this store implements the whole Protocol."""
+    return catalog

@@ -1,0 +1,537 @@
+"""The catalog conformance suite: every store must pass all of it.
+
+Parametrized over the stores: SQLite today; a DynamoDB store joins the ``catalog`` fixture's
+parameters and must pass the same tests unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from partitions.catalog import (
+    HASH_SPACE_END,
+    WHOLE_SPACE,
+    Catalog,
+    HashRange,
+    IdempotencyRecord,
+    PartitionState,
+    RemoteSegmentRecord,
+    RemoteSegmentState,
+)
+from partitions.catalog_sqlite import SCHEMA_VERSION, SqliteCatalog
+from partitions.errors import (
+    ApiKeyNotFoundError,
+    GroupNotFoundError,
+    InvalidMergeError,
+    InvalidOffsetError,
+    InvalidSplitPointError,
+    PartitionNotActiveError,
+    PartitionNotFoundError,
+    PartitionsNotAdjacentError,
+    RemoteSegmentExistsError,
+    RemoteSegmentNotFoundError,
+    RemoteSegmentStateError,
+    StaleGenerationError,
+    TenantExistsError,
+    TenantNotFoundError,
+    TopicExistsError,
+    TopicNotFoundError,
+    VersionConflictError,
+)
+from tests.catalog_checks import assert_lineage_invariants
+
+MID = 1 << 63
+
+
+async def _open_sqlite(directory: Path) -> Catalog:
+    return await SqliteCatalog.open(directory / "catalog.sqlite3")
+
+
+STORES = {"sqlite": _open_sqlite}
+
+
+@pytest.fixture(params=sorted(STORES))
+async def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Catalog]:
+    store = await STORES[request.param](tmp_path)
+    await store.create_tenant("acme")
+    yield store
+    await store.close()
+
+
+# --- tenants and keys --------------------------------------------------------------------
+
+
+async def test_tenants(catalog: Catalog) -> None:
+    created = await catalog.create_tenant("globex", quotas={"produce_bytes_per_s": 10})
+    assert created.name == "globex" and created.quotas == {"produce_bytes_per_s": 10}
+    with pytest.raises(TenantExistsError):
+        await catalog.create_tenant("globex")
+    assert [t.name for t in await catalog.list_tenants()] == ["acme", "globex"]
+    updated = await catalog.update_tenant(
+        "globex", expected_version=created.version, plan={"usd_per_gb_in": "0.05"}
+    )
+    assert updated.plan == {"usd_per_gb_in": "0.05"}
+    assert updated.quotas == {"produce_bytes_per_s": 10}  # untouched
+    with pytest.raises(VersionConflictError):
+        await catalog.update_tenant("globex", expected_version=created.version, quotas={})
+    with pytest.raises(TenantNotFoundError):
+        await catalog.get_tenant("initech")
+
+
+async def test_api_keys_are_found_by_hash_and_revoked(catalog: Catalog) -> None:
+    key = await catalog.add_api_key("acme", "k1", "hash-one", {"role": "full"})
+    assert key.tenant == "acme" and key.last_used_ms is None
+    found = await catalog.find_api_key("hash-one")
+    assert found is not None and found.key_id == "k1" and found.scope == {"role": "full"}
+    assert await catalog.find_api_key("hash-two") is None
+    await catalog.touch_api_key("acme", "k1", 1234)
+    await catalog.touch_api_key("acme", "k1", 1000)  # an older use never moves it back
+    assert [k.last_used_ms for k in await catalog.list_api_keys("acme")] == [1234]
+    await catalog.revoke_api_key("acme", "k1")
+    assert await catalog.find_api_key("hash-one") is None
+    with pytest.raises(ApiKeyNotFoundError):
+        await catalog.revoke_api_key("acme", "k1")
+    with pytest.raises(TenantNotFoundError):
+        await catalog.add_api_key("nobody", "k2", "hash-three", {})
+
+
+async def test_deleting_a_tenant_marks_its_topics_and_drops_its_rows(catalog: Catalog) -> None:
+    await catalog.create_tenant("globex")
+    await catalog.add_api_key("globex", "k", "globex-hash", {})
+    await catalog.create_topic("globex", "orders", {})
+    await catalog.commit_offsets("globex", "orders", "g", {0: 5})
+    marked = await catalog.delete_tenant("globex")
+    assert [t.name for t in marked] == ["orders"] and marked[0].deleted
+    assert await catalog.find_api_key("globex-hash") is None
+    with pytest.raises(TenantNotFoundError):
+        await catalog.get_tenant("globex")
+    assert [t.name for t in await catalog.list_deleted_topics()] == ["orders"]
+
+
+# --- topics --------------------------------------------------------------------------------
+
+
+async def test_create_topic_makes_partition_zero_over_the_whole_space(catalog: Catalog) -> None:
+    topic, partition = await catalog.create_topic("acme", "orders", {"retention_ms": 1000})
+    assert topic.config == {"retention_ms": 1000} and not topic.deleted
+    assert partition.partition_id == 0
+    assert partition.hash_range == WHOLE_SPACE
+    assert partition.state is PartitionState.ACTIVE
+    assert partition.parents == () and partition.children == ()
+    assert partition.start_offset == 0 and partition.end_offset is None
+    with pytest.raises(TopicExistsError) as exists:
+        await catalog.create_topic("acme", "orders", {})
+    assert exists.value.details["incarnation"] == topic.incarnation
+    with pytest.raises(TenantNotFoundError):
+        await catalog.create_topic("nobody", "orders", {})
+
+
+async def test_topics_are_per_tenant(catalog: Catalog) -> None:
+    await catalog.create_tenant("globex")
+    mine, _ = await catalog.create_topic("acme", "orders", {"a": 1})
+    theirs, _ = await catalog.create_topic("globex", "orders", {"b": 2})
+    assert mine.incarnation != theirs.incarnation
+    assert (await catalog.get_topic("acme", "orders")).config == {"a": 1}
+    await catalog.commit_offsets("acme", "orders", "g", {0: 7})
+    with pytest.raises(GroupNotFoundError):
+        await catalog.get_group("globex", "orders", "g")
+    with pytest.raises(TopicNotFoundError):
+        await catalog.get_topic("globex", "payments")
+    await catalog.create_topic("acme", "payments", {})
+    with pytest.raises(TopicNotFoundError):
+        await catalog.get_topic("globex", "payments")
+
+
+async def test_list_topics_paginates_by_name(catalog: Catalog) -> None:
+    names = [f"t{i:02d}" for i in range(25)]
+    for name in reversed(names):
+        await catalog.create_topic("acme", name, {})
+    seen: list[str] = []
+    after = None
+    while True:
+        page = await catalog.list_topics("acme", after=after, limit=10)
+        if not page:
+            break
+        seen.extend(t.name for t in page)
+        after = page[-1].name
+    assert seen == names
+
+
+async def test_topic_config_changes_compare_and_set(catalog: Catalog) -> None:
+    topic, _ = await catalog.create_topic("acme", "orders", {"retention_ms": 1})
+    changed = await catalog.update_topic_config(
+        "acme", "orders", {"retention_ms": 2}, expected_version=topic.version
+    )
+    assert changed.config == {"retention_ms": 2} and changed.version > topic.version
+    with pytest.raises(VersionConflictError):
+        await catalog.update_topic_config(
+            "acme", "orders", {"retention_ms": 3}, expected_version=topic.version
+        )
+
+
+async def test_delete_and_recreate_gives_a_new_empty_incarnation(catalog: Catalog) -> None:
+    old, _ = await catalog.create_topic("acme", "orders", {})
+    await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=10)
+    await catalog.commit_offsets("acme", "orders", "g", {1: 3})
+    deleted = await catalog.delete_topic("acme", "orders")
+    assert deleted.deleted and deleted.incarnation == old.incarnation
+    with pytest.raises(TopicNotFoundError):
+        await catalog.get_topic("acme", "orders")
+    with pytest.raises(TopicNotFoundError):
+        await catalog.delete_topic("acme", "orders")
+    new, partition = await catalog.create_topic("acme", "orders", {})
+    assert new.incarnation != old.incarnation
+    assert [p.partition_id for p in await catalog.list_partitions("acme", "orders")] == [0]
+    assert partition.hash_range == WHOLE_SPACE
+    with pytest.raises(GroupNotFoundError):
+        await catalog.get_group("acme", "orders", "g")
+    assert [t.incarnation for t in await catalog.list_deleted_topics()] == [old.incarnation]
+    with pytest.raises(TopicExistsError):
+        await catalog.purge_topic("acme", new.incarnation)  # live: refused
+    await catalog.purge_topic("acme", old.incarnation)
+    assert await catalog.list_deleted_topics() == []
+
+
+# --- partitions and lineage ----------------------------------------------------------------
+
+
+async def test_split(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    change = await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=42)
+    (parent,) = change.sealed
+    left, right = change.created
+    assert parent.state is PartitionState.SEALED and parent.end_offset == 42
+    assert parent.children == (1, 2)
+    assert left.partition_id == 1 and left.hash_range == HashRange(0, MID)
+    assert right.partition_id == 2 and right.hash_range == HashRange(MID, HASH_SPACE_END)
+    assert left.parents == right.parents == (0,)
+    assert left.start_offset == 0 and left.end_offset is None
+    assert_lineage_invariants(await catalog.list_partitions("acme", "orders"))
+
+
+async def test_split_refusals_change_nothing(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    await catalog.advance_start_offset("acme", "orders", 0, 5)
+    for at in (0, HASH_SPACE_END, HASH_SPACE_END + 1, -1):
+        with pytest.raises(InvalidSplitPointError):
+            await catalog.split_partition("acme", "orders", 0, at=at, end_offset=10)
+    with pytest.raises(InvalidOffsetError):
+        await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=4)
+    with pytest.raises(PartitionNotFoundError):
+        await catalog.split_partition("acme", "orders", 9, at=MID, end_offset=10)
+    with pytest.raises(TopicNotFoundError):
+        await catalog.split_partition("acme", "nope", 0, at=MID, end_offset=10)
+    before = await catalog.list_partitions("acme", "orders")
+    assert [(p.partition_id, p.state) for p in before] == [(0, PartitionState.ACTIVE)]
+    await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=10)
+    with pytest.raises(PartitionNotActiveError):
+        await catalog.split_partition("acme", "orders", 0, at=MID // 2, end_offset=10)
+    # A failed split does not spend partition ids.
+    change = await catalog.split_partition("acme", "orders", 1, at=MID // 2, end_offset=0)
+    assert [p.partition_id for p in change.created] == [3, 4]
+
+
+async def test_merge(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=10)
+    change = await catalog.merge_partitions("acme", "orders", [2, 1], end_offsets=[7, 3])
+    low, high = change.sealed
+    (child,) = change.created
+    assert (low.partition_id, low.end_offset) == (1, 3)
+    assert (high.partition_id, high.end_offset) == (2, 7)
+    assert child.partition_id == 3 and child.hash_range == WHOLE_SPACE
+    assert child.parents == (1, 2)
+    assert low.children == high.children == (3,)
+    assert_lineage_invariants(await catalog.list_partitions("acme", "orders"))
+
+
+async def test_merge_refusals_change_nothing(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=0)  # 1, 2
+    await catalog.split_partition("acme", "orders", 2, at=MID + MID // 2, end_offset=0)  # 3, 4
+    before = await catalog.list_partitions("acme", "orders")
+    with pytest.raises(PartitionsNotAdjacentError):
+        await catalog.merge_partitions("acme", "orders", [1, 4], end_offsets=[0, 0])
+    with pytest.raises(InvalidMergeError):
+        await catalog.merge_partitions("acme", "orders", [1, 1], end_offsets=[0, 0])
+    with pytest.raises(InvalidMergeError):
+        await catalog.merge_partitions("acme", "orders", [1, 3, 4], end_offsets=[0, 0, 0])
+    with pytest.raises(InvalidMergeError):
+        await catalog.merge_partitions("acme", "orders", [1, 3], end_offsets=[0])
+    with pytest.raises(PartitionNotActiveError):
+        await catalog.merge_partitions("acme", "orders", [1, 2], end_offsets=[0, 0])
+    with pytest.raises(PartitionNotFoundError):
+        await catalog.merge_partitions("acme", "orders", [1, 99], end_offsets=[0, 0])
+    assert await catalog.list_partitions("acme", "orders") == before
+    await catalog.merge_partitions("acme", "orders", [1, 3], end_offsets=[0, 0])
+
+
+async def test_random_splits_and_merges_keep_every_invariant(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    rng = random.Random(7)
+    highest = 0
+    for step in range(150):
+        active = sorted(
+            (p for p in await catalog.list_partitions("acme", "orders") if p.active),
+            key=lambda p: p.hash_range.start,
+        )
+        if len(active) > 1 and rng.random() < 0.4:
+            i = rng.randrange(len(active) - 1)
+            change = await catalog.merge_partitions(
+                "acme",
+                "orders",
+                [active[i].partition_id, active[i + 1].partition_id],
+                end_offsets=[step, step],
+            )
+        else:
+            target = rng.choice([p for p in active if p.hash_range.end - p.hash_range.start > 1])
+            at = rng.randrange(target.hash_range.start + 1, target.hash_range.end)
+            change = await catalog.split_partition(
+                "acme", "orders", target.partition_id, at=at, end_offset=step
+            )
+        ids = [p.partition_id for p in change.created]
+        assert min(ids) > highest, "partition ids are never reused"
+        highest = max(ids)
+    assert_lineage_invariants(await catalog.list_partitions("acme", "orders"))
+
+
+async def test_start_offset_only_rises(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    assert (await catalog.advance_start_offset("acme", "orders", 0, 10)).start_offset == 10
+    assert (await catalog.advance_start_offset("acme", "orders", 0, 3)).start_offset == 10
+    with pytest.raises(InvalidOffsetError):
+        await catalog.advance_start_offset("acme", "orders", 0, -1)
+    await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=20)
+    assert (await catalog.advance_start_offset("acme", "orders", 0, 20)).start_offset == 20
+    with pytest.raises(InvalidOffsetError):
+        await catalog.advance_start_offset("acme", "orders", 0, 21)
+
+
+# --- consumer groups ---------------------------------------------------------------------
+
+
+async def test_commits_create_the_group_and_are_read_back(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=5)
+    first = await catalog.commit_offsets("acme", "orders", "g", {0: 5, 1: 2})
+    assert first.offsets == {0: 5, 1: 2} and first.generation == 0
+    second = await catalog.commit_offsets("acme", "orders", "g", {1: 9})
+    assert second.offsets == {0: 5, 1: 9} and second.version > first.version
+    assert (await catalog.get_group("acme", "orders", "g")).offsets == {0: 5, 1: 9}
+    assert [g.group for g in await catalog.list_groups("acme", "orders")] == ["g"]
+    with pytest.raises(PartitionNotFoundError):
+        await catalog.commit_offsets("acme", "orders", "g", {7: 1})
+    with pytest.raises(InvalidOffsetError):
+        await catalog.commit_offsets("acme", "orders", "g", {1: -1})
+    assert (await catalog.get_group("acme", "orders", "g")).offsets == {0: 5, 1: 9}
+
+
+async def test_generation_fencing_and_group_compare_and_set(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    group = await catalog.put_group(
+        "acme", "orders", "g", generation=3, metadata={"members": ["a"]}, expected_version=None
+    )
+    with pytest.raises(VersionConflictError):
+        await catalog.put_group(
+            "acme", "orders", "g", generation=4, metadata={}, expected_version=None
+        )
+    await catalog.commit_offsets("acme", "orders", "g", {0: 1}, generation=3)
+    with pytest.raises(StaleGenerationError):
+        await catalog.commit_offsets("acme", "orders", "g", {0: 100}, generation=2)
+    newer = await catalog.put_group(
+        "acme",
+        "orders",
+        "g",
+        generation=4,
+        metadata={"members": ["b"]},
+        expected_version=group.version + 1,
+    )
+    assert newer.generation == 4 and newer.metadata == {"members": ["b"]}
+    with pytest.raises(StaleGenerationError):
+        await catalog.commit_offsets("acme", "orders", "g", {0: 100}, generation=3)
+    with pytest.raises(VersionConflictError):
+        await catalog.commit_offsets("acme", "orders", "g", {0: 2}, expected_version=group.version)
+    assert (await catalog.get_group("acme", "orders", "g")).offsets == {0: 1}
+    with pytest.raises(VersionConflictError):
+        await catalog.delete_group("acme", "orders", "g", expected_version=1)
+    await catalog.delete_group("acme", "orders", "g")
+    with pytest.raises(GroupNotFoundError):
+        await catalog.delete_group("acme", "orders", "g")
+
+
+# --- idempotency ---------------------------------------------------------------------------
+
+
+async def test_idempotency_records(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    first = IdempotencyRecord("acme", "orders", "retry-1", "h1", '{"offsets":[]}', 1_000)
+    assert await catalog.remember_answer(first, now_ms=0) == first
+    # A second request with the same key gets the first answer back.
+    other = IdempotencyRecord("acme", "orders", "retry-1", "h2", "{}", 2_000)
+    assert await catalog.remember_answer(other, now_ms=10) == first
+    assert await catalog.find_answer("acme", "orders", "retry-1", now_ms=999) == first
+    assert await catalog.find_answer("acme", "orders", "retry-1", now_ms=1_000) is None
+    # Once expired, the key is free again.
+    assert await catalog.remember_answer(other, now_ms=1_000) == other
+    assert await catalog.forget_expired_answers(now_ms=2_000) == 1
+    assert await catalog.find_answer("acme", "orders", "retry-1", now_ms=0) is None
+    with pytest.raises(TopicNotFoundError):
+        await catalog.remember_answer(
+            IdempotencyRecord("acme", "nope", "k", "h", "{}", 5), now_ms=0
+        )
+
+
+# --- remote segments -----------------------------------------------------------------------
+
+
+def _segment(topic_incarnation: str, base: int, state: RemoteSegmentState) -> RemoteSegmentRecord:
+    return RemoteSegmentRecord(
+        tenant="acme",
+        incarnation=topic_incarnation,
+        partition_id=0,
+        base_offset=base,
+        last_offset=base + 9,
+        size_bytes=1000,
+        first_timestamp_ms=1,
+        max_timestamp_ms=2,
+        object_key=f"acme/{topic_incarnation}/0/{base:020d}.log",
+        state=state,
+    )
+
+
+async def test_remote_segments_follow_kip_405_states(catalog: Catalog) -> None:
+    topic, _ = await catalog.create_topic("acme", "orders", {})
+    inc = topic.incarnation
+    started, finished, deleting = (
+        RemoteSegmentState.COPY_STARTED,
+        RemoteSegmentState.COPY_FINISHED,
+        RemoteSegmentState.DELETE_STARTED,
+    )
+    with pytest.raises(RemoteSegmentStateError):
+        await catalog.add_remote_segment(_segment(inc, 0, finished))
+    for base in (20, 0, 10):
+        await catalog.add_remote_segment(_segment(inc, base, started))
+    with pytest.raises(RemoteSegmentExistsError):
+        await catalog.add_remote_segment(_segment(inc, 10, started))
+    listed = await catalog.list_remote_segments("acme", inc, 0)
+    assert [s.base_offset for s in listed] == [0, 10, 20]
+    done = await catalog.set_remote_segment_state(
+        "acme", inc, 0, 0, from_state=started, to_state=finished
+    )
+    assert done.state is finished and done.version == 2
+    with pytest.raises(RemoteSegmentStateError):
+        await catalog.set_remote_segment_state(
+            "acme", inc, 0, 0, from_state=started, to_state=finished
+        )
+    with pytest.raises(RemoteSegmentStateError):
+        await catalog.remove_remote_segment("acme", inc, 0, 0)  # not delete-started yet
+    await catalog.set_remote_segment_state(
+        "acme", inc, 0, 0, from_state=finished, to_state=deleting
+    )
+    await catalog.remove_remote_segment("acme", inc, 0, 0)
+    with pytest.raises(RemoteSegmentNotFoundError):
+        await catalog.remove_remote_segment("acme", inc, 0, 0)
+    assert [s.base_offset for s in await catalog.list_remote_segments("acme", inc, 0)] == [10, 20]
+
+
+# --- races: exactly one wins ---------------------------------------------------------------
+
+
+async def _race(*calls: object) -> tuple[list[object], list[BaseException]]:
+    results = await asyncio.gather(*calls, return_exceptions=True)  # type: ignore[call-overload]
+    wins = [r for r in results if not isinstance(r, BaseException)]
+    losses = [r for r in results if isinstance(r, BaseException)]
+    return wins, losses
+
+
+async def test_racing_splits_of_one_partition(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    wins, losses = await _race(
+        *(catalog.split_partition("acme", "orders", 0, at=MID + i, end_offset=i) for i in range(10))
+    )
+    assert len(wins) == 1
+    assert all(isinstance(e, PartitionNotActiveError | VersionConflictError) for e in losses)
+    assert_lineage_invariants(await catalog.list_partitions("acme", "orders"))
+
+
+async def test_racing_merges_over_a_shared_partition(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=0)  # 1, 2
+    await catalog.split_partition("acme", "orders", 2, at=MID + MID // 2, end_offset=0)  # 3, 4
+    wins, losses = await _race(
+        catalog.merge_partitions("acme", "orders", [1, 3], end_offsets=[0, 0]),
+        catalog.merge_partitions("acme", "orders", [3, 4], end_offsets=[0, 0]),
+    )
+    assert len(wins) == 1 and len(losses) == 1
+    assert_lineage_invariants(await catalog.list_partitions("acme", "orders"))
+
+
+async def test_racing_commits_with_one_expected_version(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "orders", {})
+    group = await catalog.commit_offsets("acme", "orders", "g", {0: 1})
+    wins, losses = await _race(
+        *(
+            catalog.commit_offsets(
+                "acme", "orders", "g", {0: 10 + i}, expected_version=group.version
+            )
+            for i in range(8)
+        )
+    )
+    assert len(wins) == 1
+    assert all(isinstance(e, VersionConflictError) for e in losses)
+    stored = await catalog.get_group("acme", "orders", "g")
+    assert stored.offsets == wins[0].offsets  # type: ignore[attr-defined]
+
+
+# --- SQLite specifics ----------------------------------------------------------------------
+
+
+async def test_two_sqlite_handles_on_one_file_race_correctly(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    one = await SqliteCatalog.open(path)
+    two = await SqliteCatalog.open(path)
+    try:
+        await one.create_tenant("acme")
+        await one.create_topic("acme", "orders", {})
+        wins, losses = await _race(
+            one.split_partition("acme", "orders", 0, at=MID, end_offset=1),
+            two.split_partition("acme", "orders", 0, at=MID - 1, end_offset=2),
+        )
+        assert len(wins) == 1 and isinstance(losses[0], PartitionNotActiveError)
+        group = await one.commit_offsets("acme", "orders", "g", {1: 1})
+        wins, losses = await _race(
+            one.commit_offsets("acme", "orders", "g", {1: 5}, expected_version=group.version),
+            two.commit_offsets("acme", "orders", "g", {1: 6}, expected_version=group.version),
+        )
+        assert len(wins) == 1 and isinstance(losses[0], VersionConflictError)
+        assert_lineage_invariants(await two.list_partitions("acme", "orders"))
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_schema_is_versioned_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    store = await SqliteCatalog.open(path)
+    await store.create_tenant("acme")
+    await store.create_topic("acme", "orders", {"x": 1})
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    reopened = await SqliteCatalog.open(path)
+    assert (await reopened.get_topic("acme", "orders")).config == {"x": 1}
+    await reopened.close()
+    # A file from a newer build is refused rather than misread.
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version"):
+        await SqliteCatalog.open(path)
