@@ -179,6 +179,12 @@ class Catalog(Protocol):
     its own error type (see ``partitions.errors``).
     """
 
+    # --- installation-wide settings ------------------------------------------------------
+
+    async def get_setting(self, name: str) -> str | None: ...
+
+    async def put_setting(self, name: str, value: str) -> None: ...
+
     # --- tenants and keys ----------------------------------------------------------------
 
     async def create_tenant(

@@ -155,6 +155,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, incarnation, partition_id, base_offset)
     );
     """,
+    # 2: installation-wide settings (the admin key's hash, for one).
+    """
+    CREATE TABLE settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -360,6 +367,25 @@ class SqliteCatalog:
             state=RemoteSegmentState(row["state"]),
             version=row["version"],
         )
+
+    # --- settings ------------------------------------------------------------------------
+
+    async def get_setting(self, name: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+            return None if row is None else str(row["value"])
+
+        return await self._tx(op)
+
+    async def put_setting(self, name: str, value: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO settings VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+        await self._tx(op)
 
     # --- tenants and keys ----------------------------------------------------------------
 

@@ -181,6 +181,8 @@ class LogStats:
     appends: int
     # Seconds the writer spent in write+fsync: divided by wall time, how busy the disk was.
     sync_seconds: float
+    # Times a waiting reader was woken (one per publish it saw; polling would show many).
+    wait_wakeups: int
 
 
 @dataclass(slots=True)
@@ -235,6 +237,7 @@ class PartitionLog:
         self._group_commits = 0
         self._appends = 0
         self._sync_seconds = 0.0
+        self._wait_wakeups = 0
 
     # --- opening and closing -------------------------------------------------------------
 
@@ -386,6 +389,7 @@ class PartitionLog:
             group_commits=self._group_commits,
             appends=self._appends,
             sync_seconds=self._sync_seconds,
+            wait_wakeups=self._wait_wakeups,
         )
 
     # --- appending -------------------------------------------------------------------------
@@ -981,6 +985,7 @@ class PartitionLog:
                     await event.wait()
             except TimeoutError:
                 return self._high_watermark > offset
+            self._wait_wakeups += 1
 
     def _notify_data(self) -> None:
         event, self._data_event = self._data_event, asyncio.Event()

@@ -64,7 +64,14 @@ async def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     await store.close()
 
 
-# --- tenants and keys --------------------------------------------------------------------
+# --- settings and tenants and keys -------------------------------------------------------
+
+
+async def test_settings(catalog: Catalog) -> None:
+    assert await catalog.get_setting("admin_key_hash") is None
+    await catalog.put_setting("admin_key_hash", "one")
+    await catalog.put_setting("admin_key_hash", "two")
+    assert await catalog.get_setting("admin_key_hash") == "two"
 
 
 async def test_tenants(catalog: Catalog) -> None:
@@ -514,6 +521,24 @@ async def test_two_sqlite_handles_on_one_file_race_correctly(tmp_path: Path) -> 
     finally:
         await one.close()
         await two.close()
+
+
+async def test_an_older_schema_is_migrated_at_open(tmp_path: Path) -> None:
+    from partitions.catalog_sqlite import MIGRATIONS
+
+    path = tmp_path / "catalog.sqlite3"
+    with sqlite3.connect(path) as conn:  # a file as the first release left it
+        conn.executescript(MIGRATIONS[0])
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO tenants VALUES ('acme', 1, '{}', '{}', 1)")
+    conn.close()
+    store = await SqliteCatalog.open(path)
+    assert (await store.get_tenant("acme")).created_ms == 1
+    await store.put_setting("x", "y")
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
 
 
 async def test_schema_is_versioned_and_survives_reopen(tmp_path: Path) -> None:

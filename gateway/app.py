@@ -1,0 +1,161 @@
+"""The app factory: one place that wires every long-lived resource.
+
+Each resource is one ``cleanup_ctx`` entry that starts before ``yield`` and is closed after
+it, in reverse order: the catalog, then the partitions and the broker, then the retention
+loop. Nothing starts lazily on a first request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from importlib import metadata
+
+from aiohttp import web
+
+from gateway import handlers
+from gateway.auth import Authenticator, auth_middleware, bootstrap
+from gateway.broker import Broker
+from gateway.config import ServerConfig
+from gateway.http_errors import Handler, error_middleware
+from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
+from gateway.logs import request_id
+from gateway.metrics import Metrics
+from gateway.openapi import build_document
+from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
+from partitions.worker import LocalPartitionWorker
+
+log = logging.getLogger("eventbus.http")
+
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+CATALOG = web.AppKey("catalog", SqliteCatalog)
+RETENTION_TASK = web.AppKey("retention_task", asyncio.Task[None])
+
+
+def _version() -> str:
+    try:
+        return metadata.version("eventbus")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, structured request log and metrics, around everything else."""
+    rid = request.headers.get("X-Request-Id", "")
+    if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
+        rid = uuid.uuid4().hex
+    token = request_id.set(rid)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = rid
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics = request.app[METRICS]
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.latency.labels(request.method, route).observe(elapsed)
+        principal = request.get("principal")
+        log.info(
+            "%s %s %d",
+            request.method,
+            route,
+            status,
+            extra={
+                "method": request.method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "tenant": None if principal is None else principal.tenant,
+            },
+        )
+        request_id.reset(token)
+
+
+async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    catalog = await SqliteCatalog.open(config.data_dir / CATALOG_FILE)
+    try:
+        admin_hash = await bootstrap(catalog, config.data_dir, config.admin_key)
+        app[CATALOG] = catalog
+        app[AUTHENTICATOR] = Authenticator(catalog, admin_hash)
+        yield
+    finally:
+        await catalog.close()
+
+
+async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    worker = LocalPartitionWorker(app[CONFIG].data_dir)
+    broker = Broker(app[CATALOG], worker)
+    try:
+        await broker.start()
+        app[BROKER] = broker
+        app[METRICS].watch_worker(worker.totals, lambda: broker.long_polls_waiting)
+        yield
+    finally:
+        # Everything appended is durable before the logs close.
+        await worker.close()
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    broker = app[BROKER]
+    interval = app[CONFIG].retention_check_ms / 1000
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                removed = await broker.apply_retention()
+            except Exception:
+                log.exception("retention pass failed; trying again next time")
+                continue
+            if removed:
+                log.info("retention removed %d segments", removed)
+
+    task = asyncio.get_running_loop().create_task(loop(), name="retention")
+    task.add_done_callback(_watch)
+    app[RETENTION_TASK] = task
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _watch(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    # Release long-polls at once, so that shutdown does not wait out their timeouts.
+    if BROKER in app:
+        app[BROKER].stopping.set()
+
+
+def create_app(config: ServerConfig) -> web.Application:
+    app = web.Application(
+        client_max_size=config.max_request_bytes,
+        middlewares=[
+            request_middleware,
+            error_middleware,
+            auth_middleware(lambda: app[AUTHENTICATOR], metrics_public=config.metrics_public),
+        ],
+    )
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[OPENAPI] = build_document(_version())
+    for method, path, handler in handlers.ROUTES:
+        app.router.add_route(method, path, handler)
+    app.cleanup_ctx.extend([_catalog_ctx, _broker_ctx, _retention_ctx])
+    app.on_shutdown.append(_on_shutdown)
+    return app

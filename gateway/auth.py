@@ -1,0 +1,178 @@
+"""API keys: generation, hashing, and the middleware that resolves a request's principal.
+
+Keys are 256 random bits, URL-safe base64 with a readable prefix. Only their SHA-256 hash
+is stored; the secret is shown once and written to nothing but the local ``credentials``
+file at first start. A presented key is hashed and looked up by hash; the admin key's hash
+is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from gateway.http_errors import ForbiddenError, Handler, UnauthorizedError
+from partitions.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "ebk_"
+ADMIN_KEY_SETTING = "admin_key_hash"
+BOOTSTRAP_SETTING = "bootstrapped"
+DEFAULT_TENANT = "default"
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+CREDENTIALS_FILE = "credentials"
+
+# Routes anyone may call.
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the admin, or a key of one tenant."""
+
+    admin: bool
+    tenant: str | None = None
+    key_id: str | None = None
+
+
+ADMIN = Principal(admin=True)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class Authenticator:
+    """Resolves keys to principals; keeps a per-process cache of key hashes."""
+
+    def __init__(self, catalog: Catalog, admin_key_hash: str) -> None:
+        self._catalog = catalog
+        self._admin_hash = admin_key_hash
+        self._cache: dict[str, Principal] = {}
+
+    async def principal(self, token: str) -> Principal | None:
+        digest = hash_key(token)
+        if hmac.compare_digest(digest, self._admin_hash):
+            return ADMIN
+        cached = self._cache.get(digest)
+        if cached is not None:
+            return cached
+        record = await self._catalog.find_api_key(digest)
+        if record is None:
+            return None
+        principal = Principal(admin=False, tenant=record.tenant, key_id=record.key_id)
+        self._cache[digest] = principal
+        return principal
+
+
+def require_tenant(request: web.Request) -> str:
+    """The calling tenant; the admin key is not a tenant and cannot produce or consume."""
+    principal: Principal = request["principal"]
+    if principal.admin or principal.tenant is None:
+        raise ForbiddenError("the admin key cannot use tenant routes; use a tenant's key")
+    return principal.tenant
+
+
+def require_admin(request: web.Request) -> None:
+    principal: Principal = request["principal"]
+    if not principal.admin:
+        raise ForbiddenError("this route needs the admin key")
+
+
+def auth_middleware(
+    authenticator: Callable[[], Authenticator], *, metrics_public: bool
+) -> Middleware:
+    """Resolve the caller of every non-public route; ``authenticator`` is looked up per
+    request because it exists only once the catalog is open."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        public = request.path in PUBLIC_PATHS or (metrics_public and request.path == "/metrics")
+        if public:
+            return await handler(request)
+        token = bearer_token(request)
+        if token is None:
+            raise UnauthorizedError("send an API key as 'Authorization: Bearer <key>'")
+        principal = await authenticator().principal(token)
+        if principal is None:
+            raise UnauthorizedError("the API key is not valid")
+        request["principal"] = principal
+        if request.path == "/metrics" and not principal.admin:
+            raise ForbiddenError("metrics need the admin key (or --metrics-public)")
+        return await handler(request)
+
+    return middleware
+
+
+async def bootstrap(catalog: Catalog, data_dir: Path, admin_key: str | None) -> str:
+    """First start: make the admin key (unless given) and tenant ``default`` with a key.
+
+    Generated keys go to ``{data_dir}/credentials`` (mode 0600), never to the log. Answers
+    the admin key's hash.
+    """
+    generated: dict[str, str] = {}
+    if admin_key is not None:
+        admin_hash = hash_key(admin_key)
+        await catalog.put_setting(ADMIN_KEY_SETTING, admin_hash)
+    else:
+        stored = await catalog.get_setting(ADMIN_KEY_SETTING)
+        if stored is None:
+            key = generate_key()
+            generated["EVENTBUS_ADMIN_KEY"] = key
+            stored = hash_key(key)
+            await catalog.put_setting(ADMIN_KEY_SETTING, stored)
+        admin_hash = stored
+    if await catalog.get_setting(BOOTSTRAP_SETTING) is None:
+        await catalog.create_tenant(DEFAULT_TENANT)
+        key = generate_key()
+        await catalog.add_api_key(DEFAULT_TENANT, "key-1", hash_key(key), {"role": "full"})
+        generated["EVENTBUS_API_KEY"] = key
+        await catalog.put_setting(BOOTSTRAP_SETTING, "1")
+    if generated:
+        path = data_dir / CREDENTIALS_FILE
+        write_credentials(path, generated)
+        log.warning(
+            "first start: generated %s; the keys are in %s (mode 0600)",
+            " and ".join(
+                "the admin key" if name == "EVENTBUS_ADMIN_KEY" else "a key for tenant 'default'"
+                for name in generated
+            ),
+            path,
+        )
+    return admin_hash
+
+
+def write_credentials(path: Path, keys: dict[str, str]) -> None:
+    """Add ``NAME=key`` lines to the credentials file, readable by its owner only."""
+    existing = path.read_text() if path.exists() else ""
+    body = existing + "".join(f"{name}={value}\n" for name, value in keys.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, body.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,344 @@
+"""The broker: topics, routing, produce and read, on top of the catalog and the workers.
+
+Handlers parse HTTP and call the broker; the broker knows nothing of HTTP. It keeps an
+in-memory view of each topic it has touched (incarnation, config, partitions and the hash
+ranges of the active ones), refreshed whenever this process changes the topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from gateway.config import log_config, normalize_topic_config
+from partitions.batch import NewRecord, encode_batch
+from partitions.catalog import Catalog, PartitionRecord, TopicRecord
+from partitions.errors import (
+    ConflictError,
+    InvalidInputError,
+    PartitionNotFoundError,
+    PartitionSealedError,
+    TopicExistsError,
+)
+from partitions.log import ReadResult
+from partitions.worker import PartitionKey, PartitionWorker
+
+log = logging.getLogger(__name__)
+
+TOPIC_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+class InvalidTopicNameError(InvalidInputError):
+    code = "invalid_topic_name"
+
+
+class TopicConfigConflictError(ConflictError):
+    """PUT of an existing topic with a different config."""
+
+    code = "topic_config_conflict"
+
+
+def validate_topic_name(name: str) -> None:
+    if not 1 <= len(name) <= 249 or name in (".", "..") or not set(name) <= TOPIC_NAME_CHARS:
+        raise InvalidTopicNameError(
+            f"invalid topic name {name!r}: 1 to 249 of [A-Za-z0-9._-], not '.' or '..'"
+        )
+
+
+def key_hash(key: bytes) -> int:
+    return int(xxhash.xxh3_64_intdigest(key))
+
+
+@dataclass(slots=True)
+class TopicView:
+    """What the broker knows of one live topic."""
+
+    record: TopicRecord
+    partitions: dict[int, PartitionRecord]
+    active_starts: list[int] = field(default_factory=list)
+    active_ids: list[int] = field(default_factory=list)
+    keyless: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        active = sorted(
+            (p for p in self.partitions.values() if p.active), key=lambda p: p.hash_range.start
+        )
+        self.active_starts = [p.hash_range.start for p in active]
+        self.active_ids = [p.partition_id for p in active]
+
+    def route(self, key: bytes) -> int:
+        return self.active_ids[bisect.bisect_right(self.active_starts, key_hash(key)) - 1]
+
+    def key(self, partition_id: int) -> PartitionKey:
+        return PartitionKey(self.record.tenant, self.record.incarnation, partition_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAnswer:
+    partition: PartitionRecord
+    result: ReadResult
+
+
+class Broker:
+    def __init__(
+        self,
+        catalog: Catalog,
+        worker: PartitionWorker,
+        *,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.catalog = catalog
+        self.worker = worker
+        self._clock_ms = clock_ms
+        self._views: dict[tuple[str, str], TopicView] = {}
+        self._topic_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.stopping = asyncio.Event()
+        self.long_polls_waiting = 0
+
+    def now_ms(self) -> int:
+        return self._clock_ms()
+
+    # --- start and stop ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Finish deletions a crash interrupted, then open every live partition."""
+        for topic in await self.catalog.list_deleted_topics():
+            await self.worker.drop_topic(topic.tenant, topic.incarnation)
+            await self.catalog.purge_topic(topic.tenant, topic.incarnation)
+        for tenant in await self.catalog.list_tenants():
+            after: str | None = None
+            while page := await self.catalog.list_topics(tenant.name, after=after, limit=500):
+                for topic in page:
+                    await self._load_view(tenant.name, topic.name)
+                after = page[-1].name
+
+    def _lock(self, tenant: str, name: str) -> asyncio.Lock:
+        return self._topic_locks.setdefault((tenant, name), asyncio.Lock())
+
+    async def _load_view(self, tenant: str, name: str) -> TopicView:
+        record = await self.catalog.get_topic(tenant, name)
+        partitions = await self.catalog.list_partitions(tenant, name)
+        view = TopicView(record, {p.partition_id: p for p in partitions})
+        config = log_config(record.config)
+        for partition in partitions:
+            await self.worker.open_partition(view.key(partition.partition_id), config)
+        self._views[(tenant, name)] = view
+        return view
+
+    async def view(self, tenant: str, name: str) -> TopicView:
+        validate_topic_name(name)
+        found = self._views.get((tenant, name))
+        if found is not None:
+            return found
+        async with self._lock(tenant, name):
+            found = self._views.get((tenant, name))
+            return found if found is not None else await self._load_view(tenant, name)
+
+    # --- topics --------------------------------------------------------------------------
+
+    async def put_topic(
+        self, tenant: str, name: str, given: Mapping[str, Any]
+    ) -> tuple[TopicView, bool]:
+        """Create the topic, or confirm it when the config is the same. Answers (view, created)."""
+        validate_topic_name(name)
+        config = normalize_topic_config(given)
+        async with self._lock(tenant, name):
+            try:
+                await self.catalog.create_topic(tenant, name, config)
+            except TopicExistsError:
+                existing = await self.catalog.get_topic(tenant, name)
+                if dict(existing.config) != config:
+                    raise TopicConfigConflictError(
+                        f"topic {name!r} exists with another config",
+                        config=dict(existing.config),
+                    ) from None
+                view = self._views.get((tenant, name)) or await self._load_view(tenant, name)
+                return view, False
+            return await self._load_view(tenant, name), True
+
+    async def list_topics(self, tenant: str, *, after: str | None, limit: int) -> list[TopicRecord]:
+        return await self.catalog.list_topics(tenant, after=after, limit=limit)
+
+    async def patch_topic(self, tenant: str, name: str, changes: Mapping[str, Any]) -> TopicView:
+        view = await self.view(tenant, name)
+        async with self._lock(tenant, name):
+            current = await self.catalog.get_topic(tenant, name)
+            config = normalize_topic_config(changes, base=current.config)
+            updated = await self.catalog.update_topic_config(
+                tenant, name, config, expected_version=current.version
+            )
+            view.record = updated
+            # Segment size and record limits apply to partitions opened from now on.
+            return view
+
+    async def delete_topic(self, tenant: str, name: str) -> None:
+        validate_topic_name(name)
+        async with self._lock(tenant, name):
+            topic = await self.catalog.delete_topic(tenant, name)
+            self._views.pop((tenant, name), None)
+            await self.worker.drop_topic(tenant, topic.incarnation)
+            await self.catalog.purge_topic(tenant, topic.incarnation)
+
+    async def partition_offsets(self, view: TopicView) -> dict[int, tuple[int, int]]:
+        """(start, end) offsets of every partition, as its log says now."""
+        out = {}
+        for pid in view.partitions:
+            stats = await self.worker.stats(view.key(pid))
+            out[pid] = (stats.start_offset, stats.end_offset)
+        return out
+
+    # --- produce -------------------------------------------------------------------------
+
+    async def produce(
+        self, tenant: str, name: str, records: Sequence[NewRecord]
+    ) -> list[tuple[int, int]]:
+        """Append ``records``; answers (partition, offset) per record in request order.
+
+        Records are grouped into one batch per partition, encoded once, and appended to the
+        partitions concurrently; the answer comes when every batch is durable.
+        """
+        view = await self.view(tenant, name)
+        for _attempt in range(3):
+            try:
+                return await self._produce_once(view, records)
+            except PartitionSealedError:
+                # A split or merge sealed a partition between routing and appending.
+                view = await self._load_view(tenant, name)
+        return await self._produce_once(view, records)
+
+    async def _produce_once(
+        self, view: TopicView, records: Sequence[NewRecord]
+    ) -> list[tuple[int, int]]:
+        groups: dict[int, list[int]] = {}
+        keyless: int | None = None
+        for index, record in enumerate(records):
+            if record.key is None:
+                if keyless is None:
+                    ids = view.active_ids
+                    keyless = ids[next(view.keyless) % len(ids)]
+                pid = keyless
+            else:
+                pid = view.route(record.key)
+            groups.setdefault(pid, []).append(index)
+        now = self._clock_ms()
+        max_record_bytes = int(view.record.config["max_record_bytes"])
+        batches = {
+            pid: encode_batch(
+                [records[i] for i in indexes], now_ms=now, max_record_bytes=max_record_bytes
+            )
+            for pid, indexes in groups.items()
+        }
+        pids = list(batches)
+        results = await asyncio.gather(
+            *(self.worker.append(view.key(pid), batches[pid]) for pid in pids)
+        )
+        answer: list[tuple[int, int]] = [(0, 0)] * len(records)
+        for pid, result in zip(pids, results, strict=True):
+            for position, index in enumerate(groups[pid]):
+                answer[index] = (pid, result.base_offset + position)
+        return answer
+
+    # --- read ----------------------------------------------------------------------------
+
+    async def read(
+        self,
+        tenant: str,
+        name: str,
+        partition_id: int,
+        *,
+        offset: int | None,
+        timestamp_ms: int | None,
+        max_records: int,
+        max_bytes: int,
+        wait_ms: int,
+    ) -> ReadAnswer:
+        view = await self.view(tenant, name)
+        partition = view.partitions.get(partition_id)
+        if partition is None:
+            raise PartitionNotFoundError(
+                f"topic {name!r} has no partition {partition_id}", partition=partition_id
+            )
+        key = view.key(partition_id)
+        if offset is None:
+            stats = await self.worker.stats(key)
+            if timestamp_ms is not None:
+                found = await self.worker.offset_for_timestamp(key, timestamp_ms)
+                offset = stats.end_offset if found is None else found
+            else:
+                offset = stats.start_offset
+        if wait_ms > 0:
+            stats = await self.worker.stats(key)
+            if offset >= stats.end_offset and not stats.sealed:
+                await self._long_poll(key, offset, wait_ms / 1000)
+        result = await self.worker.read(key, offset, max_records=max_records, max_bytes=max_bytes)
+        # The catalog's record may be newer (sealed by a split since the view was made).
+        return ReadAnswer(view.partitions[partition_id], result)
+
+    async def _long_poll(self, key: PartitionKey, offset: int, timeout_s: float) -> None:
+        """Wait for data at ``offset``, for shutdown, or for the timeout, whichever is first."""
+        self.long_polls_waiting += 1
+        data = asyncio.ensure_future(self.worker.wait_for_data(key, offset, timeout_s))
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({data, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.long_polls_waiting -= 1
+            for task in (data, stop):
+                task.cancel()
+            await asyncio.gather(data, stop, return_exceptions=True)
+
+    # --- retention -----------------------------------------------------------------------
+
+    async def apply_retention(self) -> int:
+        """Apply every live topic's ``retention_ms`` and ``retention_bytes``; answers how
+        many segments went. Local retention is tiered storage's, not applied here."""
+        removed = 0
+        for (tenant, name), view in list(self._views.items()):
+            config = view.record.config
+            retention_ms = config.get("retention_ms")
+            retention_bytes = config.get("retention_bytes")
+            if retention_ms is not None:
+                for pid in view.partitions:
+                    gone = await self.worker.enforce_retention(
+                        view.key(pid), retention_ms=int(retention_ms)
+                    )
+                    removed += len(gone)
+            if retention_bytes is not None:
+                removed += await self._retain_topic_bytes(view, int(retention_bytes))
+            if removed:
+                for pid in view.partitions:
+                    stats = await self.worker.stats(view.key(pid))
+                    await self.catalog.advance_start_offset(tenant, name, pid, stats.start_offset)
+        return removed
+
+    async def _retain_topic_bytes(self, view: TopicView, bound: int) -> int:
+        """Drop the oldest segments across the topic's partitions until it fits ``bound``."""
+        removed = 0
+        while True:
+            sizes = {}
+            for pid in view.partitions:
+                sizes[pid] = (await self.worker.stats(view.key(pid))).size_bytes
+            total = sum(sizes.values())
+            if total <= bound:
+                return removed
+            # The partition whose first segment is oldest gives one up; try each in turn
+            # until one can (active segments never go).
+            progressed = False
+            for pid in sorted(view.partitions, key=lambda p: -sizes[p]):
+                gone = await self.worker.enforce_retention(
+                    view.key(pid), retention_bytes=sizes[pid] - (total - bound)
+                )
+                if gone:
+                    removed += len(gone)
+                    progressed = True
+                    break
+            if not progressed:
+                return removed

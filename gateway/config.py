@@ -1,0 +1,95 @@
+"""Server settings and topic configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from partitions.errors import InvalidInputError
+from partitions.log import LogConfig
+
+MIB = 1024 * 1024
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path = Path("./data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_public: bool = False
+    # Largest request body accepted (413 past it).
+    max_request_bytes: int = 16 * MIB
+    # Longest long-poll a read may ask for with wait_ms.
+    max_wait_ms: int = 30_000
+    # How often retention is applied.
+    retention_check_ms: int = 30_000
+    # From EVENTBUS_ADMIN_KEY; never printed (repr=False).
+    admin_key: str | None = field(default=None, repr=False)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+
+class InvalidConfigError(InvalidInputError):
+    code = "invalid_config"
+
+
+# name -> (default, smallest allowed, largest allowed, may be null)
+_INT_SETTINGS: dict[str, tuple[int | None, int, int, bool]] = {
+    "retention_ms": (7 * DAY_MS, 1, 2**62, True),
+    "retention_bytes": (None, 1, 2**62, True),
+    "local_retention_ms": (None, 1, 2**62, True),
+    "local_retention_bytes": (None, 1, 2**62, True),
+    "segment_bytes": (128 * MIB, 1024, 1024 * MIB, False),
+    "segment_ms": (60 * 60 * 1000, 1000, 2**62, False),
+    "max_record_bytes": (1 * MIB, 1, 16 * MIB, False),
+}
+DEFAULT_TOPIC_CONFIG: dict[str, Any] = {name: spec[0] for name, spec in _INT_SETTINGS.items()}
+
+
+def normalize_topic_config(given: Any, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Validate ``given`` over ``base`` (default: the defaults); answer the whole config.
+
+    ``null`` for a retention setting means no limit; a local retention of ``null`` means
+    the same as the total retention. Local retention may not exceed total retention.
+    """
+    if not isinstance(given, Mapping):
+        raise InvalidConfigError("a topic config is a JSON object")
+    config = dict(DEFAULT_TOPIC_CONFIG if base is None else base)
+    for name, value in given.items():
+        spec = _INT_SETTINGS.get(name)
+        if spec is None:
+            raise InvalidConfigError(
+                f"unknown topic config key {name!r}; known: {', '.join(sorted(_INT_SETTINGS))}",
+                key=name,
+            )
+        _default, low, high, nullable = spec
+        if value is None and nullable:
+            config[name] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            allowed = f"an integer from {low} to {high}" + (" or null" if nullable else "")
+            raise InvalidConfigError(f"{name} must be {allowed}", key=name)
+        config[name] = value
+    for local, total in (
+        ("local_retention_ms", "retention_ms"),
+        ("local_retention_bytes", "retention_bytes"),
+    ):
+        limit, bound = config[local], config[total]
+        if limit is not None and bound is not None and limit > bound:
+            raise InvalidConfigError(f"{local} may not exceed {total}", key=local)
+    return config
+
+
+def log_config(topic_config: Mapping[str, Any]) -> LogConfig:
+    return LogConfig(
+        segment_bytes=int(topic_config["segment_bytes"]),
+        segment_ms=int(topic_config["segment_ms"]),
+        max_record_bytes=int(topic_config["max_record_bytes"]),
+    )

@@ -1,0 +1,256 @@
+"""HTTP handlers of API v1. They parse and answer; the broker does the work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.auth import (
+    TENANT_NAME,
+    generate_key,
+    hash_key,
+    require_admin,
+    require_tenant,
+)
+from gateway.broker import Broker, TopicView
+from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
+from gateway.metrics import Metrics
+from gateway.records import MalformedJsonError, parse_records, render_record
+from partitions.errors import InvalidInputError, InvalidOffsetError
+
+MAX_READ_RECORDS = 10_000
+MAX_READ_BYTES = 16 * 1024 * 1024
+MAX_LIST_LIMIT = 1000
+
+
+class InvalidParameterError(InvalidInputError):
+    code = "invalid_parameter"
+
+
+class InvalidTenantNameError(InvalidInputError):
+    code = "invalid_tenant_name"
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise MalformedJsonError("the request has no body; send JSON")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJsonError(f"the body is not valid JSON: {exc}") from exc
+
+
+def _parse_int(request: web.Request, name: str, low: int, high: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidParameterError(f"{name} must be an integer", parameter=name) from None
+    if value < low:
+        error = InvalidOffsetError if name == "offset" else InvalidParameterError
+        raise error(f"{name} must be at least {low}", parameter=name)
+    if high is not None and value > high:
+        raise InvalidParameterError(f"{name} may be at most {high}", parameter=name)
+    return value
+
+
+def int_param(
+    request: web.Request, name: str, *, default: int, low: int, high: int | None = None
+) -> int:
+    value = _parse_int(request, name, low, high)
+    return default if value is None else value
+
+
+def optional_int_param(request: web.Request, name: str, *, low: int) -> int | None:
+    return _parse_int(request, name, low, None)
+
+
+def _broker(request: web.Request) -> Broker:
+    return request.app[BROKER]
+
+
+async def describe(broker: Broker, view: TopicView) -> dict[str, Any]:
+    offsets = await broker.partition_offsets(view)
+    partitions = []
+    for pid, part in sorted(view.partitions.items()):
+        start, end = offsets[pid]
+        partitions.append(
+            {
+                "id": pid,
+                "state": part.state.value,
+                "hash_range": part.hash_range.to_json(),
+                "parents": list(part.parents),
+                "children": list(part.children),
+                "start_offset": start,
+                "end_offset": part.end_offset if part.end_offset is not None else end,
+            }
+        )
+    return {
+        "name": view.record.name,
+        "config": dict(view.record.config),
+        "created_ms": view.record.created_ms,
+        "partitions": partitions,
+    }
+
+
+# --- service routes --------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry: Metrics = request.app[METRICS]
+    body, content_type = registry.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI])
+
+
+# --- admin -------------------------------------------------------------------------------------
+
+
+async def create_tenant(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = await read_json(request)
+    name = body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
+        raise InvalidTenantNameError(
+            "a tenant name is 1 to 63 of [a-z0-9-], starting with a letter or digit"
+        )
+    catalog = _broker(request).catalog
+    await catalog.create_tenant(name)
+    key = generate_key()
+    await catalog.add_api_key(name, "key-1", hash_key(key), {"role": "full"})
+    return json_response({"name": name, "api_key": key}, status=201)
+
+
+# --- topics ------------------------------------------------------------------------------------
+
+
+async def put_topic(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    body = await read_json(request) if request.can_read_body else {}
+    if isinstance(body, dict) and "config" in body:
+        body = body["config"]
+    view, created = await broker.put_topic(tenant, request.match_info["topic"], body or {})
+    return json_response(await describe(broker, view), status=201 if created else 200)
+
+
+async def list_topics(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    limit = int_param(request, "limit", default=100, low=1, high=MAX_LIST_LIMIT)
+    after = request.query.get("after") or None
+    topics = await _broker(request).list_topics(tenant, after=after, limit=limit)
+    return json_response(
+        {
+            "topics": [{"name": t.name, "created_ms": t.created_ms} for t in topics],
+            "next_after": topics[-1].name if len(topics) == limit else None,
+        }
+    )
+
+
+async def get_topic(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    view = await broker.view(tenant, request.match_info["topic"])
+    return json_response(await describe(broker, view))
+
+
+async def patch_topic(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    body = await read_json(request)
+    if isinstance(body, dict) and "config" in body:
+        body = body["config"]
+    view = await broker.patch_topic(tenant, request.match_info["topic"], body)
+    return json_response(await describe(broker, view))
+
+
+async def delete_topic(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    await _broker(request).delete_topic(tenant, request.match_info["topic"])
+    return web.Response(status=204)
+
+
+# --- records -----------------------------------------------------------------------------------
+
+
+async def produce(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    topic = request.match_info["topic"]
+    await broker.view(tenant, topic)  # 404 for an unknown topic before reading the body
+    records = parse_records(await read_json(request), now_ms=broker.now_ms())
+    placed = await broker.produce(tenant, topic, records)
+    registry: Metrics = request.app[METRICS]
+    registry.produced_records.inc(len(records))
+    registry.produced_bytes.inc(sum(len(r.value) + len(r.key or b"") for r in records))
+    return json_response({"offsets": [{"partition": p, "offset": o} for p, o in placed]})
+
+
+async def read_records(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    try:
+        partition_id = int(request.match_info["partition"])
+    except ValueError:
+        raise InvalidParameterError("the partition must be an integer") from None
+    max_wait = request.app[CONFIG].max_wait_ms
+    offset = optional_int_param(request, "offset", low=0)
+    timestamp_ms = optional_int_param(request, "timestamp_ms", low=0)
+    if offset is not None and timestamp_ms is not None:
+        raise InvalidParameterError("give offset or timestamp_ms, not both")
+    max_records = int_param(request, "max_records", default=500, low=1, high=MAX_READ_RECORDS)
+    max_bytes = int_param(request, "max_bytes", default=1024 * 1024, low=1, high=MAX_READ_BYTES)
+    wait_ms = int_param(request, "wait_ms", default=0, low=0, high=max_wait)
+    answer = await broker.read(
+        tenant,
+        request.match_info["topic"],
+        partition_id,
+        offset=offset,
+        timestamp_ms=timestamp_ms,
+        max_records=max_records,
+        max_bytes=max_bytes,
+        wait_ms=wait_ms,
+    )
+    result = answer.result
+    request.app[METRICS].read_records.inc(len(result.records))
+    return json_response(
+        {
+            "records": [render_record(r, partition_id) for r in result.records],
+            "next_offset": result.next_offset,
+            "high_watermark": result.high_watermark,
+            "start_offset": result.start_offset,
+            "sealed": answer.partition.state.value == "sealed" or result.sealed,
+            "children": list(answer.partition.children),
+        }
+    )
+
+
+ROUTES: list[tuple[str, str, Any]] = [
+    ("GET", "/healthz", healthz),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi),
+    ("POST", "/v1/admin/tenants", create_tenant),
+    ("GET", "/v1/topics", list_topics),
+    ("PUT", "/v1/topics/{topic}", put_topic),
+    ("GET", "/v1/topics/{topic}", get_topic),
+    ("PATCH", "/v1/topics/{topic}", patch_topic),
+    ("DELETE", "/v1/topics/{topic}", delete_topic),
+    ("POST", "/v1/topics/{topic}/records", produce),
+    ("GET", "/v1/topics/{topic}/partitions/{partition}/records", read_records),
+]

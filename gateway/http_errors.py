@@ -1,0 +1,84 @@
+"""The JSON error body, and the middleware that turns every failure into one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from partitions.errors import EventBusError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's own refusals, named in our vocabulary.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "route_not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": error}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class UnauthorizedError(EventBusError):
+    code = "unauthorized"
+    status = 401
+
+
+class ForbiddenError(EventBusError):
+    code = "forbidden"
+    status = 403
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EventBusError as exc:
+        headers = {"Retry-After": "1"} if exc.retriable else None
+        if exc.status == 401:
+            headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="eventbus"'}
+        return error_response(exc.status, exc.code, exc.message, exc.details or None, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        headers = {}
+        if exc.status == 405 and "Allow" in exc.headers:
+            headers["Allow"] = exc.headers["Allow"]
+        message = {
+            404: f"no route {request.method} {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+            413: "the request body is larger than the server accepts",
+        }.get(exc.status, exc.reason)
+        return error_response(exc.status, code, message, headers=headers or None)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "the server failed to handle the request")

@@ -1,0 +1,75 @@
+"""Prometheus metrics of one server process.
+
+Label sets stay bounded: routes are labelled by their template (``/v1/topics/{topic}``),
+never by the path, and nothing is labelled by topic or partition, which come and go.
+Per-partition numbers are summed over the partitions at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from partitions.worker import WorkerTotals
+
+
+class _WorkerCollector(Collector):
+    def __init__(self, totals: Callable[[], WorkerTotals], waiting: Callable[[], int]) -> None:
+        self._totals = totals
+        self._waiting = waiting
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self._totals()
+        yield GaugeMetricFamily(
+            "eventbus_partitions_open", "Partition logs open here", totals.partitions_open
+        )
+        yield CounterMetricFamily(
+            "eventbus_log_appends", "Batches appended durably", totals.appends
+        )
+        yield CounterMetricFamily(
+            "eventbus_log_group_commits", "fsyncs that made appends durable", totals.group_commits
+        )
+        yield CounterMetricFamily(
+            "eventbus_long_poll_wakeups",
+            "Times a waiting reader was woken by new data (one per publish it saw)",
+            totals.wait_wakeups,
+        )
+        yield GaugeMetricFamily(
+            "eventbus_long_polls_waiting", "Reads waiting for data now", self._waiting()
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "eventbus_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "eventbus_http_request_seconds",
+            "Time to answer an HTTP request",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.produced_records = Counter(
+            "eventbus_produced_records", "Records produced", registry=self.registry
+        )
+        self.produced_bytes = Counter(
+            "eventbus_produced_bytes", "Key and value bytes produced", registry=self.registry
+        )
+        self.read_records = Counter(
+            "eventbus_read_records", "Records returned by reads", registry=self.registry
+        )
+
+    def watch_worker(self, totals: Callable[[], WorkerTotals], waiting: Callable[[], int]) -> None:
+        self.registry.register(_WorkerCollector(totals, waiting))
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

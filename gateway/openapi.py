@@ -1,0 +1,346 @@
+"""The OpenAPI 3.1 document of API v1, served at ``GET /openapi.json``.
+
+A test checks that the routes here are exactly the routes the app serves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): _ERROR for status in statuses}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_TOPIC_PARAM = {
+    "name": "topic",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"},
+}
+_PARTITION_PARAM = {
+    "name": "partition",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
+def _query(name: str, description: str, minimum: int = 0) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", "minimum": minimum},
+    }
+
+
+def build_document(version: str) -> dict[str, Any]:
+    topic_config = {"$ref": "#/components/schemas/TopicConfig"}
+    topic = {"$ref": "#/components/schemas/Topic"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "eventbus",
+            "version": version,
+            "description": "Kafka's model over HTTPS. See docs/api.md for examples.",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "security": [],
+                    "responses": {"200": _json({"type": "object"}, "The server is up")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (admin key unless --metrics-public)",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(401, 403),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI document")},
+                }
+            },
+            "/v1/admin/tenants": {
+                "post": {
+                    "summary": "Create a tenant and its first API key (admin key)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {
+                                        "name": {
+                                            "type": "string",
+                                            "pattern": "^[a-z0-9][a-z0-9-]{0,62}$",
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "api_key": {"type": "string"},
+                                },
+                            },
+                            "The tenant and its key, shown once",
+                        ),
+                        **_errors(400, 401, 403, 409),
+                    },
+                }
+            },
+            "/v1/topics": {
+                "get": {
+                    "summary": "List topics, by name, a page at a time",
+                    "parameters": [
+                        _query("limit", "Topics per page (1 to 1000, default 100)", 1),
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "description": "List names after this one (the last page's next_after)",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "topics": {"type": "array", "items": {"type": "object"}},
+                                    "next_after": {"type": ["string", "null"]},
+                                },
+                            },
+                            "A page of topics",
+                        ),
+                        **_errors(400, 401, 403),
+                    },
+                }
+            },
+            "/v1/topics/{topic}": {
+                "parameters": [_TOPIC_PARAM],
+                "put": {
+                    "summary": "Create a topic (201), or confirm one with the same config (200)",
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": topic_config}},
+                    },
+                    "responses": {
+                        "200": _json(topic, "The topic exists with this config"),
+                        "201": _json(topic, "Created"),
+                        **_errors(400, 401, 403, 409),
+                    },
+                },
+                "get": {
+                    "summary": "Describe a topic: config, partitions, lineage, offsets",
+                    "responses": {"200": _json(topic, "The topic"), **_errors(400, 401, 403, 404)},
+                },
+                "patch": {
+                    "summary": "Change some of a topic's config",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": topic_config}},
+                    },
+                    "responses": {
+                        "200": _json(topic, "The topic, changed"),
+                        **_errors(400, 401, 403, 404, 409),
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a topic and all its data",
+                    "responses": {
+                        "204": {"description": "Deleted"},
+                        **_errors(400, 401, 403, 404),
+                    },
+                },
+            },
+            "/v1/topics/{topic}/records": {
+                "parameters": [_TOPIC_PARAM],
+                "post": {
+                    "summary": "Produce records; answers their offsets once durable",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ProduceRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {"$ref": "#/components/schemas/ProduceResponse"},
+                            "Offsets, in request order",
+                        ),
+                        **_errors(400, 401, 403, 404, 413, 503),
+                    },
+                },
+            },
+            "/v1/topics/{topic}/partitions/{partition}/records": {
+                "parameters": [_TOPIC_PARAM, _PARTITION_PARAM],
+                "get": {
+                    "summary": "Read a partition from an offset or a timestamp; long-polls",
+                    "parameters": [
+                        _query("offset", "First offset to read (default: the log start)"),
+                        _query("timestamp_ms", "Start at the first record at or after this"),
+                        _query("max_records", "At most this many (1 to 10000, default 500)", 1),
+                        _query("max_bytes", "At most about this many bytes (default 1 MiB)", 1),
+                        _query("wait_ms", "At the end, wait this long for data (default 0)"),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {"$ref": "#/components/schemas/ReadResponse"}, "Records, maybe none"
+                        ),
+                        **_errors(400, 401, 403, 404, 416),
+                    },
+                },
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "Error": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "error": {
+                                "type": "object",
+                                "required": ["code", "message"],
+                                "properties": {
+                                    "code": {"type": "string"},
+                                    "message": {"type": "string"},
+                                    "details": {"type": "object"},
+                                },
+                            }
+                        },
+                    },
+                    "An error",
+                )
+            },
+            "schemas": {
+                "TopicConfig": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        name: {"type": ["integer", "null"], "minimum": 1}
+                        for name in (
+                            "retention_ms",
+                            "retention_bytes",
+                            "local_retention_ms",
+                            "local_retention_bytes",
+                            "segment_bytes",
+                            "segment_ms",
+                            "max_record_bytes",
+                        )
+                    },
+                },
+                "Topic": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "config": topic_config,
+                        "created_ms": {"type": "integer"},
+                        "partitions": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Partition"},
+                        },
+                    },
+                },
+                "Partition": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "state": {"enum": ["active", "sealed"]},
+                        "hash_range": {
+                            "type": "object",
+                            "properties": {
+                                "start": {"type": "string"},
+                                "end": {"type": "string"},
+                            },
+                        },
+                        "parents": {"type": "array", "items": {"type": "integer"}},
+                        "children": {"type": "array", "items": {"type": "integer"}},
+                        "start_offset": {"type": "integer"},
+                        "end_offset": {"type": "integer"},
+                    },
+                },
+                "NewRecord": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "key": {"type": ["string", "null"]},
+                        "key_b64": {"type": "string", "contentEncoding": "base64"},
+                        "value": {"type": "string"},
+                        "value_b64": {"type": "string", "contentEncoding": "base64"},
+                        "headers": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "timestamp_ms": {"type": "integer", "minimum": 0},
+                    },
+                },
+                "ProduceRequest": {
+                    "type": "object",
+                    "required": ["records"],
+                    "properties": {
+                        "records": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"$ref": "#/components/schemas/NewRecord"},
+                        }
+                    },
+                },
+                "ProduceResponse": {
+                    "type": "object",
+                    "properties": {
+                        "offsets": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "partition": {"type": "integer"},
+                                    "offset": {"type": "integer"},
+                                },
+                            },
+                        }
+                    },
+                },
+                "ReadResponse": {
+                    "type": "object",
+                    "properties": {
+                        "records": {"type": "array", "items": {"type": "object"}},
+                        "next_offset": {"type": "integer"},
+                        "high_watermark": {"type": "integer"},
+                        "start_offset": {"type": "integer"},
+                        "sealed": {"type": "boolean"},
+                        "children": {"type": "array", "items": {"type": "integer"}},
+                    },
+                },
+            },
+        },
+    }

@@ -1,0 +1,152 @@
+"""Records in the JSON API: parsing produce bodies and rendering reads.
+
+A key or value is sent either as text (``key``, ``value``) or as base64 (``key_b64``,
+``value_b64``); the form is stored with the record and the read answers in the same form.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from partitions.batch import NewRecord, Record
+from partitions.errors import InvalidInputError
+
+MAX_FUTURE_SKEW_MS = 60 * 60 * 1000
+
+
+class MalformedJsonError(InvalidInputError):
+    code = "malformed_json"
+
+
+class MissingRecordsError(InvalidInputError):
+    code = "missing_records"
+
+
+class InvalidRecordError(InvalidInputError):
+    code = "invalid_record"
+
+
+class ConflictingFieldsError(InvalidInputError):
+    code = "conflicting_fields"
+
+
+class InvalidBase64Error(InvalidInputError):
+    code = "invalid_base64"
+
+
+class InvalidHeaderError(InvalidInputError):
+    code = "invalid_header"
+
+
+class TimestampInFutureError(InvalidInputError):
+    code = "timestamp_in_future"
+
+
+def _bytes_field(
+    record: dict[str, Any], index: int, name: str, *, required: bool
+) -> tuple[bytes | None, bool]:
+    """Answers the bytes and whether they came as text."""
+    text, b64 = record.get(name), record.get(name + "_b64")
+    if text is not None and b64 is not None:
+        raise ConflictingFieldsError(
+            f"record {index} has both {name} and {name}_b64; send one", index=index
+        )
+    if text is not None:
+        if not isinstance(text, str):
+            raise InvalidRecordError(
+                f"record {index}: {name} must be a string (send bytes as {name}_b64)",
+                index=index,
+            )
+        return text.encode(), True
+    if b64 is not None:
+        if not isinstance(b64, str):
+            raise InvalidBase64Error(f"record {index}: {name}_b64 must be a string", index=index)
+        try:
+            return base64.b64decode(b64, validate=True), False
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidBase64Error(
+                f"record {index}: {name}_b64 is not valid base64", index=index
+            ) from exc
+    if required:
+        raise InvalidRecordError(f"record {index} has no {name} or {name}_b64", index=index)
+    return None, False
+
+
+_RECORD_FIELDS = frozenset(
+    {"key", "key_b64", "value", "value_b64", "headers", "timestamp_ms", "partition"}
+)
+
+
+def parse_records(body: Any, *, now_ms: int) -> list[NewRecord]:
+    if not isinstance(body, dict):
+        raise MalformedJsonError('the body must be a JSON object {"records": [...]}')
+    records = body.get("records")
+    if not isinstance(records, list) or not records:
+        raise MissingRecordsError('"records" must be a non-empty list')
+    out: list[NewRecord] = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise InvalidRecordError(f"record {index} is not an object", index=index)
+        unknown = set(record) - _RECORD_FIELDS
+        if unknown:
+            raise InvalidRecordError(
+                f"record {index} has unknown fields: {', '.join(sorted(unknown))}", index=index
+            )
+        if "partition" in record:
+            raise InvalidRecordError(
+                f"record {index}: partitions are chosen by key; drop 'partition'", index=index
+            )
+        key, key_text = _bytes_field(record, index, "key", required=False)
+        value, value_text = _bytes_field(record, index, "value", required=True)
+        headers = record.get("headers") or {}
+        if not isinstance(headers, dict):
+            raise InvalidHeaderError(f"record {index}: headers must be an object", index=index)
+        for name, header_value in headers.items():
+            if not isinstance(header_value, str):
+                raise InvalidHeaderError(
+                    f"record {index}: header {name!r} must have a string value", index=index
+                )
+        timestamp = record.get("timestamp_ms")
+        if timestamp is not None:
+            if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+                raise InvalidRecordError(
+                    f"record {index}: timestamp_ms must be a non-negative integer", index=index
+                )
+            if timestamp > now_ms + MAX_FUTURE_SKEW_MS:
+                raise TimestampInFutureError(
+                    f"record {index}: timestamp_ms is more than an hour ahead of the server",
+                    index=index,
+                )
+        out.append(
+            NewRecord(
+                value=value or b"",
+                key=key,
+                headers=tuple(headers.items()),
+                timestamp_ms=timestamp,
+                key_is_text=key_text,
+                value_is_text=value_text,
+            )
+        )
+    return out
+
+
+def render_record(record: Record, partition: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "partition": partition,
+        "offset": record.offset,
+        "timestamp_ms": record.timestamp_ms,
+    }
+    if record.key is None:
+        out["key"] = None
+    elif record.key_is_text:
+        out["key"] = record.key.decode()
+    else:
+        out["key_b64"] = base64.b64encode(record.key).decode()
+    if record.value_is_text:
+        out["value"] = record.value.decode()
+    else:
+        out["value_b64"] = base64.b64encode(record.value).decode()
+    out["headers"] = dict(record.headers)
+    return out

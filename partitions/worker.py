@@ -1,0 +1,200 @@
+"""The partition worker interface, and its in-process implementation.
+
+The gateway reaches partitions only through :class:`PartitionWorker`: append, read, wait
+for data, seal, stats, and opening and dropping partitions. :class:`LocalPartitionWorker`
+keeps the logs in this process; a remote implementation (worker processes, other machines)
+implements the same Protocol.
+
+Partition directories live under ``{data_dir}/topics/{tenant}/{incarnation}/{partition}``.
+Tenant names are validated before they get here, incarnations are UUIDs the catalog made,
+and partition ids are integers, so no path can leave its tenant's directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from partitions.errors import PartitionNotFoundError
+from partitions.log import (
+    AppendResult,
+    BatchRead,
+    LogConfig,
+    LogStats,
+    PartitionLog,
+    ReadResult,
+    SegmentInfo,
+)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PartitionKey:
+    tenant: str
+    incarnation: str
+    partition_id: int
+
+
+@dataclass(slots=True)
+class WorkerTotals:
+    partitions_open: int = 0
+    appends: int = 0
+    group_commits: int = 0
+    wait_wakeups: int = 0
+
+    def add(self, stats: LogStats) -> None:
+        self.appends += stats.appends
+        self.group_commits += stats.group_commits
+        self.wait_wakeups += stats.wait_wakeups
+
+
+class PartitionWorker(Protocol):
+    async def open_partition(self, key: PartitionKey, config: LogConfig) -> None: ...
+
+    async def append(self, key: PartitionKey, batch: bytes) -> AppendResult: ...
+
+    async def read(
+        self, key: PartitionKey, offset: int, *, max_records: int, max_bytes: int
+    ) -> ReadResult: ...
+
+    async def read_batches(
+        self, key: PartitionKey, offset: int, *, max_bytes: int
+    ) -> BatchRead: ...
+
+    async def offset_for_timestamp(self, key: PartitionKey, timestamp_ms: int) -> int | None: ...
+
+    async def wait_for_data(self, key: PartitionKey, offset: int, timeout_s: float) -> bool: ...
+
+    async def seal(self, key: PartitionKey) -> int: ...
+
+    async def stats(self, key: PartitionKey) -> LogStats: ...
+
+    async def enforce_retention(
+        self,
+        key: PartitionKey,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        max_offset: int | None = None,
+    ) -> list[SegmentInfo]: ...
+
+    async def drop_topic(self, tenant: str, incarnation: str) -> None:
+        """Close a topic incarnation's partitions and delete their data."""
+        ...
+
+    def totals(self) -> WorkerTotals: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalPartitionWorker:
+    """:class:`PartitionWorker` with every log in this process."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "topics"
+        self._logs: dict[PartitionKey, PartitionLog] = {}
+        self._opening: dict[PartitionKey, asyncio.Future[PartitionLog]] = {}
+        # Counters of logs already closed, so that totals never go down.
+        self._retired = WorkerTotals()
+
+    def directory(self, key: PartitionKey) -> Path:
+        return self.root / key.tenant / key.incarnation / str(key.partition_id)
+
+    def topic_directory(self, tenant: str, incarnation: str) -> Path:
+        return self.root / tenant / incarnation
+
+    @property
+    def open_count(self) -> int:
+        return len(self._logs)
+
+    def log(self, key: PartitionKey) -> PartitionLog:
+        found = self._logs.get(key)
+        if found is None:
+            raise PartitionNotFoundError(
+                f"partition {key.partition_id} is not open here", partition=key.partition_id
+            )
+        return found
+
+    async def open_partition(self, key: PartitionKey, config: LogConfig) -> None:
+        if key in self._logs:
+            return
+        pending = self._opening.get(key)
+        if pending is not None:
+            await pending
+            return
+        future: asyncio.Future[PartitionLog] = asyncio.get_running_loop().create_future()
+        self._opening[key] = future
+        try:
+            log = await PartitionLog.open(self.directory(key), config)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the caller gets the error itself
+            raise
+        finally:
+            self._opening.pop(key, None)
+        self._logs[key] = log
+        future.set_result(log)
+
+    async def append(self, key: PartitionKey, batch: bytes) -> AppendResult:
+        return await self.log(key).append(batch)
+
+    async def read(
+        self, key: PartitionKey, offset: int, *, max_records: int, max_bytes: int
+    ) -> ReadResult:
+        return await self.log(key).read(offset, max_records=max_records, max_bytes=max_bytes)
+
+    async def read_batches(self, key: PartitionKey, offset: int, *, max_bytes: int) -> BatchRead:
+        return await self.log(key).read_batches(offset, max_bytes=max_bytes)
+
+    async def offset_for_timestamp(self, key: PartitionKey, timestamp_ms: int) -> int | None:
+        return await self.log(key).offset_for_timestamp(timestamp_ms)
+
+    async def wait_for_data(self, key: PartitionKey, offset: int, timeout_s: float) -> bool:
+        return await self.log(key).wait_for_data(offset, timeout_s)
+
+    async def seal(self, key: PartitionKey) -> int:
+        return await self.log(key).seal()
+
+    async def stats(self, key: PartitionKey) -> LogStats:
+        return self.log(key).stats()
+
+    async def enforce_retention(
+        self,
+        key: PartitionKey,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        max_offset: int | None = None,
+    ) -> list[SegmentInfo]:
+        return await self.log(key).enforce_retention(
+            retention_ms=retention_ms, retention_bytes=retention_bytes, max_offset=max_offset
+        )
+
+    def totals(self) -> WorkerTotals:
+        """Counters summed over every log this worker has had open."""
+        totals = dataclasses.replace(self._retired)
+        for log in self._logs.values():
+            totals.add(log.stats())
+        totals.partitions_open = len(self._logs)
+        return totals
+
+    async def drop_topic(self, tenant: str, incarnation: str) -> None:
+        keys = [k for k in self._logs if k.tenant == tenant and k.incarnation == incarnation]
+        logs = [self._logs.pop(k) for k in keys]
+        for log in logs:
+            self._retired.add(log.stats())
+        await asyncio.gather(*(log.close() for log in logs))
+        directory = self.topic_directory(tenant, incarnation)
+        await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    async def close(self) -> None:
+        logs, self._logs = list(self._logs.values()), {}
+        await asyncio.gather(*(log.close() for log in logs))
+
+
+def _conforms(worker: LocalPartitionWorker) -> PartitionWorker:
+    """Lets mypy prove that the local worker implements the whole Protocol."""
+    return worker
