@@ -18,7 +18,7 @@ from importlib import metadata
 from aiohttp import web
 
 from gateway import handlers
-from gateway.auth import Authenticator, auth_middleware, bootstrap
+from gateway.auth import PRINCIPAL, Authenticator, auth_middleware, bootstrap
 from gateway.broker import Broker
 from gateway.config import ServerConfig
 from gateway.http_errors import Handler, error_middleware
@@ -64,7 +64,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         metrics = request.app[METRICS]
         metrics.requests.labels(request.method, route, str(status)).inc()
         metrics.latency.labels(request.method, route).observe(elapsed)
-        principal = request.get("principal")
+        principal = request.get(PRINCIPAL)
         log.info(
             "%s %s %d",
             request.method,

@@ -55,6 +55,7 @@ class Principal:
 
 
 ADMIN = Principal(admin=True)
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -90,14 +91,14 @@ class Authenticator:
 
 def require_tenant(request: web.Request) -> str:
     """The calling tenant; the admin key is not a tenant and cannot produce or consume."""
-    principal: Principal = request["principal"]
+    principal = request[PRINCIPAL]
     if principal.admin or principal.tenant is None:
         raise ForbiddenError("the admin key cannot use tenant routes; use a tenant's key")
     return principal.tenant
 
 
 def require_admin(request: web.Request) -> None:
-    principal: Principal = request["principal"]
+    principal = request[PRINCIPAL]
     if not principal.admin:
         raise ForbiddenError("this route needs the admin key")
 
@@ -119,7 +120,7 @@ def auth_middleware(
         principal = await authenticator().principal(token)
         if principal is None:
             raise UnauthorizedError("the API key is not valid")
-        request["principal"] = principal
+        request[PRINCIPAL] = principal
         if request.path == "/metrics" and not principal.admin:
             raise ForbiddenError("metrics need the admin key (or --metrics-public)")
         return await handler(request)
