@@ -30,6 +30,7 @@ Directory layout::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -41,7 +42,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from partitions.batch import (
     BatchHeader,
@@ -80,6 +81,8 @@ _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Group commits one drain does before it lets other partitions have its thread.
 _DRAIN_ROUNDS = 32
 _RECOVERY_BACKOFF_S = (0.05, 5.0)
+# How long close() waits for a running drain to finish its step.
+_CLOSE_WAIT_S = 60.0
 
 T = TypeVar("T")
 
@@ -185,6 +188,16 @@ class LogStats:
     wait_wakeups: int
 
 
+class _Loaded(NamedTuple):
+    segments: list[Segment]
+    sealed: bool
+    end_offset: int
+
+
+# (directory, segment base offset, durable log size, durable index entries)
+_CutPoint = tuple[Path, int, int, int]
+
+
 @dataclass(slots=True)
 class _Append:
     data: bytes
@@ -232,6 +245,16 @@ class PartitionLog:
         self._closed = False
         self._unavailable: EventBusError | None = None
         self._recovery_failed = False
+        self._recovery_delay = _RECOVERY_BACKOFF_S[0]
+        self._recovery_timer: asyncio.TimerHandle | None = None
+        self._cut: _CutPoint | None = None
+        # Writer-side state, owned by the drain's thread.
+        self._w_sealed = False
+        self._w_end = 0
+        self._in_flight: list[_Append | _Control] = []
+        # Set while no drain runs: close() waits for it.
+        self._idle = threading.Event()
+        self._idle.set()
         self._roll_timer: asyncio.TimerHandle | None = None
         self.last_recovery: TailRecovery | None = None
         self._group_commits = 0
@@ -265,11 +288,14 @@ class PartitionLog:
             writer_pool or default_writer_pool(),
             clock_ms,
         )
-        await self._run(self._load)
+        loaded = await self._run(self._load)
+        self._segments = loaded.segments
+        self._sealed = self._w_sealed = loaded.sealed
+        self._high_watermark = self._w_end = loaded.end_offset
         self._arm_roll_timer()
         return self
 
-    def _load(self) -> None:
+    def _load(self) -> _Loaded:
         """Open every segment and recover the last one (thread)."""
         self._ops.make_dirs(self.directory)
         meta_path = self.directory / META_FILE
@@ -312,26 +338,31 @@ class PartitionLog:
             for segment in segments:
                 segment.close()
             raise
-        self._segments = segments
-        self._sealed = sealed
-        self._high_watermark = segments[-1].next_offset if segments else int(sealed_end or 0)
+        end = segments[-1].next_offset if segments else int(sealed_end or 0)
+        return _Loaded(segments, sealed, end)
 
     def _write_meta(self, *, sealed: bool, end_offset: int | None) -> None:
         body = {"format_version": META_FORMAT_VERSION, "sealed": sealed, "end_offset": end_offset}
         self._ops.replace_file(self.directory / META_FILE, json.dumps(body).encode())
 
     async def close(self) -> None:
-        """Finish every append already asked for, make the indexes durable, close the files."""
-        if self._closed:
+        """Finish every append already asked for, make the indexes durable, close the files.
+
+        Returns once no writer thread touches this log any more.
+        """
+        if self._closed or self._closing:
+            await self._run(self._idle.wait, _CLOSE_WAIT_S)
             return
         self._closing = True
-        if self._roll_timer is not None:
-            self._roll_timer.cancel()
-        if not self._recovery_failed:
-            try:
-                await self._control(self._sync_active_indexes)
-            except EventBusError as exc:
-                log.warning("partition %s: closing after an error: %s", self.directory, exc)
+        for timer in (self._roll_timer, self._recovery_timer):
+            if timer is not None:
+                timer.cancel()
+        try:
+            await self._control(self._sync_active_indexes, closing=True)
+        except EventBusError as exc:
+            log.warning("partition %s: closing after an error: %s", self.directory, exc)
+        if not await self._run(self._idle.wait, _CLOSE_WAIT_S):
+            log.error("partition %s: the writer did not stop; closing anyway", self.directory)
         self._closed = True
         self._fail_pending(PartitionClosedError(f"partition log {self.directory} is closed"))
         segments, self._segments = self._segments, []
@@ -410,8 +441,7 @@ class PartitionLog:
         header = validate_batch(batch)
         self._check_writable()
         future: asyncio.Future[AppendResult] = self._loop.create_future()
-        self._pending.append(_Append(batch, header, size, future))
-        self._kick()
+        self._enqueue(_Append(batch, header, size, future))
         return await future
 
     async def append_records(
@@ -439,14 +469,22 @@ class PartitionLog:
                 f"the partition could not recover from a storage failure: {self._unavailable}"
             )
 
+    def _enqueue(self, item: _Append | _Control) -> None:
+        self._pending.append(item)
+        try:
+            self._kick()
+        except BaseException:
+            with contextlib.suppress(ValueError):
+                self._pending.remove(item)
+            raise
+
     # --- control operations ----------------------------------------------------------------
 
-    async def _control(self, action: Callable[[], Any]) -> Any:
-        if self._closed:
+    async def _control(self, action: Callable[[], Any], *, closing: bool = False) -> Any:
+        if self._closed or (self._closing and not closing):
             raise PartitionClosedError(f"partition log {self.directory} is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append(_Control(action, future))
-        self._kick()
+        self._enqueue(_Control(action, future))
         return await future
 
     async def roll(self) -> None:
@@ -490,15 +528,21 @@ class PartitionLog:
         )
         return result
 
-    # The methods below run on the drain's thread.
+    # The methods below run on the drain's thread. They change writer-side state only;
+    # what the event loop shows (high watermark, sealed) changes in callbacks they post,
+    # which run after the publishes posted before them.
 
     def _roll(self) -> None:
         segments = self._segments
         active = segments[-1] if segments else None
-        if self._sealed or active is None or active.is_empty:
+        if self._w_sealed or active is None or active.is_empty:
             return
         active.finish()
-        new = Segment.create(self.directory, active.next_offset, self._ops)
+        try:
+            new = Segment.create(self.directory, active.next_offset, self._ops)
+        except BaseException:
+            active.read_only = False  # still the active segment
+            raise
         self._segments = [*segments, new]
         self._post(self._arm_roll_timer)
 
@@ -511,18 +555,21 @@ class PartitionLog:
                 self._post(self._arm_roll_timer)
 
     def _seal(self) -> int:
-        if self._sealed:
-            return self._high_watermark
         segments = self._segments
+        end = segments[-1].next_offset if segments else self._w_end
+        if self._w_sealed:
+            return end
         if segments and not segments[-1].read_only:
             segments[-1].finish()
-        end = segments[-1].next_offset if segments else self._high_watermark
         self._write_meta(sealed=True, end_offset=end)
-        self._sealed = True
-        self._post(self._after_seal)
+        self._w_sealed = True
+        self._w_end = end
+        self._post(self._after_seal, end)
         return end
 
-    def _after_seal(self) -> None:
+    def _after_seal(self, end: int) -> None:
+        self._high_watermark = max(self._high_watermark, end)
+        self._sealed = True
         if self._roll_timer is not None:
             self._roll_timer.cancel()
         self._notify_data()
@@ -536,7 +583,7 @@ class PartitionLog:
         delete_all_below: bool = False,
     ) -> list[SegmentInfo]:
         segments = self._segments
-        candidates = segments if self._sealed else segments[:-1]
+        candidates = segments if self._w_sealed else segments[:-1]
         now = self._clock_ms()
         total = sum(s.size for s in segments)
         count = 0
@@ -571,53 +618,72 @@ class PartitionLog:
             if self._draining:
                 return
             self._draining = True
-        self._writer_pool.submit(self._drain)
+            self._idle.clear()
+        try:
+            self._writer_pool.submit(self._drain)
+        except BaseException:
+            self._drain_stopped()
+            raise
+
+    def _drain_stopped(self) -> None:
+        with self._drain_lock:
+            self._draining = False
+            self._idle.set()
 
     def _drain(self) -> None:
         """Work through the queue on a writer thread until it is empty."""
         try:
             for _ in range(_DRAIN_ROUNDS):
                 with self._drain_lock:
-                    # Checked under the lock: an append queued after this sees
-                    # _draining False and starts the next drain itself.
-                    if not self._pending:
+                    # Checked under the lock: an item queued after this sees _draining
+                    # False and starts the next drain itself.
+                    if not self._pending and self._unavailable is None:
                         self._draining = False
+                        self._idle.set()
                         return
-                self._drain_one()
+                if not self._drain_one():
+                    # Recovery failed; a timer on the loop starts the next attempt.
+                    self._drain_stopped()
+                    return
             # Give the thread to other partitions; this one goes on at the back of the line.
             self._writer_pool.submit(self._drain)
         except BaseException as exc:  # noqa: BLE001 - a dead drain must fail its waiters
-            with self._drain_lock:
-                self._draining = False
-            self._post(self._drain_crashed, exc)
+            in_flight, self._in_flight = self._in_flight, []
+            self._drain_stopped()
+            self._post(self._drain_crashed, exc, in_flight)
 
-    def _drain_one(self) -> None:
-        if self._closed:
-            closed = PartitionClosedError(f"partition log {self.directory} is closed")
-            self._fail_queued_appends(closed)
-            while self._pending:
-                item = self._pending.popleft()
-                self._settle(item.future, error=closed)
-            return
+    def _drain_one(self) -> bool:
+        """One step: recover, run one control, or write one group. False: stop draining."""
         if self._unavailable is not None:
-            self._reopen()
-            return
+            if self._closing:
+                self._fail_everything_queued(
+                    PartitionClosedError(f"partition log {self.directory} is closed")
+                )
+                return False
+            return self._reopen_attempt()
         head = self._pending[0]
         if isinstance(head, _Control):
             self._pending.popleft()
+            self._in_flight = [head]
             try:
                 result = head.action()
             except OSError as exc:
-                error = StorageIOError(f"storage failure in {self.directory}: {exc}")
-                self._settle(head.future, error=error)
-                self._fail_and_reopen(error)
-                return
+                if exc.errno in _DISK_FULL_ERRNOS:
+                    full = DiskFullError(f"no space left on the device holding {self.directory}")
+                    self._settle(head.future, error=full)
+                else:
+                    error = StorageIOError(f"storage failure in {self.directory}: {exc}")
+                    self._settle(head.future, error=error)
+                    self._fail_and_reopen(error, cut=None)
             except EventBusError as exc:
                 self._settle(head.future, error=exc)
-                return
-            self._settle(head.future, result=result)
-            return
+            else:
+                self._settle(head.future, result=result)
+            self._in_flight = []
+            return True
         self._write_group()
+        self._in_flight = []
+        return True
 
     def _take_group(self, active: Segment) -> list[_Append]:
         pending = self._pending
@@ -634,14 +700,14 @@ class PartitionLog:
             pending.popleft()
             group.append(item)
             size += item.size
+        self._in_flight = list(group)
         return group
 
     def _write_group(self) -> None:
-        if self._sealed:
+        if self._w_sealed:
             self._fail_head_appends(
                 PartitionSealedError(
-                    f"the partition is sealed at offset {self._high_watermark}",
-                    end_offset=self._high_watermark,
+                    f"the partition is sealed at offset {self._w_end}", end_offset=self._w_end
                 )
             )
             return
@@ -653,7 +719,12 @@ class PartitionLog:
             try:
                 self._roll()
             except OSError as exc:
-                self._fail_and_reopen(StorageIOError(f"roll failed: {exc}"))
+                if exc.errno in _DISK_FULL_ERRNOS:
+                    self._fail_head_appends(
+                        DiskFullError(f"no space for a new segment in {self.directory}")
+                    )
+                else:
+                    self._fail_and_reopen(StorageIOError(f"roll failed: {exc}"), cut=None)
                 return
             active = self._segments[-1]
         group = self._take_group(active)
@@ -662,6 +733,8 @@ class PartitionLog:
             active.next_offset,
             self.config.index_interval_bytes,
         )
+        # Where the segment was durable before this write: a failure cuts back to it.
+        durable_point = (self.directory, active.base_offset, plan.position, len(active.index))
         started = time.perf_counter()
         try:
             active.write_plan(plan)
@@ -672,14 +745,14 @@ class PartitionLog:
                 except OSError as undo_exc:
                     error = StorageIOError(f"could not undo a failed write: {undo_exc}")
                     self._post(self._fail_items, group, error)
-                    self._fail_and_reopen(error)
+                    self._fail_and_reopen(error, cut=durable_point)
                     return
                 full = DiskFullError(f"no space left on the device holding {self.directory}")
                 self._post(self._fail_items, group, full)
                 return
             error = StorageIOError(f"write or fsync failed in {self.directory}: {exc}")
             self._post(self._fail_items, group, error)
-            self._fail_and_reopen(error)
+            self._fail_and_reopen(error, cut=durable_point)
             return
         self._sync_seconds += time.perf_counter() - started
         first_in_segment = active.is_empty
@@ -725,85 +798,103 @@ class PartitionLog:
         if future is not None:
             self._post(_resolve, future, result, error)
 
-    def _fail_items(self, items: Iterable[_Append], error: EventBusError) -> None:
+    def _fail_items(self, items: Iterable[_Append | _Control], error: EventBusError) -> None:
         for item in items:
-            if not item.future.done():
+            if item.future is not None and not item.future.done():
                 item.future.set_exception(error)
 
     def _fail_head_appends(self, error: EventBusError) -> None:
         """Fail the appends at the head of the queue, up to the next control (thread)."""
         failed = []
         while self._pending and isinstance(self._pending[0], _Append):
+            failed.append(self._pending.popleft())
+        self._post(self._fail_items, failed, error)
+
+    def _fail_queued_appends(self, error: EventBusError) -> None:
+        """Fail every queued append, keeping the controls in order (thread)."""
+        kept: list[_Append | _Control] = []
+        failed: list[_Append | _Control] = []
+        while self._pending:
             item = self._pending.popleft()
-            if isinstance(item, _Append):
-                failed.append(item)
+            (failed if isinstance(item, _Append) else kept).append(item)
+        self._pending.extend(kept)
+        self._post(self._fail_items, failed, error)
+
+    def _fail_everything_queued(self, error: EventBusError) -> None:
+        failed: list[_Append | _Control] = []
+        while self._pending:
+            failed.append(self._pending.popleft())
         self._post(self._fail_items, failed, error)
 
     def _fail_pending(self, error: EventBusError) -> None:
         """Fail everything still queued (event loop side, once no drain can run)."""
+        failed: list[_Append | _Control] = []
         while self._pending:
-            item = self._pending.popleft()
-            if item.future is not None and not item.future.done():
-                item.future.set_exception(error)
+            failed.append(self._pending.popleft())
+        self._fail_items(failed, error)
 
-    def _fail_and_reopen(self, error: EventBusError) -> None:
+    def _fail_and_reopen(self, error: EventBusError, *, cut: _CutPoint | None) -> None:
         """A write or fsync failed (its waiters are told): reopen with recovery (thread).
 
-        Appends queued behind the failed write were not waiting on it; they are written
-        once the partition has recovered.
+        With ``cut``, the segment is first cut back to where it was durable: after a failed
+        fsync the kernel may have marked the unwritten pages clean, so bytes that read back
+        fine may never reach the disk. Appends queued behind the failure were not waiting
+        on it; they are written once the partition has recovered.
         """
         log.error("partition %s: %s; reopening with recovery", self.directory, error.message)
         self._unavailable = error
-        self._reopen()
-
-    def _reopen(self) -> None:
+        self._cut = cut
         old, self._segments = self._segments, []
         self._retire_segments(old)
-        delay, longest = _RECOVERY_BACKOFF_S
-        while True:
-            try:
-                self._load()
-            except (OSError, CorruptLogError) as exc:
-                log.warning("partition %s: recovery failed (%s); retrying", self.directory, exc)
-                # Fail fast while the disk is broken rather than queue without bound.
-                self._recovery_failed = True
-                self._fail_queued_appends(
-                    PartitionUnavailableError(
-                        f"the partition could not recover from a storage failure: {exc}"
-                    )
+        self._reopen_attempt()
+
+    def _reopen_attempt(self) -> bool:
+        """Cut back (if needed) and reload the partition; on failure, schedule another try."""
+        try:
+            if self._cut is not None:
+                Segment.cut_files(*self._cut, self._ops)
+            loaded = self._load()
+        except (OSError, CorruptLogError) as exc:
+            log.warning("partition %s: recovery failed (%s); retrying", self.directory, exc)
+            # Fail fast while the disk is broken rather than queue without bound.
+            self._recovery_failed = True
+            self._fail_queued_appends(
+                PartitionUnavailableError(
+                    f"the partition could not recover from a storage failure: {exc}"
                 )
-                if self._closing:
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, longest)
-                continue
-            break
-        for segment in self._segments:
+            )
+            delay = self._recovery_delay
+            self._recovery_delay = min(delay * 2, _RECOVERY_BACKOFF_S[1])
+            self._post(self._schedule_recovery, delay)
+            return False
+        self._cut = None
+        for segment in loaded.segments:
             segment.durable_size = segment.size
+        self._segments = loaded.segments
+        self._w_sealed = loaded.sealed
+        self._w_end = loaded.end_offset
         self._unavailable = None
         self._recovery_failed = False
-        self._post(self._after_reopen)
+        self._recovery_delay = _RECOVERY_BACKOFF_S[0]
+        self._post(self._after_reopen, loaded)
+        return True
 
-    def _after_reopen(self) -> None:
+    def _schedule_recovery(self, delay: float) -> None:
+        if self._closing or self._closed:
+            return
+        self._recovery_timer = self._loop.call_later(delay, self._kick)
+
+    def _after_reopen(self, loaded: _Loaded) -> None:
+        self._high_watermark = max(self._high_watermark, loaded.end_offset)
+        self._sealed = loaded.sealed
         self._notify_data()
         self._arm_roll_timer()
 
-    def _fail_queued_appends(self, error: EventBusError) -> None:
-        kept: list[_Append | _Control] = []
-        failed: list[_Append] = []
-        while self._pending:
-            item = self._pending.popleft()
-            if isinstance(item, _Append):
-                failed.append(item)
-            else:
-                kept.append(item)
-        self._pending.extend(kept)
-        self._post(self._fail_items, failed, error)
-
-    def _drain_crashed(self, exc: BaseException) -> None:
+    def _drain_crashed(self, exc: BaseException, in_flight: list[_Append | _Control]) -> None:
         log.error("partition %s: writer crashed", self.directory, exc_info=exc)
         self._unavailable = StorageIOError(f"the partition writer stopped: {exc!r}")
         self._recovery_failed = True
+        self._fail_items(in_flight, self._unavailable)
         self._fail_pending(self._unavailable)
         self._notify_data()
 
@@ -843,8 +934,7 @@ class PartitionLog:
         self._roll_timer = None
         if self._closing or self._closed:
             return
-        self._pending.append(_Control(partial(self._roll_if_due, segment), None))
-        self._kick()
+        self._enqueue(_Control(partial(self._roll_if_due, segment), None))
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -867,18 +957,32 @@ class PartitionLog:
             )
 
     def _pin_from(self, offset: int) -> list[tuple[Segment, int]]:
-        """Pin the segments holding ``offset`` onwards, with each one's durable size."""
+        """Pin the segments holding ``offset`` onwards, with each one's durable size.
+
+        If retention deleted the segment holding ``offset`` since the range was checked,
+        this raises :class:`OffsetOutOfRangeError` rather than read from a later offset.
+        """
         pinned: list[tuple[Segment, int]] = []
         for segment in self._segments:
             if segment.next_offset <= offset:
                 continue
             if not segment.pin():
-                for done, _ in pinned:
-                    done.unpin()
-                self._check_range(offset)
-                return []
+                break
             pinned.append((segment, segment.durable_size))
-        return pinned
+        if pinned and pinned[0][0].base_offset <= offset:
+            return pinned
+        for done, _ in pinned:
+            done.unpin()
+        self._check_range(offset)
+        if offset < self._high_watermark:
+            start, hw = self.start_offset, self._high_watermark
+            raise OffsetOutOfRangeError(
+                f"offset {offset} was removed by retention while it was being read",
+                offset=offset,
+                start_offset=start,
+                high_watermark=hw,
+            )
+        return []
 
     async def read_batches(self, offset: int, *, max_bytes: int = 1024 * 1024) -> BatchRead:
         """Stored batches from the one holding ``offset``, up to ``max_bytes`` (at least one).

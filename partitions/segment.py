@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import logging
 import os
 import struct
 import threading
@@ -56,6 +57,8 @@ TIME_INDEX_ENTRY = struct.Struct(">qI")
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIME_INDEX_SUFFIX = ".timeindex"
+
+log = logging.getLogger(__name__)
 
 _READ_CHUNK = 256 * 1024
 # Smaller than any i64 timestamp a batch can carry: "no record seen yet".
@@ -156,26 +159,41 @@ class Segment:
 
     @classmethod
     def create(cls, directory: Path, base_offset: int, ops: FileOps) -> Segment:
+        """Create an empty segment; on any failure, nothing of it is left behind."""
         segment = cls(directory, base_offset, ops)
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-        segment.log_fd = os.open(segment.log_path, flags, 0o644)
-        segment.index_fd = os.open(segment.index_path, flags, 0o644)
-        segment.time_index_fd = os.open(segment.time_index_path, flags, 0o644)
-        if os.fstat(segment.log_fd).st_size:
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            segment.log_fd = os.open(segment.log_path, flags, 0o644)
+            segment.index_fd = os.open(segment.index_path, flags, 0o644)
+            segment.time_index_fd = os.open(segment.time_index_path, flags, 0o644)
+            ops.fsync_dir(directory)
+        except BaseException:
+            created = [
+                path
+                for path, fd in (
+                    (segment.log_path, segment.log_fd),
+                    (segment.index_path, segment.index_fd),
+                    (segment.time_index_path, segment.time_index_fd),
+                )
+                if fd >= 0
+            ]
             segment.close()
-            raise CorruptBatchError(f"segment {segment.log_path.name} already holds data")
-        for fd in (segment.index_fd, segment.time_index_fd):
-            ops.ftruncate(fd, 0)
-        ops.fsync_dir(directory)
+            for path in created:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
         return segment
 
     @classmethod
     def open_existing(cls, directory: Path, base_offset: int, ops: FileOps) -> Segment:
         segment = cls(directory, base_offset, ops)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        missing = not (segment.index_path.exists() and segment.time_index_path.exists())
         segment.log_fd = os.open(segment.log_path, os.O_RDWR | os.O_CLOEXEC)
         segment.index_fd = os.open(segment.index_path, flags, 0o644)
         segment.time_index_fd = os.open(segment.time_index_path, flags, 0o644)
+        if missing:
+            ops.fsync_dir(directory)
         return segment
 
     def close(self) -> None:
@@ -485,7 +503,9 @@ class Segment:
         truncated = file_size - end
         if truncated:
             self.ops.ftruncate(self.log_fd, end)
-            self.ops.fdatasync(self.log_fd)
+        # Always: after a crash the tail may be in the page cache only, and what readers
+        # see must survive a power loss too.
+        self.ops.fdatasync(self.log_fd)
         index_files_match = (
             on_disk.relative_offsets == index.relative_offsets
             and on_disk.positions == index.positions
@@ -550,15 +570,23 @@ class Segment:
         )
 
     def write_plan(self, plan: AppendPlan) -> None:
-        """Write a plan and make it durable (thread side). Raises ``OSError`` on failure.
+        """Write a plan and make it durable (thread side). Raises ``OSError`` on failure:
+        :class:`WriteFailedError` when the write failed, a plain ``OSError`` when the fsync
+        did.
 
-        The index entries are written too but not fsync'd: they are derived data that
-        recovery checks against the log.
+        Index entries are written only after the log's fsync succeeded, so an entry never
+        points at bytes that a power loss could take: recovery trusts everything before
+        the last entry that checks out. They are not fsync'd themselves (derived data,
+        rebuilt when they disagree with the log), and failing to write them fails nothing.
         """
         try:
             self.ops.write_all(self.log_fd, plan.buffers, plan.position)
-            if plan.new_index_entries:
-                count = len(self.index)
+        except OSError as exc:
+            raise WriteFailedError(exc.errno, exc.strerror) from exc
+        self.ops.fdatasync(self.log_fd)
+        if plan.new_index_entries:
+            count = len(self.index)
+            try:
                 self.ops.write_all(
                     self.index_fd,
                     [OFFSET_INDEX_ENTRY.pack(rel, pos) for rel, pos, _ in plan.new_index_entries],
@@ -569,9 +597,35 @@ class Segment:
                     [TIME_INDEX_ENTRY.pack(ts, rel) for rel, _, ts in plan.new_index_entries],
                     count * TIME_INDEX_ENTRY.size,
                 )
-        except OSError as exc:
-            raise WriteFailedError(exc.errno, exc.strerror) from exc
-        self.ops.fdatasync(self.log_fd)
+            except OSError as exc:
+                log.warning(
+                    "%s: index entries not written (%s); recovery rebuilds them",
+                    self.log_path.name,
+                    exc,
+                )
+
+    @staticmethod
+    def cut_files(
+        directory: Path, base_offset: int, log_size: int, index_count: int, ops: FileOps
+    ) -> None:
+        """Cut a segment's files back to a durable point and fsync them (thread side).
+
+        Used after a failed fsync: the kernel may have marked the failed pages clean, so
+        bytes past the last successful fsync must not be trusted even though they read back.
+        """
+        name = segment_name(base_offset)
+        for suffix, size in (
+            (LOG_SUFFIX, log_size),
+            (INDEX_SUFFIX, index_count * OFFSET_INDEX_ENTRY.size),
+            (TIME_INDEX_SUFFIX, index_count * TIME_INDEX_ENTRY.size),
+        ):
+            fd = os.open(directory / (name + suffix), os.O_RDWR | os.O_CLOEXEC)
+            try:
+                if os.fstat(fd).st_size > size:
+                    ops.ftruncate(fd, size)
+                ops.fdatasync(fd)
+            finally:
+                os.close(fd)
 
     def undo_plan(self, plan: AppendPlan) -> None:
         """Cut the files back to where they were before a failed ``write_plan``."""
@@ -618,22 +672,39 @@ class Segment:
                 return pos
         return limit
 
+    def _checked_header(self, data: bytes, pos: int, position: int) -> BatchHeader:
+        header = read_header(data, pos)
+        if (
+            header.version != FORMAT_VERSION
+            or header.record_count < 1
+            or header.batch_length < _MIN_BATCH_LENGTH + header.producer_tag_length
+        ):
+            raise CorruptBatchError(
+                f"{self.log_path.name}: no valid batch at byte {position + pos}",
+                position=position + pos,
+            )
+        return header
+
     def read_batches(self, position: int, limit: int, max_bytes: int) -> bytes:
-        """Whole batches from ``position``: as many as fit in ``max_bytes``, at least one."""
+        """Whole batches from ``position``: as many as fit in ``max_bytes``, at least one.
+
+        Every batch header is checked on the way, so damage surfaces as
+        :class:`CorruptBatchError`, never as garbage.
+        """
         if position >= limit:
             return b""
         want = min(limit - position, max(max_bytes, BATCH_HEADER.size))
         data = pread_exact(self.log_fd, want, position)
         if len(data) < BATCH_HEADER.size:
             raise ShortBatchError(f"{self.log_path.name}: short read at {position}")
-        first = read_header(data)
+        first = self._checked_header(data, 0, position)
         if first.total_size > len(data):
             if position + first.total_size > limit:
                 raise ShortBatchError(f"{self.log_path.name}: batch at {position} is cut off")
             return pread_exact(self.log_fd, first.total_size, position)
         end = 0
         while end + BATCH_HEADER.size <= len(data):
-            header = read_header(data, end)
+            header = self._checked_header(data, end, position)
             if end + header.total_size > len(data):
                 break
             end += header.total_size
