@@ -400,3 +400,39 @@ async def test_openapi_lists_exactly_the_routes_served(api: Api) -> None:
     }
     assert documented == served
     assert {(m, p) for m, p, _ in ROUTES} == served
+
+
+async def test_retention_moves_the_start_and_old_offsets_answer_416(tmp_path: Path) -> None:
+    fast = await start_api(tmp_path / "data", retention_check_ms=50)
+    try:
+        config = {"segment_bytes": 1024, "retention_bytes": 2048}
+        assert (await fast.call("PUT", "/v1/topics/t", json=config))[0] == 201
+        for i in range(60):
+            record = {"value": f"{i:04d}" + "x" * 150}
+            await fast.call("POST", "/v1/topics/t/records", json={"records": [record]})
+        # Each stored record is about 225 bytes and a segment holds 4 of them; retention
+        # keeps at least 2048 bytes (10+ records) and at most that plus the active segment
+        # and one more it may not cut into.
+        for _ in range(500):  # the retention loop runs every 50 ms
+            status, body = await fast.call("GET", "/v1/topics/t")
+            start = body["partitions"][0]["start_offset"]
+            if 60 - start <= 20:
+                break
+            await asyncio.sleep(0.01)
+        assert 60 - start <= 20, f"retention kept {60 - start} records"
+        assert 60 - start >= 2048 // 225
+        assert body["partitions"][0]["end_offset"] == 60
+        status, got = await fast.call(
+            "GET", "/v1/topics/t/partitions/0/records", params={"offset": "0"}
+        )
+        assert status == 416 and got["error"]["code"] == "offset_out_of_range"
+        assert got["error"]["details"] == {
+            "offset": 0,
+            "start_offset": start,
+            "high_watermark": 60,
+        }
+        status, got = await fast.call("GET", "/v1/topics/t/partitions/0/records")
+        assert status == 200 and got["records"][0]["offset"] == start
+        assert got["records"][-1]["value"].startswith("0059")
+    finally:
+        await stop_api(fast)

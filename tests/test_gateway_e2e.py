@@ -157,6 +157,48 @@ async def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path: Path
         server.kill()
 
 
+async def test_a_long_poll_is_released_by_a_produce_in_a_real_server(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        key, admin = server.keys["EVENTBUS_API_KEY"], server.keys["EVENTBUS_ADMIN_KEY"]
+
+        async def metric(session: aiohttp.ClientSession, name: str) -> float:
+            async with session.get(f"{server.url}/metrics", headers=_auth(admin)) as response:
+                for line in (await response.text()).splitlines():
+                    if line.split(" ")[0] in (name, name + "_total"):
+                        return float(line.split(" ")[1])
+            raise AssertionError(f"no metric {name}")
+
+        async with aiohttp.ClientSession() as session:
+            await session.put(f"{server.url}/v1/topics/t", headers=_auth(key))
+            wakeups = await metric(session, "eventbus_long_poll_wakeups")
+            reader = asyncio.ensure_future(
+                session.get(
+                    f"{server.url}/v1/topics/t/partitions/0/records",
+                    params={"offset": "0", "wait_ms": "30000"},
+                    headers=_auth(key),
+                )
+            )
+            for _ in range(500):
+                if await metric(session, "eventbus_long_polls_waiting") == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert not reader.done()
+            async with session.post(
+                f"{server.url}/v1/topics/t/records",
+                json={"records": [{"value": "now"}]},
+                headers=_auth(key),
+            ) as response:
+                assert response.status == 200
+            async with await asyncio.wait_for(reader, 10) as response:
+                assert [r["value"] for r in (await response.json())["records"]] == ["now"]
+            # One wake-up, caused by the produce: the reader did not poll.
+            assert await metric(session, "eventbus_long_poll_wakeups") == wakeups + 1
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
 def test_first_start_writes_keys_only_to_the_credentials_file(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data").start()
     try:
