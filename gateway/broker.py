@@ -12,7 +12,7 @@ import bisect
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +20,16 @@ import xxhash
 
 from gateway.config import log_config, normalize_topic_config
 from partitions.batch import NewRecord, encode_batch
-from partitions.catalog import Catalog, PartitionRecord, TopicRecord
+from partitions.catalog import Catalog, LineageChange, PartitionRecord, TopicRecord
 from partitions.errors import (
     ConflictError,
     InvalidInputError,
+    InvalidMergeError,
+    InvalidSplitPointError,
+    PartitionNotActiveError,
     PartitionNotFoundError,
     PartitionSealedError,
+    PartitionsNotAdjacentError,
     TopicExistsError,
 )
 from partitions.log import ReadResult
@@ -66,6 +70,11 @@ class TopicView:
     active_starts: list[int] = field(default_factory=list)
     active_ids: list[int] = field(default_factory=list)
     keyless: itertools.count[int] = field(default_factory=itertools.count)
+    # Produce waits on ``open``; a split or merge clears it, waits for ``in_flight`` to
+    # reach zero (``idle``), reshapes the topic, and hands producers a new view.
+    open: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    in_flight: int = 0
 
     def __post_init__(self) -> None:
         active = sorted(
@@ -73,6 +82,8 @@ class TopicView:
         )
         self.active_starts = [p.hash_range.start for p in active]
         self.active_ids = [p.partition_id for p in active]
+        self.open.set()
+        self.idle.set()
 
     def route(self, key: bytes) -> int:
         return self.active_ids[bisect.bisect_right(self.active_starts, key_hash(key)) - 1]
@@ -109,7 +120,8 @@ class Broker:
     # --- start and stop ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Finish deletions a crash interrupted, then open every live partition."""
+        """Finish deletions a crash interrupted, open every live partition, and seal the
+        logs of partitions the catalog sealed (a split or merge cut short by a crash)."""
         for topic in await self.catalog.list_deleted_topics():
             await self.worker.drop_topic(topic.tenant, topic.incarnation)
             await self.catalog.purge_topic(topic.tenant, topic.incarnation)
@@ -117,7 +129,12 @@ class Broker:
             after: str | None = None
             while page := await self.catalog.list_topics(tenant.name, after=after, limit=500):
                 for topic in page:
-                    await self._load_view(tenant.name, topic.name)
+                    view = await self._load_view(tenant.name, topic.name)
+                    for pid, partition in view.partitions.items():
+                        if not partition.active:
+                            stats = await self.worker.stats(view.key(pid))
+                            if not stats.sealed:
+                                await self.worker.seal(view.key(pid))
                 after = page[-1].name
 
     def _lock(self, tenant: str, name: str) -> asyncio.Lock:
@@ -195,6 +212,95 @@ class Broker:
             out[pid] = (stats.start_offset, stats.end_offset)
         return out
 
+    # --- split and merge ------------------------------------------------------------------
+
+    async def split(
+        self, tenant: str, name: str, partition_id: int, at: int | None
+    ) -> LineageChange:
+        """Split an active partition at ``at`` (default: the middle of its range)."""
+        async with self._lock(tenant, name):
+            view = await self._current_view(tenant, name)
+            parent = self._active_partition(view, name, partition_id)
+            low, high = parent.hash_range.start, parent.hash_range.end
+            point = (low + high) // 2 if at is None else at
+            if not low < point < high:
+                raise InvalidSplitPointError(
+                    f"split point {point} is not strictly inside partition {partition_id}'s "
+                    f"range [{low}, {high})",
+                    partition=partition_id,
+                )
+            return await self._reshape(
+                view,
+                [partition_id],
+                lambda ends: self.catalog.split_partition(
+                    tenant, name, partition_id, at=point, end_offset=ends[0]
+                ),
+            )
+
+    async def merge(self, tenant: str, name: str, partition_ids: Sequence[int]) -> LineageChange:
+        """Merge two adjacent active partitions into one."""
+        async with self._lock(tenant, name):
+            view = await self._current_view(tenant, name)
+            if len(partition_ids) != 2 or partition_ids[0] == partition_ids[1]:
+                raise InvalidMergeError("a merge takes exactly two different partitions")
+            parents = [self._active_partition(view, name, pid) for pid in partition_ids]
+            low, high = sorted(parents, key=lambda p: p.hash_range.start)
+            if low.hash_range.end != high.hash_range.start:
+                raise PartitionsNotAdjacentError(
+                    f"partitions {low.partition_id} and {high.partition_id} are not adjacent",
+                    partitions=[low.partition_id, high.partition_id],
+                )
+            ids = list(partition_ids)
+            return await self._reshape(
+                view,
+                ids,
+                lambda ends: self.catalog.merge_partitions(tenant, name, ids, end_offsets=ends),
+            )
+
+    async def _current_view(self, tenant: str, name: str) -> TopicView:
+        validate_topic_name(name)
+        found = self._views.get((tenant, name))
+        return found if found is not None else await self._load_view(tenant, name)
+
+    @staticmethod
+    def _active_partition(view: TopicView, name: str, partition_id: int) -> PartitionRecord:
+        partition = view.partitions.get(partition_id)
+        if partition is None:
+            raise PartitionNotFoundError(
+                f"topic {name!r} has no partition {partition_id}", partition=partition_id
+            )
+        if not partition.active:
+            raise PartitionNotActiveError(
+                f"partition {partition_id} is sealed", partition=partition_id
+            )
+        return partition
+
+    async def _reshape(
+        self,
+        view: TopicView,
+        parents: list[int],
+        change: Callable[[list[int]], Awaitable[LineageChange]],
+    ) -> LineageChange:
+        """Stop produce to the topic, take the parents' durable ends, change the catalog in
+        one operation, then seal the parents' logs and open the children.
+
+        If the catalog refuses, produce resumes as before. A crash after the catalog change
+        and before the logs are sealed is finished at the next start.
+        """
+        tenant, name = view.record.tenant, view.record.name
+        view.open.clear()
+        try:
+            await view.idle.wait()
+            ends = [(await self.worker.stats(view.key(pid))).end_offset for pid in parents]
+            result = await change(ends)
+            for pid in parents:
+                await self.worker.seal(view.key(pid))
+            await self._load_view(tenant, name)
+        finally:
+            # Producers waiting on the old view re-read the current one.
+            view.open.set()
+        return result
+
     # --- produce -------------------------------------------------------------------------
 
     async def produce(
@@ -205,14 +311,25 @@ class Broker:
         Records are grouped into one batch per partition, encoded once, and appended to the
         partitions concurrently; the answer comes when every batch is durable.
         """
-        view = await self.view(tenant, name)
         for _attempt in range(3):
+            view = await self.view(tenant, name)
+            if not view.open.is_set():
+                # A split or merge is reshaping the topic; route with what it leaves.
+                await view.open.wait()
+                continue
+            view.in_flight += 1
+            view.idle.clear()
             try:
                 return await self._produce_once(view, records)
             except PartitionSealedError:
-                # A split or merge sealed a partition between routing and appending.
-                view = await self._load_view(tenant, name)
-        return await self._produce_once(view, records)
+                # Sealed between routing and appending (by hand, before a restart): reload.
+                async with self._lock(tenant, name):
+                    await self._load_view(tenant, name)
+            finally:
+                view.in_flight -= 1
+                if view.in_flight == 0:
+                    view.idle.set()
+        raise PartitionSealedError(f"topic {name!r} kept changing shape; try again")
 
     async def _produce_once(
         self, view: TopicView, records: Sequence[NewRecord]

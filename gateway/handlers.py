@@ -18,6 +18,7 @@ from gateway.broker import Broker, TopicView
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.metrics import Metrics
 from gateway.records import MalformedJsonError, parse_records, render_record
+from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import InvalidInputError, InvalidOffsetError
 
 MAX_READ_RECORDS = 10_000
@@ -78,22 +79,23 @@ def _broker(request: web.Request) -> Broker:
     return request.app[BROKER]
 
 
+def partition_json(part: PartitionRecord, start: int, end: int) -> dict[str, Any]:
+    return {
+        "id": part.partition_id,
+        "state": part.state.value,
+        "hash_range": part.hash_range.to_json(),
+        "parents": list(part.parents),
+        "children": list(part.children),
+        "start_offset": start,
+        "end_offset": part.end_offset if part.end_offset is not None else end,
+    }
+
+
 async def describe(broker: Broker, view: TopicView) -> dict[str, Any]:
     offsets = await broker.partition_offsets(view)
-    partitions = []
-    for pid, part in sorted(view.partitions.items()):
-        start, end = offsets[pid]
-        partitions.append(
-            {
-                "id": pid,
-                "state": part.state.value,
-                "hash_range": part.hash_range.to_json(),
-                "parents": list(part.parents),
-                "children": list(part.children),
-                "start_offset": start,
-                "end_offset": part.end_offset if part.end_offset is not None else end,
-            }
-        )
+    partitions = [
+        partition_json(part, *offsets[pid]) for pid, part in sorted(view.partitions.items())
+    ]
     return {
         "name": view.record.name,
         "config": dict(view.record.config),
@@ -241,6 +243,56 @@ async def read_records(request: web.Request) -> web.Response:
     )
 
 
+# --- split and merge by hand ---------------------------------------------------------------
+
+
+async def _lineage_answer(broker: Broker, tenant: str, topic: str, change: LineageChange) -> Any:
+    view = await broker.view(tenant, topic)
+    offsets = await broker.partition_offsets(view)
+    return {
+        "sealed": [partition_json(p, *offsets[p.partition_id]) for p in change.sealed],
+        "created": [partition_json(p, *offsets[p.partition_id]) for p in change.created],
+    }
+
+
+async def split_partition(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    topic = request.match_info["topic"]
+    try:
+        partition_id = int(request.match_info["partition"])
+    except ValueError:
+        raise InvalidParameterError("the partition must be an integer") from None
+    body = await read_json(request) if request.can_read_body else {}
+    if not isinstance(body, dict):
+        raise InvalidParameterError('the body is {"at": "<hash point>"} or empty')
+    at: int | None = None
+    if body.get("at") is not None:
+        raw = body["at"]
+        try:
+            at = int(raw) if isinstance(raw, (int, str)) and not isinstance(raw, bool) else None
+        except ValueError:
+            at = None
+        if at is None:
+            raise InvalidParameterError('"at" is a hash point: a decimal string or an integer')
+    change = await broker.split(tenant, topic, partition_id, at)
+    return json_response(await _lineage_answer(broker, tenant, topic, change))
+
+
+async def merge_partitions(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    topic = request.match_info["topic"]
+    body = await read_json(request)
+    ids = body.get("partitions") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
+        raise InvalidParameterError('the body is {"partitions": [<id>, <id>]}')
+    change = await broker.merge(tenant, topic, ids)
+    return json_response(await _lineage_answer(broker, tenant, topic, change))
+
+
 ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/healthz", healthz),
     ("GET", "/metrics", metrics),
@@ -253,4 +305,6 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("DELETE", "/v1/topics/{topic}", delete_topic),
     ("POST", "/v1/topics/{topic}/records", produce),
     ("GET", "/v1/topics/{topic}/partitions/{partition}/records", read_records),
+    ("POST", "/v1/topics/{topic}/partitions/{partition}/split", split_partition),
+    ("POST", "/v1/topics/{topic}/merge", merge_partitions),
 ]

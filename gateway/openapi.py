@@ -220,6 +220,65 @@ def build_document(version: str) -> dict[str, Any]:
                     },
                 },
             },
+            "/v1/topics/{topic}/partitions/{partition}/split": {
+                "parameters": [_TOPIC_PARAM, _PARTITION_PARAM],
+                "post": {
+                    "summary": "Split an active partition by hand (default: at its middle)",
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "at": {
+                                            "type": ["string", "integer"],
+                                            "description": "Hash point strictly inside the range",
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {"$ref": "#/components/schemas/LineageChange"}, "Sealed and created"
+                        ),
+                        **_errors(400, 401, 403, 404, 409),
+                    },
+                },
+            },
+            "/v1/topics/{topic}/merge": {
+                "parameters": [_TOPIC_PARAM],
+                "post": {
+                    "summary": "Merge two adjacent active partitions by hand",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["partitions"],
+                                    "properties": {
+                                        "partitions": {
+                                            "type": "array",
+                                            "items": {"type": "integer"},
+                                            "minItems": 2,
+                                            "maxItems": 2,
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {"$ref": "#/components/schemas/LineageChange"}, "Sealed and created"
+                        ),
+                        **_errors(400, 401, 403, 404, 409),
+                    },
+                },
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -287,6 +346,19 @@ def build_document(version: str) -> dict[str, Any]:
                         "children": {"type": "array", "items": {"type": "integer"}},
                         "start_offset": {"type": "integer"},
                         "end_offset": {"type": "integer"},
+                    },
+                },
+                "LineageChange": {
+                    "type": "object",
+                    "properties": {
+                        "sealed": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Partition"},
+                        },
+                        "created": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Partition"},
+                        },
                     },
                 },
                 "NewRecord": {
