@@ -31,6 +31,9 @@ from partitions.worker import LocalPartitionWorker
 
 log = logging.getLogger("eventbus.http")
 
+# Metric labels take only these methods, so that clients cannot add series at will.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 CATALOG = web.AppKey("catalog", SqliteCatalog)
 RETENTION_TASK = web.AppKey("retention_task", asyncio.Task[None])
@@ -62,8 +65,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         metrics = request.app[METRICS]
-        metrics.requests.labels(request.method, route, str(status)).inc()
-        metrics.latency.labels(request.method, route).observe(elapsed)
+        method = request.method if request.method in _METHODS else "other"
+        metrics.requests.labels(method, route, str(status)).inc()
+        metrics.latency.labels(method, route).observe(elapsed)
         principal = request.get(PRINCIPAL)
         log.info(
             "%s %s %d",
@@ -107,6 +111,18 @@ async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
         await worker.close()
 
 
+async def _group_sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Expire consumer-group members whose sessions ran out, so their partitions move."""
+    task = asyncio.get_running_loop().create_task(
+        app[BROKER].groups.sweep_forever(), name="group-sessions"
+    )
+    task.add_done_callback(_watch)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     broker = app[BROKER]
     interval = app[CONFIG].retention_check_ms / 1000
@@ -140,6 +156,7 @@ async def _on_shutdown(app: web.Application) -> None:
     # Release long-polls at once, so that shutdown does not wait out their timeouts.
     if BROKER in app:
         app[BROKER].stopping.set()
+        app[BROKER].groups.stopping.set()
 
 
 def create_app(config: ServerConfig) -> web.Application:
@@ -156,6 +173,6 @@ def create_app(config: ServerConfig) -> web.Application:
     app[OPENAPI] = build_document(_version())
     for method, path, handler in handlers.ROUTES:
         app.router.add_route(method, path, handler)
-    app.cleanup_ctx.extend([_catalog_ctx, _broker_ctx, _retention_ctx])
+    app.cleanup_ctx.extend([_catalog_ctx, _broker_ctx, _group_sessions_ctx, _retention_ctx])
     app.on_shutdown.append(_on_shutdown)
     return app

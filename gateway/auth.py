@@ -8,6 +8,7 @@ is compared in constant time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -23,6 +24,7 @@ from aiohttp.typedefs import Middleware
 
 from gateway.http_errors import ForbiddenError, Handler, UnauthorizedError
 from partitions.catalog import Catalog
+from partitions.errors import ApiKeyNotFoundError, TenantExistsError
 
 log = logging.getLogger(__name__)
 
@@ -131,49 +133,63 @@ def auth_middleware(
 async def bootstrap(catalog: Catalog, data_dir: Path, admin_key: str | None) -> str:
     """First start: make the admin key (unless given) and tenant ``default`` with a key.
 
-    Generated keys go to ``{data_dir}/credentials`` (mode 0600), never to the log. Answers
-    the admin key's hash.
+    Generated keys go to ``{data_dir}/credentials`` (mode 0600), never to the log. The file
+    is written first and every catalog step can be repeated, so a crash part way through
+    is finished by the next start with fresh keys. Answers the admin key's hash.
     """
-    generated: dict[str, str] = {}
     if admin_key is not None:
-        admin_hash = hash_key(admin_key)
-        await catalog.put_setting(ADMIN_KEY_SETTING, admin_hash)
-    else:
-        stored = await catalog.get_setting(ADMIN_KEY_SETTING)
-        if stored is None:
-            key = generate_key()
-            generated["EVENTBUS_ADMIN_KEY"] = key
-            stored = hash_key(key)
-            await catalog.put_setting(ADMIN_KEY_SETTING, stored)
-        admin_hash = stored
-    if await catalog.get_setting(BOOTSTRAP_SETTING) is None:
+        await catalog.put_setting(ADMIN_KEY_SETTING, hash_key(admin_key))
+    stored = await catalog.get_setting(ADMIN_KEY_SETTING)
+    if stored is not None and await catalog.get_setting(BOOTSTRAP_SETTING) is not None:
+        return stored
+    generated: dict[str, str] = {}
+    if stored is None:
+        generated["EVENTBUS_ADMIN_KEY"] = admin = generate_key()
+        stored = hash_key(admin)
+    tenant_key = generate_key()
+    generated["EVENTBUS_API_KEY"] = tenant_key
+    path = data_dir / CREDENTIALS_FILE
+    write_credentials(path, generated)
+    if "EVENTBUS_ADMIN_KEY" in generated:
+        await catalog.put_setting(ADMIN_KEY_SETTING, stored)
+    with contextlib.suppress(TenantExistsError):
         await catalog.create_tenant(DEFAULT_TENANT)
-        key = generate_key()
-        await catalog.add_api_key(DEFAULT_TENANT, "key-1", hash_key(key), {"role": "full"})
-        generated["EVENTBUS_API_KEY"] = key
-        await catalog.put_setting(BOOTSTRAP_SETTING, "1")
-    if generated:
-        path = data_dir / CREDENTIALS_FILE
-        write_credentials(path, generated)
-        log.warning(
-            "first start: generated %s; the keys are in %s (mode 0600)",
-            " and ".join(
-                "the admin key" if name == "EVENTBUS_ADMIN_KEY" else "a key for tenant 'default'"
-                for name in generated
-            ),
-            path,
-        )
-    return admin_hash
+    with contextlib.suppress(ApiKeyNotFoundError):
+        await catalog.revoke_api_key(DEFAULT_TENANT, "key-1")  # from a start cut short
+    await catalog.add_api_key(DEFAULT_TENANT, "key-1", hash_key(tenant_key), {"role": "full"})
+    await catalog.put_setting(BOOTSTRAP_SETTING, "1")
+    log.warning(
+        "first start: generated %s; the keys are in %s (mode 0600)",
+        " and ".join(
+            "the admin key" if name == "EVENTBUS_ADMIN_KEY" else "a key for tenant 'default'"
+            for name in generated
+        ),
+        path,
+    )
+    return stored
 
 
 def write_credentials(path: Path, keys: dict[str, str]) -> None:
-    """Add ``NAME=key`` lines to the credentials file, readable by its owner only."""
-    existing = path.read_text() if path.exists() else ""
-    body = existing + "".join(f"{name}={value}\n" for name, value in keys.items())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Set ``NAME=key`` lines in the credentials file (mode 0600), replacing it atomically."""
+    kept = []
+    if path.exists():
+        kept = [
+            line for line in path.read_text().splitlines() if line.partition("=")[0] not in keys
+        ]
+    body = "".join(f"{line}\n" for line in kept) + "".join(
+        f"{name}={value}\n" for name, value in keys.items()
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, body.encode())
         os.fsync(fd)
     finally:
         os.close(fd)
+    tmp.replace(path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

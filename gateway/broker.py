@@ -23,6 +23,7 @@ from partitions.batch import NewRecord, encode_batch
 from partitions.catalog import Catalog, LineageChange, PartitionRecord, TopicRecord
 from partitions.errors import (
     ConflictError,
+    EventBusError,
     InvalidInputError,
     InvalidMergeError,
     InvalidSplitPointError,
@@ -30,8 +31,11 @@ from partitions.errors import (
     PartitionNotFoundError,
     PartitionSealedError,
     PartitionsNotAdjacentError,
+    PartitionUnavailableError,
     TopicExistsError,
+    TopicNotFoundError,
 )
+from partitions.groups import GroupCoordinator, TopicShape
 from partitions.log import ReadResult
 from partitions.worker import PartitionKey, PartitionWorker
 
@@ -110,6 +114,7 @@ class Broker:
         self.worker = worker
         self._clock_ms = clock_ms
         self._views: dict[tuple[str, str], TopicView] = {}
+        self.groups = GroupCoordinator(catalog, worker, clock_ms=clock_ms)
         self._topic_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.stopping = asyncio.Event()
         self.long_polls_waiting = 0
@@ -141,13 +146,14 @@ class Broker:
         return self._topic_locks.setdefault((tenant, name), asyncio.Lock())
 
     async def _load_view(self, tenant: str, name: str) -> TopicView:
+        """Read the topic from the catalog, make it the current view, open its logs."""
         record = await self.catalog.get_topic(tenant, name)
         partitions = await self.catalog.list_partitions(tenant, name)
         view = TopicView(record, {p.partition_id: p for p in partitions})
+        self._views[(tenant, name)] = view
         config = log_config(record.config)
         for partition in partitions:
             await self.worker.open_partition(view.key(partition.partition_id), config)
-        self._views[(tenant, name)] = view
         return view
 
     async def view(self, tenant: str, name: str) -> TopicView:
@@ -155,9 +161,16 @@ class Broker:
         found = self._views.get((tenant, name))
         if found is not None:
             return found
-        async with self._lock(tenant, name):
-            found = self._views.get((tenant, name))
-            return found if found is not None else await self._load_view(tenant, name)
+        lock = self._lock(tenant, name)
+        try:
+            async with lock:
+                found = self._views.get((tenant, name))
+                return found if found is not None else await self._load_view(tenant, name)
+        except TopicNotFoundError:
+            # Keep no lock for a name that does not exist: lookups cannot grow memory.
+            if not lock.locked() and (tenant, name) not in self._views:
+                self._topic_locks.pop((tenant, name), None)
+            raise
 
     # --- topics --------------------------------------------------------------------------
 
@@ -185,15 +198,17 @@ class Broker:
         return await self.catalog.list_topics(tenant, after=after, limit=limit)
 
     async def patch_topic(self, tenant: str, name: str, changes: Mapping[str, Any]) -> TopicView:
-        view = await self.view(tenant, name)
+        await self.view(tenant, name)  # 404 for an unknown topic
         async with self._lock(tenant, name):
             current = await self.catalog.get_topic(tenant, name)
             config = normalize_topic_config(changes, base=current.config)
             updated = await self.catalog.update_topic_config(
                 tenant, name, config, expected_version=current.version
             )
+            # The view current now (a split or a re-creation may have replaced the one
+            # this request started with). Segment settings apply to logs opened from now on.
+            view = self._views.get((tenant, name)) or await self._load_view(tenant, name)
             view.record = updated
-            # Segment size and record limits apply to partitions opened from now on.
             return view
 
     async def delete_topic(self, tenant: str, name: str) -> None:
@@ -201,6 +216,8 @@ class Broker:
         async with self._lock(tenant, name):
             topic = await self.catalog.delete_topic(tenant, name)
             self._views.pop((tenant, name), None)
+            self._topic_locks.pop((tenant, name), None)
+            self.groups.forget_topic(tenant, topic.incarnation)
             await self.worker.drop_topic(tenant, topic.incarnation)
             await self.catalog.purge_topic(tenant, topic.incarnation)
 
@@ -211,6 +228,11 @@ class Broker:
             stats = await self.worker.stats(view.key(pid))
             out[pid] = (stats.start_offset, stats.end_offset)
         return out
+
+    async def shape(self, tenant: str, name: str) -> TopicShape:
+        """The topic as consumer groups see it now."""
+        view = await self.view(tenant, name)
+        return TopicShape(tenant, name, view.record.incarnation, dict(view.partitions))
 
     # --- split and merge ------------------------------------------------------------------
 
@@ -293,13 +315,22 @@ class Broker:
             await view.idle.wait()
             ends = [(await self.worker.stats(view.key(pid))).end_offset for pid in parents]
             result = await change(ends)
-            for pid in parents:
-                await self.worker.seal(view.key(pid))
+            # The catalog changed: from here on producers must see the new shape, whatever
+            # else fails, so that nothing more lands in a parent the catalog sealed.
             await self._load_view(tenant, name)
         finally:
             # Producers waiting on the old view re-read the current one.
             view.open.set()
+        for pid in parents:
+            await self._seal_log(view.key(pid))
         return result
+
+    async def _seal_log(self, key: PartitionKey) -> None:
+        """Seal a log the catalog sealed; if it cannot be now, retention and start retry."""
+        try:
+            await self.worker.seal(key)
+        except EventBusError as exc:
+            log.warning("partition %s: sealing its log failed (%s); will retry", key, exc)
 
     # --- produce -------------------------------------------------------------------------
 
@@ -309,9 +340,12 @@ class Broker:
         """Append ``records``; answers (partition, offset) per record in request order.
 
         Records are grouped into one batch per partition, encoded once, and appended to the
-        partitions concurrently; the answer comes when every batch is durable.
+        partitions concurrently; the answer comes when every batch is durable. If a batch
+        meets a partition sealed since the view was made, only that batch is routed again.
         """
-        for _attempt in range(3):
+        answer: list[tuple[int, int] | None] = [None] * len(records)
+        todo = list(range(len(records)))
+        for _attempt in range(4):
             view = await self.view(tenant, name)
             if not view.open.is_set():
                 # A split or merge is reshaping the topic; route with what it leaves.
@@ -320,23 +354,34 @@ class Broker:
             view.in_flight += 1
             view.idle.clear()
             try:
-                return await self._produce_once(view, records)
-            except PartitionSealedError:
-                # Sealed between routing and appending (by hand, before a restart): reload.
-                async with self._lock(tenant, name):
-                    await self._load_view(tenant, name)
+                todo = await self._produce_once(view, records, todo, answer)
             finally:
                 view.in_flight -= 1
                 if view.in_flight == 0:
                     view.idle.set()
-        raise PartitionSealedError(f"topic {name!r} kept changing shape; try again")
+            if not todo:
+                return [placed for placed in answer if placed is not None]
+            # Routed to a partition whose log is sealed: refresh the view from the catalog.
+            async with self._lock(tenant, name):
+                if self._views.get((tenant, name)) is view:
+                    await self._load_view(tenant, name)
+        raise PartitionUnavailableError(
+            f"topic {name!r} kept changing shape while producing; retry", topic=name
+        )
 
     async def _produce_once(
-        self, view: TopicView, records: Sequence[NewRecord]
-    ) -> list[tuple[int, int]]:
+        self,
+        view: TopicView,
+        records: Sequence[NewRecord],
+        todo: list[int],
+        answer: list[tuple[int, int] | None],
+    ) -> list[int]:
+        """Append the records at ``todo``; fill ``answer``; answer the indexes whose
+        partition turned out to be sealed (they were not written)."""
         groups: dict[int, list[int]] = {}
         keyless: int | None = None
-        for index, record in enumerate(records):
+        for index in todo:
+            record = records[index]
             if record.key is None:
                 if keyless is None:
                     ids = view.active_ids
@@ -355,13 +400,22 @@ class Broker:
         }
         pids = list(batches)
         results = await asyncio.gather(
-            *(self.worker.append(view.key(pid), batches[pid]) for pid in pids)
+            *(self.worker.append(view.key(pid), batches[pid]) for pid in pids),
+            return_exceptions=True,
         )
-        answer: list[tuple[int, int]] = [(0, 0)] * len(records)
+        again: list[int] = []
+        failure: BaseException | None = None
         for pid, result in zip(pids, results, strict=True):
-            for position, index in enumerate(groups[pid]):
-                answer[index] = (pid, result.base_offset + position)
-        return answer
+            if isinstance(result, PartitionSealedError):
+                again.extend(groups[pid])
+            elif isinstance(result, BaseException):
+                failure = failure or result
+            else:
+                for position, index in enumerate(groups[pid]):
+                    answer[index] = (pid, result.base_offset + position)
+        if failure is not None:
+            raise failure
+        return sorted(again)
 
     # --- read ----------------------------------------------------------------------------
 
@@ -393,11 +447,13 @@ class Broker:
                 offset = stats.start_offset
         if wait_ms > 0:
             stats = await self.worker.stats(key)
-            if offset >= stats.end_offset and not stats.sealed:
+            # Only an offset exactly at the end waits; past it, the read answers 416 at once.
+            if offset == stats.end_offset and not stats.sealed:
                 await self._long_poll(key, offset, wait_ms / 1000)
         result = await self.worker.read(key, offset, max_records=max_records, max_bytes=max_bytes)
-        # The catalog's record may be newer (sealed by a split since the view was made).
-        return ReadAnswer(view.partitions[partition_id], result)
+        # A split may have sealed the partition during the wait: answer with what is now.
+        current = self._views.get((tenant, name), view)
+        return ReadAnswer(current.partitions.get(partition_id, partition), result)
 
     async def _long_poll(self, key: PartitionKey, offset: int, timeout_s: float) -> None:
         """Wait for data at ``offset``, for shutdown, or for the timeout, whichever is first."""
@@ -416,24 +472,39 @@ class Broker:
 
     async def apply_retention(self) -> int:
         """Apply every live topic's ``retention_ms`` and ``retention_bytes``; answers how
-        many segments went. Local retention is tiered storage's, not applied here."""
+        many segments went. Local retention is tiered storage's, not applied here.
+
+        A topic that fails (a partition recovering, say) is logged and skipped; the others
+        go on. Logs the catalog sealed but that are not sealed yet are sealed here too.
+        """
         removed = 0
         for (tenant, name), view in list(self._views.items()):
-            config = view.record.config
-            retention_ms = config.get("retention_ms")
-            retention_bytes = config.get("retention_bytes")
-            if retention_ms is not None:
-                for pid in view.partitions:
-                    gone = await self.worker.enforce_retention(
-                        view.key(pid), retention_ms=int(retention_ms)
-                    )
-                    removed += len(gone)
-            if retention_bytes is not None:
-                removed += await self._retain_topic_bytes(view, int(retention_bytes))
-            if removed:
-                for pid in view.partitions:
-                    stats = await self.worker.stats(view.key(pid))
-                    await self.catalog.advance_start_offset(tenant, name, pid, stats.start_offset)
+            try:
+                removed += await self._retain_topic(tenant, name, view)
+            except EventBusError as exc:
+                log.warning("retention of topic %s/%s failed: %s", tenant, name, exc)
+        return removed
+
+    async def _retain_topic(self, tenant: str, name: str, view: TopicView) -> int:
+        config = view.record.config
+        retention_ms = config.get("retention_ms")
+        retention_bytes = config.get("retention_bytes")
+        removed = 0
+        for pid, partition in view.partitions.items():
+            if not partition.active and not (await self.worker.stats(view.key(pid))).sealed:
+                await self._seal_log(view.key(pid))
+        if retention_ms is not None:
+            for pid in view.partitions:
+                gone = await self.worker.enforce_retention(
+                    view.key(pid), retention_ms=int(retention_ms)
+                )
+                removed += len(gone)
+        if retention_bytes is not None:
+            removed += await self._retain_topic_bytes(view, int(retention_bytes))
+        if removed:
+            for pid in view.partitions:
+                stats = await self.worker.stats(view.key(pid))
+                await self.catalog.advance_start_offset(tenant, name, pid, stats.start_offset)
         return removed
 
     async def _retain_topic_bytes(self, view: TopicView, bound: int) -> int:

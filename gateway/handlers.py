@@ -14,12 +14,13 @@ from gateway.auth import (
     require_admin,
     require_tenant,
 )
-from gateway.broker import Broker, TopicView
+from gateway.broker import Broker, TopicView, validate_topic_name
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.metrics import Metrics
 from gateway.records import MalformedJsonError, parse_records, render_record
 from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import InvalidInputError, InvalidOffsetError
+from partitions.groups import EARLIEST, LATEST
 
 MAX_READ_RECORDS = 10_000
 MAX_READ_BYTES = 16 * 1024 * 1024
@@ -156,11 +157,13 @@ async def list_topics(request: web.Request) -> web.Response:
     tenant = require_tenant(request)
     limit = int_param(request, "limit", default=100, low=1, high=MAX_LIST_LIMIT)
     after = request.query.get("after") or None
-    topics = await _broker(request).list_topics(tenant, after=after, limit=limit)
+    # One more than asked tells whether another page exists.
+    topics = await _broker(request).list_topics(tenant, after=after, limit=limit + 1)
+    page = topics[:limit]
     return json_response(
         {
-            "topics": [{"name": t.name, "created_ms": t.created_ms} for t in topics],
-            "next_after": topics[-1].name if len(topics) == limit else None,
+            "topics": [{"name": t.name, "created_ms": t.created_ms} for t in page],
+            "next_after": page[-1].name if len(topics) > limit else None,
         }
     )
 
@@ -293,6 +296,140 @@ async def merge_partitions(request: web.Request) -> web.Response:
     return json_response(await _lineage_answer(broker, tenant, topic, change))
 
 
+# --- consumer groups -------------------------------------------------------------------------
+
+SESSION_TIMEOUT_MS = (1_000, 30_000, 300_000)  # lowest, default, highest
+
+
+def _group_name(request: web.Request) -> str:
+    name = request.match_info["group"]
+    validate_topic_name(name)  # the same rules as topic names
+    return name
+
+
+def _body_int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidParameterError(f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    if optional and not request.can_read_body:
+        return {}
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise MalformedJsonError("the body must be a JSON object")
+    return body
+
+
+async def group_fetch(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    shape = await broker.shape(tenant, request.match_info["topic"])
+    name = _group_name(request)
+    body = await _json_object(request, optional=True)
+    member_id = body.get("member_id")
+    if member_id is not None and not isinstance(member_id, str):
+        raise InvalidParameterError("member_id is a string")
+    auto_commit = body.get("auto_commit", True)
+    if not isinstance(auto_commit, bool):
+        raise InvalidParameterError("auto_commit is true or false")
+    reset = body.get("auto_offset_reset", LATEST)
+    if reset not in (LATEST, EARLIEST):
+        raise InvalidParameterError('auto_offset_reset is "earliest" or "latest"')
+    low, default, high = SESSION_TIMEOUT_MS
+    result = await broker.groups.fetch(
+        shape,
+        name,
+        member_id=member_id,
+        max_records=_body_int(body, "max_records", 500, 1, MAX_READ_RECORDS),
+        max_bytes=_body_int(body, "max_bytes", 1024 * 1024, 1, MAX_READ_BYTES),
+        wait_ms=_body_int(body, "wait_ms", 0, 0, request.app[CONFIG].max_wait_ms),
+        auto_commit=auto_commit,
+        session_timeout_ms=_body_int(body, "session_timeout_ms", default, low, high),
+        auto_offset_reset=reset,
+    )
+    request.app[METRICS].read_records.inc(len(result.records))
+    return json_response(
+        {
+            "member_id": result.member_id,
+            "generation": result.generation,
+            "assignment": result.assignment,
+            "records": [render_record(record, pid) for pid, record in result.records],
+        }
+    )
+
+
+async def group_commit(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    shape = await broker.shape(tenant, request.match_info["topic"])
+    body = await _json_object(request)
+    member_id, generation, items = (
+        body.get("member_id"),
+        body.get("generation"),
+        body.get("offsets"),
+    )
+    if not isinstance(member_id, str):
+        raise InvalidParameterError("member_id is required")
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        raise InvalidParameterError("generation is required (from the fetch answer)")
+    if not isinstance(items, list) or not items:
+        raise InvalidParameterError('offsets is a list of {"partition", "offset"}')
+    offsets: dict[int, int] = {}
+    for item in items:
+        part = item.get("partition") if isinstance(item, dict) else None
+        offset = item.get("offset") if isinstance(item, dict) else None
+        if not isinstance(part, int) or not isinstance(offset, int) or offset < 0:
+            raise InvalidParameterError(f"not a partition offset: {item!r}")
+        offsets[part] = offset
+    committed = await broker.groups.commit(
+        shape, _group_name(request), member_id=member_id, generation=generation, offsets=offsets
+    )
+    return json_response(
+        {"committed": [{"partition": p, "offset": o} for p, o in sorted(committed.items())]}
+    )
+
+
+async def group_leave(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    shape = await broker.shape(tenant, request.match_info["topic"])
+    body = await _json_object(request)
+    member_id = body.get("member_id")
+    if not isinstance(member_id, str):
+        raise InvalidParameterError("member_id is required")
+    await broker.groups.leave(shape, _group_name(request), member_id)
+    return web.Response(status=204)
+
+
+async def group_describe(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    shape = await broker.shape(tenant, request.match_info["topic"])
+    return json_response(await broker.groups.describe(shape, _group_name(request)))
+
+
+async def group_delete(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    shape = await broker.shape(tenant, request.match_info["topic"])
+    await broker.groups.delete(shape, _group_name(request))
+    return web.Response(status=204)
+
+
+async def group_seek(request: web.Request) -> web.Response:
+    tenant = require_tenant(request)
+    broker = _broker(request)
+    shape = await broker.shape(tenant, request.match_info["topic"])
+    body = await _json_object(request)
+    committed = await broker.groups.seek(shape, _group_name(request), body.get("to"))
+    return json_response(
+        {"committed": [{"partition": p, "offset": o} for p, o in sorted(committed.items())]}
+    )
+
+
 ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/healthz", healthz),
     ("GET", "/metrics", metrics),
@@ -307,4 +444,10 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/v1/topics/{topic}/partitions/{partition}/records", read_records),
     ("POST", "/v1/topics/{topic}/partitions/{partition}/split", split_partition),
     ("POST", "/v1/topics/{topic}/merge", merge_partitions),
+    ("POST", "/v1/topics/{topic}/groups/{group}/fetch", group_fetch),
+    ("POST", "/v1/topics/{topic}/groups/{group}/commit", group_commit),
+    ("POST", "/v1/topics/{topic}/groups/{group}/leave", group_leave),
+    ("POST", "/v1/topics/{topic}/groups/{group}/seek", group_seek),
+    ("GET", "/v1/topics/{topic}/groups/{group}", group_describe),
+    ("DELETE", "/v1/topics/{topic}/groups/{group}", group_delete),
 ]

@@ -55,6 +55,15 @@ class ForbiddenError(EventBusError):
     status = 403
 
 
+# What a client is told of a server-side failure; the details (paths, ids) go to the log.
+_PUBLIC_MESSAGES = {
+    "disk_full": "the server is out of disk space for this partition; retry later",
+    "storage_io_error": "the server could not store the data durably; retry",
+    "partition_unavailable": "the partition is recovering from a storage failure; retry later",
+    "partition_closed": "the partition is closing or moving; retry",
+}
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -63,6 +72,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {"Retry-After": "1"} if exc.retriable else None
         if exc.status == 401:
             headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="eventbus"'}
+        if exc.status >= 500:
+            log.warning("%s %s failed: %s (%s)", request.method, request.path, exc.code, exc)
+            message = _PUBLIC_MESSAGES.get(exc.code, "the server failed to handle the request")
+            return error_response(exc.status, exc.code, message, None, headers)
         return error_response(exc.status, exc.code, exc.message, exc.details or None, headers)
     except web.HTTPException as exc:
         if exc.status < 400:

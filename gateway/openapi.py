@@ -42,6 +42,136 @@ def _query(name: str, description: str, minimum: int = 0) -> dict[str, Any]:
     }
 
 
+_GROUP_PARAM = {
+    "name": "group",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"},
+}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+_PARTITION_OFFSETS = {
+    "type": "array",
+    "items": _object({"partition": {"type": "integer"}, "offset": {"type": "integer"}}),
+}
+
+
+def _group_paths() -> dict[str, Any]:
+    base = "/v1/topics/{topic}/groups/{group}"
+    params = [_TOPIC_PARAM, _GROUP_PARAM]
+    committed = _json(_object({"committed": _PARTITION_OFFSETS}), "The committed offsets")
+    return {
+        base + "/fetch": {
+            "parameters": params,
+            "post": {
+                "summary": "Join (without member_id) or continue, and fetch from the assignment",
+                "requestBody": _body(
+                    _object(
+                        {
+                            "member_id": {"type": "string"},
+                            "max_records": {"type": "integer", "minimum": 1},
+                            "max_bytes": {"type": "integer", "minimum": 1},
+                            "wait_ms": {"type": "integer", "minimum": 0},
+                            "auto_commit": {"type": "boolean", "default": True},
+                            "session_timeout_ms": {"type": "integer", "default": 30000},
+                            "auto_offset_reset": {"enum": ["earliest", "latest"]},
+                        }
+                    ),
+                    required=False,
+                ),
+                "responses": {
+                    "200": _json(
+                        _object(
+                            {
+                                "member_id": {"type": "string"},
+                                "generation": {"type": "integer"},
+                                "assignment": {"type": "array", "items": {"type": "integer"}},
+                                "records": {"type": "array", "items": {"type": "object"}},
+                            }
+                        ),
+                        "Records of the member's partitions, maybe none",
+                    ),
+                    **_errors(400, 401, 403, 404, 409),
+                },
+            },
+        },
+        base + "/commit": {
+            "parameters": params,
+            "post": {
+                "summary": "Commit next-to-read offsets of partitions the member owns",
+                "requestBody": _body(
+                    _object(
+                        {
+                            "member_id": {"type": "string"},
+                            "generation": {"type": "integer"},
+                            "offsets": _PARTITION_OFFSETS,
+                        },
+                        ["member_id", "generation", "offsets"],
+                    )
+                ),
+                "responses": {"200": committed, **_errors(400, 401, 403, 404, 409)},
+            },
+        },
+        base + "/leave": {
+            "parameters": params,
+            "post": {
+                "summary": "Leave the group; the member's partitions go to others at once",
+                "requestBody": _body(_object({"member_id": {"type": "string"}}, ["member_id"])),
+                "responses": {"204": {"description": "Left"}, **_errors(400, 401, 403, 404, 409)},
+            },
+        },
+        base + "/seek": {
+            "parameters": params,
+            "post": {
+                "summary": "Reset committed offsets (only while the group has no live members)",
+                "requestBody": _body(
+                    _object(
+                        {
+                            "to": {
+                                "oneOf": [
+                                    {"enum": ["earliest", "latest"]},
+                                    _object({"timestamp_ms": {"type": "integer"}}),
+                                    _object({"offsets": _PARTITION_OFFSETS}),
+                                ]
+                            }
+                        },
+                        ["to"],
+                    )
+                ),
+                "responses": {"200": committed, **_errors(400, 401, 403, 404, 409)},
+            },
+        },
+        base: {
+            "parameters": params,
+            "get": {
+                "summary": "Members, assignment, committed offsets and lag",
+                "responses": {
+                    "200": _json({"type": "object"}, "The group"),
+                    **_errors(400, 401, 403, 404),
+                },
+            },
+            "delete": {
+                "summary": "Delete a group that has no live members",
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    **_errors(400, 401, 403, 404, 409),
+                },
+            },
+        },
+    }
+
+
 def build_document(version: str) -> dict[str, Any]:
     topic_config = {"$ref": "#/components/schemas/TopicConfig"}
     topic = {"$ref": "#/components/schemas/Topic"}
@@ -279,6 +409,7 @@ def build_document(version: str) -> dict[str, Any]:
                     },
                 },
             },
+            **_group_paths(),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -292,10 +292,13 @@ class SqliteCatalog:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn, *args, **kwargs)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may already have rolled back (a failed COMMIT, some I/O errors): only
+            # roll back what is still open, so that the original error is what surfaces.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return result
 
     # --- row mapping ---------------------------------------------------------------------

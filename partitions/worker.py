@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from partitions.errors import PartitionNotFoundError
+from partitions.errors import PartitionUnavailableError
 from partitions.log import (
     AppendResult,
     BatchRead,
@@ -113,7 +113,8 @@ class LocalPartitionWorker:
     def log(self, key: PartitionKey) -> PartitionLog:
         found = self._logs.get(key)
         if found is None:
-            raise PartitionNotFoundError(
+            # The catalog knows it (callers check), but its log could not be opened here.
+            raise PartitionUnavailableError(
                 f"partition {key.partition_id} is not open here", partition=key.partition_id
             )
         return found
@@ -188,11 +189,19 @@ class LocalPartitionWorker:
             self._retired.add(log.stats())
         await asyncio.gather(*(log.close() for log in logs))
         directory = self.topic_directory(tenant, incarnation)
-        await asyncio.to_thread(shutil.rmtree, directory, True)
+        # Errors propagate: the catalog keeps the incarnation, and the next start retries.
+        await asyncio.to_thread(_remove_tree, directory)
 
     async def close(self) -> None:
         logs, self._logs = list(self._logs.values()), {}
         await asyncio.gather(*(log.close() for log in logs))
+
+
+def _remove_tree(directory: Path) -> None:
+    try:
+        shutil.rmtree(directory)
+    except FileNotFoundError:
+        return
 
 
 def _conforms(worker: LocalPartitionWorker) -> PartitionWorker:

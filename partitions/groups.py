@@ -1,0 +1,556 @@
+"""Consumer-group coordination: members, assignment in lineage order, positions, commits.
+
+A group consumes one topic. Members join by fetching; their sessions live in this process
+(a restart ends them) while committed offsets live in the catalog. The rules:
+
+- **Eligible** partitions are active or sealed-but-not-drained, and all their parents are
+  drained for this group. A sealed partition is *drained* when the group's committed offset
+  is at least its end offset, or when retention moved its log start past its end. So a
+  child is handed out only after every parent is fully consumed, and every key's records
+  come in order across splits and merges.
+- Eligible partitions are spread evenly over live members, sealed ones first. A partition
+  moves away from a live member only at that member's next fetch; from an expired or
+  departed member it is free at once, and waiting fetches of the others wake to take it.
+  Every change of ownership or membership bumps the generation.
+- A member reads from its own position in each partition, starting at the committed offset
+  when it takes the partition over. With ``auto_commit`` a fetch first commits what the
+  member's previous fetch delivered: records are committed only after the member came back
+  for more, so delivery is at least once. A commit for a partition the member does not own
+  in the current generation is refused and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from partitions.batch import Record
+from partitions.catalog import Catalog, PartitionRecord
+from partitions.errors import (
+    ConflictError,
+    GroupNotFoundError,
+    InvalidInputError,
+    InvalidOffsetError,
+    StaleGenerationError,
+)
+from partitions.worker import PartitionKey, PartitionWorker
+
+log = logging.getLogger(__name__)
+
+EARLIEST = "earliest"
+LATEST = "latest"
+# How often expired members are looked for, so that their partitions move promptly.
+SWEEP_INTERVAL_S = 0.25
+
+
+class UnknownMemberError(ConflictError):
+    """The member id is not (or no longer) in the group: its session expired or it left."""
+
+    code = "unknown_member"
+
+
+class PartitionNotAssignedError(ConflictError):
+    code = "partition_not_assigned"
+
+
+class GroupHasMembersError(ConflictError):
+    code = "group_has_members"
+
+
+class InvalidSeekError(InvalidInputError):
+    code = "invalid_seek"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicShape:
+    """What the coordinator needs to know of the topic right now."""
+
+    tenant: str
+    name: str
+    incarnation: str
+    partitions: Mapping[int, PartitionRecord]
+
+    def key(self, partition_id: int) -> PartitionKey:
+        return PartitionKey(self.tenant, self.incarnation, partition_id)
+
+
+@dataclass(slots=True)
+class Member:
+    member_id: str
+    session_timeout_ms: int
+    last_seen_ms: int
+    auto_commit: bool
+    # Next offset to hand out, per partition this member owns.
+    positions: dict[int, int] = field(default_factory=dict)
+    # Positions reached by the last fetch, committed by the next one under auto_commit.
+    delivered: dict[int, int] = field(default_factory=dict)
+    # Fetches in progress: a member waiting in a long-poll is alive.
+    busy: int = 0
+
+
+@dataclass(slots=True)
+class Group:
+    tenant: str
+    incarnation: str
+    name: str
+    committed: dict[int, int] = field(default_factory=dict)
+    members: dict[str, Member] = field(default_factory=dict)
+    owner: dict[int, str] = field(default_factory=dict)
+    generation: int = 0
+    loaded: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        event, self.changed = self.changed, asyncio.Event()
+        event.set()
+
+    def assignment(self, member_id: str) -> list[int]:
+        return sorted(p for p, owner in self.owner.items() if owner == member_id)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    member_id: str
+    generation: int
+    assignment: list[int]
+    records: list[tuple[int, Record]]
+
+
+class GroupCoordinator:
+    def __init__(
+        self,
+        catalog: Catalog,
+        worker: PartitionWorker,
+        *,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self._catalog = catalog
+        self._worker = worker
+        self._clock_ms = clock_ms
+        self._groups: dict[tuple[str, str, str], Group] = {}
+        self.stopping = asyncio.Event()
+
+    # --- background: expire sessions --------------------------------------------------
+
+    async def sweep_forever(self) -> None:
+        """Expire members whose session ran out, and wake the others to take over."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now = self._clock_ms()
+            for group in list(self._groups.values()):
+                if any(_expired(m, now) for m in group.members.values()):
+                    async with group.lock:
+                        if self._expire(group, now):
+                            group.notify()
+
+    def forget_topic(self, tenant: str, incarnation: str) -> None:
+        for key in [k for k in self._groups if k[0] == tenant and k[1] == incarnation]:
+            self._groups.pop(key).notify()
+
+    # --- state -------------------------------------------------------------------------
+
+    def _group(self, shape: TopicShape, name: str) -> Group:
+        key = (shape.tenant, shape.incarnation, name)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = Group(shape.tenant, shape.incarnation, name)
+        return group
+
+    async def _load(self, group: Group, shape: TopicShape) -> bool:
+        """Read committed offsets from the catalog once; answers whether the group exists."""
+        if group.loaded:
+            return True
+        try:
+            stored = await self._catalog.get_group(shape.tenant, shape.name, group.name)
+        except GroupNotFoundError:
+            return False
+        group.committed = dict(stored.offsets)
+        group.loaded = True
+        return True
+
+    async def _start_new_group(self, group: Group, shape: TopicShape, reset: str) -> None:
+        """A group's first fetch: start at the ends (latest) or the beginnings (earliest)."""
+        offsets: dict[int, int] = {}
+        if reset == LATEST:
+            for pid, partition in shape.partitions.items():
+                if partition.end_offset is not None:
+                    offsets[pid] = partition.end_offset  # sealed: drained from the start
+                else:
+                    offsets[pid] = (await self._worker.stats(shape.key(pid))).end_offset
+        stored = await self._catalog.commit_offsets(shape.tenant, shape.name, group.name, offsets)
+        group.committed = dict(stored.offsets)
+        group.loaded = True
+
+    def _expire(self, group: Group, now: int) -> bool:
+        gone = [mid for mid, m in group.members.items() if _expired(m, now)]
+        for member_id in gone:
+            log.info("group %s: member %s expired", group.name, member_id)
+            self._remove(group, member_id)
+        return bool(gone)
+
+    def _remove(self, group: Group, member_id: str) -> None:
+        group.members.pop(member_id, None)
+        for pid in [p for p, owner in group.owner.items() if owner == member_id]:
+            del group.owner[pid]
+        group.generation += 1
+
+    async def _drained(self, group: Group, shape: TopicShape, partition: PartitionRecord) -> bool:
+        if partition.end_offset is None:
+            return False
+        if group.committed.get(partition.partition_id, -1) >= partition.end_offset:
+            return True
+        stats = await self._worker.stats(shape.key(partition.partition_id))
+        return stats.start_offset >= partition.end_offset
+
+    async def _eligible(self, group: Group, shape: TopicShape) -> list[int]:
+        """Eligible partitions, sealed ones first (they block their children)."""
+        drained = {
+            pid for pid, p in shape.partitions.items() if await self._drained(group, shape, p)
+        }
+        eligible = [
+            pid
+            for pid, p in shape.partitions.items()
+            if pid not in drained and all(parent in drained for parent in p.parents)
+        ]
+        return sorted(eligible, key=lambda pid: (shape.partitions[pid].active, pid))
+
+    async def _rebalance_for(self, group: Group, shape: TopicShape, member: Member) -> None:
+        """Move partitions to or from ``member`` only; others change at their own fetch."""
+        eligible = await self._eligible(group, shape)
+        before = dict(group.owner)
+        for pid in [p for p in group.owner if p not in eligible]:
+            del group.owner[pid]  # drained (or gone): nobody needs it any more
+        members = sorted(group.members)
+        base, extra = divmod(len(eligible), len(members))
+        quota = base + (1 if members.index(member.member_id) < extra else 0)
+        mine = [p for p in eligible if group.owner.get(p) == member.member_id]
+        for pid in reversed(mine[quota:]):  # give back the last ones (active before sealed)
+            del group.owner[pid]
+            mine.remove(pid)
+        for pid in eligible:
+            if len(mine) >= quota:
+                break
+            if pid not in group.owner:
+                group.owner[pid] = member.member_id
+                mine.append(pid)
+        for pid in list(member.positions):
+            if group.owner.get(pid) != member.member_id:
+                del member.positions[pid]
+                member.delivered.pop(pid, None)
+        for pid in mine:
+            if pid not in member.positions:
+                member.positions[pid] = group.committed.get(pid, 0)
+        if group.owner != before:
+            group.generation += 1
+            group.notify()
+
+    # --- fetch -------------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        shape: TopicShape,
+        name: str,
+        *,
+        member_id: str | None,
+        max_records: int,
+        max_bytes: int,
+        wait_ms: int,
+        auto_commit: bool,
+        session_timeout_ms: int,
+        auto_offset_reset: str,
+    ) -> FetchResult:
+        group = self._group(shape, name)
+        async with group.lock:
+            now = self._clock_ms()
+            if not await self._load(group, shape):
+                await self._start_new_group(group, shape, auto_offset_reset)
+            self._expire(group, now)
+            if member_id is None:
+                member = Member(uuid.uuid4().hex, session_timeout_ms, now, auto_commit)
+                group.members[member.member_id] = member
+                group.generation += 1
+                group.notify()
+            else:
+                found = group.members.get(member_id)
+                if found is None:
+                    raise UnknownMemberError(
+                        f"member {member_id} is not in group {name!r} (its session ended); "
+                        "fetch without member_id to join again",
+                        member_id=member_id,
+                    )
+                member = found
+                member.last_seen_ms = now
+                member.session_timeout_ms = session_timeout_ms
+                member.auto_commit = auto_commit
+            if member.auto_commit and member.delivered:
+                await self._commit_delivered(group, shape, member)
+            await self._rebalance_for(group, shape, member)
+            member.busy += 1
+        try:
+            records = await self._read_or_wait(
+                group, shape, member, max_records, max_bytes, wait_ms
+            )
+        finally:
+            member.busy -= 1
+            member.last_seen_ms = self._clock_ms()
+        return FetchResult(
+            member.member_id, group.generation, group.assignment(member.member_id), records
+        )
+
+    async def _read_or_wait(
+        self,
+        group: Group,
+        shape: TopicShape,
+        member: Member,
+        max_records: int,
+        max_bytes: int,
+        wait_ms: int,
+    ) -> list[tuple[int, Record]]:
+        deadline = asyncio.get_running_loop().time() + wait_ms / 1000
+        while True:
+            records = await self._read(group, shape, member, max_records, max_bytes)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if records or remaining <= 0 or self.stopping.is_set():
+                return records
+            if not await self._wait(group, shape, member, remaining):
+                return records
+            async with group.lock:
+                if member.member_id not in group.members:
+                    return records
+                await self._rebalance_for(group, shape, member)
+
+    async def _read(
+        self, group: Group, shape: TopicShape, member: Member, max_records: int, max_bytes: int
+    ) -> list[tuple[int, Record]]:
+        out: list[tuple[int, Record]] = []
+        size = 0
+        for pid in sorted(member.positions, key=lambda p: (shape.partitions[p].active, p)):
+            if len(out) >= max_records or (out and size >= max_bytes):
+                break
+            if group.owner.get(pid) != member.member_id:
+                continue
+            key = shape.key(pid)
+            stats = await self._worker.stats(key)
+            position = max(member.positions[pid], stats.start_offset)
+            if position >= stats.end_offset:
+                member.positions[pid] = position
+                continue
+            result = await self._worker.read(
+                key, position, max_records=max_records - len(out), max_bytes=max_bytes - size or 1
+            )
+            for record in result.records:
+                out.append((pid, record))
+                size += record.payload_bytes
+            member.positions[pid] = result.next_offset
+            member.delivered[pid] = result.next_offset
+        return out
+
+    async def _wait(self, group: Group, shape: TopicShape, member: Member, limit_s: float) -> bool:
+        """Wait for data in any owned partition, a change in the group, or shutdown.
+
+        Answers False when the wait timed out with nothing new."""
+        waits = [
+            asyncio.ensure_future(self._worker.wait_for_data(shape.key(p), position, limit_s))
+            for p, position in member.positions.items()
+        ]
+        changed = asyncio.ensure_future(group.changed.wait())
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        everything = [*waits, changed, stopping]
+        try:
+            done, _ = await asyncio.wait(
+                everything, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in everything:
+                task.cancel()
+            await asyncio.gather(*everything, return_exceptions=True)
+        return bool(done) and stopping not in done
+
+    # --- commit, leave -----------------------------------------------------------------
+
+    async def _commit_delivered(self, group: Group, shape: TopicShape, member: Member) -> None:
+        offsets = {
+            pid: offset
+            for pid, offset in member.delivered.items()
+            if group.owner.get(pid) == member.member_id and offset > group.committed.get(pid, -1)
+        }
+        member.delivered.clear()
+        if offsets:
+            stored = await self._catalog.commit_offsets(
+                shape.tenant, shape.name, group.name, offsets
+            )
+            group.committed = dict(stored.offsets)
+
+    async def commit(
+        self,
+        shape: TopicShape,
+        name: str,
+        *,
+        member_id: str,
+        generation: int,
+        offsets: Mapping[int, int],
+    ) -> dict[int, int]:
+        group = self._group(shape, name)
+        async with group.lock:
+            await self._load(group, shape)
+            if member_id not in group.members:
+                raise UnknownMemberError(
+                    f"member {member_id} is not in group {name!r}", member_id=member_id
+                )
+            if generation != group.generation:
+                raise StaleGenerationError(
+                    f"generation {generation} is stale; the group is at {group.generation}",
+                    generation=group.generation,
+                )
+            for pid, offset in offsets.items():
+                if group.owner.get(pid) != member_id:
+                    raise PartitionNotAssignedError(
+                        f"partition {pid} is not assigned to member {member_id} in generation "
+                        f"{generation}",
+                        partition=pid,
+                    )
+                stats = await self._worker.stats(shape.key(pid))
+                if not 0 <= offset <= stats.end_offset:
+                    raise InvalidOffsetError(
+                        f"offset {offset} for partition {pid} is past its end {stats.end_offset}",
+                        partition=pid,
+                    )
+            stored = await self._catalog.commit_offsets(
+                shape.tenant, shape.name, name, dict(offsets)
+            )
+            group.committed = dict(stored.offsets)
+            group.members[member_id].last_seen_ms = self._clock_ms()
+            group.notify()  # a drained parent may free its children
+            return group.committed
+
+    async def leave(self, shape: TopicShape, name: str, member_id: str) -> None:
+        group = self._group(shape, name)
+        async with group.lock:
+            if member_id not in group.members:
+                raise UnknownMemberError(
+                    f"member {member_id} is not in group {name!r}", member_id=member_id
+                )
+            self._remove(group, member_id)
+            group.notify()
+
+    # --- describe, delete, seek ----------------------------------------------------------
+
+    async def describe(self, shape: TopicShape, name: str) -> dict[str, Any]:
+        group = self._group(shape, name)
+        async with group.lock:
+            if not await self._load(group, shape) and not group.members:
+                self._groups.pop((shape.tenant, shape.incarnation, name), None)
+                raise GroupNotFoundError(f"no group {name!r} on topic {shape.name!r}", group=name)
+            self._expire(group, self._clock_ms())
+            partitions = []
+            total_lag = 0
+            for pid, partition in sorted(shape.partitions.items()):
+                stats = await self._worker.stats(shape.key(pid))
+                end = partition.end_offset if partition.end_offset is not None else stats.end_offset
+                committed = group.committed.get(pid)
+                lag = max(0, end - max(committed or 0, stats.start_offset))
+                total_lag += lag
+                partitions.append(
+                    {
+                        "partition": pid,
+                        "state": partition.state.value,
+                        "committed": committed,
+                        "end_offset": end,
+                        "lag": lag,
+                        "member_id": group.owner.get(pid),
+                        "drained": await self._drained(group, shape, partition),
+                    }
+                )
+            return {
+                "group": name,
+                "generation": group.generation,
+                "members": [
+                    {
+                        "member_id": m.member_id,
+                        "assignment": group.assignment(m.member_id),
+                        "session_timeout_ms": m.session_timeout_ms,
+                        "last_seen_ms": m.last_seen_ms,
+                    }
+                    for m in group.members.values()
+                ],
+                "partitions": partitions,
+                "lag": total_lag,
+            }
+
+    async def delete(self, shape: TopicShape, name: str) -> None:
+        group = self._group(shape, name)
+        async with group.lock:
+            self._expire(group, self._clock_ms())
+            if group.members:
+                raise GroupHasMembersError(
+                    f"group {name!r} has {len(group.members)} live members; they must leave "
+                    "or expire first",
+                    members=len(group.members),
+                )
+            self._groups.pop((shape.tenant, shape.incarnation, name), None)
+            await self._catalog.delete_group(shape.tenant, shape.name, name)
+
+    async def seek(self, shape: TopicShape, name: str, target: Any) -> dict[int, int]:
+        """Reset committed offsets: "earliest", "latest", {"timestamp_ms": T} or
+        {"offsets": [{"partition", "offset"}]}. Only while the group has no live members."""
+        group = self._group(shape, name)
+        async with group.lock:
+            self._expire(group, self._clock_ms())
+            if group.members:
+                raise GroupHasMembersError(
+                    f"group {name!r} has live members; seek when it has none",
+                    members=len(group.members),
+                )
+            offsets = await self._seek_offsets(shape, target)
+            stored = await self._catalog.commit_offsets(shape.tenant, shape.name, name, offsets)
+            group.committed = dict(stored.offsets)
+            group.loaded = True
+            group.generation += 1
+            return group.committed
+
+    async def _seek_offsets(self, shape: TopicShape, target: Any) -> dict[int, int]:
+        offsets: dict[int, int] = {}
+        ends = {}
+        for pid, partition in shape.partitions.items():
+            stats = await self._worker.stats(shape.key(pid))
+            end = partition.end_offset if partition.end_offset is not None else stats.end_offset
+            ends[pid] = (stats.start_offset, end)
+        if target == EARLIEST:
+            return {pid: start for pid, (start, _end) in ends.items()}
+        if target == LATEST:
+            return {pid: end for pid, (_start, end) in ends.items()}
+        if isinstance(target, dict) and "timestamp_ms" in target:
+            ts = target["timestamp_ms"]
+            if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+                raise InvalidSeekError("timestamp_ms is a non-negative integer")
+            for pid, (_start, end) in ends.items():
+                found = await self._worker.offset_for_timestamp(shape.key(pid), ts)
+                offsets[pid] = end if found is None else found
+            return offsets
+        if isinstance(target, dict) and isinstance(target.get("offsets"), list):
+            for item in target["offsets"]:
+                wanted = item if isinstance(item, dict) else {}
+                part, offset = wanted.get("partition"), wanted.get("offset")
+                if not isinstance(part, int) or part not in ends or not isinstance(offset, int):
+                    raise InvalidSeekError(f"not a partition offset: {item!r}")
+                pid = part
+                start, end = ends[pid]
+                if not start <= offset <= end:
+                    raise InvalidSeekError(
+                        f"offset {offset} is outside partition {pid}'s range [{start}, {end}]"
+                    )
+                offsets[pid] = offset
+            return offsets
+        raise InvalidSeekError(
+            'seek to "earliest", "latest", {"timestamp_ms": T} or {"offsets": [...]}'
+        )
+
+
+def _expired(member: Member, now: int) -> bool:
+    return not member.busy and now - member.last_seen_ms > member.session_timeout_ms

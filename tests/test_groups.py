@@ -1,0 +1,296 @@
+"""Consumer groups over HTTP: membership, assignment, commits, lineage order, offset control."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import Api
+from tests.servers import ServerProcess
+
+G = "/v1/topics/t/groups/g"
+
+
+async def _produce(api: Api, records: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    status, body = await api.call("POST", "/v1/topics/t/records", json={"records": records})
+    assert status == 200, body
+    return [(o["partition"], o["offset"]) for o in body["offsets"]]
+
+
+async def _fetch(api: Api, **body: Any) -> dict[str, Any]:
+    status, answer = await api.call("POST", G + "/fetch", json=body)
+    assert status == 200, answer
+    return answer
+
+
+async def _three_active_partitions(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200
+    assert (await api.call("POST", "/v1/topics/t/partitions/1/split"))[0] == 200
+    # Active now: 2, 3, 4.
+
+
+async def test_members_share_partitions_and_an_expired_members_work_moves(api: Api) -> None:
+    await _three_active_partitions(api)
+    first = await _fetch(api, auto_offset_reset="earliest", session_timeout_ms=1000)
+    members = {"a": first["member_id"]}
+    members["b"] = (await _fetch(api, session_timeout_ms=1000))["member_id"]
+    members["c"] = (await _fetch(api, session_timeout_ms=1000))["member_id"]
+    await _produce(api, [{"key": f"k{i}", "value": f"v{i}"} for i in range(300)])
+    produced = {f"v{i}" for i in range(300)}
+    delivered: Counter[str] = Counter()
+    c_last_batch: set[str] = set()
+    # Everyone fetches a few rounds; then c stops without committing its last batch.
+    for _round in range(3):
+        for name in ("a", "b", "c"):
+            answer = await _fetch(api, member_id=members[name], max_records=20)
+            values = [r["value"] for r in answer["records"]]
+            delivered.update(values)
+            if name == "c":
+                c_last_batch = set(values)
+    status, group = await api.call("GET", G)
+    assignments = {m["member_id"]: m["assignment"] for m in group["members"]}
+    assert sorted(p for a in assignments.values() for p in a) == [2, 3, 4]
+    assert all(len(a) == 1 for a in assignments.values())  # spread evenly
+    c_partitions = assignments[members["c"]]
+    # c goes silent; a and b keep fetching until everything has been delivered.
+    for _ in range(200):
+        for name in ("a", "b"):
+            answer = await _fetch(api, member_id=members[name], max_records=50, wait_ms=100)
+            delivered.update(r["value"] for r in answer["records"])
+        if produced <= set(delivered):
+            break
+    assert produced <= set(delivered), "records were lost"
+    status, group = await api.call("GET", G)
+    assert {m["member_id"] for m in group["members"]} == {members["a"], members["b"]}
+    owners = {p["partition"]: p["member_id"] for p in group["partitions"]}
+    assert all(owners[p] in (members["a"], members["b"]) for p in c_partitions)
+    # Only what c fetched and never committed came twice.
+    twice = {v for v, n in delivered.items() if n > 1}
+    assert twice <= c_last_batch, twice - c_last_batch
+    # c's session is over.
+    status, body = await api.call("POST", G + "/fetch", json={"member_id": members["c"]})
+    assert status == 409 and body["error"]["code"] == "unknown_member"
+
+
+async def test_commits_are_fenced_by_generation_and_assignment(api: Api) -> None:
+    await _three_active_partitions(api)
+    await _produce(api, [{"key": f"k{i}", "value": f"v{i}"} for i in range(30)])
+    a = await _fetch(api, auto_offset_reset="earliest", auto_commit=False)
+    own = a["assignment"][0]
+    offsets = [{"partition": own, "offset": 1}]
+    body = {"member_id": a["member_id"], "generation": a["generation"], "offsets": offsets}
+    status, answer = await api.call("POST", G + "/commit", json=body)
+    assert status == 200 and {"partition": own, "offset": 1} in answer["committed"]
+    b = await _fetch(api, auto_commit=False)  # a new member: a new generation
+    assert b["generation"] > a["generation"]
+    stale = {**body, "offsets": [{"partition": own, "offset": 5}]}
+    status, answer = await api.call("POST", G + "/commit", json=stale)
+    assert status == 409 and answer["error"]["code"] == "stale_generation"
+    a = await _fetch(api, member_id=a["member_id"], auto_commit=False)
+    not_mine = next(p for p in (2, 3, 4) if p not in a["assignment"])
+    wrong = {
+        "member_id": a["member_id"],
+        "generation": a["generation"],
+        "offsets": [{"partition": not_mine, "offset": 1}],
+    }
+    status, answer = await api.call("POST", G + "/commit", json=wrong)
+    assert status == 409 and answer["error"]["code"] == "partition_not_assigned"
+    status, group = await api.call("GET", G)
+    committed = {p["partition"]: p["committed"] for p in group["partitions"]}
+    assert committed[own] == 1  # neither refused commit changed anything
+    for bad in ({}, {"member_id": "x"}, {"member_id": "x", "generation": 1, "offsets": [{}]}):
+        status, answer = await api.call("POST", G + "/commit", json=bad)
+        assert status == 400, answer
+
+
+async def test_leave_hands_partitions_over_at_once(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    await api.call("POST", "/v1/topics/t/partitions/0/split")  # 1 and 2
+    a = await _fetch(api, auto_offset_reset="latest")
+    b = await _fetch(api)
+    a = await _fetch(api, member_id=a["member_id"])  # gives one partition up to b
+    b = await _fetch(api, member_id=b["member_id"])
+    assert sorted(a["assignment"] + b["assignment"]) == [1, 2]
+    # Records land only in a's partition; b waits on its own, empty one.
+    keys = [f"k{i}" for i in range(200)]
+    placed = await _produce(api, [{"key": k, "value": k} for k in keys])
+    a_values = [k for k, (p, _o) in zip(keys, placed, strict=True) if p in a["assignment"]]
+    b_values = [k for k, (p, _o) in zip(keys, placed, strict=True) if p in b["assignment"]]
+    b = await _fetch(api, member_id=b["member_id"], max_records=1000)
+    assert sorted(r["value"] for r in b["records"]) == sorted(b_values)
+    waiting = asyncio.ensure_future(
+        api.call("POST", G + "/fetch", json={"member_id": b["member_id"], "wait_ms": 30000})
+    )
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    status, _ = await api.call("POST", G + "/leave", json={"member_id": a["member_id"]})
+    assert status == 204
+    status, answer = await asyncio.wait_for(waiting, 10)  # woken by the leave, not the wait
+    assert status == 200 and sorted(answer["assignment"]) == [1, 2]
+    # a fetched nothing, so it committed nothing: b gets all of a's records.
+    assert sorted(r["value"] for r in answer["records"]) == sorted(a_values)
+
+
+async def test_seek_describe_and_delete(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    early = [{"value": f"old{i}", "timestamp_ms": 1000 + i} for i in range(10)]
+    late = [{"value": f"new{i}", "timestamp_ms": 5000 + i} for i in range(10)]
+    await _produce(api, early + late)
+    m = await _fetch(api)  # a new group starts at the latest end by default
+    assert m["records"] == []
+    status, body = await api.call("POST", G + "/seek", json={"to": "earliest"})
+    assert status == 409 and body["error"]["code"] == "group_has_members"
+    status, body = await api.call("DELETE", G)
+    assert status == 409 and body["error"]["code"] == "group_has_members"
+    await api.call("POST", G + "/leave", json={"member_id": m["member_id"]})
+
+    async def first_value() -> str:
+        member = await _fetch(api, max_records=1)
+        await api.call("POST", G + "/leave", json={"member_id": member["member_id"]})
+        return str(member["records"][0]["value"]) if member["records"] else ""
+
+    assert (await api.call("POST", G + "/seek", json={"to": "earliest"}))[0] == 200
+    assert await first_value() == "old0"
+    assert (await api.call("POST", G + "/seek", json={"to": {"timestamp_ms": 5003}}))[0] == 200
+    assert await first_value() == "new3"
+    status, body = await api.call(
+        "POST", G + "/seek", json={"to": {"offsets": [{"partition": 0, "offset": 7}]}}
+    )
+    assert status == 200 and body["committed"] == [{"partition": 0, "offset": 7}]
+    assert await first_value() == "old7"
+    assert (await api.call("POST", G + "/seek", json={"to": "latest"}))[0] == 200
+    assert await first_value() == ""
+    for bad in ({"to": "middle"}, {"to": {"offsets": [{"partition": 0, "offset": 99}]}}, {}):
+        status, body = await api.call("POST", G + "/seek", json=bad)
+        assert status == 400 and body["error"]["code"] == "invalid_seek", body
+    await api.call("POST", G + "/seek", json={"to": {"offsets": [{"partition": 0, "offset": 5}]}})
+    status, group = await api.call("GET", G)
+    assert group["members"] == [] and group["lag"] == 15
+    assert group["partitions"][0]["committed"] == 5 and group["partitions"][0]["lag"] == 15
+    assert (await api.call("DELETE", G))[0] == 204
+    assert (await api.call("GET", G))[0] == 404
+    assert (await api.call("DELETE", G))[0] == 404
+
+
+async def test_children_wait_until_every_parent_is_drained(api: Api) -> None:
+    """A split and then a merge whose parents drain at different times."""
+    await api.call("PUT", "/v1/topics/t")
+    keys = [f"key-{i}" for i in range(8)]
+    seq = 0
+
+    async def produce_round() -> None:
+        nonlocal seq
+        await _produce(api, [{"key": k, "value": f"{k}:{seq + n}"} for n, k in enumerate(keys)])
+        seq += len(keys)
+
+    for _ in range(5):
+        await produce_round()
+    await api.call("POST", "/v1/topics/t/partitions/0/split")  # 0 -> 1, 2
+    for _ in range(5):
+        await produce_round()
+    await api.call("POST", "/v1/topics/t/merge", json={"partitions": [1, 2]})  # 1, 2 -> 3
+    for _ in range(5):
+        await produce_round()
+
+    fast = await _fetch(api, auto_offset_reset="earliest", max_records=100)
+    assert fast["assignment"] == [0]  # children wait for 0
+    seen = list(fast["records"])
+    slow = await _fetch(api, max_records=1)
+    assert slow["assignment"] == []  # nothing else is eligible yet
+    fast = await _fetch(api, member_id=fast["member_id"], max_records=100)  # commits 0's end
+    seen += fast["records"]
+    slow = await _fetch(api, member_id=slow["member_id"], max_records=1)
+    assert sorted(fast["assignment"] + slow["assignment"]) == [1, 2]
+    seen += slow["records"]
+    # fast drains its parent; slow takes one record at a time from the other one.
+    while True:
+        fast = await _fetch(api, member_id=fast["member_id"], max_records=100)
+        seen += fast["records"]
+        slow = await _fetch(api, member_id=slow["member_id"], max_records=1)
+        seen += slow["records"]
+        if 3 in fast["assignment"] + slow["assignment"]:
+            break
+        status, group = await api.call("GET", G)
+        states = {p["partition"]: p for p in group["partitions"]}
+        # The merged child is handed out only once both parents are drained.
+        assert not (states[1]["drained"] and states[2]["drained"])
+    status, group = await api.call("GET", G)
+    states = {p["partition"]: p for p in group["partitions"]}
+    assert states[1]["drained"] and states[2]["drained"]
+    for _ in range(20):
+        for member in (fast, slow):
+            answer = await _fetch(api, member_id=member["member_id"], max_records=100)
+            seen += answer["records"]
+    values = [r["value"] for r in seen]
+    assert sorted(set(values), key=lambda v: int(v.split(":")[1])) == [
+        f"{keys[n % 8]}:{n}" for n in range(seq)
+    ]
+    # Per key, in order across 0 -> {1, 2} -> 3.
+    by_key: dict[str, list[int]] = {}
+    for value in values:
+        key, n = value.split(":")
+        by_key.setdefault(key, []).append(int(n))
+    for key, numbers in by_key.items():
+        assert numbers == sorted(numbers), key
+
+
+async def test_group_parameters_are_checked(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    for body in (
+        {"max_records": 0},
+        {"wait_ms": -1},
+        {"auto_commit": "yes"},
+        {"auto_offset_reset": "middle"},
+        {"session_timeout_ms": 10},
+        {"member_id": 7},
+    ):
+        status, answer = await api.call("POST", G + "/fetch", json=body)
+        assert status == 400 and answer["error"]["code"] == "invalid_parameter", body
+    assert (await api.call("POST", "/v1/topics/t/groups/bad%20name/fetch", json={}))[0] == 400
+    assert (await api.call("POST", "/v1/topics/nope/groups/g/fetch", json={}))[0] == 404
+    status, answer = await api.call("POST", G + "/leave", json={"member_id": "ghost"})
+    assert status == 409 and answer["error"]["code"] == "unknown_member"
+
+
+async def test_a_restart_ends_sessions_and_the_group_resumes_from_its_commits(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        auth = {"Authorization": f"Bearer {server.keys['EVENTBUS_API_KEY']}"}
+        async with aiohttp.ClientSession(headers=auth) as session:
+
+            async def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                async with session.post(server.url + path, json=body) as response:
+                    assert response.status in (200, 204), await response.text()
+                    return await response.json() if response.status == 200 else {}
+
+            await session.put(server.url + "/v1/topics/t")
+            await call("/v1/topics/t/records", {"records": [{"value": str(i)} for i in range(50)]})
+            member = await call(G + "/fetch", {"auto_offset_reset": "earliest", "max_records": 20})
+            got = [r["value"] for r in member["records"]]
+            member = await call(G + "/fetch", {"member_id": member["member_id"], "max_records": 10})
+            got += [r["value"] for r in member["records"]]  # the first 20 are now committed
+        assert server.stop() == 0
+        server = ServerProcess(tmp_path / "data").start()
+        async with aiohttp.ClientSession(headers=auth) as session:
+            async with session.post(
+                server.url + G + "/fetch", json={"member_id": member["member_id"]}
+            ) as response:
+                assert response.status == 409  # the session ended with the restart
+            async with session.post(
+                server.url + G + "/fetch", json={"max_records": 100}
+            ) as response:
+                after = await response.json()
+        # Resumes at the commit (20): records 20..29 again (fetched, never committed), no
+        # committed record twice, and auto_offset_reset does not apply to an existing group.
+        assert [r["value"] for r in after["records"]] == [str(i) for i in range(20, 50)]
+        assert got == [str(i) for i in range(30)]
+        assert server.stop() == 0
+    finally:
+        server.kill()
