@@ -298,7 +298,7 @@ async def merge_partitions(request: web.Request) -> web.Response:
 
 # --- consumer groups -------------------------------------------------------------------------
 
-SESSION_TIMEOUT_MS = (1_000, 30_000, 300_000)  # lowest, default, highest
+SESSION_TIMEOUT_MS = (1_000, 300_000)  # lowest, highest
 
 
 def _group_name(request: web.Request) -> str:
@@ -332,13 +332,18 @@ async def group_fetch(request: web.Request) -> web.Response:
     member_id = body.get("member_id")
     if member_id is not None and not isinstance(member_id, str):
         raise InvalidParameterError("member_id is a string")
-    auto_commit = body.get("auto_commit", True)
-    if not isinstance(auto_commit, bool):
+    auto_commit = body.get("auto_commit")
+    if auto_commit is not None and not isinstance(auto_commit, bool):
         raise InvalidParameterError("auto_commit is true or false")
     reset = body.get("auto_offset_reset", LATEST)
     if reset not in (LATEST, EARLIEST):
         raise InvalidParameterError('auto_offset_reset is "earliest" or "latest"')
-    low, default, high = SESSION_TIMEOUT_MS
+    low, high = SESSION_TIMEOUT_MS
+    session_timeout_ms = (
+        None
+        if body.get("session_timeout_ms") is None
+        else _body_int(body, "session_timeout_ms", 0, low, high)
+    )
     result = await broker.groups.fetch(
         shape,
         name,
@@ -347,7 +352,7 @@ async def group_fetch(request: web.Request) -> web.Response:
         max_bytes=_body_int(body, "max_bytes", 1024 * 1024, 1, MAX_READ_BYTES),
         wait_ms=_body_int(body, "wait_ms", 0, 0, request.app[CONFIG].max_wait_ms),
         auto_commit=auto_commit,
-        session_timeout_ms=_body_int(body, "session_timeout_ms", default, low, high),
+        session_timeout_ms=session_timeout_ms,
         auto_offset_reset=reset,
     )
     request.app[METRICS].read_records.inc(len(result.records))

@@ -42,6 +42,7 @@ from partitions.worker import PartitionKey, PartitionWorker
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SESSION_TIMEOUT_MS = 30_000
 EARLIEST = "earliest"
 LATEST = "latest"
 # How often expired members are looked for, so that their partitions move promptly.
@@ -261,10 +262,15 @@ class GroupCoordinator:
         max_records: int,
         max_bytes: int,
         wait_ms: int,
-        auto_commit: bool,
-        session_timeout_ms: int,
+        auto_commit: bool | None,
+        session_timeout_ms: int | None,
         auto_offset_reset: str,
     ) -> FetchResult:
+        """Join (``member_id=None``) or continue, and fetch from the member's partitions.
+
+        ``auto_commit`` and ``session_timeout_ms`` stay as the member last set them when
+        a fetch leaves them out (defaults: true, 30 s).
+        """
         group = self._group(shape, name)
         async with group.lock:
             now = self._clock_ms()
@@ -272,7 +278,14 @@ class GroupCoordinator:
                 await self._start_new_group(group, shape, auto_offset_reset)
             self._expire(group, now)
             if member_id is None:
-                member = Member(uuid.uuid4().hex, session_timeout_ms, now, auto_commit)
+                member = Member(
+                    uuid.uuid4().hex,
+                    DEFAULT_SESSION_TIMEOUT_MS
+                    if session_timeout_ms is None
+                    else session_timeout_ms,
+                    now,
+                    True if auto_commit is None else auto_commit,
+                )
                 group.members[member.member_id] = member
                 group.generation += 1
                 group.notify()
@@ -286,8 +299,10 @@ class GroupCoordinator:
                     )
                 member = found
                 member.last_seen_ms = now
-                member.session_timeout_ms = session_timeout_ms
-                member.auto_commit = auto_commit
+                if session_timeout_ms is not None:
+                    member.session_timeout_ms = session_timeout_ms
+                if auto_commit is not None:
+                    member.auto_commit = auto_commit
             if member.auto_commit and member.delivered:
                 await self._commit_delivered(group, shape, member)
             await self._rebalance_for(group, shape, member)
