@@ -3,15 +3,57 @@
 from __future__ import annotations
 
 import os
+import random
 import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_until_killed(
+    module: str,
+    args: Sequence[str],
+    *,
+    ready: bytes,
+    prefix: str,
+    rng: random.Random,
+    kill_after: tuple[float, float],
+) -> list[str]:
+    """Run ``python -m module args``, wait for its ``ready`` line, SIGKILL it at a random
+    moment within ``kill_after`` seconds, and answer the whole lines it printed that start
+    with ``prefix`` (a line cut by the kill was never completely reported).
+
+    Everything is read with os.read on the raw descriptor, so no bytes hide in a buffer.
+    """
+    with subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ) as child:
+        assert child.stdout is not None
+        fd = child.stdout.fileno()
+        chunks: list[bytes] = []
+        while ready not in b"".join(chunks):
+            data = os.read(fd, 1 << 16)
+            assert data, "the child exited before it was ready"
+            chunks.append(data)
+        deadline = time.monotonic() + rng.uniform(*kill_after)
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.01)[0]:
+                chunks.append(os.read(fd, 1 << 16))
+        child.send_signal(signal.SIGKILL)
+        while data := os.read(fd, 1 << 16):
+            chunks.append(data)
+        child.wait()
+    lines = b"".join(chunks).decode().split("\n")[:-1]
+    return [line for line in lines if line.startswith(prefix)]
 
 
 def read_credentials(data_dir: Path) -> dict[str, str]:

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import select
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,35 +11,21 @@ import pytest
 from partitions.catalog import PartitionRecord
 from partitions.catalog_sqlite import SqliteCatalog
 from tests.catalog_checks import assert_lineage_invariants
+from tests.servers import run_until_killed
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 15
 
 
 def _run_until_killed(path: Path, seed: int, rng: random.Random) -> list[str]:
-    with subprocess.Popen(
-        [sys.executable, "-m", "tests.catalog_crash_child", str(path), str(seed)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    ) as child:
-        assert child.stdout is not None
-        fd = child.stdout.fileno()
-        chunks: list[bytes] = []
-        while b"READY\n" not in b"".join(chunks):
-            data = os.read(fd, 1 << 16)
-            assert data, "the child exited before it was ready"
-            chunks.append(data)
-        deadline = time.monotonic() + rng.uniform(0.05, 0.5)
-        while time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.01)[0]:
-                chunks.append(os.read(fd, 1 << 16))
-        child.send_signal(signal.SIGKILL)
-        while data := os.read(fd, 1 << 16):
-            chunks.append(data)
-        child.wait()
-    lines = b"".join(chunks).decode().split("\n")[:-1]
-    return [line for line in lines if line.startswith("DONE")]
+    return run_until_killed(
+        "tests.catalog_crash_child",
+        [str(path), str(seed)],
+        ready=b"READY\n",
+        prefix="DONE",
+        rng=rng,
+        kill_after=(0.05, 0.5),
+    )
 
 
 async def _partitions(path: Path) -> list[PartitionRecord]:

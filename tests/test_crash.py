@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import select
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,41 +12,22 @@ from partitions.batch import Record
 from partitions.log import PartitionLog
 from tests.crash_child import CONFIG
 from tests.logtools import read_all
+from tests.servers import run_until_killed
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 25
 
 
 def _run_until_killed(directory: Path, tag: str, seed: int, rng: random.Random) -> list[str]:
-    with subprocess.Popen(
-        [sys.executable, "-m", "tests.crash_child", str(directory), tag, str(seed)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    ) as child:
-        assert child.stdout is not None
-        fd = child.stdout.fileno()
-        chunks: list[bytes] = []
-        # Everything is read with os.read on the raw descriptor, so no bytes hide in a
-        # buffer between the READY line and the ACK lines.
-        while b"\n" not in b"".join(chunks):
-            data = os.read(fd, 1 << 16)
-            assert data, "the child exited before it was ready"
-            chunks.append(data)
-        assert b"".join(chunks).startswith(b"READY")
-        # Kill at a random moment: sometimes before the first append, mostly mid-stream.
-        deadline = time.monotonic() + rng.uniform(0.0, 0.6)
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([fd], [], [], 0.01)
-            if readable:
-                chunks.append(os.read(fd, 1 << 16))
-        child.send_signal(signal.SIGKILL)
-        while data := os.read(fd, 1 << 16):
-            chunks.append(data)
-        child.wait()
-    text = b"".join(chunks).decode()
-    # A line cut by the kill was never completely reported: only whole lines count.
-    return [line for line in text.split("\n")[:-1] if line.startswith("ACK")]
+    # Sometimes before the first append, mostly mid-stream.
+    return run_until_killed(
+        "tests.crash_child",
+        [str(directory), tag, str(seed)],
+        ready=b"\n",
+        prefix="ACK",
+        rng=rng,
+        kill_after=(0.0, 0.6),
+    )
 
 
 async def _read_back(directory: Path) -> list[Record]:

@@ -224,22 +224,8 @@ async def test_enospc_on_roll_fails_the_append(few_inodes: Path) -> None:
 # 6. close() does not stop a running drain, and _control() accepts work while closing: a
 #    roll queued during close runs on fds that close() has just closed, fails, and the drain
 #    "recovers" by reopening every segment of the closed log (leaked fds, files touched later).
-class GateLogSyncOps(FileOps):
-    def __init__(self) -> None:
-        self.hold = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def fdatasync(self, fd: int) -> None:
-        if self.hold and str(Path(f"/proc/self/fd/{fd}").readlink()).endswith(".log"):
-            self.hold = False
-            self.entered.set()
-            self.release.wait(10)
-        super().fdatasync(fd)
-
-
 async def test_close_stops_the_drain_before_closing_files(tmp_path: Path) -> None:
-    ops = GateLogSyncOps()
+    ops = HeldSyncOps()
     log = await PartitionLog.open(tmp_path, SMALL, ops=ops)
     await log.append_records([record("x")])
     fds = len(list(Path("/proc/self/fd").iterdir()))
