@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from aiohttp.typedefs import Middleware
 from gateway.http_errors import ForbiddenError, Handler, UnauthorizedError
 from partitions.catalog import Catalog
 from partitions.errors import ApiKeyNotFoundError, TenantExistsError
+from partitions.fileio import FileOps
 
 log = logging.getLogger(__name__)
 
@@ -179,17 +179,4 @@ def write_credentials(path: Path, keys: dict[str, str]) -> None:
     body = "".join(f"{line}\n" for line in kept) + "".join(
         f"{name}={value}\n" for name, value in keys.items()
     )
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, body.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    FileOps().replace_file(path, body.encode(), mode=0o600)

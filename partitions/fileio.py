@@ -56,15 +56,16 @@ class FileOps:
                     pending[first] = head[written:]
                     written = 0
 
-    def replace_file(self, path: Path, data: bytes) -> None:
+    def replace_file(self, path: Path, data: bytes, *, mode: int = 0o644) -> None:
         """Replace ``path`` with ``data`` atomically and durably.
 
         Write a temporary file, fsync it, rename it over ``path``, fsync the directory: a
         crash leaves either the old content or the new, never a mix.
         """
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
+            os.fchmod(fd, mode)  # whatever the umask, and whatever a stale .tmp had
             self.write_all(fd, [data], 0)
             self.fdatasync(fd)
         finally:
