@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
-from partitions.catalog import HASH_SPACE_END, PartitionRecord
+import random
+
+from partitions.catalog import HASH_SPACE_END, Catalog, LineageChange, PartitionRecord
+
+
+async def random_lineage_change(
+    catalog: Catalog, rng: random.Random, step: int, *, max_active: int | None = None
+) -> LineageChange:
+    """Split a random active partition of acme/orders at a random point, or merge two
+    adjacent ones (always merge once more than ``max_active`` are active)."""
+    active = sorted(
+        (p for p in await catalog.list_partitions("acme", "orders") if p.active),
+        key=lambda p: p.hash_range.start,
+    )
+    crowded = max_active is not None and len(active) > max_active
+    if crowded or (len(active) > 1 and rng.random() < 0.4):
+        i = rng.randrange(len(active) - 1)
+        return await catalog.merge_partitions(
+            "acme",
+            "orders",
+            [active[i].partition_id, active[i + 1].partition_id],
+            end_offsets=[step, step],
+        )
+    target = rng.choice([p for p in active if p.hash_range.end - p.hash_range.start > 1])
+    at = rng.randrange(target.hash_range.start + 1, target.hash_range.end)
+    return await catalog.split_partition(
+        "acme", "orders", target.partition_id, at=at, end_offset=step
+    )
 
 
 def assert_lineage_invariants(partitions: list[PartitionRecord]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.errors import TenantExistsError, TopicExistsError
+from tests.catalog_checks import random_lineage_change
 
 
 async def main(path: Path, seed: int) -> None:
@@ -29,24 +30,7 @@ async def main(path: Path, seed: int) -> None:
     step = 0
     while True:
         step += 1
-        active = sorted(
-            (p for p in await catalog.list_partitions("acme", "orders") if p.active),
-            key=lambda p: p.hash_range.start,
-        )
-        if len(active) > 8 or (len(active) > 1 and rng.random() < 0.4):
-            i = rng.randrange(len(active) - 1)
-            change = await catalog.merge_partitions(
-                "acme",
-                "orders",
-                [active[i].partition_id, active[i + 1].partition_id],
-                end_offsets=[step, step],
-            )
-        else:
-            target = rng.choice([p for p in active if p.hash_range.end - p.hash_range.start > 1])
-            at = rng.randrange(target.hash_range.start + 1, target.hash_range.end)
-            change = await catalog.split_partition(
-                "acme", "orders", target.partition_id, at=at, end_offset=step
-            )
+        change = await random_lineage_change(catalog, rng, step, max_active=8)
         ids = ",".join(str(p.partition_id) for p in change.created)
         print(f"DONE {ids}", flush=True)
 

@@ -44,7 +44,7 @@ from partitions.errors import (
     TopicNotFoundError,
     VersionConflictError,
 )
-from tests.catalog_checks import assert_lineage_invariants
+from tests.catalog_checks import assert_lineage_invariants, random_lineage_change
 
 MID = 1 << 63
 
@@ -284,24 +284,7 @@ async def test_random_splits_and_merges_keep_every_invariant(catalog: Catalog) -
     rng = random.Random(7)
     highest = 0
     for step in range(150):
-        active = sorted(
-            (p for p in await catalog.list_partitions("acme", "orders") if p.active),
-            key=lambda p: p.hash_range.start,
-        )
-        if len(active) > 1 and rng.random() < 0.4:
-            i = rng.randrange(len(active) - 1)
-            change = await catalog.merge_partitions(
-                "acme",
-                "orders",
-                [active[i].partition_id, active[i + 1].partition_id],
-                end_offsets=[step, step],
-            )
-        else:
-            target = rng.choice([p for p in active if p.hash_range.end - p.hash_range.start > 1])
-            at = rng.randrange(target.hash_range.start + 1, target.hash_range.end)
-            change = await catalog.split_partition(
-                "acme", "orders", target.partition_id, at=at, end_offset=step
-            )
+        change = await random_lineage_change(catalog, rng, step)
         ids = [p.partition_id for p in change.created]
         assert min(ids) > highest, "partition ids are never reused"
         highest = max(ids)
