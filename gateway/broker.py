@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import xxhash
@@ -36,10 +37,22 @@ from partitions.errors import (
     TopicNotFoundError,
 )
 from partitions.groups import GroupCoordinator, TopicShape
-from partitions.log import ReadResult
+from partitions.idempotency import ANSWER_TTL_MS, AnswerTable, decode_tag, encode_tags
+from partitions.log import BatchRead, ReadResult
 from partitions.worker import PartitionKey, PartitionWorker
 
 log = logging.getLogger(__name__)
+
+# Producer tags for the records at some request indexes: (indexes, tag) per batch to write.
+TagPieces = list[tuple[list[int], bytes]]
+Tagger = Callable[[Sequence[int]], TagPieces]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    key: str
+    request_hash: bytes
+
 
 TOPIC_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -99,7 +112,10 @@ class TopicView:
 @dataclass(frozen=True, slots=True)
 class ReadAnswer:
     partition: PartitionRecord
-    result: ReadResult
+    # Where the read started: the offset asked for, or the one a timestamp or the log
+    # start resolved to.
+    offset: int
+    result: ReadResult | BatchRead
 
 
 class Broker:
@@ -118,6 +134,8 @@ class Broker:
         self._topic_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.stopping = asyncio.Event()
         self.long_polls_waiting = 0
+        self.answers = AnswerTable()
+        self.idempotent_replays = 0
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -218,6 +236,7 @@ class Broker:
             self._views.pop((tenant, name), None)
             self._topic_locks.pop((tenant, name), None)
             self.groups.forget_topic(tenant, topic.incarnation)
+            self.answers.drop_topic(tenant, topic.incarnation)
             await self.worker.drop_topic(tenant, topic.incarnation)
             await self.catalog.purge_topic(tenant, topic.incarnation)
 
@@ -335,16 +354,102 @@ class Broker:
     # --- produce -------------------------------------------------------------------------
 
     async def produce(
-        self, tenant: str, name: str, records: Sequence[NewRecord]
+        self,
+        tenant: str,
+        name: str,
+        records: Sequence[NewRecord],
+        *,
+        idempotency: IdempotentRequest | None = None,
     ) -> list[tuple[int, int]]:
         """Append ``records``; answers (partition, offset) per record in request order.
 
         Records are grouped into one batch per partition, encoded once, and appended to the
         partitions concurrently; the answer comes when every batch is durable. If a batch
         meets a partition sealed since the view was made, only that batch is routed again.
+
+        With ``idempotency``, a request already answered in the last ten minutes gets the
+        same answer and appends nothing; one still running is waited for; one that wrote
+        only some of its records (a crash or a failure part-way) appends only the rest.
         """
-        answer: list[tuple[int, int] | None] = [None] * len(records)
-        todo = list(range(len(records)))
+        if idempotency is None:
+            plain: list[tuple[int, int] | None] = [None] * len(records)
+            await self._produce(tenant, name, records, list(range(len(records))), plain, None)
+            return [placed for placed in plain if placed is not None]
+        view = await self.view(tenant, name)
+        incarnation = view.record.incarnation
+        await self._rebuild_answers(tenant, view)
+        while True:
+            entry = self.answers.claim(
+                tenant,
+                incarnation,
+                idempotency.key,
+                idempotency.request_hash,
+                len(records),
+                now_ms=self._clock_ms(),
+            )
+            if entry.busy is not None:
+                await asyncio.shield(entry.busy)
+                continue
+            if entry.complete:
+                self.idempotent_replays += 1
+                return entry.answer()
+            busy = entry.busy = asyncio.get_running_loop().create_future()
+            answer: list[tuple[int, int] | None] = [None] * len(records)
+            try:
+                tagger = partial(
+                    encode_tags,
+                    idempotency.key,
+                    entry.request_hash,
+                    entry.accepted_ms,
+                    entry.total_records,
+                )
+
+                await self._produce(tenant, name, records, entry.missing(), answer, tagger)
+            finally:
+                for index, placed in enumerate(answer):
+                    if placed is not None:
+                        entry.placed[index] = placed
+                entry.busy = None
+                busy.set_result(None)
+            return entry.answer()
+
+    async def _rebuild_answers(self, tenant: str, view: TopicView) -> None:
+        """Load the topic's recent producer tags into the answer table, once per start."""
+        incarnation = view.record.incarnation
+        pending = self.answers.rebuild_future(tenant, incarnation)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        future = self.answers.start_rebuild(tenant, incarnation)
+        try:
+            now = self._clock_ms()
+            # Segments are chosen by modification time, which is the real clock's.
+            since = min(now, time.time_ns() // 1_000_000) - ANSWER_TTL_MS - 60_000
+            for pid in sorted(view.partitions):
+                for base_offset, raw in await self.worker.producer_tags(view.key(pid), since):
+                    try:
+                        tag = decode_tag(raw)
+                    except ValueError:
+                        log.warning("partition %s: unreadable producer tag at %d", pid, base_offset)
+                        continue
+                    if tag.accepted_ms + ANSWER_TTL_MS > now:
+                        self.answers.add_tag(tenant, incarnation, pid, base_offset, tag)
+        except BaseException as exc:
+            self.answers.forget_rebuild(tenant, incarnation)
+            future.set_exception(exc)
+            future.exception()  # retrieved: the caller gets the error itself
+            raise
+        future.set_result(None)
+
+    async def _produce(
+        self,
+        tenant: str,
+        name: str,
+        records: Sequence[NewRecord],
+        todo: list[int],
+        answer: list[tuple[int, int] | None],
+        tagger: Tagger | None,
+    ) -> None:
         for _attempt in range(4):
             view = await self.view(tenant, name)
             if not view.open.is_set():
@@ -354,13 +459,13 @@ class Broker:
             view.in_flight += 1
             view.idle.clear()
             try:
-                todo = await self._produce_once(view, records, todo, answer)
+                todo = await self._produce_once(view, records, todo, answer, tagger)
             finally:
                 view.in_flight -= 1
                 if view.in_flight == 0:
                     view.idle.set()
             if not todo:
-                return [placed for placed in answer if placed is not None]
+                return
             # Routed to a partition whose log is sealed: refresh the view from the catalog.
             async with self._lock(tenant, name):
                 if self._views.get((tenant, name)) is view:
@@ -375,6 +480,7 @@ class Broker:
         records: Sequence[NewRecord],
         todo: list[int],
         answer: list[tuple[int, int] | None],
+        tagger: Tagger | None,
     ) -> list[int]:
         """Append the records at ``todo``; fill ``answer``; answer the indexes whose
         partition turned out to be sealed (they were not written)."""
@@ -392,30 +498,54 @@ class Broker:
             groups.setdefault(pid, []).append(index)
         now = self._clock_ms()
         max_record_bytes = int(view.record.config["max_record_bytes"])
-        batches = {
-            pid: encode_batch(
-                [records[i] for i in indexes], now_ms=now, max_record_bytes=max_record_bytes
-            )
-            for pid, indexes in groups.items()
-        }
-        pids = list(batches)
+        # Every batch is encoded before any is appended, so that a record too large fails
+        # the request before anything is written.
+        batches: dict[int, list[tuple[list[int], bytes]]] = {}
+        for pid, indexes in groups.items():
+            pieces = tagger(indexes) if tagger is not None else [(indexes, b"")]
+            batches[pid] = [
+                (
+                    piece,
+                    encode_batch(
+                        [records[i] for i in piece],
+                        now_ms=now,
+                        max_record_bytes=max_record_bytes,
+                        producer_tag=tag,
+                    ),
+                )
+                for piece, tag in pieces
+            ]
         results = await asyncio.gather(
-            *(self.worker.append(view.key(pid), batches[pid]) for pid in pids),
+            *(self._append_pieces(view.key(pid), batches[pid], answer) for pid in batches),
             return_exceptions=True,
         )
         again: list[int] = []
         failure: BaseException | None = None
-        for pid, result in zip(pids, results, strict=True):
-            if isinstance(result, PartitionSealedError):
-                again.extend(groups[pid])
-            elif isinstance(result, BaseException):
+        for result in results:
+            if isinstance(result, BaseException):
                 failure = failure or result
             else:
-                for position, index in enumerate(groups[pid]):
-                    answer[index] = (pid, result.base_offset + position)
+                again.extend(result)
         if failure is not None:
             raise failure
         return sorted(again)
+
+    async def _append_pieces(
+        self,
+        key: PartitionKey,
+        batches: list[tuple[list[int], bytes]],
+        answer: list[tuple[int, int] | None],
+    ) -> list[int]:
+        """Append one partition's batches in order; answers the indexes not written because
+        the partition is sealed."""
+        for n, (indexes, batch) in enumerate(batches):
+            try:
+                result = await self.worker.append(key, batch)
+            except PartitionSealedError:
+                return [i for rest, _ in batches[n:] for i in rest]
+            for position, index in enumerate(indexes):
+                answer[index] = (key.partition_id, result.base_offset + position)
+        return []
 
     # --- read ----------------------------------------------------------------------------
 
@@ -430,7 +560,9 @@ class Broker:
         max_records: int,
         max_bytes: int,
         wait_ms: int,
+        raw: bool = False,
     ) -> ReadAnswer:
+        """Records from one partition, decoded, or with ``raw`` as whole stored batches."""
         view = await self.view(tenant, name)
         partition = view.partitions.get(partition_id)
         if partition is None:
@@ -450,10 +582,16 @@ class Broker:
             # Only an offset exactly at the end waits; past it, the read answers 416 at once.
             if offset == stats.end_offset and not stats.sealed:
                 await self._long_poll(key, offset, wait_ms / 1000)
-        result = await self.worker.read(key, offset, max_records=max_records, max_bytes=max_bytes)
+        result: ReadResult | BatchRead
+        if raw:
+            result = await self.worker.read_batches(key, offset, max_bytes=max_bytes)
+        else:
+            result = await self.worker.read(
+                key, offset, max_records=max_records, max_bytes=max_bytes
+            )
         # A split may have sealed the partition during the wait: answer with what is now.
         current = self._views.get((tenant, name), view)
-        return ReadAnswer(current.partitions.get(partition_id, partition), result)
+        return ReadAnswer(current.partitions.get(partition_id, partition), offset, result)
 
     async def _long_poll(self, key: PartitionKey, offset: int, timeout_s: float) -> None:
         """Wait for data at ``offset``, for shutdown, or for the timeout, whichever is first."""

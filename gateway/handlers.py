@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from gateway import wire
 from gateway.auth import (
     TENANT_NAME,
     generate_key,
@@ -14,13 +16,17 @@ from gateway.auth import (
     require_admin,
     require_tenant,
 )
-from gateway.broker import Broker, TopicView, validate_topic_name
+from gateway.broker import Broker, IdempotentRequest, TopicView, validate_topic_name
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.metrics import Metrics
-from gateway.records import MalformedJsonError, parse_records, render_record
+from gateway.records import MalformedJsonError, parse_ndjson, parse_records, render_record
+from partitions.batch import trim_batches
 from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import InvalidInputError, InvalidOffsetError
-from partitions.groups import EARLIEST, LATEST
+from partitions.groups import EARLIEST, LATEST, RawChunk
+from partitions.idempotency import HASH_BYTES
+from partitions.idempotency import check_key as check_idempotency_key
+from partitions.log import BatchRead
 
 MAX_READ_RECORDS = 10_000
 MAX_READ_BYTES = 16 * 1024 * 1024
@@ -40,7 +46,10 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
+    return parse_json(await wire.read_body(request))
+
+
+def parse_json(raw: bytes) -> Any:
     if not raw:
         raise MalformedJsonError("the request has no body; send JSON")
     try:
@@ -199,12 +208,29 @@ async def produce(request: web.Request) -> web.Response:
     broker = _broker(request)
     topic = request.match_info["topic"]
     await broker.view(tenant, topic)  # 404 for an unknown topic before reading the body
-    records = parse_records(await read_json(request), now_ms=broker.now_ms())
-    placed = await broker.produce(tenant, topic, records)
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)
+    media = wire.produce_media_type(request)
+    raw = await wire.read_body(request)
+    now = broker.now_ms()
+    if media == wire.BATCH:
+        records = wire.parse_batches(raw, now_ms=now)
+    elif media == wire.NDJSON:
+        records = parse_ndjson(raw, now_ms=now)
+    else:
+        records = parse_records(parse_json(raw), now_ms=now)
+    idempotency = None
+    if idempotency_key is not None:
+        digest = hashlib.sha256(media.encode() + b"\n" + raw).digest()[:HASH_BYTES]
+        idempotency = IdempotentRequest(idempotency_key, digest)
+    placed = await broker.produce(tenant, topic, records, idempotency=idempotency)
     registry: Metrics = request.app[METRICS]
     registry.produced_records.inc(len(records))
     registry.produced_bytes.inc(sum(len(r.value) + len(r.key or b"") for r in records))
-    return json_response({"offsets": [{"partition": p, "offset": o} for p, o in placed]})
+    return await wire.json_answer(
+        request, {"offsets": [{"partition": p, "offset": o} for p, o in placed]}
+    )
 
 
 async def read_records(request: web.Request) -> web.Response:
@@ -214,6 +240,7 @@ async def read_records(request: web.Request) -> web.Response:
         partition_id = int(request.match_info["partition"])
     except ValueError:
         raise InvalidParameterError("the partition must be an integer") from None
+    binary = wire.wants_batches(request)
     max_wait = request.app[CONFIG].max_wait_ms
     offset = optional_int_param(request, "offset", low=0)
     timestamp_ms = optional_int_param(request, "timestamp_ms", low=0)
@@ -231,18 +258,37 @@ async def read_records(request: web.Request) -> web.Response:
         max_records=max_records,
         max_bytes=max_bytes,
         wait_ms=wait_ms,
+        raw=binary,
     )
     result = answer.result
+    sealed = answer.partition.state.value == "sealed" or result.sealed
+    children = list(answer.partition.children)
+    if isinstance(result, BatchRead):
+        start = answer.offset
+        data, next_offset = trim_batches(result.data, start, max_records)
+        if not data:
+            next_offset = result.next_offset
+        request.app[METRICS].read_records.inc(next_offset - start)
+        chunks = [RawChunk(partition_id, start, data)] if data else []
+        headers = {
+            "Eventbus-Next-Offset": str(next_offset),
+            "Eventbus-High-Watermark": str(result.high_watermark),
+            "Eventbus-Start-Offset": str(result.start_offset),
+            "Eventbus-Sealed": "true" if sealed else "false",
+            "Eventbus-Children": ",".join(str(c) for c in children),
+        }
+        return await wire.answer(request, wire.encode_chunks(chunks), wire.BATCH, headers=headers)
     request.app[METRICS].read_records.inc(len(result.records))
-    return json_response(
+    return await wire.json_answer(
+        request,
         {
             "records": [render_record(r, partition_id) for r in result.records],
             "next_offset": result.next_offset,
             "high_watermark": result.high_watermark,
             "start_offset": result.start_offset,
-            "sealed": answer.partition.state.value == "sealed" or result.sealed,
-            "children": list(answer.partition.children),
-        }
+            "sealed": sealed,
+            "children": children,
+        },
     )
 
 
@@ -344,6 +390,7 @@ async def group_fetch(request: web.Request) -> web.Response:
         if body.get("session_timeout_ms") is None
         else _body_int(body, "session_timeout_ms", 0, low, high)
     )
+    binary = wire.wants_batches(request)
     result = await broker.groups.fetch(
         shape,
         name,
@@ -354,15 +401,25 @@ async def group_fetch(request: web.Request) -> web.Response:
         auto_commit=auto_commit,
         session_timeout_ms=session_timeout_ms,
         auto_offset_reset=reset,
+        raw=binary,
     )
-    request.app[METRICS].read_records.inc(len(result.records))
-    return json_response(
+    request.app[METRICS].read_records.inc(result.fetched.count)
+    if binary:
+        headers = {
+            "Eventbus-Member-Id": result.member_id,
+            "Eventbus-Generation": str(result.generation),
+            "Eventbus-Assignment": ",".join(str(p) for p in result.assignment),
+        }
+        framed = wire.encode_chunks(result.fetched.chunks)
+        return await wire.answer(request, framed, wire.BATCH, headers=headers)
+    return await wire.json_answer(
+        request,
         {
             "member_id": result.member_id,
             "generation": result.generation,
             "assignment": result.assignment,
             "records": [render_record(record, pid) for pid, record in result.records],
-        }
+        },
     )
 
 

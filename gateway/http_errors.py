@@ -76,7 +76,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.warning("%s %s failed: %s (%s)", request.method, request.path, exc.code, exc)
             message = _PUBLIC_MESSAGES.get(exc.code, "the server failed to handle the request")
             return error_response(exc.status, exc.code, message, None, headers)
-        return error_response(exc.status, exc.code, exc.message, exc.details or None, headers)
+        response = error_response(exc.status, exc.code, exc.message, exc.details or None, headers)
+        if request.content.exception() is not None:
+            # The body could not be read to its end (it did not decompress): the connection
+            # cannot carry another request, so say that it closes.
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -314,12 +314,29 @@ def build_document(version: str) -> dict[str, Any]:
                 "parameters": [_TOPIC_PARAM],
                 "post": {
                     "summary": "Produce records; answers their offsets once durable",
+                    "description": "Bodies may be gzip or zstd (Content-Encoding). The "
+                    "binary batch format is specified in docs/wire-format.md.",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "description": "A retry with the same key and body within ten "
+                            "minutes answers the first answer and appends nothing",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {
                             "application/json": {
                                 "schema": {"$ref": "#/components/schemas/ProduceRequest"}
-                            }
+                            },
+                            "application/x-ndjson": {
+                                "schema": {"type": "string", "description": "a record per line"}
+                            },
+                            "application/vnd.eventbus.batch": {
+                                "schema": {"type": "string", "format": "binary"}
+                            },
                         },
                     },
                     "responses": {
@@ -327,7 +344,7 @@ def build_document(version: str) -> dict[str, Any]:
                             {"$ref": "#/components/schemas/ProduceResponse"},
                             "Offsets, in request order",
                         ),
-                        **_errors(400, 401, 403, 404, 413, 503),
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 503),
                     },
                 },
             },
@@ -343,10 +360,19 @@ def build_document(version: str) -> dict[str, Any]:
                         _query("wait_ms", "At the end, wait this long for data (default 0)"),
                     ],
                     "responses": {
-                        "200": _json(
-                            {"$ref": "#/components/schemas/ReadResponse"}, "Records, maybe none"
-                        ),
-                        **_errors(400, 401, 403, 404, 416),
+                        "200": {
+                            "description": "Records, maybe none; with Accept: "
+                            "application/vnd.eventbus.batch, stored batches (wire-format.md)",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/ReadResponse"}
+                                },
+                                "application/vnd.eventbus.batch": {
+                                    "schema": {"type": "string", "format": "binary"}
+                                },
+                            },
+                        },
+                        **_errors(400, 401, 403, 404, 406, 416),
                     },
                 },
             },

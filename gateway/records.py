@@ -1,4 +1,4 @@
-"""Records in the JSON API: parsing produce bodies and rendering reads.
+"""Records in the JSON API: parsing JSON and NDJSON produce bodies and rendering reads.
 
 A key or value is sent either as text (``key``, ``value``) or as base64 (``key_b64``,
 ``value_b64``); the form is stored with the record and the read answers in the same form.
@@ -10,8 +10,10 @@ import base64
 import binascii
 from typing import Any
 
+import orjson
+
 from partitions.batch import NewRecord, Record
-from partitions.errors import InvalidInputError
+from partitions.errors import EventBusError, InvalidInputError
 
 MAX_FUTURE_SKEW_MS = 60 * 60 * 1000
 
@@ -42,6 +44,11 @@ class InvalidHeaderError(InvalidInputError):
 
 class TimestampInFutureError(InvalidInputError):
     code = "timestamp_in_future"
+
+
+class TooManyRecordsError(EventBusError):
+    code = "too_many_records"
+    status = 413
 
 
 def _bytes_field(
@@ -79,57 +86,91 @@ _RECORD_FIELDS = frozenset(
 )
 
 
+# A produce request holds at most this many records, in any body format.
+MAX_PRODUCE_RECORDS = 100_000
+
+
 def parse_records(body: Any, *, now_ms: int) -> list[NewRecord]:
+    """The records of a JSON produce body ``{"records": [...]}``."""
     if not isinstance(body, dict):
         raise MalformedJsonError('the body must be a JSON object {"records": [...]}')
     records = body.get("records")
     if not isinstance(records, list) or not records:
         raise MissingRecordsError('"records" must be a non-empty list')
+    check_count(len(records))
+    return [parse_record(record, index, now_ms=now_ms) for index, record in enumerate(records)]
+
+
+def parse_ndjson(raw: bytes, *, now_ms: int) -> list[NewRecord]:
+    """The records of an NDJSON produce body: one record object per line; blank lines are
+    skipped, and ``index`` in errors counts records, not lines."""
     out: list[NewRecord] = []
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise InvalidRecordError(f"record {index} is not an object", index=index)
-        unknown = set(record) - _RECORD_FIELDS
-        if unknown:
-            raise InvalidRecordError(
-                f"record {index} has unknown fields: {', '.join(sorted(unknown))}", index=index
-            )
-        if "partition" in record:
-            raise InvalidRecordError(
-                f"record {index}: partitions are chosen by key; drop 'partition'", index=index
-            )
-        key, key_text = _bytes_field(record, index, "key", required=False)
-        value, value_text = _bytes_field(record, index, "value", required=True)
-        headers = record.get("headers") or {}
-        if not isinstance(headers, dict):
-            raise InvalidHeaderError(f"record {index}: headers must be an object", index=index)
-        for name, header_value in headers.items():
-            if not isinstance(header_value, str):
-                raise InvalidHeaderError(
-                    f"record {index}: header {name!r} must have a string value", index=index
-                )
-        timestamp = record.get("timestamp_ms")
-        if timestamp is not None:
-            if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
-                raise InvalidRecordError(
-                    f"record {index}: timestamp_ms must be a non-negative integer", index=index
-                )
-            if timestamp > now_ms + MAX_FUTURE_SKEW_MS:
-                raise TimestampInFutureError(
-                    f"record {index}: timestamp_ms is more than an hour ahead of the server",
-                    index=index,
-                )
-        out.append(
-            NewRecord(
-                value=value or b"",
-                key=key,
-                headers=tuple(headers.items()),
-                timestamp_ms=timestamp,
-                key_is_text=key_text,
-                value_is_text=value_text,
-            )
-        )
+    for line_number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedJsonError(
+                f"line {line_number} is not valid JSON: {exc}", line=line_number
+            ) from exc
+        out.append(parse_record(record, len(out), now_ms=now_ms))
+        check_count(len(out))
+    if not out:
+        raise MissingRecordsError("the body holds no record; send one JSON object per line")
     return out
+
+
+def check_count(count: int) -> None:
+    if count > MAX_PRODUCE_RECORDS:
+        raise TooManyRecordsError(f"a produce request holds at most {MAX_PRODUCE_RECORDS} records")
+
+
+def check_timestamp(timestamp: int, index: int, *, now_ms: int) -> None:
+    if timestamp > now_ms + MAX_FUTURE_SKEW_MS:
+        raise TimestampInFutureError(
+            f"record {index}: timestamp_ms is more than an hour ahead of the server",
+            index=index,
+        )
+
+
+def parse_record(record: Any, index: int, *, now_ms: int) -> NewRecord:
+    if not isinstance(record, dict):
+        raise InvalidRecordError(f"record {index} is not an object", index=index)
+    unknown = set(record) - _RECORD_FIELDS
+    if unknown:
+        raise InvalidRecordError(
+            f"record {index} has unknown fields: {', '.join(sorted(unknown))}", index=index
+        )
+    if "partition" in record:
+        raise InvalidRecordError(
+            f"record {index}: partitions are chosen by key; drop 'partition'", index=index
+        )
+    key, key_text = _bytes_field(record, index, "key", required=False)
+    value, value_text = _bytes_field(record, index, "value", required=True)
+    headers = record.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise InvalidHeaderError(f"record {index}: headers must be an object", index=index)
+    for name, header_value in headers.items():
+        if not isinstance(header_value, str):
+            raise InvalidHeaderError(
+                f"record {index}: header {name!r} must have a string value", index=index
+            )
+    timestamp = record.get("timestamp_ms")
+    if timestamp is not None:
+        if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+            raise InvalidRecordError(
+                f"record {index}: timestamp_ms must be a non-negative integer", index=index
+            )
+        check_timestamp(timestamp, index, now_ms=now_ms)
+    return NewRecord(
+        value=value or b"",
+        key=key,
+        headers=tuple(headers.items()),
+        timestamp_ms=timestamp,
+        key_is_text=key_text,
+        value_is_text=value_text,
+    )
 
 
 def render_record(record: Record, partition: int) -> dict[str, Any]:

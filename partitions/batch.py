@@ -265,6 +265,22 @@ def with_base_offset(batch: bytes, base_offset: int) -> bytes:
     return BASE_OFFSET.pack(base_offset) + batch[BASE_OFFSET.size :]
 
 
+def trim_batches(data: bytes, from_offset: int, max_records: int) -> tuple[bytes, int]:
+    """Keep the leading batches of ``data`` until they hold ``max_records`` records at or
+    past ``from_offset`` (at least one batch); answers the bytes and the next offset."""
+    pos = 0
+    count = 0
+    next_offset = from_offset
+    while pos < len(data):
+        header = read_header(data, pos)
+        pos += header.total_size
+        next_offset = header.next_offset
+        count += header.next_offset - max(header.base_offset, from_offset)
+        if count >= max_records:
+            break
+    return (data if pos == len(data) else data[:pos]), next_offset
+
+
 def _decode_headers(buf: memoryview, pos: int, end: int) -> tuple[tuple[str, str], ...]:
     if pos == end:
         return ()

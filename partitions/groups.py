@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from partitions.batch import Record
+from partitions.batch import Record, trim_batches
 from partitions.catalog import Catalog, PartitionRecord
 from partitions.errors import (
     ConflictError,
@@ -116,11 +116,38 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True)
+class RawChunk:
+    """Whole stored batches of one partition; the records below ``from_offset`` were
+    delivered before and are not part of this fetch."""
+
+    partition: int
+    from_offset: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class Fetched:
+    """What one fetch delivers: decoded records, or with ``raw`` whole stored batches."""
+
+    records: list[tuple[int, Record]] = field(default_factory=list)
+    chunks: list[RawChunk] = field(default_factory=list)
+    count: int = 0
+    size: int = 0
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+@dataclass(frozen=True, slots=True)
 class FetchResult:
     member_id: str
     generation: int
     assignment: list[int]
-    records: list[tuple[int, Record]]
+    fetched: Fetched
+
+    @property
+    def records(self) -> list[tuple[int, Record]]:
+        return self.fetched.records
 
 
 class GroupCoordinator:
@@ -265,6 +292,7 @@ class GroupCoordinator:
         auto_commit: bool | None,
         session_timeout_ms: int | None,
         auto_offset_reset: str,
+        raw: bool = False,
     ) -> FetchResult:
         """Join (``member_id=None``) or continue, and fetch from the member's partitions.
 
@@ -309,7 +337,7 @@ class GroupCoordinator:
             member.busy += 1
         try:
             records = await self._read_or_wait(
-                group, shape, member, max_records, max_bytes, wait_ms
+                group, shape, member, max_records, max_bytes, wait_ms, raw
             )
         finally:
             member.busy -= 1
@@ -326,10 +354,11 @@ class GroupCoordinator:
         max_records: int,
         max_bytes: int,
         wait_ms: int,
-    ) -> list[tuple[int, Record]]:
+        raw: bool,
+    ) -> Fetched:
         deadline = asyncio.get_running_loop().time() + wait_ms / 1000
         while True:
-            records = await self._read(group, shape, member, max_records, max_bytes)
+            records = await self._read(group, shape, member, max_records, max_bytes, raw)
             remaining = deadline - asyncio.get_running_loop().time()
             if records or remaining <= 0 or self.stopping.is_set():
                 return records
@@ -341,12 +370,17 @@ class GroupCoordinator:
                 await self._rebalance_for(group, shape, member)
 
     async def _read(
-        self, group: Group, shape: TopicShape, member: Member, max_records: int, max_bytes: int
-    ) -> list[tuple[int, Record]]:
-        out: list[tuple[int, Record]] = []
-        size = 0
+        self,
+        group: Group,
+        shape: TopicShape,
+        member: Member,
+        max_records: int,
+        max_bytes: int,
+        raw: bool,
+    ) -> Fetched:
+        out = Fetched()
         for pid in sorted(member.positions, key=lambda p: (shape.partitions[p].active, p)):
-            if len(out) >= max_records or (out and size >= max_bytes):
+            if out.count >= max_records or (out and out.size >= max_bytes):
                 break
             if group.owner.get(pid) != member.member_id:
                 continue
@@ -356,14 +390,24 @@ class GroupCoordinator:
             if position >= stats.end_offset:
                 member.positions[pid] = position
                 continue
-            result = await self._worker.read(
-                key, position, max_records=max_records - len(out), max_bytes=max_bytes - size or 1
-            )
-            for record in result.records:
-                out.append((pid, record))
-                size += record.payload_bytes
-            member.positions[pid] = result.next_offset
-            member.delivered[pid] = result.next_offset
+            room = max_bytes - out.size or 1
+            if raw:
+                batches = await self._worker.read_batches(key, position, max_bytes=room)
+                data, next_offset = trim_batches(batches.data, position, max_records - out.count)
+                if data:
+                    out.chunks.append(RawChunk(pid, position, data))
+                    out.size += len(data)
+            else:
+                result = await self._worker.read(
+                    key, position, max_records=max_records - out.count, max_bytes=room
+                )
+                for record in result.records:
+                    out.records.append((pid, record))
+                    out.size += record.payload_bytes
+                next_offset = result.next_offset
+            out.count += next_offset - position
+            member.positions[pid] = next_offset
+            member.delivered[pid] = next_offset
         return out
 
     async def _wait(self, group: Group, shape: TopicShape, member: Member, limit_s: float) -> bool:

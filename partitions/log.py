@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from partitions.batch import (
+    BATCH_HEADER,
     BatchHeader,
     NewRecord,
     Record,
@@ -65,7 +66,7 @@ from partitions.errors import (
     PartitionUnavailableError,
     StorageIOError,
 )
-from partitions.fileio import FileOps, WriteFailedError
+from partitions.fileio import FileOps, WriteFailedError, pread_exact
 from partitions.segment import (
     Segment,
     TailRecovery,
@@ -1034,6 +1035,18 @@ class PartitionLog:
                 break
         return chunks, first, next_offset
 
+    async def producer_tags(self, since_ms: int) -> list[tuple[int, bytes]]:
+        """(base offset, producer tag) of every durable batch with a tag, in segments
+        written to at or after ``since_ms`` (wall clock, by file modification time)."""
+        self._check_readable()
+        start, hw = self.start_offset, self._high_watermark
+        pinned = self._pin_from(start) if start < hw else []
+        try:
+            return await self._run(_collect_tags, pinned, since_ms)
+        finally:
+            for segment, _ in pinned:
+                segment.unpin()
+
     async def read(
         self, offset: int, *, max_records: int = 500, max_bytes: int = 1024 * 1024
     ) -> ReadResult:
@@ -1139,6 +1152,20 @@ def _collect_records(
                 pos += header.total_size
             position += len(data)
     return records
+
+
+def _collect_tags(pinned: Sequence[tuple[Segment, int]], since_ms: int) -> list[tuple[int, bytes]]:
+    tags: list[tuple[int, bytes]] = []
+    for segment, limit in pinned:
+        if segment.log_path.stat().st_mtime_ns // 1_000_000 < since_ms:
+            continue
+        for position, header in segment.scan(0, limit, segment.base_offset, verify_crc=False):
+            if header.producer_tag_length:
+                tag = pread_exact(
+                    segment.log_fd, header.producer_tag_length, position + BATCH_HEADER.size
+                )
+                tags.append((header.base_offset, tag))
+    return tags
 
 
 def _find_timestamp(pinned: Sequence[tuple[Segment, int]], timestamp_ms: int) -> int | None:

@@ -68,6 +68,10 @@ class PartitionWorker(Protocol):
 
     async def wait_for_data(self, key: PartitionKey, offset: int, timeout_s: float) -> bool: ...
 
+    async def producer_tags(self, key: PartitionKey, since_ms: int) -> list[tuple[int, bytes]]:
+        """(base offset, producer tag) of the tagged batches written since ``since_ms``."""
+        ...
+
     async def seal(self, key: PartitionKey) -> int: ...
 
     async def stats(self, key: PartitionKey) -> LogStats: ...
@@ -155,6 +159,9 @@ class LocalPartitionWorker:
 
     async def wait_for_data(self, key: PartitionKey, offset: int, timeout_s: float) -> bool:
         return await self.log(key).wait_for_data(offset, timeout_s)
+
+    async def producer_tags(self, key: PartitionKey, since_ms: int) -> list[tuple[int, bytes]]:
+        return await self.log(key).producer_tags(since_ms)
 
     async def seal(self, key: PartitionKey) -> int:
         return await self.log(key).seal()

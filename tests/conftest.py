@@ -63,6 +63,30 @@ class Api:
                 return response.status, await response.json()
             return response.status, await response.text()
 
+    async def raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """A call answering the status, headers and body bytes exactly as they came (no
+        decompression)."""
+        url = URL(self.base + path, encoded=True)
+        if params:
+            url = url.update_query(params)
+        async with self.session.request(
+            method,
+            url,
+            headers={**self.headers(), "Accept-Encoding": "identity", **(headers or {})},
+            # A stream only when large: aiohttp warns on raw bodies over 1 MiB.
+            data=io.BytesIO(data) if data is not None and len(data) > 1 << 20 else data,
+            auto_decompress=False,
+        ) as response:
+            return response.status, dict(response.headers), await response.read()
+
     def with_key(self, key: str) -> Api:
         return Api(self.session, self.base, key, self.server, self.data_dir)
 

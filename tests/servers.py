@@ -74,6 +74,8 @@ class ServerProcess:
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
     stderr_path: Path | None = None
+    # The module run as ``python -m``: a test may wrap the server in a child of its own.
+    module: str = "gateway.cli"
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.stderr_path = self.data_dir.parent / f"{self.data_dir.name}-stderr.log"
@@ -83,7 +85,7 @@ class ServerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "gateway.cli",
+                    self.module,
                     "serve",
                     "--data-dir",
                     str(self.data_dir),

@@ -1,0 +1,294 @@
+"""Idempotent produce: producer tags in batches, and the table of answered requests.
+
+A produce request with an idempotency key writes, into the producer tag of every batch it
+appends, which request it was and which of the request's records that batch holds. So the
+answer to a request can always be rebuilt from the log: after a crash between the append
+and the answer, the table is rebuilt from the tags of recent batches, and a retry returns
+the offsets the first attempt got instead of appending again. A request that reached only
+some partitions (a crash or a failed disk in the middle) is finished by its retry: only the
+records no batch holds yet are appended.
+
+Producer tag layout, version 1 (big-endian integers, varints are unsigned LEB128)::
+
+    version        u8      1
+    key_length     u8      1..255
+    key            bytes   the Idempotency-Key, ASCII
+    request_hash   16 bytes  first 16 bytes of SHA-256 over the request's media type and body
+    accepted_ms    u64     wall-clock time the first attempt was accepted; the answer is
+                           remembered until ``accepted_ms + ANSWER_TTL_MS``
+    total_records  u32     records in the whole request
+    run_count      varint
+    runs           run_count pairs of varints (gap, length): the request indexes this batch
+                   holds, in order; ``gap`` is the first index minus the end of the run
+                   before (0 for the first run at index 0)
+
+A batch's records are the runs' indexes in order, so record ``i`` of the batch answers
+request index ``indexes[i]`` at offset ``base_offset + i``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from partitions.batch import MAX_PRODUCER_TAG
+from partitions.errors import ConflictError, InvalidInputError
+
+TAG_VERSION = 1
+ANSWER_TTL_MS = 10 * 60 * 1000
+MAX_KEY_LENGTH = 255
+HASH_BYTES = 16
+_FIXED = struct.Struct(">QI")
+# Room left in a tag for runs, with the largest key.
+_RUN_BUDGET = MAX_PRODUCER_TAG - (2 + MAX_KEY_LENGTH + HASH_BYTES + _FIXED.size + 5)
+
+
+class InvalidIdempotencyKeyError(InvalidInputError):
+    code = "invalid_idempotency_key"
+
+
+class IdempotencyKeyReusedError(ConflictError):
+    code = "idempotency_key_reused"
+
+
+def check_key(key: str) -> None:
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(33 <= ord(c) <= 126 for c in key):
+        raise InvalidIdempotencyKeyError(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters "
+            "without spaces"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerTag:
+    key: str
+    request_hash: bytes
+    accepted_ms: int
+    total_records: int
+    indexes: tuple[int, ...]
+
+
+def _varint(value: int, out: bytearray) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("a varint runs past the end of the producer tag")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _runs(indexes: Sequence[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for index in indexes:
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs
+
+
+def encode_tags(
+    key: str,
+    request_hash: bytes,
+    accepted_ms: int,
+    total_records: int,
+    indexes: Sequence[int],
+) -> list[tuple[list[int], bytes]]:
+    """Producer tags for a batch holding the request records at ``indexes`` (ascending).
+
+    Answers one (indexes, tag) pair per batch to write: usually one, more when the runs do
+    not fit in one tag (many records spread over partitions), each a slice of ``indexes``.
+    """
+    key_bytes = key.encode("ascii")
+    head = bytes((TAG_VERSION, len(key_bytes))) + key_bytes + request_hash
+    head += _FIXED.pack(accepted_ms, total_records)
+    out: list[tuple[list[int], bytes]] = []
+    body = bytearray()
+    runs_in: list[tuple[int, int]] = []
+    taken: list[int] = []
+    previous_end = 0
+
+    def flush() -> None:
+        count = bytearray()
+        _varint(len(runs_in), count)
+        out.append((list(taken), head + bytes(count) + bytes(body)))
+
+    for start, length in _runs(indexes):
+        encoded = bytearray()
+        _varint(start - previous_end, encoded)
+        _varint(length, encoded)
+        if runs_in and len(body) + len(encoded) > _RUN_BUDGET:
+            flush()
+            body.clear()
+            runs_in.clear()
+            taken.clear()
+            encoded.clear()
+            _varint(start, encoded)  # a new tag's first gap counts from index 0
+            _varint(length, encoded)
+        body += encoded
+        runs_in.append((start, length))
+        taken.extend(range(start, start + length))
+        previous_end = start + length
+    flush()
+    return out
+
+
+def decode_tag(tag: bytes) -> ProducerTag:
+    """Parse a producer tag; raises ``ValueError`` when it is not one of ours."""
+    if len(tag) < 2 or tag[0] != TAG_VERSION:
+        raise ValueError("not a version 1 producer tag")
+    key_length = tag[1]
+    pos = 2 + key_length
+    key = tag[2:pos].decode("ascii")
+    request_hash = tag[pos : pos + HASH_BYTES]
+    pos += HASH_BYTES
+    if len(tag) < pos + _FIXED.size:
+        raise ValueError("a producer tag is cut short")
+    accepted_ms, total = _FIXED.unpack_from(tag, pos)
+    pos += _FIXED.size
+    run_count, pos = _read_varint(tag, pos)
+    indexes: list[int] = []
+    end = 0
+    for _ in range(run_count):
+        gap, pos = _read_varint(tag, pos)
+        length, pos = _read_varint(tag, pos)
+        start = end + gap
+        indexes.extend(range(start, start + length))
+        end = start + length
+    if pos != len(tag) or (indexes and indexes[-1] >= total):
+        raise ValueError("a producer tag's runs do not add up")
+    return ProducerTag(key, bytes(request_hash), accepted_ms, total, tuple(indexes))
+
+
+# --- the table of answers --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Entry:
+    """What is known of one idempotent request: which of its records are written where."""
+
+    request_hash: bytes
+    accepted_ms: int
+    total_records: int
+    placed: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Set while an attempt runs; later attempts wait for it.
+    busy: asyncio.Future[None] | None = None
+
+    @property
+    def complete(self) -> bool:
+        return len(self.placed) == self.total_records
+
+    def answer(self) -> list[tuple[int, int]]:
+        return [self.placed[i] for i in range(self.total_records)]
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.total_records) if i not in self.placed]
+
+    def add_batch(self, partition: int, base_offset: int, indexes: Sequence[int]) -> None:
+        for position, index in enumerate(indexes):
+            self.placed[index] = (partition, base_offset + position)
+
+
+class AnswerTable:
+    """Idempotent requests of the last ``ANSWER_TTL_MS``, per topic incarnation.
+
+    Held in memory; a topic's part is rebuilt from its partitions' producer tags the first
+    time an idempotent request reaches it after a start (see :meth:`needs_rebuild`).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str, str], Entry] = {}
+        self._rebuilt: dict[tuple[str, str], asyncio.Future[None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def rebuild_future(self, tenant: str, incarnation: str) -> asyncio.Future[None] | None:
+        return self._rebuilt.get((tenant, incarnation))
+
+    def start_rebuild(self, tenant: str, incarnation: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rebuilt[(tenant, incarnation)] = future
+        return future
+
+    def forget_rebuild(self, tenant: str, incarnation: str) -> None:
+        self._rebuilt.pop((tenant, incarnation), None)
+
+    def add_tag(
+        self, tenant: str, incarnation: str, partition: int, base_offset: int, tag: ProducerTag
+    ) -> None:
+        entry = self.entry(tenant, incarnation, tag.key)
+        if entry is None or entry.request_hash != tag.request_hash:
+            entry = Entry(tag.request_hash, tag.accepted_ms, tag.total_records)
+            self._entries[(tenant, incarnation, tag.key)] = entry
+        entry.add_batch(partition, base_offset, tag.indexes)
+
+    def entry(self, tenant: str, incarnation: str, key: str) -> Entry | None:
+        return self._entries.get((tenant, incarnation, key))
+
+    def claim(
+        self,
+        tenant: str,
+        incarnation: str,
+        key: str,
+        request_hash: bytes,
+        total_records: int,
+        *,
+        now_ms: int,
+    ) -> Entry:
+        """The entry of a request, made when new (or when the old one expired)."""
+        self.expire(now_ms)
+        entry = self._entries.get((tenant, incarnation, key))
+        if entry is not None and entry.busy is None and entry.accepted_ms + ANSWER_TTL_MS <= now_ms:
+            entry = None  # expired: the key may be used again
+        if entry is not None and entry.request_hash != request_hash:
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was used for a different request in the last "
+                f"{ANSWER_TTL_MS // 60000} minutes; use a new key for new records",
+                idempotency_key=key,
+            )
+        if entry is None:
+            entry = Entry(request_hash, now_ms, total_records)
+            self._entries.pop((tenant, incarnation, key), None)
+            self._entries[(tenant, incarnation, key)] = entry
+        elif entry.total_records != total_records:
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was used for a request with another record count",
+                idempotency_key=key,
+            )
+        return entry
+
+    def expire(self, now_ms: int) -> int:
+        """Drop answers older than the TTL; entries are kept in acceptance order."""
+        dropped = 0
+        for composite, entry in self._iter_oldest():
+            if entry.accepted_ms + ANSWER_TTL_MS > now_ms:
+                break
+            if entry.busy is None:
+                del self._entries[composite]
+                dropped += 1
+        return dropped
+
+    def _iter_oldest(self) -> list[tuple[tuple[str, str, str], Entry]]:
+        # A few at a time: each request does a little of the sweeping.
+        return list(itertools.islice(self._entries.items(), 64))
+
+    def drop_topic(self, tenant: str, incarnation: str) -> None:
+        for composite in [k for k in self._entries if k[:2] == (tenant, incarnation)]:
+            del self._entries[composite]
+        self._rebuilt.pop((tenant, incarnation), None)

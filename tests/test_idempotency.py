@@ -1,0 +1,276 @@
+"""Idempotent produce: a retried request never writes twice, even across a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from partitions.idempotency import (
+    ANSWER_TTL_MS,
+    AnswerTable,
+    IdempotencyKeyReusedError,
+    decode_tag,
+    encode_tags,
+)
+from tests.conftest import Api, start_api, stop_api
+from tests.servers import ServerProcess
+
+# --- the producer tag and the table ----------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    total=st.integers(1, 5000),
+    data=st.data(),
+    key=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=255),
+)
+def test_tags_round_trip_and_cover_exactly_their_indexes(total: int, data: Any, key: str) -> None:
+    indexes = sorted(data.draw(st.sets(st.integers(0, total - 1), min_size=1)))
+    pieces = encode_tags(key, b"h" * 16, 123, total, indexes)
+    covered: list[int] = []
+    for piece, tag in pieces:
+        assert len(tag) <= 0xFFFF
+        decoded = decode_tag(tag)
+        assert decoded.key == key and decoded.request_hash == b"h" * 16
+        assert decoded.accepted_ms == 123 and decoded.total_records == total
+        assert list(decoded.indexes) == piece
+        covered += piece
+    assert covered == indexes
+
+
+def test_a_request_spread_thin_needs_several_tags() -> None:
+    # Every other index of 100,000: 50,000 runs do not fit in one 64 KiB tag.
+    indexes = list(range(0, 100_000, 2))
+    pieces = encode_tags("k" * 255, b"h" * 16, 1, 100_000, indexes)
+    assert len(pieces) > 1
+    assert [i for piece, _ in pieces for i in piece] == indexes
+
+
+def test_garbage_is_not_a_tag() -> None:
+    for raw in (b"", b"\x02abc", b"\x01\x05ab", b"\x01\x01k" + b"h" * 16 + b"\x00" * 12 + b"\x05"):
+        with pytest.raises(ValueError):
+            decode_tag(raw)
+
+
+def test_the_table_forgets_after_ten_minutes() -> None:
+    async def run() -> None:
+        table = AnswerTable()
+        entry = table.claim("t", "inc", "k", b"a" * 16, 1, now_ms=1000)
+        entry.add_batch(0, 7, [0])
+        assert table.claim("t", "inc", "k", b"a" * 16, 1, now_ms=2000).answer() == [(0, 7)]
+        with pytest.raises(IdempotencyKeyReusedError):
+            table.claim("t", "inc", "k", b"b" * 16, 1, now_ms=2000)
+        # Another topic incarnation does not see it.
+        assert not table.claim("t", "other", "k", b"b" * 16, 1, now_ms=2000).complete
+        later = 1000 + ANSWER_TTL_MS
+        fresh = table.claim("t", "inc", "k", b"b" * 16, 1, now_ms=later)
+        assert not fresh.complete and fresh.accepted_ms == later
+
+    asyncio.run(run())
+
+
+# --- over HTTP -------------------------------------------------------------------------------
+
+
+def _body(tag: str, count: int = 5, keys: int = 0) -> bytes:
+    records = []
+    for n in range(count):
+        record: dict[str, Any] = {"value": f"{tag}-{n}"}
+        if keys:
+            record["key"] = f"key-{n % keys}"
+        records.append(record)
+    return orjson.dumps({"records": records})
+
+
+async def _produce(api: Api, key: str, body: bytes, topic: str = "t") -> tuple[int, Any]:
+    return await api.call(
+        "POST",
+        f"/v1/topics/{topic}/records",
+        data=body,
+        headers={"Idempotency-Key": key, "Content-Type": "application/json"},
+    )
+
+
+async def _values(api: Api, topic: str = "t") -> list[tuple[int, int, str]]:
+    """(partition, offset, value) of every record of every partition."""
+    _, described = await api.call("GET", f"/v1/topics/{topic}")
+    out = []
+    for partition in described["partitions"]:
+        pid = partition["id"]
+        offset = partition["start_offset"]
+        while offset < partition["end_offset"]:
+            _, body = await api.call(
+                "GET",
+                f"/v1/topics/{topic}/partitions/{pid}/records",
+                params={"offset": str(offset)},
+            )
+            out += [(pid, r["offset"], r["value"]) for r in body["records"]]
+            offset = body["next_offset"]
+    return out
+
+
+async def test_a_retry_returns_the_first_answer_and_appends_nothing(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    first = await _produce(api, "req-1", _body("a"))
+    assert first[0] == 200
+    again = await _produce(api, "req-1", _body("a"))
+    assert again == first
+    assert len(await _values(api)) == 5
+    # Without a key, the same body appends again.
+    assert (await api.call("POST", "/v1/topics/t/records", data=_body("a")))[0] == 200
+    assert len(await _values(api)) == 10
+
+
+async def test_the_same_key_with_another_body_is_a_conflict(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    assert (await _produce(api, "req-1", _body("a")))[0] == 200
+    status, body = await _produce(api, "req-1", _body("b"))
+    assert status == 409 and body["error"]["code"] == "idempotency_key_reused"
+    # The same records in another format are another body too.
+    status, body = await api.call(
+        "POST",
+        "/v1/topics/t/records",
+        data=b"\n".join(orjson.dumps(r) for r in orjson.loads(_body("a"))["records"]),
+        headers={"Idempotency-Key": "req-1", "Content-Type": "application/x-ndjson"},
+    )
+    assert status == 409
+    assert len(await _values(api)) == 5
+
+
+async def test_keys_are_per_topic_and_per_incarnation(api: Api) -> None:
+    for topic in ("t", "u"):
+        await api.call("PUT", f"/v1/topics/{topic}")
+        assert (await _produce(api, "same", _body("a"), topic))[0] == 200
+    assert len(await _values(api, "t")) == len(await _values(api, "u")) == 5
+    await api.call("DELETE", "/v1/topics/t")
+    await api.call("PUT", "/v1/topics/t")
+    assert (await _produce(api, "same", _body("a")))[0] == 200
+    assert len(await _values(api)) == 5
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 256, "caf\u00e9"])
+async def test_bad_keys_are_refused(api: Api, key: str) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    status, body = await _produce(api, key, _body("a"))
+    assert status == 400 and body["error"]["code"] == "invalid_idempotency_key"
+    assert await _values(api) == []
+
+
+async def test_concurrent_duplicates_append_once(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    await api.call("POST", "/v1/topics/t/partitions/0/split")
+    body = _body("c", count=400, keys=37)
+    answers = await asyncio.gather(*(_produce(api, "dup", body) for _ in range(20)))
+    assert all(answer == answers[0] for answer in answers)
+    assert answers[0][0] == 200
+    stored = await _values(api)
+    assert sorted(v for _, _, v in stored) == sorted(f"c-{n}" for n in range(400))
+    by_place = {(p, o): v for p, o, v in stored}
+    for n, placed in enumerate(answers[0][1]["offsets"]):
+        assert by_place[(placed["partition"], placed["offset"])] == f"c-{n}"
+
+
+async def test_a_retry_after_a_dropped_connection_appends_once(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    body = _body("d", count=50)
+    url = urlsplit(api.base)
+    request = (
+        f"POST /v1/topics/t/records HTTP/1.1\r\nHost: {url.hostname}\r\n"
+        f"Authorization: Bearer {api.key}\r\nIdempotency-Key: drop-1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(request)
+    # The client is gone before any answer; the server appends anyway.
+    for _ in range(200):
+        if len(await _values(api)) == 50:
+            break
+        await asyncio.sleep(0.02)
+    status, answer = await _produce(api, "drop-1", body)
+    assert status == 200
+    assert [o["offset"] for o in answer["offsets"]] == list(range(50))
+    assert len(await _values(api)) == 50
+
+
+async def test_answers_survive_a_restart(tmp_path: Path) -> None:
+    api = await start_api(tmp_path / "data")
+    try:
+        await api.call("PUT", "/v1/topics/t")
+        await api.call("POST", "/v1/topics/t/partitions/0/split")
+        first = await _produce(api, "r", _body("e", count=100, keys=11))
+    finally:
+        await stop_api(api)
+    api = await start_api(tmp_path / "data")
+    try:
+        assert await _produce(api, "r", _body("e", count=100, keys=11)) == first
+        assert (await _produce(api, "r", _body("other")))[0] == 409
+        assert len(await _values(api)) == 100
+    finally:
+        await stop_api(api)
+
+
+async def test_a_crash_between_append_and_answer_does_not_append_twice(tmp_path: Path) -> None:
+    """The server is SIGKILLed right after the first batch of a request is durable, before
+    it answers. The retry, against the restarted server, writes only what is missing and
+    answers where every record is, and every record is stored exactly once."""
+    data = tmp_path / "data"
+    rng = random.Random(7)
+    crashing = ServerProcess(data, module="tests.idempotency_crash_child").start()
+    try:
+        keys = crashing.keys
+        headers = {"Authorization": f"Bearer {keys['EVENTBUS_API_KEY']}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            assert (await session.put(f"{crashing.url}/v1/topics/t")).status == 201
+            for pid in (0, 1):
+                split = await session.post(f"{crashing.url}/v1/topics/t/partitions/{pid}/split")
+                assert split.status == 200
+            await session.post(f"{crashing.url}/v1/topics/t/records", data=_body("warm", 30, 5))
+            body = _body("x", count=300, keys=rng.randint(20, 40))
+            with pytest.raises(aiohttp.ClientError):
+                await session.post(
+                    f"{crashing.url}/v1/topics/t/records",
+                    data=body,
+                    headers={"Idempotency-Key": "die-1", "Content-Type": "application/json"},
+                )
+        assert crashing.process is not None
+        assert crashing.process.wait(10) == -9
+    finally:
+        crashing.kill()
+    server = ServerProcess(data).start()
+    try:
+        api = Api(
+            aiohttp.ClientSession(),
+            server.url,
+            server.keys["EVENTBUS_API_KEY"],
+            None,
+            data,  # type: ignore[arg-type]
+        )
+        try:
+            before = [v for _, _, v in await _values(api) if v.startswith("x-")]
+            # Only the first batch was durable before the crash.
+            assert 0 < len(before) < 300
+            status, answer = await _produce(api, "die-1", body)
+            assert status == 200, answer
+            stored = await _values(api)
+            xs = [v for _, _, v in stored if v.startswith("x-")]
+            assert sorted(xs) == sorted(f"x-{n}" for n in range(300))
+            by_place = {(p, o): v for p, o, v in stored}
+            for n, placed in enumerate(answer["offsets"]):
+                assert by_place[(placed["partition"], placed["offset"])] == f"x-{n}"
+            # And once more: the same answer, nothing appended.
+            assert await _produce(api, "die-1", body) == (status, answer)
+            assert len(await _values(api)) == len(stored)
+        finally:
+            await api.session.close()
+    finally:
+        server.stop()

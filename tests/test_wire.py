@@ -1,0 +1,290 @@
+"""Body formats over a real server: binary batches, NDJSON, compression, content negotiation."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway import wire
+from partitions.batch import NewRecord, Record, encode_batch
+from tests.conftest import Api, start_api, stop_api
+
+BATCH = wire.BATCH
+
+RECORDS = [
+    NewRecord(value=b"text value", key=b"k1", key_is_text=True, value_is_text=True),
+    NewRecord(value=b"\x00\xffbinary", key=None, headers=(("h", "v"), ("trace", "\u00e9"))),
+    NewRecord(value=b"", key=b"\x01\x02", timestamp_ms=1_700_000_000_000),
+    NewRecord(value=b"v" * 3000, key=b"k1", key_is_text=True, value_is_text=True),
+]
+
+
+def _batch(records: list[NewRecord], **kwargs: Any) -> bytes:
+    now = int(time.time() * 1000)
+    return encode_batch(records, now_ms=now, max_record_bytes=1 << 30, **kwargs)
+
+
+def _same(sent: NewRecord, got: Record) -> None:
+    assert got.key == sent.key
+    assert got.value == sent.value
+    assert got.headers == sent.headers
+    assert got.key_is_text == sent.key_is_text
+    assert got.value_is_text == sent.value_is_text
+    if sent.timestamp_ms is not None:
+        assert got.timestamp_ms == sent.timestamp_ms
+
+
+async def _produce_binary(api: Api, body: bytes, **headers: str) -> tuple[int, Any]:
+    status, _, raw = await api.raw(
+        "POST",
+        "/v1/topics/t/records",
+        data=body,
+        headers={"Content-Type": BATCH, **headers},
+    )
+    return status, orjson.loads(raw)
+
+
+async def test_binary_produce_and_read_round_trip_every_field(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    body = _batch(RECORDS[:2]) + _batch(RECORDS[2:])  # two batches in one request
+    status, answer = await _produce_binary(api, body)
+    assert status == 200, answer
+    assert answer["offsets"] == [{"partition": 0, "offset": n} for n in range(4)]
+
+    status, headers, raw = await api.raw(
+        "GET",
+        "/v1/topics/t/partitions/0/records",
+        params={"offset": "0"},
+        headers={"Accept": BATCH},
+    )
+    assert status == 200 and headers["Content-Type"] == BATCH
+    got = list(wire.decode_chunks(raw))
+    assert [p for p, _ in got] == [0, 0, 0, 0]
+    for sent, (_, record) in zip(RECORDS, got, strict=True):
+        _same(sent, record)
+    assert [r.offset for _, r in got] == [0, 1, 2, 3]
+    assert headers["Eventbus-Next-Offset"] == "4"
+    assert headers["Eventbus-High-Watermark"] == "4"
+    assert headers["Eventbus-Start-Offset"] == "0"
+    assert headers["Eventbus-Sealed"] == "false"
+    assert headers["Eventbus-Children"] == ""
+
+    # JSON readers get the same records in the form they were sent.
+    status, json_body = await api.call("GET", "/v1/topics/t/partitions/0/records")
+    assert status == 200
+    assert (
+        json_body["records"][0]["key"] == "k1" and json_body["records"][0]["value"] == "text value"
+    )
+    assert "value_b64" in json_body["records"][1] and json_body["records"][1]["key"] is None
+    assert json_body["records"][1]["headers"] == {"h": "v", "trace": "\u00e9"}
+
+
+async def test_binary_reads_skip_records_below_the_offset_and_honour_max_records(
+    api: Api,
+) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    for n in range(3):
+        batch = _batch([NewRecord(value=f"{n}-{i}".encode()) for i in range(10)])
+        assert (await _produce_binary(api, batch))[0] == 200
+    # Offset 15 is inside the second stored batch: the chunk says to skip 10..14.
+    status, headers, raw = await api.raw(
+        "GET",
+        "/v1/topics/t/partitions/0/records",
+        params={"offset": "15", "max_records": "3"},
+        headers={"Accept": BATCH},
+    )
+    assert status == 200
+    offsets = [r.offset for _, r in wire.decode_chunks(raw)]
+    # max_records counts whole batches: the batch that reaches 3 is the last one sent.
+    assert offsets == list(range(15, 20))
+    assert headers["Eventbus-Next-Offset"] == "20"
+    # At the end: an empty body.
+    status, headers, raw = await api.raw(
+        "GET",
+        "/v1/topics/t/partitions/0/records",
+        params={"offset": "30"},
+        headers={"Accept": BATCH},
+    )
+    assert status == 200 and raw == b"" and headers["Eventbus-Next-Offset"] == "30"
+
+
+async def test_binary_group_fetch_delivers_each_record_once(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    sent = [NewRecord(value=str(n).encode(), key=str(n % 7).encode()) for n in range(500)]
+    for start in range(0, 500, 100):
+        assert (await _produce_binary(api, _batch(sent[start : start + 100])))[0] == 200
+    # Two partitions, so that the fetch answers more than one chunk.
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200
+    assert (
+        await _produce_binary(api, _batch([NewRecord(value=b"late", key=b"x") for _ in range(5)]))
+    )[0] == 200
+    member = None
+    seen: list[tuple[int, int]] = []
+    values: list[bytes] = []
+    for _ in range(50):
+        fetch: dict[str, Any] = {"max_records": 150, "auto_offset_reset": "earliest"}
+        if member:
+            fetch["member_id"] = member
+        status, headers, raw = await api.raw(
+            "POST",
+            "/v1/topics/t/groups/g/fetch",
+            data=orjson.dumps(fetch),
+            headers={"Accept": BATCH, "Content-Type": "application/json"},
+        )
+        assert status == 200, raw
+        member = headers["Eventbus-Member-Id"]
+        assert headers["Eventbus-Generation"]
+        got = list(wire.decode_chunks(raw))
+        if not got and len(values) >= 505:
+            break
+        seen += [(p, r.offset) for p, r in got]
+        values += [r.value for _, r in got]
+    assert len(seen) == len(set(seen)) == 505
+    assert sorted(values[:500], key=int) == [str(n).encode() for n in range(500)]
+    status, described = await api.call("GET", "/v1/topics/t/groups/g")
+    assert status == 200
+    assert sum(p["lag"] for p in described["partitions"]) == 0
+
+
+async def test_ndjson_produce(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    lines = b'{"value": "a"}\n\n{"key": "k", "value_b64": "AAE="}\n{"value": "c"}'
+    status, _, raw = await api.raw(
+        "POST",
+        "/v1/topics/t/records",
+        data=lines,
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert status == 200, raw
+    assert [o["offset"] for o in orjson.loads(raw)["offsets"]] == [0, 1, 2]
+    _, body = await api.call("GET", "/v1/topics/t/partitions/0/records")
+    assert [r.get("value", r.get("value_b64")) for r in body["records"]] == ["a", "AAE=", "c"]
+    # A bad line names itself; nothing is written.
+    status, _, raw = await api.raw(
+        "POST",
+        "/v1/topics/t/records",
+        data=b'{"value": "ok"}\n{"value": \n',
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert status == 400
+    error = orjson.loads(raw)["error"]
+    assert error["code"] == "malformed_json" and "line 2" in error["message"]
+    status, _, raw = await api.raw(
+        "POST",
+        "/v1/topics/t/records",
+        data=b'{"value": "ok"}\n{"val": "x"}\n',
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert status == 400 and orjson.loads(raw)["error"]["code"] == "invalid_record"
+    assert (await api.call("GET", "/v1/topics/t"))[1]["partitions"][0]["end_offset"] == 3
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+async def test_compressed_produce_bodies(api: Api, encoding: str) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    body = orjson.dumps({"records": [{"value": "x" * 100} for _ in range(50)]})
+    status, _, raw = await api.raw(
+        "POST",
+        "/v1/topics/t/records",
+        data=wire.compress(body, encoding),
+        headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+    )
+    assert status == 200, raw
+    binary = wire.compress(_batch(RECORDS), encoding)
+    status, answer = await _produce_binary(api, binary, **{"Content-Encoding": encoding})
+    assert status == 200, answer
+    assert answer["offsets"][-1]["offset"] == 53
+
+
+async def test_bad_encodings_and_media_types(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    cases: list[tuple[dict[str, str], bytes, int, str]] = [
+        ({"Content-Encoding": "gzip"}, b"not gzip at all", 400, "invalid_content_encoding"),
+        ({"Content-Encoding": "zstd"}, b"not zstd either", 400, "invalid_content_encoding"),
+        ({"Content-Encoding": "lzma"}, b"{}", 415, "unsupported_content_encoding"),
+        ({"Content-Type": "application/xml"}, b"<r/>", 415, "unsupported_media_type"),
+        ({"Content-Type": BATCH}, b"\x00" * 10, 400, "invalid_batch"),
+        ({"Content-Type": BATCH}, _batch(RECORDS)[:-1], 400, "invalid_batch"),
+        ({"Content-Type": BATCH}, _batch(RECORDS, producer_tag=b"mine"), 400, "invalid_batch"),
+        ({"Content-Type": BATCH}, b"", 400, "invalid_batch"),
+    ]
+    damaged = bytearray(_batch(RECORDS))
+    damaged[-1] ^= 0xFF
+    cases.append(({"Content-Type": BATCH}, bytes(damaged), 400, "invalid_batch"))
+    future = [NewRecord(value=b"x", timestamp_ms=int(time.time() * 1000) + 2 * 3600 * 1000)]
+    cases.append(({"Content-Type": BATCH}, _batch(future), 400, "timestamp_in_future"))
+    for headers, body, status, code in cases:
+        headers = {"Content-Type": "application/json", **headers}
+        got_status, _, raw = await api.raw(
+            "POST", "/v1/topics/t/records", data=body, headers=headers
+        )
+        assert (got_status, orjson.loads(raw)["error"]["code"]) == (status, code), headers
+    assert (await api.call("GET", "/v1/topics/t"))[1]["partitions"][0]["end_offset"] == 0
+    status, _, raw = await api.raw(
+        "GET", "/v1/topics/t/partitions/0/records", headers={"Accept": "text/html"}
+    )
+    assert status == 406 and orjson.loads(raw)["error"]["code"] == "not_acceptable"
+
+
+async def test_a_record_too_large_in_binary_is_refused_whole(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t", json={"max_record_bytes": 1000})
+    body = _batch([NewRecord(value=b"ok"), NewRecord(value=b"x" * 2000)])
+    status, answer = await _produce_binary(api, body)
+    assert status == 413 and answer["error"]["code"] == "record_too_large"
+    assert (await api.call("GET", "/v1/topics/t"))[1]["partitions"][0]["end_offset"] == 0
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "expected"),
+    [("zstd, gzip", "zstd"), ("gzip", "gzip"), ("gzip;q=0, zstd;q=0", None), ("*", "zstd")],
+)
+async def test_read_answers_are_compressed_as_accepted(
+    api: Api, accept_encoding: str, expected: str | None
+) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    await api.call("POST", "/v1/topics/t/records", json={"records": [{"value": "y" * 4000}]})
+    for accept in ("application/json", BATCH):
+        status, headers, raw = await api.raw(
+            "GET",
+            "/v1/topics/t/partitions/0/records",
+            headers={"Accept": accept, "Accept-Encoding": accept_encoding},
+        )
+        assert status == 200
+        assert headers.get("Content-Encoding") == expected
+        plain = wire.decompress(raw, expected) if expected else raw
+        if accept == BATCH:
+            assert [r.value for _, r in wire.decode_chunks(plain)] == [b"y" * 4000]
+        else:
+            assert orjson.loads(plain)["records"][0]["value"] == "y" * 4000
+        if expected:
+            assert len(raw) < len(plain) // 10
+
+
+async def test_small_answers_are_not_compressed(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    status, headers, raw = await api.raw(
+        "GET", "/v1/topics/t/partitions/0/records", headers={"Accept-Encoding": "gzip"}
+    )
+    assert status == 200 and "Content-Encoding" not in headers
+    assert orjson.loads(raw)["records"] == []
+
+
+async def test_a_compression_bomb_is_bounded_by_the_request_limit(tmp_path: Any) -> None:
+    api = await start_api(tmp_path / "data", max_request_bytes=64 * 1024)
+    try:
+        await api.call("PUT", "/v1/topics/t")
+        bomb = gzip.compress(b'{"records": [{"value": "' + b"a" * (8 << 20) + b'"}]}')
+        assert len(bomb) < 64 * 1024
+        status, _, raw = await api.raw(
+            "POST",
+            "/v1/topics/t/records",
+            data=bomb,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+        assert status == 413, raw
+    finally:
+        await stop_api(api)
