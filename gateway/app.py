@@ -105,6 +105,7 @@ async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
         await broker.start()
         app[BROKER] = broker
         app[METRICS].watch_worker(worker.totals, lambda: broker.long_polls_waiting)
+        app[METRICS].watch_idempotency(broker)
         yield
     finally:
         # Everything appended is durable before the logs close.

@@ -406,11 +406,13 @@ class Broker:
 
                 await self._produce(tenant, name, records, entry.missing(), answer, tagger)
             finally:
-                for index, placed in enumerate(answer):
-                    if placed is not None:
-                        entry.placed[index] = placed
+                entry.add_placed([(i, placed) for i, placed in enumerate(answer) if placed])
                 entry.busy = None
                 busy.set_result(None)
+                if not entry.written:
+                    # Nothing was written (the attempt failed before any append): the key
+                    # stays free for a corrected request.
+                    self.answers.discard(tenant, incarnation, idempotency.key, entry)
             return entry.answer()
 
     async def _rebuild_answers(self, tenant: str, view: TopicView) -> None:

@@ -8,12 +8,14 @@ Per-partition numbers are summed over the partitions at scrape time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from partitions.idempotency import AnswerTable
 from partitions.worker import WorkerTotals
 
 
@@ -43,6 +45,37 @@ class _WorkerCollector(Collector):
         )
 
 
+class _IdempotencyCollector(Collector):
+    def __init__(self, broker: BrokerLike) -> None:
+        self._broker = broker
+
+    def collect(self) -> Iterator[Metric]:
+        table = self._broker.answers
+        yield GaugeMetricFamily(
+            "eventbus_idempotency_entries",
+            "Idempotent produce requests remembered (for ten minutes each)",
+            len(table),
+        )
+        yield CounterMetricFamily(
+            "eventbus_idempotency_replays",
+            "Produce retries answered from memory without appending",
+            self._broker.idempotent_replays,
+        )
+        yield CounterMetricFamily(
+            "eventbus_idempotency_forgotten_early",
+            "Answers dropped before ten minutes because the table was full",
+            table.forgotten_early,
+        )
+
+
+class BrokerLike(Protocol):
+    @property
+    def answers(self) -> AnswerTable: ...
+
+    @property
+    def idempotent_replays(self) -> int: ...
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -70,6 +103,9 @@ class Metrics:
 
     def watch_worker(self, totals: Callable[[], WorkerTotals], waiting: Callable[[], int]) -> None:
         self.registry.register(_WorkerCollector(totals, waiting))
+
+    def watch_idempotency(self, broker: BrokerLike) -> None:
+        self.registry.register(_IdempotencyCollector(broker))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -41,6 +41,9 @@ TAG_VERSION = 1
 ANSWER_TTL_MS = 10 * 60 * 1000
 MAX_KEY_LENGTH = 255
 HASH_BYTES = 16
+# At most this many requests are remembered per process (a few hundred bytes each); past it
+# the oldest answers are forgotten before their ten minutes, and a counter says so.
+MAX_ENTRIES = 1_000_000
 _FIXED = struct.Struct(">QI")
 # Room left in a tag for runs, with the largest key.
 _RUN_BUDGET = MAX_PRODUCER_TAG - (2 + MAX_KEY_LENGTH + HASH_BYTES + _FIXED.size + 5)
@@ -178,30 +181,78 @@ def decode_tag(tag: bytes) -> ProducerTag:
 # --- the table of answers --------------------------------------------------------------------
 
 
+def _encode_indexes(indexes: Sequence[int]) -> bytes:
+    out = bytearray()
+    end = 0
+    for start, length in _runs(indexes):
+        _varint(start - end, out)
+        _varint(length, out)
+        end = start + length
+    return bytes(out)
+
+
+def _decode_indexes(encoded: bytes) -> list[int]:
+    indexes: list[int] = []
+    pos = end = 0
+    while pos < len(encoded):
+        gap, pos = _read_varint(encoded, pos)
+        length, pos = _read_varint(encoded, pos)
+        start = end + gap
+        indexes.extend(range(start, start + length))
+        end = start + length
+    return indexes
+
+
 @dataclass(slots=True)
 class Entry:
-    """What is known of one idempotent request: which of its records are written where."""
+    """What is known of one idempotent request: which of its records are written where.
+
+    Kept compact, since there is one per request of the last ten minutes: per written
+    batch, its partition, base offset and the request indexes it holds as encoded runs.
+    """
 
     request_hash: bytes
     accepted_ms: int
     total_records: int
-    placed: dict[int, tuple[int, int]] = field(default_factory=dict)
+    written: int = 0
+    parts: list[tuple[int, int, bytes]] = field(default_factory=list)
     # Set while an attempt runs; later attempts wait for it.
     busy: asyncio.Future[None] | None = None
 
     @property
     def complete(self) -> bool:
-        return len(self.placed) == self.total_records
-
-    def answer(self) -> list[tuple[int, int]]:
-        return [self.placed[i] for i in range(self.total_records)]
-
-    def missing(self) -> list[int]:
-        return [i for i in range(self.total_records) if i not in self.placed]
+        return self.written >= self.total_records
 
     def add_batch(self, partition: int, base_offset: int, indexes: Sequence[int]) -> None:
-        for position, index in enumerate(indexes):
-            self.placed[index] = (partition, base_offset + position)
+        self.parts.append((partition, base_offset, _encode_indexes(indexes)))
+        self.written += len(indexes)
+
+    def add_placed(self, placed: Sequence[tuple[int, tuple[int, int]]]) -> None:
+        """Record (request index, (partition, offset)) pairs: each run of consecutive
+        offsets in one partition becomes one part."""
+        ordered = sorted(placed, key=lambda item: item[1])
+        run: list[int] = []
+        for n, (index, (partition, offset)) in enumerate(ordered):
+            run.append(index)
+            last = n + 1 == len(ordered)
+            if last or ordered[n + 1][1] != (partition, offset + 1):
+                self.add_batch(partition, offset - len(run) + 1, run)
+                run = []
+
+    def placed(self) -> dict[int, tuple[int, int]]:
+        out: dict[int, tuple[int, int]] = {}
+        for partition, base_offset, encoded in self.parts:
+            for position, index in enumerate(_decode_indexes(encoded)):
+                out[index] = (partition, base_offset + position)
+        return out
+
+    def answer(self) -> list[tuple[int, int]]:
+        placed = self.placed()
+        return [placed[i] for i in range(self.total_records)]
+
+    def missing(self) -> list[int]:
+        placed = self.placed()
+        return [i for i in range(self.total_records) if i not in placed]
 
 
 class AnswerTable:
@@ -211,9 +262,11 @@ class AnswerTable:
     time an idempotent request reaches it after a start (see :meth:`needs_rebuild`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self._entries: dict[tuple[str, str, str], Entry] = {}
         self._rebuilt: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self.max_entries = max_entries
+        self.forgotten_early = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -265,6 +318,7 @@ class AnswerTable:
         if entry is None:
             entry = Entry(request_hash, now_ms, total_records)
             self._entries.pop((tenant, incarnation, key), None)
+            self._make_room()
             self._entries[(tenant, incarnation, key)] = entry
         elif entry.total_records != total_records:
             raise IdempotencyKeyReusedError(
@@ -283,6 +337,21 @@ class AnswerTable:
                 del self._entries[composite]
                 dropped += 1
         return dropped
+
+    def discard(self, tenant: str, incarnation: str, key: str, entry: Entry) -> None:
+        """Forget ``entry`` (an attempt that wrote nothing), so that the key is free."""
+        if self._entries.get((tenant, incarnation, key)) is entry and entry.busy is None:
+            del self._entries[(tenant, incarnation, key)]
+
+    def _make_room(self) -> None:
+        while len(self._entries) >= self.max_entries:
+            for composite, entry in self._iter_oldest():
+                if entry.busy is None:
+                    del self._entries[composite]
+                    self.forgotten_early += 1
+                    break
+            else:
+                return  # every one of the oldest is still running: let the table grow
 
     def _iter_oldest(self) -> list[tuple[tuple[str, str, str], Entry]]:
         # A few at a time: each request does a little of the sweeping.

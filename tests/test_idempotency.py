@@ -22,7 +22,7 @@ from partitions.idempotency import (
     decode_tag,
     encode_tags,
 )
-from tests.conftest import Api, start_api, stop_api
+from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import ServerProcess
 
 # --- the producer tag and the table ----------------------------------------------------------
@@ -79,6 +79,34 @@ def test_the_table_forgets_after_ten_minutes() -> None:
     asyncio.run(run())
 
 
+def test_entries_keep_batches_compactly_and_answer_in_request_order() -> None:
+    table = AnswerTable()
+
+    async def run() -> None:
+        entry = table.claim("t", "inc", "k", b"a" * 16, 6, now_ms=0)
+        # Indexes 0, 2, 4 went to partition 1 at 10..12; 1, 3 to partition 2 at 5..6,
+        # and index 5 to partition 1 at 20 (another batch, after someone else's).
+        entry.add_placed([(0, (1, 10)), (1, (2, 5)), (2, (1, 11)), (3, (2, 6)), (4, (1, 12))])
+        assert not entry.complete and entry.missing() == [5]
+        entry.add_placed([(5, (1, 20))])
+        assert entry.complete and len(entry.parts) == 3
+        assert entry.answer() == [(1, 10), (2, 5), (1, 11), (2, 6), (1, 12), (1, 20)]
+
+    asyncio.run(run())
+
+
+def test_the_table_is_bounded() -> None:
+    table = AnswerTable(max_entries=3)
+
+    async def run() -> None:
+        for n in range(5):
+            table.claim("t", "inc", f"k{n}", b"a" * 16, 1, now_ms=n)
+        assert len(table) == 3 and table.forgotten_early == 2
+        assert table.entry("t", "inc", "k0") is None and table.entry("t", "inc", "k4")
+
+    asyncio.run(run())
+
+
 # --- over HTTP -------------------------------------------------------------------------------
 
 
@@ -126,6 +154,9 @@ async def test_a_retry_returns_the_first_answer_and_appends_nothing(api: Api) ->
     again = await _produce(api, "req-1", _body("a"))
     assert again == first
     assert len(await _values(api)) == 5
+    _, metrics = await api.call("GET", "/metrics", key=ADMIN_KEY)
+    assert "eventbus_idempotency_replays_total 1.0" in metrics
+    assert "eventbus_idempotency_entries 1.0" in metrics
     # Without a key, the same body appends again.
     assert (await api.call("POST", "/v1/topics/t/records", data=_body("a")))[0] == 200
     assert len(await _values(api)) == 10
@@ -144,6 +175,15 @@ async def test_the_same_key_with_another_body_is_a_conflict(api: Api) -> None:
         headers={"Idempotency-Key": "req-1", "Content-Type": "application/x-ndjson"},
     )
     assert status == 409
+    assert len(await _values(api)) == 5
+
+
+async def test_a_request_that_wrote_nothing_leaves_its_key_free(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t", json={"max_record_bytes": 100})
+    too_large = orjson.dumps({"records": [{"value": "x" * 200}]})
+    status, body = await _produce(api, "k", too_large)
+    assert status == 413 and body["error"]["code"] == "record_too_large"
+    assert (await _produce(api, "k", _body("fixed")))[0] == 200
     assert len(await _values(api)) == 5
 
 
