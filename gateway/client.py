@@ -1,0 +1,665 @@
+"""A small Python client for the event bus: :class:`AsyncClient` (aiohttp) and :class:`Client`.
+
+``docs/wire-format.md`` is what this module is written from. Produce sends one binary batch
+per call with a fresh ``Idempotency-Key``; reads and group fetches ask for the binary framing.
+
+Retries. Requests that are safe to repeat (topic reads and ``PUT``, produce with its key,
+commit, seek, describes) are sent again, the very same bytes, after a connection error, a
+timeout, a 5xx or a 429 with ``Retry-After``, with exponential backoff and jitter, at most
+``retries`` times. The others (group fetch, leave, topic delete) are sent again only when the
+connection could not be made at all (nothing reached the server) or on a 429: repeating a
+fetch whose answer was lost would skip, and with ``auto_commit`` commit, records this process
+never saw. A 4xx raises :class:`ApiError`; a server that stays unreachable raises
+:class:`TransportError`.
+
+``Client`` has the same methods, blocking: it runs an ``AsyncClient`` on a private event loop
+in a background thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from types import TracebackType
+from typing import Any, Literal, TypeAlias, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
+
+from gateway import wire
+from partitions.batch import NewRecord, Record, encode_batch
+from partitions.errors import InvalidBatchError
+
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "FetchResult",
+    "ReadResult",
+    "RecordLike",
+    "TransportError",
+]
+
+Compression: TypeAlias = Literal["zstd", "gzip"] | None
+# A record to produce: a NewRecord, a (key, value) pair, or a mapping with "value" and
+# optionally "key", "headers" and "timestamp_ms". str keys and values are sent as text.
+RecordLike: TypeAlias = NewRecord | tuple[str | bytes | None, str | bytes] | Mapping[str, Any]
+SeekTarget: TypeAlias = str | Mapping[str, Any]
+
+T = TypeVar("T")
+
+# The server enforces each topic's max_record_bytes; the client checks nothing of its own.
+_NO_CLIENT_LIMIT = 1 << 32
+_BACKOFF_BASE_S = 0.1
+_BACKOFF_CAP_S = 5.0
+_RETRY_AFTER_CAP_S = 30.0
+_LIST_PAGE = 1000
+
+
+class ClientError(Exception):
+    """Base of what this client raises."""
+
+
+class ApiError(ClientError):
+    """The server refused the request: ``status``, and ``code``/``message`` from its body."""
+
+    def __init__(
+        self, status: int, code: str, message: str, details: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = dict(details or {})
+
+
+class TransportError(ClientError):
+    """The server could not be reached, or did not answer, after every attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """One partition read: records and where the partition stands."""
+
+    records: list[Record]
+    next_offset: int
+    high_watermark: int
+    start_offset: int
+    sealed: bool
+    children: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """One group fetch: the member's identity and assignment, and (partition, record) pairs."""
+
+    member_id: str
+    generation: int
+    assignment: list[int]
+    records: list[tuple[int, Record]]
+
+
+class _Retry(Enum):
+    ALWAYS = "always"  # safe to repeat: retry every transient failure
+    UNSENT = "unsent"  # retry only when nothing can have reached the server
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+
+def _as_bytes(value: str | bytes) -> tuple[bytes, bool]:
+    """Bytes, and whether they were given as text."""
+    if isinstance(value, str):
+        return value.encode(), True
+    return bytes(value), False
+
+
+def to_new_record(item: RecordLike) -> NewRecord:
+    """A :class:`NewRecord` from any accepted record form."""
+    if isinstance(item, NewRecord):
+        return item
+    if isinstance(item, tuple):
+        key, value = item
+        headers: Iterable[tuple[str, str]] = ()
+        timestamp_ms = None
+    else:
+        key, value = item.get("key"), item["value"]
+        raw_headers = item.get("headers") or ()
+        headers = raw_headers.items() if isinstance(raw_headers, Mapping) else raw_headers
+        timestamp_ms = item.get("timestamp_ms")
+    value_b, value_text = _as_bytes(value)
+    key_b, key_text = (None, False) if key is None else _as_bytes(key)
+    return NewRecord(
+        value=value_b,
+        key=key_b,
+        headers=tuple((str(n), str(v)) for n, v in headers),
+        timestamp_ms=timestamp_ms,
+        key_is_text=key_text,
+        value_is_text=value_text,
+    )
+
+
+def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return min(max(float(raw), 0.0), _RETRY_AFTER_CAP_S)
+    except ValueError:
+        return None  # an HTTP date: fall back to the backoff
+
+
+def _api_error(answer: _Answer) -> ApiError:
+    try:
+        error = answer.json()["error"]
+        return ApiError(
+            answer.status, str(error["code"]), str(error["message"]), error.get("details")
+        )
+    except (ValueError, TypeError, KeyError):
+        text = answer.body[:200].decode(errors="replace").strip()
+        return ApiError(answer.status, "http_error", text or f"HTTP {answer.status}")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+class AsyncClient:
+    """An asyncio client for one server and one API key.
+
+    Use it as ``async with AsyncClient(url, key) as client: ...`` or call :meth:`close`.
+    ``timeout`` bounds each attempt (a long-poll's ``wait_ms`` is added to it); ``retries``
+    is how many times a failed attempt may be repeated; ``compression`` encodes produce
+    bodies. Reads and fetches ask for compressed answers (zstd, then gzip; aiohttp decodes
+    them) unless ``accept_compression`` is false, which saves CPU on a fast local network.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 4,
+        compression: Compression = None,
+        accept_compression: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if compression not in ("zstd", "gzip", None):
+            raise ValueError("compression is 'zstd', 'gzip' or None")
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": "eventbus-client"}
+        self._timeout = timeout
+        self._retries = max(0, retries)
+        self._compression = compression
+        self._accept_encoding = "zstd, gzip" if accept_compression else "identity"
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._session: aiohttp.ClientSession | None = None
+        self._rng = random.Random()  # noqa: S311 - backoff jitter, not a secret
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connections; the client can not be used afterwards."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- the one place requests are made --------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
+        return self._rng.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        retry: _Retry,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        wait_ms: int = 0,
+    ) -> _Answer:
+        """Send one request, repeating it as ``retry`` allows; answers any 2xx, raises the
+        rest. Every attempt sends the very same bytes and headers."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self._headers)
+        all_headers = dict(headers or {})
+        if json is not None:
+            body = orjson.dumps(json)
+            all_headers.setdefault("Content-Type", wire.JSON)
+        timeout = aiohttp.ClientTimeout(total=self._timeout + wait_ms / 1000)
+        attempt = 0
+        while True:
+            try:
+                async with self._session.request(
+                    method,
+                    self.url + path,
+                    params=params,
+                    # A stream, not bytes: aiohttp warns about large raw bodies.
+                    data=io.BytesIO(body) if body is not None else None,
+                    headers=all_headers,
+                    timeout=timeout,
+                    ssl=self._ssl,
+                ) as response:
+                    answer = _Answer(response.status, response.headers, await response.read())
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Not connected: nothing was sent, so any request may go again.
+                if attempt >= self._retries:
+                    raise TransportError(f"cannot reach {self.url}: {exc}") from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if retry is not _Retry.ALWAYS or attempt >= self._retries:
+                    reason = str(exc) or type(exc).__name__
+                    raise TransportError(f"no answer from {self.url}: {reason}") from exc
+            else:
+                if answer.status < 400:
+                    return answer
+                pause = _retry_after(answer.headers)
+                transient = (answer.status >= 500 and retry is _Retry.ALWAYS) or (
+                    answer.status == 429 and pause is not None
+                )
+                if not transient or attempt >= self._retries:
+                    raise _api_error(answer)
+                if pause is not None:
+                    await asyncio.sleep(pause + self._backoff(0))
+                    attempt += 1
+                    continue
+            await asyncio.sleep(self._backoff(attempt))
+            attempt += 1
+
+    # --- topics ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _topic(name: str) -> str:
+        return "/v1/topics/" + quote(name, safe="")
+
+    async def create_topic(self, name: str, config: Mapping[str, Any] | None = None) -> Any:
+        """Create a topic (or confirm one with the same config); answers the topic."""
+        answer = await self._request(
+            "PUT", self._topic(name), json=dict(config or {}), retry=_Retry.ALWAYS
+        )
+        return answer.json()
+
+    async def list_topics(self) -> list[dict[str, Any]]:
+        """Every topic of the tenant, following the pages to the end."""
+        topics: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            params = {"limit": str(_LIST_PAGE)}
+            if after is not None:
+                params["after"] = after
+            page = (
+                await self._request("GET", "/v1/topics", params=params, retry=_Retry.ALWAYS)
+            ).json()
+            topics.extend(page["topics"])
+            after = page.get("next_after")
+            if after is None:
+                return topics
+
+    async def describe_topic(self, name: str) -> Any:
+        """Config and partitions of a topic."""
+        return (await self._request("GET", self._topic(name), retry=_Retry.ALWAYS)).json()
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete a topic and all its data."""
+        await self._request("DELETE", self._topic(name), retry=_Retry.UNSENT)
+
+    # --- records --------------------------------------------------------------------------
+
+    async def produce(self, topic: str, records: Sequence[RecordLike]) -> list[tuple[int, int]]:
+        """Append ``records`` in order, exactly once even when retried; answers
+        (partition, offset) per record."""
+        batch = [to_new_record(item) for item in records]
+        if not batch:
+            return []
+        body = encode_batch(
+            batch, now_ms=time.time_ns() // 1_000_000, max_record_bytes=_NO_CLIENT_LIMIT
+        )
+        headers = {"Content-Type": wire.BATCH, "Idempotency-Key": uuid.uuid4().hex}
+        if self._compression is not None:
+            body = wire.compress(body, self._compression)
+            headers["Content-Encoding"] = self._compression
+        answer = await self._request(
+            "POST",
+            self._topic(topic) + "/records",
+            body=body,
+            headers=headers,
+            retry=_Retry.ALWAYS,
+        )
+        return [(item["partition"], item["offset"]) for item in answer.json()["offsets"]]
+
+    async def read(
+        self,
+        topic: str,
+        partition: int,
+        offset: int | None = None,
+        *,
+        max_records: int = 500,
+        max_bytes: int = 1024 * 1024,
+        wait_ms: int = 0,
+    ) -> ReadResult:
+        """Read one partition from ``offset`` (default: its start): at most ``max_records``
+        records, and ``next_offset`` just after the last one."""
+        params = {
+            "max_records": str(max_records),
+            "max_bytes": str(max_bytes),
+            "wait_ms": str(wait_ms),
+        }
+        if offset is not None:
+            params["offset"] = str(offset)
+        answer = await self._request(
+            "GET",
+            f"{self._topic(topic)}/partitions/{partition}/records",
+            params=params,
+            headers={"Accept": wire.BATCH, "Accept-Encoding": self._accept_encoding},
+            wait_ms=wait_ms,
+            retry=_Retry.ALWAYS,
+        )
+        h = answer.headers
+        records = [record for _p, record in _decode(answer.body)]
+        next_offset = int(h["Eventbus-Next-Offset"])
+        if len(records) > max_records:
+            # The server sends whole batches; the caller asked for no more than this.
+            records = records[:max_records]
+            next_offset = records[-1].offset + 1
+        return ReadResult(
+            records=records,
+            next_offset=next_offset,
+            high_watermark=int(h["Eventbus-High-Watermark"]),
+            start_offset=int(h["Eventbus-Start-Offset"]),
+            sealed=h["Eventbus-Sealed"] == "true",
+            children=_ints(h.get("Eventbus-Children", "")),
+        )
+
+    # --- consumer groups ------------------------------------------------------------------
+
+    def _group(self, topic: str, group: str) -> str:
+        return f"{self._topic(topic)}/groups/{quote(group, safe='')}"
+
+    async def fetch(
+        self,
+        topic: str,
+        group: str,
+        member_id: str | None = None,
+        *,
+        max_records: int = 500,
+        max_bytes: int = 1024 * 1024,
+        wait_ms: int = 0,
+        auto_commit: bool | None = None,
+        auto_offset_reset: Literal["earliest", "latest"] | None = None,
+        session_timeout_ms: int | None = None,
+    ) -> FetchResult:
+        """Join (no ``member_id``) or continue as a member, and fetch records.
+
+        Records come in whole stored batches, up to the batch that reaches ``max_records``
+        or ``max_bytes``; the member's position moves past everything answered.
+
+        Not repeated once it may have reached the server: if this raises
+        :class:`TransportError`, join again rather than reuse ``member_id``.
+        """
+        body: dict[str, Any] = {
+            "max_records": max_records,
+            "max_bytes": max_bytes,
+            "wait_ms": wait_ms,
+        }
+        optional = {
+            "member_id": member_id,
+            "auto_commit": auto_commit,
+            "auto_offset_reset": auto_offset_reset,
+            "session_timeout_ms": session_timeout_ms,
+        }
+        body.update({name: value for name, value in optional.items() if value is not None})
+        answer = await self._request(
+            "POST",
+            self._group(topic, group) + "/fetch",
+            json=body,
+            headers={"Accept": wire.BATCH, "Accept-Encoding": self._accept_encoding},
+            wait_ms=wait_ms,
+            retry=_Retry.UNSENT,
+        )
+        h = answer.headers
+        return FetchResult(
+            member_id=h["Eventbus-Member-Id"],
+            generation=int(h["Eventbus-Generation"]),
+            assignment=_ints(h.get("Eventbus-Assignment", "")),
+            records=_decode(answer.body),
+        )
+
+    async def commit(
+        self,
+        topic: str,
+        group: str,
+        member_id: str,
+        generation: int,
+        offsets: Mapping[int, int],
+    ) -> dict[int, int]:
+        """Commit next-to-read ``offsets`` (partition -> offset); answers all committed."""
+        body = {
+            "member_id": member_id,
+            "generation": generation,
+            "offsets": [{"partition": p, "offset": o} for p, o in offsets.items()],
+        }
+        answer = await self._request(
+            "POST", self._group(topic, group) + "/commit", json=body, retry=_Retry.ALWAYS
+        )
+        return _committed(answer.json())
+
+    async def leave(self, topic: str, group: str, member_id: str) -> None:
+        """Leave the group now (commits nothing)."""
+        await self._request(
+            "POST",
+            self._group(topic, group) + "/leave",
+            json={"member_id": member_id},
+            retry=_Retry.UNSENT,
+        )
+
+    async def describe_group(self, topic: str, group: str) -> Any:
+        """Members, generation, and per partition the committed offset and lag."""
+        return (await self._request("GET", self._group(topic, group), retry=_Retry.ALWAYS)).json()
+
+    async def seek_group(self, topic: str, group: str, to: SeekTarget) -> dict[int, int]:
+        """Reset a group with no live members: ``"earliest"``, ``"latest"``,
+        ``{"timestamp_ms": T}`` or ``{"offsets": [{"partition", "offset"}]}``."""
+        answer = await self._request(
+            "POST", self._group(topic, group) + "/seek", json={"to": to}, retry=_Retry.ALWAYS
+        )
+        return _committed(answer.json())
+
+
+def _committed(body: Any) -> dict[int, int]:
+    return {item["partition"]: item["offset"] for item in body["committed"]}
+
+
+def _decode(body: bytes) -> list[tuple[int, Record]]:
+    try:
+        return list(wire.decode_chunks(body))
+    except InvalidBatchError as exc:
+        raise ClientError(f"the server's answer does not decode: {exc}") from exc
+
+
+class Client:
+    """The blocking twin of :class:`AsyncClient`, with the same arguments and methods.
+
+    It runs an ``AsyncClient`` on its own event loop in a daemon thread; use it as a
+    context manager or call :meth:`close`. Calls may come from any thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 4,
+        compression: Compression = None,
+        accept_compression: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._async = AsyncClient(
+            url,
+            api_key,
+            timeout=timeout,
+            retries=retries,
+            compression=compression,
+            accept_compression=accept_compression,
+            ssl_context=ssl_context,
+        )
+        self.url = self._async.url
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="eventbus-client", daemon=True
+        )
+        self._thread.start()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt while waiting: stop the request too
+            raise
+
+    def close(self) -> None:
+        """Close the connections and stop the background loop."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._async.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def create_topic(self, name: str, config: Mapping[str, Any] | None = None) -> Any:
+        """See :meth:`AsyncClient.create_topic`."""
+        return self._run(self._async.create_topic(name, config))
+
+    def list_topics(self) -> list[dict[str, Any]]:
+        """See :meth:`AsyncClient.list_topics`."""
+        return self._run(self._async.list_topics())
+
+    def describe_topic(self, name: str) -> Any:
+        """See :meth:`AsyncClient.describe_topic`."""
+        return self._run(self._async.describe_topic(name))
+
+    def delete_topic(self, name: str) -> None:
+        """See :meth:`AsyncClient.delete_topic`."""
+        self._run(self._async.delete_topic(name))
+
+    def produce(self, topic: str, records: Sequence[RecordLike]) -> list[tuple[int, int]]:
+        """See :meth:`AsyncClient.produce`."""
+        return self._run(self._async.produce(topic, records))
+
+    def read(
+        self,
+        topic: str,
+        partition: int,
+        offset: int | None = None,
+        *,
+        max_records: int = 500,
+        max_bytes: int = 1024 * 1024,
+        wait_ms: int = 0,
+    ) -> ReadResult:
+        """See :meth:`AsyncClient.read`."""
+        return self._run(
+            self._async.read(
+                topic,
+                partition,
+                offset,
+                max_records=max_records,
+                max_bytes=max_bytes,
+                wait_ms=wait_ms,
+            )
+        )
+
+    def fetch(
+        self,
+        topic: str,
+        group: str,
+        member_id: str | None = None,
+        *,
+        max_records: int = 500,
+        max_bytes: int = 1024 * 1024,
+        wait_ms: int = 0,
+        auto_commit: bool | None = None,
+        auto_offset_reset: Literal["earliest", "latest"] | None = None,
+        session_timeout_ms: int | None = None,
+    ) -> FetchResult:
+        """See :meth:`AsyncClient.fetch`."""
+        return self._run(
+            self._async.fetch(
+                topic,
+                group,
+                member_id,
+                max_records=max_records,
+                max_bytes=max_bytes,
+                wait_ms=wait_ms,
+                auto_commit=auto_commit,
+                auto_offset_reset=auto_offset_reset,
+                session_timeout_ms=session_timeout_ms,
+            )
+        )
+
+    def commit(
+        self,
+        topic: str,
+        group: str,
+        member_id: str,
+        generation: int,
+        offsets: Mapping[int, int],
+    ) -> dict[int, int]:
+        """See :meth:`AsyncClient.commit`."""
+        return self._run(self._async.commit(topic, group, member_id, generation, offsets))
+
+    def leave(self, topic: str, group: str, member_id: str) -> None:
+        """See :meth:`AsyncClient.leave`."""
+        self._run(self._async.leave(topic, group, member_id))
+
+    def describe_group(self, topic: str, group: str) -> Any:
+        """See :meth:`AsyncClient.describe_group`."""
+        return self._run(self._async.describe_group(topic, group))
+
+    def seek_group(self, topic: str, group: str, to: SeekTarget) -> dict[int, int]:
+        """See :meth:`AsyncClient.seek_group`."""
+        return self._run(self._async.seek_group(topic, group, to))
