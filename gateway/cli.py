@@ -1,15 +1,38 @@
-"""The ``eventbus`` command line."""
+"""The ``eventbus`` command line: the server, and a client for topics, records and groups."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
 import os
+import queue
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import Any, BinaryIO
 
+from gateway.auth import CREDENTIALS_FILE
+from gateway.client import ApiError, AsyncClient, Client, ClientError, FetchResult
 from gateway.config import ServerConfig
+from partitions.batch import NewRecord, Record
 from partitions.catalog_sqlite import CATALOG_FILE, backup_catalog
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+# Bounds of one produce request built from stdin, and of one fetch.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_FETCH_RECORDS = 10_000
+FETCH_MAX_BYTES = 4 * 1024 * 1024
+PROGRESS_EVERY_S = 0.2
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr, with exit code 1."""
 
 
 def _default_data_dir() -> str:
@@ -86,7 +109,165 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backup.add_argument("path", type=Path, help="file to write the copy to")
     backup.add_argument("--data-dir", default=_default_data_dir(), help="the server's data dir")
+    _add_client_commands(commands)
     return parser
+
+
+def _config_item(text: str) -> tuple[str, Any]:
+    name, found, raw = text.partition("=")
+    if not found or not name:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        value: Any = json.loads(raw)  # numbers and null as JSON; anything else is a string
+    except ValueError:
+        value = raw
+    return name, value
+
+
+def _seek_target(text: str) -> str | dict[str, Any]:
+    if text in ("earliest", "latest"):
+        return text
+    kind, _, rest = text.partition(":")
+    try:
+        if kind == "timestamp":
+            return {"timestamp_ms": int(rest)}
+        if kind == "offsets":
+            pairs = [item.split("=", 1) for item in rest.split(",") if item]
+            if pairs and all(len(pair) == 2 for pair in pairs):
+                return {"offsets": [{"partition": int(p), "offset": int(o)} for p, o in pairs]}
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError("expected earliest, latest, timestamp:MS or offsets:P=O,P=O")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _add_client_commands(commands: Any) -> None:
+    connection = argparse.ArgumentParser(add_help=False)
+    group = connection.add_argument_group("connection")
+    group.add_argument(
+        "--url",
+        default=os.environ.get("EVENTBUS_URL", DEFAULT_URL),
+        help=f"server URL (env EVENTBUS_URL, default {DEFAULT_URL})",
+    )
+    group.add_argument(
+        "--api-key",
+        default=os.environ.get("EVENTBUS_API_KEY") or None,
+        help="tenant API key (env EVENTBUS_API_KEY; default: the key in DATA_DIR/credentials)",
+    )
+    group.add_argument(
+        "--data-dir",
+        default=_default_data_dir(),
+        help="where to find the credentials file without a key (env EVENTBUS_DATA_DIR, "
+        "default ./data)",
+    )
+    group.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per request attempt (default 30)"
+    )
+
+    topics = commands.add_parser("topics", help="create, list, describe and delete topics")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True)
+    create = topic_commands.add_parser("create", parents=[connection], help="create a topic")
+    create.add_argument("name")
+    create.add_argument(
+        "--config",
+        type=_config_item,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a topic config key, e.g. retention_ms=86400000 (repeatable)",
+    )
+    topic_commands.add_parser("list", parents=[connection], help="list every topic")
+    describe = topic_commands.add_parser(
+        "describe", parents=[connection], help="config and partitions of a topic"
+    )
+    describe.add_argument("name")
+    delete = topic_commands.add_parser(
+        "delete", parents=[connection], help="delete a topic and all its data"
+    )
+    delete.add_argument("name")
+
+    produce = commands.add_parser(
+        "produce",
+        parents=[connection],
+        help="produce stdin, one record per line",
+        description="Reads stdin and produces one record per line (values are sent as text). "
+        "Lines are sent in batches, in order, one request at a time; a batch goes when it is "
+        "full or when --linger-ms passed since its first line.",
+    )
+    produce.add_argument("topic")
+    produce.add_argument(
+        "--key-separator",
+        metavar="SEP",
+        help="split each line at the first SEP into key and value; lines without it are keyless",
+    )
+    produce.add_argument(
+        "--batch-size", type=_positive, default=1000, help="lines per request (default 1000)"
+    )
+    produce.add_argument(
+        "--linger-ms",
+        type=int,
+        default=100,
+        help="send a partial batch this long after its first line (default 100)",
+    )
+    produce.add_argument(
+        "--compression", choices=("zstd", "gzip", "none"), default="none", help="request bodies"
+    )
+
+    consume = commands.add_parser(
+        "consume",
+        parents=[connection],
+        help="consume a topic as a member of a group, printing one record per line",
+        description="Follows the topic as a member of GROUP and prints each record's value, "
+        "one per line. What was printed is committed; on SIGINT, SIGTERM or --max-records "
+        "the member commits and leaves the group.",
+    )
+    consume.add_argument("topic")
+    consume.add_argument("--group", required=True, help="consumer group name")
+    consume.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="a new group starts at the beginning (default: at the end)",
+    )
+    consume.add_argument(
+        "--max-records", type=_positive, default=None, help="stop after this many records"
+    )
+    consume.add_argument("--print-key", action="store_true", help="print the key before the value")
+    consume.add_argument(
+        "--print-offset", action="store_true", help="print partition and offset first"
+    )
+    consume.add_argument("--separator", default="\t", help="between printed fields (default a tab)")
+    consume.add_argument(
+        "--wait-ms",
+        type=int,
+        default=20_000,
+        help="long-poll of each fetch; at most the server's --max-wait-ms (default 20000)",
+    )
+
+    groups = commands.add_parser("groups", help="describe and reset consumer groups")
+    group_commands = groups.add_subparsers(dest="groups_command", required=True)
+    describe_group = group_commands.add_parser(
+        "describe", parents=[connection], help="members, commits and lag of a group"
+    )
+    describe_group.add_argument("topic")
+    describe_group.add_argument("group")
+    seek = group_commands.add_parser(
+        "seek", parents=[connection], help="reset a group's committed offsets (no live members)"
+    )
+    seek.add_argument("topic")
+    seek.add_argument("group")
+    seek.add_argument(
+        "--to",
+        type=_seek_target,
+        required=True,
+        metavar="TARGET",
+        help="earliest, latest, timestamp:MS or offsets:P=O,P=O",
+    )
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -114,6 +295,331 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return run(config)
 
 
+# --- client commands -------------------------------------------------------------------------
+
+
+def _api_key(args: argparse.Namespace) -> str:
+    """--api-key (or EVENTBUS_API_KEY), else tenant default's key from the credentials file."""
+    if args.api_key:
+        return str(args.api_key)
+    path = Path(args.data_dir) / CREDENTIALS_FILE
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        name, _, value = line.partition("=")
+        if name.strip() == "EVENTBUS_API_KEY" and value.strip():
+            return value.strip()
+    raise CliError(
+        f"no API key: pass --api-key, set EVENTBUS_API_KEY, or point --data-dir at the "
+        f"server's data dir (no key in {path})"
+    )
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _topics(args: argparse.Namespace, client: Client) -> int:
+    command = args.topics_command
+    if command == "create":
+        _print_json(client.create_topic(args.name, dict(args.config)))
+    elif command == "list":
+        _print_json(client.list_topics())
+    elif command == "describe":
+        _print_json(client.describe_topic(args.name))
+    else:
+        client.delete_topic(args.name)
+        _print_json({"deleted": args.name})
+    return 0
+
+
+def _groups(args: argparse.Namespace, client: Client) -> int:
+    if args.groups_command == "describe":
+        _print_json(client.describe_group(args.topic, args.group))
+    else:
+        committed = client.seek_group(args.topic, args.group, args.to)
+        _print_json(
+            {"committed": [{"partition": p, "offset": o} for p, o in sorted(committed.items())]}
+        )
+    return 0
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM, for loops that stop at a safe point."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _read_lines(source: BinaryIO, out: queue.Queue[list[bytes] | None]) -> None:
+    """Put stdin's lines on ``out`` as they arrive (whatever one read returns), then None.
+
+    A bounded queue holds the reader back while the server is slower than the input."""
+    fd = source.fileno()
+    tail = b""
+    try:
+        while data := os.read(fd, 1 << 16):
+            lines = (tail + data).split(b"\n")
+            tail = lines.pop()
+            if lines:
+                out.put(lines)
+        if tail:
+            out.put([tail])
+    finally:
+        out.put(None)
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _line_record(line: bytes, separator: bytes | None) -> NewRecord:
+    """A line (without its LF or CRLF) as a record; text unless it is not UTF-8."""
+    line = line.removesuffix(b"\r")
+    key = None
+    if separator is not None:
+        head, found, rest = line.partition(separator)
+        if found:
+            key, line = head, rest
+    return NewRecord(
+        value=line,
+        key=key,
+        key_is_text=key is not None and _is_text(key),
+        value_is_text=_is_text(line),
+    )
+
+
+class _Progress:
+    """A records/s line on stderr, rewritten in place, when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.enabled = sys.stderr.isatty()
+        self._shown = 0.0
+
+    def rate(self, count: int) -> tuple[float, float]:
+        elapsed = time.monotonic() - self.started
+        return elapsed, count / elapsed if elapsed > 0 else 0.0
+
+    def update(self, count: int) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self._shown >= PROGRESS_EVERY_S:
+            self._shown = now
+            _elapsed, rate = self.rate(count)
+            sys.stderr.write(f"\r{count:,} records  {rate:,.0f} records/s\x1b[K")
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _produce(args: argparse.Namespace, client: Client) -> int:
+    separator = args.key_separator.encode() if args.key_separator else None
+    linger_s = max(args.linger_ms, 0) / 1000
+    chunks: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=64)
+    reader = threading.Thread(
+        target=_read_lines, args=(sys.stdin.buffer, chunks), name="stdin", daemon=True
+    )
+    progress = _Progress()
+    produced = 0
+    pending: list[bytes] = []
+    pending_bytes = 0
+    deadline = 0.0
+
+    def send(lines: list[bytes]) -> None:
+        nonlocal produced
+        client.produce(args.topic, [_line_record(line, separator) for line in lines])
+        produced += len(lines)
+        progress.update(produced)
+
+    with _stop_on_signals() as stop:
+        reader.start()
+        try:
+            ended = False
+            while not ended:
+                wait = max(0.0, deadline - time.monotonic()) if pending else 0.2
+                try:
+                    chunk = chunks.get(timeout=min(wait, 0.2))
+                except queue.Empty:
+                    chunk = []
+                if chunk is None:
+                    ended = True
+                elif chunk:
+                    if not pending:
+                        deadline = time.monotonic() + linger_s
+                    pending.extend(chunk)
+                    pending_bytes += sum(len(line) for line in chunk)
+                ended = ended or stop.is_set()
+                # Full batches go now; a partial one at its deadline or at the end.
+                while len(pending) >= args.batch_size or pending_bytes >= MAX_BATCH_BYTES:
+                    take = _batch_length(pending, args.batch_size)
+                    send(pending[:take])
+                    del pending[:take]
+                    pending_bytes = sum(len(line) for line in pending)
+                    deadline = time.monotonic() + linger_s
+                if pending and (ended or time.monotonic() >= deadline):
+                    send(pending)
+                    pending, pending_bytes = [], 0
+        except BaseException:
+            progress.clear()
+            if produced:
+                # Where to resume: the lines before this point are stored, in order.
+                print(
+                    f"eventbus: the first {produced:,} lines were produced before the failure",
+                    file=sys.stderr,
+                )
+            raise
+    progress.clear()
+    elapsed, rate = progress.rate(produced)
+    print(
+        f"eventbus: produced {produced:,} records to {args.topic} in {elapsed:.2f} s "
+        f"({rate:,.0f} records/s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _batch_length(lines: list[bytes], batch_size: int) -> int:
+    """How many leading lines make one request: at most batch_size and about
+    MAX_BATCH_BYTES, at least one."""
+    size = 0
+    for count, line in enumerate(lines[:batch_size], 1):
+        size += len(line)
+        if size >= MAX_BATCH_BYTES:
+            return count
+    return min(len(lines), batch_size)
+
+
+def _format(pid: int, record: Record, args: argparse.Namespace, separator: bytes) -> bytes:
+    fields: list[bytes] = []
+    if args.print_offset:
+        fields += [str(pid).encode(), str(record.offset).encode()]
+    if args.print_key:
+        fields.append(record.key if record.key is not None else b"")
+    fields.append(record.value)
+    return separator.join(fields) + b"\n"
+
+
+async def _consume(args: argparse.Namespace, url: str, key: str) -> int:
+    """Follow the topic as one group member; see the command's description.
+
+    Commits: every fetch uses auto_commit, which commits what the member's previous fetch
+    delivered; this loop has printed and flushed all of it before it fetches again. On exit
+    it commits the positions after the records it printed (fewer than delivered when
+    --max-records cut an answer, or when a signal cancelled a fetch) and leaves. A fetch
+    whose answer may have been lost is never followed by another fetch as the same member,
+    so nothing unprinted is ever committed.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    out = sys.stdout.buffer
+    separator = args.separator.encode()
+    limit: int | None = args.max_records
+    printed: dict[int, int] = {}  # partition -> offset after the last record printed
+    count = 0
+    member: str | None = None
+    answer: FetchResult | None = None
+    async with AsyncClient(url, key, timeout=args.timeout) as client:
+        try:
+            while not stop.is_set() and (limit is None or count < limit):
+                want = MAX_FETCH_RECORDS if limit is None else min(MAX_FETCH_RECORDS, limit - count)
+                fetch = asyncio.ensure_future(
+                    client.fetch(
+                        args.topic,
+                        args.group,
+                        member,
+                        max_records=want,
+                        max_bytes=FETCH_MAX_BYTES,
+                        wait_ms=args.wait_ms,
+                        auto_commit=True,
+                        auto_offset_reset="earliest" if args.from_beginning else None,
+                    )
+                )
+                stopping = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not fetch.done():
+                    fetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ClientError):
+                        await fetch
+                    break
+                try:
+                    answer = fetch.result()
+                except ApiError as exc:
+                    if exc.code != "unknown_member":
+                        raise
+                    member = answer = None  # the session ended: join again
+                    continue
+                member = answer.member_id
+                records = answer.records
+                if limit is not None:
+                    records = records[: limit - count]
+                out.write(b"".join(_format(pid, r, args, separator) for pid, r in records))
+                out.flush()
+                count += len(records)
+                for pid, record in records:
+                    printed[pid] = max(printed.get(pid, 0), record.offset + 1)
+        finally:
+            if member is not None and answer is not None:
+                await _commit_and_leave(client, args, answer, printed)
+    return 0
+
+
+async def _commit_and_leave(
+    client: AsyncClient, args: argparse.Namespace, answer: FetchResult, printed: dict[int, int]
+) -> None:
+    """Commit what was printed in the member's partitions, then leave; a refused commit
+    (a rebalance came first) means those records are delivered again, so it is a warning."""
+    offsets = {p: o for p, o in printed.items() if p in answer.assignment}
+    if offsets:
+        try:
+            await client.commit(
+                args.topic, args.group, answer.member_id, answer.generation, offsets
+            )
+        except ClientError as exc:
+            print(
+                f"eventbus: warning: could not commit ({exc}); "
+                "the uncommitted records will be delivered again",
+                file=sys.stderr,
+            )
+    # Refused (unknown_member: the session had already ended) or unreachable: the session
+    # expires on its own.
+    with contextlib.suppress(ClientError):
+        await client.leave(args.topic, args.group, answer.member_id)
+
+
+def _run_client_command(args: argparse.Namespace) -> int:
+    key = _api_key(args)
+    if args.command == "consume":
+        return asyncio.run(_consume(args, args.url, key))
+    compression = None if getattr(args, "compression", "none") == "none" else args.compression
+    with Client(args.url, key, timeout=args.timeout, compression=compression) as client:
+        if args.command == "topics":
+            return _topics(args, client)
+        if args.command == "groups":
+            return _groups(args, client)
+        return _produce(args, client)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -128,6 +634,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"eventbus: wrote a copy of {source} to {args.path}")
         return 0
+    if args.command in ("topics", "produce", "consume", "groups"):
+        try:
+            return _run_client_command(args)
+        except ApiError as exc:
+            print(f"eventbus: {exc.code}: {exc.message}", file=sys.stderr)
+        except (ClientError, CliError) as exc:
+            print(f"eventbus: {exc}", file=sys.stderr)
+        except BrokenPipeError:
+            # The reader of stdout went away (e.g. `| head`): stop quietly.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return 2  # argparse has already refused anything else
 
 

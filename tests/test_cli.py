@@ -1,0 +1,257 @@
+"""The ``eventbus`` command line against a real ``eventbus serve`` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import ROOT, ServerProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("cli") / "data").start()
+    yield process
+    assert process.stop() == 0
+
+
+def eventbus(
+    server: ServerProcess,
+    *args: str,
+    stdin: bytes = b"",
+    env: dict[str, str] | None = None,
+    connect: Sequence[str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``eventbus ARGS`` against ``server``; by default it finds the key in the data dir."""
+    if connect is None:
+        connect = ["--url", server.url, "--data-dir", str(server.data_dir)]
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args, *connect],
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        env={**_clean_env(), "PYTHONPATH": str(ROOT), **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("EVENTBUS_")}
+
+
+def ok(result: subprocess.CompletedProcess[bytes]) -> Any:
+    assert result.returncode == 0, result.stderr.decode()
+    return json.loads(result.stdout) if result.stdout.strip().startswith(b"{") else result.stdout
+
+
+def test_topics_create_list_describe_delete(server: ServerProcess) -> None:
+    created = ok(
+        eventbus(server, "topics", "create", "cli-topics", "--config", "retention_ms=60000")
+    )
+    assert created["name"] == "cli-topics" and created["config"]["retention_ms"] == 60000
+    listed = json.loads(ok(eventbus(server, "topics", "list")))
+    assert "cli-topics" in [t["name"] for t in listed]
+    described = ok(eventbus(server, "topics", "describe", "cli-topics"))
+    assert [p["id"] for p in described["partitions"]] == [0]
+    assert ok(eventbus(server, "topics", "delete", "cli-topics")) == {"deleted": "cli-topics"}
+    missing = eventbus(server, "topics", "describe", "cli-topics")
+    assert missing.returncode == 1
+    assert b"topic_not_found" in missing.stderr
+
+
+def test_produce_and_consume_ten_thousand_lines(server: ServerProcess) -> None:
+    ok(eventbus(server, "topics", "create", "cli-lines"))
+    # Split once, so that keys really spread over two partitions.
+    split = urllib.request.Request(  # noqa: S310 - an http URL on loopback
+        f"{server.url}/v1/topics/cli-lines/partitions/0/split",
+        method="POST",
+        headers={"Authorization": f"Bearer {server.keys['EVENTBUS_API_KEY']}"},
+    )
+    with urllib.request.urlopen(split, timeout=30) as answer:  # noqa: S310 - loopback
+        assert answer.status == 200
+    lines = [f"key-{n % 97}:line {n}" for n in range(10_000)]
+    produced = eventbus(
+        server,
+        "produce",
+        "cli-lines",
+        "--key-separator",
+        ":",
+        "--batch-size",
+        "700",
+        stdin=("\n".join(lines) + "\n").encode(),
+    )
+    ok(produced)
+    assert b"produced 10,000 records to cli-lines" in produced.stderr
+
+    consumed = eventbus(
+        server,
+        "consume",
+        "cli-lines",
+        "--group",
+        "g",
+        "--from-beginning",
+        "--max-records",
+        "10000",
+        "--print-key",
+        "--separator",
+        ":",
+    )
+    out = ok(consumed).decode().splitlines()
+    assert sorted(out) == sorted(lines)
+    described = ok(eventbus(server, "topics", "describe", "cli-lines"))
+    ends = {p["id"]: p["end_offset"] for p in described["partitions"]}
+    assert ends[1] > 1000 and ends[2] > 1000 and ends[1] + ends[2] == 10_000
+    # Per-key order holds.
+    by_key: dict[str, list[int]] = {}
+    for line in out:
+        key, _, value = line.partition(":")
+        by_key.setdefault(key, []).append(int(value.split()[1]))
+    assert all(numbers == sorted(numbers) for numbers in by_key.values())
+
+    # What was printed was committed: the group has no lag, and goes on from there.
+    described = ok(eventbus(server, "groups", "describe", "cli-lines", "g"))
+    assert sum(p["lag"] for p in described["partitions"]) == 0
+    ok(eventbus(server, "produce", "cli-lines", stdin=b"later 1\nlater 2\n"))
+    more = eventbus(server, "consume", "cli-lines", "--group", "g", "--max-records", "2")
+    assert ok(more).decode().splitlines() == ["later 1", "later 2"]
+
+
+def test_groups_seek_replays_from_the_beginning(server: ServerProcess) -> None:
+    ok(eventbus(server, "topics", "create", "cli-seek"))
+    ok(eventbus(server, "produce", "cli-seek", stdin=b"a\nb\nc\n"))
+    first = eventbus(
+        server, "consume", "cli-seek", "--group", "s", "--from-beginning", "--max-records", "3"
+    )
+    assert ok(first).decode().splitlines() == ["a", "b", "c"]
+    seeked = ok(eventbus(server, "groups", "seek", "cli-seek", "s", "--to", "offsets:0=1"))
+    assert seeked == {"committed": [{"partition": 0, "offset": 1}]}
+    again = eventbus(
+        server, "consume", "cli-seek", "--group", "s", "--max-records", "2", "--print-offset"
+    )
+    assert ok(again).decode().splitlines() == ["0\t1\tb", "0\t2\tc"]
+    bad = eventbus(server, "groups", "seek", "cli-seek", "s", "--to", "sideways")
+    assert bad.returncode == 2 and b"expected earliest" in bad.stderr
+
+
+def test_consume_follows_until_interrupted_and_commits(server: ServerProcess) -> None:
+    ok(eventbus(server, "topics", "create", "cli-follow"))
+    consumer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "consume",
+            "cli-follow",
+            "--group",
+            "f",
+            "--from-beginning",
+            "--url",
+            server.url,
+            "--data-dir",
+            str(server.data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**_clean_env(), "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert consumer.stdout is not None
+        seen = b""
+        for n in range(3):
+            ok(eventbus(server, "produce", "cli-follow", stdin=f"wave {n}\n".encode()))
+            deadline = time.monotonic() + 30
+            while f"wave {n}\n".encode() not in seen:
+                assert time.monotonic() < deadline, seen
+                if select.select([consumer.stdout], [], [], 0.1)[0]:
+                    seen += os.read(consumer.stdout.fileno(), 1 << 16)
+        consumer.send_signal(signal.SIGINT)
+        assert consumer.wait(30) == 0
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
+        for stream in (consumer.stdout, consumer.stderr):
+            if stream is not None:
+                stream.close()
+    assert seen.decode().splitlines() == ["wave 0", "wave 1", "wave 2"]
+    described = ok(eventbus(server, "groups", "describe", "cli-follow", "f"))
+    assert described["partitions"][0]["committed"] == 3
+    assert described["members"] == []  # it left
+
+
+def test_keys_come_from_flags_environment_or_the_data_dir(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    key = server.keys["EVENTBUS_API_KEY"]
+    elsewhere = ["--url", server.url, "--data-dir", str(tmp_path)]
+    assert (
+        eventbus(server, "topics", "list", connect=[*elsewhere, "--api-key", key]).returncode == 0
+    )
+    from_env = eventbus(server, "topics", "list", connect=elsewhere, env={"EVENTBUS_API_KEY": key})
+    assert from_env.returncode == 0
+    from_url_env = eventbus(
+        server,
+        "topics",
+        "list",
+        connect=["--data-dir", str(server.data_dir)],
+        env={"EVENTBUS_URL": server.url},
+    )
+    assert from_url_env.returncode == 0
+    none = eventbus(server, "topics", "list", connect=elsewhere)
+    assert none.returncode == 1 and b"no API key" in none.stderr
+    wrong = eventbus(server, "topics", "list", connect=[*elsewhere, "--api-key", "ebk_wrong"])
+    assert wrong.returncode == 1 and b"unauthorized" in wrong.stderr
+
+
+def test_produce_shows_a_live_rate_on_a_terminal(server: ServerProcess) -> None:
+    ok(eventbus(server, "topics", "create", "cli-tty"))
+    primary, secondary = pty.openpty()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "produce",
+                "cli-tty",
+                "--batch-size",
+                "100",
+                "--url",
+                server.url,
+                "--data-dir",
+                str(server.data_dir),
+            ],
+            input=b"".join(b"%d\n" % n for n in range(2000)),
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            cwd=ROOT,
+            env={**_clean_env(), "PYTHONPATH": str(ROOT)},
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0
+        shown = b""
+        while select.select([primary], [], [], 0.5)[0]:
+            shown += os.read(primary, 1 << 16)
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert b"records/s\x1b[K" in shown  # the rewritten progress line
+    assert b"produced 2,000 records" in shown
