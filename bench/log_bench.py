@@ -20,19 +20,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
+from bench.report import machine_description, write_section
 from partitions.batch import NewRecord, encode_batch
 from partitions.log import LogConfig, PartitionLog
 
@@ -148,34 +146,6 @@ def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
     return statistics.median(values), values
 
 
-def machine_description(directory: Path) -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    fs = "unknown"
-    df = shutil.which("df")
-    if df:
-        out = subprocess.run(
-            [df, "-T", str(directory)], capture_output=True, text=True, check=False
-        ).stdout.splitlines()
-        if len(out) > 1:
-            fs = out[1].split()[1]
-    versions = ", ".join(
-        f"{name} {metadata.version(name)}" for name in ("aiohttp", "crc32c", "xxhash")
-    )
-    return [
-        f"- CPU: {cpu}, {os.cpu_count()} cores; memory {mem_gib:.0f} GiB",
-        f"- OS: {platform.system()} {platform.release()}; benchmark directory on {fs}",
-        f"- Python {platform.python_version()}; {versions}",
-    ]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="write the markdown report here")
@@ -257,18 +227,13 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
     if args.output:
         command = "make bench  # = python -m bench.log_bench --output docs/benchmarks.md"
         report = [
-            "# Benchmarks",
-            "",
-            "Numbers from one run of the command below; absolute numbers depend on the disk,",
-            "so compare the ratios, which are measured against the same disk in the same run.",
-            "",
             "## Partition log (append with fsync)",
             "",
             f"Command: `{command}`",
             "",
             "Machine:",
             "",
-            *machine_description(scratch),
+            *machine_description(scratch, ("aiohttp", "crc32c", "xxhash")),
             "",
             f"Each figure is the median of {args.runs} runs of {args.seconds:g} s. Records are "
             f"{RECORD_BYTES} bytes (value and key); batches are encoded before the clock starts.",
@@ -316,8 +281,7 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
             "  where the gateway's batching of records into batches matters.",
             "",
         ]
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text("\n".join(report))
+        write_section(args.output, "log", report)
         say(f"wrote {args.output}")
     return 0
 
