@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import logging
 import time
@@ -40,6 +41,7 @@ from partitions.groups import GroupCoordinator, TopicShape
 from partitions.idempotency import ANSWER_TTL_MS, AnswerTable, decode_tag, encode_tags
 from partitions.log import BatchRead, ReadResult
 from partitions.worker import PartitionKey, PartitionWorker
+from tiered_storage.service import TieredStorage
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,10 @@ class Broker:
         self.long_polls_waiting = 0
         self.answers = AnswerTable()
         self.idempotent_replays = 0
+        # Tiered storage, when the app wires it: retention, backpressure, topic objects.
+        self.tiered: TieredStorage | None = None
+        # Deleted incarnations whose cleanup a request is running now.
+        self._deleting: set[tuple[str, str]] = set()
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -145,9 +151,7 @@ class Broker:
     async def start(self) -> None:
         """Finish deletions a crash interrupted, open every live partition, and seal the
         logs of partitions the catalog sealed (a split or merge cut short by a crash)."""
-        for topic in await self.catalog.list_deleted_topics():
-            await self.worker.drop_topic(topic.tenant, topic.incarnation)
-            await self.catalog.purge_topic(topic.tenant, topic.incarnation)
+        await self.finish_deletions()
         for tenant in await self.catalog.list_tenants():
             after: str | None = None
             while page := await self.catalog.list_topics(tenant.name, after=after, limit=500):
@@ -159,6 +163,27 @@ class Broker:
                             if not stats.sealed:
                                 await self.worker.seal(view.key(pid))
                 after = page[-1].name
+
+    async def finish_deletions(self) -> None:
+        """Remove the data of deleted topics that a crash or an unreachable object store
+        left behind, then let the catalog forget them."""
+        for topic in await self.catalog.list_deleted_topics():
+            if (topic.tenant, topic.incarnation) not in self._deleting:
+                await self._remove_topic_data(topic.tenant, topic.incarnation)
+
+    async def _remove_topic_data(self, tenant: str, incarnation: str) -> None:
+        await self.worker.drop_topic(tenant, incarnation)
+        if self.tiered is not None:
+            try:
+                await self.tiered.delete_topic_objects(tenant, incarnation)
+            except EventBusError as exc:
+                # The catalog keeps the incarnation; finish_deletions retries.
+                log.warning(
+                    "objects of deleted topic %s/%s not removed yet: %s", tenant, incarnation, exc
+                )
+                return
+        with contextlib.suppress(TopicNotFoundError):  # another pass finished it
+            await self.catalog.purge_topic(tenant, incarnation)
 
     def _lock(self, tenant: str, name: str) -> asyncio.Lock:
         return self._topic_locks.setdefault((tenant, name), asyncio.Lock())
@@ -237,8 +262,11 @@ class Broker:
             self._topic_locks.pop((tenant, name), None)
             self.groups.forget_topic(tenant, topic.incarnation)
             self.answers.drop_topic(tenant, topic.incarnation)
-            await self.worker.drop_topic(tenant, topic.incarnation)
-            await self.catalog.purge_topic(tenant, topic.incarnation)
+            self._deleting.add((tenant, topic.incarnation))
+            try:
+                await self._remove_topic_data(tenant, topic.incarnation)
+            finally:
+                self._deleting.discard((tenant, topic.incarnation))
 
     async def partition_offsets(self, view: TopicView) -> dict[int, tuple[int, int]]:
         """(start, end) offsets of every partition, as its log says now."""
@@ -246,6 +274,29 @@ class Broker:
         for pid in view.partitions:
             stats = await self.worker.stats(view.key(pid))
             out[pid] = (stats.start_offset, stats.end_offset)
+        return out
+
+    async def partition_storage(self, view: TopicView) -> dict[int, dict[str, Any]]:
+        """Per partition: where its data is (local and tiered), for topic describe."""
+        out: dict[int, dict[str, Any]] = {}
+        for pid in view.partitions:
+            key = view.key(pid)
+            stats = await self.worker.stats(key)
+            entry: dict[str, Any] = {
+                "local_start_offset": stats.local_start_offset,
+                "local_bytes": stats.size_bytes,
+                "remote_start_offset": None,
+                "remote_end_offset": None,
+                "remote_bytes": 0,
+                "segments_pending_upload": 0,
+            }
+            if self.tiered is not None:
+                remote = await self.tiered.partition_status(key)
+                entry["remote_start_offset"] = remote.remote_start_offset
+                entry["remote_end_offset"] = remote.remote_end_offset
+                entry["remote_bytes"] = remote.remote_bytes
+                entry["segments_pending_upload"] = remote.segments_pending_upload
+            out[pid] = entry
         return out
 
     async def shape(self, tenant: str, name: str) -> TopicShape:
@@ -371,6 +422,8 @@ class Broker:
         same answer and appends nothing; one still running is waited for; one that wrote
         only some of its records (a crash or a failure part-way) appends only the rest.
         """
+        if self.tiered is not None:
+            self.tiered.check_backpressure()
         if idempotency is None:
             plain: list[tuple[int, int] | None] = [None] * len(records)
             await self._produce(tenant, name, records, list(range(len(records))), plain, None)
@@ -612,11 +665,18 @@ class Broker:
 
     async def apply_retention(self) -> int:
         """Apply every live topic's ``retention_ms`` and ``retention_bytes``; answers how
-        many segments went. Local retention is tiered storage's, not applied here.
+        many segments went. With tiered storage, these bound remote and local data
+        together, and ``local_retention_*`` bound what stays on disk (tiered_storage's
+        retention module); without it, they bound the local log.
 
         A topic that fails (a partition recovering, say) is logged and skipped; the others
-        go on. Logs the catalog sealed but that are not sealed yet are sealed here too.
+        go on. Logs the catalog sealed but that are not sealed yet are sealed here too, and
+        deleted topics whose cleanup was interrupted are finished.
         """
+        try:
+            await self.finish_deletions()
+        except EventBusError as exc:
+            log.warning("finishing topic deletions failed: %s", exc)
         removed = 0
         for (tenant, name), view in list(self._views.items()):
             try:
@@ -633,6 +693,10 @@ class Broker:
         for pid, partition in view.partitions.items():
             if not partition.active and not (await self.worker.stats(view.key(pid))).sealed:
                 await self._seal_log(view.key(pid))
+        if self.tiered is not None:
+            return await self.tiered.retain_topic(
+                tenant, name, view.record.incarnation, config, list(view.partitions)
+            )
         if retention_ms is not None:
             for pid in view.partitions:
                 gone = await self.worker.enforce_retention(

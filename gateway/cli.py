@@ -22,6 +22,8 @@ from gateway.client import ApiError, AsyncClient, Client, ClientError, FetchResu
 from gateway.config import ServerConfig
 from partitions.batch import NewRecord, Record
 from partitions.catalog_sqlite import CATALOG_FILE, backup_catalog
+from partitions.errors import InvalidInputError
+from tiered_storage.objects import parse_store_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 # Bounds of one produce request built from stdin, and of one fetch.
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING, ERROR"
     )
+    _add_tiering_flags(serve)
 
     catalog = commands.add_parser("catalog", help="work with the catalog of a data directory")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
@@ -111,6 +114,44 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--data-dir", default=_default_data_dir(), help="the server's data dir")
     _add_client_commands(commands)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _add_tiering_flags(serve: argparse.ArgumentParser) -> None:
+    tiering = serve.add_argument_group("tiered storage")
+    tiering.add_argument(
+        "--object-store",
+        default=_env("object-store", None),
+        metavar="URL",
+        help="file://DIR or s3://BUCKET[/PREFIX] (default file://DATA_DIR/objects)",
+    )
+    tiering.add_argument(
+        "--s3-endpoint",
+        default=_env("s3-endpoint", None),
+        metavar="URL",
+        help="S3 endpoint (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, or AWS itself)",
+    )
+    for flag, default, text in (
+        ("object-store-timeout-ms", 30_000, "deadline of each object-store call (default 30000)"),
+        ("upload-concurrency", 4, "segment uploads at once (default 4)"),
+        (
+            "max-upload-backlog-bytes",
+            4 * 1024**3,
+            "bytes waiting for upload past which produce answers 503 (default 4 GiB)",
+        ),
+        ("upload-retry-max-ms", 30_000, "longest backoff between upload attempts (default 30000)"),
+        ("orphan-grace-ms", 3_600_000, "age before leftover objects are deleted (default 1 h)"),
+        ("orphan-check-ms", 600_000, "how often leftovers are looked for (default 10 min)"),
+    ):
+        tiering.add_argument(
+            f"--{flag}", type=_positive_int, default=_env(flag, str(default)), help=text
+        )
 
 
 def _config_item(text: str) -> tuple[str, Any]:
@@ -279,6 +320,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for path in (args.tls_cert, args.tls_key):
         if path and not Path(path).is_file():
             parser.error(f"no such file: {path}")
+    if args.object_store:
+        try:
+            parse_store_url(args.object_store)
+        except InvalidInputError as exc:
+            parser.error(exc.message)
     logs.configure(args.log_level.upper())
     config = ServerConfig(
         data_dir=Path(args.data_dir),
@@ -291,6 +337,14 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         max_wait_ms=int(args.max_wait_ms),
         retention_check_ms=int(args.retention_check_ms),
         admin_key=os.environ.get("EVENTBUS_ADMIN_KEY") or None,
+        object_store=args.object_store or None,
+        s3_endpoint=args.s3_endpoint or None,
+        object_store_timeout_ms=int(args.object_store_timeout_ms),
+        upload_concurrency=int(args.upload_concurrency),
+        max_upload_backlog_bytes=int(args.max_upload_backlog_bytes),
+        upload_retry_max_ms=int(args.upload_retry_max_ms),
+        orphan_grace_ms=int(args.orphan_grace_ms),
+        orphan_check_ms=int(args.orphan_check_ms),
     )
     return run(config)
 

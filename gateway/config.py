@@ -30,6 +30,21 @@ class ServerConfig:
     retention_check_ms: int = 30_000
     # From EVENTBUS_ADMIN_KEY; never printed (repr=False).
     admin_key: str | None = field(default=None, repr=False)
+    # Tiered storage: file://DIR or s3://BUCKET/PREFIX (default: file:// under data_dir).
+    object_store: str | None = None
+    # The S3 endpoint; else the standard AWS settings (AWS_ENDPOINT_URL_S3, ...).
+    s3_endpoint: str | None = None
+    # Deadline of each call to the object store: a stalled store counts as down.
+    object_store_timeout_ms: int = 30_000
+    upload_concurrency: int = 4
+    # Past this many bytes of rolled segments waiting for upload, produce answers 503.
+    max_upload_backlog_bytes: int = 4 * 1024 * MIB
+    # Longest wait between attempts at a failing upload (the backoff doubles up to it).
+    upload_retry_max_ms: int = 30_000
+    # Unreferenced objects and abandoned copies older than this are deleted...
+    orphan_grace_ms: int = 60 * 60 * 1000
+    # ... by a pass that runs this often.
+    orphan_check_ms: int = 10 * 60 * 1000
 
     @property
     def scheme(self) -> str:

@@ -58,13 +58,16 @@ async def create_bucket(endpoint: str, name: str | None = None) -> str:
 
 
 async def bucket_objects(endpoint: str, bucket: str, prefix: str = "") -> dict[str, bytes]:
-    """Every object under ``prefix``, with its bytes."""
+    """Every object under ``prefix``, with its bytes (those deleted meanwhile left out)."""
     out: dict[str, bytes] = {}
     async with aioboto3.Session().client("s3", endpoint_url=endpoint) as client:
         paginator = client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                answer = await client.get_object(Bucket=bucket, Key=item["Key"])
+                try:
+                    answer = await client.get_object(Bucket=bucket, Key=item["Key"])
+                except client.exceptions.NoSuchKey:
+                    continue  # deleted since the listing
                 async with answer["Body"] as body:
                     out[item["Key"]] = await body.read()
     return out
@@ -145,13 +148,16 @@ class S3FaultProxy:
             return web.Response(status=status, text=xml, content_type="application/xml")
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        async with self._session.request(
-            request.method,
-            self.upstream + request.path_qs,
-            headers=headers,
-            # A stream: aiohttp warns on raw bodies over 1 MiB.
-            data=io.BytesIO(body) if body else None,
-        ) as answer:
-            data = await answer.read()
-            out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
-            return web.Response(status=answer.status, body=data, headers=out)
+        try:
+            async with self._session.request(
+                request.method,
+                self.upstream + request.path_qs,
+                headers=headers,
+                # A stream: aiohttp warns on raw bodies over 1 MiB.
+                data=io.BytesIO(body) if body else None,
+            ) as answer:
+                data = await answer.read()
+                out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+                return web.Response(status=answer.status, body=data, headers=out)
+        except aiohttp.ClientConnectionError:
+            return web.Response(status=502, text="the proxy is closing")
