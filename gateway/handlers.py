@@ -123,6 +123,11 @@ async def describe(broker: Broker, view: TopicView) -> dict[str, Any]:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    broker = request.app.get(BROKER)
+    tiered = broker.tiered if broker is not None else None
+    if tiered is not None and tiered.failed is not None:
+        # A tiering loop died: nothing is uploaded or cleaned any more; restart the server.
+        return json_response({"status": "unhealthy", "reason": "tiered storage stopped"}, 503)
     return json_response({"status": "ok"})
 
 

@@ -4,16 +4,22 @@ a stalled store and backpressure, remote retention's order, topic deletion, clea
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway.app import CATALOG
 from gateway.tiering import TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
 from tests.conftest import ADMIN_KEY, start_api, stop_api
+from tests.s3 import bucket_objects, create_bucket
+from tests.servers import ROOT, ServerProcess
 from tests.tiering_tools import (
     TieredServer,
     local_records,
@@ -350,7 +356,7 @@ async def test_a_topic_deleted_while_the_store_is_down_loses_its_objects_later(
 
 
 async def test_orphans_are_removed_after_the_grace_period(tmp_path: Path, s3_endpoint: str) -> None:
-    server = await start_tiered(tmp_path, s3_endpoint, orphan_grace_ms=2_000, orphan_check_ms=200)
+    server = await start_tiered(tmp_path, s3_endpoint, orphan_grace_ms=3_000, orphan_check_ms=200)
     try:
         catalog = server.api.server.app[CATALOG]
         assert (await server.api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
@@ -379,16 +385,20 @@ async def test_orphans_are_removed_after_the_grace_period(tmp_path: Path, s3_end
         await store.put(abandoned.object_key, b"half a copy")
         # An object of another application in the same bucket is never touched.
         await store.put("someone-else/notes.txt", b"mine")
-        await asyncio.sleep(0.6)  # several cleanup passes: too young to go
+        await asyncio.sleep(0.6)  # cleanup passes, too early for either (S3 dates to the second)
         assert stray in await server.objects() and abandoned.object_key in await server.objects()
 
         async def cleaned() -> bool:
-            return set(await server.objects()) == {*kept, "someone-else/notes.txt"}
+            rows = await catalog.list_remote_segments("default", inc, 0)
+            return 88_888 not in {r.base_offset for r in rows} and set(await server.objects()) == {
+                *kept,
+                "someone-else/notes.txt",
+            }
 
         await wait_for(cleaned, within=20, what="orphan cleanup")
         rows = await catalog.list_remote_segments("default", inc, 0)
-        assert 88_888 not in {r.base_offset for r in rows}
         assert all(r.state is RemoteSegmentState.COPY_FINISHED for r in rows)
+        assert len(rows) * 3 == len(kept)
     finally:
         await server.close()
 
@@ -412,3 +422,53 @@ async def test_the_default_store_is_a_directory_under_the_data_dir(tmp_path: Pat
         assert logs[0].read_bytes() == (local / logs[0].name).read_bytes()
     finally:
         await stop_api(api)
+
+
+def test_serve_refuses_an_unknown_object_store(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path / "d")]
+        + ["--object-store", "gs://bucket"],
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"unknown object store scheme 'gs'" in result.stderr
+
+
+async def test_serve_takes_the_store_from_its_environment(tmp_path: Path, s3_endpoint: str) -> None:
+    bucket = await create_bucket(s3_endpoint)
+    env = {
+        "EVENTBUS_OBJECT_STORE": f"s3://{bucket}/from-env",
+        "EVENTBUS_S3_ENDPOINT": s3_endpoint,
+        "EVENTBUS_RETENTION_CHECK_MS": "100",
+    }
+    server = ServerProcess(tmp_path / "data", env=env).start()
+    try:
+        auth = {"Authorization": f"Bearer {server.keys['EVENTBUS_API_KEY']}"}
+        async with aiohttp.ClientSession(headers=auth) as session:
+            async with session.put(f"{server.url}/v1/topics/t", json=SMALL) as response:
+                assert response.status == 201
+            for i in range(10):
+                records = {"records": [{"value": value(i)}]}
+                async with session.post(f"{server.url}/v1/topics/t/records", json=records) as r:
+                    assert r.status == 200
+
+            async def uploaded() -> bool:
+                return any(k.endswith(".log") for k in await bucket_objects(s3_endpoint, bucket))
+
+            await wait_for(uploaded, what="an upload to the bucket named in the environment")
+        assert all(
+            k.startswith("from-env/default/") for k in await bucket_objects(s3_endpoint, bucket)
+        )
+    finally:
+        assert server.stop() == 0
+
+
+async def test_health_says_when_tiered_storage_stopped(server: TieredServer) -> None:
+    assert await server.api.call("GET", "/healthz") == (200, {"status": "ok"})
+    server.api.server.app[TIERING].failed = RuntimeError("the upload loop died")
+    status, body = await server.api.call("GET", "/healthz")
+    assert status == 503 and body["status"] == "unhealthy"

@@ -118,14 +118,11 @@ class OrphanCleaner:
                 by_partition.setdefault(parsed.partition, []).append((info, parsed.base_offset))
         removed = 0
         for key, objects in by_partition.items():
-            cached = self._index.cached(key)
-            if cached is not None:
-                named = set(cached)
-            else:
-                rows = await self._catalog.list_remote_segments(
-                    key.tenant, key.incarnation, key.partition_id
-                )
-                named = {row.base_offset for row in rows}
+            # The catalog, not this process's mirror: another writer may have added rows.
+            rows = await self._catalog.list_remote_segments(
+                key.tenant, key.incarnation, key.partition_id
+            )
+            named = {row.base_offset for row in rows}
             for info, base in objects:
                 if base in named:
                     continue

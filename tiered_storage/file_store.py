@@ -60,7 +60,8 @@ class FileObjectStore:
         return f"file://{self.root}"
 
     async def close(self) -> None:
-        self._threads.shutdown(wait=True)
+        # Not waiting: a thread stuck on a stalled disk must not hold shutdown.
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()

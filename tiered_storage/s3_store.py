@@ -96,9 +96,11 @@ class S3ObjectStore:
         *,
         timeout_s: float,
         endpoint_url: str | None = None,
-        multipart_threshold: int = 64 * MIB,
+        # Smaller objects are sent in one request, read whole into memory (so at most
+        # upload_concurrency times this is held at once); larger ones in parts.
+        multipart_threshold: int = 16 * MIB,
         # S3 takes parts of 5 MiB and more (all but the last).
-        part_bytes: int = 16 * MIB,
+        part_bytes: int = 8 * MIB,
         max_attempts: int = 5,
         backoff_s: tuple[float, float] = (0.05, 2.0),
     ) -> None:

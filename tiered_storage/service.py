@@ -25,7 +25,7 @@ from tiered_storage.cleanup import OrphanCleaner
 from tiered_storage.objects import ObjectStore
 from tiered_storage.retention import TieredRetention
 from tiered_storage.state import RemoteIndex, TieringCounters, TieringSettings
-from tiered_storage.uploader import SegmentUploader
+from tiered_storage.uploader import SegmentUploader, pending_segments
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ class TieredStorage:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the loops; the first upload pass runs at once, so whatever a crash left
+        unfinished is uploaded again right after a start."""
+        self.uploader.wake()
         loop = asyncio.get_running_loop()
         for coro, name in (
             (self.uploader.run(), "tiering-upload"),
@@ -111,6 +114,8 @@ class TieredStorage:
                 await self.cleaner.run_once()
             except EventBusError as exc:
                 log.warning("object store cleanup failed (%s); trying again later", exc)
+            except Exception:
+                log.exception("object store cleanup failed; trying again later")
 
     # --- what the broker calls ---------------------------------------------------------------
 
@@ -143,7 +148,7 @@ class TieredStorage:
             key=lambda r: r.base_offset,
         )
         live = [r for r in finished if r.last_offset >= stats.start_offset]
-        pending = self.uploader.pending(key)
+        pending = pending_segments(self._worker.segments(key), rows, stats.start_offset)
         return PartitionTiering(
             remote_start_offset=max(live[0].base_offset, stats.start_offset) if live else None,
             remote_end_offset=live[-1].last_offset + 1 if live else None,

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -101,9 +101,6 @@ class SegmentUploader:
             s.base_offset == base_offset for s in self._pending.get(key, [])
         )
 
-    def pending(self, key: PartitionKey) -> list[SegmentInfo]:
-        return list(self._pending.get(key, []))
-
     def check_backpressure(self) -> None:
         backlog, cap = self._counters.backlog_bytes, self._settings.max_upload_backlog_bytes
         if backlog > cap:
@@ -142,6 +139,9 @@ class SegmentUploader:
                 await self.scan()
             except EventBusError as exc:
                 log.warning("upload scan failed (%s); trying again", exc)
+            except Exception:
+                # A bug must not stop every future upload: log it and go on.
+                log.exception("upload scan failed; trying again")
 
     async def close(self) -> None:
         self._closing = True
@@ -161,14 +161,7 @@ class SegmentUploader:
                 rows = await self._index.rows(key)
             except EventBusError:
                 continue  # closed or recovering: next pass
-            waiting = [
-                s
-                for s in segments
-                if not s.active
-                and s.size_bytes > 0
-                and s.next_offset > stats.start_offset
-                and _needs_copy(rows.get(s.base_offset))
-            ]
+            waiting = pending_segments(segments, rows, stats.start_offset)
             if waiting:
                 pending[key] = waiting
         self._pending = pending
@@ -317,6 +310,21 @@ class SegmentUploader:
             return None  # the topic is being deleted
         self._index.put(row)
         return row
+
+
+def pending_segments(
+    segments: Sequence[SegmentInfo], rows: Mapping[int, RemoteSegmentRecord], log_start: int
+) -> list[SegmentInfo]:
+    """The segments that wait for upload: final (not the active one), not empty, not below
+    the log start, and without a finished (or deleting) copy."""
+    return [
+        s
+        for s in segments
+        if not s.active
+        and s.size_bytes > 0
+        and s.next_offset > log_start
+        and _needs_copy(rows.get(s.base_offset))
+    ]
 
 
 def _needs_copy(row: RemoteSegmentRecord | None) -> bool:
