@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 from gateway.auth import CREDENTIALS_FILE
 from gateway.client import ApiError, AsyncClient, Client, ClientError, FetchResult
 from gateway.config import ServerConfig
+from gateway.quotas import QUOTA_NAMES, RATE_QUOTAS, Quotas
 from partitions.batch import NewRecord, Record
 from partitions.catalog_sqlite import CATALOG_FILE, backup_catalog
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING, ERROR"
     )
+    _add_tenancy_flags(serve)
 
     catalog = commands.add_parser("catalog", help="work with the catalog of a data directory")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
@@ -111,6 +113,44 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--data-dir", default=_default_data_dir(), help="the server's data dir")
     _add_client_commands(commands)
     return parser
+
+
+def _quota(name: str) -> Any:
+    low = 1 if name in RATE_QUOTAS else 0
+
+    def parse(text: str) -> int | None:
+        if text.strip().lower() in ("", "none", "unlimited"):
+            return None
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, or 'none'")
+        return value
+
+    return parse
+
+
+def _add_tenancy_flags(serve: argparse.ArgumentParser) -> None:
+    for name in QUOTA_NAMES:
+        flag = "default-" + name.replace("_", "-")
+        serve.add_argument(
+            "--" + flag,
+            type=_quota(name),
+            default=_env(flag, "none"),
+            metavar="N",
+            help=f"{name} of tenants without their own (default: none, unlimited)",
+        )
+    serve.add_argument(
+        "--max-concurrent-requests",
+        type=_positive,
+        default=_env("max-concurrent-requests", "64"),
+        help="tenant requests in service at once; the rest wait, served fairly (default 64)",
+    )
+    serve.add_argument(
+        "--max-queued-per-tenant",
+        type=_positive,
+        default=_env("max-queued-per-tenant", "256"),
+        help="requests one tenant may have waiting (default 256); past it, 429",
+    )
 
 
 def _config_item(text: str) -> tuple[str, Any]:
@@ -291,6 +331,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         max_wait_ms=int(args.max_wait_ms),
         retention_check_ms=int(args.retention_check_ms),
         admin_key=os.environ.get("EVENTBUS_ADMIN_KEY") or None,
+        default_quotas=Quotas(**{name: getattr(args, "default_" + name) for name in QUOTA_NAMES}),
+        max_concurrent_requests=int(args.max_concurrent_requests),
+        max_queued_per_tenant=int(args.max_queued_per_tenant),
     )
     return run(config)
 

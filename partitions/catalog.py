@@ -88,6 +88,17 @@ class TenantCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """A tenant's bounds on live topics and active partitions (None: unbounded)."""
+
+    max_topics: int | None = None
+    max_partitions: int | None = None
+
+
+UNLIMITED = TenantLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKeyRecord:
     """An API key, by its hash: the secret itself is never stored."""
 

@@ -13,6 +13,7 @@ and partition ids are integers, so no path can leave its tenant's directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 from dataclasses import dataclass
@@ -87,6 +88,10 @@ class PartitionWorker(Protocol):
 
     async def drop_topic(self, tenant: str, incarnation: str) -> None:
         """Close a topic incarnation's partitions and delete their data."""
+        ...
+
+    async def drop_tenant(self, tenant: str) -> None:
+        """Remove what is left of a deleted tenant once its topics are dropped."""
         ...
 
     def totals(self) -> WorkerTotals: ...
@@ -198,6 +203,12 @@ class LocalPartitionWorker:
         directory = self.topic_directory(tenant, incarnation)
         # Errors propagate: the catalog keeps the incarnation, and the next start retries.
         await asyncio.to_thread(_remove_tree, directory)
+
+    async def drop_tenant(self, tenant: str) -> None:
+        # Only an empty directory goes: anything still in it belongs to a topic whose
+        # deletion is not finished, and is removed by that deletion.
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread((self.root / tenant).rmdir)
 
     async def close(self) -> None:
         logs, self._logs = list(self._logs.values()), {}
