@@ -180,7 +180,11 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def create_app(config: ServerConfig) -> web.Application:
-    scheduler = FairScheduler(config.max_concurrent_requests, config.max_queued_per_tenant)
+    scheduler = FairScheduler(
+        config.max_concurrent_requests,
+        config.max_queued_per_tenant,
+        config.max_in_service_per_tenant,
+    )
     app = web.Application(
         client_max_size=config.max_request_bytes,
         middlewares=[

@@ -290,6 +290,14 @@ class Broker:
         limit); splits past it are refused with ``partition_limit_reached``."""
         return (await self.limits(tenant)).max_partitions
 
+    async def partition_headroom(self, tenant: str) -> int | None:
+        """How many more active partitions ``tenant`` may have now: the splits it may still
+        make (None: no limit; 0: none, at or over its limit)."""
+        limit = await self.partition_limit(tenant)
+        if limit is None:
+            return None
+        return max(0, limit - (await self.catalog.tenant_counts(tenant)).active_partitions)
+
     async def partition_offsets(self, view: TopicView) -> dict[int, tuple[int, int]]:
         """(start, end) offsets of every partition, as its log says now."""
         out = {}

@@ -146,6 +146,12 @@ def _add_tenancy_flags(serve: argparse.ArgumentParser) -> None:
         help="tenant requests in service at once; the rest wait, served fairly (default 64)",
     )
     serve.add_argument(
+        "--max-in-service-per-tenant",
+        type=_positive,
+        default=_env("max-in-service-per-tenant", "16"),
+        help="requests of one tenant in service at once (default 16)",
+    )
+    serve.add_argument(
         "--max-queued-per-tenant",
         type=_positive,
         default=_env("max-queued-per-tenant", "256"),
@@ -334,6 +340,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         default_quotas=Quotas(**{name: getattr(args, "default_" + name) for name in QUOTA_NAMES}),
         max_concurrent_requests=int(args.max_concurrent_requests),
         max_queued_per_tenant=int(args.max_queued_per_tenant),
+        max_in_service_per_tenant=int(args.max_in_service_per_tenant),
     )
     return run(config)
 

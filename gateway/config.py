@@ -38,6 +38,8 @@ class ServerConfig:
     max_concurrent_requests: int = 64
     # Requests one tenant may have waiting for service; past it, 429 request_queue_full.
     max_queued_per_tenant: int = 256
+    # Slots one tenant may hold at once (at most max_concurrent_requests).
+    max_in_service_per_tenant: int = 16
     # The quota buckets' clock (seconds, monotonic), injectable so that tests count tokens.
     quota_clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 

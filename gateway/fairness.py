@@ -7,7 +7,9 @@ it for its oldest request and goes to the back of the ring. So a tenant with a t
 requests queued and one with a single request alternate: the single one waits for at most
 one request of each other tenant, never behind the whole flood. Turns are per request, not
 per byte; byte quotas bound what one request may cost. A tenant's queue is bounded
-(``max_queued``): past it, 429 ``request_queue_full``.
+(``max_queued``): past it, 429 ``request_queue_full``. One tenant holds at most
+``per_tenant`` slots at once, so that requests of one tenant that stay in service long
+(bodies uploaded slowly) can never hold them all.
 
 A request that waits for data (a long-poll) gives its slot back for the wait and queues
 again, fairly, before it goes on (see :mod:`partitions.waiting`), so waiting reads never
@@ -39,12 +41,14 @@ class _Ticket:
 
 
 class FairScheduler:
-    def __init__(self, slots: int, max_queued: int) -> None:
-        if slots < 1 or max_queued < 1:
+    def __init__(self, slots: int, max_queued: int, per_tenant: int | None = None) -> None:
+        if slots < 1 or max_queued < 1 or (per_tenant is not None and per_tenant < 1):
             raise ValueError("a scheduler needs at least one slot and one queue place")
         self.slots = slots
         self.max_queued = max_queued
+        self.per_tenant = slots if per_tenant is None else min(per_tenant, slots)
         self._free = slots
+        self._busy: dict[str, int] = {}
         self._queues: dict[str, deque[asyncio.Future[None]]] = {}
         # Tenants with a queued request, in the order they are served.
         self._ring: deque[str] = deque()
@@ -61,11 +65,12 @@ class FairScheduler:
     async def acquire(self, tenant: str, *, bounded: bool = True) -> None:
         """Wait for a slot, in ``tenant``'s turn. ``bounded``: refuse when the tenant's
         queue is full (a request coming back from a long-poll is not refused)."""
-        if self._free > 0 and not self._ring:
-            self._free -= 1
-            self.admitted += 1
-            return
         queue = self._queues.get(tenant)
+        if self._free > 0 and queue is None and self._busy.get(tenant, 0) < self.per_tenant:
+            # A free slot and nobody else could have it: queued tenants would have got it
+            # unless they are at their own limit.
+            self._grant(tenant)
+            return
         if bounded and queue is not None and len(queue) >= self.max_queued:
             raise RequestQueueFullError(
                 f"the tenant has {len(queue)} requests waiting for service; retry later",
@@ -81,7 +86,7 @@ class FairScheduler:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self.release()  # granted just as it was cancelled: give it back
+                self.release(tenant)  # granted just as it was cancelled: give it back
             else:
                 self._withdraw(tenant, future)
             raise
@@ -96,10 +101,31 @@ class FairScheduler:
             del self._queues[tenant]
             self._ring.remove(tenant)
 
-    def release(self) -> None:
+    def _grant(self, tenant: str) -> None:
+        self._free -= 1
+        self._busy[tenant] = self._busy.get(tenant, 0) + 1
+        self.admitted += 1
+
+    def release(self, tenant: str) -> None:
         self._free += 1
-        while self._free > 0 and self._ring:
-            tenant = self._ring.popleft()
+        busy = self._busy[tenant] - 1
+        if busy:
+            self._busy[tenant] = busy
+        else:
+            del self._busy[tenant]
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to queued tenants in ring order; a tenant at its limit is passed
+        over, to the back of the ring."""
+        passed = 0
+        while self._free > 0 and passed < len(self._ring):
+            tenant = self._ring[0]
+            if self._busy.get(tenant, 0) >= self.per_tenant:
+                self._ring.rotate(-1)
+                passed += 1
+                continue
+            self._ring.popleft()
             queue = self._queues[tenant]
             future = queue.popleft()
             self.queued -= 1
@@ -109,8 +135,8 @@ class FairScheduler:
                 del self._queues[tenant]
             if not future.done():
                 future.set_result(None)
-                self._free -= 1
-                self.admitted += 1
+                self._grant(tenant)
+                passed = 0
 
     @contextlib.asynccontextmanager
     async def slot(self, tenant: str) -> AsyncIterator[None]:
@@ -123,7 +149,7 @@ class FairScheduler:
         finally:
             reset_wait_hook(token)
             if ticket.held:
-                self.release()
+                self.release(tenant)
 
     @contextlib.asynccontextmanager
     async def _lend(self, tenant: str, ticket: _Ticket) -> AsyncIterator[None]:
@@ -131,7 +157,7 @@ class FairScheduler:
             yield
             return
         ticket.held = False
-        self.release()
+        self.release(tenant)
         yield
         # Only when the wait ended normally: a cancelled or failed request takes no slot.
         await self.acquire(tenant, bounded=False)

@@ -30,23 +30,29 @@ class FakeClock:
         self.now += seconds
 
 
+def certificates(directory: Path, name: str = "server") -> tuple[Path, Path, ssl.SSLContext]:
+    """A server certificate and key (PEM files in ``directory``) for 127.0.0.1, issued by a
+    fresh test authority, and a client context that trusts only that authority."""
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    issued.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+    issued.private_key_pem.write_to_path(str(key_path))
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    return cert_path, key_path, client_context
+
+
 async def start_https_api(data_dir: Path, **settings: Any) -> Api:
     """The app as ``eventbus serve --tls-cert --tls-key`` runs it, and a client that trusts
     only the test authority."""
-    authority = trustme.CA()
-    issued = authority.issue_cert("127.0.0.1", "localhost")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cert_path = data_dir.parent / f"{data_dir.name}-server.pem"
-    key_path = data_dir.parent / f"{data_dir.name}-server.key"
-    issued.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    issued.private_key_pem.write_to_path(str(key_path))
+    cert_path, key_path, client_context = certificates(data_dir.parent, f"{data_dir.name}-tls")
     config = ServerConfig(
         data_dir=data_dir, admin_key=ADMIN_KEY, tls_cert=cert_path, tls_key=key_path, **settings
     )
     server = TestServer(create_app(config), host="127.0.0.1")
     await server.start_server(ssl=tls_context(config))
-    client_context = ssl.create_default_context()
-    authority.configure_trust(client_context)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context))
     key = read_credentials(data_dir)["EVENTBUS_API_KEY"]
     base = str(server.make_url(""))

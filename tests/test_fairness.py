@@ -95,6 +95,27 @@ async def test_three_tenants_share_in_turn() -> None:
     assert scheduler.admitted == 12 and scheduler.in_service == 0
 
 
+async def test_one_tenant_never_holds_more_than_its_share_of_slots() -> None:
+    scheduler = FairScheduler(slots=3, max_queued=100, per_tenant=2)
+    requests = Requests(scheduler)
+    for i in range(5):
+        requests.send(f"slow-{i}")  # say, bodies that arrive slowly
+    await settle()
+    assert requests.admitted == ["slow-0", "slow-1"]  # the third slot stays free
+    requests.send("other-0")
+    requests.send("other-1")
+    await settle()
+    assert requests.admitted == ["slow-0", "slow-1", "other-0"]
+    await requests.finish("other-0")  # slow is at its limit: other goes first
+    assert requests.admitted[-1] == "other-1"
+    await requests.finish("slow-0")
+    assert requests.admitted[-1] == "slow-2"
+    for task in requests.tasks:
+        task.cancel()
+    await asyncio.gather(*requests.tasks, return_exceptions=True)
+    assert scheduler.in_service == 0 and scheduler.queued == 0
+
+
 async def test_a_tenant_queue_is_bounded() -> None:
     scheduler = FairScheduler(slots=1, max_queued=2)
     requests = Requests(scheduler)

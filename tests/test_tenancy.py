@@ -19,6 +19,7 @@ import orjson
 import pytest
 from yarl import URL
 
+from gateway.keys import BROKER
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from tests.conftest import ADMIN_KEY, Api, stop_api
 from tests.https import FakeClock, start_https_api
@@ -532,6 +533,11 @@ async def test_topic_and_partition_limits(api: Api) -> None:
     assert (await acme.call("POST", "/v1/topics/b/records", json=records(1, 1)))[0] == 200
     _, tenant = await admin(api, "GET", "/tenants/acme")
     assert tenant["in_use"]["topics"] == 2 and tenant["in_use"]["active_partitions"] == 3
+    # What the autoscaler asks before it splits.
+    broker = api.server.app[BROKER]
+    assert await broker.partition_limit("acme") == 3
+    assert await broker.partition_headroom("acme") == 0
+    assert await broker.partition_headroom("default") is None
     # Merging frees one; deleting a topic frees a topic and its partition.
     assert (await acme.call("POST", "/v1/topics/a/merge", json={"partitions": [1, 2]}))[0] == 200
     assert (await acme.call("POST", "/v1/topics/b/partitions/0/split"))[0] == 200
