@@ -17,7 +17,7 @@ listing topics shows only the listed ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -157,9 +157,6 @@ class KeyScope:
             )
         if topic is not None and not self.allows_topic(topic):
             raise OutOfScopeError(f"this key may not use topic {topic!r}", topic=topic)
-
-    def visible(self, names: Iterable[str]) -> list[str]:
-        return [n for n in names if self.allows_topic(n)]
 
 
 FULL = KeyScope(Role.FULL)
