@@ -96,7 +96,9 @@ async def test_tenants_are_created_listed_described_and_patched(api: Api) -> Non
         {"name": "acme", "quotas": {"max_topics": 5}, "plan": {"tier": "pro"}},
     )
     assert status == 201
-    assert body["name"] == "acme" and body["api_key"].startswith("ebk_")
+    assert body["name"] == "acme"
+    # 256 random bits: 43 characters of URL-safe base64 after the prefix.
+    assert re.fullmatch(r"ebk_[A-Za-z0-9_-]{43}", body["api_key"])
     assert re.fullmatch(r"key-[0-9a-f]{12}", body["key_id"])
     assert body["quotas"] == {
         "produce_bytes_per_s": None,
