@@ -166,8 +166,7 @@ class Broker:
         for topic in deleted:
             await self.drop_deleted_topic(topic)
         tenants = await self.catalog.list_tenants()
-        for gone in {t.tenant for t in deleted} - {t.name for t in tenants}:
-            await self.worker.drop_tenant(gone)  # a tenant deletion cut short
+        await self.worker.drop_tenants_except({t.name for t in tenants})
         for tenant in tenants:
             after: str | None = None
             while page := await self.catalog.list_topics(tenant.name, after=after, limit=500):

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -92,6 +93,11 @@ class PartitionWorker(Protocol):
 
     async def drop_tenant(self, tenant: str) -> None:
         """Remove what is left of a deleted tenant once its topics are dropped."""
+        ...
+
+    async def drop_tenants_except(self, known: Collection[str]) -> None:
+        """At start: remove what is left of tenants not in ``known`` (a tenant deletion cut
+        short after its topics were dropped)."""
         ...
 
     def totals(self) -> WorkerTotals: ...
@@ -209,6 +215,17 @@ class LocalPartitionWorker:
         # deletion is not finished, and is removed by that deletion.
         with contextlib.suppress(OSError):
             await asyncio.to_thread((self.root / tenant).rmdir)
+
+    async def drop_tenants_except(self, known: Collection[str]) -> None:
+        def tenant_dirs() -> list[str]:
+            try:
+                return [p.name for p in self.root.iterdir() if p.is_dir()]
+            except FileNotFoundError:
+                return []
+
+        for name in await asyncio.to_thread(tenant_dirs):
+            if name not in known:
+                await self.drop_tenant(name)
 
     async def close(self) -> None:
         logs, self._logs = list(self._logs.values()), {}

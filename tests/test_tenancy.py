@@ -11,6 +11,7 @@ import asyncio
 import io
 import logging
 import re
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -634,7 +635,10 @@ async def test_deleting_a_tenant_removes_everything_it_owned(api: Api) -> None:
     assert status == 200 and [o["offset"] for o in body["offsets"]] == [0, 1]
 
 
-async def test_a_tenant_deletion_cut_short_is_finished_at_the_next_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cut", ["after the catalog step", "after the last topic"])
+async def test_a_tenant_deletion_cut_short_is_finished_at_the_next_start(
+    tmp_path: Path, cut: str
+) -> None:
     data_dir = tmp_path / "data"
     server = await start_https_api(data_dir)
     try:
@@ -650,9 +654,15 @@ async def test_a_tenant_deletion_cut_short_is_finished_at_the_next_start(tmp_pat
     try:
         marked = await catalog.delete_tenant("acme")
         assert sorted(t.name for t in marked) == ["orders", "payments"]
+        if cut == "after the last topic":
+            # Every topic's data and rows went; only the tenant's empty directory is left.
+            for topic in marked:
+                shutil.rmtree(data_dir / "topics" / "acme" / topic.incarnation)
+                await catalog.purge_topic("acme", topic.incarnation)
     finally:
         await catalog.close()
-    assert len(list((data_dir / "topics" / "acme").iterdir())) == 2
+    left = list((data_dir / "topics" / "acme").iterdir())
+    assert len(left) == (2 if cut == "after the catalog step" else 0)
     server = await start_https_api(data_dir)
     try:
         assert not (data_dir / "topics" / "acme").exists()
