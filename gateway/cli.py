@@ -142,13 +142,13 @@ def _add_tenancy_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--max-concurrent-requests",
         type=_positive,
-        default=_env("max-concurrent-requests", "64"),
+        default=_env("max-concurrent-requests", "256"),
         help="tenant requests in service at once; the rest wait, served fairly (default 64)",
     )
     serve.add_argument(
         "--max-in-service-per-tenant",
         type=_positive,
-        default=_env("max-in-service-per-tenant", "16"),
+        default=_env("max-in-service-per-tenant", "128"),
         help="requests of one tenant in service at once (default 16)",
     )
     serve.add_argument(

@@ -35,11 +35,11 @@ class ServerConfig:
     # Quotas of every tenant that has no override of its own (None: unlimited).
     default_quotas: Quotas = field(default_factory=Quotas)
     # Tenant requests in service at once; the others wait per tenant and are served in turn.
-    max_concurrent_requests: int = 64
+    max_concurrent_requests: int = 256
     # Requests one tenant may have waiting for service; past it, 429 request_queue_full.
     max_queued_per_tenant: int = 256
     # Slots one tenant may hold at once (at most max_concurrent_requests).
-    max_in_service_per_tenant: int = 16
+    max_in_service_per_tenant: int = 128
     # The quota buckets' clock (seconds, monotonic), injectable so that tests count tokens.
     quota_clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
