@@ -18,15 +18,18 @@ from importlib import metadata
 
 from aiohttp import web
 
-from gateway import handlers
+from gateway import admin, handlers
 from gateway.auth import PRINCIPAL, Authenticator, auth_middleware, bootstrap
 from gateway.broker import Broker
 from gateway.config import ServerConfig
+from gateway.fairness import FairScheduler
 from gateway.http_errors import Handler, error_middleware
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.logs import request_id
 from gateway.metrics import Metrics
 from gateway.openapi import build_document
+from gateway.quotas import QuotaBook
+from gateway.tenancy import SCHEDULER, TENANCY, Tenancy, tenancy_middleware
 from gateway.tiering import attach_tiering, object_store_ctx, tiering_ctx
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.worker import LocalPartitionWorker
@@ -115,6 +118,22 @@ async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
         await worker.close()
 
 
+async def _tenancy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Quotas per tenant, wired into the broker (limits on topics and partitions)."""
+    config, broker = app[CONFIG], app[BROKER]
+    quotas = QuotaBook(
+        app[CATALOG],
+        config.default_quotas,
+        max_request_bytes=config.max_request_bytes,
+        stored_bytes=broker.stored_bytes,
+        storage_retry_s=config.retention_check_ms / 1000,
+        clock=config.quota_clock,
+    )
+    broker.limits = quotas.limits
+    app[TENANCY] = Tenancy(app[CATALOG], broker, app[AUTHENTICATOR], quotas)
+    yield
+
+
 async def _group_sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     """Expire consumer-group members whose sessions ran out, so their partitions move."""
     task = asyncio.get_running_loop().create_task(
@@ -164,24 +183,33 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def create_app(config: ServerConfig) -> web.Application:
+    scheduler = FairScheduler(
+        config.max_concurrent_requests,
+        config.max_queued_per_tenant,
+        config.max_in_service_per_tenant,
+    )
     app = web.Application(
         client_max_size=config.max_request_bytes,
         middlewares=[
             request_middleware,
             error_middleware,
             auth_middleware(lambda: app[AUTHENTICATOR], metrics_public=config.metrics_public),
+            tenancy_middleware(lambda: app[TENANCY], scheduler),
         ],
     )
     app[CONFIG] = config
     app[METRICS] = Metrics()
+    app[METRICS].watch_scheduler(scheduler)
+    app[SCHEDULER] = scheduler
     app[OPENAPI] = build_document(_version())
-    for method, path, handler in handlers.ROUTES:
+    for method, path, handler in handlers.ROUTES + admin.ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.extend(
         [
             _catalog_ctx,
             object_store_ctx,
             _broker_ctx,
+            _tenancy_ctx,
             _group_sessions_ctx,
             tiering_ctx,
             _retention_ctx,

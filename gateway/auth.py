@@ -4,6 +4,11 @@ Keys are 256 random bits, URL-safe base64 with a readable prefix. Only their SHA
 is stored; the secret is shown once and written to nothing but the local ``credentials``
 file at first start. A presented key is hashed and looked up by hash; the admin key's hash
 is compared in constant time.
+
+Resolved keys are cached per process for at most ``revalidate_s`` (one second): a key
+revoked or a tenant deleted through this process is forgotten at once, so its next request
+is refused; another process sharing the catalog refuses it within that second. Each
+revalidation also records the key's last use.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.http_errors import ForbiddenError, Handler, UnauthorizedError
+from gateway.scopes import FULL, KeyScope
 from partitions.catalog import Catalog
 from partitions.errors import ApiKeyNotFoundError, TenantExistsError
 from partitions.fileio import FileOps
@@ -54,6 +61,7 @@ class Principal:
     admin: bool
     tenant: str | None = None
     key_id: str | None = None
+    scope: KeyScope = FULL
 
 
 ADMIN = Principal(admin=True)
@@ -68,27 +76,64 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
-class Authenticator:
-    """Resolves keys to principals; keeps a per-process cache of key hashes."""
+def new_key_id() -> str:
+    return "key-" + secrets.token_hex(6)
 
-    def __init__(self, catalog: Catalog, admin_key_hash: str) -> None:
+
+class Authenticator:
+    """Resolves keys to principals, through a short-lived per-process cache of key hashes.
+
+    Only keys that exist are cached (a flood of bad keys cannot grow it).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        admin_key_hash: str,
+        *,
+        revalidate_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
         self._catalog = catalog
         self._admin_hash = admin_key_hash
-        self._cache: dict[str, Principal] = {}
+        self._revalidate_s = revalidate_s
+        self._clock = clock
+        self._wall_clock_ms = wall_clock_ms
+        # key hash -> (principal, when it was last read from the catalog)
+        self._cache: dict[str, tuple[Principal, float]] = {}
+        # Bumped by every forget: a lookup that raced a revocation is not cached.
+        self._epoch = 0
 
     async def principal(self, token: str) -> Principal | None:
         digest = hash_key(token)
         if hmac.compare_digest(digest, self._admin_hash):
             return ADMIN
+        now = self._clock()
         cached = self._cache.get(digest)
-        if cached is not None:
-            return cached
+        if cached is not None and now - cached[1] < self._revalidate_s:
+            return cached[0]
+        epoch = self._epoch
         record = await self._catalog.find_api_key(digest)
         if record is None:
+            self._cache.pop(digest, None)
             return None
-        principal = Principal(admin=False, tenant=record.tenant, key_id=record.key_id)
-        self._cache[digest] = principal
+        scope = KeyScope.from_stored(record.scope)
+        if scope is None:
+            log.warning("key %s of tenant %s has an unreadable scope", record.key_id, record.tenant)
+            return None
+        principal = Principal(admin=False, tenant=record.tenant, key_id=record.key_id, scope=scope)
+        await self._catalog.touch_api_key(record.tenant, record.key_id, self._wall_clock_ms())
+        if epoch == self._epoch:
+            self._cache[digest] = (principal, now)
         return principal
+
+    def forget(self, tenant: str, key_id: str | None = None) -> None:
+        """Drop cached keys of ``tenant`` (only ``key_id`` if given): revoked or deleted."""
+        self._epoch += 1
+        for digest, (principal, _) in list(self._cache.items()):
+            if principal.tenant == tenant and key_id in (None, principal.key_id):
+                del self._cache[digest]
 
 
 def require_tenant(request: web.Request) -> str:

@@ -22,7 +22,14 @@ import xxhash
 
 from gateway.config import log_config, normalize_topic_config
 from partitions.batch import NewRecord, encode_batch
-from partitions.catalog import Catalog, LineageChange, PartitionRecord, TopicRecord
+from partitions.catalog import (
+    UNLIMITED,
+    Catalog,
+    LineageChange,
+    PartitionRecord,
+    TenantLimits,
+    TopicRecord,
+)
 from partitions.errors import (
     ConflictError,
     EventBusError,
@@ -40,10 +47,19 @@ from partitions.errors import (
 from partitions.groups import GroupCoordinator, TopicShape
 from partitions.idempotency import ANSWER_TTL_MS, AnswerTable, decode_tag, encode_tags
 from partitions.log import BatchRead, ReadResult
+from partitions.waiting import waiting
 from partitions.worker import PartitionKey, PartitionWorker
 from tiered_storage.service import TieredStorage
 
 log = logging.getLogger(__name__)
+
+# A tenant's limits on topics and active partitions; the app factory wires the quotas in.
+LimitsOf = Callable[[str], Awaitable[TenantLimits]]
+
+
+async def no_limits(tenant: str) -> TenantLimits:
+    return UNLIMITED
+
 
 # Producer tags for the records at some request indexes: (indexes, tag) per batch to write.
 TagPieces = list[tuple[list[int], bytes]]
@@ -142,6 +158,7 @@ class Broker:
         self.tiered: TieredStorage | None = None
         # Deleted incarnations whose cleanup a request is running now.
         self._deleting: set[tuple[str, str]] = set()
+        self.limits: LimitsOf = no_limits
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -152,7 +169,9 @@ class Broker:
         """Finish deletions a crash interrupted, open every live partition, and seal the
         logs of partitions the catalog sealed (a split or merge cut short by a crash)."""
         await self.finish_deletions()
-        for tenant in await self.catalog.list_tenants():
+        tenants = await self.catalog.list_tenants()
+        await self.worker.drop_tenants_except({t.name for t in tenants})
+        for tenant in tenants:
             after: str | None = None
             while page := await self.catalog.list_topics(tenant.name, after=after, limit=500):
                 for topic in page:
@@ -165,11 +184,11 @@ class Broker:
                 after = page[-1].name
 
     async def finish_deletions(self) -> None:
-        """Remove the data of deleted topics that a crash or an unreachable object store
-        left behind, then let the catalog forget them."""
+        """Finish the deletions the catalog marked but a crash or an unreachable object
+        store left unfinished (their data, objects, then catalog rows)."""
         for topic in await self.catalog.list_deleted_topics():
             if (topic.tenant, topic.incarnation) not in self._deleting:
-                await self._remove_topic_data(topic.tenant, topic.incarnation)
+                await self.drop_deleted_topic(topic)
 
     async def _remove_topic_data(self, tenant: str, incarnation: str) -> None:
         await self.worker.drop_topic(tenant, incarnation)
@@ -224,8 +243,15 @@ class Broker:
         validate_topic_name(name)
         config = normalize_topic_config(given)
         async with self._lock(tenant, name):
+            limits = await self.limits(tenant)
             try:
-                await self.catalog.create_topic(tenant, name, config)
+                await self.catalog.create_topic(
+                    tenant,
+                    name,
+                    config,
+                    max_topics=limits.max_topics,
+                    max_partitions=limits.max_partitions,
+                )
             except TopicExistsError:
                 existing = await self.catalog.get_topic(tenant, name)
                 if dict(existing.config) != config:
@@ -258,15 +284,49 @@ class Broker:
         validate_topic_name(name)
         async with self._lock(tenant, name):
             topic = await self.catalog.delete_topic(tenant, name)
+            await self.drop_deleted_topic(topic)
+
+    async def drop_deleted_topic(self, topic: TopicRecord) -> None:
+        """Remove what remains of an incarnation the catalog marked deleted: this process's
+        view and state of it, its data, then its catalog rows. The one path every deletion
+        takes (a topic, a whole tenant, one cut short by a crash and finished at start)."""
+        tenant, name = topic.tenant, topic.name
+        view = self._views.get((tenant, name))
+        if view is not None and view.record.incarnation == topic.incarnation:
             self._views.pop((tenant, name), None)
             self._topic_locks.pop((tenant, name), None)
-            self.groups.forget_topic(tenant, topic.incarnation)
-            self.answers.drop_topic(tenant, topic.incarnation)
-            self._deleting.add((tenant, topic.incarnation))
-            try:
-                await self._remove_topic_data(tenant, topic.incarnation)
-            finally:
-                self._deleting.discard((tenant, topic.incarnation))
+        self.groups.forget_topic(tenant, topic.incarnation)
+        self.answers.drop_topic(tenant, topic.incarnation)
+        self._deleting.add((tenant, topic.incarnation))
+        try:
+            await self._remove_topic_data(tenant, topic.incarnation)
+        finally:
+            self._deleting.discard((tenant, topic.incarnation))
+
+    async def stored_bytes(self, tenant: str) -> int:
+        """Bytes the tenant's live topics hold in their logs now, sealed partitions too;
+        with tiered storage, local and remote bytes, each segment counted once."""
+        total = 0
+        for (owner, _name), view in list(self._views.items()):
+            if owner == tenant:
+                for pid in view.partitions:
+                    total += (await self.worker.stats(view.key(pid))).size_bytes
+                    if self.tiered is not None:
+                        total += await self.tiered.remote_only_bytes(view.key(pid))
+        return total
+
+    async def partition_limit(self, tenant: str) -> int | None:
+        """The most active partitions ``tenant`` may have across all its topics (None: no
+        limit); splits past it are refused with ``partition_limit_reached``."""
+        return (await self.limits(tenant)).max_partitions
+
+    async def partition_headroom(self, tenant: str) -> int | None:
+        """How many more active partitions ``tenant`` may have now: the splits it may still
+        make (None: no limit; 0: none, at or over its limit)."""
+        limit = await self.partition_limit(tenant)
+        if limit is None:
+            return None
+        return max(0, limit - (await self.catalog.tenant_counts(tenant)).active_partitions)
 
     async def partition_offsets(self, view: TopicView) -> dict[int, tuple[int, int]]:
         """(start, end) offsets of every partition, as its log says now."""
@@ -321,11 +381,17 @@ class Broker:
                     f"range [{low}, {high})",
                     partition=partition_id,
                 )
+            max_partitions = (await self.limits(tenant)).max_partitions
             return await self._reshape(
                 view,
                 [partition_id],
                 lambda ends: self.catalog.split_partition(
-                    tenant, name, partition_id, at=point, end_offset=ends[0]
+                    tenant,
+                    name,
+                    partition_id,
+                    at=point,
+                    end_offset=ends[0],
+                    max_partitions=max_partitions,
                 ),
             )
 
@@ -654,7 +720,8 @@ class Broker:
         data = asyncio.ensure_future(self.worker.wait_for_data(key, offset, timeout_s))
         stop = asyncio.ensure_future(self.stopping.wait())
         try:
-            await asyncio.wait({data, stop}, return_when=asyncio.FIRST_COMPLETED)
+            async with waiting():
+                await asyncio.wait({data, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.long_polls_waiting -= 1
             for task in (data, stop):

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 from gateway.auth import CREDENTIALS_FILE
 from gateway.client import ApiError, AsyncClient, Client, ClientError, FetchResult
 from gateway.config import ServerConfig
+from gateway.quotas import QUOTA_NAMES, RATE_QUOTAS, Quotas
 from partitions.batch import NewRecord, Record
 from partitions.catalog_sqlite import CATALOG_FILE, backup_catalog
 from partitions.errors import InvalidInputError
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING, ERROR"
     )
+    _add_tenancy_flags(serve)
     _add_tiering_flags(serve)
 
     catalog = commands.add_parser("catalog", help="work with the catalog of a data directory")
@@ -116,11 +118,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
+def _quota(name: str) -> Any:
+    low = 1 if name in RATE_QUOTAS else 0
+
+    def parse(text: str) -> int | None:
+        if text.strip().lower() in ("", "none", "unlimited"):
+            return None
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, or 'none'")
+        return value
+
+    return parse
+
+
+def _add_tenancy_flags(serve: argparse.ArgumentParser) -> None:
+    for name in QUOTA_NAMES:
+        flag = "default-" + name.replace("_", "-")
+        serve.add_argument(
+            "--" + flag,
+            type=_quota(name),
+            default=_env(flag, "none"),
+            metavar="N",
+            help=f"{name} of tenants without their own (default: none, unlimited)",
+        )
+    serve.add_argument(
+        "--max-concurrent-requests",
+        type=_positive,
+        default=_env("max-concurrent-requests", "256"),
+        help="tenant requests in service at once; the rest wait, served fairly (default 64)",
+    )
+    serve.add_argument(
+        "--max-in-service-per-tenant",
+        type=_positive,
+        default=_env("max-in-service-per-tenant", "128"),
+        help="requests of one tenant in service at once (default 16)",
+    )
+    serve.add_argument(
+        "--max-queued-per-tenant",
+        type=_positive,
+        default=_env("max-queued-per-tenant", "256"),
+        help="requests one tenant may have waiting (default 256); past it, 429",
+    )
 
 
 def _add_tiering_flags(serve: argparse.ArgumentParser) -> None:
@@ -150,7 +189,7 @@ def _add_tiering_flags(serve: argparse.ArgumentParser) -> None:
         ("orphan-check-ms", 600_000, "how often leftovers are looked for (default 10 min)"),
     ):
         tiering.add_argument(
-            f"--{flag}", type=_positive_int, default=_env(flag, str(default)), help=text
+            f"--{flag}", type=_positive, default=_env(flag, str(default)), help=text
         )
 
 
@@ -337,6 +376,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         max_wait_ms=int(args.max_wait_ms),
         retention_check_ms=int(args.retention_check_ms),
         admin_key=os.environ.get("EVENTBUS_ADMIN_KEY") or None,
+        default_quotas=Quotas(**{name: getattr(args, "default_" + name) for name in QUOTA_NAMES}),
+        max_concurrent_requests=int(args.max_concurrent_requests),
+        max_queued_per_tenant=int(args.max_queued_per_tenant),
+        max_in_service_per_tenant=int(args.max_in_service_per_tenant),
         object_store=args.object_store or None,
         s3_endpoint=args.s3_endpoint or None,
         object_store_timeout_ms=int(args.object_store_timeout_ms),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.quotas import Quotas
 from partitions.errors import InvalidInputError
 from partitions.log import LogConfig
 
@@ -30,6 +32,16 @@ class ServerConfig:
     retention_check_ms: int = 30_000
     # From EVENTBUS_ADMIN_KEY; never printed (repr=False).
     admin_key: str | None = field(default=None, repr=False)
+    # Quotas of every tenant that has no override of its own (None: unlimited).
+    default_quotas: Quotas = field(default_factory=Quotas)
+    # Tenant requests in service at once; the others wait per tenant and are served in turn.
+    max_concurrent_requests: int = 256
+    # Requests one tenant may have waiting for service; past it, 429 request_queue_full.
+    max_queued_per_tenant: int = 256
+    # Slots one tenant may hold at once (at most max_concurrent_requests).
+    max_in_service_per_tenant: int = 128
+    # The quota buckets' clock (seconds, monotonic), injectable so that tests count tokens.
+    quota_clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     # Tiered storage: file://DIR or s3://BUCKET/PREFIX (default: file:// under data_dir).
     object_store: str | None = None
     # The S3 endpoint; else the standard AWS settings (AWS_ENDPOINT_URL_S3, ...).

@@ -9,17 +9,12 @@ import orjson
 from aiohttp import web
 
 from gateway import wire
-from gateway.auth import (
-    TENANT_NAME,
-    generate_key,
-    hash_key,
-    require_admin,
-    require_tenant,
-)
+from gateway.auth import require_tenant
 from gateway.broker import Broker, IdempotentRequest, TopicView, validate_topic_name
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.metrics import Metrics
 from gateway.records import MalformedJsonError, parse_ndjson, parse_records, render_record
+from gateway.tenancy import charge_consume, charge_produce, visible_topics
 from partitions.batch import trim_batches
 from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import InvalidInputError, InvalidOffsetError
@@ -35,10 +30,6 @@ MAX_LIST_LIMIT = 1000
 
 class InvalidParameterError(InvalidInputError):
     code = "invalid_parameter"
-
-
-class InvalidTenantNameError(InvalidInputError):
-    code = "invalid_tenant_name"
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -141,24 +132,6 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI])
 
 
-# --- admin -------------------------------------------------------------------------------------
-
-
-async def create_tenant(request: web.Request) -> web.Response:
-    require_admin(request)
-    body = await read_json(request)
-    name = body.get("name") if isinstance(body, dict) else None
-    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
-        raise InvalidTenantNameError(
-            "a tenant name is 1 to 63 of [a-z0-9-], starting with a letter or digit"
-        )
-    catalog = _broker(request).catalog
-    await catalog.create_tenant(name)
-    key = generate_key()
-    await catalog.add_api_key(name, "key-1", hash_key(key), {"role": "full"})
-    return json_response({"name": name, "api_key": key}, status=201)
-
-
 # --- topics ------------------------------------------------------------------------------------
 
 
@@ -181,7 +154,9 @@ async def list_topics(request: web.Request) -> web.Response:
     page = topics[:limit]
     return json_response(
         {
-            "topics": [{"name": t.name, "created_ms": t.created_ms} for t in page],
+            "topics": [
+                {"name": t.name, "created_ms": t.created_ms} for t in visible_topics(request, page)
+            ],
             "next_after": page[-1].name if len(topics) > limit else None,
         }
     )
@@ -230,6 +205,7 @@ async def produce(request: web.Request) -> web.Response:
         records = parse_ndjson(raw, now_ms=now)
     else:
         records = parse_records(parse_json(raw), now_ms=now)
+    await charge_produce(request, records)
     idempotency = None
     if idempotency_key is not None:
         digest = hashlib.sha256(media.encode() + b"\n" + raw).digest()[:HASH_BYTES]
@@ -276,6 +252,7 @@ async def read_records(request: web.Request) -> web.Response:
     if isinstance(result, BatchRead):
         start = answer.offset
         data, next_offset = trim_batches(result.data, start, max_records)
+        charge_consume(request, len(data))
         if not data:
             next_offset = result.next_offset
         request.app[METRICS].read_records.inc(next_offset - start)
@@ -289,6 +266,7 @@ async def read_records(request: web.Request) -> web.Response:
         }
         return await wire.answer(request, wire.encode_chunks(chunks), wire.BATCH, headers=headers)
     request.app[METRICS].read_records.inc(len(result.records))
+    charge_consume(request, sum(r.payload_bytes for r in result.records))
     return await wire.json_answer(
         request,
         {
@@ -414,6 +392,7 @@ async def group_fetch(request: web.Request) -> web.Response:
         raw=binary,
     )
     request.app[METRICS].read_records.inc(result.fetched.count)
+    charge_consume(request, result.fetched.size)
     if binary:
         headers = {
             "Eventbus-Member-Id": result.member_id,
@@ -506,7 +485,6 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/healthz", healthz),
     ("GET", "/metrics", metrics),
     ("GET", "/openapi.json", openapi),
-    ("POST", "/v1/admin/tenants", create_tenant),
     ("GET", "/v1/topics", list_topics),
     ("PUT", "/v1/topics/{topic}", put_topic),
     ("GET", "/v1/topics/{topic}", get_topic),

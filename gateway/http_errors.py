@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -67,12 +68,20 @@ _PUBLIC_MESSAGES = {
 _EXPLAINED_5XX = frozenset({"offset_not_local"})
 
 
+def _retry_after(exc: EventBusError) -> str:
+    """Whole seconds, rounded up, from ``details.retry_after_ms`` when the error knows."""
+    wait_ms = exc.details.get("retry_after_ms")
+    if isinstance(wait_ms, int) and wait_ms > 0:
+        return str(max(1, math.ceil(wait_ms / 1000)))
+    return "1"
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except EventBusError as exc:
-        headers = {"Retry-After": "1"} if exc.retriable else None
+        headers = {"Retry-After": _retry_after(exc)} if exc.retriable else None
         if exc.status == 401:
             headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="eventbus"'}
         if exc.status >= 500 and exc.code not in _EXPLAINED_5XX:

@@ -68,6 +68,39 @@ class _IdempotencyCollector(Collector):
         )
 
 
+class SchedulerLike(Protocol):
+    @property
+    def in_service(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def admitted(self) -> int: ...
+
+
+class _SchedulerCollector(Collector):
+    def __init__(self, scheduler: SchedulerLike) -> None:
+        self._scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "eventbus_requests_in_service",
+            "Tenant requests being served now (at most --max-concurrent-requests)",
+            self._scheduler.in_service,
+        )
+        yield GaugeMetricFamily(
+            "eventbus_requests_queued",
+            "Tenant requests waiting for their turn",
+            self._scheduler.queued,
+        )
+        yield CounterMetricFamily(
+            "eventbus_requests_admitted",
+            "Tenant requests admitted to service (long-polls again after their wait)",
+            self._scheduler.admitted,
+        )
+
+
 class BrokerLike(Protocol):
     @property
     def answers(self) -> AnswerTable: ...
@@ -100,12 +133,21 @@ class Metrics:
         self.read_records = Counter(
             "eventbus_read_records", "Records returned by reads", registry=self.registry
         )
+        self.quota_refusals = Counter(
+            "eventbus_quota_refusals",
+            "Requests refused by a tenant quota, by quota name (no tenant label)",
+            ["quota"],
+            registry=self.registry,
+        )
 
     def watch_worker(self, totals: Callable[[], WorkerTotals], waiting: Callable[[], int]) -> None:
         self.registry.register(_WorkerCollector(totals, waiting))
 
     def watch_idempotency(self, broker: BrokerLike) -> None:
         self.registry.register(_IdempotencyCollector(broker))
+
+    def watch_scheduler(self, scheduler: SchedulerLike) -> None:
+        self.registry.register(_SchedulerCollector(scheduler))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

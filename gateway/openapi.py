@@ -172,10 +172,181 @@ def _group_paths() -> dict[str, Any]:
     }
 
 
+_TENANT_PARAM = {
+    "name": "tenant",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+}
+_QUOTA_VALUE = {"type": ["integer", "null"], "minimum": 0}
+_QUOTAS = _object(
+    {
+        name: _QUOTA_VALUE
+        for name in (
+            "produce_bytes_per_s",
+            "consume_bytes_per_s",
+            "requests_per_s",
+            "max_topics",
+            "max_partitions",
+            "max_stored_bytes",
+        )
+    }
+)
+_QUOTA_CHANGES = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        name: {"oneOf": [_QUOTA_VALUE, {"const": "default"}]} for name in _QUOTAS["properties"]
+    },
+}
+_SCOPE = {
+    "oneOf": [
+        {"enum": ["full", "produce", "consume"]},
+        _object(
+            {
+                "role": {"enum": ["full", "produce", "consume"]},
+                "topics": {"type": ["array", "null"], "items": {"type": "string"}},
+            }
+        ),
+    ]
+}
+_TENANT = _object(
+    {
+        "name": {"type": "string"},
+        "created_ms": {"type": "integer"},
+        "quotas": _QUOTAS,
+        "quota_overrides": {"type": "object"},
+        "plan": {"type": "object"},
+        "version": {"type": "integer"},
+        "in_use": _object(
+            {
+                "topics": {"type": "integer"},
+                "active_partitions": {"type": "integer"},
+                "stored_bytes": {"type": "integer"},
+            }
+        ),
+    }
+)
+_KEY = _object(
+    {
+        "key_id": {"type": "string"},
+        "scope": _SCOPE,
+        "created_ms": {"type": "integer"},
+        "last_used_ms": {"type": ["integer", "null"]},
+    }
+)
+
+
+def _admin_paths() -> dict[str, Any]:
+    tenant = "/v1/admin/tenants/{tenant}"
+    return {
+        "/v1/admin/tenants": {
+            "post": {
+                "summary": "Create a tenant and its first API key, shown once (admin key)",
+                "requestBody": _body(
+                    _object(
+                        {
+                            "name": _TENANT_PARAM["schema"],
+                            "quotas": _QUOTA_CHANGES,
+                            "plan": {"type": "object"},
+                        },
+                        ["name"],
+                    )
+                ),
+                "responses": {
+                    "201": _json(
+                        {
+                            "allOf": [
+                                _TENANT,
+                                _object(
+                                    {"key_id": {"type": "string"}, "api_key": {"type": "string"}}
+                                ),
+                            ]
+                        },
+                        "The tenant, and its first key (full scope), shown once",
+                    ),
+                    **_errors(400, 401, 403, 409),
+                },
+            },
+            "get": {
+                "summary": "List every tenant (admin key)",
+                "responses": {
+                    "200": _json(
+                        _object({"tenants": {"type": "array", "items": _TENANT}}), "Tenants"
+                    ),
+                    **_errors(401, 403),
+                },
+            },
+        },
+        tenant: {
+            "parameters": [_TENANT_PARAM],
+            "get": {
+                "summary": "A tenant: effective quotas, overrides, plan, and what it uses now",
+                "responses": {"200": _json(_TENANT, "The tenant"), **_errors(401, 403, 404)},
+            },
+            "patch": {
+                "summary": "Change a tenant's quotas (per name) and plan (JSON merge patch)",
+                "requestBody": _body(
+                    _object({"quotas": _QUOTA_CHANGES, "plan": {"type": "object"}})
+                ),
+                "responses": {
+                    "200": _json(_TENANT, "The tenant, changed"),
+                    **_errors(400, 401, 403, 404, 409),
+                },
+            },
+            "delete": {
+                "summary": "Delete a tenant with all its topics, data, groups and keys",
+                "responses": {
+                    "200": _json(
+                        _object(
+                            {
+                                "name": {"type": "string"},
+                                "deleted_topics": {"type": "array", "items": {"type": "string"}},
+                            }
+                        ),
+                        "Deleted",
+                    ),
+                    **_errors(401, 403, 404),
+                },
+            },
+        },
+        tenant + "/keys": {
+            "parameters": [_TENANT_PARAM],
+            "post": {
+                "summary": "Add an API key, optionally scoped (the secret is shown once)",
+                "requestBody": _body(_object({"scope": _SCOPE}), required=False),
+                "responses": {
+                    "201": _json(
+                        {"allOf": [_KEY, _object({"api_key": {"type": "string"}})]}, "The new key"
+                    ),
+                    **_errors(400, 401, 403, 404),
+                },
+            },
+            "get": {
+                "summary": "A tenant's keys: id, scope, created and last used (never the secret)",
+                "responses": {
+                    "200": _json(_object({"keys": {"type": "array", "items": _KEY}}), "Keys"),
+                    **_errors(401, 403, 404),
+                },
+            },
+        },
+        tenant + "/keys/{key_id}": {
+            "parameters": [
+                _TENANT_PARAM,
+                {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
+            "delete": {
+                "summary": "Revoke a key: its next request is refused",
+                "responses": {"204": {"description": "Revoked"}, **_errors(401, 403, 404)},
+            },
+        },
+    }
+
+
 def build_document(version: str) -> dict[str, Any]:
     topic_config = {"$ref": "#/components/schemas/TopicConfig"}
     topic = {"$ref": "#/components/schemas/Topic"}
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "eventbus",
@@ -210,41 +381,7 @@ def build_document(version: str) -> dict[str, Any]:
                     "responses": {"200": _json({"type": "object"}, "OpenAPI document")},
                 }
             },
-            "/v1/admin/tenants": {
-                "post": {
-                    "summary": "Create a tenant and its first API key (admin key)",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["name"],
-                                    "properties": {
-                                        "name": {
-                                            "type": "string",
-                                            "pattern": "^[a-z0-9][a-z0-9-]{0,62}$",
-                                        }
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "201": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "api_key": {"type": "string"},
-                                },
-                            },
-                            "The tenant and its key, shown once",
-                        ),
-                        **_errors(400, 401, 403, 409),
-                    },
-                }
-            },
+            **_admin_paths(),
             "/v1/topics": {
                 "get": {
                     "summary": "List topics, by name, a page at a time",
@@ -579,3 +716,17 @@ def build_document(version: str) -> dict[str, Any]:
             },
         },
     }
+    _add_tenant_refusals(document["paths"])
+    return document
+
+
+def _add_tenant_refusals(paths: dict[str, Any]) -> None:
+    """Every tenant route may answer 403 (beyond the key's scope) and 429 (a quota, or the
+    tenant's queue full)."""
+    for path, item in paths.items():
+        if not path.startswith("/v1/topics"):
+            continue
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                operation["responses"].setdefault("403", _ERROR)
+                operation["responses"].setdefault("429", _ERROR)

@@ -80,6 +80,25 @@ class TenantRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantCounts:
+    """What a tenant has now: live topics, and active partitions across them."""
+
+    topics: int
+    active_partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """A tenant's bounds on live topics and active partitions (None: unbounded)."""
+
+    max_topics: int | None = None
+    max_partitions: int | None = None
+
+
+UNLIMITED = TenantLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKeyRecord:
     """An API key, by its hash: the secret itself is never stored."""
 
@@ -213,6 +232,10 @@ class Catalog(Protocol):
         deleted. Answers the topics it marked, whose data the caller then removes."""
         ...
 
+    async def tenant_counts(self, tenant: str) -> TenantCounts:
+        """Live topics and active partitions of the tenant (what its limits count)."""
+        ...
+
     async def add_api_key(
         self, tenant: str, key_id: str, key_hash: str, scope: Mapping[str, Any]
     ) -> ApiKeyRecord: ...
@@ -228,11 +251,20 @@ class Catalog(Protocol):
     # --- topics --------------------------------------------------------------------------
 
     async def create_topic(
-        self, tenant: str, name: str, config: Mapping[str, Any]
+        self,
+        tenant: str,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        max_topics: int | None = None,
+        max_partitions: int | None = None,
     ) -> tuple[TopicRecord, PartitionRecord]:
         """Create a topic with partition 0 over the whole hash space, atomically.
 
-        A live topic of the same name raises :class:`TopicExistsError`.
+        A live topic of the same name raises :class:`TopicExistsError`. With limits, a
+        tenant that already has ``max_topics`` live topics raises :class:`TopicLimitError`,
+        and one with ``max_partitions`` active partitions :class:`PartitionLimitError`; the
+        count and the creation are one atomic step, so racing creations cannot pass them.
         """
         ...
 
@@ -273,10 +305,19 @@ class Catalog(Protocol):
     ) -> PartitionRecord: ...
 
     async def split_partition(
-        self, tenant: str, topic: str, partition_id: int, *, at: int, end_offset: int
+        self,
+        tenant: str,
+        topic: str,
+        partition_id: int,
+        *,
+        at: int,
+        end_offset: int,
+        max_partitions: int | None = None,
     ) -> LineageChange:
         """Seal ``partition_id`` at ``end_offset``; create children ``[start, at)`` and
-        ``[at, end)``. ``at`` must lie strictly inside the range."""
+        ``[at, end)``. ``at`` must lie strictly inside the range. A split adds one active
+        partition: with ``max_partitions``, one that would take the tenant's active
+        partitions (across all its topics) past it raises :class:`PartitionLimitError`."""
         ...
 
     async def merge_partitions(

@@ -39,6 +39,7 @@ from partitions.catalog import (
     PartitionState,
     RemoteSegmentRecord,
     RemoteSegmentState,
+    TenantCounts,
     TenantRecord,
     TopicRecord,
 )
@@ -48,6 +49,7 @@ from partitions.errors import (
     InvalidMergeError,
     InvalidOffsetError,
     InvalidSplitPointError,
+    PartitionLimitError,
     PartitionNotActiveError,
     PartitionNotFoundError,
     PartitionsNotAdjacentError,
@@ -58,6 +60,7 @@ from partitions.errors import (
     TenantExistsError,
     TenantNotFoundError,
     TopicExistsError,
+    TopicLimitError,
     TopicNotFoundError,
     VersionConflictError,
 )
@@ -473,6 +476,39 @@ class SqliteCatalog:
 
         return await self._tx(op)
 
+    @staticmethod
+    def _counts(conn: sqlite3.Connection, tenant: str) -> TenantCounts:
+        topics = conn.execute(
+            "SELECT COUNT(*) FROM topics WHERE tenant = ? AND deleted_ms IS NULL", (tenant,)
+        ).fetchone()[0]
+        # Partitions of a deleted incarnation not yet purged do not count.
+        active = conn.execute(
+            "SELECT COUNT(*) FROM partitions p JOIN topics t "
+            "ON t.tenant = p.tenant AND t.incarnation = p.incarnation "
+            "WHERE p.tenant = ? AND p.state = 'active' AND t.deleted_ms IS NULL",
+            (tenant,),
+        ).fetchone()[0]
+        return TenantCounts(topics=int(topics), active_partitions=int(active))
+
+    @staticmethod
+    def _check_partition_limit(
+        counts: TenantCounts, tenant: str, adding: int, max_partitions: int | None
+    ) -> None:
+        if max_partitions is not None and counts.active_partitions + adding > max_partitions:
+            raise PartitionLimitError(
+                f"tenant {tenant!r} has {counts.active_partitions} active partitions and may "
+                f"have at most {max_partitions}",
+                max_partitions=max_partitions,
+                active_partitions=counts.active_partitions,
+            )
+
+    async def tenant_counts(self, tenant: str) -> TenantCounts:
+        def op(conn: sqlite3.Connection) -> TenantCounts:
+            self._require_tenant(conn, tenant)
+            return self._counts(conn, tenant)
+
+        return await self._tx(op)
+
     async def add_api_key(
         self, tenant: str, key_id: str, key_hash: str, scope: Mapping[str, Any]
     ) -> ApiKeyRecord:
@@ -537,7 +573,13 @@ class SqliteCatalog:
         return row
 
     async def create_topic(
-        self, tenant: str, name: str, config: Mapping[str, Any]
+        self,
+        tenant: str,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        max_topics: int | None = None,
+        max_partitions: int | None = None,
     ) -> tuple[TopicRecord, PartitionRecord]:
         def op(conn: sqlite3.Connection) -> tuple[TopicRecord, PartitionRecord]:
             self._require_tenant(conn, tenant)
@@ -550,6 +592,16 @@ class SqliteCatalog:
                 raise TopicExistsError(
                     f"topic {name!r} exists", topic=name, incarnation=existing["incarnation"]
                 )
+            if max_topics is not None or max_partitions is not None:
+                counts = self._counts(conn, tenant)
+                if max_topics is not None and counts.topics >= max_topics:
+                    raise TopicLimitError(
+                        f"tenant {tenant!r} has {counts.topics} topics and may have at most "
+                        f"{max_topics}",
+                        max_topics=max_topics,
+                        topics=counts.topics,
+                    )
+                self._check_partition_limit(counts, tenant, 1, max_partitions)
             incarnation = str(uuid.uuid4())
             now = self._clock_ms()
             conn.execute(
@@ -752,7 +804,14 @@ class SqliteCatalog:
             raise VersionConflictError(f"partition {parent.partition_id} changed meanwhile")
 
     async def split_partition(
-        self, tenant: str, topic: str, partition_id: int, *, at: int, end_offset: int
+        self,
+        tenant: str,
+        topic: str,
+        partition_id: int,
+        *,
+        at: int,
+        end_offset: int,
+        max_partitions: int | None = None,
     ) -> LineageChange:
         def op(conn: sqlite3.Connection) -> LineageChange:
             incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
@@ -767,6 +826,9 @@ class SqliteCatalog:
                     f"[{parent.hash_range.start}, {parent.hash_range.end})",
                     partition=partition_id,
                 )
+            if max_partitions is not None:
+                # One parent sealed, two children active: one more active partition.
+                self._check_partition_limit(self._counts(conn, tenant), tenant, 1, max_partitions)
             now = self._clock_ms()
             left, right = self._next_ids(conn, tenant, incarnation, 2)
             self._seal(conn, parent, end_offset, [left, right], now)

@@ -250,6 +250,18 @@ class InvalidOffsetError(InvalidInputError):
     code = "invalid_offset"
 
 
+class TopicLimitError(ConflictError):
+    """Creating a topic would pass the tenant's ``max_topics``."""
+
+    code = "topic_limit_reached"
+
+
+class PartitionLimitError(ConflictError):
+    """A new topic or a split would pass the tenant's ``max_partitions`` (active ones)."""
+
+    code = "partition_limit_reached"
+
+
 class RemoteSegmentStateError(ConflictError):
     """A remote-segment state change from a state the row is not in."""
 

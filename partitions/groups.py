@@ -38,6 +38,7 @@ from partitions.errors import (
     InvalidOffsetError,
     StaleGenerationError,
 )
+from partitions.waiting import waiting
 from partitions.worker import PartitionKey, PartitionWorker
 
 log = logging.getLogger(__name__)
@@ -422,9 +423,10 @@ class GroupCoordinator:
         stopping = asyncio.ensure_future(self.stopping.wait())
         everything = [*waits, changed, stopping]
         try:
-            done, _ = await asyncio.wait(
-                everything, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            async with waiting():
+                done, _ = await asyncio.wait(
+                    everything, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
+                )
         finally:
             for task in everything:
                 task.cancel()

@@ -13,9 +13,10 @@ and partition ids are integers, so no path can leave its tenant's directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -90,6 +91,15 @@ class PartitionWorker(Protocol):
 
     async def drop_topic(self, tenant: str, incarnation: str) -> None:
         """Close a topic incarnation's partitions and delete their data."""
+        ...
+
+    async def drop_tenant(self, tenant: str) -> None:
+        """Remove what is left of a deleted tenant once its topics are dropped."""
+        ...
+
+    async def drop_tenants_except(self, known: Collection[str]) -> None:
+        """At start: remove what is left of tenants not in ``known`` (a tenant deletion cut
+        short after its topics were dropped)."""
         ...
 
     # --- for tiered storage, which runs where the partition's files are ---------------------
@@ -275,6 +285,23 @@ class LocalPartitionWorker:
         directory = self.topic_directory(tenant, incarnation)
         # Errors propagate: the catalog keeps the incarnation, and the next start retries.
         await asyncio.to_thread(_remove_tree, directory)
+
+    async def drop_tenant(self, tenant: str) -> None:
+        # Only an empty directory goes: anything still in it belongs to a topic whose
+        # deletion is not finished, and is removed by that deletion.
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread((self.root / tenant).rmdir)
+
+    async def drop_tenants_except(self, known: Collection[str]) -> None:
+        def tenant_dirs() -> list[str]:
+            try:
+                return [p.name for p in self.root.iterdir() if p.is_dir()]
+            except FileNotFoundError:
+                return []
+
+        for name in await asyncio.to_thread(tenant_dirs):
+            if name not in known:
+                await self.drop_tenant(name)
 
     async def close(self) -> None:
         logs, self._logs = list(self._logs.values()), {}

@@ -24,6 +24,7 @@ from partitions.catalog import (
     PartitionState,
     RemoteSegmentRecord,
     RemoteSegmentState,
+    TenantCounts,
 )
 from partitions.catalog_sqlite import SCHEMA_VERSION, SqliteCatalog
 from partitions.errors import (
@@ -32,6 +33,7 @@ from partitions.errors import (
     InvalidMergeError,
     InvalidOffsetError,
     InvalidSplitPointError,
+    PartitionLimitError,
     PartitionNotActiveError,
     PartitionNotFoundError,
     PartitionsNotAdjacentError,
@@ -42,6 +44,7 @@ from partitions.errors import (
     TenantExistsError,
     TenantNotFoundError,
     TopicExistsError,
+    TopicLimitError,
     TopicNotFoundError,
     VersionConflictError,
 )
@@ -120,6 +123,58 @@ async def test_deleting_a_tenant_marks_its_topics_and_drops_its_rows(catalog: Ca
     with pytest.raises(TenantNotFoundError):
         await catalog.get_tenant("globex")
     assert [t.name for t in await catalog.list_deleted_topics()] == ["orders"]
+
+
+async def test_tenant_counts_count_live_topics_and_active_partitions(catalog: Catalog) -> None:
+    assert await catalog.tenant_counts("acme") == TenantCounts(topics=0, active_partitions=0)
+    await catalog.create_topic("acme", "orders", {})
+    await catalog.create_topic("acme", "payments", {})
+    await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=0)  # 0 sealed; 1, 2
+    assert await catalog.tenant_counts("acme") == TenantCounts(topics=2, active_partitions=3)
+    await catalog.merge_partitions("acme", "orders", [1, 2], end_offsets=[0, 0])  # 3
+    assert await catalog.tenant_counts("acme") == TenantCounts(topics=2, active_partitions=2)
+    await catalog.delete_topic("acme", "orders")  # deleted, not yet purged: not counted
+    assert await catalog.tenant_counts("acme") == TenantCounts(topics=1, active_partitions=1)
+    await catalog.create_tenant("globex")
+    await catalog.create_topic("globex", "orders", {})
+    assert await catalog.tenant_counts("acme") == TenantCounts(topics=1, active_partitions=1)
+    with pytest.raises(TenantNotFoundError):
+        await catalog.tenant_counts("nobody")
+
+
+async def test_topic_and_partition_limits_refuse_and_change_nothing(catalog: Catalog) -> None:
+    await catalog.create_topic("acme", "a", {}, max_topics=2, max_partitions=3)
+    await catalog.create_topic("acme", "b", {}, max_topics=2, max_partitions=3)
+    with pytest.raises(TopicLimitError) as refused:
+        await catalog.create_topic("acme", "c", {}, max_topics=2)
+    assert refused.value.details == {"max_topics": 2, "topics": 2}
+    await catalog.split_partition("acme", "a", 0, at=MID, end_offset=0, max_partitions=3)
+    before = await catalog.list_partitions("acme", "a")
+    with pytest.raises(PartitionLimitError) as over:
+        await catalog.split_partition("acme", "a", 1, at=MID // 2, end_offset=0, max_partitions=3)
+    assert over.value.details == {"max_partitions": 3, "active_partitions": 3}
+    with pytest.raises(PartitionLimitError):
+        await catalog.create_topic("acme", "c", {}, max_topics=5, max_partitions=3)
+    assert await catalog.list_partitions("acme", "a") == before
+    assert await catalog.tenant_counts("acme") == TenantCounts(topics=2, active_partitions=3)
+    # A merge always may; then a split fits again, and it spent no ids on the refusal.
+    await catalog.merge_partitions("acme", "a", [1, 2], end_offsets=[0, 0])  # child 3
+    change = await catalog.split_partition("acme", "a", 3, at=MID, end_offset=0, max_partitions=3)
+    assert [p.partition_id for p in change.created] == [4, 5]
+    # Without limits nothing is counted; other tenants' topics never count.
+    await catalog.create_topic("acme", "c", {})
+    await catalog.create_tenant("globex")
+    await catalog.create_topic("globex", "a", {}, max_topics=1, max_partitions=1)
+
+
+async def test_racing_creations_never_pass_the_topic_limit(catalog: Catalog) -> None:
+    results = await asyncio.gather(
+        *(catalog.create_topic("acme", f"t{i}", {}, max_topics=3) for i in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 3
+    assert all(isinstance(r, TopicLimitError) for r in results if isinstance(r, BaseException))
+    assert (await catalog.tenant_counts("acme")).topics == 3
 
 
 # --- topics --------------------------------------------------------------------------------
@@ -556,6 +611,12 @@ async def test_two_sqlite_handles_on_one_file_race_correctly(tmp_path: Path) -> 
         )
         assert len(wins) == 1 and isinstance(losses[0], VersionConflictError)
         assert_lineage_invariants(await two.list_partitions("acme", "orders"))
+        # Two handles creating topics under one limit: the count and the insert are atomic.
+        wins, losses = await _race(
+            one.create_topic("acme", "x", {}, max_topics=2),
+            two.create_topic("acme", "y", {}, max_topics=2),
+        )
+        assert len(wins) == 1 and isinstance(losses[0], TopicLimitError)
     finally:
         await one.close()
         await two.close()

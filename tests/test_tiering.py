@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from gateway.app import CATALOG
+from gateway.quotas import Quotas
 from gateway.tiering import TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
 from tests.conftest import ADMIN_KEY, start_api, stop_api
@@ -472,3 +473,28 @@ async def test_health_says_when_tiered_storage_stopped(server: TieredServer) -> 
     server.api.server.app[TIERING].failed = RuntimeError("the upload loop died")
     status, body = await server.api.call("GET", "/healthz")
     assert status == 503 and body["status"] == "unhealthy"
+
+
+async def test_the_storage_quota_counts_tiered_bytes(tmp_path: Path, s3_endpoint: str) -> None:
+    quota = 12 * 1024
+    server = await start_tiered(
+        tmp_path, s3_endpoint, default_quotas=Quotas(max_stored_bytes=quota)
+    )
+    try:
+        config = {**SMALL, "local_retention_bytes": 2048}
+        assert (await server.api.call("PUT", "/v1/topics/t", json=config))[0] == 201
+        refused = None
+        for i in range(200):
+            status, body = await produce(server.api, "t", [value(i)])
+            if status == 429:
+                refused = body
+                break
+            assert status == 200, body
+            await asyncio.sleep(0.02)  # let uploads and local retention keep up
+        assert refused is not None and refused["error"]["code"] == "storage_quota_exceeded"
+        part = await server.partition("t")
+        # Refused on local and remote bytes together, while the disk holds far less.
+        assert part["local_bytes"] < quota // 2
+        assert part["local_bytes"] + part["remote_bytes"] >= quota
+    finally:
+        await server.close()

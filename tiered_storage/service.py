@@ -140,6 +140,20 @@ class TieredStorage:
     async def delete_topic_objects(self, tenant: str, incarnation: str) -> None:
         await self.cleaner.delete_topic_objects(tenant, incarnation)
 
+    async def remote_only_bytes(self, key: PartitionKey) -> int:
+        """Bytes of the partition's live data held only in object storage (local retention
+        removed the local copy): what the local log's size does not count."""
+        stats = await self._worker.stats(key)
+        local = {s.base_offset for s in self._worker.segments(key)}
+        rows = await self.index.rows(key)
+        return sum(
+            r.size_bytes
+            for r in rows.values()
+            if r.state is RemoteSegmentState.COPY_FINISHED
+            and r.base_offset not in local
+            and r.last_offset >= stats.start_offset
+        )
+
     async def partition_status(self, key: PartitionKey) -> PartitionTiering:
         stats = await self._worker.stats(key)
         rows = await self.index.rows(key)

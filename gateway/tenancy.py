@@ -1,0 +1,145 @@
+"""Tenancy on the request path: scopes, quotas and fair service, in one middleware.
+
+For a request made with a tenant's key, in this order, each before anything is read or
+changed: the key's scope must allow the route and its topic (403 ``out_of_scope``); the
+tenant's ``requests_per_s`` bucket pays one token; a produce needs the tenant under its
+``max_stored_bytes``; a read or group fetch needs a
+consume bucket above zero. Then the request waits for its turn in the fair scheduler and
+runs. Handlers make one call each for what only they know: the bytes of a produce (charged
+before writing), the bytes a read returned (charged after it), the topics a list may show.
+
+Admin requests and public routes pass straight through: the operator's requests never
+queue behind tenants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from gateway.auth import PRINCIPAL, Authenticator, Principal
+from gateway.broker import Broker
+from gateway.fairness import FairScheduler
+from gateway.http_errors import Handler
+from gateway.keys import METRICS
+from gateway.quotas import QuotaBook, QuotaExceededError, StorageQuotaExceededError
+from gateway.scopes import Action, route_action
+from partitions.batch import NewRecord
+from partitions.catalog import Catalog, TopicRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Tenancy:
+    """What the admin routes and the middleware work with, wired by the app factory."""
+
+    catalog: Catalog
+    broker: Broker
+    authenticator: Authenticator
+    quotas: QuotaBook
+
+
+TENANCY = web.AppKey("tenancy", Tenancy)
+SCHEDULER = web.AppKey("scheduler", FairScheduler)
+# The produce tokens a request took, given back if it fails.
+PRODUCE_CHARGE = web.RequestKey("produce_charge", int)
+
+ADMIN_PREFIX = "/v1/admin"
+
+# Routes that return records: they need a consume bucket above zero to start.
+CONSUME_ROUTES = frozenset(
+    {
+        "/v1/topics/{topic}/partitions/{partition}/records",
+        "/v1/topics/{topic}/groups/{group}/fetch",
+    }
+)
+
+
+def _tenant_principal(request: web.Request) -> Principal | None:
+    principal: Principal | None = request.get(PRINCIPAL)
+    if principal is None or principal.admin or principal.tenant is None:
+        return None
+    return principal
+
+
+def tenancy_middleware(tenancy: Callable[[], Tenancy], scheduler: FairScheduler) -> Middleware:
+    """``tenancy`` is looked up per request: it exists only once the broker is up."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        principal = _tenant_principal(request)
+        resource = request.match_info.route.resource
+        if principal is None or principal.tenant is None or resource is None:
+            return await handler(request)
+        if resource.canonical.startswith(ADMIN_PREFIX):
+            return await handler(request)  # refused there (403), quotas untouched
+        try:
+            return await _tenant_request(
+                request, handler, principal.tenant, principal, resource.canonical
+            )
+        except (QuotaExceededError, StorageQuotaExceededError) as exc:
+            request.app[METRICS].quota_refusals.labels(exc.details["quota"]).inc()
+            raise
+
+    async def _tenant_request(
+        request: web.Request, handler: Handler, tenant: str, principal: Principal, route: str
+    ) -> web.StreamResponse:
+        action = route_action(request.method, route)
+        principal.scope.check(action, request.match_info.get("topic"))
+        quotas = tenancy().quotas
+        await quotas.admit_request(tenant)
+        if action is Action.PRODUCE:
+            await quotas.check_storage(tenant)
+        elif route in CONSUME_ROUTES:
+            await quotas.admit_consume(tenant)
+        async with scheduler.slot(tenant):
+            try:
+                response = await handler(request)
+            except BaseException:
+                charge = request.get(PRODUCE_CHARGE)
+                if charge:
+                    quotas.refund_produce(tenant, charge)
+                raise
+        charge = request.get(PRODUCE_CHARGE)
+        if charge:
+            quotas.note_stored(tenant, charge)
+        return response
+
+    return middleware
+
+
+def produce_cost(records: Sequence[NewRecord]) -> int:
+    """Key, value and header bytes: what the produce quota counts (as reads count them)."""
+    total = 0
+    for record in records:
+        total += len(record.value) + (len(record.key) if record.key is not None else 0)
+        for name, value in record.headers:
+            total += len(name.encode()) + len(value.encode())
+    return total
+
+
+async def charge_produce(request: web.Request, records: Sequence[NewRecord]) -> None:
+    """Take the produce tokens for ``records`` before they are written, or refuse with 429."""
+    principal = _tenant_principal(request)
+    if principal is None or principal.tenant is None:
+        return
+    cost = produce_cost(records)
+    await request.app[TENANCY].quotas.admit_produce(principal.tenant, cost)
+    request[PRODUCE_CHARGE] = cost
+
+
+def charge_consume(request: web.Request, nbytes: int) -> None:
+    """Charge the bytes a read or fetch returned; a debt slows the tenant's next read."""
+    principal = _tenant_principal(request)
+    if principal is not None and principal.tenant is not None:
+        request.app[TENANCY].quotas.charge_consume(principal.tenant, nbytes)
+
+
+def visible_topics(request: web.Request, topics: Sequence[TopicRecord]) -> list[TopicRecord]:
+    """The topics of a list that the key's scope lets it see."""
+    principal = _tenant_principal(request)
+    if principal is None:
+        return list(topics)
+    return [t for t in topics if principal.scope.allows_topic(t.name)]

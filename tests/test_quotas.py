@@ -1,0 +1,183 @@
+"""Token buckets and the quota book, on a clock the test moves: tokens are counted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.quotas import (
+    InvalidQuotasError,
+    QuotaBook,
+    QuotaExceededError,
+    Quotas,
+    StorageQuotaExceededError,
+    TokenBucket,
+    apply_quota_changes,
+    parse_quota_changes,
+)
+from partitions.catalog import TenantLimits
+from partitions.catalog_sqlite import SqliteCatalog
+from tests.https import FakeClock
+
+
+def test_a_bucket_admits_its_rate_over_time() -> None:
+    bucket = TokenBucket(rate=100, capacity=100, tokens=100, updated=0.0)
+    accepted = 0
+    now = 0.0
+    while now < 60:
+        while bucket.take(7, now) == 0.0:
+            accepted += 7
+        now += 0.01
+    # A full bucket at the start, then 100 per second: 100 + 6000, to within one request.
+    assert 6100 - 7 <= accepted <= 6100
+
+
+def test_a_refused_take_says_exactly_when_it_will_pass() -> None:
+    bucket = TokenBucket(rate=10, capacity=50, tokens=0, updated=0.0)
+    wait = bucket.take(25, 0.0)
+    assert wait == pytest.approx(2.5)
+    assert bucket.take(25, 2.4) > 0  # nothing was taken by the refusals
+    assert bucket.take(25, 2.5) == 0.0
+    assert bucket.tokens == pytest.approx(0.0)
+
+
+def test_a_cost_above_the_capacity_passes_with_a_full_bucket_and_leaves_a_debt() -> None:
+    bucket = TokenBucket(rate=10, capacity=10, tokens=10, updated=0.0)
+    assert bucket.take(35, 0.0) == 0.0
+    assert bucket.tokens == -25
+    assert bucket.wait_positive(0.0) == pytest.approx(2.5, abs=0.01)
+    assert bucket.wait_positive(2.51) == 0.0
+
+
+def test_charging_after_the_read_makes_the_next_read_wait() -> None:
+    bucket = TokenBucket(rate=1000, capacity=1000, tokens=1000, updated=0.0)
+    assert bucket.wait_positive(0.0) == 0.0
+    bucket.charge(4000, 0.0)  # a read larger than the bucket
+    assert bucket.wait_positive(1.0) == pytest.approx(2.0, abs=0.01)
+    assert bucket.wait_positive(3.01) == 0.0
+
+
+def test_quota_changes_are_validated() -> None:
+    assert parse_quota_changes({"max_topics": 0, "requests_per_s": None}) == {
+        "max_topics": 0,
+        "requests_per_s": None,
+    }
+    for bad in (
+        {"produce_bytes_per_s": 0},  # a rate of zero would refuse forever
+        {"max_topics": -1},
+        {"max_topics": 1.5},
+        {"max_topics": True},
+        {"max_topics": "ten"},
+        {"nonsense": 1},
+        [1],
+    ):
+        with pytest.raises(InvalidQuotasError):
+            parse_quota_changes(bad)
+    stored = {"max_topics": 5, "requests_per_s": 10}
+    changed = apply_quota_changes(stored, {"max_topics": "default", "max_partitions": None})
+    assert changed == {"requests_per_s": 10, "max_partitions": None}
+    assert Quotas(max_topics=3).overlay(changed) == Quotas(
+        max_topics=3, requests_per_s=10, max_partitions=None
+    )
+
+
+@pytest.fixture
+async def catalog(tmp_path: Path) -> AsyncIterator[SqliteCatalog]:
+    store = await SqliteCatalog.open(tmp_path / "catalog.sqlite3")
+    await store.create_tenant("acme", quotas={"requests_per_s": 5, "max_stored_bytes": 1000})
+    await store.create_tenant("globex")
+    yield store
+    await store.close()
+
+
+async def test_defaults_and_overrides(catalog: SqliteCatalog) -> None:
+    clock = FakeClock()
+    stored = {"acme": 0}
+
+    async def stored_bytes(tenant: str) -> int:
+        return stored[tenant]
+
+    defaults = Quotas(requests_per_s=100, max_topics=10)
+    book = QuotaBook(
+        catalog, defaults, max_request_bytes=1 << 20, stored_bytes=stored_bytes, clock=clock
+    )
+    assert await book.quotas("globex") == defaults
+    assert await book.quotas("acme") == Quotas(
+        requests_per_s=5, max_topics=10, max_stored_bytes=1000
+    )
+    assert await book.limits("acme") == TenantLimits(max_topics=10)
+    assert await book.partition_limit("acme") is None
+    # Five requests, then refused with the exact wait; the refusal takes nothing.
+    for _ in range(5):
+        await book.admit_request("acme")
+    with pytest.raises(QuotaExceededError) as refused:
+        await book.admit_request("acme")
+    assert refused.value.details == {"quota": "requests_per_s", "limit": 5, "retry_after_ms": 200}
+    clock.now += 0.2
+    await book.admit_request("acme")
+    # Another tenant is untouched by acme's use.
+    for _ in range(50):
+        await book.admit_request("globex")
+    # A change is read at the next request once forgotten; the bucket keeps its level.
+    await catalog.update_tenant("acme", expected_version=1, quotas={"requests_per_s": 1000})
+    with pytest.raises(QuotaExceededError):
+        await book.admit_request("acme")
+    book.forget("acme")
+    with pytest.raises(QuotaExceededError) as refused:
+        await book.admit_request("acme")  # the new rate, and the bucket as it was
+    assert refused.value.details["limit"] == 1000
+    clock.now += 0.0105
+    for _ in range(10):  # 10 tokens in 10 ms at the new rate
+        await book.admit_request("acme")
+
+
+async def test_storage_is_measured_and_grows_with_each_produce(catalog: SqliteCatalog) -> None:
+    clock = FakeClock()
+    stored = {"acme": 900}
+    measured = []
+
+    async def stored_bytes(tenant: str) -> int:
+        measured.append(tenant)
+        return stored[tenant]
+
+    book = QuotaBook(
+        catalog,
+        Quotas(),
+        max_request_bytes=1 << 20,
+        stored_bytes=stored_bytes,
+        storage_retry_s=30,
+        clock=clock,
+    )
+    await book.check_storage("acme")
+    book.note_stored("acme", 99)
+    await book.check_storage("acme")  # 999: still under
+    book.note_stored("acme", 1)
+    with pytest.raises(StorageQuotaExceededError) as refused:
+        await book.check_storage("acme")
+    assert refused.value.details["retry_after_ms"] == 30_000
+    assert measured == ["acme"]  # measured once; the rest was counted
+    stored["acme"] = 10  # retention removed data: seen at the next measurement
+    clock.now += 1
+    await book.check_storage("acme")
+    assert measured == ["acme", "acme"]
+    await book.check_storage("globex")  # no limit: never measured
+    assert measured == ["acme", "acme"]
+
+
+async def test_produce_tokens_are_given_back_when_the_write_fails(catalog: SqliteCatalog) -> None:
+    await catalog.update_tenant("globex", expected_version=1, quotas={"produce_bytes_per_s": 100})
+    clock = FakeClock()
+
+    async def nothing(tenant: str) -> int:
+        return 0
+
+    book = QuotaBook(catalog, Quotas(), max_request_bytes=500, stored_bytes=nothing, clock=clock)
+    # The bucket holds the largest request (500), more than one second of rate.
+    await book.admit_produce("globex", 500)
+    with pytest.raises(QuotaExceededError) as refused:
+        await book.admit_produce("globex", 500)
+    assert refused.value.details["retry_after_ms"] == 5000
+    book.refund_produce("globex", 500)
+    await book.admit_produce("globex", 500)
