@@ -19,7 +19,7 @@ from typing import Any
 
 import xxhash
 
-from gateway.config import log_config, normalize_topic_config
+from gateway.config import log_config, normalize_topic_config, with_defaults
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog import Catalog, LineageChange, PartitionRecord, TopicRecord
 from partitions.errors import (
@@ -226,7 +226,7 @@ class Broker:
                 await self.catalog.create_topic(tenant, name, config)
             except TopicExistsError:
                 existing = await self.catalog.get_topic(tenant, name)
-                if dict(existing.config) != config:
+                if with_defaults(existing.config) != config:
                     raise TopicConfigConflictError(
                         f"topic {name!r} exists with another config",
                         config=dict(existing.config),
