@@ -17,7 +17,8 @@ from importlib import metadata
 
 from aiohttp import web
 
-from gateway import handlers
+from autoscaler.measure import Clock
+from gateway import autoscaling, handlers
 from gateway.auth import PRINCIPAL, Authenticator, auth_middleware, bootstrap
 from gateway.broker import Broker
 from gateway.config import ServerConfig
@@ -100,7 +101,7 @@ async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = LocalPartitionWorker(app[CONFIG].data_dir)
-    broker = Broker(app[CATALOG], worker)
+    broker = Broker(app[CATALOG], worker, meters=autoscaling.new_meters(app))
     try:
         await broker.start()
         app[BROKER] = broker
@@ -160,7 +161,7 @@ async def _on_shutdown(app: web.Application) -> None:
         app[BROKER].groups.stopping.set()
 
 
-def create_app(config: ServerConfig) -> web.Application:
+def create_app(config: ServerConfig, *, autoscale_clock_ms: Clock | None = None) -> web.Application:
     app = web.Application(
         client_max_size=config.max_request_bytes,
         middlewares=[
@@ -175,5 +176,8 @@ def create_app(config: ServerConfig) -> web.Application:
     for method, path, handler in handlers.ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.extend([_catalog_ctx, _broker_ctx, _group_sessions_ctx, _retention_ctx])
+    # The tenant partition limit is wired here once tenant quotas exist; none until then.
+    autoscaling.configure(app, clock_ms=autoscale_clock_ms)
+    app.cleanup_ctx.append(autoscaling.autoscaler_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app

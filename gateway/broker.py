@@ -19,6 +19,8 @@ from typing import Any
 
 import xxhash
 
+from autoscaler.loop import ScalingStatus, TopicSnapshot
+from autoscaler.measure import LoadMeters
 from gateway.config import log_config, normalize_topic_config, with_defaults
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog import Catalog, LineageChange, PartitionRecord, TopicRecord
@@ -142,9 +144,16 @@ class Broker:
         worker: PartitionWorker,
         *,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        meters: LoadMeters | None = None,
     ) -> None:
         self.catalog = catalog
         self.worker = worker
+        # Throughput per partition, counted per appended batch (the autoscaler's input).
+        self.meters = meters if meters is not None else LoadMeters(key_hash)
+        self.scaling = ScalingStatus()
+        # Splits and merges done, and how long produce to their topic was held for them.
+        self.reshapes = 0
+        self.reshape_pause_s = 0.0
         self._clock_ms = clock_ms
         self._views: dict[tuple[str, str], TopicView] = {}
         self.groups = GroupCoordinator(catalog, worker, clock_ms=clock_ms)
@@ -260,6 +269,8 @@ class Broker:
             self._topic_locks.pop((tenant, name), None)
             self.groups.forget_topic(tenant, topic.incarnation)
             self.answers.drop_topic(tenant, topic.incarnation)
+            self.meters.drop_topic(tenant, topic.incarnation)
+            self.scaling.drop_topic(tenant, topic.incarnation)
             await self.worker.drop_topic(tenant, topic.incarnation)
             await self.catalog.purge_topic(tenant, topic.incarnation)
 
@@ -270,6 +281,23 @@ class Broker:
             stats = await self.worker.stats(view.key(pid))
             out[pid] = (stats.start_offset, stats.end_offset)
         return out
+
+    def live_views(self) -> list[TopicView]:
+        """The views of every live topic this process knows."""
+        return list(self._views.values())
+
+    def scaling_topics(self) -> list[TopicSnapshot]:
+        """Every live topic as the autoscaler sees it."""
+        return [
+            TopicSnapshot(
+                view.record.tenant,
+                view.record.name,
+                view.record.incarnation,
+                view.record.config,
+                tuple(p for p in view.partitions.values() if p.active),
+            )
+            for view in self._views.values()
+        ]
 
     async def shape(self, tenant: str, name: str) -> TopicShape:
         """The topic as consumer groups see it now."""
@@ -357,6 +385,7 @@ class Broker:
         tenant, name = view.record.tenant, view.record.name
         gate = view.gate
         gate.open.clear()
+        held = time.perf_counter()
         try:
             await gate.idle.wait()
             ends = [(await self.worker.stats(view.key(pid))).end_offset for pid in parents]
@@ -375,6 +404,12 @@ class Broker:
         finally:
             # Producers waiting at the gate re-read the current view.
             gate.open.set()
+            self.reshape_pause_s += time.perf_counter() - held
+        self.reshapes += 1
+        for pid in parents:
+            self.meters.forget(view.key(pid))
+        for child in result.created:
+            self.meters.start(view.key(child.partition_id), current.record.config)
         newest = max(child.partition_id for child in result.created)
         self.groups.topic_reshaped(tenant, current.record.incarnation, newest)
         for pid in parents:
@@ -560,7 +595,10 @@ class Broker:
                 for piece, tag in pieces
             ]
         results = await asyncio.gather(
-            *(self._append_pieces(view.key(pid), batches[pid], answer) for pid in batches),
+            *(
+                self._append_pieces(view.key(pid), batches[pid], answer, records, view)
+                for pid in batches
+            ),
             return_exceptions=True,
         )
         again: list[int] = []
@@ -579,6 +617,8 @@ class Broker:
         key: PartitionKey,
         batches: list[tuple[list[int], bytes]],
         answer: list[tuple[int, int] | None],
+        records: Sequence[NewRecord],
+        view: TopicView,
     ) -> list[int]:
         """Append one partition's batches in order; answers the indexes not written because
         the partition is sealed."""
@@ -587,6 +627,7 @@ class Broker:
                 result = await self.worker.append(key, batch)
             except PartitionSealedError:
                 return [i for rest, _ in batches[n:] for i in rest]
+            self.meters.record(key, view.record.config, len(batch), records, indexes)
             for position, index in enumerate(indexes):
                 answer[index] = (key.partition_id, result.base_offset + position)
         return []

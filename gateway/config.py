@@ -29,6 +29,8 @@ class ServerConfig:
     max_wait_ms: int = 30_000
     # How often retention is applied.
     retention_check_ms: int = 30_000
+    # How often the autoscaler measures every topic and splits or merges partitions.
+    autoscale_interval_ms: int = 1000
     # From EVENTBUS_ADMIN_KEY; never printed (repr=False).
     admin_key: str | None = field(default=None, repr=False)
 

@@ -16,6 +16,7 @@ from gateway.auth import (
     require_admin,
     require_tenant,
 )
+from gateway.autoscaling import autoscale_json
 from gateway.broker import Broker, IdempotentRequest, TopicView, validate_topic_name
 from gateway.config import with_defaults
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
@@ -112,6 +113,7 @@ async def describe(broker: Broker, view: TopicView) -> dict[str, Any]:
         "config": with_defaults(view.record.config),
         "created_ms": view.record.created_ms,
         "partitions": partitions,
+        "autoscale": autoscale_json(broker, view),
     }
 
 
