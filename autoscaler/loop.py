@@ -8,9 +8,9 @@ time through the target, which does them exactly as a split or merge by hand. Wh
 decided, what it could not do and why, and the recent changes are kept in
 :class:`ScalingStatus` for topic describe and ``/metrics``, and logged.
 
-A tenant's partition quota comes in through ``tenant_limit``: the number of active
-partitions the tenant may have over all its topics, or None for no limit. The loop turns it
-into the most this topic may have, given the tenant's other topics.
+A tenant's partition quota comes in through ``tenant_limit``: a coroutine answering the number
+of active partitions the tenant may have over all its topics, or None for no limit. The loop
+turns it into the most this topic may have, given the tenant's other topics.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,10 +61,10 @@ class ScalingTarget(Protocol):
     ) -> LineageChange: ...
 
 
-TenantLimit = Callable[[str], int | None]
+TenantLimit = Callable[[str], Awaitable[int | None]]
 
 
-def no_tenant_limit(tenant: str) -> int | None:
+async def no_tenant_limit(tenant: str) -> int | None:
     return None
 
 
@@ -156,8 +156,11 @@ class Autoscaler:
         tenant_active: Counter[str] = Counter()
         for topic in topics:
             tenant_active[topic.tenant] += len(topic.active)
+        limits: dict[str, int | None] = {}
         for topic in topics:
-            limit = self.tenant_limit(topic.tenant)
+            if topic.tenant not in limits:
+                limits[topic.tenant] = await self.tenant_limit(topic.tenant)
+            limit = limits[topic.tenant]
             ceiling = (
                 None if limit is None else limit - (tenant_active[topic.tenant] - len(topic.active))
             )

@@ -8,7 +8,7 @@ these tests assert does not depend on how fast the machine is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,9 @@ class Clock:
 
 
 async def start_scaled(
-    data_dir: Path, clock: Clock, tenant_limit: Callable[[str], int | None] | None = None
+    data_dir: Path,
+    clock: Clock,
+    tenant_limit: Callable[[str], Awaitable[int | None]] | None = None,
 ) -> Api:
     config = ServerConfig(data_dir=data_dir, admin_key=ADMIN_KEY, autoscale_interval_ms=3_600_000)
     app = create_app(config, autoscale_clock_ms=clock)
@@ -242,8 +244,16 @@ async def test_a_hot_key_among_others_is_isolated_by_successive_splits(
 async def test_a_tenant_limit_stops_a_split_and_describe_says_so(
     tmp_path: Path, clock: Clock
 ) -> None:
-    api = await start_scaled(tmp_path / "data", clock, tenant_limit=lambda tenant: 1)
+    quota = {"default": 3}
+
+    async def tenant_limit(tenant: str) -> int | None:
+        return quota.get(tenant)
+
+    api = await start_scaled(tmp_path / "data", clock, tenant_limit=tenant_limit)
     try:
+        # Another topic of the tenant holds two of its three partitions.
+        await api.call("PUT", "/v1/topics/other", json={"autoscale": {"enabled": False}})
+        assert (await api.call("POST", "/v1/topics/other/partitions/0/split"))[0] == 200
         await api.call("PUT", "/v1/topics/t", json={"autoscale": SCALING})
         await tick(api)
         await load(api, clock, [f"user-{n}" for n in range(64)], slices=6)
@@ -255,6 +265,11 @@ async def test_a_tenant_limit_stops_a_split_and_describe_says_so(
         assert "limit of 1 active partitions" in blocked["message"]
         seen = await metrics(api)
         assert seen['eventbus_autoscale_blocked{reason="tenant_quota"}'] == 1
+        # A larger quota lets the split through at the next evaluation.
+        quota["default"] = 4
+        await tick(api)
+        body = await describe(api)
+        assert len(active(body)) == 2 and body["autoscale"]["blocked"] == []
     finally:
         await api.session.close()
         await api.server.close()
