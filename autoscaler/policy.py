@@ -23,8 +23,9 @@ The rules (``docs/autoscaling.md`` tells them to users):
   thresholds. Cold pairs measured for ``merge_window_s`` and older than ``cooldown_s`` are
   merged, left to right, never two merges sharing a partition.
 - The active count stays within ``min_partitions`` and the smaller of ``max_partitions`` and
-  the tenant's limit. A count outside those bounds (a lowered limit) is brought back by
-  merging the coldest neighbours, or by splitting the widest partitions.
+  the tenant's limit. A count outside the topic's own bounds (a changed config) is brought
+  back by merging the coldest neighbours, or by splitting the widest partitions; a tenant
+  over its quota only stops splitting.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ MERGE_COLD = "cold"
 BLOCKED_HOT_KEY = "hot_key"
 BLOCKED_NO_SPLIT_POINT = "no_split_point"
 SPLIT_REASONS = (SPLIT_BYTES, SPLIT_RECORDS, BELOW_MIN)
-MERGE_REASONS = (MERGE_COLD, ABOVE_MAX, TENANT_QUOTA)
+MERGE_REASONS = (MERGE_COLD, ABOVE_MAX)
 BLOCKED_REASONS = (ABOVE_MAX, TENANT_QUOTA, BELOW_MIN, BLOCKED_HOT_KEY, BLOCKED_NO_SPLIT_POINT)
 
 
@@ -183,12 +184,15 @@ def decide(
         return Decision()
     parts = sorted(load.partitions, key=lambda p: p.hash_range.start)
     count = len(parts)
+    if count > config.max_partitions:
+        needed = count - config.max_partitions
+        return Decision(merges=_forced_merges(parts, needed, ABOVE_MAX, config))
+    # A tenant's quota holds splits back; it never merges a topic that is over it (a lowered
+    # quota stops growth, it does not take partitions away).
     ceiling = config.max_partitions
     ceiling_reason = ABOVE_MAX
     if tenant_max_partitions is not None and tenant_max_partitions <= ceiling:
-        ceiling, ceiling_reason = max(1, tenant_max_partitions), TENANT_QUOTA
-    if count > ceiling:
-        return Decision(merges=_forced_merges(parts, count - ceiling, ceiling_reason, config))
+        ceiling, ceiling_reason = tenant_max_partitions, TENANT_QUOTA
 
     window_n = slices_in(config.window_s, load.slice_ms)
     splits: list[tuple[float, Split]] = []
@@ -205,21 +209,22 @@ def decide(
         if held is not None:
             blocked.append(held)
     splits.sort(key=lambda item: -item[0])
-    room = ceiling - count
+    room = max(0, ceiling - count)
     chosen = [split for _heat, split in splits[:room]]
-    for _heat, split in splits[room:]:
-        blocked.append(
-            Blocked(
-                (split.partition_id,),
-                ceiling_reason,
-                f"partition {split.partition_id} is hot ({split.message}) but the topic is at "
-                f"its limit of {ceiling} active partitions ({ceiling_reason})",
-            )
+    if ceiling_reason == TENANT_QUOTA:
+        limit = (
+            f"the tenant's partition quota, which leaves this topic {max(0, ceiling)} active "
+            "partitions (tenant_quota)"
         )
+    else:
+        limit = f"the topic's limit of {ceiling} active partitions (max_partitions)"
+    for _heat, split in splits[room:]:
+        message = f"partition {split.partition_id} is hot ({split.message}) but {limit}"
+        blocked.append(Blocked((split.partition_id,), ceiling_reason, message))
     splitting = {s.partition_id for s in chosen}
     if count + len(chosen) < config.min_partitions:
         room = min(ceiling, config.min_partitions) - count - len(chosen)
-        chosen += _forced_splits(parts, splitting, room)
+        chosen += _forced_splits(parts, splitting, max(0, room))
         splitting = {s.partition_id for s in chosen}
     floor = config.min_partitions
     merges, held_merges = _cold_merges(parts, splitting, count + len(chosen) - floor, config, load)

@@ -275,11 +275,23 @@ def test_above_the_limit_the_coldest_neighbours_merge() -> None:
     decision = decide(topic(*loads), dataclasses.replace(CONFIG, max_partitions=3))
     assert [(m.partition_ids, m.reason) for m in decision.merges] == [((1, 2), "max_partitions")]
     # Two merges needed, but the coldest pair sits in the middle: one now, one next time.
-    decision = decide(topic(*loads), CONFIG, tenant_max_partitions=2)
-    assert [(m.partition_ids, m.reason) for m in decision.merges] == [((1, 2), "tenant_quota")]
+    config = dataclasses.replace(CONFIG, max_partitions=2)
+    decision = decide(topic(*loads), config)
+    assert [(m.partition_ids, m.reason) for m in decision.merges] == [((1, 2), "max_partitions")]
     merged = part(4, HashRange(ranges[1].start, ranges[2].end), [COLD] * 5)
-    decision = decide(topic(loads[0], merged, loads[3]), CONFIG, tenant_max_partitions=2)
+    decision = decide(topic(loads[0], merged, loads[3]), config)
     assert [m.partition_ids for m in decision.merges] == [(0, 4)]
+
+
+def test_a_tenant_over_its_quota_stops_splitting_and_keeps_its_partitions() -> None:
+    ranges = quarters()
+    loads = [
+        part(pid, r, [HOT] * 5, sample_of(spread(9, r.start, r.end)))
+        for pid, r in enumerate(ranges)
+    ]
+    decision = decide(topic(*loads), CONFIG, tenant_max_partitions=2)
+    assert decision.splits == () and decision.merges == ()
+    assert {b.reason for b in decision.blocked} == {"tenant_quota"} and len(decision.blocked) == 4
 
 
 def test_below_min_the_widest_partitions_split() -> None:

@@ -262,7 +262,7 @@ async def test_a_tenant_limit_stops_a_split_and_describe_says_so(
         assert active(body) == [0]
         (blocked,) = body["autoscale"]["blocked"]
         assert blocked["reason"] == "tenant_quota" and blocked["partitions"] == [0]
-        assert "limit of 1 active partitions" in blocked["message"]
+        assert "quota, which leaves this topic 1 active partitions" in blocked["message"]
         seen = await metrics(api)
         assert seen['eventbus_autoscale_blocked{reason="tenant_quota"}'] == 1
         # A larger quota lets the split through at the next evaluation.
