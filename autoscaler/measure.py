@@ -19,7 +19,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from autoscaler.config import AutoscaleConfig, autoscale_config
 from autoscaler.policy import (
@@ -79,13 +79,31 @@ class PartitionMeter:
             last = slices[-1]
             last[1] += nbytes
             last[2] += nrecords
-        else:
+        elif not slices or slices[-1][0] < index:
             slices.append([index, nbytes, nrecords])
             oldest = index - self.geometry.keep
             while slices[0][0] < oldest:
                 slices.popleft()
+        else:
+            self._add_earlier(index, nbytes, nrecords)
         for sample in samples:
             self._samples.append((index, sample))
+
+    def _add_earlier(self, index: int, nbytes: int, nrecords: int) -> None:
+        """Counts of a slice before the newest one (shipped late by another process)."""
+        slices = self._slices
+        if index < slices[-1][0] - self.geometry.keep:
+            return  # older than anything kept
+        for position in range(len(slices) - 1, -1, -1):
+            entry = slices[position]
+            if entry[0] == index:
+                entry[1] += nbytes
+                entry[2] += nrecords
+                return
+            if entry[0] < index:
+                slices.insert(position + 1, [index, nbytes, nrecords])
+                return
+        slices.appendleft([index, nbytes, nrecords])
 
     def complete_slices(self, now_ms: int, count: int) -> tuple[Rate, ...]:
         """Rates of the last ``count`` complete slices, oldest first; fewer when the meter
@@ -140,12 +158,9 @@ class LoadMeters:
     ) -> None:
         """Count one appended batch: ``records[i]`` for ``i`` in ``indexes``."""
         now = self.clock_ms()
-        meters = self._topics.get((key.tenant, key.incarnation))
-        meter = None if meters is None else meters.get(key.partition_id)
-        if meter is None:
-            meter = self._start(key, Geometry.of(autoscale_config(topic_config)), now)
         count = len(indexes)
         if not count:
+            self.add(key, topic_config, now, 0, 0, ())
             return
         picks = min(SAMPLES_PER_BATCH, count)
         stride = count / picks
@@ -160,7 +175,41 @@ class LoadMeters:
             else:
                 preview = record.key[:KEY_PREVIEW_BYTES]
                 samples.append(KeySample(hash_key(record.key), size * stride, stride, preview))
-        meter.add(now, batch_bytes, count, samples)
+        self.add(key, topic_config, now, batch_bytes, count, samples)
+
+    def add(
+        self,
+        key: PartitionKey,
+        topic_config: Mapping[str, object],
+        now_ms: int,
+        nbytes: int,
+        nrecords: int,
+        samples: Sequence[KeySample],
+    ) -> None:
+        """Count ``nbytes`` and ``nrecords`` of traffic at ``now_ms`` (with their sampled
+        records) in the partition's meter, started now if it has none."""
+        meters = self._topics.get((key.tenant, key.incarnation))
+        meter = None if meters is None else meters.get(key.partition_id)
+        if meter is None:
+            meter = self._start(key, Geometry.of(autoscale_config(topic_config)), self.clock_ms())
+        if nrecords:
+            meter.add(now_ms, nbytes, nrecords, samples)
+
+    def add_measured(
+        self,
+        key: PartitionKey,
+        geometry: Geometry,
+        at_ms: int,
+        nbytes: int,
+        nrecords: int,
+        samples: Sequence[KeySample],
+    ) -> None:
+        """Add traffic another process measured (see :class:`MeterOutbox`)."""
+        meters = self._topics.get((key.tenant, key.incarnation))
+        meter = None if meters is None else meters.get(key.partition_id)
+        if meter is None:
+            meter = self._start(key, geometry, self.clock_ms())
+        meter.add(at_ms, nbytes, nrecords, samples)
 
     # --- partitions come and go --------------------------------------------------------
 
@@ -248,3 +297,83 @@ class LoadMeters:
 
     def partitions_measured(self) -> int:
         return sum(len(meters) for meters in self._topics.values())
+
+
+# --- measured in one process, decided in another ------------------------------------------
+
+# Traffic is gathered per tenth of a second: slices are whole multiples of it.
+OUTBOX_BUCKET_MS = 100
+# Sampled records kept per partition and bucket; more are thinned, their weights raised.
+OUTBOX_SAMPLES = 64
+
+
+@dataclass(slots=True)
+class MeteredBucket:
+    """Traffic of one partition in one bucket of time, not sent yet."""
+
+    geometry: Geometry
+    nbytes: int = 0
+    nrecords: int = 0
+    seen: int = 0
+    samples: list[KeySample] = field(default_factory=list)
+
+
+class MeterOutbox(LoadMeters):
+    """The meters of a process that does not decide: it keeps what its appends measured
+    until :meth:`take` hands it over (to the process that runs the autoscaler, which adds
+    it with :meth:`LoadMeters.add_measured`). Sampled records are thinned to
+    :data:`OUTBOX_SAMPLES` per partition and bucket, each kept one standing for the ones
+    dropped, so the sample stays weighted by bytes."""
+
+    def __init__(
+        self,
+        hash_key: Callable[[bytes], int],
+        *,
+        clock_ms: Clock = monotonic_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(hash_key, clock_ms=clock_ms, rng=rng)
+        self._outbox: dict[tuple[PartitionKey, int], MeteredBucket] = {}
+
+    def add(
+        self,
+        key: PartitionKey,
+        topic_config: Mapping[str, object],
+        now_ms: int,
+        nbytes: int,
+        nrecords: int,
+        samples: Sequence[KeySample],
+    ) -> None:
+        if not nrecords:
+            return
+        bucket = now_ms - now_ms % OUTBOX_BUCKET_MS
+        entry = self._outbox.get((key, bucket))
+        if entry is None:
+            geometry = Geometry.of(autoscale_config(topic_config))
+            entry = self._outbox[(key, bucket)] = MeteredBucket(geometry)
+        entry.nbytes += nbytes
+        entry.nrecords += nrecords
+        kept = entry.samples
+        for sample in samples:
+            entry.seen += 1
+            if len(kept) < OUTBOX_SAMPLES:
+                kept.append(sample)
+            else:
+                slot = self._rng.randrange(entry.seen)
+                if slot < OUTBOX_SAMPLES:
+                    kept[slot] = sample
+
+    def take(self) -> list[tuple[PartitionKey, int, MeteredBucket]]:
+        """Everything measured since the last call: (partition, bucket start, traffic),
+        with the kept samples weighted for the ones dropped."""
+        out = []
+        for (key, bucket), entry in self._outbox.items():
+            kept = entry.samples
+            scale = entry.seen / len(kept) if kept else 1.0
+            if scale != 1.0:
+                entry.samples = [
+                    KeySample(s.hash, s.nbytes * scale, s.nrecords * scale, s.key) for s in kept
+                ]
+            out.append((key, bucket, entry))
+        self._outbox = {}
+        return out

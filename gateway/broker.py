@@ -45,13 +45,17 @@ from partitions.errors import (
     PartitionUnavailableError,
     TopicExistsError,
     TopicNotFoundError,
+    VersionConflictError,
+    WorkerLostError,
+    WorkerUnreachableError,
 )
 from partitions.groups import GroupCoordinator, TopicShape
 from partitions.idempotency import ANSWER_TTL_MS, AnswerTable, decode_tag, encode_tags
+from partitions.idempotency import Entry as IdempotencyEntry
 from partitions.log import BatchRead, ReadResult
 from partitions.waiting import waiting
 from partitions.worker import PartitionKey, PartitionWorker
-from tiered_storage.service import TieredStorage
+from tiered_storage.service import TieringService
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,13 @@ async def no_limits(tenant: str) -> TenantLimits:
 # Producer tags for the records at some request indexes: (indexes, tag) per batch to write.
 TagPieces = list[tuple[list[int], bytes]]
 Tagger = Callable[[Sequence[int]], TagPieces]
+# Workers for new partitions: (tenant, the partitions they replace, how many) -> a worker each.
+Placer = Callable[[str, list[PartitionKey], int], Awaitable[list[int]]]
+# Told after this process changed a topic (created, reconfigured, reshaped): (tenant, name).
+TopicAnnouncer = Callable[[str, str], Awaitable[None]]
+# How often a PATCH of a topic that keeps losing compare-and-set races (to splits made by
+# other processes) tries again before it answers 409.
+PATCH_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +192,17 @@ class Broker:
         self.answers = AnswerTable()
         self.idempotent_replays = 0
         # Tiered storage, when the app wires it: retention, backpressure, topic objects.
-        self.tiered: TieredStorage | None = None
+        self.tiered: TieringService | None = None
         # Deleted incarnations whose cleanup a request is running now.
         self._deleting: set[tuple[str, str]] = set()
         self.limits: LimitsOf = no_limits
+        # With several worker processes (gateway/cluster.py): where new partitions go, who
+        # hears of topic changes, whether this process runs the once-per-server work
+        # (finishing deletions), and what topic describe adds per partition.
+        self.placer: Placer | None = None
+        self.announce: TopicAnnouncer | None = None
+        self.leader = True
+        self.describe_extra: Callable[[PartitionKey], Awaitable[dict[str, Any]]] | None = None
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -194,9 +212,11 @@ class Broker:
     async def start(self) -> None:
         """Finish deletions a crash interrupted, open every live partition, and seal the
         logs of partitions the catalog sealed (a split or merge cut short by a crash)."""
-        await self.finish_deletions()
+        if self.leader:
+            await self.finish_deletions()
         tenants = await self.catalog.list_tenants()
-        await self.worker.drop_tenants_except({t.name for t in tenants})
+        if self.leader:
+            await self.worker.drop_tenants_except({t.name for t in tenants})
         for tenant in tenants:
             after: str | None = None
             while page := await self.catalog.list_topics(tenant.name, after=after, limit=500):
@@ -204,10 +224,37 @@ class Broker:
                     view = await self._load_view(tenant.name, topic.name)
                     for pid, partition in view.partitions.items():
                         if not partition.active:
-                            stats = await self.worker.stats(view.key(pid))
-                            if not stats.sealed:
-                                await self.worker.seal(view.key(pid))
+                            try:
+                                stats = await self.worker.stats(view.key(pid))
+                                if not stats.sealed:
+                                    await self.worker.seal(view.key(pid))
+                            except WorkerUnreachableError:
+                                pass  # its worker is starting too, and seals its own
                 after = page[-1].name
+
+    async def refresh_topic(self, tenant: str, name: str) -> None:
+        """Another process changed the topic: read it again (or forget it, deleted), and
+        let waiting group fetches see new partitions."""
+        async with self._lock(tenant, name):
+            old = self._views.get((tenant, name))
+            try:
+                view = await self._load_view(tenant, name)
+            except TopicNotFoundError:
+                self._views.pop((tenant, name), None)
+                return
+        newest = max(view.partitions, default=-1)
+        if old is None or max(old.partitions, default=-1) < newest:
+            self.groups.topic_reshaped(tenant, view.record.incarnation, newest)
+
+    async def _announce(self, tenant: str, name: str) -> None:
+        if self.announce is not None:
+            await self.announce(tenant, name)
+
+    async def _place(self, tenant: str, parents: list[PartitionKey], count: int) -> dict[str, Any]:
+        """The catalog's ``placement`` argument for ``count`` new partitions, if any."""
+        if self.placer is None:
+            return {}
+        return {"placement": await self.placer(tenant, parents, count)}
 
     async def finish_deletions(self) -> None:
         """Finish the deletions the catalog marked but a crash or an unreachable object
@@ -283,6 +330,7 @@ class Broker:
                     config,
                     max_topics=limits.max_topics,
                     max_partitions=limits.max_partitions,
+                    **await self._place(tenant, [], 1),
                 )
             except TopicExistsError:
                 existing = await self.catalog.get_topic(tenant, name)
@@ -293,7 +341,9 @@ class Broker:
                     ) from None
                 view = self._views.get((tenant, name)) or await self._load_view(tenant, name)
                 return view, False
-            return await self._load_view(tenant, name), True
+            view = await self._load_view(tenant, name)
+        await self._announce(tenant, name)
+        return view, True
 
     async def list_topics(self, tenant: str, *, after: str | None, limit: int) -> list[TopicRecord]:
         return await self.catalog.list_topics(tenant, after=after, limit=limit)
@@ -301,16 +351,25 @@ class Broker:
     async def patch_topic(self, tenant: str, name: str, changes: Mapping[str, Any]) -> TopicView:
         await self.view(tenant, name)  # 404 for an unknown topic
         async with self._lock(tenant, name):
-            current = await self.catalog.get_topic(tenant, name)
-            config = normalize_topic_config(changes, base=current.config)
-            updated = await self.catalog.update_topic_config(
-                tenant, name, config, expected_version=current.version
-            )
+            for attempt in range(1, PATCH_ATTEMPTS + 1):
+                current = await self.catalog.get_topic(tenant, name)
+                config = normalize_topic_config(changes, base=current.config)
+                try:
+                    updated = await self.catalog.update_topic_config(
+                        tenant, name, config, expected_version=current.version
+                    )
+                except VersionConflictError:
+                    # Another process split or merged the topic since it was read.
+                    if attempt == PATCH_ATTEMPTS:
+                        raise
+                    continue
+                break
             # The view current now (a split or a re-creation may have replaced the one
             # this request started with). Segment settings apply to logs opened from now on.
             view = self._views.get((tenant, name)) or await self._load_view(tenant, name)
             view.record = updated
-            return view
+        await self._announce(tenant, name)
+        return view
 
     async def delete_topic(self, tenant: str, name: str) -> None:
         validate_topic_name(name)
@@ -322,20 +381,25 @@ class Broker:
         """Remove what remains of an incarnation the catalog marked deleted: this process's
         view and state of it, its data, then its catalog rows. The one path every deletion
         takes (a topic, a whole tenant, one cut short by a crash and finished at start)."""
-        tenant, name = topic.tenant, topic.name
-        view = self._views.get((tenant, name))
-        if view is not None and view.record.incarnation == topic.incarnation:
-            self._views.pop((tenant, name), None)
-            self._topic_locks.pop((tenant, name), None)
-        self.groups.forget_topic(tenant, topic.incarnation)
-        self.answers.drop_topic(tenant, topic.incarnation)
-        self.meters.drop_topic(tenant, topic.incarnation)
-        self.scaling.drop_topic(tenant, topic.incarnation)
+        tenant = topic.tenant
+        self.forget_topic(tenant, topic.incarnation)
         self._deleting.add((tenant, topic.incarnation))
         try:
             await self._remove_topic_data(tenant, topic.incarnation)
         finally:
             self._deleting.discard((tenant, topic.incarnation))
+
+    def forget_topic(self, tenant: str, incarnation: str) -> None:
+        """Forget what this process holds of a deleted incarnation: its view, groups,
+        idempotency answers, meters and autoscaling status."""
+        for (owner, name), view in list(self._views.items()):
+            if owner == tenant and view.record.incarnation == incarnation:
+                self._views.pop((owner, name), None)
+                self._topic_locks.pop((owner, name), None)
+        self.groups.forget_topic(tenant, incarnation)
+        self.answers.drop_topic(tenant, incarnation)
+        self.meters.drop_topic(tenant, incarnation)
+        self.scaling.drop_topic(tenant, incarnation)
 
     async def stored_bytes(self, tenant: str) -> int:
         """Bytes the tenant's live topics hold in their logs now, sealed partitions too;
@@ -390,6 +454,8 @@ class Broker:
                 entry["remote_end_offset"] = remote.remote_end_offset
                 entry["remote_bytes"] = remote.remote_bytes
                 entry["segments_pending_upload"] = remote.segments_pending_upload
+            if self.describe_extra is not None:
+                entry.update(await self.describe_extra(key))
             out[pid] = entry
         return out
 
@@ -433,7 +499,8 @@ class Broker:
                     partition=partition_id,
                 )
             max_partitions = (await self.limits(tenant)).max_partitions
-            return await self._reshape(
+            placement = await self._place(tenant, [view.key(partition_id)], 2)
+            change = await self._reshape(
                 view,
                 [partition_id],
                 lambda ends: self.catalog.split_partition(
@@ -443,8 +510,11 @@ class Broker:
                     at=point,
                     end_offset=ends[0],
                     max_partitions=max_partitions,
+                    **placement,
                 ),
             )
+        await self._announce(tenant, name)
+        return change
 
     async def merge(self, tenant: str, name: str, partition_ids: Sequence[int]) -> LineageChange:
         """Merge two adjacent active partitions into one."""
@@ -460,11 +530,16 @@ class Broker:
                     partitions=[low.partition_id, high.partition_id],
                 )
             ids = list(partition_ids)
-            return await self._reshape(
+            placement = await self._place(tenant, [view.key(pid) for pid in ids], 1)
+            change = await self._reshape(
                 view,
                 ids,
-                lambda ends: self.catalog.merge_partitions(tenant, name, ids, end_offsets=ends),
+                lambda ends: self.catalog.merge_partitions(
+                    tenant, name, ids, end_offsets=ends, **placement
+                ),
             )
+        await self._announce(tenant, name)
+        return change
 
     async def _current_view(self, tenant: str, name: str) -> TopicView:
         validate_topic_name(name)
@@ -495,18 +570,29 @@ class Broker:
 
         Requests that arrive meanwhile wait at the gate and are then routed with the new
         view; requests already appending finish first, so every acknowledged record of a
-        parent lies below the end the catalog records. If the catalog refuses, produce
-        resumes as before. A crash after the catalog change and before the logs are sealed
-        is finished at the next start.
+        parent lies below the end the catalog records. The parents are also frozen where
+        their logs are (their worker process): appends routed there by other processes are
+        held, and after the seal routed again. If the catalog refuses, produce resumes as
+        before. A crash after the catalog change and before the logs are sealed is finished
+        at the next start.
         """
         tenant, name = view.record.tenant, view.record.name
         gate = view.gate
         gate.open.clear()
         held = time.perf_counter()
+        frozen: list[PartitionKey] = []
         try:
             await gate.idle.wait()
-            ends = [(await self.worker.stats(view.key(pid))).end_offset for pid in parents]
-            result = await change(ends)
+            ends = []
+            try:
+                for pid in parents:
+                    ends.append(await self.worker.freeze(view.key(pid)))
+                    frozen.append(view.key(pid))
+                result = await change(ends)
+            except BaseException:
+                for key in frozen:
+                    await self._thaw(key)
+                raise
             # The catalog changed: from here on producers must see the new shape, whatever
             # else fails, so that nothing more lands in a parent the catalog sealed.
             try:
@@ -539,6 +625,14 @@ class Broker:
             await self.worker.seal(key)
         except EventBusError as exc:
             log.warning("partition %s: sealing its log failed (%s); will retry", key, exc)
+            await self._thaw(key)
+
+    async def _thaw(self, key: PartitionKey) -> None:
+        try:
+            await self.worker.thaw(key)
+        except EventBusError as exc:
+            # Its worker went away: a freeze ends with the connection that made it.
+            log.warning("partition %s: could not thaw it (%s)", key, exc)
 
     # --- produce -------------------------------------------------------------------------
 
@@ -581,11 +675,15 @@ class Broker:
             if entry.busy is not None:
                 await asyncio.shield(entry.busy)
                 continue
+            if entry.unsure:
+                await self._settle_unsure(tenant, view, idempotency.key, entry)
+                continue
             if entry.complete:
                 self.idempotent_replays += 1
                 return entry.answer()
             busy = entry.busy = asyncio.get_running_loop().create_future()
             answer: list[tuple[int, int] | None] = [None] * len(records)
+            lost: set[int] = set()
             try:
                 tagger = partial(
                     encode_tags,
@@ -595,16 +693,43 @@ class Broker:
                     entry.total_records,
                 )
 
-                await self._produce(tenant, name, records, entry.missing(), answer, tagger)
+                await self._produce(
+                    tenant, name, records, entry.missing(), answer, tagger, lost=lost
+                )
             finally:
                 entry.add_placed([(i, placed) for i, placed in enumerate(answer) if placed])
+                # Appends whose worker died before answering may or may not be written:
+                # the next attempt looks in those partitions before writing anything.
+                entry.unsure.update(lost)
                 entry.busy = None
                 busy.set_result(None)
-                if not entry.written:
+                if not entry.written and not entry.unsure:
                     # Nothing was written (the attempt failed before any append): the key
                     # stays free for a corrected request.
                     self.answers.discard(tenant, incarnation, idempotency.key, entry)
             return entry.answer()
+
+    async def _settle_unsure(
+        self, tenant: str, view: TopicView, key: str, entry: IdempotencyEntry
+    ) -> None:
+        """Find which of an attempt's appends with unknown outcome were written: the
+        partitions' producer tags of this request say so."""
+        busy = entry.busy = asyncio.get_running_loop().create_future()
+        try:
+            # Segments are chosen by modification time, which is the real clock's.
+            since = min(entry.accepted_ms, time.time_ns() // 1_000_000) - 60_000
+            for pid in sorted(entry.unsure):
+                for base_offset, raw in await self.worker.producer_tags(view.key(pid), since):
+                    try:
+                        tag = decode_tag(raw)
+                    except ValueError:
+                        continue
+                    if tag.key == key and tag.request_hash == entry.request_hash:
+                        entry.add_found(pid, base_offset, tag.indexes)
+            entry.unsure.clear()
+        finally:
+            entry.busy = None
+            busy.set_result(None)
 
     async def _rebuild_answers(self, tenant: str, view: TopicView) -> None:
         """Load the topic's recent producer tags into the answer table, once per start."""
@@ -642,6 +767,8 @@ class Broker:
         todo: list[int],
         answer: list[tuple[int, int] | None],
         tagger: Tagger | None,
+        *,
+        lost: set[int] | None = None,
     ) -> None:
         reroutes = 0
         while True:
@@ -655,7 +782,7 @@ class Broker:
             gate.in_flight += 1
             gate.idle.clear()
             try:
-                todo = await self._produce_once(view, records, todo, answer, tagger)
+                todo = await self._produce_once(view, records, todo, answer, tagger, lost)
             finally:
                 gate.in_flight -= 1
                 if gate.in_flight == 0:
@@ -679,9 +806,11 @@ class Broker:
         todo: list[int],
         answer: list[tuple[int, int] | None],
         tagger: Tagger | None,
+        lost: set[int] | None = None,
     ) -> list[int]:
         """Append the records at ``todo``; fill ``answer``; answer the indexes whose
-        partition turned out to be sealed (they were not written)."""
+        partition turned out to be sealed (they were not written). Partitions whose worker
+        died before answering an append go into ``lost``."""
         groups: dict[int, list[int]] = {}
         keyless: int | None = None
         for index in todo:
@@ -715,7 +844,7 @@ class Broker:
             ]
         results = await asyncio.gather(
             *(
-                self._append_pieces(view.key(pid), batches[pid], answer, records, view)
+                self._append_pieces(view.key(pid), batches[pid], answer, records, view, lost)
                 for pid in batches
             ),
             return_exceptions=True,
@@ -738,6 +867,7 @@ class Broker:
         answer: list[tuple[int, int] | None],
         records: Sequence[NewRecord],
         view: TopicView,
+        lost: set[int] | None = None,
     ) -> list[int]:
         """Append one partition's batches in order; answers the indexes not written because
         the partition is sealed."""
@@ -746,6 +876,10 @@ class Broker:
                 result = await self.worker.append(key, batch)
             except PartitionSealedError:
                 return [i for rest, _ in batches[n:] for i in rest]
+            except WorkerLostError:
+                if lost is not None:
+                    lost.add(key.partition_id)
+                raise
             self.meters.record(key, view.record.config, len(batch), records, indexes)
             for position, index in enumerate(indexes):
                 answer[index] = (key.partition_id, result.base_offset + position)
@@ -824,7 +958,8 @@ class Broker:
         deleted topics whose cleanup was interrupted are finished.
         """
         try:
-            await self.finish_deletions()
+            if self.leader:
+                await self.finish_deletions()
         except EventBusError as exc:
             log.warning("finishing topic deletions failed: %s", exc)
         removed = 0

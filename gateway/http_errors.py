@@ -62,6 +62,7 @@ _PUBLIC_MESSAGES = {
     "storage_io_error": "the server could not store the data durably; retry",
     "partition_unavailable": "the partition is recovering from a storage failure; retry later",
     "partition_closed": "the partition is closing or moving; retry",
+    "worker_unavailable": "the worker process that serves this is restarting; retry",
     "storage_backpressure": "too much data waits for upload to object storage; retry later",
 }
 # Server-side answers whose message and details are meant for the client (no internals).

@@ -258,6 +258,7 @@ class Catalog(Protocol):
         *,
         max_topics: int | None = None,
         max_partitions: int | None = None,
+        placement: Sequence[int] | None = None,
     ) -> tuple[TopicRecord, PartitionRecord]:
         """Create a topic with partition 0 over the whole hash space, atomically.
 
@@ -265,6 +266,9 @@ class Catalog(Protocol):
         tenant that already has ``max_topics`` live topics raises :class:`TopicLimitError`,
         and one with ``max_partitions`` active partitions :class:`PartitionLimitError`; the
         count and the creation are one atomic step, so racing creations cannot pass them.
+
+        ``placement`` names the worker that owns each partition created (here one), written
+        in the same step, so that no process ever sees the partition without its owner.
         """
         ...
 
@@ -313,11 +317,13 @@ class Catalog(Protocol):
         at: int,
         end_offset: int,
         max_partitions: int | None = None,
+        placement: Sequence[int] | None = None,
     ) -> LineageChange:
         """Seal ``partition_id`` at ``end_offset``; create children ``[start, at)`` and
         ``[at, end)``. ``at`` must lie strictly inside the range. A split adds one active
         partition: with ``max_partitions``, one that would take the tenant's active
-        partitions (across all its topics) past it raises :class:`PartitionLimitError`."""
+        partitions (across all its topics) past it raises :class:`PartitionLimitError`.
+        ``placement``: the children's workers, low child first."""
         ...
 
     async def merge_partitions(
@@ -327,9 +333,15 @@ class Catalog(Protocol):
         partition_ids: Sequence[int],
         *,
         end_offsets: Sequence[int],
+        placement: Sequence[int] | None = None,
     ) -> LineageChange:
         """Seal two adjacent active partitions at their end offsets; create one child over
-        both ranges."""
+        both ranges. ``placement``: the child's worker."""
+        ...
+
+    async def list_placements(self, tenant: str, incarnation: str) -> dict[int, int]:
+        """The worker each placed partition of a topic incarnation was given at its creation
+        (partitions made without a placement are absent)."""
         ...
 
     async def advance_start_offset(

@@ -46,6 +46,7 @@ from partitions.catalog import (
 from partitions.errors import (
     ApiKeyNotFoundError,
     GroupNotFoundError,
+    InvalidInputError,
     InvalidMergeError,
     InvalidOffsetError,
     InvalidSplitPointError,
@@ -165,6 +166,16 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 3: which worker process owns each partition (chosen when the partition is made).
+    """
+    CREATE TABLE placements (
+        tenant TEXT NOT NULL,
+        incarnation TEXT NOT NULL,
+        partition_id INTEGER NOT NULL,
+        worker INTEGER NOT NULL,
+        PRIMARY KEY (tenant, incarnation, partition_id)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -179,6 +190,13 @@ def _json(value: Any) -> str:
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _check_placement(placement: Sequence[int] | None, count: int) -> None:
+    if placement is not None and (
+        len(placement) != count or any(isinstance(w, bool) or w < 0 for w in placement)
+    ):
+        raise InvalidInputError(f"a placement names one worker (>= 0) for each of {count}")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -580,7 +598,10 @@ class SqliteCatalog:
         *,
         max_topics: int | None = None,
         max_partitions: int | None = None,
+        placement: Sequence[int] | None = None,
     ) -> tuple[TopicRecord, PartitionRecord]:
+        _check_placement(placement, 1)
+
         def op(conn: sqlite3.Connection) -> tuple[TopicRecord, PartitionRecord]:
             self._require_tenant(conn, tenant)
             existing = conn.execute(
@@ -609,6 +630,7 @@ class SqliteCatalog:
                 (tenant, incarnation, name, _json(config), now),
             )
             self._insert_partition(conn, tenant, incarnation, 0, WHOLE_SPACE, (), now)
+            self._place(conn, tenant, incarnation, [0], placement)
             topic = self._topic(self._live_topic(conn, tenant, name))
             return topic, self._partition_row(conn, tenant, incarnation, 0, name)
 
@@ -692,7 +714,7 @@ class SqliteCatalog:
                     f"incarnation {incarnation} is live; delete the topic first",
                     incarnation=incarnation,
                 )
-            for table in ("partitions", "remote_segments", "topics"):
+            for table in ("partitions", "placements", "remote_segments", "topics"):
                 conn.execute(
                     f"DELETE FROM {table} WHERE tenant = ? AND incarnation = ?",  # noqa: S608
                     (tenant, incarnation),
@@ -812,7 +834,10 @@ class SqliteCatalog:
         at: int,
         end_offset: int,
         max_partitions: int | None = None,
+        placement: Sequence[int] | None = None,
     ) -> LineageChange:
+        _check_placement(placement, 2)
+
         def op(conn: sqlite3.Connection) -> LineageChange:
             incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
             parent = self._partition_row(conn, tenant, incarnation, partition_id, topic)
@@ -845,6 +870,7 @@ class SqliteCatalog:
             self._insert_partition(
                 conn, tenant, incarnation, right, HashRange(at, parent.hash_range.end), parents, now
             )
+            self._place(conn, tenant, incarnation, [left, right], placement)
             return LineageChange(
                 sealed=(self._partition_row(conn, tenant, incarnation, partition_id, topic),),
                 created=tuple(
@@ -862,7 +888,10 @@ class SqliteCatalog:
         partition_ids: Sequence[int],
         *,
         end_offsets: Sequence[int],
+        placement: Sequence[int] | None = None,
     ) -> LineageChange:
+        _check_placement(placement, 1)
+
         def op(conn: sqlite3.Connection) -> LineageChange:
             if len(partition_ids) != 2 or partition_ids[0] == partition_ids[1]:
                 raise InvalidMergeError("a merge takes exactly two different partitions")
@@ -898,6 +927,7 @@ class SqliteCatalog:
                 (low.partition_id, high.partition_id),
                 now,
             )
+            self._place(conn, tenant, incarnation, [child], placement)
             return LineageChange(
                 sealed=tuple(
                     self._partition_row(conn, tenant, incarnation, p.partition_id, topic)
@@ -905,6 +935,34 @@ class SqliteCatalog:
                 ),
                 created=(self._partition_row(conn, tenant, incarnation, child, topic),),
             )
+
+        return await self._tx(op)
+
+    @staticmethod
+    def _place(
+        conn: sqlite3.Connection,
+        tenant: str,
+        incarnation: str,
+        partition_ids: Sequence[int],
+        placement: Sequence[int] | None,
+    ) -> None:
+        if placement is None:
+            return
+        conn.executemany(
+            "INSERT INTO placements VALUES (?, ?, ?, ?)",
+            [
+                (tenant, incarnation, pid, worker)
+                for pid, worker in zip(partition_ids, placement, strict=True)
+            ],
+        )
+
+    async def list_placements(self, tenant: str, incarnation: str) -> dict[int, int]:
+        def op(conn: sqlite3.Connection) -> dict[int, int]:
+            rows = conn.execute(
+                "SELECT partition_id, worker FROM placements WHERE tenant = ? AND incarnation = ?",
+                (tenant, incarnation),
+            )
+            return {int(r["partition_id"]): int(r["worker"]) for r in rows}
 
         return await self._tx(op)
 

@@ -142,6 +142,19 @@ class PartitionUnavailableError(EventBusError):
     retriable = True
 
 
+class WorkerUnreachableError(PartitionUnavailableError):
+    """The worker process that owns the partition (or the request) cannot be reached now:
+    it is restarting. Nothing was sent to it; the same request can be retried."""
+
+    code = "worker_unavailable"
+
+
+class WorkerLostError(WorkerUnreachableError):
+    """The worker process went away while a request to it was in flight (it died): the
+    request may or may not have been carried out. Acknowledged data is never lost, and a
+    produce with an idempotency key may be retried safely."""
+
+
 class CorruptLogError(EventBusError):
     """Stored bytes failed their checks where recovery cannot repair them (not the tail)."""
 

@@ -218,6 +218,9 @@ class Entry:
     parts: list[tuple[int, int, bytes]] = field(default_factory=list)
     # Set while an attempt runs; later attempts wait for it.
     busy: asyncio.Future[None] | None = None
+    # Partitions where an append of an attempt may or may not have been written (its
+    # worker process died before answering): looked at before anything else is written.
+    unsure: set[int] = field(default_factory=set)
 
     @property
     def complete(self) -> bool:
@@ -226,6 +229,12 @@ class Entry:
     def add_batch(self, partition: int, base_offset: int, indexes: Sequence[int]) -> None:
         self.parts.append((partition, base_offset, _encode_indexes(indexes)))
         self.written += len(indexes)
+
+    def add_found(self, partition: int, base_offset: int, indexes: Sequence[int]) -> None:
+        """Record a batch found in the log, unless it is known already."""
+        if any(p == partition and b == base_offset for p, b, _ in self.parts):
+            return
+        self.add_batch(partition, base_offset, indexes)
 
     def add_placed(self, placed: Sequence[tuple[int, tuple[int, int]]]) -> None:
         """Record (request index, (partition, offset)) pairs: each run of consecutive

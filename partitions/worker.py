@@ -76,7 +76,23 @@ class PartitionWorker(Protocol):
         """(base offset, producer tag) of the tagged batches written since ``since_ms``."""
         ...
 
-    async def seal(self, key: PartitionKey) -> int: ...
+    async def seal(self, key: PartitionKey) -> int:
+        """Seal the log (a split or merge sealed the partition); ends a freeze."""
+        ...
+
+    async def freeze(self, key: PartitionKey) -> int:
+        """Hold new appends to the partition, wait until those in flight are durable, and
+        answer its durable end (what a split or merge records as the parent's end).
+
+        Held appends go on at :meth:`thaw`, or fail with ``partition_sealed`` at
+        :meth:`seal` (and are routed to the children). One freeze at a time: another
+        waits for the first to end.
+        """
+        ...
+
+    async def thaw(self, key: PartitionKey) -> None:
+        """End a freeze whose split or merge did not happen: held appends go on."""
+        ...
 
     async def stats(self, key: PartitionKey) -> LogStats: ...
 
@@ -148,6 +164,13 @@ class LocalPartitionWorker:
         self.remote = remote
         self._logs: dict[PartitionKey, PartitionLog] = {}
         self._opening: dict[PartitionKey, asyncio.Future[PartitionLog]] = {}
+        # Frozen partitions (see freeze), each with the event that releases its appends.
+        self._frozen: dict[PartitionKey, asyncio.Event] = {}
+        # Appends in flight per partition, and the event a freeze waits on for them.
+        self._in_flight: dict[PartitionKey, int] = {}
+        self._idle: dict[PartitionKey, asyncio.Event] = {}
+        # Bytes appended per open partition since it opened: its owner's load, for placement.
+        self.appended_bytes: dict[PartitionKey, int] = {}
         # Counters of logs already closed, so that totals never go down.
         self._retired = WorkerTotals()
 
@@ -197,7 +220,25 @@ class LocalPartitionWorker:
             self.on_roll(key)
 
     async def append(self, key: PartitionKey, batch: bytes) -> AppendResult:
-        return await self.log(key).append(batch)
+        while (frozen := self._frozen.get(key)) is not None:
+            await frozen.wait()
+        log = self.log(key)
+        in_flight = self._in_flight
+        in_flight[key] = in_flight.get(key, 0) + 1
+        try:
+            result = await log.append(batch)
+        finally:
+            left = in_flight[key] - 1
+            if left:
+                in_flight[key] = left
+            else:
+                del in_flight[key]
+                idle = self._idle.pop(key, None)
+                if idle is not None:
+                    idle.set()
+        appended = self.appended_bytes
+        appended[key] = appended.get(key, 0) + len(batch)
+        return result
 
     async def read(
         self, key: PartitionKey, offset: int, *, max_records: int, max_bytes: int
@@ -233,7 +274,28 @@ class LocalPartitionWorker:
         return await self.log(key).producer_tags(since_ms)
 
     async def seal(self, key: PartitionKey) -> int:
-        return await self.log(key).seal()
+        try:
+            return await self.log(key).seal()
+        finally:
+            await self.thaw(key)
+
+    async def freeze(self, key: PartitionKey) -> int:
+        while (frozen := self._frozen.get(key)) is not None:
+            await frozen.wait()
+        log = self.log(key)
+        self._frozen[key] = asyncio.Event()
+        try:
+            if self._in_flight.get(key):
+                await self._idle.setdefault(key, asyncio.Event()).wait()
+            return log.stats().end_offset
+        except BaseException:
+            await self.thaw(key)
+            raise
+
+    async def thaw(self, key: PartitionKey) -> None:
+        released = self._frozen.pop(key, None)
+        if released is not None:
+            released.set()
 
     async def stats(self, key: PartitionKey) -> LogStats:
         return self.log(key).stats()
@@ -276,12 +338,20 @@ class LocalPartitionWorker:
         totals.partitions_open = len(self._logs)
         return totals
 
-    async def drop_topic(self, tenant: str, incarnation: str) -> None:
+    async def release_topic(self, tenant: str, incarnation: str) -> None:
+        """Close a topic incarnation's partitions open here, leaving their files (another
+        process of the server removes them)."""
         keys = [k for k in self._logs if k.tenant == tenant and k.incarnation == incarnation]
         logs = [self._logs.pop(k) for k in keys]
+        for key in keys:
+            self.appended_bytes.pop(key, None)
+            await self.thaw(key)
         for log in logs:
             self._retired.add(log.stats())
         await asyncio.gather(*(log.close() for log in logs))
+
+    async def drop_topic(self, tenant: str, incarnation: str) -> None:
+        await self.release_topic(tenant, incarnation)
         directory = self.topic_directory(tenant, incarnation)
         # Errors propagate: the catalog keeps the incarnation, and the next start retries.
         await asyncio.to_thread(_remove_tree, directory)
@@ -305,6 +375,8 @@ class LocalPartitionWorker:
 
     async def close(self) -> None:
         logs, self._logs = list(self._logs.values()), {}
+        for key in list(self._frozen):
+            await self.thaw(key)
         await asyncio.gather(*(log.close() for log in logs))
 
 

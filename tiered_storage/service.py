@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from partitions.catalog import Catalog, RemoteSegmentState
 from partitions.errors import EventBusError
@@ -44,6 +44,31 @@ class PartitionTiering:
     remote_segments: int
     segments_pending_upload: int
     bytes_pending_upload: int
+
+
+class TieringService(Protocol):
+    """What the broker asks of tiered storage (the service itself, or its view over the
+    worker processes of a server: ``gateway/cluster.py``)."""
+
+    # Set when a background loop died: the service no longer uploads or cleans.
+    failed: BaseException | None
+
+    def check_backpressure(self) -> None: ...
+
+    async def retain_topic(
+        self,
+        tenant: str,
+        name: str,
+        incarnation: str,
+        config: Mapping[str, Any],
+        partition_ids: Sequence[int],
+    ) -> int: ...
+
+    async def delete_topic_objects(self, tenant: str, incarnation: str) -> None: ...
+
+    async def remote_only_bytes(self, key: PartitionKey) -> int: ...
+
+    async def partition_status(self, key: PartitionKey) -> PartitionTiering: ...
 
 
 class TieredStorage:
