@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,15 +67,23 @@ SCENARIOS = [
 
 
 class Server:
-    """An ``eventbus serve`` child process on a free loopback port."""
+    """An ``eventbus serve`` child process on a free loopback port: one process, or
+    ``workers`` worker processes under a supervisor; ``module`` is what runs it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        workers: int = 0,
+        module: str = "gateway.cli",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                module,
                 "serve",
                 "--data-dir",
                 str(data_dir),
@@ -82,10 +91,12 @@ class Server:
                 "0",
                 "--log-level",
                 "WARNING",
+                "--workers",
+                str(workers),
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
         if self.process.stdout is None:
             raise RuntimeError("no pipe to the server")
@@ -105,9 +116,8 @@ class Server:
         self.key = credentials["EVENTBUS_API_KEY"]
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        """CPU time of the server: its process and, with workers, the worker processes."""
+        return sum(_cpu_seconds(pid) for pid in [self.process.pid, *_children(self.process.pid)])
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -115,6 +125,27 @@ class Server:
             self.process.wait(60)
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
 
 
 async def prepare(server: Server, topics: list[str]) -> None:
@@ -136,7 +167,9 @@ async def prepare(server: Server, topics: list[str]) -> None:
             await client.produce("filled", batch)
 
 
-def run_load(server: Server, case: Scenario, topic: str, seconds: float) -> dict[str, Any]:
+def run_load(
+    server: Server, case: Scenario, topic: str, seconds: float, *, extra: Sequence[str] = ()
+) -> dict[str, Any]:
     before_server = server.cpu_seconds()
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = [
@@ -159,6 +192,7 @@ def run_load(server: Server, case: Scenario, topic: str, seconds: float) -> dict
         str(case.concurrency),
         "--seconds",
         str(seconds),
+        *extra,
     ]
     out = subprocess.run(
         command,

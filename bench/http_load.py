@@ -93,7 +93,9 @@ async def produce_loop(
         if time.monotonic() >= stop:
             return
         started = time.perf_counter()
-        headers = {"Content-Type": content_type, "Idempotency-Key": uuid.uuid4().hex}
+        headers = {"Content-Type": content_type}
+        if not args.no_idempotency:
+            headers["Idempotency-Key"] = uuid.uuid4().hex
         async with session.post(url, data=body, headers=headers) as response:
             answer = await response.read()
         if response.status != 200:
@@ -243,6 +245,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--no-idempotency", action="store_true", help="produce without Idempotency-Key"
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

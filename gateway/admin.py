@@ -161,6 +161,7 @@ async def patch_tenant(request: web.Request) -> web.Response:
                 raise
             continue
         tenancy.quotas.forget(name)
+        await tenancy.tenant_changed(name)
         return json_response(tenant_json(tenancy, record))
 
 
@@ -177,6 +178,7 @@ async def delete_tenant(request: web.Request) -> web.Response:
     topics = await tenancy.catalog.delete_tenant(name)
     tenancy.authenticator.forget(name)
     tenancy.quotas.drop(name)
+    await tenancy.tenant_changed(name, dropped=True)
     for topic in topics:
         await tenancy.broker.drop_deleted_topic(topic)
     await tenancy.broker.worker.drop_tenant(name)
@@ -209,6 +211,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["key_id"]
     await tenancy.catalog.revoke_api_key(name, key_id)
     tenancy.authenticator.forget(name, key_id)
+    await tenancy.tenant_changed(name, key_id=key_id)
     return web.Response(status=204)
 
 

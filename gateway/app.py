@@ -19,11 +19,12 @@ from importlib import metadata
 from aiohttp import web
 
 from autoscaler.measure import Clock
-from gateway import admin, autoscaling, handlers
+from gateway import admin, autoscaling, cluster, handlers, supervisor
 from gateway.auth import PRINCIPAL, Authenticator, auth_middleware, bootstrap
 from gateway.broker import Broker
 from gateway.config import ServerConfig
 from gateway.fairness import FairScheduler
+from gateway.forwarding import came_from_peer, forwarding_middleware
 from gateway.http_errors import Handler, error_middleware
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.logs import request_id
@@ -32,8 +33,9 @@ from gateway.openapi import build_document
 from gateway.quotas import QuotaBook
 from gateway.tenancy import SCHEDULER, TENANCY, Tenancy, tenancy_middleware
 from gateway.tiering import attach_tiering, object_store_ctx, tiering_ctx
+from gateway.workers import WorkerRole
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
-from partitions.worker import LocalPartitionWorker
+from partitions.worker import LocalPartitionWorker, PartitionWorker
 
 log = logging.getLogger("eventbus.http")
 
@@ -72,8 +74,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         route = resource.canonical if resource is not None else "unmatched"
         metrics = request.app[METRICS]
         method = request.method if request.method in _METHODS else "other"
-        metrics.requests.labels(method, route, str(status)).inc()
-        metrics.latency.labels(method, route).observe(elapsed)
+        if not came_from_peer(request):  # counted once, where it was accepted
+            metrics.requests.labels(method, route, str(status)).inc()
+            metrics.latency.labels(method, route).observe(elapsed)
         principal = request.get(PRINCIPAL)
         log.info(
             "%s %s %d",
@@ -105,9 +108,16 @@ async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
-    worker = LocalPartitionWorker(app[CONFIG].data_dir)
+    local = LocalPartitionWorker(app[CONFIG].data_dir)
+    worker: PartitionWorker = local
+    peers = None
+    if cluster.WORKER_ROLE in app:  # one of several worker processes
+        peers = cluster.join(app, local, app[CATALOG])
+        worker = peers.routing
     broker = Broker(app[CATALOG], worker, meters=autoscaling.new_meters(app))
-    attach_tiering(app, app[CATALOG], broker, worker)
+    tiering = attach_tiering(app, app[CATALOG], broker, local)
+    if peers is not None:
+        cluster.attach(peers, broker, tiering, app[METRICS])
     try:
         await broker.start()
         app[BROKER] = broker
@@ -122,7 +132,8 @@ async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _tenancy_ctx(app: web.Application) -> AsyncIterator[None]:
     """Quotas per tenant, wired into the broker (limits on topics and partitions)."""
     config, broker = app[CONFIG], app[BROKER]
-    quotas = QuotaBook(
+    peers = app.get(cluster.CLUSTER)
+    quotas = (QuotaBook if peers is None else peers.quota_book)(
         app[CATALOG],
         config.default_quotas,
         max_request_bytes=config.max_request_bytes,
@@ -131,7 +142,11 @@ async def _tenancy_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=config.quota_clock,
     )
     broker.limits = quotas.limits
-    app[TENANCY] = Tenancy(app[CATALOG], broker, app[AUTHENTICATOR], quotas)
+    announce = None
+    if peers is not None:
+        peers.authenticator = app[AUTHENTICATOR]
+        announce = peers.tenant_changed
+    app[TENANCY] = Tenancy(app[CATALOG], broker, app[AUTHENTICATOR], quotas, announce)
     yield
 
 
@@ -183,7 +198,14 @@ async def _on_shutdown(app: web.Application) -> None:
         app[BROKER].groups.stopping.set()
 
 
-def create_app(config: ServerConfig, *, autoscale_clock_ms: Clock | None = None) -> web.Application:
+def create_app(
+    config: ServerConfig,
+    *,
+    autoscale_clock_ms: Clock | None = None,
+    workers: WorkerRole | None = None,
+) -> web.Application:
+    """The app of one process: the whole server, or (``workers``) one of its worker
+    processes, which reaches the others as ``gateway/cluster.py`` describes."""
     scheduler = FairScheduler(
         config.max_concurrent_requests,
         config.max_queued_per_tenant,
@@ -195,10 +217,13 @@ def create_app(config: ServerConfig, *, autoscale_clock_ms: Clock | None = None)
             request_middleware,
             error_middleware,
             auth_middleware(lambda: app[AUTHENTICATOR], metrics_public=config.metrics_public),
+            *([forwarding_middleware(lambda: app[cluster.CLUSTER])] if workers else []),
             tenancy_middleware(lambda: app[TENANCY], scheduler),
         ],
     )
     app[CONFIG] = config
+    if workers is not None:
+        app[cluster.WORKER_ROLE] = workers
     app[METRICS] = Metrics()
     app[METRICS].watch_scheduler(scheduler)
     app[SCHEDULER] = scheduler
@@ -218,5 +243,9 @@ def create_app(config: ServerConfig, *, autoscale_clock_ms: Clock | None = None)
     )
     autoscaling.configure(app, clock_ms=autoscale_clock_ms)
     app.cleanup_ctx.append(autoscaling.autoscaler_ctx)
+    if workers is not None:
+        # Last, so that it closes first: every worker keeps serving the others until all
+        # have finished their own requests.
+        app.cleanup_ctx.extend([cluster.cluster_ctx, supervisor.drain_barrier_ctx])
     app.on_shutdown.append(_on_shutdown)
     return app

@@ -62,6 +62,11 @@ def new_meters(app: web.Application) -> LoadMeters:
 async def autoscaler_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the autoscaler loop for as long as the app runs."""
     broker = app[BROKER]
+    if not broker.leader:
+        # One of several worker processes, not the one that decides: its meters go to the
+        # leader (gateway/cluster.py), which runs the loop for the whole server.
+        yield
+        return
     # The tenant's max_partitions quota (tenancy) is the limit unless a test gives another.
     limit = app[AUTOSCALE_WIRING].tenant_limit or broker.partition_limit
     autoscaler = Autoscaler(broker, broker.meters, broker.scaling, tenant_limit=limit)

@@ -203,6 +203,8 @@ class Broker:
         self.announce: TopicAnnouncer | None = None
         self.leader = True
         self.describe_extra: Callable[[PartitionKey], Awaitable[dict[str, Any]]] | None = None
+        # Where the autoscaler runs, when not here: its view of a topic, for describe.
+        self.remote_autoscale: Callable[[TopicView], Awaitable[dict[str, Any]]] | None = None
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -929,7 +931,14 @@ class Broker:
             )
         # A split may have sealed the partition during the wait: answer with what is now.
         current = self._views.get((tenant, name), view)
-        return ReadAnswer(current.partitions.get(partition_id, partition), offset, result)
+        record = current.partitions.get(partition_id, partition)
+        if result.sealed and record.active:
+            # Sealed by another process: its news may be on the way; read the catalog.
+            with contextlib.suppress(TopicNotFoundError):
+                await self.refresh_topic(tenant, name)
+            current = self._views.get((tenant, name), current)
+            record = current.partitions.get(partition_id, record)
+        return ReadAnswer(record, offset, result)
 
     async def _long_poll(self, key: PartitionKey, offset: int, timeout_s: float) -> None:
         """Wait for data at ``offset``, for shutdown, or for the timeout, whichever is first."""

@@ -59,6 +59,13 @@ def _port(text: str) -> int:
     return port
 
 
+def _workers(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 256:
+        raise argparse.ArgumentTypeError("from 0 (one process) to 256")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -116,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING, ERROR"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=_env("workers", str(os.cpu_count() or 1)),
+        metavar="N",
+        help="worker processes, each serving HTTP and owning some partitions (default: the "
+        "number of cores; 0 runs everything in this one process)",
     )
     _add_tenancy_flags(serve)
     _add_tiering_flags(serve)
@@ -363,9 +378,9 @@ def _add_client_commands(commands: Any) -> None:
     )
 
 
-def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> int:
     from gateway import logs
-    from gateway.server import run
+    from gateway.workers import WorkerRole
 
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
@@ -377,7 +392,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parse_store_url(args.object_store)
         except InvalidInputError as exc:
             parser.error(exc.message)
-    logs.configure(args.log_level.upper())
+    role = WorkerRole.from_environment()
+    logs.configure(args.log_level.upper(), worker=None if role is None else role.index)
     config = ServerConfig(
         data_dir=Path(args.data_dir),
         host=args.host,
@@ -402,8 +418,35 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         upload_retry_max_ms=int(args.upload_retry_max_ms),
         orphan_grace_ms=int(args.orphan_grace_ms),
         orphan_check_ms=int(args.orphan_check_ms),
+        **_quota_clock(),
     )
-    return run(config)
+    if role is not None:
+        from gateway.server import run_worker
+
+        return run_worker(config, role)
+    workers = int(args.workers)
+    if workers == 0:
+        from gateway.server import run
+
+        return run(config)
+    # The supervisor loads none of the server: its workers start sooner.
+    from gateway.supervisor import run_supervisor
+
+    return run_supervisor(config, argv, workers)
+
+
+QUOTA_CLOCK_FILE_ENV = "EVENTBUS_QUOTA_CLOCK_FILE"
+
+
+def _quota_clock() -> dict[str, Any]:
+    """For tests: ``EVENTBUS_QUOTA_CLOCK_FILE`` names a file holding the quota buckets' clock
+    (seconds, a little-endian float64) that a test moves, the same in every process."""
+    path = os.environ.get(QUOTA_CLOCK_FILE_ENV)
+    if not path:
+        return {}
+    from gateway.quotas import FileClock
+
+    return {"quota_clock": FileClock(Path(path))}
 
 
 # --- client commands -------------------------------------------------------------------------
@@ -733,9 +776,10 @@ def _run_client_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return _serve(parser, args)
+        return _serve(parser, args, argv)
     if args.command == "catalog" and args.catalog_command == "backup":
         source = Path(args.data_dir) / CATALOG_FILE
         try:

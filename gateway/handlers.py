@@ -109,7 +109,11 @@ async def describe(broker: Broker, view: TopicView) -> dict[str, Any]:
         "config": with_defaults(view.record.config),
         "created_ms": view.record.created_ms,
         "partitions": partitions,
-        "autoscale": autoscale_json(broker, view),
+        "autoscale": (
+            autoscale_json(broker, view)
+            if broker.remote_autoscale is None
+            else await broker.remote_autoscale(view)
+        ),
     }
 
 
@@ -127,7 +131,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     registry: Metrics = request.app[METRICS]
-    body, content_type = registry.render()
+    body, content_type = await registry.render_all()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

@@ -63,6 +63,7 @@ _PUBLIC_MESSAGES = {
     "partition_unavailable": "the partition is recovering from a storage failure; retry later",
     "partition_closed": "the partition is closing or moving; retry",
     "worker_unavailable": "the worker process that serves this is restarting; retry",
+    "worker_lost": "the worker process serving this stopped before it answered; retry",
     "storage_backpressure": "too much data waits for upload to object storage; retry later",
 }
 # Server-side answers whose message and details are meant for the client (no internals).

@@ -8,13 +8,14 @@ are summed over the partitions at scrape time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from partitions.idempotency import AnswerTable
 from partitions.worker import WorkerTotals
@@ -140,6 +141,8 @@ class Metrics:
             ["quota"],
             registry=self.registry,
         )
+        # The other worker processes' metrics, when there are others (gateway/cluster.py).
+        self.gather: Callable[[], Awaitable[list[bytes]]] | None = None
 
     def watch_worker(self, totals: Callable[[], WorkerTotals], waiting: Callable[[], int]) -> None:
         self.registry.register(_WorkerCollector(totals, waiting))
@@ -152,3 +155,56 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    async def render_all(self) -> tuple[bytes, str]:
+        """This process's metrics, summed with the other worker processes' (``gather``)."""
+        body, content_type = self.render()
+        if self.gather is None:
+            return body, content_type
+        return merge_metrics([body, *await self.gather()]), content_type
+
+
+def merge_metrics(texts: list[bytes]) -> bytes:
+    """Prometheus text from several processes as one: samples with the same name and
+    labels add up (``*_created`` timestamps keep the earliest); families keep the order
+    they first appear in."""
+    order: list[str] = []
+    comments: dict[str, list[str]] = {}
+    samples: dict[str, dict[str, float]] = {}
+    for text in texts:
+        family = ""
+        for line in text.decode().splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    if family not in comments:
+                        comments[family] = []
+                        samples[family] = {}
+                        order.append(family)
+                    if line not in comments[family]:
+                        comments[family].append(line)
+                continue
+            series, _, value = line.rpartition(" ")
+            target = samples.setdefault(family, {})
+            if family not in comments:
+                comments[family] = []
+                order.append(family)
+            number = float(value)
+            if series in target:
+                name = series.split("{", 1)[0]
+                old = target[series]
+                target[series] = min(old, number) if name.endswith("_created") else old + number
+            else:
+                target[series] = number
+    out: list[str] = []
+    for family in order:
+        out.extend(comments[family])
+        out.extend(f"{series} {_number(value)}" for series, value in samples[family].items())
+    return ("\n".join(out) + "\n").encode()
+
+
+def _number(value: float) -> str:
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]

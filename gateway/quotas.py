@@ -30,9 +30,12 @@ at most every ``refresh_s`` and grows with each accepted produce between measure
 from __future__ import annotations
 
 import math
+import mmap
+import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from partitions.catalog import Catalog, TenantLimits
@@ -127,6 +130,23 @@ def apply_quota_changes(
         else:
             merged[name] = value if isinstance(value, int) else None
     return merged
+
+
+class FileClock:
+    """A clock (seconds) read from a file that another process moves: the quota clock of
+    tests that count tokens across several worker processes. The file holds one
+    little-endian float64."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with path.open("rb") as handle:
+            self._map = mmap.mmap(handle.fileno(), 8, access=mmap.ACCESS_READ)
+
+    def __call__(self) -> float:
+        return float(_CLOCK.unpack_from(self._map)[0])
+
+
+_CLOCK = struct.Struct("<d")
 
 
 @dataclass(slots=True)

@@ -1,4 +1,5 @@
-"""Running the server: bind, say where, serve until SIGTERM or SIGINT, stop cleanly."""
+"""Running the server: bind, say where, serve until SIGTERM or SIGINT, stop cleanly; as one
+process, or as one of the worker processes a supervisor runs (``gateway/supervisor.py``)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,22 @@ import asyncio
 import signal
 import ssl
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import ServerConfig
+from gateway.supervisor import (
+    READY,
+    WORKER_CONTROL,
+    WorkerControl,
+    die_with_parent,
+    listening_socket,
+    worker_lock,
+)
+from gateway.workers import WorkerRole
 
 # How long in-flight requests get to finish at shutdown.
 SHUTDOWN_GRACE_S = 30.0
@@ -46,12 +58,47 @@ async def serve(config: ServerConfig) -> int:
     return 0
 
 
-def run(config: ServerConfig) -> int:
+async def serve_worker(config: ServerConfig, role: WorkerRole) -> int:
+    """One worker process of ``eventbus serve --workers N`` (started by the supervisor)."""
+    die_with_parent()
+    control = WorkerControl(role)
+    control.start()
+    app = create_app(config, workers=role)
+    app[WORKER_CONTROL] = control
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    with worker_lock(config.data_dir, role.index):
+        try:
+            await runner.setup()
+            sock = listening_socket(config.host, config.port if role.port is None else role.port)
+            # The other workers' forwarded requests come over this socket.
+            await web.UnixSite(runner, str(role.http_path(role.index))).start()
+            await web.SockSite(runner, sock, ssl_context=tls_context(config)).start()
+            control.say(READY)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            await control.close()
+    return 0
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(serve(config))
-    return int(uvloop.run(serve(config)))  # pragma: no cover - where uvloop is installed
+        return asyncio.run(main)
+    return int(uvloop.run(main))  # pragma: no cover - where uvloop is installed
+
+
+def run(config: ServerConfig) -> int:
+    return _run(serve(config))
+
+
+def run_worker(config: ServerConfig, role: WorkerRole) -> int:
+    return _run(serve_worker(config, role))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -31,6 +32,14 @@ from partitions.batch import NewRecord
 from partitions.catalog import Catalog, TopicRecord
 
 
+class TenantAnnouncer(Protocol):
+    """Tells the server's other worker processes that a tenant's keys or quotas changed."""
+
+    async def __call__(
+        self, tenant: str, *, key_id: str | None = None, dropped: bool = False
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Tenancy:
     """What the admin routes and the middleware work with, wired by the app factory."""
@@ -39,6 +48,15 @@ class Tenancy:
     broker: Broker
     authenticator: Authenticator
     quotas: QuotaBook
+    announce: TenantAnnouncer | None = None
+
+    async def tenant_changed(
+        self, tenant: str, *, key_id: str | None = None, dropped: bool = False
+    ) -> None:
+        """Another process must forget what it cached of the tenant (a key revoked, quotas
+        changed, the tenant deleted) before the change is answered."""
+        if self.announce is not None:
+            await self.announce(tenant, key_id=key_id, dropped=dropped)
 
 
 TENANCY = web.AppKey("tenancy", Tenancy)

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from gateway.broker import Broker
 from gateway.config import ServerConfig
-from gateway.keys import CONFIG, METRICS
+from gateway.keys import BROKER, CONFIG, METRICS
 from partitions.catalog import Catalog
 from partitions.worker import LocalPartitionWorker
 from tiered_storage.objects import ObjectStore, open_object_store
@@ -82,7 +82,8 @@ def attach_tiering(
 
 async def tiering_ctx(app: web.Application) -> AsyncIterator[None]:
     tiering = app[TIERING]
-    tiering.start()
+    # Cleanup assumes one writer per store prefix: one worker process (the leader) runs it.
+    tiering.start(cleanup=app[BROKER].leader)
     try:
         yield
     finally:

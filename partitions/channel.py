@@ -36,7 +36,7 @@ import logging
 import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -127,9 +127,8 @@ class Connection(asyncio.Protocol):
         self.on_close: list[Callable[[], None]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):  # pragma: no cover - never for sockets
-            raise TypeError("a channel runs over a stream transport")
-        self.transport = transport
+        # A stream socket's transport (uvloop's do not subclass asyncio.Transport).
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

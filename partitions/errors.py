@@ -154,6 +154,8 @@ class WorkerLostError(WorkerUnreachableError):
     request may or may not have been carried out. Acknowledged data is never lost, and a
     produce with an idempotency key may be retried safely."""
 
+    code = "worker_lost"
+
 
 class CorruptLogError(EventBusError):
     """Stored bytes failed their checks where recovery cannot repair them (not the tail)."""

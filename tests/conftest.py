@@ -17,7 +17,7 @@ from yarl import URL
 from gateway.app import create_app
 from gateway.config import ServerConfig
 from tests.s3 import moto_server
-from tests.servers import read_credentials
+from tests.servers import WORKERS, read_credentials, start_process
 
 ADMIN_KEY = "ebk_test-admin-key-for-the-suite-only"
 
@@ -93,6 +93,10 @@ class Api:
 
 
 async def start_api(data_dir: Path, **settings: Any) -> Api:
+    if WORKERS:
+        process = await start_process(data_dir, {"admin_key": ADMIN_KEY, **settings})
+        key = read_credentials(data_dir)["EVENTBUS_API_KEY"]
+        return Api(aiohttp.ClientSession(), process.process.url, key, process, data_dir)  # type: ignore[arg-type]
     config = ServerConfig(data_dir=data_dir, admin_key=ADMIN_KEY, **settings)
     server = TestServer(create_app(config), host="127.0.0.1")
     await server.start_server()
@@ -111,6 +115,30 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     client = await start_api(tmp_path / "data")
     yield client
     await stop_api(client)
+
+
+# The names through which a test module starts servers: with EVENTBUS_TEST_WORKERS set,
+# only modules that use one run again (the others do not depend on how servers run).
+_SERVER_HELPERS = ("start_api", "start_https_api", "start_tiered", "ServerProcess", "Api")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not WORKERS:
+        return
+    kept, dropped = [], []
+    for item in items:
+        module = getattr(item, "module", None)
+        uses_servers = "api" in getattr(item, "fixturenames", ()) or any(
+            name in vars(module) for name in _SERVER_HELPERS if module is not None
+        )
+        (kept if uses_servers else dropped).append(item)
+        marker = item.get_closest_marker("single_process")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "it looks inside the server process"
+            item.add_marker(pytest.mark.skip(reason=f"single process only: {reason}"))
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

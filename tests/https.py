@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,31 @@ from gateway.app import create_app
 from gateway.config import ServerConfig
 from gateway.server import tls_context
 from tests.conftest import ADMIN_KEY, Api
-from tests.servers import read_credentials
+from tests.servers import WORKERS, read_credentials, start_process
 
 
 class FakeClock:
-    """A monotonic clock in seconds that only the test moves."""
+    """A monotonic clock in seconds that only the test moves. Bound to a file
+    (:meth:`share`), it is also the clock of server processes, which read that file."""
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.path: Path | None = None
 
     def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+        self._write()
+
+    def share(self, path: Path) -> None:
+        self.path = path
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            self.path.write_bytes(struct.pack("<d", self.now))
 
 
 def certificates(directory: Path, name: str = "server") -> tuple[Path, Path, ssl.SSLContext]:
@@ -48,6 +60,17 @@ async def start_https_api(data_dir: Path, **settings: Any) -> Api:
     """The app as ``eventbus serve --tls-cert --tls-key`` runs it, and a client that trusts
     only the test authority."""
     cert_path, key_path, client_context = certificates(data_dir.parent, f"{data_dir.name}-tls")
+    if WORKERS:
+        clock = settings.get("quota_clock")
+        if isinstance(clock, FakeClock):
+            clock.share(data_dir.parent / f"{data_dir.name}-clock")
+        process = await start_process(
+            data_dir,
+            {"admin_key": ADMIN_KEY, "tls_cert": cert_path, "tls_key": key_path, **settings},
+        )
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context))
+        key = read_credentials(data_dir)["EVENTBUS_API_KEY"]
+        return Api(session, process.process.url, key, process, data_dir)  # type: ignore[arg-type]
     config = ServerConfig(
         data_dir=data_dir, admin_key=ADMIN_KEY, tls_cert=cert_path, tls_key=key_path, **settings
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import select
@@ -12,8 +13,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# EVENTBUS_TEST_WORKERS=N runs every server the suite starts as `eventbus serve --workers N`
+# (real worker processes); unset or 0, as one process (`--workers 0`).
+WORKERS = int(os.environ.get("EVENTBUS_TEST_WORKERS", "0") or 0)
 
 
 def run_until_killed(
@@ -91,6 +98,7 @@ class ServerProcess:
                     str(self.data_dir),
                     "--port",
                     "0",
+                    *([] if "--workers" in self.args else ["--workers", str(WORKERS)]),
                     *self.args,
                 ],
                 cwd=ROOT,
@@ -144,3 +152,51 @@ class ServerProcess:
     def _close(self) -> None:
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def serve_flags(settings: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """``eventbus serve`` flags and environment for ServerConfig settings given by name."""
+    args: list[str] = []
+    env: dict[str, str] = {}
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "quota_clock":
+            env["EVENTBUS_QUOTA_CLOCK_FILE"] = str(value.path)
+        elif name == "admin_key":
+            env["EVENTBUS_ADMIN_KEY"] = str(value)
+        elif name == "default_quotas":
+            for quota, limit in value.to_json().items():
+                if limit is not None:
+                    args += ["--default-" + quota.replace("_", "-"), str(limit)]
+        elif isinstance(value, bool):
+            if value:
+                args.append(flag)
+        elif value is not None:
+            args += [flag, str(value)]
+    return args, env
+
+
+class ProcessApp:
+    """What ``Api.server`` is when the suite runs servers as worker processes: the process,
+    its address, and no in-process internals (tests that need them are single-process)."""
+
+    def __init__(self, process: ServerProcess) -> None:
+        self.process = process
+        parts = urlsplit(process.url)
+        self.host = parts.hostname
+        self.port = parts.port
+
+    @property
+    def app(self) -> Any:
+        raise RuntimeError("in-process internals: mark this test single_process")
+
+    async def close(self) -> None:
+        code = await asyncio.to_thread(self.process.stop)
+        assert code == 0, f"the server exited with {code}: {self.process.stderr()[-2000:]}"
+
+
+async def start_process(data_dir: Path, settings: dict[str, Any]) -> ProcessApp:
+    args, env = serve_flags(settings)
+    process = ServerProcess(data_dir, args=args, env=env)
+    await asyncio.to_thread(process.start)
+    return ProcessApp(process)

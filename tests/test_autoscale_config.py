@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.keys import BROKER
+from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from tests.conftest import Api
 
 
@@ -66,7 +66,12 @@ async def test_a_topic_stored_before_autoscaling_existed_gets_the_defaults(api: 
         "segment_ms": 3600 * 1000,
         "max_record_bytes": 1024 * 1024,
     }
-    await api.server.app[BROKER].catalog.create_topic("default", "old", old_config)
+    # Written straight into the catalog, as an older build stored it.
+    catalog = await SqliteCatalog.open(api.data_dir / CATALOG_FILE)
+    try:
+        await catalog.create_topic("default", "old", old_config)
+    finally:
+        await catalog.close()
     status, body = await api.call("GET", "/v1/topics/old")
     assert status == 200 and body["config"]["autoscale"]["window_s"] == 10
     # Its config is the defaults: a PUT of the defaults confirms it.

@@ -14,6 +14,7 @@ import pytest
 from gateway import admin
 from gateway.handlers import ROUTES
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
+from tests.servers import WORKERS
 
 
 async def _hw(api: Api, topic: str = "t", partition: int = 0) -> int:
@@ -31,6 +32,8 @@ async def test_put_topic_creates_confirms_and_refuses_another_config(api: Api) -
     assert body["config"]["retention_ms"] == 60000
     assert body["config"]["segment_bytes"] == 128 * 1024 * 1024  # defaults filled in
     (partition,) = body["partitions"]
+    if WORKERS:  # which worker process owns it: only when there are several
+        assert partition.pop("worker") in range(WORKERS)
     assert partition == {
         "id": 0,
         "state": "active",
@@ -391,6 +394,7 @@ async def test_request_ids(api: Api) -> None:
 # --- the API document -----------------------------------------------------------------------
 
 
+@pytest.mark.single_process("reads the routes of the app object in the server process")
 async def test_openapi_lists_exactly_the_routes_served(api: Api) -> None:
     status, document = await api.call("GET", "/openapi.json", key="not needed")
     assert status == 200 and document["openapi"].startswith("3.")

@@ -21,6 +21,7 @@ from tests.servers import read_credentials
 MID = 1 << 63
 
 
+@pytest.mark.single_process("counts the broker's locks inside the server process")
 async def test_lookups_of_missing_topics_leak_a_lock_each(api: Api) -> None:
     broker = api.server.app[BROKER]
     before = len(broker._topic_locks)
@@ -59,6 +60,7 @@ async def test_a_start_cut_short_in_the_first_setup_is_finished_by_the_next(
         await stop_api(api)
 
 
+@pytest.mark.single_process("races the broker's own calls inside the server process")
 async def test_patch_racing_delete_and_recreate(api: Api) -> None:
     broker = api.server.app[BROKER]
     await api.call("PUT", "/v1/topics/t")
@@ -92,6 +94,7 @@ async def test_long_poll_released_by_a_split_names_no_children(api: Api) -> None
     assert body["children"] == [1, 2], body
 
 
+@pytest.mark.single_process("changes the catalog and a log behind the broker's back")
 async def test_sealed_retry_duplicates_the_batches_that_succeeded(api: Api) -> None:
     broker = api.server.app[BROKER]
     await api.call("PUT", "/v1/topics/t")
@@ -115,6 +118,7 @@ async def test_sealed_retry_duplicates_the_batches_that_succeeded(api: Api) -> N
     assert [r["value"] for r in body["records"]] == ["x"], body["records"]
 
 
+@pytest.mark.single_process("makes the disk fail by patching the server process")
 async def test_a_disk_full_answer_does_not_name_server_paths(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,6 +135,7 @@ async def test_a_disk_full_answer_does_not_name_server_paths(
     assert str(api.data_dir) not in str(body) and "/" not in body["error"]["message"]
 
 
+@pytest.mark.single_process("races the broker's own calls inside the server process")
 async def test_patch_during_a_split_is_acknowledged_but_lost(api: Api) -> None:
     broker = api.server.app[BROKER]
     await api.call("PUT", "/v1/topics/t")
@@ -167,6 +172,7 @@ async def test_unauthenticated_methods_grow_metric_label_sets(tmp_path: Path) ->
         await stop_api(api)
 
 
+@pytest.mark.single_process("makes a seal fail by patching the server process")
 async def test_split_whose_seal_fails_keeps_producing_to_the_sealed_parent(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -189,6 +195,7 @@ async def test_split_whose_seal_fails_keeps_producing_to_the_sealed_parent(
     assert (await broker.worker.stats((await broker.view("default", "t")).key(0))).sealed
 
 
+@pytest.mark.single_process("makes a partition fail by patching the server process")
 async def test_one_failing_partition_does_not_stop_retention_of_other_topics(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,6 +217,7 @@ async def test_one_failing_partition_does_not_stop_retention_of_other_topics(
     assert broker._views[("default", "b")].key(0) in seen, "topic b was never considered"
 
 
+@pytest.mark.single_process("races the broker's own calls inside the server process")
 async def test_sealed_retry_deadlocks_with_a_split(api: Api) -> None:
     broker = api.server.app[BROKER]
     await api.call("PUT", "/v1/topics/t")

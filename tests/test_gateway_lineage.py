@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.broker import key_hash
 from gateway.keys import BROKER
 from tests.conftest import Api, start_api, stop_api
@@ -190,6 +192,7 @@ async def test_lineage_survives_a_restart(tmp_path: Path) -> None:
         await stop_api(api)
 
 
+@pytest.mark.single_process("checks the log's own sealed flag inside the server process")
 async def test_a_split_cut_short_after_the_catalog_is_finished_at_start(tmp_path: Path) -> None:
     api = await start_api(tmp_path / "data")
     try:

@@ -259,6 +259,7 @@ async def test_answers_survive_a_restart(tmp_path: Path) -> None:
         await stop_api(api)
 
 
+@pytest.mark.single_process("the server kills itself whole; test_workers.py kills a worker")
 async def test_a_crash_between_append_and_answer_does_not_append_twice(tmp_path: Path) -> None:
     """The server is SIGKILLed right after the first batch of a request is durable, before
     it answers. The retry, against the restarted server, writes only what is missing and

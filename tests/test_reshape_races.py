@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from gateway.broker import Broker
-from gateway.keys import BROKER
 from partitions.batch import NewRecord
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.fileio import FileOps
@@ -88,7 +87,6 @@ async def test_requests_racing_many_splits_and_merges_never_fail(api: Api) -> No
     """Producers, describes, reads and group fetches while the topic is split and merged
     back to back, as the autoscaler does: every request answers 200, keys keep order."""
     await api.call("PUT", "/v1/topics/t")
-    broker = api.server.app[BROKER]
     failures: list[tuple[str, int, Any]] = []
     acked: dict[str, list[int]] = {}
     running = True
@@ -130,17 +128,29 @@ async def test_requests_racing_many_splits_and_merges_never_fail(api: Api) -> No
                 return
             member_id = body["member_id"]
 
+    async def active() -> list[int]:
+        status, body = await api.call("GET", "/v1/topics/t")
+        assert status == 200, body
+        by_range = sorted(
+            (p for p in body["partitions"] if p["state"] == "active"),
+            key=lambda p: int(p["hash_range"]["start"]),
+        )
+        return [p["id"] for p in by_range]
+
     tasks = [asyncio.ensure_future(producer(n)) for n in range(4)]
     tasks += [asyncio.ensure_future(reader()), asyncio.ensure_future(member())]
     for _ in range(6):
-        # Split every active partition, then merge the pairs back, with no pause between.
-        view = await broker.view("default", "t")
-        for pid in list(view.active_ids):
-            await broker.split("default", "t", pid, None)
-        view = await broker.view("default", "t")
-        ids = list(view.active_ids)
+        # Split every active partition, then merge the pairs back, with no pause between
+        # (with worker processes, the changes and the requests go to any of them).
+        for pid in await active():
+            status, body = await api.call("POST", f"/v1/topics/t/partitions/{pid}/split")
+            assert status == 200, body
+        ids = await active()
         for low, high in zip(ids[::2], ids[1::2], strict=True):
-            await broker.merge("default", "t", [low, high])
+            status, body = await api.call(
+                "POST", "/v1/topics/t/merge", json={"partitions": [low, high]}
+            )
+            assert status == 200, body
     running = False
     await asyncio.gather(*tasks)
     assert failures == []

@@ -518,6 +518,7 @@ async def test_consume_bytes_are_charged_after_the_read_and_slow_the_next(
     assert status == 200 and len(body["records"]) == 3
 
 
+@pytest.mark.single_process("asks the broker inside the server process for the autoscaler's limits")
 async def test_topic_and_partition_limits(api: Api) -> None:
     acme = await new_tenant(api, "acme", quotas={"max_topics": 2, "max_partitions": 3})
     assert (await acme.call("PUT", "/v1/topics/a"))[0] == 201
@@ -696,6 +697,7 @@ async def _metric_reaches(api: Api, name: str, value: float) -> None:
     raise AssertionError(f"{name} never reached {value}")
 
 
+@pytest.mark.single_process("fair service counts slots per process, one scheduler per worker")
 async def test_a_flooding_tenant_does_not_starve_another(tmp_path: Path) -> None:
     """One slot in service. acme holds it (a produce whose body has not all arrived), then
     queues 20 more; globex queues 3. Counted by the order answers come back: globex's three

@@ -14,7 +14,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.app import CATALOG
 from gateway.quotas import Quotas
 from gateway.tiering import TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
@@ -63,8 +62,8 @@ async def test_rolled_segments_are_uploaded_under_their_keys_byte_for_byte(
     assert (await server.api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
     await _produce_range(server, "t", 0, 120)
     await wait_for(lambda: _all_uploaded(server, "t"), what="uploads")
-    inc = server.incarnation("t")
-    directory = server.partition_dir("t")
+    inc = await server.incarnation("t")
+    directory = await server.partition_dir("t")
     rolled = sorted(p for p in directory.glob("*.log"))[:-1]  # all but the active segment
     assert len(rolled) >= 25
     objects = await server.objects()
@@ -80,7 +79,8 @@ async def test_rolled_segments_are_uploaded_under_their_keys_byte_for_byte(
     assert part["remote_start_offset"] == 0 and part["start_offset"] == 0
     assert part["remote_bytes"] == sum(p.stat().st_size for p in rolled)
     # The catalog rows say copy-finished, name the .log object and describe the segment.
-    rows = await server.api.server.app[CATALOG].list_remote_segments("default", inc, 0)
+    async with server.catalog() as catalog:
+        rows = await catalog.list_remote_segments("default", inc, 0)
     assert [r.state for r in rows] == [RemoteSegmentState.COPY_FINISHED] * len(rolled)
     assert [r.object_key for r in rows] == [f"default/{inc}/0/{p.name}" for p in rolled]
     assert rows[1].base_offset == rows[0].last_offset + 1
@@ -96,7 +96,7 @@ async def test_local_retention_keeps_the_disk_bounded_and_the_data_in_the_bucket
     bound = 4096
     config = {**SMALL, "local_retention_bytes": bound}
     assert (await server.api.call("PUT", "/v1/topics/t", json=config))[0] == 201
-    directory = server.partition_dir("t")
+    directory = await server.partition_dir("t")
     total = 0
     for round_no in range(4):  # well past local retention: about 30 KiB in all
         await _produce_range(server, "t", total, 35)
@@ -208,7 +208,7 @@ async def _local_start_moved(server: TieredServer, before: int) -> bool:
 async def test_remote_retention_advances_the_start_then_deletes_oldest_first(
     server: TieredServer,
 ) -> None:
-    catalog = server.api.server.app[CATALOG]
+    catalog = await server.open_catalog()
     assert (await server.api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
     old = int(time.time() * 1000) - 2 * 3600 * 1000
     for i in range(24):
@@ -216,7 +216,7 @@ async def test_remote_retention_advances_the_start_then_deletes_oldest_first(
         assert status == 200, body
     await _produce_range(server, "t", 24, 12)  # current timestamps
     await wait_for(lambda: _all_uploaded(server, "t"), what="uploads")
-    inc = server.incarnation("t")
+    inc = await server.incarnation("t")
     rows = await catalog.list_remote_segments("default", inc, 0)
     expired = [r for r in rows if r.last_offset < 24]
     assert len(expired) >= 5
@@ -304,24 +304,24 @@ async def test_idle_and_sealed_partitions_upload_their_last_segment(
         return bool(part["state"] == "sealed" and part["segments_pending_upload"] == 0)
 
     await wait_for(sealed_uploaded, what="the sealed partition's upload")
-    held = remote_records(await server.objects(f"default/{server.incarnation('t')}/0/"))
+    held = remote_records(await server.objects(f"default/{await server.incarnation('t')}/0/"))
     assert held == {i: value(i) for i in range(5)}
 
 
 async def test_a_deleted_and_recreated_topic_never_sees_the_old_objects(
     server: TieredServer,
 ) -> None:
-    catalog = server.api.server.app[CATALOG]
+    catalog = await server.open_catalog()
     assert (await server.api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
     await _produce_range(server, "t", 0, 30)
     await wait_for(lambda: _all_uploaded(server, "t"), what="uploads")
-    old = server.incarnation("t")
+    old = await server.incarnation("t")
     assert await server.objects(f"default/{old}/")
     assert (await server.api.call("DELETE", "/v1/topics/t"))[0] == 204
     assert await server.objects(f"default/{old}/") == {}  # deleting a topic deletes them
     assert await catalog.list_remote_segments("default", old, 0) == []
     assert (await server.api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
-    new = server.incarnation("t")
+    new = await server.incarnation("t")
     assert new != old
     part = await server.partition("t")
     assert (part["start_offset"], part["end_offset"], part["remote_bytes"]) == (0, 0, 0)
@@ -336,11 +336,11 @@ async def test_a_deleted_and_recreated_topic_never_sees_the_old_objects(
 async def test_a_topic_deleted_while_the_store_is_down_loses_its_objects_later(
     server: TieredServer,
 ) -> None:
-    catalog = server.api.server.app[CATALOG]
+    catalog = await server.open_catalog()
     assert (await server.api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
     await _produce_range(server, "t", 0, 20)
     await wait_for(lambda: _all_uploaded(server, "t"), what="uploads")
-    old = server.incarnation("t")
+    old = await server.incarnation("t")
     server.proxy.freeze()
     assert (await server.api.call("DELETE", "/v1/topics/t"))[0] == 204
     assert await server.objects(f"default/{old}/")  # still there: the store did not answer
@@ -359,13 +359,13 @@ async def test_a_topic_deleted_while_the_store_is_down_loses_its_objects_later(
 async def test_orphans_are_removed_after_the_grace_period(tmp_path: Path, s3_endpoint: str) -> None:
     server = await start_tiered(tmp_path, s3_endpoint, orphan_grace_ms=3_000, orphan_check_ms=200)
     try:
-        catalog = server.api.server.app[CATALOG]
+        catalog = await server.open_catalog()
         assert (await server.api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
         await _produce_range(server, "t", 0, 20)
         await wait_for(lambda: _all_uploaded(server, "t"), what="uploads")
-        inc = server.incarnation("t")
+        inc = await server.incarnation("t")
         kept = await server.objects()
-        store = server.api.server.app[TIERING].store
+        store = await server.open_store()
         # An object no row names, and a copy that started but will never be retried (no
         # such segment here), with its object.
         stray = f"default/{inc}/0/{99_999:020d}.log"
@@ -468,6 +468,7 @@ async def test_serve_takes_the_store_from_its_environment(tmp_path: Path, s3_end
         assert server.stop() == 0
 
 
+@pytest.mark.single_process("sets the tiering service's failure inside the server process")
 async def test_health_says_when_tiered_storage_stopped(server: TieredServer) -> None:
     assert await server.api.call("GET", "/healthz") == (200, {"status": "ok"})
     server.api.server.app[TIERING].failed = RuntimeError("the upload loop died")

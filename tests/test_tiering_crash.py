@@ -91,6 +91,7 @@ async def _describe(session: aiohttp.ClientSession, server: ServerProcess, key: 
 
 
 @pytest.mark.slow
+@pytest.mark.single_process("the server kills itself whole; test_workers.py kills a worker")
 async def test_sigkill_during_uploads_loses_nothing_duplicates_nothing_and_cleans_up(
     tmp_path: Path, s3_endpoint: str
 ) -> None:

@@ -185,7 +185,11 @@ async def test_a_peer_that_is_down_or_dies_mid_call_is_a_retriable_503(tmp_path:
         child.send_signal(signal.SIGKILL)
         with pytest.raises(WorkerLostError) as lost:
             await asyncio.wait_for(call, 10)
-        assert lost.value.code == "worker_unavailable" and lost.value.retriable
+        assert (lost.value.code, lost.value.status, lost.value.retriable) == (
+            "worker_lost",
+            503,
+            True,
+        )
         await dying.close()
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -4,16 +4,18 @@ records held locally and in the bucket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.keys import BROKER
 from partitions.batch import decode_records, read_header
+from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from tests.conftest import Api, start_api, stop_api
 from tests.s3 import S3FaultProxy, bucket_objects, create_bucket
+from tiered_storage.objects import ObjectStore, open_object_store
 
 PREFIX = "eb"
 
@@ -25,17 +27,44 @@ class TieredServer:
     endpoint: str
     bucket: str
 
+    opened: list[SqliteCatalog | ObjectStore] = field(default_factory=list)
+
     async def close(self) -> None:
         self.proxy.thaw()
+        for handle in self.opened:
+            await handle.close()
         await stop_api(self.api)
         await self.proxy.close()
 
-    def incarnation(self, topic: str) -> str:
-        view = self.api.server.app[BROKER]._views[("default", topic)]
-        return view.record.incarnation
+    async def open_catalog(self) -> SqliteCatalog:
+        """The server's catalog, opened by the test (closed with the server)."""
+        catalog = await SqliteCatalog.open(self.api.data_dir / CATALOG_FILE)
+        self.opened.append(catalog)
+        return catalog
 
-    def partition_dir(self, topic: str, pid: int = 0) -> Path:
-        return self.api.data_dir / "topics" / "default" / self.incarnation(topic) / str(pid)
+    async def open_store(self) -> ObjectStore:
+        """The server's object store, opened by the test (closed with the server)."""
+        store = await open_object_store(
+            f"s3://{self.bucket}/{PREFIX}", s3_endpoint=self.endpoint, timeout_s=10
+        )
+        self.opened.append(store)
+        return store
+
+    @contextlib.asynccontextmanager
+    async def catalog(self) -> AsyncIterator[SqliteCatalog]:
+        """The server's catalog, opened by the test (SQLite takes several handles)."""
+        catalog = await SqliteCatalog.open(self.api.data_dir / CATALOG_FILE)
+        try:
+            yield catalog
+        finally:
+            await catalog.close()
+
+    async def incarnation(self, topic: str) -> str:
+        async with self.catalog() as catalog:
+            return (await catalog.get_topic("default", topic)).incarnation
+
+    async def partition_dir(self, topic: str, pid: int = 0) -> Path:
+        return self.api.data_dir / "topics" / "default" / await self.incarnation(topic) / str(pid)
 
     async def objects(self, prefix: str = "") -> dict[str, bytes]:
         """The bucket's objects under the server's prefix, keyed without it (read straight

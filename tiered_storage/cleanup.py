@@ -19,7 +19,7 @@ bucket shared with other data is safe. Deleting a topic deletes its objects at o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from partitions.catalog import Catalog, RemoteSegmentRecord, RemoteSegmentState
 from partitions.worker import PartitionKey
@@ -58,6 +58,12 @@ class OrphanCleaner:
         self._clock_ms = clock_ms
         # Copy-started rows nobody retries, and when they were first seen so.
         self._abandoned_since: dict[_Ident, int] = {}
+        # Whether an upload of the segment runs or will be tried again (by this process's
+        # uploader; several worker processes ask the partition's owner).
+        self.will_retry: Callable[[PartitionKey, int], Awaitable[bool]] = self._will_retry
+
+    async def _will_retry(self, key: PartitionKey, base_offset: int) -> bool:
+        return self._uploader.will_retry(key, base_offset)
 
     async def run_once(self) -> int:
         """One cleaning pass; answers how many segments and objects it removed."""
@@ -98,7 +104,7 @@ class OrphanCleaner:
         for row in await self._rows_in(RemoteSegmentState.COPY_STARTED):
             key = PartitionKey(row.tenant, row.incarnation, row.partition_id)
             ident = (key, row.base_offset)
-            if self._uploader.will_retry(key, row.base_offset):
+            if await self.will_retry(key, row.base_offset):
                 continue
             since = seen[ident] = self._abandoned_since.get(ident, now)
             if now - since < self._settings.orphan_grace_ms:

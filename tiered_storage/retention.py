@@ -25,7 +25,7 @@ its local ones, each counted once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +150,9 @@ class TieredRetention:
         self._uploader = uploader
         self._counters = counters
         self._clock_ms = clock_ms
+        # Where the partitions of a topic are read from: the local worker, or (several
+        # worker processes) every process's, when this one owns only some of them.
+        self.reader: PartitionWorker = worker
 
     async def retain_topic(
         self,
@@ -158,16 +161,24 @@ class TieredRetention:
         incarnation: str,
         config: Mapping[str, Any],
         partition_ids: Sequence[int],
+        *,
+        owned: Collection[int] | None = None,
     ) -> int:
         """Apply total and local retention to one topic; answers the segments removed
-        (local and remote)."""
+        (local and remote).
+
+        With ``owned``, this process owns only those partitions: the bounds are worked out
+        over the whole topic (the others read through :attr:`reader`), and only the owned
+        partitions are cut here; their owners cut the others the same way.
+        """
         now = self._clock_ms()
         recorded = {p.partition_id: p for p in await self._catalog.list_partitions(tenant, name)}
         parts: dict[int, _Partition] = {}
         for pid in sorted(partition_ids):
             key = PartitionKey(tenant, incarnation, pid)
-            stats = await self._worker.stats(key)
-            details = await self._worker.segment_details(key)
+            reader = self._worker if owned is None or pid in owned else self.reader
+            stats = await reader.stats(key)
+            details = await reader.segment_details(key)
             rows = await self._index.rows(key)
             known = recorded.get(pid)
             start = max(stats.start_offset, known.start_offset if known else 0)
@@ -182,7 +193,8 @@ class TieredRetention:
             copied_only=False,
         )
         removed = 0
-        for pid, part in parts.items():
+        mine = parts if owned is None else {pid: p for pid, p in parts.items() if pid in owned}
+        for pid, part in mine.items():
             start = starts[pid]
             known = recorded.get(pid)
             # KIP-405's order: the log start moves first, in the catalog, then in the log
@@ -193,9 +205,10 @@ class TieredRetention:
                 gone = await self._worker.advance_start(part.key, start)
                 self._counters.local_segments_deleted += len(gone)
                 removed += len(gone)
-            part.start = start
             removed += await self._delete_remote_below(part.key, start)
-        removed += await self._local_retention(parts, config, now)
+        for pid, part in parts.items():
+            part.start = starts[pid]  # cut here, or by its owner the same way
+        removed += await self._local_retention(parts, config, now, mine)
         return removed
 
     async def _delete_remote_below(self, key: PartitionKey, start: int) -> int:
@@ -217,7 +230,11 @@ class TieredRetention:
         return removed
 
     async def _local_retention(
-        self, parts: Mapping[int, _Partition], config: Mapping[str, Any], now: int
+        self,
+        parts: Mapping[int, _Partition],
+        config: Mapping[str, Any],
+        now: int,
+        mine: Collection[int],
     ) -> int:
         local_ms = _optional_int(config, "local_retention_ms")
         local_bytes = _optional_int(config, "local_retention_bytes")
@@ -235,7 +252,7 @@ class TieredRetention:
         cuts = _cut(local, dict(firsts), local_ms, local_bytes, now, copied_only=True)
         removed = 0
         for pid, cut in cuts.items():
-            if cut > firsts[pid]:
+            if pid in mine and cut > firsts[pid]:
                 gone = await self._worker.delete_local_below(parts[pid].key, cut)
                 self._counters.local_segments_deleted += len(gone)
                 removed += len(gone)

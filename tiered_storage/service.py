@@ -50,8 +50,10 @@ class TieringService(Protocol):
     """What the broker asks of tiered storage (the service itself, or its view over the
     worker processes of a server: ``gateway/cluster.py``)."""
 
-    # Set when a background loop died: the service no longer uploads or cleans.
-    failed: BaseException | None
+    @property
+    def failed(self) -> BaseException | None:
+        """Set when a background loop died: the service no longer uploads or cleans."""
+        ...
 
     def check_backpressure(self) -> None: ...
 
@@ -101,15 +103,16 @@ class TieredStorage:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, cleanup: bool = True) -> None:
         """Start the loops; the first upload pass runs at once, so whatever a crash left
-        unfinished is uploaded again right after a start."""
+        unfinished is uploaded again right after a start. Cleanup assumes it is the only
+        one to clean the store's prefix: with several worker processes, one runs it."""
         self.uploader.wake()
         loop = asyncio.get_running_loop()
-        for coro, name in (
-            (self.uploader.run(), "tiering-upload"),
-            (self._clean_forever(), "tiering-cleanup"),
-        ):
+        loops = [(self.uploader.run(), "tiering-upload")]
+        if cleanup:
+            loops.append((self._clean_forever(), "tiering-cleanup"))
+        for coro, name in loops:
             task = loop.create_task(coro, name=name)
             task.add_done_callback(self._watch)
             self._tasks.append(task)

@@ -1,0 +1,339 @@
+"""Worker processes benchmark: one hot topic produced at full speed, on 1 and on 2 workers.
+
+Run with ``make bench`` (or ``python -m bench.workers_bench --output docs/benchmarks.md``).
+
+For ``--workers 1`` and then ``--workers 2``, in the same run, each with a fresh data
+directory: ``eventbus serve`` on loopback and one topic, ``hot``, whose autoscaler splits it
+at a low threshold while a warm-up load runs, until it has four active partitions; then
+autoscaling is turned off, so that both runs measure the same shape. The load is
+:mod:`bench.http_load`'s produce (binary batches of 100 records of 1 KiB, keyed over 1000
+keys, 16 requests at a time, from a separate process), measured twice per run: with an
+``Idempotency-Key`` on every request, as the Python client sends them, and without.
+Reported: records/s, payload MB/s, latency, the CPU the server's processes and the load
+used, and the ratio of 2 workers to 1.
+
+Then ``--workers 2`` once more with every worker under cProfile
+(:mod:`bench.profiled_serve`), split by hand to the same four partitions, under the same
+load with keys: where the workers' time goes, by area and by function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.http_bench import Scenario, Server, run_load
+from bench.report import machine_description, write_section
+
+PARTITIONS = 4
+WARM_AUTOSCALE = {
+    "split_bytes_per_s": 1024 * 1024,
+    "split_records_per_s": 10**9,
+    "window_s": 2,
+    "cooldown_s": 2,
+    "merge_window_s": 3600,
+    "max_partitions": PARTITIONS,
+}
+LOAD = Scenario("produce", "binary", 100, 16)
+WARM_CHUNK_S = 3.0
+WARM_LIMIT_S = 60.0
+
+# Where a profiled function's own time goes: (area, parts of the file name or built-in).
+AREAS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "between workers: channel, forwarding, cluster",
+        (
+            "partitions/channel.py",
+            "partitions/worker_remote.py",
+            "partitions/routing.py",
+            "gateway/forwarding.py",
+            "gateway/cluster.py",
+            "gateway/quota_home.py",
+            "aiohttp/client",
+            "aiohttp/connector",
+        ),
+    ),
+    ("HTTP server: aiohttp parsing and answers", ("aiohttp/", "multidict", "yarl")),
+    (
+        "request body: batch decode, record and batch encode",
+        (
+            "gateway/wire.py",
+            "gateway/records.py",
+            "partitions/batch.py",
+            "crc32c",
+            "orjson",
+        ),
+    ),
+    (
+        "produce path: broker, routing by key, idempotency",
+        (
+            "gateway/broker.py",
+            "gateway/handlers.py",
+            "partitions/idempotency.py",
+            "xxhash",
+        ),
+    ),
+    (
+        "partition log: append, group commit hand-off",
+        (
+            "partitions/log.py",
+            "partitions/segment.py",
+            "partitions/worker.py",
+            "partitions/fileio.py",
+        ),
+    ),
+    (
+        "auth, tenancy, metrics, request logs",
+        (
+            "gateway/auth.py",
+            "gateway/tenancy.py",
+            "gateway/fairness.py",
+            "gateway/quotas.py",
+            "gateway/metrics.py",
+            "gateway/logs.py",
+            "gateway/app.py",
+            "gateway/http_errors.py",
+            "gateway/scopes.py",
+            "prometheus_client",
+            "logging/",
+            "json/",
+            "uuid",
+            "contextvars",
+        ),
+    ),
+    ("autoscaler meters", ("autoscaler/",)),
+    ("event loop, tasks and sockets", ("asyncio/", "uvloop", "selectors", "socket", "ssl")),
+]
+
+
+def _area(filename: str, function: str) -> str:
+    text = filename if filename != "~" else function
+    for area, parts in AREAS:
+        if any(part in text for part in parts):
+            return area
+    return "other"
+
+
+async def _call(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session,
+        session.request(method, url + path, json=body) as response,
+    ):
+        answer = await response.json()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {path}: {response.status} {answer}")
+        return answer
+
+
+def _active(server: Server) -> list[dict[str, Any]]:
+    topic = asyncio.run(_call(server.url, server.key, "GET", "/v1/topics/hot"))
+    return [p for p in topic["partitions"] if p["state"] == "active"]
+
+
+def warm_up(server: Server) -> dict[str, Any]:
+    """Produce until the autoscaler split ``hot`` into PARTITIONS, then freeze its shape."""
+    config = {"autoscale": WARM_AUTOSCALE}
+    asyncio.run(_call(server.url, server.key, "PUT", "/v1/topics/hot", config))
+    started = time.monotonic()
+    while len(_active(server)) < PARTITIONS:
+        if time.monotonic() - started > WARM_LIMIT_S:
+            raise RuntimeError("the autoscaler did not split the hot topic in time")
+        run_load(server, LOAD, "hot", WARM_CHUNK_S)
+    took = time.monotonic() - started
+    patch = {"autoscale": {"enabled": False}}
+    asyncio.run(_call(server.url, server.key, "PATCH", "/v1/topics/hot", patch))
+    workers = sorted(p.get("worker", 0) for p in _active(server))
+    return {"warm_s": took, "workers": workers}
+
+
+def split_by_hand(server: Server) -> None:
+    asyncio.run(_call(server.url, server.key, "PUT", "/v1/topics/hot", {}))
+    while len(active := _active(server)) < PARTITIONS:
+        pid = active[0]["id"]
+        asyncio.run(_call(server.url, server.key, "POST", f"/v1/topics/hot/partitions/{pid}/split"))
+
+
+def measure(workers: int, scratch: Path, seconds: float) -> dict[str, Any]:
+    server = Server(scratch / f"data-{workers}", workers=workers)
+    try:
+        shape = warm_up(server)
+        keyed = run_load(server, LOAD, "hot", seconds)
+        plain = run_load(server, LOAD, "hot", seconds, extra=["--no-idempotency"])
+    finally:
+        server.stop()
+    return {"shape": shape, "keyed": keyed, "plain": plain}
+
+
+def profile(scratch: Path, seconds: float) -> tuple[pstats.Stats, dict[str, Any]]:
+    directory = scratch / "profiles"
+    directory.mkdir()
+    server = Server(
+        scratch / "data-profiled",
+        workers=2,
+        module="bench.profiled_serve",
+        env={"BENCH_PROFILE_DIR": str(directory)},
+    )
+    try:
+        split_by_hand(server)
+        result = run_load(server, LOAD, "hot", seconds)
+    finally:
+        server.stop()
+    files = sorted(str(p) for p in directory.glob("*.prof"))
+    if not files:
+        raise RuntimeError("the profiled workers wrote no statistics")
+    return pstats.Stats(*files), result
+
+
+def rate(result: dict[str, Any]) -> float:
+    return float(result["records"]) / float(result["seconds"])
+
+
+def row(workers: int, keys: str, result: dict[str, Any]) -> str:
+    wall = result["seconds"]
+    cells = [
+        str(workers),
+        keys,
+        f"{rate(result):,.0f}",
+        f"{result['payload_bytes'] / wall / 1e6:,.1f}",
+        f"{result['p50_ms']:.1f}",
+        f"{result['p99_ms']:.1f}",
+        f"{result['server_cpu']:.2f}",
+        f"{result['load_cpu']:.2f}",
+        str(result["errors"]),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def profile_lines(stats: pstats.Stats) -> list[str]:
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in raw.values()) or 1.0
+    by_area: dict[str, float] = {}
+    for (filename, _line, function), entry in raw.items():
+        area = _area(filename, function)
+        by_area[area] = by_area.get(area, 0.0) + entry[2]
+    lines = [
+        "| share of the workers' profiled CPU | area |",
+        "| --- | --- |",
+        *[
+            f"| {share / total:.0%} | {area} |"
+            for area, share in sorted(by_area.items(), key=lambda item: -item[1])
+        ],
+        "",
+        "The functions with the most time of their own:",
+        "",
+        "| share | function | area |",
+        "| --- | --- | --- |",
+    ]
+    top = sorted(raw.items(), key=lambda item: -item[1][2])[:15]
+    for (filename, line, function), entry in top:
+        where = function if filename == "~" else f"{_short(filename)}:{line} {function}"
+        where = where.replace("|", "/")
+        lines.append(f"| {entry[2] / total:.1%} | `{where}` | {_area(filename, function)} |")
+    return lines
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "/lib/python3", "wt-", "/"):
+        if marker in filename:
+            tail = filename.split(marker, 1)[1]
+            if marker == "/lib/python3":
+                tail = tail.split("/", 1)[1]
+            if marker == "wt-":
+                tail = tail.split("/", 1)[1]
+            return tail
+    return filename
+
+
+def report(
+    scratch: Path,
+    seconds: float,
+    results: dict[int, dict[str, Any]],
+    stats: pstats.Stats,
+    profiled: dict[str, Any],
+) -> list[str]:
+    one, two = results[1], results[2]
+    ratio_keyed = rate(two["keyed"]) / rate(one["keyed"])
+    ratio_plain = rate(two["plain"]) / rate(one["plain"])
+    command = "make bench  # runs python -m bench.workers_bench --output docs/benchmarks.md"
+    return [
+        "## Worker processes: one hot topic on 1 and 2 workers",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Machine:",
+        "",
+        *machine_description(scratch, ("aiohttp", "uvloop", "orjson")),
+        "",
+        "For `--workers 1` and `--workers 2`, in the same run: a fresh `eventbus serve` on",
+        "loopback and one topic whose autoscaler splits it (threshold 1 MiB/s, window 2 s)",
+        f"under a warm-up load until it has {PARTITIONS} active partitions; autoscaling is then",
+        "turned off so both runs measure the same shape. The load is `bench/http_load.py`'s",
+        f"produce from a separate process: binary batches of {LOAD.batch} records of 1 KiB,",
+        f"keyed over 1000 keys, {LOAD.concurrency} requests at a time, {seconds:g} s per row;",
+        "once with an `Idempotency-Key` on every request (as the Python client sends them) and",
+        "once without. *Server CPU* counts every process of the server (supervisor and workers).",
+        "",
+        f"- warm-up to {PARTITIONS} partitions: {one['shape']['warm_s']:.1f} s with 1 worker, "
+        f"{two['shape']['warm_s']:.1f} s with 2; with 2, the partitions are on workers "
+        f"{two['shape']['workers']}",
+        "",
+        "| workers | idempotency keys | records/s | payload MB/s | p50 ms | p99 ms"
+        " | server CPU s/s | load CPU s/s | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        row(1, "yes", one["keyed"]),
+        row(2, "yes", two["keyed"]),
+        row(1, "no", one["plain"]),
+        row(2, "no", two["plain"]),
+        "",
+        f"**2 workers against 1: {ratio_keyed:.2f}x with idempotency keys, "
+        f"{ratio_plain:.2f}x without** (records/s, same run, same machine).",
+        "",
+        "### Where the remaining time goes",
+        "",
+        "`--workers 2` again, each worker under cProfile (`bench/profiled_serve.py`), the topic",
+        f"split by hand into {PARTITIONS}, the same load with keys for {seconds:g} s "
+        f"({rate(profiled):,.0f} records/s under the profiler). cProfile sees each worker's",
+        "event loop thread: the log's write and fsync threads and the kernel's socket work are",
+        "not in these shares.",
+        "",
+        *profile_lines(stats),
+        "",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, help="write the report section here")
+    parser.add_argument("--dir", type=Path, default=Path("bench/out"), help="scratch directory")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each measurement")
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="workers-bench-", dir=args.dir))
+    try:
+        results = {}
+        for workers in (1, 2):
+            results[workers] = measure(workers, scratch, args.seconds)
+            for keys in ("keyed", "plain"):
+                print(row(workers, keys, results[workers][keys]), flush=True)
+        stats, profiled = profile(scratch, args.seconds)
+        lines = report(scratch, args.seconds, results, stats, profiled)
+        print("\n".join(lines))
+        if args.output:
+            write_section(args.output, "workers", lines)
+            print(f"wrote {args.output}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
