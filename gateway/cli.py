@@ -187,10 +187,18 @@ def _add_tiering_flags(serve: argparse.ArgumentParser) -> None:
         ("upload-retry-max-ms", 30_000, "longest backoff between upload attempts (default 30000)"),
         ("orphan-grace-ms", 3_600_000, "age before leftover objects are deleted (default 1 h)"),
         ("orphan-check-ms", 600_000, "how often leftovers are looked for (default 10 min)"),
+        ("read-cache-bytes", 256 * 1024**2, "memory for cold reads' cache (default 256 MiB)"),
+        ("read-chunk-bytes", 4 * 1024**2, "bytes per ranged GET of cold data (default 4 MiB)"),
     ):
         tiering.add_argument(
             f"--{flag}", type=_positive, default=_env(flag, str(default)), help=text
         )
+    tiering.add_argument(
+        "--read-ahead-chunks",
+        type=_not_negative,
+        default=_env("read-ahead-chunks", "2"),
+        help="chunks fetched ahead of a sequential cold reader (default 2; 0: none)",
+    )
 
 
 def _config_item(text: str) -> tuple[str, Any]:
@@ -224,6 +232,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
     return value
 
 
@@ -388,6 +403,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         upload_retry_max_ms=int(args.upload_retry_max_ms),
         orphan_grace_ms=int(args.orphan_grace_ms),
         orphan_check_ms=int(args.orphan_check_ms),
+        read_cache_bytes=int(args.read_cache_bytes),
+        read_chunk_bytes=int(args.read_chunk_bytes),
+        read_ahead_chunks=int(args.read_ahead_chunks),
     )
     return run(config)
 

@@ -57,6 +57,11 @@ class ServerConfig:
     orphan_grace_ms: int = 60 * 60 * 1000
     # ... by a pass that runs this often.
     orphan_check_ms: int = 10 * 60 * 1000
+    # Cold reads: the in-memory read cache's bound, the size of one ranged GET of a remote
+    # segment, and how many of those are fetched ahead of a sequential reader.
+    read_cache_bytes: int = 256 * MIB
+    read_chunk_bytes: int = 4 * MIB
+    read_ahead_chunks: int = 2
 
     @property
     def scheme(self) -> str:

@@ -281,6 +281,20 @@ def trim_batches(data: bytes, from_offset: int, max_records: int) -> tuple[bytes
     return (data if pos == len(data) else data[:pos]), next_offset
 
 
+def whole_batches_within(data: bytes, max_bytes: int) -> tuple[bytes, int]:
+    """The leading whole batches of ``data`` that fit ``max_bytes`` together (maybe none),
+    and the offset after the last of them (0 when none fits)."""
+    pos = 0
+    next_offset = 0
+    while pos < len(data):
+        header = read_header(data, pos)
+        if pos + header.total_size > max_bytes:
+            break
+        pos += header.total_size
+        next_offset = header.next_offset
+    return (data if pos == len(data) else data[:pos]), next_offset
+
+
 def _decode_headers(buf: memoryview, pos: int, end: int) -> tuple[tuple[str, str], ...]:
     if pos == end:
         return ()

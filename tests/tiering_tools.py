@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,19 @@ class TieredServer:
     proxy: S3FaultProxy
     endpoint: str
     bucket: str
+    config: dict[str, Any] = field(default_factory=dict)
 
     async def close(self) -> None:
         self.proxy.thaw()
+        self.proxy.release()
         await stop_api(self.api)
         await self.proxy.close()
+
+    async def restart(self) -> None:
+        """Stop the server and start it again on the same data directory and bucket."""
+        data_dir = self.api.data_dir
+        await stop_api(self.api)
+        self.api = await start_api(data_dir, **self.config)
 
     def incarnation(self, topic: str) -> str:
         view = self.api.server.app[BROKER]._views[("default", topic)]
@@ -65,7 +73,7 @@ async def start_tiered(tmp_path: Path, endpoint: str, **settings: Any) -> Tiered
         **settings,
     }
     api = await start_api(tmp_path / "data", **config)
-    return TieredServer(api, proxy, endpoint, bucket)
+    return TieredServer(api, proxy, endpoint, bucket, config)
 
 
 async def wait_for(
@@ -109,8 +117,8 @@ def remote_records(objects: dict[str, bytes]) -> dict[int, str]:
 
 
 async def local_records(api: Api, topic: str, start: int, pid: int = 0) -> dict[int, str]:
-    """Records read over HTTP from ``start``; if local retention moves the local start past
-    it meanwhile, from the new local start (read the bucket *after* this)."""
+    """Records read over HTTP from ``start`` to the high watermark (offsets local retention
+    moves into tiered storage meanwhile are read from there)."""
     out: dict[int, str] = {}
     offset = start
     while True:
@@ -119,9 +127,6 @@ async def local_records(api: Api, topic: str, start: int, pid: int = 0) -> dict[
             f"/v1/topics/{topic}/partitions/{pid}/records",
             params={"offset": str(offset), "max_records": "10000"},
         )
-        if status == 501 and body["error"]["code"] == "offset_not_local":
-            offset = body["error"]["details"]["local_start_offset"]
-            continue
         assert status == 200, body
         out.update({r["offset"]: r["value"] for r in body["records"]})
         if body["next_offset"] >= body["high_watermark"]:
