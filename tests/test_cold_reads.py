@@ -406,6 +406,49 @@ async def test_two_partitions_read_cold_at_once_are_fetched_concurrently(
         assert {r["partition"] for r in body["records"]} == {pid}
 
 
+async def test_a_group_reads_its_cold_partitions_together_and_consumes_everything(
+    server: TieredServer,
+) -> None:
+    produced = await _two_tiered_partitions(server, 60)
+    _stall_log_gets(server)
+    fetch = asyncio.ensure_future(
+        server.api.call(
+            "POST",
+            "/v1/topics/t/groups/g/fetch",
+            json={"auto_offset_reset": "earliest", "max_records": 40, "wait_ms": 100},
+        )
+    )
+
+    async def both_waiting() -> bool:
+        return bool(_log_gets(server, 1) and _log_gets(server, 2))
+
+    await wait_for(both_waiting, what="one fetch's GETs of both partitions in flight together")
+    # Well past the fetch's wait: the fetch still waits for the store, not answering empty.
+    await asyncio.sleep(0.5)
+    assert not fetch.done()
+    server.proxy.release()
+    status, answer = await fetch
+    assert status == 200, answer
+    # Both partitions progressed in the one fetch, each from its committed start.
+    by_partition: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for record in answer["records"]:
+        by_partition[record["partition"]].append(record)
+    assert all(len(v) >= 10 for v in by_partition.values()), answer["records"]
+    member = answer["member_id"]
+    # Fetching on (auto commit) delivers each partition's records once, in order, as produced.
+    while sum(len(v) for v in by_partition.values()) < sum(len(v) for v in produced.values()):
+        status, answer = await server.api.call(
+            "POST", "/v1/topics/t/groups/g/fetch", json={"member_id": member, "max_records": 40}
+        )
+        assert status == 200 and answer["records"], answer
+        for record in answer["records"]:
+            by_partition[record["partition"]].append(record)
+    for pid, indexes in produced.items():
+        got = by_partition[pid]
+        assert [r["offset"] for r in got] == list(range(len(indexes)))
+        assert [r["value"] for r in got] == [_spec(i)["value"] for i in indexes]
+
+
 async def test_a_long_poll_read_that_must_go_remote_waits_for_the_store(
     server: TieredServer,
 ) -> None:
