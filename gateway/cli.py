@@ -188,7 +188,7 @@ def _add_tiering_flags(serve: argparse.ArgumentParser) -> None:
         ("orphan-grace-ms", 3_600_000, "age before leftover objects are deleted (default 1 h)"),
         ("orphan-check-ms", 600_000, "how often leftovers are looked for (default 10 min)"),
         ("read-cache-bytes", 256 * 1024**2, "memory for cold reads' cache (default 256 MiB)"),
-        ("read-chunk-bytes", 4 * 1024**2, "bytes per ranged GET of cold data (default 4 MiB)"),
+        ("read-chunk-bytes", 8 * 1024**2, "bytes per ranged GET of cold data (default 8 MiB)"),
     ):
         tiering.add_argument(
             f"--{flag}", type=_positive, default=_env(flag, str(default)), help=text

@@ -60,7 +60,7 @@ class ServerConfig:
     # Cold reads: the in-memory read cache's bound, the size of one ranged GET of a remote
     # segment, and how many of those are fetched ahead of a sequential reader.
     read_cache_bytes: int = 256 * MIB
-    read_chunk_bytes: int = 4 * MIB
+    read_chunk_bytes: int = 8 * MIB
     read_ahead_chunks: int = 2
 
     @property

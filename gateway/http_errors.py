@@ -63,6 +63,8 @@ _PUBLIC_MESSAGES = {
     "partition_unavailable": "the partition is recovering from a storage failure; retry later",
     "partition_closed": "the partition is closing or moving; retry",
     "storage_backpressure": "too much data waits for upload to object storage; retry later",
+    "object_store_unavailable": "the object store holding this data did not answer; retry",
+    "object_store_error": "the object store holding this data refused the read; retry later",
 }
 # Server-side answers whose message and details are meant for the client (no internals).
 _EXPLAINED_5XX = frozenset({"offset_not_local"})

@@ -509,7 +509,7 @@ def build_document(version: str) -> dict[str, Any]:
                                 },
                             },
                         },
-                        **_errors(400, 401, 403, 404, 406, 416, 501),
+                        **_errors(400, 401, 403, 404, 406, 416, 503),
                     },
                 },
             },

@@ -228,22 +228,31 @@ class LocalPartitionWorker:
             return await self._read_batches_tiered(self.remote, key, log, offset, max_bytes)
 
     async def offset_for_timestamp(self, key: PartitionKey, timestamp_ms: int) -> int | None:
+        """The first offset whose record timestamp is at least ``timestamp_ms``, searching
+        the offsets only object storage holds first (producer timestamps need not rise, so
+        an old record may qualify when no local one does). Remote segments whose largest
+        timestamp is older are skipped without fetching anything."""
         log = self.log(key)
-        try:
-            return await log.offset_for_timestamp(timestamp_ms)
-        except OffsetNotLocalError:
-            if self.remote is None:
-                raise
-            remote = self.remote
-        # The first local record qualifies, and older data lives only in object storage:
-        # the answer is the first match there, else that first local record.
-        start, local = log.start_offset, log.local_start_offset
-        found = await _remote_call(
-            log,
-            start,
-            remote.offset_for_timestamp(key, timestamp_ms, start_offset=start, end_offset=local),
-        )
-        return local if found is None else found
+        while True:
+            start, local = log.start_offset, log.local_start_offset
+            if self.remote is not None and start < local:
+                found = await _remote_call(
+                    log,
+                    start,
+                    self.remote.offset_for_timestamp(
+                        key, timestamp_ms, start_offset=start, end_offset=local
+                    ),
+                )
+                if found is not None:
+                    return found
+            try:
+                return await log.offset_for_timestamp(timestamp_ms)
+            except OffsetNotLocalError:
+                if self.remote is None:
+                    raise
+                if log.local_start_offset == local:
+                    return local  # the first local record is the first match
+                # Local retention moved the local start meanwhile: search again.
 
     # --- reads that start below the local start ----------------------------------------------
 

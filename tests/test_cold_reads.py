@@ -299,6 +299,25 @@ async def test_reads_by_timestamp_find_records_in_remote_segments(server: Tiered
     assert status == 200 and body["committed"] == [{"partition": 0, "offset": 42}]
 
 
+async def test_a_timestamp_only_an_old_remote_record_reaches_is_found_there(
+    server: TieredServer,
+) -> None:
+    # Producer timestamps need not rise: record 10 carries the newest timestamp of all.
+    count = 200
+    specs = [_spec(i) for i in range(count)]
+    specs[10]["timestamp_ms"] = T0 + 900_000
+    config = {"segment_bytes": 8192, "local_retention_bytes": 8192}
+    assert (await server.api.call("PUT", "/v1/topics/t", json=config))[0] == 201
+    await _produce(server.api, "t", specs)
+    local_start = await _settled(server.api, "t", 0, count // 2)
+    assert local_start > 10
+    for ts, first in ((T0 + 5_000, 5), (T0 + 150_000, 10), (T0 + 900_000, 10)):
+        body = await _read(server.api, None, timestamp_ms=ts, max_records=1)
+        assert body["records"][0]["offset"] == first, ts
+    body = await _read(server.api, None, timestamp_ms=T0 + 900_001)
+    assert body["records"] == [] and body["next_offset"] == count
+
+
 # --- the cache ------------------------------------------------------------------------------
 
 

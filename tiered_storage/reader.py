@@ -102,7 +102,7 @@ class ColdReadSettings:
     cache_bytes: int = 256 * MIB
     # Size of one ranged GET of a segment's log (aligned; the last one of a segment is
     # shorter). Clamped to a quarter of the cache, so the cache always holds a few.
-    chunk_bytes: int = 4 * MIB
+    chunk_bytes: int = 8 * MIB
     # Chunks fetched ahead of a sequential reader.
     read_ahead_chunks: int = 2
 
