@@ -303,8 +303,10 @@ class LocalPartitionWorker:
             records.extend(taken)
             size += sum(r.payload_bytes for r in taken)
             next_offset = taken[-1].offset + 1
-            if not from_remote or len(taken) < len(found):
-                break  # a local read answers all it may; a cut read is full
+            if not from_remote or len(taken) < len(found) or next_offset < local_start:
+                # A local read answers all it may; a remote one that stopped short of the
+                # local start, or was cut, used up the bounds.
+                break
         return ReadResult(records, next_offset, log.high_watermark, log.start_offset, log.sealed)
 
     @staticmethod
@@ -349,7 +351,7 @@ class LocalPartitionWorker:
             pieces.append(taken)
             total += len(taken)
             next_offset = part_next
-            if not from_remote or len(taken) < len(data):
+            if not from_remote or len(taken) < len(data) or next_offset < local_start:
                 break
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         return BatchRead(data, first, next_offset, log.high_watermark, log.start_offset, log.sealed)

@@ -500,12 +500,17 @@ async def test_sequential_readers_get_read_ahead_and_indexes_are_fetched_once(
         second = await _read(server.api, first["next_offset"], max_records=2)
         after_two = await _metrics(server.api)
         assert after_two["eventbus_read_ahead_chunks_total"] > 0  # the second read continued
-        # From here on every chunk and index a read needs is cached or already on its way:
-        # the reader never waits for a fetch of its own.
+        # From here on every chunk a read needs is cached or already on its way: the
+        # reader never waits for a fetch of its own, reading records or stored batches
+        # (bounded by records, or by bytes).
         offset = second["next_offset"]
+        turn = 0
         while offset < local_start + 10:
-            body = await _read(server.api, offset, max_records=3)
-            offset = body["next_offset"]
+            if turn % 2:
+                _data, offset, _hw = await _read_binary(server.api, offset, max_bytes=1500)
+            else:
+                offset = (await _read(server.api, offset, max_records=3))["next_offset"]
+            turn += 1
         metrics = await _metrics(server.api)
         assert (
             metrics["eventbus_read_cache_misses_total"]
@@ -514,16 +519,27 @@ async def test_sequential_readers_get_read_ahead_and_indexes_are_fetched_once(
         assert (
             metrics["eventbus_read_cache_hits_total"] > after_two["eventbus_read_cache_hits_total"]
         )
-        # Read everything again: each segment's indexes were fetched exactly once.
-        await _read_all(server.api, 0, max_records=25)
-        index_gets = [
-            line.split("?")[0]
-            for line in server.proxy.requests
-            if line.startswith("GET ") and (".index" in line or ".timeindex" in line)
-        ]
-        assert index_gets and len(index_gets) == len(set(index_gets))
+        # A sequential reader knows where it stopped and enters each segment at its
+        # start: it needed no index at all.
+        assert _index_gets(server) == []
+        # Reads that start anywhere look their position up in the segment's indexes,
+        # fetched once per segment however often they are needed.
+        for _round in range(2):
+            for offset in range(7, local_start, 23):
+                body = await _read(server.api, offset, max_records=1)
+                assert [r["offset"] for r in body["records"]] == [offset]
+        fetched = _index_gets(server)
+        assert len(fetched) >= 2 * 3 and len(fetched) == len(set(fetched))
     finally:
         await server.close()
+
+
+def _index_gets(server: TieredServer) -> list[str]:
+    return [
+        line.split("?")[0]
+        for line in server.proxy.requests
+        if line.startswith("GET ") and (".index" in line or ".timeindex" in line)
+    ]
 
 
 async def test_a_read_fetches_only_the_byte_range_it_needs(server: TieredServer) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import array
 import asyncio
 import bisect
+import contextlib
 import logging
 import struct
 import time
@@ -252,6 +253,18 @@ class _Segment:
         return self.last_offset + 1
 
 
+@dataclass(frozen=True, slots=True)
+class _StreamEnd:
+    """Where a read of a partition stopped: the next offset, and the byte position in the
+    segment of the batch holding it (with that batch's base offset), so that the read that
+    continues from there needs no index lookup."""
+
+    next_offset: int
+    segment_base: int
+    position: int
+    batch_base: int
+
+
 class _SegmentView:
     """The chunks of one segment's log that one read has loaded, addressed by byte position."""
 
@@ -358,7 +371,7 @@ class RemoteSegmentReader:
         self._ahead: set[Hashable] = set()
         # Read-ahead never has more chunks in flight than half the cache holds.
         self._ahead_limit = max(1, self.settings.cache_bytes // self.chunk_bytes // 2)
-        self._streams: OrderedDict[PartitionKey, deque[int]] = OrderedDict()
+        self._streams: OrderedDict[PartitionKey, deque[_StreamEnd]] = OrderedDict()
         self._closed = False
 
     async def close(self) -> None:
@@ -388,17 +401,17 @@ class RemoteSegmentReader:
         end_offset: int,
     ) -> RemoteRecords:
         started = self._clock()
-        sequential = self._continues(key, offset)
+        resume = self._continues(key, offset)
         segments = await self._segments_from(key, offset, end_offset)
         records: list[Record] = []
         size = 0
         seg: _Segment | None = None
-        position = 0
+        position = expected = 0
         full = False
         for n, seg in enumerate(segments):
             view = _SegmentView(self, seg)
             position, expected = (
-                await self._locate(view, offset) if n == 0 else (0, seg.base_offset)
+                await self._locate(view, offset, resume) if n == 0 else (0, seg.base_offset)
             )
             while position < seg.size and not full:
                 header = await view.header(position, expected)
@@ -426,26 +439,26 @@ class RemoteSegmentReader:
             if full:
                 break
         next_offset = records[-1].offset + 1 if records else offset
-        self._done(key, sequential, next_offset, segments, seg, position, end_offset, started)
+        self._done(key, resume, next_offset, segments, seg, position, expected, end_offset, started)
         return RemoteRecords(records, next_offset)
 
     async def read_batches(
         self, key: PartitionKey, offset: int, *, max_bytes: int, end_offset: int
     ) -> RemoteBatches:
         started = self._clock()
-        sequential = self._continues(key, offset)
+        resume = self._continues(key, offset)
         segments = await self._segments_from(key, offset, end_offset)
         pieces: list[bytes] = []
         total = 0
         first: int | None = None
         next_offset = offset
         seg: _Segment | None = None
-        position = 0
+        position = expected = 0
         full = False
         for n, seg in enumerate(segments):
             view = _SegmentView(self, seg)
             position, expected = (
-                await self._locate(view, offset) if n == 0 else (0, seg.base_offset)
+                await self._locate(view, offset, resume) if n == 0 else (0, seg.base_offset)
             )
             start = position
             # Everything the byte budget allows is fetched at once.
@@ -466,7 +479,7 @@ class RemoteSegmentReader:
             if full or total >= max_bytes:
                 break
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self._done(key, sequential, next_offset, segments, seg, position, end_offset, started)
+        self._done(key, resume, next_offset, segments, seg, position, expected, end_offset, started)
         return RemoteBatches(data, offset if first is None else first, next_offset)
 
     async def offset_for_timestamp(
@@ -506,9 +519,17 @@ class RemoteSegmentReader:
             offset=offset,
         )
 
-    async def _locate(self, view: _SegmentView, offset: int) -> tuple[int, int]:
-        """(position, base offset) of the batch holding ``offset``."""
+    async def _locate(
+        self, view: _SegmentView, offset: int, resume: _StreamEnd | None = None
+    ) -> tuple[int, int]:
+        """(position, base offset) of the batch holding ``offset``: the segment's start,
+        where an earlier read stopped, or from the segment's offset index."""
         seg = view.seg
+        if offset == seg.base_offset:
+            return 0, offset
+        if resume is not None and resume.segment_base == seg.base_offset:
+            with contextlib.suppress(RemoteSegmentDamagedError):
+                return await self._scan_to(view, resume.position, resume.batch_base, offset)
         index = await self._index(seg)
         position, expected = index.locate(seg.base_offset, offset)
         try:
@@ -635,50 +656,53 @@ class RemoteSegmentReader:
 
     # --- sequential readers ----------------------------------------------------------------
 
-    def _continues(self, key: PartitionKey, offset: int) -> bool:
-        """Whether a read at ``offset`` continues where an earlier one of this partition
-        ended (and forget that position: the read moves it)."""
-        positions = self._streams.get(key)
-        if positions is None or offset not in positions:
-            return False
-        positions.remove(offset)
-        return True
+    def _continues(self, key: PartitionKey, offset: int) -> _StreamEnd | None:
+        """Where an earlier read of this partition stopped, if a read at ``offset``
+        continues from there (that position is forgotten: the read moves it)."""
+        ends = self._streams.get(key)
+        if ends is None:
+            return None
+        for end in ends:
+            if end.next_offset == offset:
+                ends.remove(end)
+                return end
+        return None
 
     def _done(
         self,
         key: PartitionKey,
-        sequential: bool,
+        resume: _StreamEnd | None,
         next_offset: int,
         segments: _SegmentRun,
         seg: _Segment | None,
         position: int,
+        batch_base: int,
         end_offset: int,
         started: float,
     ) -> None:
-        """Remember where the read ended, start the read-ahead of a sequential reader, and
-        count the read."""
-        positions = self._streams.get(key)
-        if positions is None:
-            positions = self._streams[key] = deque(maxlen=_STREAMS_PER_PARTITION)
+        """Remember where the read stopped, start the read-ahead of a sequential reader (one
+        that continued where an earlier read stopped), and count the read."""
+        ends = self._streams.get(key)
+        if ends is None:
+            ends = self._streams[key] = deque(maxlen=_STREAMS_PER_PARTITION)
             if len(self._streams) > _STREAM_PARTITIONS:
                 self._streams.popitem(last=False)
         else:
             self._streams.move_to_end(key)
-        if next_offset not in positions:
-            positions.append(next_offset)
-        if sequential and seg is not None and next_offset < end_offset:
+        if seg is not None and all(e.next_offset != next_offset for e in ends):
+            ends.append(_StreamEnd(next_offset, seg.base_offset, position, batch_base))
+        if resume is not None and seg is not None and next_offset < end_offset:
             self._read_ahead(segments.after(seg), seg, position)
         self._observe(started)
 
     def _read_ahead(self, following: Iterator[_Segment], seg: _Segment, position: int) -> None:
         """Make sure the ``read_ahead_chunks`` chunks from ``position`` on (into the next
-        segments too) are cached or being fetched."""
+        segments too) are cached or being fetched. (A reader enters the next segment at its
+        start, which needs no index.)"""
         wanted = self.settings.read_ahead_chunks
         size = self.chunk_bytes
         current: _Segment | None = seg
         while wanted > 0 and current is not None:
-            if position == 0:
-                self._prefetch((current.log_key, "index"), partial(self._fetch_index, current))
             number = -(-position // size)  # the first chunk that starts at or after it
             while wanted > 0 and number * size < current.size:
                 self._prefetch(
