@@ -598,6 +598,33 @@ async def test_a_cold_read_racing_total_retention_answers_out_of_range(
     assert body["error"]["details"]["start_offset"] >= 30
 
 
+async def test_a_store_that_does_not_answer_fails_only_cold_reads_and_retriably(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    server = await start_tiered(tmp_path, s3_endpoint, read_chunk_bytes=CHUNK)
+    try:
+        count = 120
+        local_start = await _tiered(server, count)
+        server.proxy.freeze()  # every request to the store hangs past its deadline (1 s)
+        status, headers, body = await server.api.raw(
+            "GET", READS.format(topic="t", pid=0), params={"offset": "0"}
+        )
+        assert status == 503 and headers["Retry-After"], body
+        assert b"object_store_unavailable" in body
+        local = await _read(server.api, local_start, max_records=5)  # local data: as ever
+        assert [r["offset"] for r in local["records"]] == list(range(local_start, local_start + 5))
+        server.proxy.thaw()
+        assert await _read_all(server.api, 0) == [_expected(i) for i in range(count)]
+        metrics = await _metrics(server.api)
+        assert metrics["eventbus_read_cache_fetch_failures_total"] > 0
+        # Deleting the topic drops what the cache held of it.
+        assert metrics["eventbus_read_cache_bytes"] > 0
+        assert (await server.api.call("DELETE", "/v1/topics/t"))[0] == 204
+        assert (await _metrics(server.api))["eventbus_read_cache_bytes"] == 0
+    finally:
+        await server.close()
+
+
 async def test_serve_takes_the_read_cache_settings_from_flags_and_environment(
     tmp_path: Path,
 ) -> None:
