@@ -17,7 +17,7 @@ from importlib import metadata
 
 from aiohttp import web
 
-from gateway import admin, handlers
+from gateway import admin, handlers, usage
 from gateway.auth import PRINCIPAL, Authenticator, auth_middleware, bootstrap
 from gateway.broker import Broker
 from gateway.config import ServerConfig
@@ -25,6 +25,7 @@ from gateway.fairness import FairScheduler
 from gateway.http_errors import Handler, error_middleware
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.logs import request_id
+from gateway.metering import METER, metering_ctx, metering_middleware
 from gateway.metrics import Metrics
 from gateway.openapi import build_document
 from gateway.quotas import QuotaBook
@@ -191,6 +192,7 @@ def create_app(config: ServerConfig) -> web.Application:
             request_middleware,
             error_middleware,
             auth_middleware(lambda: app[AUTHENTICATOR], metrics_public=config.metrics_public),
+            metering_middleware(lambda: app[METER]),
             tenancy_middleware(lambda: app[TENANCY], scheduler),
         ],
     )
@@ -199,10 +201,11 @@ def create_app(config: ServerConfig) -> web.Application:
     app[METRICS].watch_scheduler(scheduler)
     app[SCHEDULER] = scheduler
     app[OPENAPI] = build_document(_version())
-    for method, path, handler in handlers.ROUTES + admin.ROUTES:
+    for method, path, handler in handlers.ROUTES + admin.ROUTES + usage.ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.extend(
         [_catalog_ctx, _broker_ctx, _tenancy_ctx, _group_sessions_ctx, _retention_ctx]
     )
+    app.cleanup_ctx.append(metering_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app

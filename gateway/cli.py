@@ -13,13 +13,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
 from gateway.auth import CREDENTIALS_FILE
+from gateway.billing import PRICE_FIELDS, InvalidPlanError, PricePlan, parse_price
 from gateway.client import ApiError, AsyncClient, Client, ClientError, FetchResult
 from gateway.config import ServerConfig
+from gateway.metering import MAX_FLUSH_MS
 from gateway.quotas import QUOTA_NAMES, RATE_QUOTAS, Quotas
 from partitions.batch import NewRecord, Record
 from partitions.catalog_sqlite import CATALOG_FILE, backup_catalog
@@ -103,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING, ERROR"
     )
     _add_tenancy_flags(serve)
+    _add_metering_flags(serve)
 
     catalog = commands.add_parser("catalog", help="work with the catalog of a data directory")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
@@ -157,6 +162,71 @@ def _add_tenancy_flags(serve: argparse.ArgumentParser) -> None:
         default=_env("max-queued-per-tenant", "256"),
         help="requests one tenant may have waiting (default 256); past it, 429",
     )
+
+
+def _price(name: str) -> Any:
+    def parse(text: str) -> Decimal:
+        try:
+            return parse_price(name, text)
+        except InvalidPlanError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return parse
+
+
+def _bounded(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _add_metering_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--price-plan",
+        default=_env("price-plan", None),
+        metavar="FILE",
+        help="a JSON file with the default price plan (the --default-usd-per-... flags win)",
+    )
+    for name in PRICE_FIELDS:
+        flag = "default-" + name.replace("_", "-")
+        serve.add_argument(
+            "--" + flag,
+            type=_price(name),
+            default=_env(flag, None),
+            metavar="USD",
+            help=f"{name} of tenants whose plan has none (default {getattr(PricePlan(), name)})",
+        )
+    serve.add_argument(
+        "--usage-flush-ms",
+        type=_bounded(10, MAX_FLUSH_MS),
+        default=_env("usage-flush-ms", str(MAX_FLUSH_MS)),
+        help="how often metered usage is written to the catalog; what a crash may lose "
+        f"(default and most {MAX_FLUSH_MS})",
+    )
+    serve.add_argument(
+        "--usage-sample-ms",
+        type=_bounded(10, 3_600_000),
+        default=_env("usage-sample-ms", "10000"),
+        help="how often each tenant's stored bytes and partitions are measured (default 10000)",
+    )
+
+
+def _default_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> PricePlan:
+    plan = PricePlan()
+    if args.price_plan:
+        try:
+            given = json.loads(Path(args.price_plan).read_text())
+            plan = PricePlan.from_json(given)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--price-plan {args.price_plan}: {exc}")
+        except InvalidPlanError as exc:
+            parser.error(f"--price-plan {args.price_plan}: {exc.message}")
+    prices = {name: getattr(args, "default_" + name) for name in PRICE_FIELDS}
+    return replace(plan, **{name: price for name, price in prices.items() if price is not None})
 
 
 def _config_item(text: str) -> tuple[str, Any]:
@@ -341,6 +411,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         max_concurrent_requests=int(args.max_concurrent_requests),
         max_queued_per_tenant=int(args.max_queued_per_tenant),
         max_in_service_per_tenant=int(args.max_in_service_per_tenant),
+        default_plan=_default_plan(parser, args),
+        usage_flush_ms=int(args.usage_flush_ms),
+        usage_sample_ms=int(args.usage_sample_ms),
     )
     return run(config)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.billing import PricePlan
 from gateway.quotas import Quotas
 from partitions.errors import InvalidInputError
 from partitions.log import LogConfig
@@ -42,6 +43,18 @@ class ServerConfig:
     max_in_service_per_tenant: int = 16
     # The quota buckets' clock (seconds, monotonic), injectable so that tests count tokens.
     quota_clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    # Prices of every tenant whose plan does not name its own.
+    default_plan: PricePlan = field(default_factory=PricePlan)
+    # Metered usage reaches the catalog this often (at most 5 s: what a SIGKILL may lose).
+    usage_flush_ms: int = 5_000
+    # How often each tenant's stored bytes and active partitions are measured.
+    usage_sample_ms: int = 10_000
+    # An hour's usage is exported this long after the hour ends.
+    usage_export_delay_ms: int = 60_000
+    # The meter's clock (ms since the epoch, UTC), injectable so that tests cross hours.
+    usage_clock_ms: Callable[[], int] = field(
+        default=lambda: time.time_ns() // 1_000_000, repr=False, compare=False
+    )
 
     @property
     def scheme(self) -> str:
