@@ -70,6 +70,13 @@ def test_the_worked_example_of_the_docs() -> None:
     }
     assert answer["usage"]["stored_byte_hours"] == "36000000000000.000000"
     assert answer["usage"]["partition_hours"] == "2880.000000"
+    # The same month idle: only the 50 GB and the 4 partitions, 4.93 + 4.32.
+    idle = UsageCounters(
+        stored_byte_seconds=WORKED_USAGE.stored_byte_seconds,
+        partition_seconds=WORKED_USAGE.partition_seconds,
+    )
+    assert bill_json(price(idle, WORKED_PLAN))["total_usd"] == "9.25"
+    assert bill_json(price(UsageCounters(), WORKED_PLAN))["total_usd"] == "0.00"
 
 
 def test_an_idle_tenant_pays_only_for_what_it_stores() -> None:
