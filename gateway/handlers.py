@@ -207,7 +207,7 @@ async def produce(request: web.Request) -> web.Response:
             tenant, topic, records, idempotency=idempotency, appended=appended
         )
     finally:
-        meter_produced(request, [records[i] for i in appended])
+        meter_produced(request, records, appended)
     registry: Metrics = request.app[METRICS]
     registry.produced_records.inc(len(records))
     registry.produced_bytes.inc(sum(len(r.value) + len(r.key or b"") for r in records))

@@ -58,7 +58,7 @@ from gateway.billing import PricePlan, usage_json
 from gateway.broker import Broker
 from gateway.http_errors import Handler
 from gateway.keys import CONFIG, METRICS
-from gateway.tenancy import ADMIN_PREFIX, CONSUME_ROUTES, TENANCY, produce_cost
+from gateway.tenancy import ADMIN_PREFIX, CONSUME_ROUTES, PRODUCE_CHARGE, TENANCY, produce_cost
 from partitions.batch import NewRecord
 from partitions.catalog import HOUR_MS, Catalog, UsageCounters, UsageRecord
 from partitions.errors import EventBusError, InvalidInputError, TenantNotFoundError
@@ -363,11 +363,19 @@ def _tenant(request: web.Request) -> str | None:
     return None if principal is None or principal.admin else principal.tenant
 
 
-def meter_produced(request: web.Request, records: Sequence[NewRecord]) -> None:
-    """Count records a produce appended (only those: not a replay's)."""
+def meter_produced(
+    request: web.Request, records: Sequence[NewRecord], appended: Sequence[int]
+) -> None:
+    """Count the records of a produce at the indexes it appended (a replay appends none)."""
     tenant = _tenant(request)
-    if tenant is not None and records:
-        request.app[METER].count_in(tenant, len(records), produce_cost(records))
+    if tenant is None or not appended:
+        return
+    if len(appended) == len(records):
+        # All of them: the quota already counted their bytes.
+        nbytes = request.get(PRODUCE_CHARGE) or produce_cost(records)
+    else:
+        nbytes = produce_cost([records[i] for i in appended])
+    request.app[METER].count_in(tenant, len(appended), nbytes)
 
 
 def meter_delivered(request: web.Request, records: int, nbytes: int) -> None:

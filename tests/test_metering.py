@@ -276,13 +276,19 @@ async def test_refused_requests_count_and_admin_requests_do_not(api: Api) -> Non
     acme = await new_tenant(api, "acme")
     assert (await acme.call("GET", "/v1/topics/nope"))[0] == 404
     assert (await acme.call("PUT", "/v1/topics/bad..name!"))[0] == 400
+    assert (await acme.call("PUT", "/v1/topics/small", json={"max_record_bytes": 10}))[0] == 201
+    too_large = {"records": [{"value": "ok"}, {"value": "x" * 11}]}
+    status, body = await acme.call("POST", "/v1/topics/small/records", json=too_large)
+    assert (status, body["error"]["code"]) == (413, "record_too_large")
+    used = await counters(api, "acme")  # a refused produce wrote nothing: no bytes
+    assert (used["requests"], used["records_in"], used["bytes_in"]) == (4, 0, 0)
     await api.call(
         "PATCH", "/v1/admin/tenants/acme", key=ADMIN_KEY, json={"quotas": {"requests_per_s": 1}}
     )
     statuses = [(await acme.call("GET", "/v1/topics"))[0] for _ in range(3)]
     assert 429 in statuses
     assert (await api.call("GET", "/v1/topics", key="ebk_nobody"))[0] == 401
-    assert (await counters(api, "acme"))["requests"] == 5
+    assert (await counters(api, "acme"))["requests"] == 7
 
 
 # --- readings, hours and the period ---------------------------------------------------------
