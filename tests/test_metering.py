@@ -96,9 +96,11 @@ async def new_tenant(api: Api, name: str, **fields: Any) -> Api:
 
 
 async def admin_usage(api: Api, tenant: str, **params: str) -> dict[str, Any]:
-    """One tenant's usage as the admin reads it (admin requests are not metered)."""
+    """One tenant's usage as the admin reads it (admin requests are not metered), by
+    default over the day around T0 (not this month: T0 may be near a month's end)."""
+    period = {"from": hour_text(T0 - 24 * H), "to": hour_text(T0 + 24 * H), **params}
     status, body = await api.call(
-        "GET", "/v1/admin/usage", key=ADMIN_KEY, params={"tenant": tenant, **params}
+        "GET", "/v1/admin/usage", key=ADMIN_KEY, params={"tenant": tenant, **period}
     )
     assert status == 200, body
     (bill,) = body["tenants"]
