@@ -1,8 +1,9 @@
 """The app factory: one place that wires every long-lived resource.
 
 Each resource is one ``cleanup_ctx`` entry that starts before ``yield`` and is closed after
-it, in reverse order: the catalog, then the partitions and the broker, then the retention
-loop. Nothing starts lazily on a first request.
+it, in reverse order: the catalog, the object store, the partitions and the broker, the
+group sessions, tiered storage's loops (``gateway/tiering.py``), then the retention loop.
+Nothing starts lazily on a first request.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gateway.metrics import Metrics
 from gateway.openapi import build_document
 from gateway.quotas import QuotaBook
 from gateway.tenancy import SCHEDULER, TENANCY, Tenancy, tenancy_middleware
+from gateway.tiering import attach_tiering, object_store_ctx, tiering_ctx
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.worker import LocalPartitionWorker
 
@@ -105,6 +107,7 @@ async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = LocalPartitionWorker(app[CONFIG].data_dir)
     broker = Broker(app[CATALOG], worker)
+    attach_tiering(app, app[CATALOG], broker, worker)
     try:
         await broker.start()
         app[BROKER] = broker
@@ -204,7 +207,15 @@ def create_app(config: ServerConfig) -> web.Application:
     for method, path, handler in handlers.ROUTES + admin.ROUTES + usage.ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.extend(
-        [_catalog_ctx, _broker_ctx, _tenancy_ctx, _group_sessions_ctx, _retention_ctx]
+        [
+            _catalog_ctx,
+            object_store_ctx,
+            _broker_ctx,
+            _tenancy_ctx,
+            _group_sessions_ctx,
+            tiering_ctx,
+            _retention_ctx,
+        ]
     )
     app.cleanup_ctx.append(metering_ctx)
     app.on_shutdown.append(_on_shutdown)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import logging
 import time
@@ -48,6 +49,7 @@ from partitions.idempotency import ANSWER_TTL_MS, AnswerTable, decode_tag, encod
 from partitions.log import BatchRead, ReadResult
 from partitions.waiting import waiting
 from partitions.worker import PartitionKey, PartitionWorker
+from tiered_storage.service import TieredStorage
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,10 @@ class Broker:
         self.long_polls_waiting = 0
         self.answers = AnswerTable()
         self.idempotent_replays = 0
+        # Tiered storage, when the app wires it: retention, backpressure, topic objects.
+        self.tiered: TieredStorage | None = None
+        # Deleted incarnations whose cleanup a request is running now.
+        self._deleting: set[tuple[str, str]] = set()
         self.limits: LimitsOf = no_limits
 
     def now_ms(self) -> int:
@@ -162,9 +168,7 @@ class Broker:
     async def start(self) -> None:
         """Finish deletions a crash interrupted, open every live partition, and seal the
         logs of partitions the catalog sealed (a split or merge cut short by a crash)."""
-        deleted = await self.catalog.list_deleted_topics()
-        for topic in deleted:
-            await self.drop_deleted_topic(topic)
+        await self.finish_deletions()
         tenants = await self.catalog.list_tenants()
         await self.worker.drop_tenants_except({t.name for t in tenants})
         for tenant in tenants:
@@ -178,6 +182,27 @@ class Broker:
                             if not stats.sealed:
                                 await self.worker.seal(view.key(pid))
                 after = page[-1].name
+
+    async def finish_deletions(self) -> None:
+        """Finish the deletions the catalog marked but a crash or an unreachable object
+        store left unfinished (their data, objects, then catalog rows)."""
+        for topic in await self.catalog.list_deleted_topics():
+            if (topic.tenant, topic.incarnation) not in self._deleting:
+                await self.drop_deleted_topic(topic)
+
+    async def _remove_topic_data(self, tenant: str, incarnation: str) -> None:
+        await self.worker.drop_topic(tenant, incarnation)
+        if self.tiered is not None:
+            try:
+                await self.tiered.delete_topic_objects(tenant, incarnation)
+            except EventBusError as exc:
+                # The catalog keeps the incarnation; finish_deletions retries.
+                log.warning(
+                    "objects of deleted topic %s/%s not removed yet: %s", tenant, incarnation, exc
+                )
+                return
+        with contextlib.suppress(TopicNotFoundError):  # another pass finished it
+            await self.catalog.purge_topic(tenant, incarnation)
 
     def _lock(self, tenant: str, name: str) -> asyncio.Lock:
         return self._topic_locks.setdefault((tenant, name), asyncio.Lock())
@@ -272,16 +297,22 @@ class Broker:
             self._topic_locks.pop((tenant, name), None)
         self.groups.forget_topic(tenant, topic.incarnation)
         self.answers.drop_topic(tenant, topic.incarnation)
-        await self.worker.drop_topic(tenant, topic.incarnation)
-        await self.catalog.purge_topic(tenant, topic.incarnation)
+        self._deleting.add((tenant, topic.incarnation))
+        try:
+            await self._remove_topic_data(tenant, topic.incarnation)
+        finally:
+            self._deleting.discard((tenant, topic.incarnation))
 
     async def stored_bytes(self, tenant: str) -> int:
-        """Bytes the tenant's live topics hold in their logs now, sealed partitions too."""
+        """Bytes the tenant's live topics hold in their logs now, sealed partitions too;
+        with tiered storage, local and remote bytes, each segment counted once."""
         total = 0
         for (owner, _name), view in list(self._views.items()):
             if owner == tenant:
                 for pid in view.partitions:
                     total += (await self.worker.stats(view.key(pid))).size_bytes
+                    if self.tiered is not None:
+                        total += await self.tiered.remote_only_bytes(view.key(pid))
         return total
 
     async def partition_limit(self, tenant: str) -> int | None:
@@ -303,6 +334,29 @@ class Broker:
         for pid in view.partitions:
             stats = await self.worker.stats(view.key(pid))
             out[pid] = (stats.start_offset, stats.end_offset)
+        return out
+
+    async def partition_storage(self, view: TopicView) -> dict[int, dict[str, Any]]:
+        """Per partition: where its data is (local and tiered), for topic describe."""
+        out: dict[int, dict[str, Any]] = {}
+        for pid in view.partitions:
+            key = view.key(pid)
+            stats = await self.worker.stats(key)
+            entry: dict[str, Any] = {
+                "local_start_offset": stats.local_start_offset,
+                "local_bytes": stats.size_bytes,
+                "remote_start_offset": None,
+                "remote_end_offset": None,
+                "remote_bytes": 0,
+                "segments_pending_upload": 0,
+            }
+            if self.tiered is not None:
+                remote = await self.tiered.partition_status(key)
+                entry["remote_start_offset"] = remote.remote_start_offset
+                entry["remote_end_offset"] = remote.remote_end_offset
+                entry["remote_bytes"] = remote.remote_bytes
+                entry["segments_pending_upload"] = remote.segments_pending_upload
+            out[pid] = entry
         return out
 
     async def shape(self, tenant: str, name: str) -> TopicShape:
@@ -438,6 +492,8 @@ class Broker:
         ``appended`` gets the indexes of the records this call appended, even when it
         fails part-way (for metering: a replay appends none).
         """
+        if self.tiered is not None:
+            self.tiered.check_backpressure()
         if idempotency is None:
             plain: list[tuple[int, int] | None] = [None] * len(records)
             try:
@@ -686,11 +742,18 @@ class Broker:
 
     async def apply_retention(self) -> int:
         """Apply every live topic's ``retention_ms`` and ``retention_bytes``; answers how
-        many segments went. Local retention is tiered storage's, not applied here.
+        many segments went. With tiered storage, these bound remote and local data
+        together, and ``local_retention_*`` bound what stays on disk (tiered_storage's
+        retention module); without it, they bound the local log.
 
         A topic that fails (a partition recovering, say) is logged and skipped; the others
-        go on. Logs the catalog sealed but that are not sealed yet are sealed here too.
+        go on. Logs the catalog sealed but that are not sealed yet are sealed here too, and
+        deleted topics whose cleanup was interrupted are finished.
         """
+        try:
+            await self.finish_deletions()
+        except EventBusError as exc:
+            log.warning("finishing topic deletions failed: %s", exc)
         removed = 0
         for (tenant, name), view in list(self._views.items()):
             try:
@@ -707,6 +770,10 @@ class Broker:
         for pid, partition in view.partitions.items():
             if not partition.active and not (await self.worker.stats(view.key(pid))).sealed:
                 await self._seal_log(view.key(pid))
+        if self.tiered is not None:
+            return await self.tiered.retain_topic(
+                tenant, name, view.record.incarnation, config, list(view.partitions)
+            )
         if retention_ms is not None:
             for pid in view.partitions:
                 gone = await self.worker.enforce_retention(

@@ -27,6 +27,8 @@ from gateway.metering import MAX_FLUSH_MS
 from gateway.quotas import QUOTA_NAMES, RATE_QUOTAS, Quotas
 from partitions.batch import NewRecord, Record
 from partitions.catalog_sqlite import CATALOG_FILE, backup_catalog
+from partitions.errors import InvalidInputError
+from tiered_storage.objects import parse_store_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 # Bounds of one produce request built from stdin, and of one fetch.
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_tenancy_flags(serve)
     _add_metering_flags(serve)
+    _add_tiering_flags(serve)
 
     catalog = commands.add_parser("catalog", help="work with the catalog of a data directory")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
@@ -147,13 +150,13 @@ def _add_tenancy_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--max-concurrent-requests",
         type=_positive,
-        default=_env("max-concurrent-requests", "64"),
+        default=_env("max-concurrent-requests", "256"),
         help="tenant requests in service at once; the rest wait, served fairly (default 64)",
     )
     serve.add_argument(
         "--max-in-service-per-tenant",
         type=_positive,
-        default=_env("max-in-service-per-tenant", "16"),
+        default=_env("max-in-service-per-tenant", "128"),
         help="requests of one tenant in service at once (default 16)",
     )
     serve.add_argument(
@@ -227,6 +230,37 @@ def _default_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error(f"--price-plan {args.price_plan}: {exc.message}")
     prices = {name: getattr(args, "default_" + name) for name in PRICE_FIELDS}
     return replace(plan, **{name: price for name, price in prices.items() if price is not None})
+
+
+def _add_tiering_flags(serve: argparse.ArgumentParser) -> None:
+    tiering = serve.add_argument_group("tiered storage")
+    tiering.add_argument(
+        "--object-store",
+        default=_env("object-store", None),
+        metavar="URL",
+        help="file://DIR or s3://BUCKET[/PREFIX] (default file://DATA_DIR/objects)",
+    )
+    tiering.add_argument(
+        "--s3-endpoint",
+        default=_env("s3-endpoint", None),
+        metavar="URL",
+        help="S3 endpoint (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, or AWS itself)",
+    )
+    for flag, default, text in (
+        ("object-store-timeout-ms", 30_000, "deadline of each object-store call (default 30000)"),
+        ("upload-concurrency", 4, "segment uploads at once (default 4)"),
+        (
+            "max-upload-backlog-bytes",
+            4 * 1024**3,
+            "bytes waiting for upload past which produce answers 503 (default 4 GiB)",
+        ),
+        ("upload-retry-max-ms", 30_000, "longest backoff between upload attempts (default 30000)"),
+        ("orphan-grace-ms", 3_600_000, "age before leftover objects are deleted (default 1 h)"),
+        ("orphan-check-ms", 600_000, "how often leftovers are looked for (default 10 min)"),
+    ):
+        tiering.add_argument(
+            f"--{flag}", type=_positive, default=_env(flag, str(default)), help=text
+        )
 
 
 def _config_item(text: str) -> tuple[str, Any]:
@@ -395,6 +429,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for path in (args.tls_cert, args.tls_key):
         if path and not Path(path).is_file():
             parser.error(f"no such file: {path}")
+    if args.object_store:
+        try:
+            parse_store_url(args.object_store)
+        except InvalidInputError as exc:
+            parser.error(exc.message)
     logs.configure(args.log_level.upper())
     config = ServerConfig(
         data_dir=Path(args.data_dir),
@@ -414,6 +453,14 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         default_plan=_default_plan(parser, args),
         usage_flush_ms=int(args.usage_flush_ms),
         usage_sample_ms=int(args.usage_sample_ms),
+        object_store=args.object_store or None,
+        s3_endpoint=args.s3_endpoint or None,
+        object_store_timeout_ms=int(args.object_store_timeout_ms),
+        upload_concurrency=int(args.upload_concurrency),
+        max_upload_backlog_bytes=int(args.max_upload_backlog_bytes),
+        upload_retry_max_ms=int(args.upload_retry_max_ms),
+        orphan_grace_ms=int(args.orphan_grace_ms),
+        orphan_check_ms=int(args.orphan_check_ms),
     )
     return run(config)
 

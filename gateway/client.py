@@ -5,11 +5,11 @@ per call with a fresh ``Idempotency-Key``; reads and group fetches ask for the b
 
 Retries. Requests that are safe to repeat (topic reads and ``PUT``, produce with its key,
 commit, seek, describes) are sent again, the very same bytes, after a connection error, a
-timeout, a 5xx or a 429 with ``Retry-After``, with exponential backoff and jitter, at most
-``retries`` times. The others (group fetch, leave, topic delete) are sent again only when the
-connection could not be made at all (nothing reached the server) or on a 429: repeating a
-fetch whose answer was lost would skip, and with ``auto_commit`` commit, records this process
-never saw. A 4xx raises :class:`ApiError`; a server that stays unreachable raises
+timeout, a 5xx (but 501) or a 429 with ``Retry-After``, with exponential backoff and jitter,
+at most ``retries`` times. The others (group fetch, leave, topic delete) are sent again only
+when the connection could not be made at all (nothing reached the server) or on a 429:
+repeating a fetch whose answer was lost would skip, and with ``auto_commit`` commit, records
+this process never saw. A 4xx raises :class:`ApiError`; a server that stays unreachable raises
 :class:`TransportError`.
 
 ``Client`` has the same methods, blocking: it runs an ``AsyncClient`` on a private event loop
@@ -285,9 +285,10 @@ class AsyncClient:
                 if answer.status < 400:
                     return answer
                 pause = _retry_after(answer.headers)
-                transient = (answer.status >= 500 and retry is _Retry.ALWAYS) or (
-                    answer.status == 429 and pause is not None
-                )
+                # 501 (offset_not_local, say) is the server's final word, not a hiccup.
+                transient = (
+                    answer.status >= 500 and answer.status != 501 and retry is _Retry.ALWAYS
+                ) or (answer.status == 429 and pause is not None)
                 if not transient or attempt >= self._retries:
                     raise _api_error(answer)
                 if pause is not None:

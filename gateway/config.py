@@ -36,11 +36,11 @@ class ServerConfig:
     # Quotas of every tenant that has no override of its own (None: unlimited).
     default_quotas: Quotas = field(default_factory=Quotas)
     # Tenant requests in service at once; the others wait per tenant and are served in turn.
-    max_concurrent_requests: int = 64
+    max_concurrent_requests: int = 256
     # Requests one tenant may have waiting for service; past it, 429 request_queue_full.
     max_queued_per_tenant: int = 256
     # Slots one tenant may hold at once (at most max_concurrent_requests).
-    max_in_service_per_tenant: int = 16
+    max_in_service_per_tenant: int = 128
     # The quota buckets' clock (seconds, monotonic), injectable so that tests count tokens.
     quota_clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     # Prices of every tenant whose plan does not name its own.
@@ -55,6 +55,21 @@ class ServerConfig:
     usage_clock_ms: Callable[[], int] = field(
         default=lambda: time.time_ns() // 1_000_000, repr=False, compare=False
     )
+    # Tiered storage: file://DIR or s3://BUCKET/PREFIX (default: file:// under data_dir).
+    object_store: str | None = None
+    # The S3 endpoint; else the standard AWS settings (AWS_ENDPOINT_URL_S3, ...).
+    s3_endpoint: str | None = None
+    # Deadline of each call to the object store: a stalled store counts as down.
+    object_store_timeout_ms: int = 30_000
+    upload_concurrency: int = 4
+    # Past this many bytes of rolled segments waiting for upload, produce answers 503.
+    max_upload_backlog_bytes: int = 4 * 1024 * MIB
+    # Longest wait between attempts at a failing upload (the backoff doubles up to it).
+    upload_retry_max_ms: int = 30_000
+    # Unreferenced objects and abandoned copies older than this are deleted...
+    orphan_grace_ms: int = 60 * 60 * 1000
+    # ... by a pass that runs this often.
+    orphan_check_ms: int = 10 * 60 * 1000
 
     @property
     def scheme(self) -> str:

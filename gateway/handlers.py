@@ -81,7 +81,9 @@ def _broker(request: web.Request) -> Broker:
     return request.app[BROKER]
 
 
-def partition_json(part: PartitionRecord, start: int, end: int) -> dict[str, Any]:
+def partition_json(
+    part: PartitionRecord, start: int, end: int, storage: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "id": part.partition_id,
         "state": part.state.value,
@@ -90,13 +92,16 @@ def partition_json(part: PartitionRecord, start: int, end: int) -> dict[str, Any
         "children": list(part.children),
         "start_offset": start,
         "end_offset": part.end_offset if part.end_offset is not None else end,
+        **(storage or {}),
     }
 
 
 async def describe(broker: Broker, view: TopicView) -> dict[str, Any]:
     offsets = await broker.partition_offsets(view)
+    storage = await broker.partition_storage(view)
     partitions = [
-        partition_json(part, *offsets[pid]) for pid, part in sorted(view.partitions.items())
+        partition_json(part, *offsets[pid], storage.get(pid))
+        for pid, part in sorted(view.partitions.items())
     ]
     return {
         "name": view.record.name,
@@ -110,6 +115,11 @@ async def describe(broker: Broker, view: TopicView) -> dict[str, Any]:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    broker = request.app.get(BROKER)
+    tiered = broker.tiered if broker is not None else None
+    if tiered is not None and tiered.failed is not None:
+        # A tiering loop died: nothing is uploaded or cleaned any more; restart the server.
+        return json_response({"status": "unhealthy", "reason": "tiered storage stopped"}, 503)
     return json_response({"status": "ok"})
 
 

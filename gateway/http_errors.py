@@ -62,7 +62,10 @@ _PUBLIC_MESSAGES = {
     "storage_io_error": "the server could not store the data durably; retry",
     "partition_unavailable": "the partition is recovering from a storage failure; retry later",
     "partition_closed": "the partition is closing or moving; retry",
+    "storage_backpressure": "too much data waits for upload to object storage; retry later",
 }
+# Server-side answers whose message and details are meant for the client (no internals).
+_EXPLAINED_5XX = frozenset({"offset_not_local"})
 
 
 def _retry_after(exc: EventBusError) -> str:
@@ -81,7 +84,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {"Retry-After": _retry_after(exc)} if exc.retriable else None
         if exc.status == 401:
             headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="eventbus"'}
-        if exc.status >= 500:
+        if exc.status >= 500 and exc.code not in _EXPLAINED_5XX:
             log.warning("%s %s failed: %s (%s)", request.method, request.path, exc.code, exc)
             message = _PUBLIC_MESSAGES.get(exc.code, "the server failed to handle the request")
             return error_response(exc.status, exc.code, message, None, headers)

@@ -447,7 +447,11 @@ class Catalog(Protocol):
     # --- remote segments -----------------------------------------------------------------
 
     async def add_remote_segment(self, record: RemoteSegmentRecord) -> RemoteSegmentRecord:
-        """Record a segment whose copy is starting; its state must be copy-started."""
+        """Record a segment whose copy is starting; its state must be copy-started.
+
+        A deleted or unknown topic incarnation raises :class:`TopicNotFoundError`, so that
+        no copy can start after a topic's objects were cleaned up.
+        """
         ...
 
     async def set_remote_segment_state(
@@ -471,6 +475,21 @@ class Catalog(Protocol):
         self, tenant: str, incarnation: str, partition_id: int, base_offset: int
     ) -> None:
         """Forget a segment whose objects are deleted; it must be delete-started."""
+        ...
+
+    async def list_remote_segments_in_state(
+        self,
+        state: RemoteSegmentState,
+        *,
+        after: tuple[str, str, int, int] | None = None,
+        limit: int = 1000,
+    ) -> list[RemoteSegmentRecord]:
+        """Rows in ``state`` across every tenant, topic and partition, ordered by (tenant,
+        incarnation, partition id, base offset), starting after ``after`` (pagination).
+
+        Tiered storage uses it at start and when cleaning up: copies that never finished,
+        deletions that a crash interrupted.
+        """
         ...
 
     # --- usage -----------------------------------------------------------------------------

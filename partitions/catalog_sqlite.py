@@ -1201,6 +1201,15 @@ class SqliteCatalog:
                 raise RemoteSegmentStateError("a remote segment starts as copy-started")
             if record.last_offset < record.base_offset:
                 raise InvalidOffsetError("a remote segment's last offset is below its base")
+            topic = conn.execute(
+                "SELECT deleted_ms FROM topics WHERE tenant = ? AND incarnation = ?",
+                (record.tenant, record.incarnation),
+            ).fetchone()
+            if topic is None or topic["deleted_ms"] is not None:
+                raise TopicNotFoundError(
+                    f"no live topic incarnation {record.incarnation}",
+                    incarnation=record.incarnation,
+                )
             try:
                 conn.execute(
                     "INSERT INTO remote_segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
@@ -1287,6 +1296,25 @@ class SqliteCatalog:
             )
 
         await self._tx(op)
+
+    async def list_remote_segments_in_state(
+        self,
+        state: RemoteSegmentState,
+        *,
+        after: tuple[str, str, int, int] | None = None,
+        limit: int = 1000,
+    ) -> list[RemoteSegmentRecord]:
+        def op(conn: sqlite3.Connection) -> list[RemoteSegmentRecord]:
+            start = after or ("", "", -1, -1)
+            rows = conn.execute(
+                "SELECT * FROM remote_segments WHERE state = ? "
+                "AND (tenant, incarnation, partition_id, base_offset) > (?, ?, ?, ?) "
+                "ORDER BY tenant, incarnation, partition_id, base_offset LIMIT ?",
+                (state.value, *start, limit),
+            )
+            return [self._segment(r) for r in rows]
+
+        return await self._tx(op)
 
     # --- usage ---------------------------------------------------------------------------
 

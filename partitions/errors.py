@@ -68,6 +68,20 @@ class OffsetOutOfRangeError(EventBusError):
     status = 416
 
 
+class OffsetNotLocalError(EventBusError):
+    """An offset inside the log (at or above its start) whose data lives only in object
+    storage: local retention removed the local copy after it was uploaded.
+
+    Reading tiered data back is not part of this build, so the answer is final for now
+    (not retriable); ``details`` carries ``offset``, the log's ``start_offset``, its
+    ``local_start_offset`` (where local data begins) and ``high_watermark``, so that a
+    client can move on to data it can read. It is never a 416: the offset is valid.
+    """
+
+    code = "offset_not_local"
+    status = 501
+
+
 # --- state conflicts -------------------------------------------------------------------------
 
 
@@ -106,6 +120,16 @@ class StorageIOError(EventBusError):
     """
 
     code = "storage_io_error"
+    status = 503
+    retriable = True
+
+
+class StorageBackpressureError(EventBusError):
+    """Too much data waits for upload to object storage (the store is down or slow), so
+    produce is refused rather than fill the disk or block. It clears by itself once
+    uploads catch up."""
+
+    code = "storage_backpressure"
     status = 503
     retriable = True
 

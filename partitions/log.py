@@ -19,9 +19,16 @@ the partition closes its files and reopens them with recovery before it writes a
 disk (``ENOSPC``) fails only the appends of that write; the file is cut back to where it
 was, so the log stays readable and consistent, and appends work again once space is freed.
 
+The *log start* (the first offset a reader may ask for) and the *local start* (the first
+offset whose segment is on this disk) are kept apart: with tiered storage, local retention
+drops segments that are safely in object storage without moving the log start, and reads
+between the two answer :class:`~partitions.errors.OffsetNotLocalError` rather than a 416.
+The log start is persisted in ``partition.json`` before any segment below it is deleted.
+
 Directory layout::
 
-    partition.json          {"format_version": 1, "sealed": bool, "end_offset": int|null}
+    partition.json          {"format_version": 1, "sealed": bool, "end_offset": int|null,
+                             "log_start_offset": int}
     00000000000000000000.log / .index / .timeindex
     00000000000000004711.log / .index / .timeindex
     ...
@@ -60,6 +67,7 @@ from partitions.errors import (
     CorruptLogError,
     DiskFullError,
     EventBusError,
+    OffsetNotLocalError,
     OffsetOutOfRangeError,
     PartitionClosedError,
     PartitionSealedError,
@@ -68,10 +76,14 @@ from partitions.errors import (
 )
 from partitions.fileio import FileOps, WriteFailedError, pread_exact
 from partitions.segment import (
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    TIME_INDEX_SUFFIX,
     Segment,
     TailRecovery,
     list_segment_bases,
     remove_strays,
+    segment_name,
 )
 
 log = logging.getLogger(__name__)
@@ -172,12 +184,37 @@ class SegmentInfo:
     next_offset: int
     size_bytes: int
     active: bool
+    # Known for segments described by :meth:`PartitionLog.segment_details`; else None.
+    first_timestamp_ms: int | None = None
+    max_timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentFiles:
+    """The three files of one segment (they exist while the segment is in the log)."""
+
+    log: Path
+    index: Path
+    time_index: Path
+
+    @classmethod
+    def of(cls, directory: Path, base_offset: int) -> SegmentFiles:
+        name = segment_name(base_offset)
+        return cls(
+            directory / (name + LOG_SUFFIX),
+            directory / (name + INDEX_SUFFIX),
+            directory / (name + TIME_INDEX_SUFFIX),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class LogStats:
+    # The log start: the first offset readers may ask for, locally or (tiered) remotely.
     start_offset: int
     end_offset: int
+    # The first offset whose segment is on local disk (at or below ``start_offset`` unless
+    # local retention removed uploaded segments); ``size_bytes`` counts local bytes.
+    local_start_offset: int
     size_bytes: int
     segment_count: int
     sealed: bool
@@ -193,6 +230,7 @@ class _Loaded(NamedTuple):
     segments: list[Segment]
     sealed: bool
     end_offset: int
+    log_start: int
 
 
 # (directory, segment base offset, durable log size, durable index entries)
@@ -226,6 +264,7 @@ class PartitionLog:
         executor: Executor | None,
         writer_pool: Executor,
         clock_ms: Callable[[], int],
+        on_roll: Callable[[], None] | None = None,
     ) -> None:
         self.directory = directory
         self.config = config
@@ -238,6 +277,10 @@ class PartitionLog:
         self._segments: list[Segment] = []
         self._sealed = False
         self._high_watermark = 0
+        # Only rises; written from the loop and from the drain, under _start_lock.
+        self._log_start = 0
+        self._start_lock = threading.Lock()
+        self._on_roll = on_roll
         self._pending: deque[_Append | _Control] = deque()
         self._drain_lock = threading.Lock()
         self._draining = False
@@ -252,6 +295,7 @@ class PartitionLog:
         # Writer-side state, owned by the drain's thread.
         self._w_sealed = False
         self._w_end = 0
+        self._w_log_start = 0
         self._in_flight: list[_Append | _Control] = []
         # Set while no drain runs: close() waits for it.
         self._idle = threading.Event()
@@ -275,11 +319,14 @@ class PartitionLog:
         executor: Executor | None = None,
         writer_pool: Executor | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        on_roll: Callable[[], None] | None = None,
     ) -> PartitionLog:
         """Open (or create) the log in ``directory``, recovering the tail of the last segment.
 
         ``executor`` runs reads (default: the loop's); ``writer_pool`` runs drains
-        (default: one pool per process, see :func:`default_writer_pool`).
+        (default: one pool per process, see :func:`default_writer_pool`). ``on_roll`` is
+        called on the event loop whenever a segment stops taking appends (a roll or a
+        seal), so that tiered storage can upload it soon.
         """
         self = cls(
             directory,
@@ -288,11 +335,13 @@ class PartitionLog:
             executor,
             writer_pool or default_writer_pool(),
             clock_ms,
+            on_roll,
         )
         loaded = await self._run(self._load)
         self._segments = loaded.segments
         self._sealed = self._w_sealed = loaded.sealed
         self._high_watermark = self._w_end = loaded.end_offset
+        self._log_start = loaded.log_start
         self._arm_roll_timer()
         return self
 
@@ -308,8 +357,11 @@ class PartitionLog:
                 )
             sealed = bool(meta["sealed"])
             sealed_end = meta.get("end_offset")
+            # Absent in files written before tiered storage: the first segment's base.
+            stored_start: int | None = meta.get("log_start_offset")
         else:
-            sealed, sealed_end = False, None
+            sealed, sealed_end, stored_start = False, None, 0
+            self._w_log_start = 0
             self._write_meta(sealed=False, end_offset=None)
         bases = list_segment_bases(self.directory)
         remove_strays(self.directory, bases)
@@ -340,10 +392,28 @@ class PartitionLog:
                 segment.close()
             raise
         end = segments[-1].next_offset if segments else int(sealed_end or 0)
-        return _Loaded(segments, sealed, end)
+        local_start = segments[0].base_offset if segments else end
+        log_start = min(local_start if stored_start is None else int(stored_start), end)
+        self._w_log_start = log_start
+        if stored_start != log_start:
+            self._write_meta(sealed=sealed, end_offset=sealed_end)
+        # A crash between persisting a higher log start and deleting the segments below it
+        # leaves them here: finish the deletion (never the last segment).
+        doomed = [s for s in segments[:-1] if s.next_offset <= log_start]
+        if doomed:
+            segments = segments[len(doomed) :]
+            for segment in doomed:
+                segment.delete()
+            self._ops.fsync_dir(self.directory)
+        return _Loaded(segments, sealed, end, log_start)
 
     def _write_meta(self, *, sealed: bool, end_offset: int | None) -> None:
-        body = {"format_version": META_FORMAT_VERSION, "sealed": sealed, "end_offset": end_offset}
+        body = {
+            "format_version": META_FORMAT_VERSION,
+            "sealed": sealed,
+            "end_offset": end_offset,
+            "log_start_offset": self._w_log_start,
+        }
         self._ops.replace_file(self.directory / META_FILE, json.dumps(body).encode())
 
     async def close(self) -> None:
@@ -392,8 +462,20 @@ class PartitionLog:
 
     @property
     def start_offset(self) -> int:
+        """The log start: offsets below it are gone (416); it only rises."""
+        return min(self._log_start, self._high_watermark)
+
+    @property
+    def local_start_offset(self) -> int:
+        """The first offset held on local disk; below it (down to the log start) the data is
+        only in object storage."""
         segments = self._segments
         return segments[0].base_offset if segments else self._high_watermark
+
+    def _raise_log_start(self, offset: int) -> None:
+        with self._start_lock:
+            if offset > self._log_start:
+                self._log_start = offset
 
     @property
     def sealed(self) -> bool:
@@ -415,6 +497,7 @@ class PartitionLog:
         return LogStats(
             start_offset=self.start_offset,
             end_offset=self._high_watermark,
+            local_start_offset=segments[0].base_offset if segments else self._high_watermark,
             size_bytes=sum(s.durable_size for s in segments),
             segment_count=len(segments),
             sealed=self._sealed,
@@ -523,11 +606,49 @@ class PartitionLog:
         return result
 
     async def delete_segments_below(self, offset: int) -> list[SegmentInfo]:
-        """Delete the segments whose records are all below ``offset`` (never the active one)."""
+        """Delete the segments whose records are all below ``offset`` (never the active one);
+        the log start moves up to the first segment left."""
         result: list[SegmentInfo] = await self._control(
             partial(self._retain, None, None, offset, delete_all_below=True)
         )
         return result
+
+    async def advance_start(self, offset: int) -> list[SegmentInfo]:
+        """Move the log start up to ``offset`` (never down, never past the high watermark),
+        then delete the local segments whose records all lie below it.
+
+        Reads below the new start answer :class:`OffsetOutOfRangeError` from the moment
+        this is called. The new start is persisted before any file is deleted. Answers the
+        deleted segments.
+        """
+        target = min(offset, self._high_watermark)
+        self._raise_log_start(target)
+        result: list[SegmentInfo] = await self._control(partial(self._advance_start, target))
+        return result
+
+    async def delete_local_below(self, offset: int) -> list[SegmentInfo]:
+        """Delete the local segments whose records all lie below ``offset`` *without* moving
+        the log start: tiered storage holds them (local retention). Never the active one."""
+        result: list[SegmentInfo] = await self._control(
+            partial(self._retain, None, None, offset, delete_all_below=True, move_start=False)
+        )
+        return result
+
+    async def segment_details(self) -> list[SegmentInfo]:
+        """Every segment with its first and largest record timestamps (computed on a reader
+        thread, once per segment; ``None`` for an empty segment)."""
+        self._check_readable()
+        active = None if self._sealed or not self._segments else self._segments[-1]
+        pinned = [(s, s.durable_size) for s in self._segments if s.pin()]
+        try:
+            return await self._run(_describe_segments, pinned, active)
+        finally:
+            for segment, _ in pinned:
+                segment.unpin()
+
+    def segment_files(self, base_offset: int) -> SegmentFiles:
+        """Where segment ``base_offset``'s files are (whether or not it still exists)."""
+        return SegmentFiles.of(self.directory, base_offset)
 
     # The methods below run on the drain's thread. They change writer-side state only;
     # what the event loop shows (high watermark, sealed) changes in callbacks they post,
@@ -546,6 +667,14 @@ class PartitionLog:
             raise
         self._segments = [*segments, new]
         self._post(self._arm_roll_timer)
+        self._post(self._segment_rolled)
+
+    def _segment_rolled(self) -> None:
+        if self._on_roll is not None and not self._closed:
+            try:
+                self._on_roll()
+            except Exception:
+                log.exception("partition %s: the roll listener failed", self.directory)
 
     def _roll_if_due(self, segment: Segment) -> None:
         segments = self._segments
@@ -574,6 +703,7 @@ class PartitionLog:
         if self._roll_timer is not None:
             self._roll_timer.cancel()
         self._notify_data()
+        self._segment_rolled()
 
     def _retain(
         self,
@@ -582,6 +712,7 @@ class PartitionLog:
         max_offset: int | None,
         *,
         delete_all_below: bool = False,
+        move_start: bool = True,
     ) -> list[SegmentInfo]:
         segments = self._segments
         candidates = segments if self._w_sealed else segments[:-1]
@@ -604,12 +735,29 @@ class PartitionLog:
         if not count:
             return []
         doomed = segments[:count]
+        if move_start:
+            new_start = segments[count].base_offset if count < len(segments) else self._w_end
+            self._persist_log_start(new_start)
+            # Raised before the segments leave the list: a reader never sees a gap between
+            # the log start and the local start that is not in object storage.
+            self._raise_log_start(new_start)
         self._segments = segments[count:]
         for segment in doomed:
             segment.delete()
         self._ops.fsync_dir(self.directory)
         self._post(self._notify_data)
         return [SegmentInfo(s.base_offset, s.next_offset, s.size, False) for s in doomed]
+
+    def _persist_log_start(self, offset: int) -> None:
+        if offset > self._w_log_start:
+            self._w_log_start = offset
+            self._write_meta(
+                sealed=self._w_sealed, end_offset=self._w_end if self._w_sealed else None
+            )
+
+    def _advance_start(self, offset: int) -> list[SegmentInfo]:
+        self._persist_log_start(offset)
+        return self._retain(None, None, offset, delete_all_below=True, move_start=False)
 
     # --- the drain -------------------------------------------------------------------------
 
@@ -887,6 +1035,7 @@ class PartitionLog:
 
     def _after_reopen(self, loaded: _Loaded) -> None:
         self._high_watermark = max(self._high_watermark, loaded.end_offset)
+        self._raise_log_start(loaded.log_start)
         self._sealed = loaded.sealed
         self._notify_data()
         self._arm_roll_timer()
@@ -954,6 +1103,16 @@ class PartitionLog:
                 f"offset {offset} is outside the partition's range [{start}, {hw}]",
                 offset=offset,
                 start_offset=start,
+                high_watermark=hw,
+            )
+        local = self.local_start_offset
+        if offset < local:
+            raise OffsetNotLocalError(
+                f"offset {offset} is in tiered storage only (local data starts at {local}); "
+                "reading tiered data back is not supported yet",
+                offset=offset,
+                start_offset=start,
+                local_start_offset=local,
                 high_watermark=hw,
             )
 
@@ -1039,7 +1198,7 @@ class PartitionLog:
         """(base offset, producer tag) of every durable batch with a tag, in segments
         written to at or after ``since_ms`` (wall clock, by file modification time)."""
         self._check_readable()
-        start, hw = self.start_offset, self._high_watermark
+        start, hw = self.local_start_offset, self._high_watermark
         pinned = self._pin_from(start) if start < hw else []
         try:
             return await self._run(_collect_tags, pinned, since_ms)
@@ -1071,15 +1230,29 @@ class PartitionLog:
     async def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         """The first offset whose record timestamp is at least ``timestamp_ms``.
 
-        ``None`` when no record that is still in the log is that new.
+        ``None`` when no record that is still in the log is that new. Only local data is
+        searched: when the answer is the first local record and older data lives in tiered
+        storage only, an older record there may qualify too, so this raises
+        :class:`OffsetNotLocalError` rather than answer what may be wrong.
         """
         self._check_readable()
-        pinned = self._pin_from(self.start_offset)
+        local, start = self.local_start_offset, self.start_offset
+        pinned = self._pin_from(local)
         try:
-            return await self._run(_find_timestamp, pinned, timestamp_ms)
+            found = await self._run(_find_timestamp, pinned, timestamp_ms)
         finally:
             for segment, _ in pinned:
                 segment.unpin()
+        if found is not None and found <= local and start < local:
+            raise OffsetNotLocalError(
+                f"the first record at or after {timestamp_ms} may be in tiered storage, "
+                "which cannot be searched yet",
+                timestamp_ms=timestamp_ms,
+                start_offset=start,
+                local_start_offset=local,
+                high_watermark=self._high_watermark,
+            )
+        return found
 
     async def wait_for_data(self, offset: int, timeout_s: float) -> bool:
         """Wait until there is a record at ``offset`` or the timeout passes.
@@ -1152,6 +1325,31 @@ def _collect_records(
                 pos += header.total_size
             position += len(data)
     return records
+
+
+def _describe_segments(
+    pinned: Sequence[tuple[Segment, int]], active: Segment | None
+) -> list[SegmentInfo]:
+    out = []
+    for segment, size in pinned:
+        newest = None if segment is active else segment.ensure_max_timestamp()
+        first = segment.first_timestamp
+        if first is None and size and segment is not active:
+            first = next(segment.scan(0, size, segment.base_offset, verify_crc=False))[
+                1
+            ].first_timestamp
+            segment.first_timestamp = first
+        out.append(
+            SegmentInfo(
+                segment.base_offset,
+                segment.next_offset,
+                size,
+                segment is active,
+                first,
+                newest,
+            )
+        )
+    return out
 
 
 def _collect_tags(pinned: Sequence[tuple[Segment, int]], since_ms: int) -> list[tuple[int, bytes]]:

@@ -16,12 +16,12 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from partitions.errors import PartitionUnavailableError
+from partitions.errors import OffsetNotLocalError, PartitionUnavailableError
 from partitions.log import (
     AppendResult,
     BatchRead,
@@ -29,8 +29,10 @@ from partitions.log import (
     LogStats,
     PartitionLog,
     ReadResult,
+    SegmentFiles,
     SegmentInfo,
 )
+from partitions.remote import RemoteLogReader
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -100,6 +102,30 @@ class PartitionWorker(Protocol):
         short after its topics were dropped)."""
         ...
 
+    # --- for tiered storage, which runs where the partition's files are ---------------------
+
+    def partition_keys(self) -> list[PartitionKey]:
+        """The partitions open here."""
+        ...
+
+    def segments(self, key: PartitionKey) -> list[SegmentInfo]:
+        """The partition's local segments, oldest first (no timestamps; no I/O)."""
+        ...
+
+    async def segment_details(self, key: PartitionKey) -> list[SegmentInfo]:
+        """The local segments with their first and largest record timestamps."""
+        ...
+
+    def segment_files(self, key: PartitionKey, base_offset: int) -> SegmentFiles: ...
+
+    async def advance_start(self, key: PartitionKey, offset: int) -> list[SegmentInfo]:
+        """Raise the log start (total retention) and delete the local segments below it."""
+        ...
+
+    async def delete_local_below(self, key: PartitionKey, offset: int) -> list[SegmentInfo]:
+        """Delete local segments below ``offset`` but keep the log start (local retention)."""
+        ...
+
     def totals(self) -> WorkerTotals: ...
 
     async def close(self) -> None: ...
@@ -108,8 +134,18 @@ class PartitionWorker(Protocol):
 class LocalPartitionWorker:
     """:class:`PartitionWorker` with every log in this process."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        on_roll: Callable[[PartitionKey], None] | None = None,
+        remote: RemoteLogReader | None = None,
+    ) -> None:
+        """``on_roll`` hears of every segment that stops taking appends (tiered storage
+        uploads it); ``remote`` reads offsets whose data is only in object storage."""
         self.root = data_dir / "topics"
+        self.on_roll = on_roll
+        self.remote = remote
         self._logs: dict[PartitionKey, PartitionLog] = {}
         self._opening: dict[PartitionKey, asyncio.Future[PartitionLog]] = {}
         # Counters of logs already closed, so that totals never go down.
@@ -144,7 +180,9 @@ class LocalPartitionWorker:
         future: asyncio.Future[PartitionLog] = asyncio.get_running_loop().create_future()
         self._opening[key] = future
         try:
-            log = await PartitionLog.open(self.directory(key), config)
+            log = await PartitionLog.open(
+                self.directory(key), config, on_roll=lambda: self._rolled(key)
+            )
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: the caller gets the error itself
@@ -154,19 +192,39 @@ class LocalPartitionWorker:
         self._logs[key] = log
         future.set_result(log)
 
+    def _rolled(self, key: PartitionKey) -> None:
+        if self.on_roll is not None:
+            self.on_roll(key)
+
     async def append(self, key: PartitionKey, batch: bytes) -> AppendResult:
         return await self.log(key).append(batch)
 
     async def read(
         self, key: PartitionKey, offset: int, *, max_records: int, max_bytes: int
     ) -> ReadResult:
-        return await self.log(key).read(offset, max_records=max_records, max_bytes=max_bytes)
+        try:
+            return await self.log(key).read(offset, max_records=max_records, max_bytes=max_bytes)
+        except OffsetNotLocalError:
+            if self.remote is None:
+                raise
+            return await self.remote.read(key, offset, max_records=max_records, max_bytes=max_bytes)
 
     async def read_batches(self, key: PartitionKey, offset: int, *, max_bytes: int) -> BatchRead:
-        return await self.log(key).read_batches(offset, max_bytes=max_bytes)
+        try:
+            return await self.log(key).read_batches(offset, max_bytes=max_bytes)
+        except OffsetNotLocalError:
+            if self.remote is None:
+                raise
+            return await self.remote.read_batches(key, offset, max_bytes=max_bytes)
 
     async def offset_for_timestamp(self, key: PartitionKey, timestamp_ms: int) -> int | None:
-        return await self.log(key).offset_for_timestamp(timestamp_ms)
+        try:
+            return await self.log(key).offset_for_timestamp(timestamp_ms)
+        except OffsetNotLocalError:
+            if self.remote is None:
+                raise
+            found = await self.remote.offset_for_timestamp(key, timestamp_ms)
+            return found if found is not None else self.log(key).local_start_offset
 
     async def wait_for_data(self, key: PartitionKey, offset: int, timeout_s: float) -> bool:
         return await self.log(key).wait_for_data(offset, timeout_s)
@@ -191,6 +249,24 @@ class LocalPartitionWorker:
         return await self.log(key).enforce_retention(
             retention_ms=retention_ms, retention_bytes=retention_bytes, max_offset=max_offset
         )
+
+    def partition_keys(self) -> list[PartitionKey]:
+        return list(self._logs)
+
+    def segments(self, key: PartitionKey) -> list[SegmentInfo]:
+        return self.log(key).segments()
+
+    async def segment_details(self, key: PartitionKey) -> list[SegmentInfo]:
+        return await self.log(key).segment_details()
+
+    def segment_files(self, key: PartitionKey, base_offset: int) -> SegmentFiles:
+        return SegmentFiles.of(self.directory(key), base_offset)
+
+    async def advance_start(self, key: PartitionKey, offset: int) -> list[SegmentInfo]:
+        return await self.log(key).advance_start(offset)
+
+    async def delete_local_below(self, key: PartitionKey, offset: int) -> list[SegmentInfo]:
+        return await self.log(key).delete_local_below(offset)
 
     def totals(self) -> WorkerTotals:
         """Counters summed over every log this worker has had open."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from yarl import URL
 
 from gateway.app import create_app
 from gateway.config import ServerConfig
+from tests.s3 import moto_server
 from tests.servers import read_credentials
 
 ADMIN_KEY = "ebk_test-admin-key-for-the-suite-only"
@@ -110,3 +111,11 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     client = await start_api(tmp_path / "data")
     yield client
     await stop_api(client)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on loopback for the whole session (each test makes its own bucket),
+    with fake credentials in the environment."""
+    with moto_server() as url:
+        yield url

@@ -7,6 +7,7 @@ parameters and must pass the same tests unchanged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sqlite3
 from collections.abc import AsyncIterator
@@ -486,6 +487,60 @@ async def test_remote_segments_follow_kip_405_states(catalog: Catalog) -> None:
     with pytest.raises(RemoteSegmentNotFoundError):
         await catalog.remove_remote_segment("acme", inc, 0, 0)
     assert [s.base_offset for s in await catalog.list_remote_segments("acme", inc, 0)] == [10, 20]
+
+
+async def test_no_copy_starts_for_a_deleted_or_unknown_topic(catalog: Catalog) -> None:
+    topic, _ = await catalog.create_topic("acme", "orders", {})
+    inc = topic.incarnation
+    await catalog.add_remote_segment(_segment(inc, 0, RemoteSegmentState.COPY_STARTED))
+    with pytest.raises(TopicNotFoundError):
+        await catalog.add_remote_segment(
+            _segment("no-such-incarnation", 0, RemoteSegmentState.COPY_STARTED)
+        )
+    await catalog.delete_topic("acme", "orders")
+    with pytest.raises(TopicNotFoundError):
+        await catalog.add_remote_segment(_segment(inc, 10, RemoteSegmentState.COPY_STARTED))
+    # Rows that were there stay until the incarnation is purged.
+    assert [s.base_offset for s in await catalog.list_remote_segments("acme", inc, 0)] == [0]
+    await catalog.purge_topic("acme", inc)
+    assert await catalog.list_remote_segments("acme", inc, 0) == []
+
+
+async def test_remote_segments_listed_by_state_across_topics(catalog: Catalog) -> None:
+    await catalog.create_tenant("zeta")
+    started, finished = RemoteSegmentState.COPY_STARTED, RemoteSegmentState.COPY_FINISHED
+    expected = []
+    for tenant in ("zeta", "acme"):
+        for name in ("b", "a"):
+            topic, _ = await catalog.create_topic(tenant, name, {})
+            for pid in (1, 0):
+                for base in (10, 0):
+                    row = dataclasses.replace(
+                        _segment(topic.incarnation, base, started),
+                        tenant=tenant,
+                        partition_id=pid,
+                    )
+                    await catalog.add_remote_segment(row)
+                    if base == 0:
+                        await catalog.set_remote_segment_state(
+                            tenant, topic.incarnation, pid, 0, from_state=started, to_state=finished
+                        )
+                    else:
+                        expected.append((tenant, topic.incarnation, pid, base))
+    expected.sort()
+    listed = await catalog.list_remote_segments_in_state(started)
+    assert [(r.tenant, r.incarnation, r.partition_id, r.base_offset) for r in listed] == expected
+    assert all(r.state is started for r in listed)
+    # Page by page, each page continuing after the last row of the one before.
+    paged: list[tuple[str, str, int, int]] = []
+    after = None
+    while page := await catalog.list_remote_segments_in_state(started, after=after, limit=3):
+        assert len(page) <= 3
+        paged.extend((r.tenant, r.incarnation, r.partition_id, r.base_offset) for r in page)
+        after = paged[-1]
+    assert paged == expected
+    assert len(await catalog.list_remote_segments_in_state(finished)) == len(expected)
+    assert await catalog.list_remote_segments_in_state(RemoteSegmentState.DELETE_STARTED) == []
 
 
 # --- usage --------------------------------------------------------------------------------

@@ -39,6 +39,12 @@ async def test_put_topic_creates_confirms_and_refuses_another_config(api: Api) -
         "children": [],
         "start_offset": 0,
         "end_offset": 0,
+        "local_start_offset": 0,
+        "local_bytes": 0,
+        "remote_start_offset": None,
+        "remote_end_offset": None,
+        "remote_bytes": 0,
+        "segments_pending_upload": 0,
     }
     assert (await api.call("PUT", "/v1/topics/orders", json={"retention_ms": 60000}))[0] == 200
     status, body = await api.call("PUT", "/v1/topics/orders", json={"retention_ms": 1})
