@@ -37,13 +37,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -59,10 +56,10 @@ from gateway.broker import Broker
 from gateway.http_errors import Handler
 from gateway.keys import CONFIG, METRICS
 from gateway.tenancy import ADMIN_PREFIX, CONSUME_ROUTES, PRODUCE_CHARGE, TENANCY, produce_cost
+from gateway.tiering import OBJECT_STORE
 from partitions.batch import NewRecord
 from partitions.catalog import HOUR_MS, Catalog, UsageCounters, UsageRecord
-from partitions.errors import EventBusError, InvalidInputError, TenantNotFoundError
-from partitions.fileio import FileOps
+from partitions.errors import EventBusError, TenantNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +119,10 @@ class Footprint(Protocol):
     async def active_partitions(self, tenant: str) -> int: ...
 
 
-class LocalFootprint:
-    """Stored bytes of the partition logs on local disk, active partitions from the
-    catalog. Tiered storage makes ``stored_bytes`` local plus remote-only bytes."""
+class BrokerFootprint:
+    """Stored bytes as the broker counts them (every partition's local log, plus the bytes
+    of segments that are only in the object store: each byte once), and active partitions
+    from the catalog."""
 
     def __init__(self, broker: Broker, catalog: Catalog) -> None:
         self._broker = broker
@@ -389,72 +387,19 @@ def meter_delivered(request: web.Request, records: int, nbytes: int) -> None:
 # --- the hourly export -----------------------------------------------------------------------
 
 
-class PutOutcome(StrEnum):
-    CREATED = "created"
-    ALREADY_EXISTS = "already_exists"
+CREATED = "created"
 
 
 class ObjectSink(Protocol):
     """The one call of an object store the export needs: a create-only put.
 
     It never replaces an object: if ``key`` exists it changes nothing and answers
-    ``"already_exists"``, else the object appears whole and it answers ``"created"``
-    (tiered storage's ``ObjectStore.put`` answers a ``PutResult`` with these values).
+    ``"already_exists"``, else the object appears whole and it answers ``"created"``.
+    Tiered storage's :class:`~tiered_storage.objects.ObjectStore` is one (its ``PutResult``
+    is a string enum of these values); the export needs nothing else of it.
     """
 
     async def put(self, key: str, source: bytes | Path) -> str: ...
-
-
-class InvalidObjectKeyError(InvalidInputError):
-    code = "invalid_object_key"
-
-
-class DirectoryObjectStore:
-    """:class:`ObjectSink` in a local directory, until tiered storage's store replaces it.
-
-    A put writes ``.tmp/<random>`` under the root, fsyncs it, gives it its name with a hard
-    link (which, unlike a rename, fails if the name exists), removes the temporary name and
-    fsyncs the directory: an object appears whole or not at all, and never twice.
-    """
-
-    def __init__(self, root: Path, ops: FileOps | None = None) -> None:
-        self.root = root
-        self._ops = ops or FileOps()
-
-    def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if any(not part or part.startswith(".") or "\0" in part for part in parts):
-            raise InvalidObjectKeyError(f"not an object key: {key!r}")
-        return self.root.joinpath(*parts)
-
-    async def put(self, key: str, source: bytes | Path) -> PutOutcome:
-        path = self._path(key)
-        return await asyncio.to_thread(self._put, path, source)
-
-    def _put(self, path: Path, source: bytes | Path) -> PutOutcome:
-        if path.exists():
-            return PutOutcome.ALREADY_EXISTS
-        data = source if isinstance(source, bytes) else source.read_bytes()
-        tmp_dir = self.root / ".tmp"
-        self._ops.make_dirs(tmp_dir)
-        self._ops.make_dirs(path.parent)
-        tmp = tmp_dir / f"{secrets.token_hex(12)}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                self._ops.write_all(fd, [data], 0)
-                self._ops.fdatasync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return PutOutcome.ALREADY_EXISTS
-            self._ops.fsync_dir(path.parent)
-            return PutOutcome.CREATED
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
 
 
 def export_key(tenant: str, hour_ms: int) -> str:
@@ -527,7 +472,7 @@ class UsageExporter:
             outcome = await self._sink.put(
                 export_key(row.tenant, hour_ms), orjson.dumps(line) + b"\n"
             )
-            if outcome == PutOutcome.CREATED:
+            if outcome == CREATED:
                 created += 1
         self.created += created
         return created
@@ -605,12 +550,12 @@ async def run_metering(metering: Metering, flush_s: float, sample_s: float) -> N
 
 
 async def metering_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The meter and its task: after the tenancy entry (it needs the catalog and the
-    broker open), closed before them with a last sample and flush."""
+    """The meter and its task: after the entries it needs (the catalog, the object store,
+    the broker), closed before them with a last sample and flush."""
     config = app[CONFIG]
     tenancy = app[TENANCY]
     catalog = tenancy.catalog
-    meter = Meter(catalog, LocalFootprint(tenancy.broker, catalog), clock_ms=config.usage_clock_ms)
+    meter = Meter(catalog, BrokerFootprint(tenancy.broker, catalog), clock_ms=config.usage_clock_ms)
 
     async def plan_of(tenant: str) -> PricePlan | None:
         try:
@@ -619,8 +564,9 @@ async def metering_ctx(app: web.Application) -> AsyncIterator[None]:
             return None
         return config.default_plan.overlay(record.plan)
 
-    sink = DirectoryObjectStore(config.data_dir / OBJECTS_DIR)
-    exporter = UsageExporter(catalog, meter, sink, plan_of, delay_ms=config.usage_export_delay_ms)
+    exporter = UsageExporter(
+        catalog, meter, app[OBJECT_STORE], plan_of, delay_ms=config.usage_export_delay_ms
+    )
     metering = Metering(meter, exporter, config.default_plan, catalog)
     await meter.sample()  # the start of every tenant's storage interval
     app[METER] = meter
