@@ -754,3 +754,49 @@ async def test_a_flush_cancelled_while_writing_counts_once(
     (row,) = await catalog.list_usage(T0, T0 + H)
     assert row.counters == UsageCounters(records_out=3, bytes_out=30)
     assert (await meter.usage(T0, T0 + H))["acme"] == row.counters
+
+
+async def test_stored_bytes_count_each_byte_once_local_remote_or_both(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """With tiered storage (the default file:// store), segments are uploaded and then
+    leave the disk: the metered storage stays what was written, never doubled while a
+    segment is in both places, never lost once it is only in the object store."""
+    served = await open_api(tmp_path / "data", clock, retention_check_ms=100)
+    try:
+        config = {"segment_bytes": 1024, "local_retention_bytes": 2048}
+        assert (await served.call("PUT", "/v1/topics/t", json=config))[0] == 201
+        for i in range(60):
+            status, _ = await served.call(
+                "POST",
+                "/v1/topics/t/records",
+                json={"records": [{"value": f"{i:05d}" + "v" * 150}]},
+            )
+            assert status == 200
+
+        async def partition() -> dict[str, Any]:
+            return dict((await served.call("GET", "/v1/topics/t"))[1]["partitions"][0])
+
+        async def stored() -> int:
+            _, tenant = await served.call("GET", "/v1/admin/tenants/default", key=ADMIN_KEY)
+            return int(tenant["in_use"]["stored_bytes"])
+
+        written = await stored()
+        assert written > 60 * 155
+        for _ in range(600):  # uploads, then local retention, run on their own
+            part = await partition()
+            if part["segments_pending_upload"] == 0 and part["local_start_offset"] > 0:
+                break
+            await asyncio.sleep(0.05)
+        assert part["local_start_offset"] > 0 and part["remote_bytes"] > 0
+        assert part["local_bytes"] < written  # some segments are only remote now
+        assert await stored() == written
+        meter = served.server.app[METERING].meter
+        await meter.sample()
+        clock.advance(H)
+        used = await counters(
+            served, "default", **{"from": hour_text(T0), "to": hour_text(T0 + 2 * H)}
+        )
+        assert used["stored_byte_seconds"] == written * 3600
+    finally:
+        await stop_api(served)
