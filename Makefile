@@ -34,6 +34,7 @@ test: lint pytest
 bench: install
 	$(BIN)/python -m bench.log_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.http_bench --output docs/benchmarks.md
+	$(BIN)/python -m bench.autoscale_bench --output docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -18,7 +18,8 @@ from importlib import metadata
 
 from aiohttp import web
 
-from gateway import admin, handlers, usage
+from autoscaler.measure import Clock
+from gateway import admin, autoscaling, handlers, usage
 from gateway.auth import PRINCIPAL, Authenticator, auth_middleware, bootstrap
 from gateway.broker import Broker
 from gateway.config import ServerConfig
@@ -106,7 +107,7 @@ async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = LocalPartitionWorker(app[CONFIG].data_dir)
-    broker = Broker(app[CATALOG], worker)
+    broker = Broker(app[CATALOG], worker, meters=autoscaling.new_meters(app))
     attach_tiering(app, app[CATALOG], broker, worker)
     try:
         await broker.start()
@@ -183,7 +184,7 @@ async def _on_shutdown(app: web.Application) -> None:
         app[BROKER].groups.stopping.set()
 
 
-def create_app(config: ServerConfig) -> web.Application:
+def create_app(config: ServerConfig, *, autoscale_clock_ms: Clock | None = None) -> web.Application:
     scheduler = FairScheduler(
         config.max_concurrent_requests,
         config.max_queued_per_tenant,
@@ -217,6 +218,8 @@ def create_app(config: ServerConfig) -> web.Application:
             _retention_ctx,
         ]
     )
+    autoscaling.configure(app, clock_ms=autoscale_clock_ms)
+    app.cleanup_ctx.append(autoscaling.autoscaler_ctx)
     app.cleanup_ctx.append(metering_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app

@@ -63,6 +63,13 @@ def _port(text: str) -> int:
     return port
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eventbus", description="A self-hostable serverless event bus."
@@ -104,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=_env("retention-check-ms", "30000"),
         help="how often retention is applied (default 30000)",
+    )
+    serve.add_argument(
+        "--autoscale-interval-ms",
+        type=_positive_int,
+        default=_env("autoscale-interval-ms", "1000"),
+        help="how often the autoscaler evaluates every topic (default 1000)",
     )
     serve.add_argument(
         "--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING, ERROR"
@@ -445,6 +458,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         max_request_bytes=int(args.max_request_bytes),
         max_wait_ms=int(args.max_wait_ms),
         retention_check_ms=int(args.retention_check_ms),
+        autoscale_interval_ms=int(args.autoscale_interval_ms),
         admin_key=os.environ.get("EVENTBUS_ADMIN_KEY") or None,
         default_quotas=Quotas(**{name: getattr(args, "default_" + name) for name in QUOTA_NAMES}),
         max_concurrent_requests=int(args.max_concurrent_requests),

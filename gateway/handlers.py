@@ -10,7 +10,9 @@ from aiohttp import web
 
 from gateway import wire
 from gateway.auth import require_tenant
+from gateway.autoscaling import autoscale_json
 from gateway.broker import Broker, IdempotentRequest, TopicView, validate_topic_name
+from gateway.config import with_defaults
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.metering import meter_delivered, meter_produced
 from gateway.metrics import Metrics
@@ -105,9 +107,10 @@ async def describe(broker: Broker, view: TopicView) -> dict[str, Any]:
     ]
     return {
         "name": view.record.name,
-        "config": dict(view.record.config),
+        "config": with_defaults(view.record.config),
         "created_ms": view.record.created_ms,
         "partitions": partitions,
+        "autoscale": autoscale_json(broker, view),
     }
 
 

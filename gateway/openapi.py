@@ -715,6 +715,40 @@ def build_document(version: str) -> dict[str, Any]:
                             "segment_ms",
                             "max_record_bytes",
                         )
+                    }
+                    | {"autoscale": {"$ref": "#/components/schemas/AutoscaleConfig"}},
+                },
+                "AutoscaleConfig": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "description": "See docs/autoscaling.md; knobs left out keep their values",
+                    "properties": {
+                        "enabled": {"type": "boolean", "default": True},
+                        "split_bytes_per_s": {"type": "integer", "minimum": 1},
+                        "split_records_per_s": {"type": "integer", "minimum": 1},
+                        "window_s": {"type": "integer", "minimum": 1, "maximum": 3600},
+                        "merge_ratio": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "exclusiveMaximum": 1,
+                        },
+                        "merge_window_s": {"type": "integer", "minimum": 1},
+                        "cooldown_s": {"type": "integer", "minimum": 0},
+                        "min_partitions": {"type": "integer", "minimum": 1, "maximum": 1024},
+                        "max_partitions": {"type": "integer", "minimum": 1, "maximum": 1024},
+                    },
+                },
+                "AutoscaleStatus": {
+                    "type": "object",
+                    "description": "Measurements, hot keys, held-back changes and recent "
+                    "automatic changes (docs/autoscaling.md)",
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "evaluated_ms": {"type": ["integer", "null"]},
+                        "throughput": {"type": "array", "items": {"type": "object"}},
+                        "hot_keys": {"type": "array", "items": {"type": "object"}},
+                        "blocked": {"type": "array", "items": {"type": "object"}},
+                        "recent_changes": {"type": "array", "items": {"type": "object"}},
                     },
                 },
                 "Topic": {
@@ -727,6 +761,7 @@ def build_document(version: str) -> dict[str, Any]:
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Partition"},
                         },
+                        "autoscale": {"$ref": "#/components/schemas/AutoscaleStatus"},
                     },
                 },
                 "Partition": {
