@@ -31,7 +31,13 @@ pytest: install
 
 test: lint pytest
 
-bench: install
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python -m bench.log_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.http_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.autoscale_bench --output docs/benchmarks.md
