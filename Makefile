@@ -31,9 +31,16 @@ pytest: install
 
 test: lint pytest
 
-bench: install
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python -m bench.log_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.http_bench --output docs/benchmarks.md
+	$(BIN)/python -m bench.autoscale_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.cold_read_bench --output docs/benchmarks.md
 
 clean:

@@ -18,7 +18,8 @@ from importlib import metadata
 
 from aiohttp import web
 
-from gateway import admin, handlers
+from autoscaler.measure import Clock
+from gateway import admin, autoscaling, handlers, usage
 from gateway.auth import PRINCIPAL, Authenticator, auth_middleware, bootstrap
 from gateway.broker import Broker
 from gateway.config import ServerConfig
@@ -26,6 +27,7 @@ from gateway.fairness import FairScheduler
 from gateway.http_errors import Handler, error_middleware
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.logs import request_id
+from gateway.metering import METER, metering_ctx, metering_middleware
 from gateway.metrics import Metrics
 from gateway.openapi import build_document
 from gateway.quotas import QuotaBook
@@ -105,7 +107,7 @@ async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = LocalPartitionWorker(app[CONFIG].data_dir)
-    broker = Broker(app[CATALOG], worker)
+    broker = Broker(app[CATALOG], worker, meters=autoscaling.new_meters(app))
     attach_tiering(app, app[CATALOG], broker, worker)
     try:
         await broker.start()
@@ -182,7 +184,7 @@ async def _on_shutdown(app: web.Application) -> None:
         app[BROKER].groups.stopping.set()
 
 
-def create_app(config: ServerConfig) -> web.Application:
+def create_app(config: ServerConfig, *, autoscale_clock_ms: Clock | None = None) -> web.Application:
     scheduler = FairScheduler(
         config.max_concurrent_requests,
         config.max_queued_per_tenant,
@@ -194,6 +196,7 @@ def create_app(config: ServerConfig) -> web.Application:
             request_middleware,
             error_middleware,
             auth_middleware(lambda: app[AUTHENTICATOR], metrics_public=config.metrics_public),
+            metering_middleware(lambda: app[METER]),
             tenancy_middleware(lambda: app[TENANCY], scheduler),
         ],
     )
@@ -202,7 +205,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app[METRICS].watch_scheduler(scheduler)
     app[SCHEDULER] = scheduler
     app[OPENAPI] = build_document(_version())
-    for method, path, handler in handlers.ROUTES + admin.ROUTES:
+    for method, path, handler in handlers.ROUTES + admin.ROUTES + usage.ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.extend(
         [
@@ -215,5 +218,8 @@ def create_app(config: ServerConfig) -> web.Application:
             _retention_ctx,
         ]
     )
+    autoscaling.configure(app, clock_ms=autoscale_clock_ms)
+    app.cleanup_ctx.append(autoscaling.autoscaler_ctx)
+    app.cleanup_ctx.append(metering_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app

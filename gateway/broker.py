@@ -20,7 +20,9 @@ from typing import Any
 
 import xxhash
 
-from gateway.config import log_config, normalize_topic_config
+from autoscaler.loop import ScalingStatus, TopicSnapshot
+from autoscaler.measure import LoadMeters
+from gateway.config import log_config, normalize_topic_config, with_defaults
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog import (
     UNLIMITED,
@@ -92,8 +94,31 @@ def validate_topic_name(name: str) -> None:
         )
 
 
+# How often one produce request may meet a partition sealed under it (by another process)
+# and route again before it gives up; waiting out a split or merge here is not counted.
+MAX_SEALED_REROUTES = 8
+
+
 def key_hash(key: bytes) -> int:
     return int(xxhash.xxh3_64_intdigest(key))
+
+
+@dataclass(slots=True)
+class TopicGate:
+    """Produce to a topic waits on ``open``; a split or merge clears it, waits for
+    ``in_flight`` to reach zero (``idle``), reshapes the topic, and opens it again.
+
+    One gate serves every view of a topic incarnation: a view reloaded while requests still
+    run on an older one counts them too, so no append to a parent can slip past a change.
+    """
+
+    open: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self.open.set()
+        self.idle.set()
 
 
 @dataclass(slots=True)
@@ -105,11 +130,7 @@ class TopicView:
     active_starts: list[int] = field(default_factory=list)
     active_ids: list[int] = field(default_factory=list)
     keyless: itertools.count[int] = field(default_factory=itertools.count)
-    # Produce waits on ``open``; a split or merge clears it, waits for ``in_flight`` to
-    # reach zero (``idle``), reshapes the topic, and hands producers a new view.
-    open: asyncio.Event = field(default_factory=asyncio.Event)
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    in_flight: int = 0
+    gate: TopicGate = field(default_factory=TopicGate)
 
     def __post_init__(self) -> None:
         active = sorted(
@@ -117,8 +138,6 @@ class TopicView:
         )
         self.active_starts = [p.hash_range.start for p in active]
         self.active_ids = [p.partition_id for p in active]
-        self.open.set()
-        self.idle.set()
 
     def route(self, key: bytes) -> int:
         return self.active_ids[bisect.bisect_right(self.active_starts, key_hash(key)) - 1]
@@ -143,9 +162,16 @@ class Broker:
         worker: PartitionWorker,
         *,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        meters: LoadMeters | None = None,
     ) -> None:
         self.catalog = catalog
         self.worker = worker
+        # Throughput per partition, counted per appended batch (the autoscaler's input).
+        self.meters = meters if meters is not None else LoadMeters(key_hash)
+        self.scaling = ScalingStatus()
+        # Splits and merges done, and how long produce to their topic was held for them.
+        self.reshapes = 0
+        self.reshape_pause_s = 0.0
         self._clock_ms = clock_ms
         self._views: dict[tuple[str, str], TopicView] = {}
         self.groups = GroupCoordinator(catalog, worker, clock_ms=clock_ms)
@@ -208,14 +234,20 @@ class Broker:
         return self._topic_locks.setdefault((tenant, name), asyncio.Lock())
 
     async def _load_view(self, tenant: str, name: str) -> TopicView:
-        """Read the topic from the catalog, make it the current view, open its logs."""
+        """Read the topic from the catalog, open its logs, make it the current view."""
         record = await self.catalog.get_topic(tenant, name)
         partitions = await self.catalog.list_partitions(tenant, name)
-        view = TopicView(record, {p.partition_id: p for p in partitions})
-        self._views[(tenant, name)] = view
         config = log_config(record.config)
+        # Every log is open before the view is seen: a reader of a new child must find it.
         for partition in partitions:
-            await self.worker.open_partition(view.key(partition.partition_id), config)
+            key = PartitionKey(tenant, record.incarnation, partition.partition_id)
+            await self.worker.open_partition(key, config)
+        old = self._views.get((tenant, name))
+        gate = (
+            old.gate if old is not None and old.record.incarnation == record.incarnation else None
+        )
+        view = TopicView(record, {p.partition_id: p for p in partitions}, gate=gate or TopicGate())
+        self._views[(tenant, name)] = view
         return view
 
     async def view(self, tenant: str, name: str) -> TopicView:
@@ -254,7 +286,7 @@ class Broker:
                 )
             except TopicExistsError:
                 existing = await self.catalog.get_topic(tenant, name)
-                if dict(existing.config) != config:
+                if with_defaults(existing.config) != config:
                     raise TopicConfigConflictError(
                         f"topic {name!r} exists with another config",
                         config=dict(existing.config),
@@ -297,6 +329,8 @@ class Broker:
             self._topic_locks.pop((tenant, name), None)
         self.groups.forget_topic(tenant, topic.incarnation)
         self.answers.drop_topic(tenant, topic.incarnation)
+        self.meters.drop_topic(tenant, topic.incarnation)
+        self.scaling.drop_topic(tenant, topic.incarnation)
         self._deleting.add((tenant, topic.incarnation))
         try:
             await self._remove_topic_data(tenant, topic.incarnation)
@@ -358,6 +392,23 @@ class Broker:
                 entry["segments_pending_upload"] = remote.segments_pending_upload
             out[pid] = entry
         return out
+
+    def live_views(self) -> list[TopicView]:
+        """The views of every live topic this process knows."""
+        return list(self._views.values())
+
+    def scaling_topics(self) -> list[TopicSnapshot]:
+        """Every live topic as the autoscaler sees it."""
+        return [
+            TopicSnapshot(
+                view.record.tenant,
+                view.record.name,
+                view.record.incarnation,
+                view.record.config,
+                tuple(p for p in view.partitions.values() if p.active),
+            )
+            for view in self._views.values()
+        ]
 
     async def shape(self, tenant: str, name: str) -> TopicShape:
         """The topic as consumer groups see it now."""
@@ -440,23 +491,44 @@ class Broker:
         change: Callable[[list[int]], Awaitable[LineageChange]],
     ) -> LineageChange:
         """Stop produce to the topic, take the parents' durable ends, change the catalog in
-        one operation, then seal the parents' logs and open the children.
+        one operation, route producers to the children, then seal the parents' logs.
 
-        If the catalog refuses, produce resumes as before. A crash after the catalog change
-        and before the logs are sealed is finished at the next start.
+        Requests that arrive meanwhile wait at the gate and are then routed with the new
+        view; requests already appending finish first, so every acknowledged record of a
+        parent lies below the end the catalog records. If the catalog refuses, produce
+        resumes as before. A crash after the catalog change and before the logs are sealed
+        is finished at the next start.
         """
         tenant, name = view.record.tenant, view.record.name
-        view.open.clear()
+        gate = view.gate
+        gate.open.clear()
+        held = time.perf_counter()
         try:
-            await view.idle.wait()
+            await gate.idle.wait()
             ends = [(await self.worker.stats(view.key(pid))).end_offset for pid in parents]
             result = await change(ends)
             # The catalog changed: from here on producers must see the new shape, whatever
             # else fails, so that nothing more lands in a parent the catalog sealed.
-            await self._load_view(tenant, name)
+            try:
+                current = await self._load_view(tenant, name)
+            except BaseException:
+                # Producers must not route with the old view: seal the parents first (an
+                # append meeting them then routes again), and reload at the next request.
+                self._views.pop((tenant, name), None)
+                for pid in parents:
+                    await self._seal_log(view.key(pid))
+                raise
         finally:
-            # Producers waiting on the old view re-read the current one.
-            view.open.set()
+            # Producers waiting at the gate re-read the current view.
+            gate.open.set()
+            self.reshape_pause_s += time.perf_counter() - held
+        self.reshapes += 1
+        for pid in parents:
+            self.meters.forget(view.key(pid))
+        for child in result.created:
+            self.meters.start(view.key(child.partition_id), current.record.config)
+        newest = max(child.partition_id for child in result.created)
+        self.groups.topic_reshaped(tenant, current.record.incarnation, newest)
         for pid in parents:
             await self._seal_log(view.key(pid))
         return result
@@ -477,6 +549,7 @@ class Broker:
         records: Sequence[NewRecord],
         *,
         idempotency: IdempotentRequest | None = None,
+        appended: list[int] | None = None,
     ) -> list[tuple[int, int]]:
         """Append ``records``; answers (partition, offset) per record in request order.
 
@@ -487,12 +560,19 @@ class Broker:
         With ``idempotency``, a request already answered in the last ten minutes gets the
         same answer and appends nothing; one still running is waited for; one that wrote
         only some of its records (a crash or a failure part-way) appends only the rest.
+
+        ``appended`` gets the indexes of the records this call appended, even when it
+        fails part-way (for metering: a replay appends none).
         """
         if self.tiered is not None:
             self.tiered.check_backpressure()
         if idempotency is None:
             plain: list[tuple[int, int] | None] = [None] * len(records)
-            await self._produce(tenant, name, records, list(range(len(records))), plain, None)
+            try:
+                await self._produce(tenant, name, records, list(range(len(records))), plain, None)
+            finally:
+                if appended is not None:
+                    appended.extend(i for i, placed in enumerate(plain) if placed is not None)
             return [placed for placed in plain if placed is not None]
         view = await self.view(tenant, name)
         incarnation = view.record.incarnation
@@ -526,6 +606,8 @@ class Broker:
                 await self._produce(tenant, name, records, entry.missing(), answer, tagger)
             finally:
                 entry.add_placed([(i, placed) for i, placed in enumerate(answer) if placed])
+                if appended is not None:
+                    appended.extend(i for i, placed in enumerate(answer) if placed)
                 entry.busy = None
                 busy.set_result(None)
                 if not entry.written:
@@ -571,29 +653,34 @@ class Broker:
         answer: list[tuple[int, int] | None],
         tagger: Tagger | None,
     ) -> None:
-        for _attempt in range(4):
+        reroutes = 0
+        while True:
             view = await self.view(tenant, name)
-            if not view.open.is_set():
-                # A split or merge is reshaping the topic; route with what it leaves.
-                await view.open.wait()
+            gate = view.gate
+            if not gate.open.is_set():
+                # A split or merge is reshaping the topic; route with what it leaves. However
+                # many changes pass meanwhile, waiting here is never an error.
+                await gate.open.wait()
                 continue
-            view.in_flight += 1
-            view.idle.clear()
+            gate.in_flight += 1
+            gate.idle.clear()
             try:
                 todo = await self._produce_once(view, records, todo, answer, tagger)
             finally:
-                view.in_flight -= 1
-                if view.in_flight == 0:
-                    view.idle.set()
+                gate.in_flight -= 1
+                if gate.in_flight == 0:
+                    gate.idle.set()
             if not todo:
                 return
+            reroutes += 1
+            if reroutes > MAX_SEALED_REROUTES:
+                raise PartitionUnavailableError(
+                    f"topic {name!r} kept changing shape while producing; retry", topic=name
+                )
             # Routed to a partition whose log is sealed: refresh the view from the catalog.
             async with self._lock(tenant, name):
                 if self._views.get((tenant, name)) is view:
                     await self._load_view(tenant, name)
-        raise PartitionUnavailableError(
-            f"topic {name!r} kept changing shape while producing; retry", topic=name
-        )
 
     async def _produce_once(
         self,
@@ -637,7 +724,10 @@ class Broker:
                 for piece, tag in pieces
             ]
         results = await asyncio.gather(
-            *(self._append_pieces(view.key(pid), batches[pid], answer) for pid in batches),
+            *(
+                self._append_pieces(view.key(pid), batches[pid], answer, records, view)
+                for pid in batches
+            ),
             return_exceptions=True,
         )
         again: list[int] = []
@@ -656,6 +746,8 @@ class Broker:
         key: PartitionKey,
         batches: list[tuple[list[int], bytes]],
         answer: list[tuple[int, int] | None],
+        records: Sequence[NewRecord],
+        view: TopicView,
     ) -> list[int]:
         """Append one partition's batches in order; answers the indexes not written because
         the partition is sealed."""
@@ -664,6 +756,7 @@ class Broker:
                 result = await self.worker.append(key, batch)
             except PartitionSealedError:
                 return [i for rest, _ in batches[n:] for i in rest]
+            self.meters.record(key, view.record.config, len(batch), records, indexes)
             for position, index in enumerate(indexes):
                 answer[index] = (key.partition_id, result.base_offset + position)
         return []

@@ -13,13 +13,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
 from gateway.auth import CREDENTIALS_FILE
+from gateway.billing import PRICE_FIELDS, InvalidPlanError, PricePlan, parse_price
 from gateway.client import ApiError, AsyncClient, Client, ClientError, FetchResult
 from gateway.config import ServerConfig
+from gateway.metering import MAX_FLUSH_MS
 from gateway.quotas import QUOTA_NAMES, RATE_QUOTAS, Quotas
 from partitions.batch import NewRecord, Record
 from partitions.catalog_sqlite import CATALOG_FILE, backup_catalog
@@ -57,6 +61,13 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError("a port is 0 to 65535 (0 picks a free one)")
     return port
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,9 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often retention is applied (default 30000)",
     )
     serve.add_argument(
+        "--autoscale-interval-ms",
+        type=_positive_int,
+        default=_env("autoscale-interval-ms", "1000"),
+        help="how often the autoscaler evaluates every topic (default 1000)",
+    )
+    serve.add_argument(
         "--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING, ERROR"
     )
     _add_tenancy_flags(serve)
+    _add_metering_flags(serve)
     _add_tiering_flags(serve)
 
     catalog = commands.add_parser("catalog", help="work with the catalog of a data directory")
@@ -160,6 +178,71 @@ def _add_tenancy_flags(serve: argparse.ArgumentParser) -> None:
         default=_env("max-queued-per-tenant", "256"),
         help="requests one tenant may have waiting (default 256); past it, 429",
     )
+
+
+def _price(name: str) -> Any:
+    def parse(text: str) -> Decimal:
+        try:
+            return parse_price(name, text)
+        except InvalidPlanError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return parse
+
+
+def _bounded(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _add_metering_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--price-plan",
+        default=_env("price-plan", None),
+        metavar="FILE",
+        help="a JSON file with the default price plan (the --default-usd-per-... flags win)",
+    )
+    for name in PRICE_FIELDS:
+        flag = "default-" + name.replace("_", "-")
+        serve.add_argument(
+            "--" + flag,
+            type=_price(name),
+            default=_env(flag, None),
+            metavar="USD",
+            help=f"{name} of tenants whose plan has none (default {getattr(PricePlan(), name)})",
+        )
+    serve.add_argument(
+        "--usage-flush-ms",
+        type=_bounded(10, MAX_FLUSH_MS),
+        default=_env("usage-flush-ms", str(MAX_FLUSH_MS)),
+        help="how often metered usage is written to the catalog; what a crash may lose "
+        f"(default and most {MAX_FLUSH_MS})",
+    )
+    serve.add_argument(
+        "--usage-sample-ms",
+        type=_bounded(10, 3_600_000),
+        default=_env("usage-sample-ms", "10000"),
+        help="how often each tenant's stored bytes and partitions are measured (default 10000)",
+    )
+
+
+def _default_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> PricePlan:
+    plan = PricePlan()
+    if args.price_plan:
+        try:
+            given = json.loads(Path(args.price_plan).read_text())
+            plan = PricePlan.from_json(given)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--price-plan {args.price_plan}: {exc}")
+        except InvalidPlanError as exc:
+            parser.error(f"--price-plan {args.price_plan}: {exc.message}")
+    prices = {name: getattr(args, "default_" + name) for name in PRICE_FIELDS}
+    return replace(plan, **{name: price for name, price in prices.items() if price is not None})
 
 
 def _add_tiering_flags(serve: argparse.ArgumentParser) -> None:
@@ -390,11 +473,15 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         max_request_bytes=int(args.max_request_bytes),
         max_wait_ms=int(args.max_wait_ms),
         retention_check_ms=int(args.retention_check_ms),
+        autoscale_interval_ms=int(args.autoscale_interval_ms),
         admin_key=os.environ.get("EVENTBUS_ADMIN_KEY") or None,
         default_quotas=Quotas(**{name: getattr(args, "default_" + name) for name in QUOTA_NAMES}),
         max_concurrent_requests=int(args.max_concurrent_requests),
         max_queued_per_tenant=int(args.max_queued_per_tenant),
         max_in_service_per_tenant=int(args.max_in_service_per_tenant),
+        default_plan=_default_plan(parser, args),
+        usage_flush_ms=int(args.usage_flush_ms),
+        usage_sample_ms=int(args.usage_sample_ms),
         object_store=args.object_store or None,
         s3_endpoint=args.s3_endpoint or None,
         object_store_timeout_ms=int(args.object_store_timeout_ms),

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoscaler.config import AUTOSCALE_KEY, DEFAULT_AUTOSCALE, normalize_autoscale
+from gateway.billing import PricePlan
 from gateway.quotas import Quotas
 from partitions.errors import InvalidInputError
 from partitions.log import LogConfig
@@ -30,6 +32,8 @@ class ServerConfig:
     max_wait_ms: int = 30_000
     # How often retention is applied.
     retention_check_ms: int = 30_000
+    # How often the autoscaler measures every topic and splits or merges partitions.
+    autoscale_interval_ms: int = 1000
     # From EVENTBUS_ADMIN_KEY; never printed (repr=False).
     admin_key: str | None = field(default=None, repr=False)
     # Quotas of every tenant that has no override of its own (None: unlimited).
@@ -42,6 +46,18 @@ class ServerConfig:
     max_in_service_per_tenant: int = 128
     # The quota buckets' clock (seconds, monotonic), injectable so that tests count tokens.
     quota_clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    # Prices of every tenant whose plan does not name its own.
+    default_plan: PricePlan = field(default_factory=PricePlan)
+    # Metered usage reaches the catalog this often (at most 5 s: what a SIGKILL may lose).
+    usage_flush_ms: int = 5_000
+    # How often each tenant's stored bytes and active partitions are measured.
+    usage_sample_ms: int = 10_000
+    # An hour's usage is exported this long after the hour ends.
+    usage_export_delay_ms: int = 60_000
+    # The meter's clock (ms since the epoch, UTC), injectable so that tests cross hours.
+    usage_clock_ms: Callable[[], int] = field(
+        default=lambda: time.time_ns() // 1_000_000, repr=False, compare=False
+    )
     # Tiered storage: file://DIR or s3://BUCKET/PREFIX (default: file:// under data_dir).
     object_store: str | None = None
     # The S3 endpoint; else the standard AWS settings (AWS_ENDPOINT_URL_S3, ...).
@@ -83,6 +99,14 @@ _INT_SETTINGS: dict[str, tuple[int | None, int, int, bool]] = {
     "max_record_bytes": (1 * MIB, 1, 16 * MIB, False),
 }
 DEFAULT_TOPIC_CONFIG: dict[str, Any] = {name: spec[0] for name, spec in _INT_SETTINGS.items()}
+DEFAULT_TOPIC_CONFIG[AUTOSCALE_KEY] = DEFAULT_AUTOSCALE
+
+
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config with the defaults of keys added since it was written."""
+    out = {**DEFAULT_TOPIC_CONFIG, **config}
+    out[AUTOSCALE_KEY] = {**DEFAULT_AUTOSCALE, **(config.get(AUTOSCALE_KEY) or {})}
+    return out
 
 
 def normalize_topic_config(given: Any, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -93,12 +117,17 @@ def normalize_topic_config(given: Any, base: Mapping[str, Any] | None = None) ->
     """
     if not isinstance(given, Mapping):
         raise InvalidConfigError("a topic config is a JSON object")
-    config = dict(DEFAULT_TOPIC_CONFIG if base is None else base)
+    config = with_defaults({} if base is None else base)
     for name, value in given.items():
+        if name == AUTOSCALE_KEY:
+            # A nested object: the knobs given change, the others keep their values.
+            config[name] = normalize_autoscale(value, base=config[name])
+            continue
         spec = _INT_SETTINGS.get(name)
         if spec is None:
+            known = ", ".join(sorted([*_INT_SETTINGS, AUTOSCALE_KEY]))
             raise InvalidConfigError(
-                f"unknown topic config key {name!r}; known: {', '.join(sorted(_INT_SETTINGS))}",
+                f"unknown topic config key {name!r}; known: {known}",
                 key=name,
             )
         _default, low, high, nullable = spec

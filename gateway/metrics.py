@@ -1,8 +1,9 @@
 """Prometheus metrics of one server process.
 
 Label sets stay bounded: routes are labelled by their template (``/v1/topics/{topic}``),
-never by the path, and nothing is labelled by topic or partition, which come and go.
-Per-partition numbers are summed over the partitions at scrape time.
+never by the path, and nothing is labelled by topic or partition, which come and go, except
+the ten busiest partitions' write rates (``gateway/autoscaling.py``). Per-partition numbers
+are summed over the partitions at scrape time.
 """
 
 from __future__ import annotations

@@ -105,6 +105,9 @@ class Group:
     members: dict[str, Member] = field(default_factory=dict)
     owner: dict[int, str] = field(default_factory=dict)
     generation: int = 0
+    # The highest partition id of the topic seen: a fetch whose shape has a lower one
+    # began before a split or merge and answers early, so that its member sees the change.
+    newest_partition: int = -1
     loaded: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -179,6 +182,14 @@ class GroupCoordinator:
                         if self._expire(group, now):
                             group.notify()
 
+    def topic_reshaped(self, tenant: str, incarnation: str, newest_partition: int) -> None:
+        """A split or merge created ``newest_partition``: waiting fetches of the topic's
+        groups answer, and their members come back with the new shape."""
+        for (t, i, _name), group in self._groups.items():
+            if (t, i) == (tenant, incarnation):
+                group.newest_partition = max(group.newest_partition, newest_partition)
+                group.notify()
+
     def forget_topic(self, tenant: str, incarnation: str) -> None:
         for key in [k for k in self._groups if k[0] == tenant and k[1] == incarnation]:
             self._groups.pop(key).notify()
@@ -252,23 +263,41 @@ class GroupCoordinator:
 
     async def _rebalance_for(self, group: Group, shape: TopicShape, member: Member) -> None:
         """Move partitions to or from ``member`` only; others change at their own fetch."""
+        group.newest_partition = max(group.newest_partition, max(shape.partitions, default=-1))
         eligible = await self._eligible(group, shape)
         before = dict(group.owner)
-        for pid in [p for p in group.owner if p not in eligible]:
-            del group.owner[pid]  # drained (or gone): nobody needs it any more
+        for pid in [p for p in group.owner if p in shape.partitions and p not in eligible]:
+            # Drained: nobody needs it any more. A partition this shape does not know is
+            # newer than it (a fetch that started before a split): it stays with its owner.
+            del group.owner[pid]
         members = sorted(group.members)
         base, extra = divmod(len(eligible), len(members))
         quota = base + (1 if members.index(member.member_id) < extra else 0)
+        # Siblings (children of one split) go to different members where they can, so that
+        # a split spreads the reading too.
         mine = [p for p in eligible if group.owner.get(p) == member.member_id]
-        for pid in reversed(mine[quota:]):  # give back the last ones (active before sealed)
-            del group.owner[pid]
-            mine.remove(pid)
-        for pid in eligible:
-            if len(mine) >= quota:
-                break
-            if pid not in group.owner:
-                group.owner[pid] = member.member_id
-                mine.append(pid)
+        if len(mine) > quota:
+            kept: list[int] = []
+            while len(kept) < quota:  # sealed ones first: they hold their children back
+                pid = min(
+                    mine,
+                    key=lambda p: (
+                        shape.partitions[p].active,
+                        _siblings_held(shape, kept, p),
+                        mine.index(p),
+                    ),
+                )
+                mine.remove(pid)
+                kept.append(pid)
+            for pid in mine:
+                del group.owner[pid]
+            mine = kept
+        free = [p for p in eligible if p not in group.owner]
+        while len(mine) < quota and free:
+            pid = min(free, key=lambda p: (_siblings_held(shape, mine, p), free.index(p)))
+            free.remove(pid)
+            group.owner[pid] = member.member_id
+            mine.append(pid)
         for pid in list(member.positions):
             if group.owner.get(pid) != member.member_id:
                 del member.positions[pid]
@@ -364,6 +393,13 @@ class GroupCoordinator:
             remaining = deadline - asyncio.get_running_loop().time()
             if records or remaining <= 0 or self.stopping.is_set():
                 return records
+            if max(shape.partitions, default=-1) < group.newest_partition:
+                return records  # the topic changed shape since this fetch began
+            if await self._holds_finished_parent(group, shape, member):
+                # The member's next fetch lets go of a parent it read to the end (committing
+                # it first under auto_commit), which frees the children: answer now rather
+                # than hold them back for the rest of the wait.
+                return records
             if not await self._wait(group, shape, member, remaining):
                 return records
             async with group.lock:
@@ -383,8 +419,9 @@ class GroupCoordinator:
         out = Fetched()
         owned = [
             pid
-            for pid in sorted(member.positions, key=lambda p: (shape.partitions[p].active, p))
-            if group.owner.get(pid) == member.member_id
+            for pid in sorted(member.positions, key=lambda p: (_is_active(shape, p), p))
+            # A partition this shape does not know is newer than it (a split meanwhile).
+            if group.owner.get(pid) == member.member_id and pid in shape.partitions
         ]
         positions: dict[int, int] = {}
         cold: list[int] = []
@@ -456,14 +493,33 @@ class GroupCoordinator:
             return await self._worker.read_batches(key, position, max_bytes=max_bytes)
         return await self._worker.read(key, position, max_records=max_records, max_bytes=max_bytes)
 
+    async def _holds_finished_parent(self, group: Group, shape: TopicShape, member: Member) -> bool:
+        """Whether the member owns a sealed partition it read to the end that is committed
+        to its end, or will be at its next fetch (auto_commit)."""
+        for pid, position in member.positions.items():
+            if group.owner.get(pid) != member.member_id:
+                continue
+            stats = await self._worker.stats(shape.key(pid))
+            if not stats.sealed or position < stats.end_offset:
+                continue
+            end = stats.end_offset
+            if group.committed.get(pid, -1) >= end or stats.start_offset >= end:
+                return True  # drained
+            if member.auto_commit and member.delivered.get(pid, -1) >= end:
+                return True
+        return False
+
     async def _wait(self, group: Group, shape: TopicShape, member: Member, limit_s: float) -> bool:
         """Wait for data in any owned partition, a change in the group, or shutdown.
 
         Answers False when the wait timed out with nothing new."""
-        waits = [
-            asyncio.ensure_future(self._worker.wait_for_data(shape.key(p), position, limit_s))
-            for p, position in member.positions.items()
-        ]
+        waits = []
+        for p, position in member.positions.items():
+            key = shape.key(p)
+            stats = await self._worker.stats(key)
+            if stats.sealed and position >= stats.end_offset:
+                continue  # read to its end: nothing can come (waiting on it would spin)
+            waits.append(asyncio.ensure_future(self._worker.wait_for_data(key, position, limit_s)))
         changed = asyncio.ensure_future(group.changed.wait())
         stopping = asyncio.ensure_future(self.stopping.wait())
         everything = [*waits, changed, stopping]
@@ -536,23 +592,35 @@ class GroupCoordinator:
             return group.committed
 
     async def leave(self, shape: TopicShape, name: str, member_id: str) -> None:
+        """Leave the group; with auto_commit, first commit what the last fetch delivered
+        (as a consumer's close does), so that nothing it consumed is delivered again."""
         group = self._group(shape, name)
         async with group.lock:
-            if member_id not in group.members:
+            member = group.members.get(member_id)
+            if member is None:
                 raise UnknownMemberError(
                     f"member {member_id} is not in group {name!r}", member_id=member_id
                 )
+            if member.auto_commit and member.delivered:
+                await self._commit_delivered(group, shape, member)
             self._remove(group, member_id)
             group.notify()
 
     # --- describe, delete, seek ----------------------------------------------------------
 
     async def describe(self, shape: TopicShape, name: str) -> dict[str, Any]:
+        missing = GroupNotFoundError(f"no group {name!r} on topic {shape.name!r}", group=name)
+        if (shape.tenant, shape.incarnation, name) not in self._groups:
+            # Look before making the group's state, so that lookups cannot grow memory. A
+            # group in memory is never dropped here: a first fetch may be joining it.
+            try:
+                await self._catalog.get_group(shape.tenant, shape.name, name)
+            except GroupNotFoundError:
+                raise missing from None
         group = self._group(shape, name)
         async with group.lock:
             if not await self._load(group, shape) and not group.members:
-                self._groups.pop((shape.tenant, shape.incarnation, name), None)
-                raise GroupNotFoundError(f"no group {name!r} on topic {shape.name!r}", group=name)
+                raise missing
             self._expire(group, self._clock_ms())
             partitions = []
             total_lag = 0
@@ -656,6 +724,19 @@ class GroupCoordinator:
         raise InvalidSeekError(
             'seek to "earliest", "latest", {"timestamp_ms": T} or {"offsets": [...]}'
         )
+
+
+def _is_active(shape: TopicShape, pid: int) -> bool:
+    partition = shape.partitions.get(pid)
+    return partition is None or partition.active
+
+
+def _siblings_held(shape: TopicShape, mine: list[int], pid: int) -> int:
+    """How many partitions in ``mine`` share a parent with ``pid``."""
+    parents = set(shape.partitions[pid].parents)
+    if not parents:
+        return 0
+    return sum(1 for p in mine if parents.intersection(shape.partitions[p].parents))
 
 
 def _expired(member: Member, now: int) -> bool:
