@@ -26,15 +26,26 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The suite as one process serves, then again with every server the suite starts run as
+# two worker processes (`eventbus serve --workers 2`): tests/conftest.py, EVENTBUS_TEST_WORKERS.
 pytest: install
 	$(BIN)/python -m pytest
+	EVENTBUS_TEST_WORKERS=2 $(BIN)/python -m pytest
 
 test: lint pytest
 
-bench: install
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python -m bench.log_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.http_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.autoscale_bench --output docs/benchmarks.md
+	$(BIN)/python -m bench.workers_bench --output docs/benchmarks.md
+	$(BIN)/python -m bench.cold_read_bench --output docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.auth import TENANT_NAME, generate_key, hash_key, new_key_id, require_admin
+from gateway.billing import parse_plan_patch
 from gateway.handlers import InvalidParameterError, json_response, read_json
 from gateway.quotas import apply_quota_changes, parse_quota_changes
 from gateway.scopes import FULL, KeyScope
@@ -58,9 +59,8 @@ def _only(body: Mapping[str, Any], allowed: set[str]) -> None:
 
 
 def _plan(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidParameterError("plan is a JSON object")
-    return value
+    """A plan or a plan patch, validated (see gateway.billing): prices as exact text."""
+    return dict(parse_plan_patch(value))
 
 
 def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,7 +110,7 @@ async def create_tenant(request: web.Request) -> web.Response:
             "a tenant name is 1 to 63 of [a-z0-9-], starting with a letter or digit"
         )
     overrides = apply_quota_changes({}, parse_quota_changes(body.get("quotas", {})))
-    plan = _plan(body.get("plan", {}))
+    plan = {k: v for k, v in _plan(body.get("plan", {})).items() if v is not None}
     record = await tenancy.catalog.create_tenant(name, quotas=overrides, plan=plan)
     key, key_id = generate_key(), new_key_id()
     await tenancy.catalog.add_api_key(name, key_id, hash_key(key), FULL.to_json())

@@ -19,7 +19,7 @@ from importlib import metadata
 from aiohttp import web
 
 from autoscaler.measure import Clock
-from gateway import admin, autoscaling, cluster, handlers, supervisor
+from gateway import admin, autoscaling, cluster, handlers, supervisor, usage
 from gateway.auth import PRINCIPAL, Authenticator, auth_middleware, bootstrap
 from gateway.broker import Broker
 from gateway.config import ServerConfig
@@ -28,6 +28,7 @@ from gateway.forwarding import came_from_peer, forwarding_middleware
 from gateway.http_errors import Handler, error_middleware
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.logs import request_id
+from gateway.metering import METER, metering_ctx, metering_middleware
 from gateway.metrics import Metrics
 from gateway.openapi import build_document
 from gateway.quotas import QuotaBook
@@ -217,7 +218,10 @@ def create_app(
             request_middleware,
             error_middleware,
             auth_middleware(lambda: app[AUTHENTICATOR], metrics_public=config.metrics_public),
+            # A request served by another worker is forwarded before it is metered or
+            # charged: its owner does both, once.
             *([forwarding_middleware(lambda: app[cluster.CLUSTER])] if workers else []),
+            metering_middleware(lambda: app[METER]),
             tenancy_middleware(lambda: app[TENANCY], scheduler),
         ],
     )
@@ -228,7 +232,7 @@ def create_app(
     app[METRICS].watch_scheduler(scheduler)
     app[SCHEDULER] = scheduler
     app[OPENAPI] = build_document(_version())
-    for method, path, handler in handlers.ROUTES + admin.ROUTES:
+    for method, path, handler in handlers.ROUTES + admin.ROUTES + usage.ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.extend(
         [
@@ -243,6 +247,7 @@ def create_app(
     )
     autoscaling.configure(app, clock_ms=autoscale_clock_ms)
     app.cleanup_ctx.append(autoscaling.autoscaler_ctx)
+    app.cleanup_ctx.append(metering_ctx)
     if workers is not None:
         # Last, so that it closes first: every worker keeps serving the others until all
         # have finished their own requests.

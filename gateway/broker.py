@@ -645,6 +645,7 @@ class Broker:
         records: Sequence[NewRecord],
         *,
         idempotency: IdempotentRequest | None = None,
+        appended: list[int] | None = None,
     ) -> list[tuple[int, int]]:
         """Append ``records``; answers (partition, offset) per record in request order.
 
@@ -655,12 +656,19 @@ class Broker:
         With ``idempotency``, a request already answered in the last ten minutes gets the
         same answer and appends nothing; one still running is waited for; one that wrote
         only some of its records (a crash or a failure part-way) appends only the rest.
+
+        ``appended`` gets the indexes of the records this call appended, even when it
+        fails part-way (for metering: a replay appends none).
         """
         if self.tiered is not None:
             self.tiered.check_backpressure()
         if idempotency is None:
             plain: list[tuple[int, int] | None] = [None] * len(records)
-            await self._produce(tenant, name, records, list(range(len(records))), plain, None)
+            try:
+                await self._produce(tenant, name, records, list(range(len(records))), plain, None)
+            finally:
+                if appended is not None:
+                    appended.extend(i for i, placed in enumerate(plain) if placed is not None)
             return [placed for placed in plain if placed is not None]
         view = await self.view(tenant, name)
         incarnation = view.record.incarnation
@@ -703,6 +711,8 @@ class Broker:
                 # Appends whose worker died before answering may or may not be written:
                 # the next attempt looks in those partitions before writing anything.
                 entry.unsure.update(lost)
+                if appended is not None:
+                    appended.extend(i for i, placed in enumerate(answer) if placed)
                 entry.busy = None
                 busy.set_result(None)
                 if not entry.written and not entry.unsure:

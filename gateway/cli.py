@@ -13,13 +13,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
 from gateway.auth import CREDENTIALS_FILE
+from gateway.billing import PRICE_FIELDS, InvalidPlanError, PricePlan, parse_price
 from gateway.client import ApiError, AsyncClient, Client, ClientError, FetchResult
 from gateway.config import ServerConfig
+from gateway.metering import MAX_FLUSH_MS
 from gateway.quotas import QUOTA_NAMES, RATE_QUOTAS, Quotas
 from partitions.batch import NewRecord, Record
 from partitions.catalog_sqlite import CATALOG_FILE, backup_catalog
@@ -133,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "number of cores; 0 runs everything in this one process)",
     )
     _add_tenancy_flags(serve)
+    _add_metering_flags(serve)
     _add_tiering_flags(serve)
 
     catalog = commands.add_parser("catalog", help="work with the catalog of a data directory")
@@ -190,6 +195,71 @@ def _add_tenancy_flags(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _price(name: str) -> Any:
+    def parse(text: str) -> Decimal:
+        try:
+            return parse_price(name, text)
+        except InvalidPlanError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return parse
+
+
+def _bounded(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _add_metering_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--price-plan",
+        default=_env("price-plan", None),
+        metavar="FILE",
+        help="a JSON file with the default price plan (the --default-usd-per-... flags win)",
+    )
+    for name in PRICE_FIELDS:
+        flag = "default-" + name.replace("_", "-")
+        serve.add_argument(
+            "--" + flag,
+            type=_price(name),
+            default=_env(flag, None),
+            metavar="USD",
+            help=f"{name} of tenants whose plan has none (default {getattr(PricePlan(), name)})",
+        )
+    serve.add_argument(
+        "--usage-flush-ms",
+        type=_bounded(10, MAX_FLUSH_MS),
+        default=_env("usage-flush-ms", str(MAX_FLUSH_MS)),
+        help="how often metered usage is written to the catalog; what a crash may lose "
+        f"(default and most {MAX_FLUSH_MS})",
+    )
+    serve.add_argument(
+        "--usage-sample-ms",
+        type=_bounded(10, 3_600_000),
+        default=_env("usage-sample-ms", "10000"),
+        help="how often each tenant's stored bytes and partitions are measured (default 10000)",
+    )
+
+
+def _default_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> PricePlan:
+    plan = PricePlan()
+    if args.price_plan:
+        try:
+            given = json.loads(Path(args.price_plan).read_text())
+            plan = PricePlan.from_json(given)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--price-plan {args.price_plan}: {exc}")
+        except InvalidPlanError as exc:
+            parser.error(f"--price-plan {args.price_plan}: {exc.message}")
+    prices = {name: getattr(args, "default_" + name) for name in PRICE_FIELDS}
+    return replace(plan, **{name: price for name, price in prices.items() if price is not None})
+
+
 def _add_tiering_flags(serve: argparse.ArgumentParser) -> None:
     tiering = serve.add_argument_group("tiered storage")
     tiering.add_argument(
@@ -215,10 +285,18 @@ def _add_tiering_flags(serve: argparse.ArgumentParser) -> None:
         ("upload-retry-max-ms", 30_000, "longest backoff between upload attempts (default 30000)"),
         ("orphan-grace-ms", 3_600_000, "age before leftover objects are deleted (default 1 h)"),
         ("orphan-check-ms", 600_000, "how often leftovers are looked for (default 10 min)"),
+        ("read-cache-bytes", 256 * 1024**2, "memory for cold reads' cache (default 256 MiB)"),
+        ("read-chunk-bytes", 8 * 1024**2, "bytes per ranged GET of cold data (default 8 MiB)"),
     ):
         tiering.add_argument(
             f"--{flag}", type=_positive, default=_env(flag, str(default)), help=text
         )
+    tiering.add_argument(
+        "--read-ahead-chunks",
+        type=_not_negative,
+        default=_env("read-ahead-chunks", "2"),
+        help="chunks fetched ahead of a sequential cold reader (default 2; 0: none)",
+    )
 
 
 def _config_item(text: str) -> tuple[str, Any]:
@@ -252,6 +330,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
     return value
 
 
@@ -410,6 +495,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequ
         max_concurrent_requests=int(args.max_concurrent_requests),
         max_queued_per_tenant=int(args.max_queued_per_tenant),
         max_in_service_per_tenant=int(args.max_in_service_per_tenant),
+        default_plan=_default_plan(parser, args),
+        usage_flush_ms=int(args.usage_flush_ms),
+        usage_sample_ms=int(args.usage_sample_ms),
         object_store=args.object_store or None,
         s3_endpoint=args.s3_endpoint or None,
         object_store_timeout_ms=int(args.object_store_timeout_ms),
@@ -418,7 +506,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequ
         upload_retry_max_ms=int(args.upload_retry_max_ms),
         orphan_grace_ms=int(args.orphan_grace_ms),
         orphan_check_ms=int(args.orphan_check_ms),
-        **_quota_clock(),
+        read_cache_bytes=int(args.read_cache_bytes),
+        read_chunk_bytes=int(args.read_chunk_bytes),
+        read_ahead_chunks=int(args.read_ahead_chunks),
+        **_test_clocks(),
     )
     if role is not None:
         from gateway.server import run_worker
@@ -436,6 +527,24 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequ
 
 
 QUOTA_CLOCK_FILE_ENV = "EVENTBUS_QUOTA_CLOCK_FILE"
+USAGE_CLOCK_FILE_ENV = "EVENTBUS_USAGE_CLOCK_FILE"
+
+
+def _test_clocks() -> dict[str, Any]:
+    """For tests that count time across worker processes: ``EVENTBUS_QUOTA_CLOCK_FILE``
+    names a file holding the quota buckets' clock (seconds) and ``EVENTBUS_USAGE_CLOCK_FILE``
+    one holding metering's (milliseconds since the epoch), each a little-endian float64
+    that the test moves; every process reads the same time."""
+    from gateway.quotas import FileClock
+
+    clocks: dict[str, Any] = {}
+    quota = os.environ.get(QUOTA_CLOCK_FILE_ENV)
+    if quota:
+        clocks["quota_clock"] = FileClock(Path(quota))
+    usage = os.environ.get(USAGE_CLOCK_FILE_ENV)
+    if usage:
+        clocks["usage_clock_ms"] = FileClock(Path(usage)).whole
+    return clocks
 
 
 def _quota_clock() -> dict[str, Any]:

@@ -285,7 +285,7 @@ class AsyncClient:
                 if answer.status < 400:
                     return answer
                 pause = _retry_after(answer.headers)
-                # 501 (offset_not_local, say) is the server's final word, not a hiccup.
+                # A 501 (not implemented) is the server's final word, not a hiccup.
                 transient = (
                     answer.status >= 500 and answer.status != 501 and retry is _Retry.ALWAYS
                 ) or (answer.status == 429 and pause is not None)

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -56,6 +56,9 @@ from partitions.worker import LocalPartitionWorker, PartitionKey
 from partitions.worker_remote import RemotePartitionWorker, WorkerService
 from tiered_storage.service import PartitionTiering, TieredStorage
 
+if TYPE_CHECKING:
+    from gateway.metering import Meter, UsageExporter
+
 log = logging.getLogger(__name__)
 
 # The channel ops of the gateway (the partition worker's are below 32).
@@ -69,6 +72,8 @@ STATUS = 38
 TIERING_STATUS = 39
 WILL_RETRY = 40
 LOAD = 41
+USAGE_SETTLE = 42
+USAGE_SETTLED = 43
 
 STATUS_INTERVAL_S = 0.25
 SHIP_INTERVAL_S = 0.1
@@ -129,6 +134,8 @@ class Cluster:
             (TIERING_STATUS, self._tiering_status),
             (WILL_RETRY, self._will_retry),
             (LOAD, self._load),
+            (USAGE_SETTLE, self._usage_settle),
+            (USAGE_SETTLED, self._usage_settled),
         ):
             self.server.register(op, _json_handler(handler))
         self.server.register(METRICS_TEXT, self._metrics_text)
@@ -141,6 +148,7 @@ class Cluster:
         self.quotas: SharedQuotaBook | None = None
         self.authenticator: Authenticator | None = None
         self.metrics: Metrics | None = None
+        self.meter: Meter | None = None
         # What the others said of themselves lately: upload backlog, health.
         self._peers: dict[int, dict[str, Any]] = {}
         # Bytes per second appended to each partition owned here (a moving average).
@@ -234,6 +242,29 @@ class Cluster:
         )
         return chosen
 
+    def share_meter(self, meter: Meter, exporter: UsageExporter) -> None:
+        """Metering over the workers: each counts its own requests and flushes them (the
+        catalog adds them up); the leader alone samples what tenants store and exports
+        completed hours, once every worker's counts of them are in the catalog; a reading
+        first has every other worker flush."""
+        self.meter = meter
+        meter.before_reading = self.settle_usage
+        exporter.settled = self.usage_settled if self.role.leader else _never
+
+    async def settle_usage(self) -> None:
+        await self.broadcast(USAGE_SETTLE, None)
+
+    async def usage_settled(self, end_ms: int) -> bool:
+        if self.meter is None or not self.meter.settled_before(end_ms):
+            return False
+        for worker in self.clients:
+            try:
+                if not await self.ask(worker, USAGE_SETTLED, end_ms):
+                    return False
+            except EventBusError:
+                return False  # not reachable: its counts may still come
+        return True
+
     async def describe_extra(self, key: PartitionKey) -> dict[str, Any]:
         return {"worker": await self.routing.owner(key)}
 
@@ -291,6 +322,7 @@ class Cluster:
         if self.broker is not None:
             self.broker.forget_topic(tenant, incarnation)
         if self.tiering is not None:
+            self.tiering.reader.forget_topic(tenant, incarnation)
             await self.tiering.uploader.cancel_topic(tenant, incarnation)
         await self.local.release_topic(tenant, incarnation)
         self.routing.forget_topic(tenant, incarnation)
@@ -364,6 +396,14 @@ class Cluster:
             "bytes_pending_upload": status.bytes_pending_upload,
             "remote_only_bytes": await self.tiering.remote_only_bytes(key),
         }
+
+    async def _usage_settle(self, body: Any) -> None:
+        if self.meter is not None:
+            await self.meter.sample()
+            await self.meter.flush()
+
+    async def _usage_settled(self, body: int) -> bool:
+        return self.meter is not None and self.meter.settled_before(int(body))
 
     async def _will_retry(self, body: list[Any]) -> bool:
         key = _key(body[0])
@@ -467,6 +507,10 @@ class Cluster:
             ]
             with contextlib.suppress(EventBusError):
                 await self.ask(LEADER, METERS, body)  # the leader is restarting: lost
+
+
+async def _never(end_ms: int) -> bool:
+    return False
 
 
 def _watch(task: asyncio.Task[None]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler.config import AUTOSCALE_KEY, DEFAULT_AUTOSCALE, normalize_autoscale
+from gateway.billing import PricePlan
 from gateway.quotas import Quotas
 from partitions.errors import InvalidInputError
 from partitions.log import LogConfig
@@ -45,6 +46,18 @@ class ServerConfig:
     max_in_service_per_tenant: int = 128
     # The quota buckets' clock (seconds, monotonic), injectable so that tests count tokens.
     quota_clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    # Prices of every tenant whose plan does not name its own.
+    default_plan: PricePlan = field(default_factory=PricePlan)
+    # Metered usage reaches the catalog this often (at most 5 s: what a SIGKILL may lose).
+    usage_flush_ms: int = 5_000
+    # How often each tenant's stored bytes and active partitions are measured.
+    usage_sample_ms: int = 10_000
+    # An hour's usage is exported this long after the hour ends.
+    usage_export_delay_ms: int = 60_000
+    # The meter's clock (ms since the epoch, UTC), injectable so that tests cross hours.
+    usage_clock_ms: Callable[[], int] = field(
+        default=lambda: time.time_ns() // 1_000_000, repr=False, compare=False
+    )
     # Tiered storage: file://DIR or s3://BUCKET/PREFIX (default: file:// under data_dir).
     object_store: str | None = None
     # The S3 endpoint; else the standard AWS settings (AWS_ENDPOINT_URL_S3, ...).
@@ -60,6 +73,11 @@ class ServerConfig:
     orphan_grace_ms: int = 60 * 60 * 1000
     # ... by a pass that runs this often.
     orphan_check_ms: int = 10 * 60 * 1000
+    # Cold reads: the in-memory read cache's bound, the size of one ranged GET of a remote
+    # segment, and how many of those are fetched ahead of a sequential reader.
+    read_cache_bytes: int = 256 * MIB
+    read_chunk_bytes: int = 8 * MIB
+    read_ahead_chunks: int = 2
 
     @property
     def scheme(self) -> str:

@@ -14,10 +14,11 @@ from gateway.autoscaling import autoscale_json
 from gateway.broker import Broker, IdempotentRequest, TopicView, validate_topic_name
 from gateway.config import with_defaults
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
+from gateway.metering import meter_delivered, meter_produced
 from gateway.metrics import Metrics
 from gateway.records import MalformedJsonError, parse_ndjson, parse_records, render_record
 from gateway.tenancy import charge_consume, charge_produce, visible_topics
-from partitions.batch import trim_batches
+from partitions.batch import payload_totals, trim_batches
 from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import InvalidInputError, InvalidOffsetError
 from partitions.groups import EARLIEST, LATEST, RawChunk
@@ -217,7 +218,13 @@ async def produce(request: web.Request) -> web.Response:
     if idempotency_key is not None:
         digest = hashlib.sha256(media.encode() + b"\n" + raw).digest()[:HASH_BYTES]
         idempotency = IdempotentRequest(idempotency_key, digest)
-    placed = await broker.produce(tenant, topic, records, idempotency=idempotency)
+    appended: list[int] = []
+    try:
+        placed = await broker.produce(
+            tenant, topic, records, idempotency=idempotency, appended=appended
+        )
+    finally:
+        meter_produced(request, records, appended)
     registry: Metrics = request.app[METRICS]
     registry.produced_records.inc(len(records))
     registry.produced_bytes.inc(sum(len(r.value) + len(r.key or b"") for r in records))
@@ -260,6 +267,7 @@ async def read_records(request: web.Request) -> web.Response:
         start = answer.offset
         data, next_offset = trim_batches(result.data, start, max_records)
         charge_consume(request, len(data))
+        meter_delivered(request, *payload_totals(data, start))
         if not data:
             next_offset = result.next_offset
         request.app[METRICS].read_records.inc(next_offset - start)
@@ -273,7 +281,9 @@ async def read_records(request: web.Request) -> web.Response:
         }
         return await wire.answer(request, wire.encode_chunks(chunks), wire.BATCH, headers=headers)
     request.app[METRICS].read_records.inc(len(result.records))
-    charge_consume(request, sum(r.payload_bytes for r in result.records))
+    payload = sum(r.payload_bytes for r in result.records)
+    charge_consume(request, payload)
+    meter_delivered(request, len(result.records), payload)
     return await wire.json_answer(
         request,
         {
@@ -401,6 +411,8 @@ async def group_fetch(request: web.Request) -> web.Response:
     request.app[METRICS].read_records.inc(result.fetched.count)
     charge_consume(request, result.fetched.size)
     if binary:
+        for chunk in result.fetched.chunks:
+            meter_delivered(request, *payload_totals(chunk.data, chunk.from_offset))
         headers = {
             "Eventbus-Member-Id": result.member_id,
             "Eventbus-Generation": str(result.generation),
@@ -408,6 +420,7 @@ async def group_fetch(request: web.Request) -> web.Response:
         }
         framed = wire.encode_chunks(result.fetched.chunks)
         return await wire.answer(request, framed, wire.BATCH, headers=headers)
+    meter_delivered(request, len(result.records), result.fetched.size)
     return await wire.json_answer(
         request,
         {

@@ -65,6 +65,8 @@ _PUBLIC_MESSAGES = {
     "worker_unavailable": "the worker process that serves this is restarting; retry",
     "worker_lost": "the worker process serving this stopped before it answered; retry",
     "storage_backpressure": "too much data waits for upload to object storage; retry later",
+    "object_store_unavailable": "the object store holding this data did not answer; retry",
+    "object_store_error": "the object store holding this data refused the read; retry later",
 }
 # Server-side answers whose message and details are meant for the client (no internals).
 _EXPLAINED_5XX = frozenset({"offset_not_local"})

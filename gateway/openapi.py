@@ -343,6 +343,110 @@ def _admin_paths() -> dict[str, Any]:
     }
 
 
+_HOUR_PARAMS = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "format": "date-time", "example": "2026-01-05T13:00:00Z"},
+    }
+    for name, description in (
+        ("from", "Start of the period: RFC 3339, UTC, a whole hour (default: the month's start)"),
+        ("to", "End of the period, excluded: RFC 3339, UTC, a whole hour (default: next hour)"),
+    )
+]
+_DECIMAL = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}
+_USAGE = _object(
+    {
+        **{
+            name: {"type": "integer", "minimum": 0}
+            for name in (
+                "requests",
+                "records_in",
+                "records_out",
+                "bytes_in",
+                "bytes_out",
+                "stored_byte_seconds",
+                "partition_seconds",
+            )
+        },
+        "stored_byte_hours": _DECIMAL,
+        "partition_hours": _DECIMAL,
+    }
+)
+_BILL = {
+    "usage": _USAGE,
+    "plan": {"type": "object"},
+    "line_items": {
+        "type": "array",
+        "items": _object(
+            {
+                "item": {"enum": ["data_in", "data_out", "storage", "requests", "partitions"]},
+                "unit": {"type": "string"},
+                "quantity": _DECIMAL,
+                "unit_price_usd": _DECIMAL,
+                "amount_usd": _DECIMAL,
+            }
+        ),
+    },
+    "total_usd": _DECIMAL,
+}
+_PERIOD = {"from": {"type": "string"}, "to": {"type": "string"}}
+
+
+def _usage_paths() -> dict[str, Any]:
+    return {
+        "/v1/usage": {
+            "get": {
+                "summary": "The tenant's metered usage in a period, and what it costs (full key)",
+                "parameters": _HOUR_PARAMS,
+                "responses": {
+                    "200": _json(_object({**_PERIOD, **_BILL}), "Usage and bill"),
+                    **_errors(400, 401, 403, 429),
+                },
+            }
+        },
+        "/v1/admin/usage": {
+            "get": {
+                "summary": "Every tenant's usage and bill in a period (admin key)",
+                "parameters": [
+                    *_HOUR_PARAMS,
+                    {
+                        "name": "tenant",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only this tenant",
+                        "schema": _TENANT_PARAM["schema"],
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        _object(
+                            {
+                                **_PERIOD,
+                                "tenants": {
+                                    "type": "array",
+                                    "items": _object(
+                                        {
+                                            "tenant": {"type": "string"},
+                                            "deleted": {"type": "boolean"},
+                                            **_BILL,
+                                        }
+                                    ),
+                                },
+                                "total_usd": _DECIMAL,
+                            }
+                        ),
+                        "Usage and bills, by tenant name",
+                    ),
+                    **_errors(400, 401, 403, 404),
+                },
+            }
+        },
+    }
+
+
 def build_document(version: str) -> dict[str, Any]:
     topic_config = {"$ref": "#/components/schemas/TopicConfig"}
     topic = {"$ref": "#/components/schemas/Topic"}
@@ -382,6 +486,7 @@ def build_document(version: str) -> dict[str, Any]:
                 }
             },
             **_admin_paths(),
+            **_usage_paths(),
             "/v1/topics": {
                 "get": {
                     "summary": "List topics, by name, a page at a time",
@@ -509,7 +614,7 @@ def build_document(version: str) -> dict[str, Any]:
                                 },
                             },
                         },
-                        **_errors(400, 401, 403, 404, 406, 416, 501),
+                        **_errors(400, 401, 403, 404, 406, 416, 503),
                     },
                 },
             },

@@ -133,9 +133,8 @@ def apply_quota_changes(
 
 
 class FileClock:
-    """A clock (seconds) read from a file that another process moves: the quota clock of
-    tests that count tokens across several worker processes. The file holds one
-    little-endian float64."""
+    """A clock read from a file that another process moves: for tests that count time
+    across several worker processes. The file holds one little-endian float64."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -144,6 +143,9 @@ class FileClock:
 
     def __call__(self) -> float:
         return float(_CLOCK.unpack_from(self._map)[0])
+
+    def whole(self) -> int:
+        return int(self())
 
 
 _CLOCK = struct.Struct("<d")

@@ -7,7 +7,8 @@ list of topic names. Every tenant route needs one *action*:
 - ``produce``: append records (``full`` and ``produce``);
 - ``consume``: read partitions and everything about consumer groups (``full`` and
   ``consume``);
-- ``manage``: create, change and delete topics, split and merge partitions (``full`` only).
+- ``manage``: create, change and delete topics, split and merge partitions, read the
+  tenant's usage and bill (``full`` only).
 
 A route this table does not name needs ``manage``: a new route is closed to restricted
 keys until someone decides otherwise. A key with a topic list gets 403 on a route naming
@@ -66,6 +67,9 @@ ROUTE_ACTIONS: Mapping[tuple[str, str], Action] = {
     ("POST", _GROUP + "/seek"): Action.CONSUME,
     ("GET", _GROUP): Action.CONSUME,
     ("DELETE", _GROUP): Action.CONSUME,
+    # The tenant's usage and bill: account business, for full keys (and only those not
+    # limited to some topics: the handler refuses those, usage being tenant-wide).
+    ("GET", "/v1/usage"): Action.MANAGE,
 }
 
 

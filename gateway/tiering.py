@@ -1,5 +1,6 @@
 """Wiring tiered storage into the app: the object store and the tiering service as
-``cleanup_ctx`` entries, and their numbers in ``/metrics``.
+``cleanup_ctx`` entries, the cold-read path into the partition worker, and their numbers in
+``/metrics``.
 
 The object store opens before the broker (topic deletions finished at start delete their
 objects) and closes after it. The tiering service is made with the broker, so that rolls
@@ -14,7 +15,12 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gateway.broker import Broker
@@ -23,6 +29,7 @@ from gateway.keys import BROKER, CONFIG, METRICS
 from partitions.catalog import Catalog
 from partitions.worker import LocalPartitionWorker
 from tiered_storage.objects import ObjectStore, open_object_store
+from tiered_storage.reader import ColdReadSettings, LatencyHistogram, RemoteSegmentReader
 from tiered_storage.service import TieredStorage
 from tiered_storage.state import TieringCounters, TieringSettings
 
@@ -66,17 +73,35 @@ async def object_store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
+def cold_read_settings(config: ServerConfig) -> ColdReadSettings:
+    return ColdReadSettings(
+        cache_bytes=config.read_cache_bytes,
+        chunk_bytes=config.read_chunk_bytes,
+        read_ahead_chunks=config.read_ahead_chunks,
+    )
+
+
 def attach_tiering(
     app: web.Application, catalog: Catalog, broker: Broker, worker: LocalPartitionWorker
 ) -> TieredStorage:
-    """Make the tiering service for ``broker`` and ``worker`` (its loops start later)."""
-    tiering = TieredStorage(catalog, worker, app[OBJECT_STORE], tiering_settings(app[CONFIG]))
+    """Make the tiering service for ``broker`` and ``worker`` (its loops start later), and
+    let the worker read tiered offsets through it."""
+    config = app[CONFIG]
+    tiering = TieredStorage(
+        catalog,
+        worker,
+        app[OBJECT_STORE],
+        tiering_settings(config),
+        read_settings=cold_read_settings(config),
+    )
     worker.on_roll = tiering.notify_roll
+    worker.remote = tiering.reader
     broker.tiered = tiering
     app[TIERING] = tiering
     app[METRICS].registry.register(
         TieringCollector(lambda: tiering.counters, tiering.index.remote_bytes)
     )
+    app[METRICS].registry.register(ColdReadCollector(tiering.reader))
     return tiering
 
 
@@ -156,4 +181,86 @@ class TieringCollector(Collector):
             "eventbus_tiering_remote_bytes",
             "Bytes of copy-finished segments in object storage (partitions open here)",
             self._remote_bytes(),
+        )
+
+
+def _histogram(name: str, documentation: str, histogram: LatencyHistogram) -> Metric:
+    return HistogramMetricFamily(
+        name, documentation, buckets=histogram.cumulative(), sum_value=histogram.total
+    )
+
+
+class ColdReadCollector(Collector):
+    """The cold-read path and its cache (no labels: a fixed set of series)."""
+
+    def __init__(self, reader: RemoteSegmentReader) -> None:
+        self._reader = reader
+
+    def collect(self) -> Iterator[Metric]:
+        c, cache = self._reader.counters, self._reader.cache
+        yield CounterMetricFamily(
+            "eventbus_cold_reads",
+            "Reads (and timestamp lookups) of offsets only the object store holds",
+            c.reads,
+        )
+        yield _histogram(
+            "eventbus_cold_read_seconds",
+            "Time to answer the object-store part of a read, fetches included",
+            c.read_seconds,
+        )
+        yield CounterMetricFamily(
+            "eventbus_read_cache_hits",
+            "Chunks and indexes cold reads found cached or already being fetched",
+            c.hits,
+        )
+        yield CounterMetricFamily(
+            "eventbus_read_cache_misses",
+            "Chunks and indexes cold reads had to fetch from the object store themselves",
+            c.misses,
+        )
+        yield CounterMetricFamily(
+            "eventbus_read_cache_fetches",
+            "GET requests made for cold reads (read-ahead included)",
+            c.fetches,
+        )
+        yield CounterMetricFamily(
+            "eventbus_read_cache_fetched_bytes",
+            "Bytes fetched from the object store for cold reads (read-ahead included)",
+            c.fetched_bytes,
+        )
+        yield CounterMetricFamily(
+            "eventbus_read_cache_fetch_failures",
+            "Fetches for cold reads that failed (the reads waiting on them failed too)",
+            c.fetch_failures,
+        )
+        yield CounterMetricFamily(
+            "eventbus_read_ahead_chunks",
+            "Chunks fetched ahead of sequential cold readers",
+            c.read_ahead_chunks,
+        )
+        yield _histogram(
+            "eventbus_read_cache_fetch_seconds",
+            "Time of one GET from the object store for a cold read",
+            c.fetch_seconds,
+        )
+        yield CounterMetricFamily(
+            "eventbus_read_cache_evictions",
+            "Entries the read cache dropped to stay within its bound",
+            cache.evictions,
+        )
+        yield GaugeMetricFamily(
+            "eventbus_read_cache_bytes", "Bytes the read cache holds now", cache.size_bytes
+        )
+        yield GaugeMetricFamily(
+            "eventbus_read_cache_peak_bytes",
+            "The most bytes the read cache ever held (never above its bound)",
+            cache.peak_bytes,
+        )
+        yield GaugeMetricFamily(
+            "eventbus_read_cache_capacity_bytes",
+            "The read cache's bound (--read-cache-bytes)",
+            cache.capacity_bytes,
+        )
+        yield GaugeMetricFamily(
+            "eventbus_read_cache_entries", "Chunks and indexes the read cache holds", len(cache)
         )

@@ -66,6 +66,9 @@ RECORD_LENGTH = struct.Struct(">I")
 _HEADER_COUNT = struct.Struct(">H")
 _HEADER_NAME_LEN = struct.Struct(">H")
 _HEADER_VALUE_LEN = struct.Struct(">I")
+# A record header's first and last fields only (record_length, headers_length), skipping
+# the ones between: attributes, offset_delta, timestamp_delta, key_length, value_length.
+_LENGTH_AND_HEADERS = struct.Struct(f">I{struct.calcsize('>BIqiI')}xI")
 
 KEY_IS_TEXT = 0x01
 VALUE_IS_TEXT = 0x02
@@ -279,6 +282,54 @@ def trim_batches(data: bytes, from_offset: int, max_records: int) -> tuple[bytes
         if count >= max_records:
             break
     return (data if pos == len(data) else data[:pos]), next_offset
+
+
+def whole_batches_within(data: bytes, max_bytes: int) -> tuple[bytes, int]:
+    """The leading whole batches of ``data`` that fit ``max_bytes`` together (maybe none),
+    and the offset after the last of them (0 when none fits)."""
+    pos = 0
+    next_offset = 0
+    while pos < len(data):
+        header = read_header(data, pos)
+        if pos + header.total_size > max_bytes:
+            break
+        pos += header.total_size
+        next_offset = header.next_offset
+    return (data if pos == len(data) else data[:pos]), next_offset
+
+
+def payload_totals(data: bytes | bytearray | memoryview, from_offset: int = 0) -> tuple[int, int]:
+    """(records, key + value + header bytes) of the records at or past ``from_offset`` in
+    whole stored batches, as :attr:`Record.payload_bytes` counts them, without decoding.
+
+    A record's ``record_length`` covers its fixed fields, key, value and header block; the
+    header block's own framing (its ``u16`` count, each header's ``u16`` and ``u32``
+    lengths) is not payload. Records of a batch have offsets ``base_offset + index``.
+    """
+    buf = memoryview(data)
+    unpack = _LENGTH_AND_HEADERS.unpack_from
+    header_count = _HEADER_COUNT.unpack_from
+    fixed = RECORD_HEADER.size - RECORD_LENGTH.size
+    framing = _HEADER_NAME_LEN.size + _HEADER_VALUE_LEN.size
+    records = payload = 0
+    pos = 0
+    while pos < len(buf):
+        header = read_header(buf, pos)
+        cursor = pos + BATCH_HEADER.size + header.producer_tag_length
+        pos += header.total_size
+        skip = from_offset - header.base_offset  # records delivered before
+        if skip >= header.record_count:
+            continue
+        for index in range(header.record_count):
+            length, headers_len = unpack(buf, cursor)
+            cursor += RECORD_LENGTH.size + length
+            if index >= skip:
+                records += 1
+                payload += length - fixed
+                if headers_len:
+                    (count,) = header_count(buf, cursor - headers_len)
+                    payload -= _HEADER_COUNT.size + count * framing
+    return records, payload
 
 
 def _decode_headers(buf: memoryview, pos: int, end: int) -> tuple[tuple[str, str], ...]:

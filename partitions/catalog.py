@@ -1,11 +1,11 @@
 """The catalog: the one source of truth about what exists.
 
 Tenants and their API keys, topics and their incarnations, partitions and their lineage,
-consumer groups and their committed offsets, idempotency records and remote segments all
-live behind the :class:`Catalog` Protocol. Today its store is SQLite in the data directory
-(``partitions.catalog_sqlite``); a DynamoDB store will implement the same Protocol for
-several nodes, so nothing here speaks SQL, and every operation is one that DynamoDB can do
-atomically (a conditional write or a transaction of a few items).
+consumer groups and their committed offsets, idempotency records, remote segments and
+metered usage all live behind the :class:`Catalog` Protocol. Today its store is SQLite in
+the data directory (``partitions.catalog_sqlite``); a DynamoDB store will implement the
+same Protocol for several nodes, so nothing here speaks SQL, and every operation is one that
+DynamoDB can do atomically (a conditional write or a transaction of a few items).
 
 Rules every store keeps:
 
@@ -23,6 +23,9 @@ Rules every store keeps:
 - Rows that concurrent writers may race on carry a ``version``; writers that read-modify-
   write pass the version they read, and the loser of a race gets
   :class:`~partitions.errors.VersionConflictError`.
+- Usage rows are counters per tenant and UTC hour that only ever grow by *adding* deltas
+  (a DynamoDB ``ADD``), so that any number of processes can flush into one catalog without
+  reading first; they outlive their tenant (its last bill still needs them).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 HASH_SPACE_END = 1 << 64
+HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -189,6 +193,55 @@ class RemoteSegmentRecord:
     object_key: str
     state: RemoteSegmentState
     version: int = 1
+
+
+USAGE_COUNTERS = (
+    "requests",
+    "records_in",
+    "records_out",
+    "bytes_in",
+    "bytes_out",
+    "stored_byte_seconds",
+    "partition_seconds",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCounters:
+    """What a tenant used in some time: all non-negative integers.
+
+    ``stored_byte_seconds`` and ``partition_seconds`` are integrals over time (bytes stored
+    times seconds, active partitions times seconds); the API shows them in hours.
+    """
+
+    requests: int = 0
+    records_in: int = 0
+    records_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    stored_byte_seconds: int = 0
+    partition_seconds: int = 0
+
+    def __add__(self, other: UsageCounters) -> UsageCounters:
+        return UsageCounters(
+            *(getattr(self, name) + getattr(other, name) for name in USAGE_COUNTERS)
+        )
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, name) for name in USAGE_COUNTERS)
+
+    def to_json(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in USAGE_COUNTERS}
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """A tenant's counters for the UTC hour starting at ``hour_ms`` (a multiple of
+    :data:`HOUR_MS`): a stored row, or a delta to add to one."""
+
+    tenant: str
+    hour_ms: int
+    counters: UsageCounters
 
 
 class Catalog(Protocol):
@@ -449,6 +502,22 @@ class Catalog(Protocol):
         Tiered storage uses it at start and when cleaning up: copies that never finished,
         deletions that a crash interrupted.
         """
+        ...
+
+    # --- usage -----------------------------------------------------------------------------
+
+    async def add_usage(self, deltas: Sequence[UsageRecord]) -> None:
+        """Add each delta's counters to its (tenant, hour) row, creating missing rows, all
+        in one atomic step: every delta is added exactly once, or none is. Deltas for the
+        same row add up. An hour that is not a multiple of :data:`HOUR_MS`, or a negative
+        counter, raises :class:`ValueError` and adds nothing."""
+        ...
+
+    async def list_usage(
+        self, start_ms: int, end_ms: int, *, tenant: str | None = None
+    ) -> list[UsageRecord]:
+        """The rows of hours in ``[start_ms, end_ms)``, of ``tenant`` or of every tenant
+        (deleted ones too), by hour then tenant."""
         ...
 
     async def close(self) -> None: ...

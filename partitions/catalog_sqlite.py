@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from partitions.catalog import (
+    HOUR_MS,
+    USAGE_COUNTERS,
     WHOLE_SPACE,
     ApiKeyRecord,
     Catalog,
@@ -42,6 +44,8 @@ from partitions.catalog import (
     TenantCounts,
     TenantRecord,
     TopicRecord,
+    UsageCounters,
+    UsageRecord,
 )
 from partitions.errors import (
     ApiKeyNotFoundError,
@@ -166,7 +170,24 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
-    # 3: which worker process owns each partition (chosen when the partition is made).
+    # 3: metered usage, one row per tenant and UTC hour. No foreign key to tenants: a
+    # deleted tenant's usage stays for its last bill.
+    """
+    CREATE TABLE usage (
+        hour_ms INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        records_in INTEGER NOT NULL,
+        records_out INTEGER NOT NULL,
+        bytes_in INTEGER NOT NULL,
+        bytes_out INTEGER NOT NULL,
+        stored_byte_seconds INTEGER NOT NULL,
+        partition_seconds INTEGER NOT NULL,
+        PRIMARY KEY (hour_ms, tenant)
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_by_tenant ON usage (tenant, hour_ms);
+    """,
+    # 4: which worker process owns each partition (chosen when the partition is made).
     """
     CREATE TABLE placements (
         tenant TEXT NOT NULL,
@@ -1350,6 +1371,62 @@ class SqliteCatalog:
                 (state.value, *start, limit),
             )
             return [self._segment(r) for r in rows]
+
+        return await self._tx(op)
+
+    # --- usage ---------------------------------------------------------------------------
+
+    async def add_usage(self, deltas: Sequence[UsageRecord]) -> None:
+        summed: dict[tuple[int, str], UsageCounters] = {}
+        for delta in deltas:
+            if delta.hour_ms < 0 or delta.hour_ms % HOUR_MS:
+                raise ValueError(f"not the start of a UTC hour: {delta.hour_ms}")
+            if any(value < 0 for value in delta.counters.to_json().values()):
+                raise ValueError(f"usage only grows: {delta.counters}")
+            key = (delta.hour_ms, delta.tenant)
+            summed[key] = summed.get(key, UsageCounters()) + delta.counters
+        if not summed:
+            return
+        updates = ", ".join(f"{name} = {name} + excluded.{name}" for name in USAGE_COUNTERS)
+        statement = (
+            f"INSERT INTO usage (hour_ms, tenant, {', '.join(USAGE_COUNTERS)}) "  # noqa: S608
+            f"VALUES ({', '.join('?' * (2 + len(USAGE_COUNTERS)))}) "
+            f"ON CONFLICT (hour_ms, tenant) DO UPDATE SET {updates}"
+        )
+        rows = [
+            (hour, tenant, *counters.to_json().values())
+            for (hour, tenant), counters in summed.items()
+        ]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(statement, rows)
+
+        await self._tx(op)
+
+    async def list_usage(
+        self, start_ms: int, end_ms: int, *, tenant: str | None = None
+    ) -> list[UsageRecord]:
+        def op(conn: sqlite3.Connection) -> list[UsageRecord]:
+            if tenant is None:
+                rows = conn.execute(
+                    "SELECT * FROM usage WHERE hour_ms >= ? AND hour_ms < ? "
+                    "ORDER BY hour_ms, tenant",
+                    (start_ms, end_ms),
+                )
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM usage WHERE tenant = ? AND hour_ms >= ? AND hour_ms < ? "
+                    "ORDER BY hour_ms",
+                    (tenant, start_ms, end_ms),
+                )
+            return [
+                UsageRecord(
+                    tenant=row["tenant"],
+                    hour_ms=row["hour_ms"],
+                    counters=UsageCounters(*(row[name] for name in USAGE_COUNTERS)),
+                )
+                for row in rows
+            ]
 
         return await self._tx(op)
 

@@ -72,10 +72,12 @@ class OffsetNotLocalError(EventBusError):
     """An offset inside the log (at or above its start) whose data lives only in object
     storage: local retention removed the local copy after it was uploaded.
 
-    Reading tiered data back is not part of this build, so the answer is final for now
-    (not retriable); ``details`` carries ``offset``, the log's ``start_offset``, its
-    ``local_start_offset`` (where local data begins) and ``high_watermark``, so that a
-    client can move on to data it can read. It is never a 416: the offset is valid.
+    The partition log raises it for every read below its local start; the partition worker
+    then reads those offsets through its :class:`~partitions.remote.RemoteLogReader`, so a
+    server never answers it. Only a worker without a reader lets it through: a final answer
+    (not retriable) whose ``details`` carry ``offset``, the log's ``start_offset``, its
+    ``local_start_offset`` (where local data begins) and ``high_watermark``. It is never a
+    416: the offset is valid.
     """
 
     code = "offset_not_local"

@@ -38,6 +38,7 @@ from partitions.errors import (
     InvalidOffsetError,
     StaleGenerationError,
 )
+from partitions.log import BatchRead, ReadResult
 from partitions.waiting import waiting
 from partitions.worker import PartitionKey, PartitionWorker
 
@@ -416,36 +417,81 @@ class GroupCoordinator:
         raw: bool,
     ) -> Fetched:
         out = Fetched()
-        for pid in sorted(member.positions, key=lambda p: (_is_active(shape, p), p)):
-            if out.count >= max_records or (out and out.size >= max_bytes):
-                break
-            if group.owner.get(pid) != member.member_id or pid not in shape.partitions:
-                continue
-            key = shape.key(pid)
-            stats = await self._worker.stats(key)
+        owned = [
+            pid
+            for pid in sorted(member.positions, key=lambda p: (_is_active(shape, p), p))
+            # A partition this shape does not know is newer than it (a split meanwhile).
+            if group.owner.get(pid) == member.member_id and pid in shape.partitions
+        ]
+        positions: dict[int, int] = {}
+        cold: list[int] = []
+        for pid in owned:
+            stats = await self._worker.stats(shape.key(pid))
             position = max(member.positions[pid], stats.start_offset)
             if position >= stats.end_offset:
                 member.positions[pid] = position
                 continue
-            room = max_bytes - out.size or 1
-            if raw:
-                batches = await self._worker.read_batches(key, position, max_bytes=room)
-                data, next_offset = trim_batches(batches.data, position, max_records - out.count)
+            positions[pid] = position
+            if position < stats.local_start_offset:
+                cold.append(pid)
+        # Partitions whose next records are only in object storage are read all at once,
+        # each with an equal share of the fetch's bounds: every read waits on the store, so
+        # one partition's wait must not add to the next one's. They come first; the hot
+        # partitions share what is left, in order.
+        early: dict[int, ReadResult | BatchRead] = {}
+        if len(cold) > 1:
+            share_records = max(1, max_records // len(cold))
+            share_bytes = max(1, max_bytes // len(cold))
+            results = await asyncio.gather(
+                *(
+                    self._read_one(shape, pid, positions[pid], share_records, share_bytes, raw)
+                    for pid in cold
+                ),
+                return_exceptions=True,
+            )
+            for pid, outcome in zip(cold, results, strict=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                early[pid] = outcome
+        for pid in [*early, *(p for p in positions if p not in early)]:
+            if out.count >= max_records or (out and out.size >= max_bytes):
+                break
+            position = positions[pid]
+            result = early.get(pid)
+            if result is None:
+                room = max_bytes - out.size or 1
+                result = await self._read_one(
+                    shape, pid, position, max_records - out.count, room, raw
+                )
+            if isinstance(result, BatchRead):
+                data, next_offset = trim_batches(result.data, position, max_records - out.count)
                 if data:
                     out.chunks.append(RawChunk(pid, position, data))
                     out.size += len(data)
             else:
-                result = await self._worker.read(
-                    key, position, max_records=max_records - out.count, max_bytes=room
-                )
-                for record in result.records:
+                records = result.records[: max_records - out.count]
+                for record in records:
                     out.records.append((pid, record))
                     out.size += record.payload_bytes
-                next_offset = result.next_offset
+                next_offset = records[-1].offset + 1 if records else position
             out.count += next_offset - position
             member.positions[pid] = next_offset
             member.delivered[pid] = next_offset
         return out
+
+    async def _read_one(
+        self,
+        shape: TopicShape,
+        pid: int,
+        position: int,
+        max_records: int,
+        max_bytes: int,
+        raw: bool,
+    ) -> ReadResult | BatchRead:
+        key = shape.key(pid)
+        if raw:
+            return await self._worker.read_batches(key, position, max_bytes=max_bytes)
+        return await self._worker.read(key, position, max_records=max_records, max_bytes=max_bytes)
 
     async def _holds_finished_parent(self, group: Group, shape: TopicShape, member: Member) -> bool:
         """Whether the member owns a sealed partition it read to the end that is committed

@@ -22,7 +22,8 @@ was, so the log stays readable and consistent, and appends work again once space
 The *log start* (the first offset a reader may ask for) and the *local start* (the first
 offset whose segment is on this disk) are kept apart: with tiered storage, local retention
 drops segments that are safely in object storage without moving the log start, and reads
-between the two answer :class:`~partitions.errors.OffsetNotLocalError` rather than a 416.
+between the two raise :class:`~partitions.errors.OffsetNotLocalError` rather than a 416 (the
+partition worker reads those offsets from object storage instead).
 The log start is persisted in ``partition.json`` before any segment below it is deleted.
 
 Directory layout::
@@ -1108,8 +1109,7 @@ class PartitionLog:
         local = self.local_start_offset
         if offset < local:
             raise OffsetNotLocalError(
-                f"offset {offset} is in tiered storage only (local data starts at {local}); "
-                "reading tiered data back is not supported yet",
+                f"offset {offset} is in tiered storage only (local data starts at {local})",
                 offset=offset,
                 start_offset=start,
                 local_start_offset=local,
@@ -1233,7 +1233,8 @@ class PartitionLog:
         ``None`` when no record that is still in the log is that new. Only local data is
         searched: when the answer is the first local record and older data lives in tiered
         storage only, an older record there may qualify too, so this raises
-        :class:`OffsetNotLocalError` rather than answer what may be wrong.
+        :class:`OffsetNotLocalError` (the partition worker then searches the remote
+        segments) rather than answer what may be wrong.
         """
         self._check_readable()
         local, start = self.local_start_offset, self.start_offset
@@ -1245,8 +1246,7 @@ class PartitionLog:
                 segment.unpin()
         if found is not None and found <= local and start < local:
             raise OffsetNotLocalError(
-                f"the first record at or after {timestamp_ms} may be in tiered storage, "
-                "which cannot be searched yet",
+                f"the first record at or after {timestamp_ms} may be in tiered storage",
                 timestamp_ms=timestamp_ms,
                 start_offset=start,
                 local_start_offset=local,

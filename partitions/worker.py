@@ -16,12 +16,18 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from partitions.errors import OffsetNotLocalError, PartitionUnavailableError
+from partitions.batch import Record, whole_batches_within
+from partitions.errors import (
+    EventBusError,
+    OffsetNotLocalError,
+    OffsetOutOfRangeError,
+    PartitionUnavailableError,
+)
 from partitions.log import (
     AppendResult,
     BatchRead,
@@ -33,6 +39,8 @@ from partitions.log import (
     SegmentInfo,
 )
 from partitions.remote import RemoteLogReader
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -243,29 +251,151 @@ class LocalPartitionWorker:
     async def read(
         self, key: PartitionKey, offset: int, *, max_records: int, max_bytes: int
     ) -> ReadResult:
+        log = self.log(key)
         try:
-            return await self.log(key).read(offset, max_records=max_records, max_bytes=max_bytes)
+            return await log.read(offset, max_records=max_records, max_bytes=max_bytes)
         except OffsetNotLocalError:
             if self.remote is None:
                 raise
-            return await self.remote.read(key, offset, max_records=max_records, max_bytes=max_bytes)
+            return await self._read_tiered(self.remote, key, log, offset, max_records, max_bytes)
 
     async def read_batches(self, key: PartitionKey, offset: int, *, max_bytes: int) -> BatchRead:
+        log = self.log(key)
         try:
-            return await self.log(key).read_batches(offset, max_bytes=max_bytes)
+            return await log.read_batches(offset, max_bytes=max_bytes)
         except OffsetNotLocalError:
             if self.remote is None:
                 raise
-            return await self.remote.read_batches(key, offset, max_bytes=max_bytes)
+            return await self._read_batches_tiered(self.remote, key, log, offset, max_bytes)
 
     async def offset_for_timestamp(self, key: PartitionKey, timestamp_ms: int) -> int | None:
-        try:
-            return await self.log(key).offset_for_timestamp(timestamp_ms)
-        except OffsetNotLocalError:
-            if self.remote is None:
-                raise
-            found = await self.remote.offset_for_timestamp(key, timestamp_ms)
-            return found if found is not None else self.log(key).local_start_offset
+        """The first offset whose record timestamp is at least ``timestamp_ms``, searching
+        the offsets only object storage holds first (producer timestamps need not rise, so
+        an old record may qualify when no local one does). Remote segments whose largest
+        timestamp is older are skipped without fetching anything."""
+        log = self.log(key)
+        while True:
+            start, local = log.start_offset, log.local_start_offset
+            if self.remote is not None and start < local:
+                found = await _remote_call(
+                    log,
+                    start,
+                    self.remote.offset_for_timestamp(
+                        key, timestamp_ms, start_offset=start, end_offset=local
+                    ),
+                )
+                if found is not None:
+                    return found
+            try:
+                return await log.offset_for_timestamp(timestamp_ms)
+            except OffsetNotLocalError:
+                if self.remote is None:
+                    raise
+                if log.local_start_offset == local:
+                    return local  # the first local record is the first match
+                # Local retention moved the local start meanwhile: search again.
+
+    # --- reads that start below the local start ----------------------------------------------
+
+    @staticmethod
+    async def _read_tiered(
+        remote: RemoteLogReader,
+        key: PartitionKey,
+        log: PartitionLog,
+        offset: int,
+        max_records: int,
+        max_bytes: int,
+    ) -> ReadResult:
+        """Records from object storage up to the local start, then on from local disk while
+        the bounds allow: one seamless run of offsets. If local retention moves the local
+        start during the read, the remote part simply reaches further."""
+        records: list[Record] = []
+        size = 0
+        next_offset = offset
+        while len(records) < max_records and (not records or size < max_bytes):
+            local_start = log.local_start_offset
+            from_remote = next_offset < local_start
+            if from_remote:
+                part = await _remote_call(
+                    log,
+                    next_offset,
+                    remote.read(
+                        key,
+                        next_offset,
+                        max_records=max_records - len(records),
+                        max_bytes=max(1, max_bytes - size),
+                        end_offset=local_start,
+                    ),
+                )
+                found = part.records
+            else:
+                try:
+                    local = await log.read(
+                        next_offset,
+                        max_records=max_records - len(records),
+                        max_bytes=max(1, max_bytes - size),
+                    )
+                except OffsetNotLocalError:
+                    continue  # local retention moved the local start: read on remotely
+                found = local.records
+            taken = _records_within(found, max_bytes - size) if records else found
+            if not taken:
+                break
+            records.extend(taken)
+            size += sum(r.payload_bytes for r in taken)
+            next_offset = taken[-1].offset + 1
+            if not from_remote or len(taken) < len(found) or next_offset < local_start:
+                # A local read answers all it may; a remote one that stopped short of the
+                # local start, or was cut, used up the bounds.
+                break
+        return ReadResult(records, next_offset, log.high_watermark, log.start_offset, log.sealed)
+
+    @staticmethod
+    async def _read_batches_tiered(
+        remote: RemoteLogReader,
+        key: PartitionKey,
+        log: PartitionLog,
+        offset: int,
+        max_bytes: int,
+    ) -> BatchRead:
+        """Stored batches from object storage, continued from local disk like
+        :meth:`_read_tiered`."""
+        pieces: list[bytes] = []
+        total = 0
+        first = offset
+        next_offset = offset
+        while not pieces or total < max_bytes:
+            local_start = log.local_start_offset
+            from_remote = next_offset < local_start
+            if from_remote:
+                part = await _remote_call(
+                    log,
+                    next_offset,
+                    remote.read_batches(
+                        key, next_offset, max_bytes=max_bytes - total, end_offset=local_start
+                    ),
+                )
+                data, part_first, part_next = part.data, part.first_offset, part.next_offset
+            else:
+                try:
+                    local = await log.read_batches(next_offset, max_bytes=max_bytes - total)
+                except OffsetNotLocalError:
+                    continue
+                data, part_first, part_next = local.data, local.first_offset, local.next_offset
+            taken = data
+            if pieces:
+                taken, part_next = whole_batches_within(data, max_bytes - total)
+            if not taken:
+                break
+            if not pieces:
+                first = part_first
+            pieces.append(taken)
+            total += len(taken)
+            next_offset = part_next
+            if not from_remote or len(taken) < len(data) or next_offset < local_start:
+                break
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return BatchRead(data, first, next_offset, log.high_watermark, log.start_offset, log.sealed)
 
     async def wait_for_data(self, key: PartitionKey, offset: int, timeout_s: float) -> bool:
         return await self.log(key).wait_for_data(offset, timeout_s)
@@ -378,6 +508,33 @@ class LocalPartitionWorker:
         for key in list(self._frozen):
             await self.thaw(key)
         await asyncio.gather(*(log.close() for log in logs))
+
+
+async def _remote_call(log: PartitionLog, offset: int, call: Awaitable[T]) -> T:
+    """Await a remote read; if it failed because total retention removed its data
+    meanwhile, answer what a local read would: the offset is out of range now."""
+    try:
+        return await call
+    except EventBusError as exc:
+        start = log.start_offset
+        if offset < start:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} was removed by retention while it was being read",
+                offset=offset,
+                start_offset=start,
+                high_watermark=log.high_watermark,
+            ) from exc
+        raise
+
+
+def _records_within(records: Sequence[Record], max_bytes: int) -> list[Record]:
+    """The leading records whose payload fits ``max_bytes`` together (maybe none)."""
+    size = 0
+    for n, record in enumerate(records):
+        size += record.payload_bytes
+        if size > max_bytes:
+            return list(records[:n])
+    return list(records)
 
 
 def _remove_tree(directory: Path) -> None:

@@ -61,9 +61,6 @@ async def start_https_api(data_dir: Path, **settings: Any) -> Api:
     only the test authority."""
     cert_path, key_path, client_context = certificates(data_dir.parent, f"{data_dir.name}-tls")
     if WORKERS:
-        clock = settings.get("quota_clock")
-        if isinstance(clock, FakeClock):
-            clock.share(data_dir.parent / f"{data_dir.name}-clock")
         process = await start_process(
             data_dir,
             {"admin_key": ADMIN_KEY, "tls_cert": cert_path, "tls_key": key_path, **settings},

@@ -90,7 +90,9 @@ class S3FaultProxy:
     ``fail_next`` holds (status, code) answers given, in order, instead of forwarding the
     next requests. After :meth:`freeze`, every request waits (the store stalls) until
     :meth:`thaw`; with ``hold`` set, only the requests it picks (by ``"METHOD /path?query"``)
-    wait, and ``held`` is set when one does. ``requests`` lists what reached the proxy.
+    wait, and ``held`` is set when one does. ``stall`` picks requests that wait until
+    ``released`` is set, while every other request goes through. ``requests`` lists what
+    reached the proxy.
     """
 
     upstream: str
@@ -101,6 +103,8 @@ class S3FaultProxy:
     # When set, only the requests it picks consume ``fail_next``.
     fail_match: Callable[[str], bool] | None = None
     held: asyncio.Event = field(default_factory=asyncio.Event)
+    stall: Callable[[str], bool] | None = None
+    released: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
     url: str = ""
@@ -124,8 +128,14 @@ class S3FaultProxy:
     def thaw(self) -> None:
         self.thawed.set()
 
+    def release(self) -> None:
+        """Let the stalled requests go, and stall no more."""
+        self.stall = None
+        self.released.set()
+
     async def close(self) -> None:
         self.thaw()
+        self.release()
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:
@@ -138,6 +148,8 @@ class S3FaultProxy:
         if self.hold is not None and self.hold(line):
             self.held.set()
             self.thawed.clear()
+        if self.stall is not None and self.stall(line):
+            await self.released.wait()
         await self.thawed.wait()
         if self.fail_next and (self.fail_match is None or self.fail_match(line)):
             status, code = self.fail_next.pop(0)

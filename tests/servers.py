@@ -154,14 +154,24 @@ class ServerProcess:
             self.process.stdout.close()
 
 
-def serve_flags(settings: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """``eventbus serve`` flags and environment for ServerConfig settings given by name."""
+# Clocks a test moves, shared with server processes through a file (see FakeClock.share).
+_CLOCK_FILES = {
+    "quota_clock": "EVENTBUS_QUOTA_CLOCK_FILE",
+    "usage_clock_ms": "EVENTBUS_USAGE_CLOCK_FILE",
+}
+
+
+def serve_flags(settings: dict[str, Any], scratch: Path) -> tuple[list[str], dict[str, str]]:
+    """``eventbus serve`` flags and environment for ServerConfig settings given by name;
+    a clock the test moves is shared through a file in ``scratch``."""
     args: list[str] = []
     env: dict[str, str] = {}
     for name, value in settings.items():
         flag = "--" + name.replace("_", "-")
-        if name == "quota_clock":
-            env["EVENTBUS_QUOTA_CLOCK_FILE"] = str(value.path)
+        if name in _CLOCK_FILES:
+            path = scratch / f"{scratch.name}-{name}"
+            value.share(path)
+            env[_CLOCK_FILES[name]] = str(path)
         elif name == "admin_key":
             env["EVENTBUS_ADMIN_KEY"] = str(value)
         elif name == "default_quotas":
@@ -196,7 +206,7 @@ class ProcessApp:
 
 
 async def start_process(data_dir: Path, settings: dict[str, Any]) -> ProcessApp:
-    args, env = serve_flags(settings)
+    args, env = serve_flags(settings, data_dir.parent)
     process = ServerProcess(data_dir, args=args, env=env)
     await asyncio.to_thread(process.start)
     return ProcessApp(process)

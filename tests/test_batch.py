@@ -15,6 +15,7 @@ from partitions.batch import (
     NewRecord,
     decode_records,
     encode_batch,
+    payload_totals,
     producer_tag,
     validate_batch,
     with_base_offset,
@@ -135,3 +136,33 @@ def test_errors_share_one_root_with_distinct_codes() -> None:
     ]
     codes = [c.code for c in classes]
     assert len(codes) == len(set(codes)), codes
+
+
+@given(
+    batches=st.lists(records_strategy, min_size=1, max_size=4),
+    from_index=st.integers(min_value=0, max_value=130),
+)
+def test_payload_totals_count_what_decoding_would(
+    batches: list[list[NewRecord]], from_index: int
+) -> None:
+    """Metering counts a binary answer's records and bytes without decoding: exactly what
+    decoding it and summing each record's payload_bytes gives, from any offset."""
+    data, base = b"", 0
+    for records in batches:
+        data += with_base_offset(encode_batch(records, now_ms=0, max_record_bytes=MIB), base)
+        base += len(records)
+    decoded = [r for pos in _batch_starts(data) for r in decode_records(data, pos)]
+    wanted = [r for r in decoded if r.offset >= from_index]
+    assert payload_totals(data, from_index) == (
+        len(wanted),
+        sum(r.payload_bytes for r in wanted),
+    )
+
+
+def _batch_starts(data: bytes) -> list[int]:
+    starts, pos = [], 0
+    while pos < len(data):
+        starts.append(pos)
+        (length,) = struct.unpack_from(">I", data, pos + 8)
+        pos += BATCH_PREFIX.size + length
+    return starts

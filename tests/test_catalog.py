@@ -17,6 +17,7 @@ import pytest
 
 from partitions.catalog import (
     HASH_SPACE_END,
+    HOUR_MS,
     WHOLE_SPACE,
     Catalog,
     HashRange,
@@ -25,6 +26,8 @@ from partitions.catalog import (
     RemoteSegmentRecord,
     RemoteSegmentState,
     TenantCounts,
+    UsageCounters,
+    UsageRecord,
 )
 from partitions.catalog_sqlite import SCHEMA_VERSION, SqliteCatalog
 from partitions.errors import (
@@ -540,6 +543,82 @@ async def test_remote_segments_listed_by_state_across_topics(catalog: Catalog) -
     assert await catalog.list_remote_segments_in_state(RemoteSegmentState.DELETE_STARTED) == []
 
 
+# --- usage --------------------------------------------------------------------------------
+
+H0 = 490_000 * HOUR_MS  # some hour in 2025
+
+
+def _use(tenant: str, hour: int, **counters: int) -> UsageRecord:
+    return UsageRecord(tenant, H0 + hour * HOUR_MS, UsageCounters(**counters))
+
+
+async def test_usage_deltas_add_up_per_tenant_and_hour(catalog: Catalog) -> None:
+    assert await catalog.list_usage(0, H0 * 2) == []
+    await catalog.add_usage([])
+    await catalog.add_usage(
+        [
+            _use("acme", 0, requests=2, bytes_in=100),
+            _use("acme", 0, requests=1, records_in=3),  # the same row twice in one call
+            _use("globex", 0, bytes_out=7),
+            _use("acme", 1, stored_byte_seconds=3600, partition_seconds=60),
+        ]
+    )
+    await catalog.add_usage([_use("acme", 0, requests=10, records_out=4, bytes_out=9)])
+    rows = await catalog.list_usage(H0, H0 + 2 * HOUR_MS)
+    assert rows == [
+        _use("acme", 0, requests=13, records_in=3, records_out=4, bytes_in=100, bytes_out=9),
+        _use("globex", 0, bytes_out=7),
+        _use("acme", 1, stored_byte_seconds=3600, partition_seconds=60),
+    ]
+    # Half-open ranges, and one tenant's rows only.
+    assert [r.hour_ms for r in await catalog.list_usage(H0 + HOUR_MS, H0 + 5 * HOUR_MS)] == [
+        H0 + HOUR_MS
+    ]
+    assert await catalog.list_usage(H0, H0 + HOUR_MS, tenant="globex") == [
+        _use("globex", 0, bytes_out=7)
+    ]
+    assert await catalog.list_usage(H0, H0 + 2 * HOUR_MS, tenant="initech") == []
+    assert await catalog.list_usage(H0 + 2 * HOUR_MS, H0 + 2 * HOUR_MS) == []
+
+
+async def test_usage_refusals_add_nothing(catalog: Catalog) -> None:
+    good = _use("acme", 0, requests=1)
+    for bad in (
+        UsageRecord("acme", H0 + 1, UsageCounters(requests=1)),  # not the start of an hour
+        UsageRecord("acme", -HOUR_MS, UsageCounters(requests=1)),
+        _use("acme", 1, bytes_in=-5),  # usage only grows
+    ):
+        with pytest.raises(ValueError):
+            await catalog.add_usage([good, bad])
+    assert await catalog.list_usage(0, H0 * 2) == []
+
+
+async def test_usage_outlives_its_tenant(catalog: Catalog) -> None:
+    await catalog.create_tenant("globex")
+    await catalog.add_usage([_use("globex", 0, requests=5)])
+    await catalog.delete_tenant("globex")
+    assert await catalog.list_usage(H0, H0 + HOUR_MS, tenant="globex") == [
+        _use("globex", 0, requests=5)
+    ]
+
+
+async def test_concurrent_usage_deltas_are_each_added_once(catalog: Catalog) -> None:
+    await asyncio.gather(
+        *(
+            catalog.add_usage(
+                [_use("acme", i % 2, requests=1, bytes_in=i), _use("b", 0, requests=1)]
+            )
+            for i in range(40)
+        )
+    )
+    rows = {
+        (r.tenant, r.hour_ms): r.counters for r in await catalog.list_usage(H0, H0 + 2 * HOUR_MS)
+    }
+    assert rows[("acme", H0)] == UsageCounters(requests=20, bytes_in=sum(range(0, 40, 2)))
+    assert rows[("acme", H0 + HOUR_MS)] == UsageCounters(requests=20, bytes_in=sum(range(1, 40, 2)))
+    assert rows[("b", H0)] == UsageCounters(requests=40)
+
+
 # --- races: exactly one wins ---------------------------------------------------------------
 
 
@@ -617,6 +696,15 @@ async def test_two_sqlite_handles_on_one_file_race_correctly(tmp_path: Path) -> 
             two.create_topic("acme", "y", {}, max_topics=2),
         )
         assert len(wins) == 1 and isinstance(losses[0], TopicLimitError)
+        # Two processes flushing usage into one row: additions, never lost updates.
+        await asyncio.gather(
+            *(
+                (one, two)[i % 2].add_usage([_use("acme", 0, requests=1, bytes_out=i)])
+                for i in range(30)
+            )
+        )
+        (row,) = await one.list_usage(H0, H0 + HOUR_MS)
+        assert row.counters == UsageCounters(requests=30, bytes_out=sum(range(30)))
     finally:
         await one.close()
         await two.close()

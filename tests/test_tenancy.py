@@ -94,7 +94,7 @@ async def test_tenants_are_created_listed_described_and_patched(api: Api) -> Non
         api,
         "POST",
         "/tenants",
-        {"name": "acme", "quotas": {"max_topics": 5}, "plan": {"tier": "pro"}},
+        {"name": "acme", "quotas": {"max_topics": 5}, "plan": {"name": "pro"}},
     )
     assert status == 201
     assert body["name"] == "acme"
@@ -109,7 +109,7 @@ async def test_tenants_are_created_listed_described_and_patched(api: Api) -> Non
         "max_partitions": None,
         "max_stored_bytes": None,
     }
-    assert body["quota_overrides"] == {"max_topics": 5} and body["plan"] == {"tier": "pro"}
+    assert body["quota_overrides"] == {"max_topics": 5} and body["plan"] == {"name": "pro"}
     acme = api.with_key(body["api_key"])
     await acme.call("PUT", "/v1/topics/orders")
     await acme.call("POST", "/v1/topics/orders/records", json=records(3, 10))
@@ -127,16 +127,17 @@ async def test_tenants_are_created_listed_described_and_patched(api: Api) -> Non
         "/tenants/acme",
         {
             "quotas": {"max_topics": "default", "requests_per_s": 100, "max_partitions": None},
-            "plan": {"tier": "team", "discount": {"pct": 10}},
+            "plan": {"name": "team", "usd_per_gb_in": "0.080", "usd_per_gb_out": 0.04},
         },
     )
     assert status == 200
     assert patched["quota_overrides"] == {"requests_per_s": 100, "max_partitions": None}
     assert patched["quotas"]["max_topics"] is None and patched["quotas"]["requests_per_s"] == 100
-    assert patched["plan"] == {"tier": "team", "discount": {"pct": 10}}
+    # Prices are kept as exact decimal text, however they were given.
+    assert patched["plan"] == {"name": "team", "usd_per_gb_in": "0.08", "usd_per_gb_out": "0.04"}
     assert patched["version"] == got["version"] + 1
-    status, patched = await admin(api, "PATCH", "/tenants/acme", {"plan": {"discount": None}})
-    assert patched["plan"] == {"tier": "team"}  # a JSON merge patch: null removes
+    status, patched = await admin(api, "PATCH", "/tenants/acme", {"plan": {"usd_per_gb_out": None}})
+    assert patched["plan"] == {"name": "team", "usd_per_gb_in": "0.08"}  # null removes
     assert patched["quota_overrides"] == {"requests_per_s": 100, "max_partitions": None}
 
 
@@ -147,7 +148,13 @@ async def test_tenants_are_created_listed_described_and_patched(api: Api) -> Non
         ("POST", "/tenants", {"name": "acme", "color": "red"}, 400, "invalid_parameter"),
         ("POST", "/tenants", {"name": "acme", "quotas": {"speed": 1}}, 400, "invalid_quotas"),
         ("POST", "/tenants", {"name": "acme", "quotas": {"max_topics": -1}}, 400, "invalid_quotas"),
-        ("POST", "/tenants", {"name": "acme", "plan": [1]}, 400, "invalid_parameter"),
+        ("POST", "/tenants", {"name": "acme", "plan": [1]}, 400, "invalid_plan"),
+        ("POST", "/tenants", {"name": "acme", "plan": {"tier": "pro"}}, 400, "invalid_plan"),
+        ("PATCH", "/tenants/default", {"plan": {"usd_per_gb_in": "-1"}}, 400, "invalid_plan"),
+        ("PATCH", "/tenants/default", {"plan": {"usd_per_gb_in": "1e-11"}}, 400, "invalid_plan"),
+        ("PATCH", "/tenants/default", {"plan": {"usd_per_gb_out": "x"}}, 400, "invalid_plan"),
+        ("PATCH", "/tenants/default", {"plan": {"usd_per_gb_out": True}}, 400, "invalid_plan"),
+        ("PATCH", "/tenants/default", {"plan": {"name": ""}}, 400, "invalid_plan"),
         ("POST", "/tenants", {"name": "default"}, 409, "tenant_exists"),
         ("PATCH", "/tenants/default", {"quotas": {"requests_per_s": 0}}, 400, "invalid_quotas"),
         ("PATCH", "/tenants/nobody", {"quotas": {}}, 404, "tenant_not_found"),

@@ -235,9 +235,6 @@ async def _read_local(
             headers={"Authorization": f"Bearer {key}"},
         ) as response:
             body = await response.json()
-        if response.status == 501:
-            offset = body["error"]["details"]["local_start_offset"]
-            continue
         assert response.status == 200, body
         out.update({r["offset"]: r["value"] for r in body["records"]})
         if body["next_offset"] >= body["high_watermark"]:

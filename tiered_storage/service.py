@@ -1,8 +1,11 @@
-"""Tiered storage as one service: the uploader, retention, cleanup and what they report.
+"""Tiered storage as one service: the uploader, retention, cleanup, the cold-read path and
+what they report.
 
 The app factory makes one :class:`TieredStorage` per process (a ``cleanup_ctx`` entry):
 :meth:`start` starts the upload loop and the cleanup loop as watched tasks, :meth:`close`
-cancels and awaits them. The broker calls :meth:`retain_topic` from its retention loop,
+cancels and awaits them and stops the cold reads' fetches. The partition worker reads
+tiered offsets through :attr:`reader`. The broker calls :meth:`retain_topic` from its
+retention loop,
 :meth:`check_backpressure` before each produce, and :meth:`delete_topic_objects` when a
 topic is deleted; topic describe and ``/metrics`` read :meth:`partition_status` and
 :attr:`counters`.
@@ -23,6 +26,7 @@ from partitions.errors import EventBusError
 from partitions.worker import PartitionKey, PartitionWorker
 from tiered_storage.cleanup import OrphanCleaner
 from tiered_storage.objects import ObjectStore
+from tiered_storage.reader import ColdReadSettings, RemoteSegmentReader
 from tiered_storage.retention import TieredRetention
 from tiered_storage.state import RemoteIndex, TieringCounters, TieringSettings
 from tiered_storage.uploader import SegmentUploader, pending_segments
@@ -81,12 +85,16 @@ class TieredStorage:
         store: ObjectStore,
         settings: TieringSettings | None = None,
         *,
+        read_settings: ColdReadSettings | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.settings = settings or TieringSettings()
         self.store = store
         self.counters = TieringCounters()
         self.index = RemoteIndex(catalog)
+        self.reader = RemoteSegmentReader(
+            store, self.index.finished, self.index.reload, read_settings
+        )
         self._worker = worker
         self.uploader = SegmentUploader(
             catalog, worker, store, self.index, self.settings, self.counters, clock_ms
@@ -133,6 +141,7 @@ class TieredStorage:
                 await task
         self._tasks.clear()
         await self.uploader.close()
+        await self.reader.close()
 
     async def _clean_forever(self) -> None:
         interval = self.settings.orphan_check_ms / 1000
@@ -166,6 +175,7 @@ class TieredStorage:
         return await self.retention.retain_topic(tenant, name, incarnation, config, partition_ids)
 
     async def delete_topic_objects(self, tenant: str, incarnation: str) -> None:
+        self.reader.forget_topic(tenant, incarnation)
         await self.cleaner.delete_topic_objects(tenant, incarnation)
 
     async def remote_only_bytes(self, key: PartitionKey) -> int:

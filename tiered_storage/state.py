@@ -71,6 +71,8 @@ class RemoteIndex:
         self._catalog = catalog
         self._rows: dict[PartitionKey, dict[int, RemoteSegmentRecord]] = {}
         self._loading: dict[PartitionKey, asyncio.Future[None]] = {}
+        # Copy-finished rows by base offset, made when first asked after a change.
+        self._finished: dict[PartitionKey, list[RemoteSegmentRecord]] = {}
 
     async def rows(self, key: PartitionKey) -> dict[int, RemoteSegmentRecord]:
         found = self._rows.get(key)
@@ -91,9 +93,22 @@ class RemoteIndex:
                 key.tenant, key.incarnation, key.partition_id
             )
             self._rows[key] = {row.base_offset: row for row in rows}
+            self._finished.pop(key, None)
         finally:
             self._loading.pop(key, None)
             future.set_result(None)
+
+    async def finished(self, key: PartitionKey) -> list[RemoteSegmentRecord]:
+        """The partition's copy-finished rows, by base offset: the segments reads may use."""
+        found = self._finished.get(key)
+        if found is None:
+            rows = await self.rows(key)
+            found = sorted(
+                (r for r in rows.values() if r.state is RemoteSegmentState.COPY_FINISHED),
+                key=lambda r: r.base_offset,
+            )
+            self._finished[key] = found
+        return found
 
     def cached(self, key: PartitionKey) -> dict[int, RemoteSegmentRecord] | None:
         return self._rows.get(key)
@@ -101,15 +116,18 @@ class RemoteIndex:
     def put(self, row: RemoteSegmentRecord) -> None:
         key = PartitionKey(row.tenant, row.incarnation, row.partition_id)
         self._rows.setdefault(key, {})[row.base_offset] = row
+        self._finished.pop(key, None)
 
     def remove(self, key: PartitionKey, base_offset: int) -> None:
         rows = self._rows.get(key)
         if rows is not None:
             rows.pop(base_offset, None)
+        self._finished.pop(key, None)
 
     def forget_topic(self, tenant: str, incarnation: str) -> None:
         for key in [k for k in self._rows if (k.tenant, k.incarnation) == (tenant, incarnation)]:
             del self._rows[key]
+            self._finished.pop(key, None)
 
     def remote_bytes(self) -> int:
         return sum(
