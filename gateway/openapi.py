@@ -786,6 +786,11 @@ def build_document(version: str) -> dict[str, Any]:
                         "remote_end_offset": {"type": ["integer", "null"]},
                         "remote_bytes": {"type": "integer"},
                         "segments_pending_upload": {"type": "integer"},
+                        "worker": {
+                            "type": "integer",
+                            "description": "The worker process that owns the partition "
+                            "(only with several: eventbus serve --workers N)",
+                        },
                     },
                 },
                 "LineageChange": {

@@ -174,6 +174,10 @@ def serve_flags(settings: dict[str, Any], scratch: Path) -> tuple[list[str], dic
             env[_CLOCK_FILES[name]] = str(path)
         elif name == "admin_key":
             env["EVENTBUS_ADMIN_KEY"] = str(value)
+        elif name == "default_plan":
+            for price, amount in value.to_json().items():
+                if price != "name" and amount is not None:
+                    args += ["--default-" + price.replace("_", "-"), str(amount)]
         elif name == "default_quotas":
             for quota, limit in value.to_json().items():
                 if limit is not None:

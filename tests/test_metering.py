@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import sqlite3
 import struct
@@ -38,9 +39,10 @@ from gateway.metering import (
 from gateway.tiering import OBJECT_STORE, OBJECTS_DIR
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog import HOUR_MS, UsageCounters, UsageRecord
-from partitions.catalog_sqlite import SqliteCatalog
+from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.worker import LocalPartitionWorker
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
+from tests.servers import WORKERS
 from tiered_storage.layout import parse_segment_key
 
 H = HOUR_MS
@@ -85,7 +87,9 @@ def clock() -> Clock:
     return Clock(T0 + 10 * MIN)
 
 
-QUIET = {"usage_flush_ms": 60_000, "usage_sample_ms": 3_600_000}
+# Nothing flushed or sampled in the background while a test runs (worker processes take
+# their flags, which allow flushes at most 5 s apart: readings are exact either way).
+QUIET = {"usage_flush_ms": 5_000 if WORKERS else 60_000, "usage_sample_ms": 3_600_000}
 
 
 async def open_api(data_dir: Path, clock: Clock, **settings: Any) -> Api:
@@ -101,6 +105,16 @@ async def api(tmp_path: Path, clock: Clock) -> AsyncIterator[Api]:
 
 def metering(api: Api) -> Metering:
     return api.server.app[METERING]
+
+
+@contextlib.asynccontextmanager
+async def catalog_of(api: Api) -> AsyncIterator[SqliteCatalog]:
+    """The server's catalog, opened by the test (SQLite takes several handles)."""
+    catalog = await SqliteCatalog.open(api.data_dir / CATALOG_FILE)
+    try:
+        yield catalog
+    finally:
+        await catalog.close()
 
 
 async def new_tenant(api: Api, name: str, **fields: Any) -> Api:
@@ -312,6 +326,7 @@ async def test_refused_requests_count_and_admin_requests_do_not(api: Api) -> Non
 # --- readings, hours and the period ---------------------------------------------------------
 
 
+@pytest.mark.single_process("flushes the meter inside the server process")
 async def test_readings_include_unflushed_counts_and_flushing_changes_no_reading(
     api: Api,
 ) -> None:
@@ -328,6 +343,7 @@ async def test_readings_include_unflushed_counts_and_flushing_changes_no_reading
     assert await counters(api, "acme") == before  # the same, not twice
 
 
+@pytest.mark.single_process("flushes the meter inside the server process")
 async def test_usage_is_kept_per_utc_hour(api: Api, clock: Clock) -> None:
     acme = await new_tenant(api, "acme")
     await acme.call("PUT", "/v1/topics/t")
@@ -393,6 +409,7 @@ async def test_periods_that_are_accepted(api: Api) -> None:
 # --- storage and partitions over time --------------------------------------------------------
 
 
+@pytest.mark.single_process("samples storage inside the server process")
 async def test_stored_bytes_and_active_partitions_are_integrated_over_time(
     api: Api, clock: Clock
 ) -> None:
@@ -439,6 +456,7 @@ async def test_stored_bytes_and_active_partitions_are_integrated_over_time(
     assert all(items[i]["quantity"] == "0.000000000" for i in ("requests", "data_in", "data_out"))
 
 
+@pytest.mark.single_process("samples storage inside the server process")
 async def test_deleted_topics_and_tenants_stop_being_billed_for_storage(
     api: Api, clock: Clock
 ) -> None:
@@ -474,7 +492,8 @@ async def test_the_bill_of_the_worked_example_through_the_api(api: Api) -> None:
             "usd_per_partition_hour": "0.0015",
         },
     )
-    await metering(api).catalog.add_usage([UsageRecord("acme", T0 - H, WORKED_USAGE)])
+    async with catalog_of(api) as catalog:
+        await catalog.add_usage([UsageRecord("acme", T0 - H, WORKED_USAGE)])
     status, bill = await acme.call(
         "GET", "/v1/usage", params={"from": hour_text(T0 - H), "to": hour_text(T0)}
     )
@@ -496,10 +515,10 @@ async def test_plans_change_the_price_and_the_defaults_apply_without_one(
     try:
         acme = await new_tenant(served, "acme", plan={"usd_per_gb_out": "2"})
         heavy = UsageCounters(bytes_in=3 * 10**9, bytes_out=5 * 10**9)
-        catalog = served.server.app[METERING].catalog
-        await catalog.add_usage(
-            [UsageRecord("acme", T0 - H, heavy), UsageRecord("default", T0 - H, heavy)]
-        )
+        async with catalog_of(served) as catalog:
+            await catalog.add_usage(
+                [UsageRecord("acme", T0 - H, heavy), UsageRecord("default", T0 - H, heavy)]
+            )
         period = {"from": hour_text(T0 - H), "to": hour_text(T0)}
         status, bill = await acme.call("GET", "/v1/usage", params=period)
         assert bill["total_usd"] == "13.00"  # 3 GB at the default 1, 5 GB at its own 2
@@ -548,7 +567,8 @@ async def test_a_tenant_sees_no_usage_from_before_it_was_created(api: Api) -> No
     _, tenant = await api.call("GET", "/v1/admin/tenants/acme", key=ADMIN_KEY)
     created_hour = hour_of(tenant["created_ms"])
     old = UsageCounters(requests=1000, bytes_in=10**12)
-    await metering(api).catalog.add_usage([UsageRecord("acme", created_hour - 2 * H, old)])
+    async with catalog_of(api) as catalog:
+        await catalog.add_usage([UsageRecord("acme", created_hour - 2 * H, old)])
     period = {"from": hour_text(created_hour - 5 * H), "to": hour_text(created_hour + H)}
     status, bill = await acme.call("GET", "/v1/usage", params=period)
     assert status == 200
@@ -580,6 +600,7 @@ async def test_only_full_keys_of_the_whole_tenant_read_its_usage(api: Api) -> No
 # --- restarts and the background task --------------------------------------------------------
 
 
+@pytest.mark.single_process("samples storage inside the server process")
 async def test_usage_survives_a_clean_restart_exactly(tmp_path: Path, clock: Clock) -> None:
     data = tmp_path / "data"
     served = await open_api(data, clock)
@@ -609,6 +630,7 @@ async def test_usage_survives_a_clean_restart_exactly(tmp_path: Path, clock: Clo
         await stop_api(served)
 
 
+@pytest.mark.single_process("sets the export delay, which has no flag")
 async def test_the_background_task_flushes_and_exports_on_its_own(
     tmp_path: Path, clock: Clock
 ) -> None:
@@ -644,6 +666,7 @@ async def test_the_background_task_flushes_and_exports_on_its_own(
         await stop_api(served)
 
 
+@pytest.mark.single_process("drives the meter and the exporter inside the server process")
 async def test_the_hourly_export_is_written_once(api: Api, clock: Clock, tmp_path: Path) -> None:
     acme = await new_tenant(api, "acme", plan={"name": "pro"})
     globex = await new_tenant(api, "globex")
@@ -773,6 +796,7 @@ async def test_a_flush_cancelled_while_writing_counts_once(
     assert (await meter.usage(T0, T0 + H))["acme"] == row.counters
 
 
+@pytest.mark.single_process("samples storage inside the server process")
 async def test_stored_bytes_count_each_byte_once_local_remote_or_both(
     tmp_path: Path, clock: Clock
 ) -> None:

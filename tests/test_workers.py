@@ -221,6 +221,60 @@ async def test_a_tenants_request_quota_holds_across_worker_processes(tmp_path: P
         assert served[0] >= 30 and served[1] >= 30, served  # both processes took a share
 
 
+async def test_metering_counts_requests_and_storage_once_across_workers(tmp_path: Path) -> None:
+    """Requests land on both workers and each counts its own; storage is sampled by one
+    worker only, so a tenant holding S bytes for half an hour (on a clock the test moves) is
+    billed S x 1800 byte-seconds, not once per process; a reading is exact at once."""
+    start_ms = (time.time_ns() // 1_000_000) // 1000 * 1000
+    clock = FakeClock()
+    clock.now = float(start_ms)
+    clock.share(tmp_path / "usage-clock")
+    env = {"EVENTBUS_USAGE_CLOCK_FILE": str(tmp_path / "usage-clock")}
+    flags = ("--usage-sample-ms", "20", "--usage-flush-ms", "20")
+    with workers(tmp_path, *flags, env=env) as server:
+        key = server.keys["EVENTBUS_API_KEY"]
+        fresh = aiohttp.TCPConnector(force_close=True)
+        async with session(key, connector=fresh) as http:
+            async with http.put(f"{server.url}/v1/topics/t") as response:
+                assert response.status == 201
+            for n in range(20):
+                records = {"records": [{"value": f"{n:04d}" + "v" * 96}]}
+                async with http.post(f"{server.url}/v1/topics/t/records", json=records) as r:
+                    assert r.status == 200
+        async with session() as admin:
+            async with admin.get(f"{server.url}/v1/admin/tenants/default") as response:
+                stored = (await response.json())["in_use"]["stored_bytes"]
+            await asyncio.sleep(0.5)  # sampled at the start, holding `stored`
+            clock.advance(1800 * 1000)
+            await asyncio.sleep(0.5)  # and half an hour later
+            hour = start_ms - start_ms % 3_600_000
+            period = {
+                "tenant": "default",
+                "from": _hour_text(hour),
+                "to": _hour_text(hour + 2 * 3_600_000),
+            }
+            async with admin.get(f"{server.url}/v1/admin/usage", params=period) as response:
+                (bill,) = (await response.json())["tenants"]
+        usage = bill["usage"]
+        assert usage["requests"] == 21 and usage["records_in"] == 20
+        assert usage["bytes_in"] == 20 * 100
+        assert usage["stored_byte_seconds"] == stored * 1800
+        assert usage["partition_seconds"] == 1800
+        served = Counter(
+            line["worker"] for line in log_lines(server) if line.get("route") == ROUTE_RECORDS
+        )
+        assert served[0] and served[1], served
+
+
+ROUTE_RECORDS = "/v1/topics/{topic}/records"
+
+
+def _hour_text(ms: int) -> str:
+    from gateway.metering import hour_text
+
+    return hour_text(ms)
+
+
 # --- placement -------------------------------------------------------------------------------
 
 
