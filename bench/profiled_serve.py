@@ -1,8 +1,8 @@
 """``eventbus`` with every worker process under cProfile, for the workers benchmark.
 
-``python -m bench.profiled_serve serve --workers N ...`` runs the server as usual; the
-supervisor starts its workers with this same module, so each worker (and only the
-workers) runs under :mod:`cProfile` and writes its statistics to
+``python -m bench.profiled_serve serve --workers N ...`` runs the server as usual, but
+each worker the supervisor forks (and only the workers) runs under :mod:`cProfile` and
+writes its statistics to
 ``$BENCH_PROFILE_DIR/worker-INDEX-PID.prof`` when it stops cleanly (SIGTERM).
 cProfile sees the event loop's thread only: the log's write and fsync threads and the
 kernel are not in it.
@@ -13,23 +13,26 @@ from __future__ import annotations
 import cProfile
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from gateway import supervisor
 from gateway.cli import main
 from gateway.workers import ROLE_ENV
 
 PROFILE_DIR_ENV = "BENCH_PROFILE_DIR"
 
 
-def run() -> int:
-    role = os.environ.get(ROLE_ENV)
+def profiled(argv: Sequence[str]) -> int:
+    """A worker's main under cProfile (the supervisor forks workers and runs this)."""
+    role = os.environ.get(ROLE_ENV, "")
     target = os.environ.get(PROFILE_DIR_ENV)
     if not role or not target:
-        return main(sys.argv[1:])
+        return main(argv)
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        return main(sys.argv[1:])
+        return main(argv)
     finally:
         profiler.disable()
         index = role.partition("/")[0]
@@ -37,4 +40,5 @@ def run() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    supervisor.WORKER_MAIN = profiled
+    sys.exit(main(sys.argv[1:]))

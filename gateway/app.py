@@ -247,10 +247,13 @@ def create_app(
     )
     autoscaling.configure(app, clock_ms=autoscale_clock_ms)
     app.cleanup_ctx.append(autoscaling.autoscaler_ctx)
+    if workers is not None:
+        # The other workers stay reachable until metering's last sample and flush.
+        app.cleanup_ctx.append(cluster.cluster_ctx)
     app.cleanup_ctx.append(metering_ctx)
     if workers is not None:
         # Last, so that it closes first: every worker keeps serving the others until all
         # have finished their own requests.
-        app.cleanup_ctx.extend([cluster.cluster_ctx, supervisor.drain_barrier_ctx])
+        app.cleanup_ctx.append(supervisor.drain_barrier_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app

@@ -6,8 +6,9 @@ runs: the catalog's first-start setup (keys), and reserving the port (a socket b
 ``SO_REUSEPORT`` that never listens, so that every worker can bind the same port and the
 kernel spreads connections over them, and the port stays the server's while a worker
 restarts). Then it starts the workers: the same command line, with the worker's index in
-the environment, and waits until every one says it serves before it prints the usual
-``eventbus listening on`` line.
+the environment, each forked by a *spawner* process that loaded the server once (forked
+itself before anything else ran), and waits until every one says it serves before it
+prints the usual ``eventbus listening on`` line.
 
 Each worker has two pipes to the supervisor. On its *control* pipe it says ``ready`` once
 it serves and ``drained`` once it has finished its HTTP requests at shutdown. Its *stdin*
@@ -30,16 +31,20 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -190,13 +195,110 @@ def worker_lock(data_dir: Path, index: int) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+# --- the spawner -----------------------------------------------------------------------------
+
+# What a forked worker runs with the command line's arguments: ``gateway.cli.main`` unless a
+# program that wraps the server (a benchmark's profiler, say) sets its own.
+WORKER_MAIN: Callable[[Sequence[str]], int] | None = None
+_DATAGRAM = 1 << 16
+
+
+def start_spawner(argv: Sequence[str]) -> tuple[int, socket.socket]:
+    """Fork the *spawner*, which loads the whole server once and then forks a worker for
+    each request: a fork costs milliseconds where a fresh interpreter loading the server
+    costs most of a second, at every start and restart. Answers its pid and the
+    supervisor's end of the socket between them."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        code = 1
+        try:
+            ours.close()
+            code = _spawner(theirs, list(argv))
+        finally:
+            os._exit(code)
+    theirs.close()
+    return pid, ours
+
+
+def _spawner(sock: socket.socket, argv: list[str]) -> int:  # pragma: no cover - a child
+    die_with_parent()
+    parent = os.getppid()
+    # The supervisor decides when workers stop: signals to the whole process group (a
+    # Ctrl-C, say) must not end the process whose children the workers are.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import gateway.server  # noqa: F401 - loaded once here, shared by every fork
+
+    while True:
+        _reap(sock)
+        if os.getppid() != parent:
+            return 0  # the supervisor is gone (where the parent-death signal is missing)
+        if not select.select([sock], [], [], 0.1)[0]:
+            continue
+        message, fds, _, _ = socket.recv_fds(sock, _DATAGRAM, 2)
+        if not message:
+            return 0
+        request = json.loads(message)
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            _worker_child(request, fds, argv)
+        for fd in fds:
+            os.close(fd)
+        sock.send(json.dumps({"index": request["index"], "pid": pid}).encode())
+
+
+def _reap(sock: socket.socket) -> None:  # pragma: no cover - in the spawner
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        sock.send(json.dumps({"exit": pid, "code": code}).encode())
+
+
+def _worker_child(request: dict[str, Any], fds: list[int], argv: list[str]) -> None:
+    """In a worker just forked: its stdin and control pipe, its environment, then the
+    server's main, as if started by ``python -m ... serve``."""  # pragma: no cover
+    code = 1
+    try:
+        stdin_fd, control_fd = fds
+        os.dup2(stdin_fd, 0)
+        os.close(stdin_fd)
+        os.environ.update(request["env"])
+        os.environ[CONTROL_FD_ENV] = str(control_fd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        entry = WORKER_MAIN
+        if entry is None:
+            from gateway.cli import main as cli_main
+
+            entry = cli_main
+        code = entry(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - a worker's child says what killed it, then exits
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
 # --- the supervisor ------------------------------------------------------------------------
 
 
 @dataclass
 class _Worker:
     index: int
-    process: asyncio.subprocess.Process | None = None
+    pid: int | None = None
+    stdin: int | None = None
+    returncode: int | None = None
     started: float = 0.0
     quick_deaths: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -204,9 +306,24 @@ class _Worker:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     reader: asyncio.Task[None] | None = None
 
+    @property
+    def running(self) -> bool:
+        return self.pid is not None and self.returncode is None
+
+    def signal(self, signum: int) -> None:
+        if self.running and self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
 
 class Supervisor:
-    def __init__(self, config: ServerConfig, argv: Sequence[str], count: int) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        argv: Sequence[str],
+        count: int,
+        spawner: tuple[int, socket.socket],
+    ) -> None:
         self.config = config
         self.argv = list(argv)
         self.count = count
@@ -214,43 +331,59 @@ class Supervisor:
         self.stopping = False
         self.run_dir = run_directory(config.data_dir)
         self.port = 0
-        self._restarts: set[asyncio.Task[None]] = set()
+        self.spawner_pid, self.spawner = spawner
+        self._started: dict[int, asyncio.Future[int]] = {}
 
-    def _command(self) -> list[str]:
-        main = sys.modules["__main__"]
-        spec = getattr(main, "__spec__", None)
-        module = spec.name if spec is not None and spec.name != "__main__" else "gateway.cli"
-        return [sys.executable, "-m", module, *self.argv]
+    async def _from_spawner(self) -> None:
+        """Read the spawner's answers (a worker's pid) and news (a worker's exit)."""
+        loop = asyncio.get_running_loop()
+        self.spawner.setblocking(False)
+        while True:
+            message = json.loads(await loop.sock_recv(self.spawner, _DATAGRAM))
+            if "exit" in message:
+                for worker in self.workers:
+                    if worker.pid == message["exit"]:
+                        worker.returncode = int(message["code"])
+                        worker.exited.set()
+            else:
+                future = self._started.pop(int(message["index"]), None)
+                if future is not None and not future.done():
+                    future.set_result(int(message["pid"]))
 
     async def _spawn(self, worker: _Worker) -> None:
-        read_fd, write_fd = os.pipe()
+        stdin_read, stdin_write = os.pipe()
+        control_read, control_write = os.pipe()
         env = {
-            **os.environ,
             ROLE_ENV: f"{worker.index}/{self.count}",
             RUN_DIR_ENV: str(self.run_dir),
             PORT_ENV: str(self.port),
-            CONTROL_FD_ENV: str(write_fd),
         }
         worker.ready.clear()
         worker.drained.clear()
         worker.exited.clear()
+        worker.returncode = None
+        started = asyncio.get_running_loop().create_future()
+        self._started[worker.index] = started
+        request = json.dumps({"index": worker.index, "env": env}).encode()
         try:
-            worker.process = await asyncio.create_subprocess_exec(
-                *self._command(), stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,), env=env
-            )
+            socket.send_fds(self.spawner, [request], [stdin_read, control_write])
         finally:
-            os.close(write_fd)
+            os.close(stdin_read)
+            os.close(control_write)
+        async with asyncio.timeout(START_TIMEOUT_S):
+            worker.pid = await started
+        worker.stdin = stdin_write
         worker.started = time.monotonic()
         pid_file = self.config.data_dir / RUN_DIR / f"worker-{worker.index}.pid"
         with contextlib.suppress(OSError):
-            pid_file.write_text(f"{worker.process.pid}\n")
+            pid_file.write_text(f"{worker.pid}\n")
         log.info(
             "worker %d started (pid %d)",
             worker.index,
-            worker.process.pid,
-            extra={"worker": worker.index, "pid": worker.process.pid},
+            worker.pid,
+            extra={"worker": worker.index, "pid": worker.pid},
         )
-        worker.reader = asyncio.get_running_loop().create_task(self._listen(worker, read_fd))
+        worker.reader = asyncio.get_running_loop().create_task(self._listen(worker, control_read))
 
     async def _listen(self, worker: _Worker, read_fd: int) -> None:
         """Read what the worker says, then wait for it to exit and restart it unless the
@@ -272,11 +405,10 @@ class Supervisor:
                         self._send(worker, CLOSE)  # it was stopped on its own: let it go
         finally:
             transport.close()
-        process = worker.process
-        if process is None:
-            return
-        code = await process.wait()
-        worker.exited.set()
+        await worker.exited.wait()
+        if worker.stdin is not None:
+            os.close(worker.stdin)
+            worker.stdin = None
         if self.stopping:
             return
         lived = time.monotonic() - worker.started
@@ -285,21 +417,19 @@ class Supervisor:
         log.warning(
             "worker %d (pid %d) exited with %d; starting it again in %.1f s",
             worker.index,
-            process.pid,
-            code,
+            worker.pid,
+            worker.returncode,
             pause,
-            extra={"worker": worker.index, "exit_code": code},
+            extra={"worker": worker.index, "exit_code": worker.returncode},
         )
         await asyncio.sleep(pause)
         if not self.stopping:
             await self._spawn(worker)
 
     def _send(self, worker: _Worker, word: bytes) -> None:
-        process = worker.process
-        if process is None or process.stdin is None or process.returncode is not None:
-            return
-        with contextlib.suppress(OSError, RuntimeError):
-            process.stdin.write(word + b"\n")
+        if worker.stdin is not None and worker.running:
+            with contextlib.suppress(OSError):
+                os.write(worker.stdin, word + b"\n")
 
     async def run(self) -> int:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -311,6 +441,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        news = loop.create_task(self._from_spawner(), name="spawner")
         try:
             for worker in self.workers:
                 await self._spawn(worker)
@@ -324,15 +455,28 @@ class Supervisor:
         finally:
             self.stopping = True
             for worker in self.workers:
-                if worker.process is not None and worker.process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        worker.process.kill()
-                    await worker.process.wait()
+                worker.signal(signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    for worker in self.workers:
+                        if worker.pid is not None:
+                            await worker.exited.wait()
+            news.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError, ValueError):
+                await news
+            self._stop_spawner()
             reserved.close()
             if self.run_dir != (self.config.data_dir.resolve() / RUN_DIR):
                 for path in self.run_dir.iterdir():
                     path.unlink()
                 self.run_dir.rmdir()
+
+    def _stop_spawner(self) -> None:
+        with contextlib.suppress(OSError):
+            self.spawner.send(b"")
+        self.spawner.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.spawner_pid, 0)
 
     async def _all_ready(self, stop: asyncio.Event) -> bool:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -354,9 +498,7 @@ class Supervisor:
         self.stopping = True
         log.info("stopping: the workers finish their requests")
         for worker in self.workers:
-            if worker.process is not None and worker.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.send_signal(signal.SIGTERM)
+            worker.signal(signal.SIGTERM)
         await _wait_all(
             [asyncio.ensure_future(_first(w.drained, w.exited)) for w in self.workers],
             within_s=DRAIN_TIMEOUT_S,
@@ -365,16 +507,16 @@ class Supervisor:
             self._send(worker, CLOSE)
         codes = []
         for worker in self.workers:
-            process = worker.process
-            if process is None:
+            if worker.pid is None:
                 continue
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    codes.append(await process.wait())
+                    await worker.exited.wait()
             except TimeoutError:
                 log.error("worker %d did not stop; killing it", worker.index)  # noqa: TRY400
-                process.kill()
-                codes.append(await process.wait())
+                worker.signal(signal.SIGKILL)
+                await worker.exited.wait()
+            codes.append(worker.returncode)
         for worker in self.workers:
             if worker.reader is not None:
                 with contextlib.suppress(Exception):
@@ -400,7 +542,8 @@ async def _wait_all(futures: list[asyncio.Future[None]], *, within_s: float) -> 
 
 
 def run_supervisor(config: ServerConfig, argv: Sequence[str], workers: int) -> int:
-    main = Supervisor(config, argv, workers).run()
+    spawner = start_spawner(argv)  # before any thread or event loop exists here
+    main = Supervisor(config, argv, workers, spawner).run()
     try:
         import uvloop
     except ImportError:

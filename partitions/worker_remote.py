@@ -1,12 +1,14 @@
 """The partition worker interface across processes: :class:`RemotePartitionWorker` calls a
 peer's :class:`~partitions.worker.LocalPartitionWorker` through a channel
-(:mod:`partitions.channel`), and :func:`serve_worker` answers those calls.
+(:mod:`partitions.channel`), and :class:`WorkerService` answers those calls.
 
 Each operation is one channel op. Its fixed fields are packed with the ``struct`` formats
 below; record batches travel as the frame's blob, exactly as they are stored, in both
-directions (an append sends the encoded batch, a read answers stored batches). A read of
-decoded records is a read of stored batches decoded by the caller, so that no record is
-ever re-encoded on the way. Small structured answers (log stats, segment lists) are JSON.
+directions (an append sends the encoded batch, a read of batches answers stored batches).
+A read of records (bounded by count and payload bytes, which only the owner can apply to
+what it fetches from object storage) answers them as one batch in the same format, which
+the caller decodes. Small structured answers (log stats, segment lists) are JSON; no
+record ever is.
 
 A partition key is packed as ``KEY_HEAD`` (tenant length u8, incarnation length u8,
 partition id u32) followed by the tenant and incarnation bytes.
@@ -23,10 +25,9 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
+from partitions.batch import NewRecord, decode_records, encode_batch, with_base_offset
 from partitions.batch import Record as StoredRecord
-from partitions.batch import checksum_ok, iter_records, read_header
 from partitions.channel import ChannelClient, ChannelServer, Connection, Payload
-from partitions.errors import CorruptLogError
 from partitions.log import (
     AppendResult,
     BatchRead,
@@ -56,6 +57,7 @@ SEGMENT_DETAILS = 12
 ADVANCE_START = 13
 DELETE_LOCAL_BELOW = 14
 DROP_TOPIC = 15
+READ = 16
 # Ops up to this one are the worker's; the gateway numbers its own above it.
 LAST_WORKER_OP = 31
 
@@ -66,12 +68,15 @@ U64 = struct.Struct(">Q")
 I64 = struct.Struct(">q")
 APPENDED = struct.Struct(">QI")  # base offset, record count
 READ_ASK = struct.Struct(">QQ")  # offset, max bytes
+READ_ASK_RECORDS = struct.Struct(">QIQ")  # offset, max records, max bytes
+RECORDS = struct.Struct(">QQQB")  # next, high watermark, start, sealed
 BATCHES = struct.Struct(">QQQQB")  # first, next, high watermark, start, sealed
 WAIT_ASK = struct.Struct(">Qd")  # offset, timeout in seconds
 FLAG = struct.Struct(">B")
 TAG_HEAD = struct.Struct(">QH")  # base offset, tag length
 # enforce_retention: retention_ms, retention_bytes, max_offset; -1 for none.
 RETENTION_ASK = struct.Struct(">qqq")
+_NO_LIMIT = 1 << 62
 _CONFIG_FIELDS = [f.name for f in dataclasses.fields(LogConfig)]
 LOG_CONFIG = struct.Struct(">" + "q" * len(_CONFIG_FIELDS))
 
@@ -142,27 +147,14 @@ class RemotePartitionWorker:
     async def read(
         self, key: PartitionKey, offset: int, *, max_records: int, max_bytes: int
     ) -> ReadResult:
-        """Stored batches read over the channel, decoded here with the log's own limits:
-        at most ``max_records`` records and ``max_bytes`` of payload, at least one."""
-        if max_records < 1 or max_bytes < 1:
-            raise ValueError("max_records and max_bytes must be positive")
-        records: list[StoredRecord] = []
-        size = 0
-        position = offset
-        first: BatchRead | None = None
-        while True:
-            # Batch bytes hold a little more than their payload: ask for a bit more.
-            want = max(max_bytes - size, 1) + 4096
-            batches = await self.read_batches(key, position, max_bytes=want)
-            first = first or batches
-            full, size = _decode_into(records, batches.data, position, max_records, max_bytes, size)
-            if full or not batches.data or batches.next_offset >= batches.high_watermark:
-                break
-            position = batches.next_offset
-        next_offset = records[-1].offset + 1 if records else offset
-        return ReadResult(
-            records, next_offset, first.high_watermark, first.start_offset, first.sealed
-        )
+        """The owner reads (within the bounds, from object storage too) and sends the
+        records back as one batch, which is decoded here."""
+        ask = pack_key(key) + READ_ASK_RECORDS.pack(offset, max_records, max_bytes)
+        meta, blob = await self._call(READ, ask)
+        next_offset, hw, start, sealed = RECORDS.unpack(meta)
+        data = blob if isinstance(blob, bytes) else b"".join(blob)
+        records = decode_records(data) if data else []
+        return ReadResult(records, next_offset, hw, start, bool(sealed))
 
     async def offset_for_timestamp(self, key: PartitionKey, timestamp_ms: int) -> int | None:
         meta, _ = await self._call(OFFSET_FOR_TIMESTAMP, pack_key(key) + I64.pack(timestamp_ms))
@@ -231,32 +223,26 @@ class RemotePartitionWorker:
         await self._call(DROP_TOPIC, pack_topic(tenant, incarnation))
 
 
-def _decode_into(
-    records: list[StoredRecord],
-    data: bytes,
-    offset: int,
-    max_records: int,
-    max_bytes: int,
-    size: int,
-) -> tuple[bool, int]:
-    """Append the records of ``data`` at or past ``offset`` within the limits; answers
-    whether a limit was reached (as the log's own read does) and the payload bytes now."""
-    pos = 0
-    while pos < len(data):
-        header = read_header(data, pos)
-        if header.next_offset > offset:
-            if not checksum_ok(data, pos, header):
-                raise CorruptLogError(f"stored batch at offset {header.base_offset} fails its CRC")
-            for record in iter_records(data, pos, min_offset=offset):
-                payload = record.payload_bytes
-                if records and size + payload > max_bytes:
-                    return True, size
-                records.append(record)
-                size += payload
-                if len(records) >= max_records:
-                    return True, size
-        pos += header.total_size
-    return False, size
+def _as_batch(records: list[StoredRecord]) -> bytes:
+    """Records read (consecutive offsets) as one batch, to cross the channel as bytes."""
+    if not records:
+        return b""
+    batch = encode_batch(
+        [
+            NewRecord(
+                value=r.value,
+                key=r.key,
+                headers=r.headers,
+                timestamp_ms=r.timestamp_ms,
+                key_is_text=r.key_is_text,
+                value_is_text=r.value_is_text,
+            )
+            for r in records
+        ],
+        now_ms=0,
+        max_record_bytes=_NO_LIMIT,
+    )
+    return with_base_offset(batch, records[0].offset)
 
 
 # --- the owner's side ----------------------------------------------------------------------
@@ -284,6 +270,7 @@ class WorkerService:
             OPEN: self._open,
             APPEND: self._append,
             READ_BATCHES: self._read_batches,
+            READ: self._read,
             OFFSET_FOR_TIMESTAMP: self._offset_for_timestamp,
             WAIT_FOR_DATA: self._wait_for_data,
             PRODUCER_TAGS: self._producer_tags,
@@ -320,6 +307,13 @@ class WorkerService:
             got.first_offset, got.next_offset, got.high_watermark, got.start_offset, got.sealed
         )
         return head, got.data
+
+    async def _read(self, meta: bytes, blob: bytes, conn: Connection) -> Payload:
+        key, pos = unpack_key(meta)
+        offset, max_records, max_bytes = READ_ASK_RECORDS.unpack_from(meta, pos)
+        got = await self.worker.read(key, offset, max_records=max_records, max_bytes=max_bytes)
+        head = RECORDS.pack(got.next_offset, got.high_watermark, got.start_offset, got.sealed)
+        return head, _as_batch(got.records)
 
     async def _offset_for_timestamp(self, meta: bytes, blob: bytes, conn: Connection) -> Payload:
         key, pos = unpack_key(meta)
