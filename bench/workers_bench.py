@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import pstats
 import shutil
 import sys
@@ -45,6 +46,7 @@ WARM_AUTOSCALE = {
 }
 LOAD = Scenario("produce", "binary", 100, 16)
 WARM_CHUNK_S = 3.0
+LOAD_BEFORE = os.getloadavg()
 WARM_LIMIT_S = 60.0
 
 # Where a profiled function's own time goes: (area, parts of the file name or built-in).
@@ -207,20 +209,36 @@ def row(workers: int, keys: str, result: dict[str, Any]) -> str:
         f"{result['p50_ms']:.1f}",
         f"{result['p99_ms']:.1f}",
         f"{result['server_cpu']:.2f}",
+        f"{rate(result) / max(result['server_cpu'], 1e-9):,.0f}",
         f"{result['load_cpu']:.2f}",
         str(result["errors"]),
     ]
     return "| " + " | ".join(cells) + " |"
 
 
+def _attributed(raw: dict[tuple[str, int, str], tuple[Any, ...]]) -> dict[str, float]:
+    """Own time per area; a built-in's (``len``, ``list.append``...) goes to the areas of the
+    functions that called it, in the shares they called it for."""
+    by_area: dict[str, float] = {}
+    for (filename, _line, function), entry in raw.items():
+        own, callers = entry[2], entry[4]
+        if filename == "~" and _area(filename, function) == "other" and callers:
+            for (caller_file, _caller_line, caller), counts in callers.items():
+                area = _area(caller_file, caller)
+                by_area[area] = by_area.get(area, 0.0) + counts[2]
+            continue
+        area = _area(filename, function)
+        by_area[area] = by_area.get(area, 0.0) + own
+    return by_area
+
+
 def profile_lines(stats: pstats.Stats) -> list[str]:
     raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in raw.values()) or 1.0
-    by_area: dict[str, float] = {}
-    for (filename, _line, function), entry in raw.items():
-        area = _area(filename, function)
-        by_area[area] = by_area.get(area, 0.0) + entry[2]
+    by_area = _attributed(raw)
     lines = [
+        "Built-ins (`len`, `list.append`, ...) count for the areas of their callers.",
+        "",
         "| share of the workers' profiled CPU | area |",
         "| --- | --- |",
         *[
@@ -282,13 +300,15 @@ def report(
         "once with an `Idempotency-Key` on every request (as the Python client sends them) and",
         "once without. *Server CPU* counts every process of the server (supervisor and workers).",
         "",
+        f"- load average of the machine before the run: {LOAD_BEFORE[0]:.2f} (other work on"
+        " the same cores lowers what two workers can gain)",
         f"- warm-up to {PARTITIONS} partitions: {one['shape']['warm_s']:.1f} s with 1 worker, "
         f"{two['shape']['warm_s']:.1f} s with 2; with 2, the partitions are on workers "
         f"{two['shape']['workers']}",
         "",
         "| workers | idempotency keys | records/s | payload MB/s | p50 ms | p99 ms"
-        " | server CPU s/s | load CPU s/s | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        " | server CPU s/s | records per server CPU s | load CPU s/s | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         row(1, "yes", one["keyed"]),
         row(2, "yes", two["keyed"]),
         row(1, "no", one["plain"]),
@@ -303,7 +323,7 @@ def report(
         f"split by hand into {PARTITIONS}, the same load with keys for {seconds:g} s "
         f"({rate(profiled):,.0f} records/s under the profiler). cProfile sees each worker's",
         "event loop thread: the log's write and fsync threads and the kernel's socket work are",
-        "not in these shares.",
+        "not in these shares; shares are of CPU time.",
         "",
         *profile_lines(stats),
         "",

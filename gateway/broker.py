@@ -13,10 +13,10 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import xxhash
 
@@ -158,6 +158,59 @@ class TopicView:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerClaim:
+    """An attempt at an idempotent request, at the process that keeps its answers."""
+
+    tenant: str
+    incarnation: str
+    key: str
+    entry: IdempotencyEntry
+    # Set while the attempt runs (None: the request is answered already).
+    busy: asyncio.Future[None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerTicket:
+    """What another process (the one keeping the answers) said of an attempt: the answer,
+    or what to write and how to tag it."""
+
+    answer: list[tuple[int, int]] | None
+    missing: list[int] = field(default_factory=list)
+    request_hash: bytes = b""
+    accepted_ms: int = 0
+    total_records: int = 0
+    token: int = 0
+
+
+class AnswerHome(Protocol):
+    """Where the answers of idempotent produce are kept, when several worker processes
+    serve (gateway/cluster.py): one process per key."""
+
+    def serves(self, tenant: str, topic: str, key: str) -> bool:
+        """Whether this process keeps the key's answers."""
+        ...
+
+    async def claim(
+        self,
+        tenant: str,
+        topic: str,
+        incarnation: str,
+        key: str,
+        request_hash: bytes,
+        total: int,
+    ) -> AnswerTicket: ...
+
+    async def settle(
+        self,
+        ticket: AnswerTicket,
+        placed: Sequence[tuple[int, tuple[int, int]]],
+        lost: Collection[int],
+    ) -> list[tuple[int, int]] | None:
+        """Where the attempt's records went; answers the request's answer once complete."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class ReadAnswer:
     partition: PartitionRecord
     # Where the read started: the offset asked for, or the one a timestamp or the log
@@ -203,6 +256,8 @@ class Broker:
         self.announce: TopicAnnouncer | None = None
         self.leader = True
         self.describe_extra: Callable[[PartitionKey], Awaitable[dict[str, Any]]] | None = None
+        # Where idempotent produce's answers are kept, when not all here.
+        self.answer_home: AnswerHome | None = None
         # Where the autoscaler runs, when not here: its view of a topic, for describe.
         self.remote_autoscale: Callable[[TopicView], Awaitable[dict[str, Any]]] | None = None
 
@@ -672,54 +727,118 @@ class Broker:
             return [placed for placed in plain if placed is not None]
         view = await self.view(tenant, name)
         incarnation = view.record.incarnation
+        home = self.answer_home
+        if home is not None and not home.serves(tenant, name, idempotency.key):
+            return await self._produce_with_home(
+                home, tenant, name, incarnation, records, idempotency, appended
+            )
+        claim = await self.claim_answer(
+            tenant, view, idempotency.key, idempotency.request_hash, len(records)
+        )
+        entry = claim.entry
+        if claim.busy is None:
+            return entry.answer()
+        answer: list[tuple[int, int] | None] = [None] * len(records)
+        lost: set[int] = set()
+        try:
+            tagger = partial(
+                encode_tags,
+                idempotency.key,
+                entry.request_hash,
+                entry.accepted_ms,
+                entry.total_records,
+            )
+            await self._produce(tenant, name, records, entry.missing(), answer, tagger, lost=lost)
+        finally:
+            placed = [(i, where) for i, where in enumerate(answer) if where]
+            if appended is not None:
+                appended.extend(i for i, _ in placed)
+            self.settle_answer(claim, placed, lost)
+        return entry.answer()
+
+    async def claim_answer(
+        self, tenant: str, view: TopicView, key: str, request_hash: bytes, total: int
+    ) -> AnswerClaim:
+        """The answer entry of an idempotent request, as an attempt needs it: complete (the
+        request was answered: nothing to write), or with the records still missing and
+        marked busy for this attempt, which ends with :meth:`settle_answer`. An attempt
+        already running is waited for; appends whose outcome was unknown are looked up."""
+        incarnation = view.record.incarnation
         await self._rebuild_answers(tenant, view)
         while True:
             entry = self.answers.claim(
-                tenant,
-                incarnation,
-                idempotency.key,
-                idempotency.request_hash,
-                len(records),
-                now_ms=self._clock_ms(),
+                tenant, incarnation, key, request_hash, total, now_ms=self._clock_ms()
             )
             if entry.busy is not None:
                 await asyncio.shield(entry.busy)
                 continue
             if entry.unsure:
-                await self._settle_unsure(tenant, view, idempotency.key, entry)
+                await self._settle_unsure(tenant, view, key, entry)
                 continue
             if entry.complete:
                 self.idempotent_replays += 1
-                return entry.answer()
+                return AnswerClaim(tenant, incarnation, key, entry, None)
             busy = entry.busy = asyncio.get_running_loop().create_future()
-            answer: list[tuple[int, int] | None] = [None] * len(records)
-            lost: set[int] = set()
-            try:
-                tagger = partial(
-                    encode_tags,
-                    idempotency.key,
-                    entry.request_hash,
-                    entry.accepted_ms,
-                    entry.total_records,
-                )
+            return AnswerClaim(tenant, incarnation, key, entry, busy)
 
-                await self._produce(
-                    tenant, name, records, entry.missing(), answer, tagger, lost=lost
-                )
-            finally:
-                entry.add_placed([(i, placed) for i, placed in enumerate(answer) if placed])
-                # Appends whose worker died before answering may or may not be written:
-                # the next attempt looks in those partitions before writing anything.
-                entry.unsure.update(lost)
-                if appended is not None:
-                    appended.extend(i for i, placed in enumerate(answer) if placed)
-                entry.busy = None
-                busy.set_result(None)
-                if not entry.written and not entry.unsure:
-                    # Nothing was written (the attempt failed before any append): the key
-                    # stays free for a corrected request.
-                    self.answers.discard(tenant, incarnation, idempotency.key, entry)
-            return entry.answer()
+    def settle_answer(
+        self,
+        claim: AnswerClaim,
+        placed: Sequence[tuple[int, tuple[int, int]]],
+        lost: Collection[int],
+    ) -> None:
+        """End an attempt: record where its records went. Appends whose worker died before
+        answering may or may not be written: the next attempt looks in those partitions
+        before writing anything."""
+        entry, busy = claim.entry, claim.busy
+        entry.add_placed(placed)
+        entry.unsure.update(lost)
+        entry.busy = None
+        if busy is not None and not busy.done():
+            busy.set_result(None)
+        if not entry.written and not entry.unsure:
+            # Nothing was written (the attempt failed before any append): the key stays
+            # free for a corrected request.
+            self.answers.discard(claim.tenant, claim.incarnation, claim.key, entry)
+
+    async def _produce_with_home(
+        self,
+        home: AnswerHome,
+        tenant: str,
+        name: str,
+        incarnation: str,
+        records: Sequence[NewRecord],
+        idempotency: IdempotentRequest,
+        appended: list[int] | None,
+    ) -> list[tuple[int, int]]:
+        """An idempotent produce whose answers another worker process keeps: it says what
+        to write (nothing, for an answered request), this process writes it, then tells it
+        where the records went."""
+        ticket = await home.claim(
+            tenant, name, incarnation, idempotency.key, idempotency.request_hash, len(records)
+        )
+        if ticket.answer is not None:
+            self.idempotent_replays += 1
+            return ticket.answer
+        answer: list[tuple[int, int] | None] = [None] * len(records)
+        lost: set[int] = set()
+        try:
+            tagger = partial(
+                encode_tags,
+                idempotency.key,
+                ticket.request_hash,
+                ticket.accepted_ms,
+                ticket.total_records,
+            )
+            await self._produce(tenant, name, records, ticket.missing, answer, tagger, lost=lost)
+        finally:
+            placed = [(i, where) for i, where in enumerate(answer) if where]
+            if appended is not None:
+                appended.extend(i for i, _ in placed)
+            final = await home.settle(ticket, placed, lost)
+        if final is None:
+            raise PartitionUnavailableError("the request was not completed; retry")
+        return final
 
     async def _settle_unsure(
         self, tenant: str, view: TopicView, key: str, entry: IdempotencyEntry

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -41,8 +42,8 @@ from autoscaler.measure import Geometry, MeterOutbox
 from autoscaler.policy import KeySample
 from gateway.auth import PRINCIPAL, Authenticator
 from gateway.autoscaling import autoscale_json
-from gateway.broker import Broker, TopicView, key_hash
-from gateway.forwarding import HttpForwarder
+from gateway.broker import AnswerClaim, AnswerTicket, Broker, TopicView, key_hash
+from gateway.forwarding import HttpForwarder, stable_hash
 from gateway.metrics import Metrics
 from gateway.placement import Replaced, WorkerLoad, place
 from gateway.quota_home import SharedQuotaBook
@@ -50,7 +51,12 @@ from gateway.quotas import Quotas
 from gateway.workers import LEADER, WorkerRole
 from partitions.catalog import Catalog
 from partitions.channel import ChannelClient, ChannelServer, Connection, Payload
-from partitions.errors import EventBusError, StorageBackpressureError, WorkerUnreachableError
+from partitions.errors import (
+    EventBusError,
+    PartitionUnavailableError,
+    StorageBackpressureError,
+    WorkerUnreachableError,
+)
 from partitions.routing import RoutingPartitionWorker
 from partitions.worker import LocalPartitionWorker, PartitionKey
 from partitions.worker_remote import RemotePartitionWorker, WorkerService
@@ -74,6 +80,8 @@ WILL_RETRY = 40
 LOAD = 41
 USAGE_SETTLE = 42
 USAGE_SETTLED = 43
+ANSWER_CLAIM = 44
+ANSWER_SETTLE = 45
 
 STATUS_INTERVAL_S = 0.25
 SHIP_INTERVAL_S = 0.1
@@ -136,8 +144,10 @@ class Cluster:
             (LOAD, self._load),
             (USAGE_SETTLE, self._usage_settle),
             (USAGE_SETTLED, self._usage_settled),
+            (ANSWER_SETTLE, self._answer_settle),
         ):
             self.server.register(op, _json_handler(handler))
+        self.server.register(ANSWER_CLAIM, self._answer_claim)
         self.server.register(METRICS_TEXT, self._metrics_text)
         self.forwarder = HttpForwarder(
             {w: str(role.http_path(w)) for w in range(role.count) if w != role.index}
@@ -156,6 +166,11 @@ class Cluster:
         self._counted: dict[PartitionKey, int] = {}
         self.bytes_per_s = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        # Attempts at idempotent requests whose answers are kept here, run by another
+        # process: the claim, and the topic's partitions (all unsure if it goes away).
+        self._claims: dict[int, tuple[AnswerClaim, list[int]]] = {}
+        self._claims_of: dict[Connection, set[int]] = {}
+        self._claim_ids = itertools.count(1)
 
     # --- calls to the others -----------------------------------------------------------------
 
@@ -264,6 +279,109 @@ class Cluster:
             except EventBusError:
                 return False  # not reachable: its counts may still come
         return True
+
+    # --- idempotent produce: the answers of a key are kept by one worker -------------------
+
+    def serves(self, tenant: str, topic: str, key: str) -> bool:
+        return answer_home_of(tenant, topic, key, self.count) == self.index
+
+    async def claim(
+        self,
+        tenant: str,
+        topic: str,
+        incarnation: str,
+        key: str,
+        request_hash: bytes,
+        total: int,
+    ) -> AnswerTicket:
+        home = answer_home_of(tenant, topic, key, self.count)
+        body = {"t": tenant, "n": topic, "i": incarnation, "k": key, "h": request_hash.hex()}
+        answer: dict[str, Any] = await self.ask(home, ANSWER_CLAIM, {**body, "c": total})
+        if answer.get("answer") is not None:
+            return AnswerTicket([(int(p), int(o)) for p, o in answer["answer"]])
+        return AnswerTicket(
+            None,
+            missing=[int(i) for i in answer["missing"]],
+            request_hash=bytes.fromhex(answer["h"]),
+            accepted_ms=int(answer["a"]),
+            total_records=int(answer["c"]),
+            token=int(answer["token"]) * self.count + home,
+        )
+
+    async def settle(
+        self,
+        ticket: AnswerTicket,
+        placed: Sequence[tuple[int, tuple[int, int]]],
+        lost: Collection[int],
+    ) -> list[tuple[int, int]] | None:
+        token, home = divmod(ticket.token, self.count)
+        body = {
+            "token": token,
+            "placed": [[i, p, o] for i, (p, o) in placed],
+            "lost": sorted(lost),
+        }
+        answer = await self.ask(home, ANSWER_SETTLE, body)
+        if answer is None:
+            return None
+        return [(int(p), int(o)) for p, o in answer]
+
+    async def _answer_claim(self, meta: bytes, blob: bytes, conn: Connection) -> Payload:
+        body = orjson.loads(meta)
+        broker = self.broker
+        if broker is None:
+            raise WorkerUnreachableError("this worker is still starting; retry")
+        tenant, topic, incarnation = str(body["t"]), str(body["n"]), str(body["i"])
+        view = await broker.view(tenant, topic)
+        if view.record.incarnation != incarnation:
+            await broker.refresh_topic(tenant, topic)
+            view = await broker.view(tenant, topic)
+            if view.record.incarnation != incarnation:
+                raise PartitionUnavailableError(
+                    f"topic {topic!r} changed while producing; retry", topic=topic
+                )
+        claim = await broker.claim_answer(
+            tenant, view, str(body["k"]), bytes.fromhex(body["h"]), int(body["c"])
+        )
+        entry = claim.entry
+        if claim.busy is None:
+            return orjson.dumps({"answer": entry.answer()}), b""
+        token = next(self._claim_ids)
+        self._claims[token] = (claim, sorted(view.partitions))
+        tokens = self._claims_of.get(conn)
+        if tokens is None:
+            tokens = self._claims_of[conn] = set()
+            conn.on_close.append(lambda: self._claimer_gone(conn))
+        tokens.add(token)
+        answer = {
+            "token": token,
+            "missing": entry.missing(),
+            "h": entry.request_hash.hex(),
+            "a": entry.accepted_ms,
+            "c": entry.total_records,
+        }
+        return orjson.dumps(answer), b""
+
+    def _claimer_gone(self, conn: Connection) -> None:
+        """The process writing attempts went away: what they wrote is unknown."""
+        for token in self._claims_of.pop(conn, set()):
+            found = self._claims.pop(token, None)
+            if found is not None and self.broker is not None:
+                claim, partitions = found
+                self.broker.settle_answer(claim, [], partitions)
+
+    async def _answer_settle(self, body: dict[str, Any]) -> list[list[int]] | None:
+        token = int(body["token"])
+        for tokens in self._claims_of.values():
+            tokens.discard(token)
+        found = self._claims.pop(token, None)
+        if found is None or self.broker is None:
+            return None  # its writer was taken for gone: the next attempt looks it up
+        claim, _ = found
+        placed = [(int(i), (int(p), int(o))) for i, p, o in body["placed"]]
+        self.broker.settle_answer(claim, placed, [int(p) for p in body["lost"]])
+        if not claim.entry.complete:
+            return None
+        return [[p, o] for p, o in claim.entry.answer()]
 
     async def describe_extra(self, key: PartitionKey) -> dict[str, Any]:
         return {"worker": await self.routing.owner(key)}
@@ -509,6 +627,11 @@ class Cluster:
                 await self.ask(LEADER, METERS, body)  # the leader is restarting: lost
 
 
+def answer_home_of(tenant: str, topic: str, key: str, count: int) -> int:
+    """The worker that keeps an idempotency key's answers."""
+    return stable_hash(tenant, topic, "idempotency", key) % count
+
+
 async def _never(end_ms: int) -> bool:
     return False
 
@@ -606,6 +729,7 @@ def attach(cluster: Cluster, broker: Broker, tiering: TieredStorage, metrics: Me
     broker.announce = cluster.announce_topic
     broker.leader = cluster.role.leader
     broker.describe_extra = cluster.describe_extra
+    broker.answer_home = cluster
     broker.tiered = ClusterTiering(tiering, cluster)
     if not cluster.role.leader:
         broker.meters = MeterOutbox(key_hash, clock_ms=broker.meters.clock_ms)

@@ -1,17 +1,17 @@
 """Requests whose state lives in one worker process, forwarded there.
 
-Every worker process serves the whole API, but two kinds of state have one owner each:
+Every worker process serves the whole API, but a consumer group's members, assignment and
+positions have one owner: every group route of one group is served by the worker
+``hash(tenant, topic, group) mod N``. The process that accepted such a request
+authenticates it, then forwards it unchanged (its body decompressed) over the owner's
+internal HTTP socket and relays the answer as it came. Quotas, fair service, metering and
+everything else are the owner's to apply, once. An owner that cannot be reached (it is
+restarting) answers a retriable 503, ``worker_unavailable`` (or ``worker_lost``, when it
+went away with the request in flight).
 
-- a consumer group's members, assignment and positions: every group route of one group
-  is served by the worker ``hash(tenant, topic, group) mod N``;
-- the answers of idempotent produce: a produce with an ``Idempotency-Key`` is served by the
-  worker ``hash(tenant, topic, key) mod N``, so that a retry finds the first attempt's
-  answer (or waits for it) wherever the client's connection landed.
-
-The process that accepted such a request authenticates it, then forwards it unchanged (its
-body decompressed) over the owner's internal HTTP socket and relays the answer as it came.
-Quotas, fair service and everything else are the owner's to apply, once. An owner that
-cannot be reached (it is restarting) answers a retriable 503, ``worker_unavailable``.
+(Idempotent produce's answers have one owner too, but its requests are not forwarded: the
+process that accepted one writes it and asks the owner only what to write and where it
+went; see ``gateway/cluster.py``.)
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 FORWARDED_HEADER = "Eventbus-Forwarded"
 GROUP_ROUTES = "/v1/topics/{topic}/groups/{group}"
-PRODUCE_ROUTE = "/v1/topics/{topic}/records"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Headers that belong to one connection, or that forwarding changes.
 _NOT_FORWARDED = frozenset(
     h.lower()
@@ -73,10 +71,6 @@ def request_owner(request: web.Request, tenant: str, count: int) -> int | None:
     if route.startswith(GROUP_ROUTES):
         group = request.match_info.get("group", "")
         return stable_hash(tenant, topic, "group", group) % count
-    if route == PRODUCE_ROUTE and request.method == "POST":
-        key = request.headers.get(IDEMPOTENCY_HEADER)
-        if key is not None:
-            return stable_hash(tenant, topic, "idempotency", key) % count
     return None
 
 
