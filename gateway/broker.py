@@ -256,6 +256,9 @@ class Broker:
         self.announce: TopicAnnouncer | None = None
         self.leader = True
         self.describe_extra: Callable[[PartitionKey], Awaitable[dict[str, Any]]] | None = None
+        # Whether this process owns a partition (several worker processes): keyless
+        # records go to its own partitions when it has active ones.
+        self.owns: Callable[[PartitionKey], bool] | None = None
         # Where idempotent produce's answers are kept, when not all here.
         self.answer_home: AnswerHome | None = None
         # Where the autoscaler runs, when not here: its view of a topic, for describe.
@@ -949,6 +952,10 @@ class Broker:
             if record.key is None:
                 if keyless is None:
                     ids = view.active_ids
+                    if self.owns is not None:
+                        # Keyless records may go anywhere: to a partition of this process,
+                        # when it has one, without a hop to another.
+                        ids = [pid for pid in ids if self.owns(view.key(pid))] or ids
                     keyless = ids[next(view.keyless) % len(ids)]
                 pid = keyless
             else:

@@ -12,11 +12,13 @@ owns some of the partitions: their logs, appends, reads, waits, uploads and rete
 - **Topic views** are shared truth from the catalog; a worker that changes a topic (creates,
   reconfigures, splits, merges) tells every other before it answers, and each reads the
   topic again; a deletion has every worker let go of the topic before its files go.
-- **State with one owner**: a consumer group's sessions and the idempotency answers are
-  served by one worker each (``gateway/forwarding.py``), a tenant's quota buckets by its home
-  worker (``gateway/quota_home.py``), and the once-per-server work (the autoscaler's
-  decisions, object-store cleanup, finishing interrupted deletions) by worker 0, the
-  leader. The others send it what their appends measured, every tenth of a second.
+- **State with one owner**: a consumer group's requests are served by one worker
+  (forwarded there: ``gateway/forwarding.py``); an idempotency key's answers are kept by one
+  worker, which the worker that writes a produce asks what to write and tells where it
+  went; a tenant's quota buckets are kept by its home worker (``gateway/quota_home.py``);
+  the once-per-server work (the autoscaler's decisions, object-store cleanup, finishing
+  interrupted deletions, sampling storage for metering) is done by worker 0, the leader.
+  The others send the leader what their appends measured, every tenth of a second.
 - **What the API reports** is the server's, not one process's: ``/metrics`` sums every
   worker's numbers, topic describe asks the leader for the autoscaler's view and each
   partition's owner for its tiered storage, and ``/healthz`` looks at every worker.
@@ -730,6 +732,7 @@ def attach(cluster: Cluster, broker: Broker, tiering: TieredStorage, metrics: Me
     broker.leader = cluster.role.leader
     broker.describe_extra = cluster.describe_extra
     broker.answer_home = cluster
+    broker.owns = cluster.routing.owns
     broker.tiered = ClusterTiering(tiering, cluster)
     if not cluster.role.leader:
         broker.meters = MeterOutbox(key_hash, clock_ms=broker.meters.clock_ms)

@@ -208,7 +208,10 @@ def start_spawner(argv: Sequence[str]) -> tuple[int, socket.socket]:
     each request: a fork costs milliseconds where a fresh interpreter loading the server
     costs most of a second, at every start and restart. Answers its pid and the
     supervisor's end of the socket between them."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    # Message boundaries, passed descriptors, and an end of file when either side dies
+    # (where sequenced packets exist; elsewhere datagrams, and the parent-pid check).
+    kind = getattr(socket, "SOCK_SEQPACKET", socket.SOCK_DGRAM)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's coverage is not collected
         code = 1
@@ -334,12 +337,18 @@ class Supervisor:
         self.spawner_pid, self.spawner = spawner
         self._started: dict[int, asyncio.Future[int]] = {}
 
-    async def _from_spawner(self) -> None:
+    async def _from_spawner(self, stop: asyncio.Event) -> None:
         """Read the spawner's answers (a worker's pid) and news (a worker's exit)."""
         loop = asyncio.get_running_loop()
         self.spawner.setblocking(False)
         while True:
-            message = json.loads(await loop.sock_recv(self.spawner, _DATAGRAM))
+            data = await loop.sock_recv(self.spawner, _DATAGRAM)
+            if not data:
+                # No worker can be started any more, and the running ones die with it.
+                log.error("the process that starts workers went away; stopping")
+                stop.set()
+                return
+            message = json.loads(data)
             if "exit" in message:
                 for worker in self.workers:
                     if worker.pid == message["exit"]:
@@ -441,7 +450,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        news = loop.create_task(self._from_spawner(), name="spawner")
+        news = loop.create_task(self._from_spawner(stop), name="spawner")
         try:
             for worker in self.workers:
                 await self._spawn(worker)

@@ -200,7 +200,6 @@ class ChannelServer:
     """Answers requests on a Unix socket with the handler registered for each op.
 
     Each request runs as its own task, so a long-poll never holds up the calls behind it.
-    ``gate`` is awaited before any request is handled (the process is still starting).
     """
 
     def __init__(self, path: Path, handlers: Mapping[int, Handler] | None = None) -> None:
@@ -209,8 +208,6 @@ class ChannelServer:
         self._server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
         self._tasks: dict[tuple[Connection, int], asyncio.Task[None]] = {}
-        self.gate: asyncio.Event = asyncio.Event()
-        self.gate.set()
 
     def register(self, op: int, handler: Handler) -> None:
         if op in self.handlers:
@@ -254,8 +251,6 @@ class ChannelServer:
         self, conn: Connection, request_id: int, op: int, meta: bytes, blob: bytes
     ) -> None:
         try:
-            if not self.gate.is_set():
-                await self.gate.wait()
             handler = self.handlers.get(op, _unknown_op)
             answer_meta, answer_blob = await handler(meta, blob, conn)
         except asyncio.CancelledError:

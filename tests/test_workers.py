@@ -319,6 +319,30 @@ async def test_new_partitions_go_to_the_least_loaded_worker_and_splits_spread_a_
             assert all(stats[c] > 0 for c in children), stats
 
 
+async def test_keyless_records_stay_on_the_worker_that_took_them(tmp_path: Path) -> None:
+    """Keyless records may go to any partition: each worker spreads those it takes over its
+    own active partitions, so they never cost a hop to another process."""
+    with workers(tmp_path) as server:
+        key = server.keys["EVENTBUS_API_KEY"]
+        async with session(key) as http:  # one connection: one worker takes every request
+            async with http.put(f"{server.url}/v1/topics/t") as response:
+                assert response.status == 201
+            await split(http, server.url, "t", 0)
+            await split(http, server.url, "t", 1)
+            await split(http, server.url, "t", 2)
+            placed: set[int] = set()
+            for _ in range(20):
+                body = {"records": [{"value": "v"} for _ in range(5)]}
+                async with http.post(f"{server.url}/v1/topics/t/records", json=body) as r:
+                    placed |= {o["partition"] for o in (await r.json())["offsets"]}
+            topic = await describe(http, server.url, "t")
+        active = {p["id"]: p["worker"] for p in topic["partitions"] if p["state"] == "active"}
+        assert sorted(active.values()) == [0, 0, 1, 1]
+        owners = {active[p] for p in placed}
+        assert len(owners) == 1, (placed, active)  # all on the worker that took them
+        assert placed == {p for p, w in active.items() if w in owners}  # spread over both
+
+
 # --- draining at SIGTERM ---------------------------------------------------------------------
 
 
