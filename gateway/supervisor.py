@@ -344,8 +344,16 @@ class Supervisor:
         while True:
             data = await loop.sock_recv(self.spawner, _DATAGRAM)
             if not data:
-                # No worker can be started any more, and the running ones die with it.
+                # No worker can be started any more, and the running ones die with it (or
+                # are killed here, where no parent-death signal took them): nobody is left
+                # to report their exits.
                 log.error("the process that starts workers went away; stopping")
+                self.stopping = True
+                for worker in self.workers:
+                    if worker.running:
+                        worker.signal(signal.SIGKILL)
+                        worker.returncode = -signal.SIGKILL
+                        worker.exited.set()
                 stop.set()
                 return
             message = json.loads(data)
