@@ -24,6 +24,7 @@ from partitions.idempotency import (
 )
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import ServerProcess
+from tests.tiering_tools import wait_for
 
 # --- the producer tag and the table ----------------------------------------------------------
 
@@ -314,3 +315,48 @@ async def test_a_crash_between_append_and_answer_does_not_append_twice(tmp_path:
             await api.session.close()
     finally:
         server.stop()
+
+
+async def test_a_retry_after_a_restart_finds_its_answer_once_local_retention_ran(
+    tmp_path: Path,
+) -> None:
+    """Local retention deletes the segment holding a tagged batch (it is in tiered storage);
+    the server restarts within the ten minutes, and the client retries: it gets the first
+    answer, nothing is appended, and another body under the key is still a conflict."""
+    settings = {"retention_check_ms": 100, "upload_retry_max_ms": 300}
+    body = orjson.dumps({"records": [{"value": "payment-42"}]})
+    api = await start_api(tmp_path / "data", **settings)
+    try:
+        config = {"segment_bytes": 1024, "local_retention_bytes": 2048}
+        assert (await api.call("PUT", "/v1/topics/t", json=config))[0] == 201
+        first = await _produce(api, "pay-42", body)
+        assert first[0] == 200 and first[1]["offsets"] == [{"partition": 0, "offset": 0}]
+        for i in range(40):  # about ten segments: the first one rolls, tiers and goes
+            status, _ = await api.call(
+                "POST", "/v1/topics/t/records", json={"records": [{"value": f"{i}" + "v" * 150}]}
+            )
+            assert status == 200
+
+        async def tiered() -> bool:
+            _, described = await api.call("GET", "/v1/topics/t")
+            return bool(described["partitions"][0]["local_start_offset"] > 0)
+
+        await wait_for(tiered, what="local retention of the first segment")
+    finally:
+        await stop_api(api)
+    data = tmp_path / "data"
+    # The deleted segment's tags are saved beside the segments, and never tiered.
+    assert [p.name for p in (data / "topics").rglob("*.tags")] == [f"{0:020d}.tags"]
+    assert not list((data / "objects").rglob("*.tags"))
+    api = await start_api(data, **settings)
+    try:
+        assert await _produce(api, "pay-42", body) == first
+        status, refused = await _produce(api, "pay-42", orjson.dumps({"records": [{"value": "x"}]}))
+        assert status == 409 and refused["error"]["code"] == "idempotency_key_reused"
+        _, described = await api.call("GET", "/v1/topics/t")
+        assert described["partitions"][0]["end_offset"] == 41
+        # The saved tags go with the topic.
+        assert (await api.call("DELETE", "/v1/topics/t"))[0] == 204
+        assert not list((data / "topics").rglob("*.tags"))
+    finally:
+        await stop_api(api)
