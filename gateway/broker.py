@@ -326,7 +326,9 @@ class Broker:
         view = self._views.get((tenant, name))
         if view is not None and view.record.incarnation == topic.incarnation:
             self._views.pop((tenant, name), None)
-            self._topic_locks.pop((tenant, name), None)
+            lock = self._topic_locks.get((tenant, name))
+            if lock is not None and not lock.locked():  # delete_topic holds it: keep it
+                self._topic_locks.pop((tenant, name), None)
         self.groups.forget_topic(tenant, topic.incarnation)
         self.answers.drop_topic(tenant, topic.incarnation)
         self.meters.drop_topic(tenant, topic.incarnation)
@@ -868,7 +870,9 @@ class Broker:
         if removed:
             for pid in view.partitions:
                 stats = await self.worker.stats(view.key(pid))
-                await self.catalog.advance_start_offset(tenant, name, pid, stats.start_offset)
+                await self.catalog.advance_start_offset(
+                    tenant, name, pid, stats.start_offset, incarnation=view.record.incarnation
+                )
         return removed
 
     async def _retain_topic_bytes(self, view: TopicView, bound: int) -> int:

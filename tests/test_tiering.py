@@ -10,14 +10,18 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from gateway.app import CATALOG
+from gateway.keys import BROKER
 from gateway.quotas import Quotas
 from gateway.tiering import TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
+from partitions.log import SegmentInfo
+from partitions.worker import PartitionKey, PartitionWorker
 from tests.conftest import ADMIN_KEY, start_api, stop_api
 from tests.s3 import bucket_objects, create_bucket
 from tests.servers import ROOT, ServerProcess
@@ -356,6 +360,86 @@ async def test_a_topic_deleted_while_the_store_is_down_loses_its_objects_later(
         )
 
     await wait_for(finished, what="the deletion to finish")
+
+
+class PausedDetails:
+    """The server's own partition worker, except that the first ``segment_details`` call
+    waits for ``go`` once it has its answer (a slow scan): retention's pass stops there."""
+
+    def __init__(self, worker: PartitionWorker) -> None:
+        self.worker = worker
+        self.paused = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.worker, name)
+
+    async def segment_details(self, key: PartitionKey) -> list[SegmentInfo]:
+        details = await self.worker.segment_details(key)
+        if not self.paused.is_set():
+            self.paused.set()
+            await self.go.wait()
+        return details
+
+
+async def test_retention_of_a_deleted_topic_never_moves_the_start_of_its_recreation(
+    tmp_path: Path,
+) -> None:
+    """A retention pass of topic t is between reading its segments and moving its start when
+    t is deleted and created again: the pass must not touch the new topic's partitions."""
+    api = await start_api(tmp_path / "data", retention_check_ms=3_600_000)
+    try:
+        broker = api.server.app[BROKER]
+        config = {**SMALL, "retention_bytes": 2048}
+        assert (await api.call("PUT", "/v1/topics/t", json=config))[0] == 201
+        for i in range(40):
+            assert (await produce(api, "t", [value(i)]))[0] == 200
+        assert broker.tiered is not None
+        retention = broker.tiered.retention
+        paused = PausedDetails(retention._worker)
+        retention._worker = paused  # type: ignore[assignment]
+        try:
+            passing = asyncio.ensure_future(broker.apply_retention())
+            await asyncio.wait_for(paused.paused.wait(), 10)
+            assert (await api.call("DELETE", "/v1/topics/t"))[0] == 204
+            assert (await api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
+            paused.go.set()
+            await passing
+        finally:
+            retention._worker = paused.worker
+        (fresh,) = await api.server.app[CATALOG].list_partitions("default", "t")
+        assert fresh.start_offset == 0
+        for i in range(10):
+            assert (await produce(api, "t", [f"new-{i}"]))[0] == 200
+        await broker.apply_retention()
+        _, described = await api.call("GET", "/v1/topics/t")
+        assert described["partitions"][0]["start_offset"] == 0
+        values = await local_records(api, "t", 0)
+        assert values == {i: f"new-{i}" for i in range(10)}
+    finally:
+        await stop_api(api)
+
+
+async def test_a_topic_created_again_waits_for_its_deletion_to_finish(
+    server: TieredServer,
+) -> None:
+    """A PUT of a name whose deletion is still running (its objects are being deleted) waits
+    for that deletion instead of running alongside it."""
+    assert (await server.api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
+    await _produce_range(server, "t", 0, 12)
+    await wait_for(lambda: _all_uploaded(server, "t"), what="uploads")
+    old = server.incarnation("t")
+    server.proxy.hold = lambda line: old in line  # the store stalls on the old objects
+    deleting = asyncio.ensure_future(server.api.call("DELETE", "/v1/topics/t"))
+    await asyncio.wait_for(server.proxy.held.wait(), 10)
+    creating = asyncio.ensure_future(server.api.call("PUT", "/v1/topics/t", json=SMALL))
+    done, _ = await asyncio.wait({deleting, creating}, return_when=asyncio.FIRST_COMPLETED)
+    server.proxy.hold = None
+    server.proxy.thaw()
+    assert (await deleting)[0] == 204
+    assert (await creating)[0] == 201
+    assert deleting in done, "the PUT ran alongside the deletion"
+    assert server.incarnation("t") != old
 
 
 async def test_orphans_are_removed_after_the_grace_period(tmp_path: Path, s3_endpoint: str) -> None:

@@ -20,6 +20,10 @@ its local ones, each counted once.
   ``local_retention_bytes`` bounds the topic's local bytes, like ``retention_bytes`` the
   whole topic's. The log start does not move: reads below the local start are reads of
   tiered data.
+
+A pass works on one incarnation of the topic and names it in every catalog call: if the
+topic is deleted and created again while the pass runs, the catalog refuses the old
+incarnation and the pass stops, never touching the new topic's partitions.
 """
 
 from __future__ import annotations
@@ -162,7 +166,10 @@ class TieredRetention:
         """Apply total and local retention to one topic; answers the segments removed
         (local and remote)."""
         now = self._clock_ms()
-        recorded = {p.partition_id: p for p in await self._catalog.list_partitions(tenant, name)}
+        # Every catalog call names the incarnation: if the topic is deleted and created again
+        # while this pass runs, the pass fails instead of acting on the new topic.
+        listed = await self._catalog.list_partitions(tenant, name, incarnation=incarnation)
+        recorded = {p.partition_id: p for p in listed}
         parts: dict[int, _Partition] = {}
         for pid in sorted(partition_ids):
             key = PartitionKey(tenant, incarnation, pid)
@@ -188,7 +195,9 @@ class TieredRetention:
             # KIP-405's order: the log start moves first, in the catalog, then in the log
             # (which deletes the local segments below it), then the remote segments go.
             if known is not None and start > known.start_offset:
-                await self._catalog.advance_start_offset(tenant, name, pid, start)
+                await self._catalog.advance_start_offset(
+                    tenant, name, pid, start, incarnation=incarnation
+                )
             if start > part.stats.start_offset:
                 gone = await self._worker.advance_start(part.key, start)
                 self._counters.local_segments_deleted += len(gone)
