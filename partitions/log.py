@@ -632,8 +632,9 @@ class PartitionLog:
         then delete the local segments whose records all lie below it.
 
         Reads below the new start answer :class:`OffsetOutOfRangeError` from the moment
-        this is called. The new start is persisted before any file is deleted. Answers the
-        deleted segments.
+        this is called. The new start is persisted before any file is deleted; if that
+        fails (a full disk), nothing is deleted and calling again with the same offset
+        writes it again. Answers the deleted segments.
         """
         target = min(offset, self._high_watermark)
         self._raise_log_start(target)
@@ -778,11 +779,17 @@ class PartitionLog:
                 tag_sidecar.save(self._ops, self.directory, segment.base_offset, tags)
 
     def _persist_log_start(self, offset: int) -> None:
+        """Write a higher log start to ``partition.json``. ``_w_log_start`` is what is on
+        disk: after a failed write it stays where it was, so asking again writes again."""
         if offset > self._w_log_start:
-            self._w_log_start = offset
-            self._write_meta(
-                sealed=self._w_sealed, end_offset=self._w_end if self._w_sealed else None
-            )
+            persisted, self._w_log_start = self._w_log_start, offset
+            try:
+                self._write_meta(
+                    sealed=self._w_sealed, end_offset=self._w_end if self._w_sealed else None
+                )
+            except BaseException:
+                self._w_log_start = persisted
+                raise
 
     def _advance_start(self, offset: int) -> list[SegmentInfo]:
         self._persist_log_start(offset)

@@ -5,6 +5,7 @@ listener, and the producer tags saved from deleted segments."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from partitions.errors import OffsetNotLocalError, OffsetOutOfRangeError
+from partitions.errors import DiskFullError, OffsetNotLocalError, OffsetOutOfRangeError
+from partitions.fileio import FileOps
 from partitions.log import LogConfig, PartitionLog
 from partitions.segment import list_segment_bases
 from partitions.tag_sidecar import KEEP_MS, TAGS_SUFFIX, wall_ms
@@ -91,6 +93,42 @@ async def test_a_start_persisted_before_a_crash_finishes_its_deletion_at_open(
     reopened = await PartitionLog.open(tmp_path, SMALL)
     assert list_segment_bases(tmp_path)[0] == segments[2].base_offset
     assert reopened.start_offset == reopened.local_start_offset == segments[2].base_offset
+    await reopened.close()
+
+
+class FullMetaOnce(FileOps):
+    """A disk that is full for the next replacement of ``partition.json`` (once armed)."""
+
+    armed = False
+
+    def replace_file(self, path: Path, data: bytes, *, mode: int = 0o644) -> None:
+        if self.armed and path.name == "partition.json":
+            self.armed = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().replace_file(path, data, mode=mode)
+
+
+async def test_a_start_whose_persist_failed_deletes_nothing_and_is_persisted_when_asked_again(
+    tmp_path: Path,
+) -> None:
+    ops = FullMetaOnce()
+    log = await _filled(tmp_path, ops=ops)
+    segments = log.segments()
+    cut = segments[3].base_offset
+    meta_path = tmp_path / "partition.json"
+    ops.armed = True
+    with pytest.raises(DiskFullError):
+        await log.advance_start(cut)
+    # Reads below it are refused at once, but no segment goes below a start not on disk.
+    assert log.start_offset == cut and log.local_start_offset == 0
+    assert json.loads(meta_path.read_bytes())["log_start_offset"] == 0
+    # Asked again (retention's next pass), the start is persisted, then the segments go.
+    removed = await log.advance_start(cut)
+    assert [s.base_offset for s in removed] == [s.base_offset for s in segments[:3]]
+    assert json.loads(meta_path.read_bytes())["log_start_offset"] == cut
+    await log.close()
+    reopened = await PartitionLog.open(tmp_path, SMALL)
+    assert reopened.start_offset == reopened.local_start_offset == cut
     await reopened.close()
 
 

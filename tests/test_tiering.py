@@ -4,6 +4,8 @@ a stalled store and backpressure, remote retention's order, topic deletion, clea
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from gateway.keys import BROKER
 from gateway.quotas import Quotas
 from gateway.tiering import TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
+from partitions.fileio import FileOps
 from partitions.log import SegmentInfo
 from partitions.worker import PartitionKey, PartitionWorker
 from tests.conftest import ADMIN_KEY, start_api, stop_api
@@ -360,6 +363,71 @@ async def test_a_topic_deleted_while_the_store_is_down_loses_its_objects_later(
         )
 
     await wait_for(finished, what="the deletion to finish")
+
+
+class FullMetaOnce(FileOps):
+    """A disk that is full for the next replacement of ``partition.json`` (once armed)."""
+
+    armed = False
+
+    def replace_file(self, path: Path, data: bytes, *, mode: int = 0o644) -> None:
+        if self.armed and path.name == "partition.json":
+            self.armed = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().replace_file(path, data, mode=mode)
+
+
+async def test_a_log_start_that_failed_to_persist_is_persisted_by_the_next_pass(
+    tmp_path: Path,
+) -> None:
+    """Total retention moves the start, but the disk is full when the log writes it down:
+    no remote copy below it goes until the log has it on disk, the next pass writes it, and
+    the start never goes back down after a restart."""
+    data = tmp_path / "data"
+    api = await start_api(data, retention_check_ms=3_600_000, upload_retry_max_ms=300)
+    try:
+        broker = api.server.app[BROKER]
+        assert (await api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
+        for i in range(40):
+            assert (await produce(api, "t", [value(i)]))[0] == 200
+
+        async def uploaded() -> bool:
+            _, body = await api.call("GET", "/v1/topics/t")
+            return bool(body["partitions"][0]["segments_pending_upload"] == 0)
+
+        await wait_for(uploaded, what="uploads")
+        view = broker._views[("default", "t")]
+        log = broker.worker.log(view.key(0))  # type: ignore[attr-defined]
+        remote = data / "objects" / "default" / view.record.incarnation / "0"
+        uploaded_logs = sorted(p.name for p in remote.glob("*.log"))
+        meta_path = log.directory / "partition.json"
+        full = FullMetaOnce()
+        log._ops = full
+        full.armed = True
+        status, _ = await api.call("PATCH", "/v1/topics/t", json={"retention_bytes": 2048})
+        assert status == 200
+        await broker.apply_retention()  # fails for this topic: the disk is full
+        start = (await api.server.app[CATALOG].get_partition("default", "t", 0)).start_offset
+        assert start > 0
+        assert json.loads(meta_path.read_bytes())["log_start_offset"] == 0
+        assert sorted(p.name for p in remote.glob("*.log")) == uploaded_logs
+        await broker.apply_retention()  # the disk has room again
+        assert json.loads(meta_path.read_bytes())["log_start_offset"] == start
+        assert f"{0:020d}.log" not in {p.name for p in remote.glob("*.log")}
+    finally:
+        await stop_api(api)
+    api = await start_api(data, retention_check_ms=3_600_000)
+    try:
+        _, described = await api.call("GET", "/v1/topics/t")
+        assert described["partitions"][0]["start_offset"] == start
+        status, _ = await api.call("GET", "/v1/topics/t/partitions/0/records", params={"offset": 0})
+        assert status == 416
+        status, body = await api.call(
+            "GET", "/v1/topics/t/partitions/0/records", params={"offset": start}
+        )
+        assert status == 200 and body["records"][0]["value"] == value(start)
+    finally:
+        await stop_api(api)
 
 
 class PausedDetails:

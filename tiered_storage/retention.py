@@ -198,7 +198,11 @@ class TieredRetention:
                 await self._catalog.advance_start_offset(
                     tenant, name, pid, start, incarnation=incarnation
                 )
-            if start > part.stats.start_offset:
+            # On every pass, not only when the start rises: the log raises its start in
+            # memory at once, so a write of it that failed (a full disk) is only retried
+            # here; and it raises before any remote copy below the start goes, so those wait
+            # until the log has the start on disk.
+            if start > 0:
                 gone = await self._worker.advance_start(part.key, start)
                 self._counters.local_segments_deleted += len(gone)
                 removed += len(gone)
