@@ -1393,7 +1393,8 @@ def _collect_tags(
 ) -> list[tuple[int, bytes]]:
     tags: dict[int, bytes] = {}
     for segment, limit in pinned:
-        if segment.log_path.stat().st_mtime_ns // 1_000_000 < since_ms:
+        # By the open file: retention may unlink a pinned segment's name meanwhile.
+        if tag_sidecar.segment_modified_ms(segment.log_fd) < since_ms:
             continue
         tags.update(_segment_tags(segment, limit))
     # A crash between saving a segment's tags and deleting it leaves both: the segment's win.

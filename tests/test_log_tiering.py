@@ -9,7 +9,11 @@ import errno
 import json
 import os
 import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -22,6 +26,7 @@ from tests.logtools import read_all, record
 from tests.tag_sidecar_crash_child import CONFIG as CRASH_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 SMALL = LogConfig(segment_bytes=4 * 1024, index_interval_bytes=512)
 
@@ -193,9 +198,11 @@ async def test_a_timestamp_whose_answer_may_be_tiered_is_not_answered_from_local
 # --- producer tags of deleted segments -------------------------------------------------------
 
 
-async def _tagged(path: Path, config: LogConfig = SMALL) -> tuple[PartitionLog, list[int]]:
+async def _tagged(
+    path: Path, config: LogConfig = SMALL, **kwargs: Any
+) -> tuple[PartitionLog, list[int]]:
     """A log whose every third batch carries a producer tag; answers the tagged offsets."""
-    log = await PartitionLog.open(path, config)
+    log = await PartitionLog.open(path, config, **kwargs)
     tagged = []
     for i in range(100):
         tag = f"tag-{i}".encode() if i % 3 == 0 else b""
@@ -302,3 +309,43 @@ async def test_a_crash_between_saving_tags_and_deleting_answers_each_tag_once(
         assert await log.producer_tags(since) == _expected(tagged)
     finally:
         await log.close()
+
+
+class GatedReads(ThreadPoolExecutor):
+    """Reader threads; once armed, the next job waits for ``go`` before it starts."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.armed = False
+        self.waiting = threading.Event()
+        self.go = threading.Event()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if not self.armed:
+            return super().submit(fn, *args, **kwargs)
+        self.armed = False
+
+        def gated() -> T:
+            self.waiting.set()
+            self.go.wait(10)
+            return fn(*args, **kwargs)
+
+        return super().submit(gated)
+
+
+async def test_producer_tags_read_while_retention_deletes_the_segments(tmp_path: Path) -> None:
+    """The segments a producer-tag read pinned are deleted before it reads them: it still
+    answers every tag once, from the open files."""
+    reads = GatedReads()
+    try:
+        log, tagged = await _tagged(tmp_path, executor=reads)
+        since = wall_ms() - KEEP_MS
+        reads.armed = True
+        reading = asyncio.ensure_future(log.producer_tags(since))
+        await asyncio.to_thread(reads.waiting.wait, 10)
+        assert len(await log.delete_local_below(log.segments()[4].base_offset)) == 4
+        reads.go.set()
+        assert await reading == _expected(tagged)
+        await log.close()
+    finally:
+        reads.shutdown()
