@@ -430,6 +430,55 @@ async def test_a_log_start_that_failed_to_persist_is_persisted_by_the_next_pass(
         await stop_api(api)
 
 
+async def test_a_remote_row_another_process_is_deleting_does_not_stop_the_pass(
+    tmp_path: Path,
+) -> None:
+    """The oldest remote row expired by total retention was already moved to delete-started
+    by someone else (a cleanup, another process) behind this process's back: the pass goes
+    on to the other expired rows and to local retention, and the next pass takes that row."""
+    data = tmp_path / "data"
+    api = await start_api(data, retention_check_ms=3_600_000, upload_retry_max_ms=300)
+    try:
+        broker = api.server.app[BROKER]
+        catalog = api.server.app[CATALOG]
+        assert (await api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
+        for i in range(40):
+            assert (await produce(api, "t", [value(i)]))[0] == 200
+
+        async def uploaded() -> bool:
+            _, body = await api.call("GET", "/v1/topics/t")
+            return bool(body["partitions"][0]["segments_pending_upload"] == 0)
+
+        await wait_for(uploaded, what="uploads")
+        inc = broker._views[("default", "t")].record.incarnation
+        rows = await catalog.list_remote_segments("default", inc, 0)
+        assert len(rows) >= 8
+        await broker.apply_retention()  # the remote index now holds the rows
+        taken = rows[0]
+        await catalog.set_remote_segment_state(
+            "default",
+            inc,
+            0,
+            taken.base_offset,
+            from_state=RemoteSegmentState.COPY_FINISHED,
+            to_state=RemoteSegmentState.DELETE_STARTED,
+        )
+        config = {"retention_bytes": 4096, "local_retention_bytes": 2048}
+        assert (await api.call("PATCH", "/v1/topics/t", json=config))[0] == 200
+        await broker.apply_retention()
+        part = (await api.call("GET", "/v1/topics/t"))[1]["partitions"][0]
+        start = part["start_offset"]
+        assert start > rows[2].base_offset
+        assert part["local_start_offset"] > start  # local retention ran in the same pass
+        left = {r.base_offset for r in await catalog.list_remote_segments("default", inc, 0)}
+        assert {r.base_offset for r in rows if r.last_offset < start} & left == {taken.base_offset}
+        await broker.apply_retention()
+        left = {r.base_offset for r in await catalog.list_remote_segments("default", inc, 0)}
+        assert taken.base_offset not in left
+    finally:
+        await stop_api(api)
+
+
 class PausedDetails:
     """The server's own partition worker, except that the first ``segment_details`` call
     waits for ``go`` once it has its answer (a slow scan): retention's pass stops there."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from partitions.catalog import Catalog, RemoteSegmentRecord, RemoteSegmentState
+from partitions.errors import RemoteSegmentNotFoundError, RemoteSegmentStateError
 from partitions.log import LogStats, SegmentInfo
 from partitions.worker import PartitionKey, PartitionWorker
 from tiered_storage.objects import ObjectStore, ObjectStoreError
@@ -225,6 +226,12 @@ class TieredRetention:
             except ObjectStoreError as exc:
                 log.warning("remote segment %d of %s not deleted yet: %s", base, key, exc)
                 break  # in order: the next pass starts again from here
+            except (RemoteSegmentStateError, RemoteSegmentNotFoundError) as exc:
+                # Someone else (a cleanup, another process) changed or removed the row
+                # meanwhile: learn its state; the next pass deletes it if still needed.
+                log.info("remote segment %d of %s changed under retention: %s", base, key, exc)
+                await self._index.reload(key)
+                continue
             self._counters.remote_segments_deleted += 1
             removed += 1
         return removed
