@@ -467,7 +467,10 @@ async def group_leave(request: web.Request) -> web.Response:
     member_id = body.get("member_id")
     if not isinstance(member_id, str):
         raise InvalidParameterError("member_id is required")
-    await broker.groups.leave(shape, _group_name(request), member_id)
+    commit = body.get("commit", True)
+    if not isinstance(commit, bool):
+        raise InvalidParameterError("commit is true or false")
+    await broker.groups.leave(shape, _group_name(request), member_id, commit=commit)
     return web.Response(status=204)
 
 

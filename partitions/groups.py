@@ -591,9 +591,14 @@ class GroupCoordinator:
             group.notify()  # a drained parent may free its children
             return group.committed
 
-    async def leave(self, shape: TopicShape, name: str, member_id: str) -> None:
+    async def leave(
+        self, shape: TopicShape, name: str, member_id: str, *, commit: bool = True
+    ) -> None:
         """Leave the group; with auto_commit, first commit what the last fetch delivered
-        (as a consumer's close does), so that nothing it consumed is delivered again."""
+        (as a consumer's close does), so that nothing it consumed is delivered again.
+
+        ``commit=False`` commits nothing: for a member that committed by hand what it
+        handled, which may be less than its last fetch delivered."""
         group = self._group(shape, name)
         async with group.lock:
             member = group.members.get(member_id)
@@ -601,7 +606,7 @@ class GroupCoordinator:
                 raise UnknownMemberError(
                     f"member {member_id} is not in group {name!r}", member_id=member_id
                 )
-            if member.auto_commit and member.delivered:
+            if commit and member.auto_commit and member.delivered:
                 await self._commit_delivered(group, shape, member)
             self._remove(group, member_id)
             group.notify()
