@@ -424,12 +424,16 @@ class GroupCoordinator:
             if group.owner.get(pid) == member.member_id and pid in shape.partitions
         ]
         positions: dict[int, int] = {}
+        # The member moves only once every read succeeded: a fetch that fails part-way
+        # delivered nothing, so its next fetch must neither skip nor commit what it read.
+        moved: dict[int, int] = {}
+        delivered: dict[int, int] = {}
         cold: list[int] = []
         for pid in owned:
             stats = await self._worker.stats(shape.key(pid))
             position = max(member.positions[pid], stats.start_offset)
             if position >= stats.end_offset:
-                member.positions[pid] = position
+                moved[pid] = position
                 continue
             positions[pid] = position
             if position < stats.local_start_offset:
@@ -475,8 +479,9 @@ class GroupCoordinator:
                     out.size += record.payload_bytes
                 next_offset = records[-1].offset + 1 if records else position
             out.count += next_offset - position
-            member.positions[pid] = next_offset
-            member.delivered[pid] = next_offset
+            moved[pid] = delivered[pid] = next_offset
+        member.positions.update(moved)
+        member.delivered.update(delivered)
         return out
 
     async def _read_one(

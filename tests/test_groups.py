@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from gateway.keys import BROKER
+from partitions.errors import PartitionUnavailableError
+from partitions.log import ReadResult
+from partitions.worker import PartitionKey
 from tests.conftest import Api
 from tests.servers import ServerProcess
 
@@ -340,3 +345,36 @@ def test_the_documented_python_consumer_reads_and_commits(tmp_path: Path) -> Non
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+async def test_a_fetch_that_fails_part_way_moves_the_member_nowhere(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch answered with an error delivered nothing: the member's next fetch must not
+    commit (auto_commit) or skip what the failed one read before its error."""
+    await api.call("PUT", "/v1/topics/t")
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200
+    member = await _fetch(api, auto_offset_reset="earliest")
+    assert member["assignment"] == [1, 2]
+    records = [{"key": f"k{i}", "value": f"v{i}"} for i in range(20)]
+    assert {p for p, _ in await _produce(api, records)} == {1, 2}
+    # Partition 1 is read first; reading partition 2 then fails, as a disk or an object
+    # store that does not answer would (503, retriable).
+    worker = api.server.app[BROKER].worker
+    real_read = worker.read
+
+    async def read_failing_on_2(key: PartitionKey, offset: int, **bounds: Any) -> ReadResult:
+        if key.partition_id == 2:
+            raise PartitionUnavailableError("injected: partition 2 cannot be read")
+        return await real_read(key, offset, **bounds)
+
+    monkeypatch.setattr(worker, "read", read_failing_on_2)
+    status, body = await api.call("POST", G + "/fetch", json={"member_id": member["member_id"]})
+    assert status == 503, body
+    monkeypatch.undo()
+    # The consumer retries the retriable error as the same member.
+    got: list[str] = []
+    for _ in range(3):
+        answer = await _fetch(api, member_id=member["member_id"])
+        got += [r["value"] for r in answer["records"]]
+    assert sorted(got) == sorted(r["value"] for r in records)
