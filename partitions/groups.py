@@ -196,6 +196,15 @@ class GroupCoordinator:
 
     # --- state -------------------------------------------------------------------------
 
+    def _joined_group(self, shape: TopicShape, name: str, member_id: str) -> Group:
+        """The group of a request naming a member: members live only in memory, so a group
+        that is not there has no members, and no state is made for it (requests naming
+        groups nobody joined cannot grow memory)."""
+        group = self._groups.get((shape.tenant, shape.incarnation, name))
+        if group is None:
+            raise _unknown_member(member_id, name)
+        return group
+
     def _group(self, shape: TopicShape, name: str) -> Group:
         key = (shape.tenant, shape.incarnation, name)
         group = self._groups.get(key)
@@ -330,13 +339,17 @@ class GroupCoordinator:
         ``auto_commit`` and ``session_timeout_ms`` stay as the member last set them when
         a fetch leaves them out (defaults: true, 30 s).
         """
-        group = self._group(shape, name)
+        if member_id is None:
+            group = self._group(shape, name)
+        else:
+            group = self._joined_group(shape, name, member_id)
         async with group.lock:
             now = self._clock_ms()
-            if not await self._load(group, shape):
-                await self._start_new_group(group, shape, auto_offset_reset)
             self._expire(group, now)
             if member_id is None:
+                # Only a joining fetch makes a new group: a refused one changes nothing.
+                if not await self._load(group, shape):
+                    await self._start_new_group(group, shape, auto_offset_reset)
                 member = Member(
                     uuid.uuid4().hex,
                     DEFAULT_SESSION_TIMEOUT_MS
@@ -351,11 +364,7 @@ class GroupCoordinator:
             else:
                 found = group.members.get(member_id)
                 if found is None:
-                    raise UnknownMemberError(
-                        f"member {member_id} is not in group {name!r} (its session ended); "
-                        "fetch without member_id to join again",
-                        member_id=member_id,
-                    )
+                    raise _unknown_member(member_id, name)
                 member = found
                 member.last_seen_ms = now
                 if session_timeout_ms is not None:
@@ -563,13 +572,11 @@ class GroupCoordinator:
         generation: int,
         offsets: Mapping[int, int],
     ) -> dict[int, int]:
-        group = self._group(shape, name)
+        group = self._joined_group(shape, name, member_id)
         async with group.lock:
             await self._load(group, shape)
             if member_id not in group.members:
-                raise UnknownMemberError(
-                    f"member {member_id} is not in group {name!r}", member_id=member_id
-                )
+                raise _unknown_member(member_id, name)
             if generation != group.generation:
                 raise StaleGenerationError(
                     f"generation {generation} is stale; the group is at {group.generation}",
@@ -604,13 +611,11 @@ class GroupCoordinator:
 
         ``commit=False`` commits nothing: for a member that committed by hand what it
         handled, which may be less than its last fetch delivered."""
-        group = self._group(shape, name)
+        group = self._joined_group(shape, name, member_id)
         async with group.lock:
             member = group.members.get(member_id)
             if member is None:
-                raise UnknownMemberError(
-                    f"member {member_id} is not in group {name!r}", member_id=member_id
-                )
+                raise _unknown_member(member_id, name)
             if commit and member.auto_commit and member.delivered:
                 await self._commit_delivered(group, shape, member)
             self._remove(group, member_id)
@@ -683,6 +688,9 @@ class GroupCoordinator:
     async def seek(self, shape: TopicShape, name: str, target: Any) -> dict[int, int]:
         """Reset committed offsets: "earliest", "latest", {"timestamp_ms": T} or
         {"offsets": [{"partition", "offset"}]}. Only while the group has no live members."""
+        if (shape.tenant, shape.incarnation, name) not in self._groups:
+            # Refuse a bad target before making the group's state: the group may not exist.
+            await self._seek_offsets(shape, target)
         group = self._group(shape, name)
         async with group.lock:
             self._expire(group, self._clock_ms())
@@ -734,6 +742,14 @@ class GroupCoordinator:
         raise InvalidSeekError(
             'seek to "earliest", "latest", {"timestamp_ms": T} or {"offsets": [...]}'
         )
+
+
+def _unknown_member(member_id: str, name: str) -> UnknownMemberError:
+    return UnknownMemberError(
+        f"member {member_id} is not in group {name!r} (its session ended); "
+        "fetch without member_id to join again",
+        member_id=member_id,
+    )
 
 
 def _is_active(shape: TopicShape, pid: int) -> bool:

@@ -378,3 +378,38 @@ async def test_a_fetch_that_fails_part_way_moves_the_member_nowhere(
         answer = await _fetch(api, member_id=member["member_id"])
         got += [r["value"] for r in answer["records"]]
     assert sorted(got) == sorted(r["value"] for r in records)
+
+
+async def test_a_refused_fetch_does_not_create_the_group(api: Api) -> None:
+    """A 4xx changes nothing: a group starts where its first joining fetch says."""
+    await api.call("PUT", "/v1/topics/t")
+    await _produce(api, [{"value": "before"}])
+    # A consumer whose session ended (a restart, say) fetches with its old member id ...
+    status, body = await api.call("POST", G + "/fetch", json={"member_id": "stale"})
+    assert status == 409 and body["error"]["code"] == "unknown_member"
+    assert (await api.call("GET", G))[0] == 404
+    # ... and joins again, from the beginning, as the documented consumer loop does.
+    joined = await _fetch(api, auto_offset_reset="earliest")
+    assert [r["value"] for r in joined["records"]] == ["before"]
+
+
+async def test_commits_and_leaves_naming_unknown_groups_keep_no_state(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    coordinator = api.server.app[BROKER].groups
+    before = len(coordinator._groups)
+    for n in range(100):
+        offsets = [{"partition": 0, "offset": 0}]
+        body = {"member_id": "x", "generation": 0, "offsets": offsets}
+        status, answer = await api.call("POST", f"/v1/topics/t/groups/c{n}/commit", json=body)
+        assert status == 409 and answer["error"]["code"] == "unknown_member"
+        status, answer = await api.call(
+            "POST", f"/v1/topics/t/groups/l{n}/leave", json={"member_id": "x"}
+        )
+        assert status == 409 and answer["error"]["code"] == "unknown_member"
+        status, answer = await api.call(
+            "POST", f"/v1/topics/t/groups/s{n}/seek", json={"to": "sideways"}
+        )
+        assert status == 400 and answer["error"]["code"] == "invalid_seek"
+    # Each would otherwise keep a group (a lock and an event) that the session sweeper
+    # walks four times a second, for as long as the topic lives.
+    assert len(coordinator._groups) - before < 10, len(coordinator._groups) - before
