@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -233,6 +233,20 @@ class Broker:
     def _lock(self, tenant: str, name: str) -> asyncio.Lock:
         return self._topic_locks.setdefault((tenant, name), asyncio.Lock())
 
+    @contextlib.asynccontextmanager
+    async def _existing_topic_lock(self, tenant: str, name: str) -> AsyncIterator[None]:
+        """Hold the topic's lock; drop it again when the topic turns out not to exist, so
+        that requests naming missing topics cannot grow memory."""
+        lock = self._lock(tenant, name)
+        try:
+            async with lock:
+                yield
+        except TopicNotFoundError:
+            idle = not lock.locked() and (tenant, name) not in self._views
+            if idle and self._topic_locks.get((tenant, name)) is lock:
+                del self._topic_locks[(tenant, name)]
+            raise
+
     async def _load_view(self, tenant: str, name: str) -> TopicView:
         """Read the topic from the catalog, open its logs, make it the current view."""
         record = await self.catalog.get_topic(tenant, name)
@@ -314,7 +328,7 @@ class Broker:
 
     async def delete_topic(self, tenant: str, name: str) -> None:
         validate_topic_name(name)
-        async with self._lock(tenant, name):
+        async with self._existing_topic_lock(tenant, name):
             topic = await self.catalog.delete_topic(tenant, name)
             await self.drop_deleted_topic(topic)
 
@@ -421,7 +435,7 @@ class Broker:
         self, tenant: str, name: str, partition_id: int, at: int | None
     ) -> LineageChange:
         """Split an active partition at ``at`` (default: the middle of its range)."""
-        async with self._lock(tenant, name):
+        async with self._existing_topic_lock(tenant, name):
             view = await self._current_view(tenant, name)
             parent = self._active_partition(view, name, partition_id)
             low, high = parent.hash_range.start, parent.hash_range.end
@@ -448,7 +462,7 @@ class Broker:
 
     async def merge(self, tenant: str, name: str, partition_ids: Sequence[int]) -> LineageChange:
         """Merge two adjacent active partitions into one."""
-        async with self._lock(tenant, name):
+        async with self._existing_topic_lock(tenant, name):
             view = await self._current_view(tenant, name)
             if len(partition_ids) != 2 or partition_ids[0] == partition_ids[1]:
                 raise InvalidMergeError("a merge takes exactly two different partitions")
