@@ -17,7 +17,7 @@ from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.metering import meter_delivered, meter_produced
 from gateway.metrics import Metrics
 from gateway.records import MalformedJsonError, parse_ndjson, parse_records, render_record
-from gateway.tenancy import charge_consume, charge_produce, visible_topics
+from gateway.tenancy import charge_consume, charge_produce, visible_topic_page
 from partitions.batch import payload_totals, trim_batches
 from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import InvalidInputError, InvalidOffsetError
@@ -153,15 +153,13 @@ async def list_topics(request: web.Request) -> web.Response:
     tenant = require_tenant(request)
     limit = int_param(request, "limit", default=100, low=1, high=MAX_LIST_LIMIT)
     after = request.query.get("after") or None
-    # One more than asked tells whether another page exists.
-    topics = await _broker(request).list_topics(tenant, after=after, limit=limit + 1)
-    page = topics[:limit]
+    page, more = await visible_topic_page(
+        request, _broker(request), tenant, after=after, limit=limit
+    )
     return json_response(
         {
-            "topics": [
-                {"name": t.name, "created_ms": t.created_ms} for t in visible_topics(request, page)
-            ],
-            "next_after": page[-1].name if len(topics) > limit else None,
+            "topics": [{"name": t.name, "created_ms": t.created_ms} for t in page],
+            "next_after": page[-1].name if more else None,
         }
     )
 

@@ -6,7 +6,8 @@ tenant's ``requests_per_s`` bucket pays one token; a produce needs the tenant un
 ``max_stored_bytes``; a read or group fetch needs a
 consume bucket above zero. Then the request waits for its turn in the fair scheduler and
 runs. Handlers make one call each for what only they know: the bytes of a produce (charged
-before writing), the bytes a read returned (charged after it), the topics a list may show.
+before writing), the bytes a read returned (charged after it), the page of topics a list
+may show.
 
 Admin requests and public routes pass straight through: the operator's requests never
 queue behind tenants.
@@ -14,6 +15,7 @@ queue behind tenants.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,7 @@ from gateway.quotas import QuotaBook, QuotaExceededError, StorageQuotaExceededEr
 from gateway.scopes import Action, route_action
 from partitions.batch import NewRecord
 from partitions.catalog import Catalog, TopicRecord
+from partitions.errors import TopicNotFoundError
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +140,26 @@ def charge_consume(request: web.Request, nbytes: int) -> None:
         request.app[TENANCY].quotas.charge_consume(principal.tenant, nbytes)
 
 
-def visible_topics(request: web.Request, topics: Sequence[TopicRecord]) -> list[TopicRecord]:
-    """The topics of a list that the key's scope lets it see."""
+async def visible_topic_page(
+    request: web.Request, broker: Broker, tenant: str, *, after: str | None, limit: int
+) -> tuple[list[TopicRecord], bool]:
+    """One page of the topics the key may see, in name order after ``after``, and whether
+    another page follows.
+
+    A key limited to some topics pages over its own names only (at most
+    ``MAX_SCOPE_TOPICS`` lookups): filtering a page of all the tenant's topics would leave
+    pages short or empty and, worse, start the next page after a topic the key may not see.
+    """
     principal = _tenant_principal(request)
-    if principal is None:
-        return list(topics)
-    return [t for t in topics if principal.scope.allows_topic(t.name)]
+    allowed = None if principal is None else principal.scope.topics
+    if allowed is None:
+        # One more than asked tells whether another page exists.
+        topics = await broker.list_topics(tenant, after=after, limit=limit + 1)
+        return topics[:limit], len(topics) > limit
+    found: list[TopicRecord] = []
+    for name in sorted(n for n in allowed if after is None or n > after):
+        if len(found) > limit:
+            break
+        with contextlib.suppress(TopicNotFoundError):
+            found.append(await broker.catalog.get_topic(tenant, name))
+    return found[:limit], len(found) > limit

@@ -320,6 +320,31 @@ async def test_a_key_limited_to_topics_sees_and_touches_only_those(api: Api) -> 
     assert (await acme.call("GET", "/v1/topics/missing"))[0] == 404
 
 
+async def test_a_key_limited_to_topics_pages_over_its_own_topics_only(api: Api) -> None:
+    acme = await new_tenant(api, "acme")
+    for name in ("alpha", "hidden-payroll", "kilo", "zulu", "zz-secret"):
+        await acme.call("PUT", f"/v1/topics/{name}")
+    limited = acme.with_key(
+        await new_key(api, "acme", {"role": "consume", "topics": ["alpha", "absent", "zulu"]})
+    )
+    pages: list[dict[str, Any]] = []
+    after: str | None = None
+    while len(pages) < 10:
+        params = {"limit": "1", **({"after": after} if after is not None else {})}
+        status, page = await limited.call("GET", "/v1/topics", params=params)
+        assert status == 200, page
+        pages.append(page)
+        after = page["next_after"]
+        if after is None:
+            break
+    # Every page is full until the last, and where the next one starts names no other topic.
+    assert [[t["name"] for t in p["topics"]] for p in pages] == [["alpha"], ["zulu"]]
+    assert [p["next_after"] for p in pages] == ["alpha", None]
+    _, everything = await limited.call("GET", "/v1/topics")
+    assert [t["name"] for t in everything["topics"]] == ["alpha", "zulu"]
+    assert everything["next_after"] is None
+
+
 # --- isolation ---------------------------------------------------------------------------
 
 
