@@ -47,7 +47,7 @@ from partitions.errors import (
     TopicNotFoundError,
 )
 from partitions.groups import GroupCoordinator, TopicShape
-from partitions.idempotency import ANSWER_TTL_MS, AnswerTable, decode_tag, encode_tags
+from partitions.idempotency import ANSWER_TTL_MS, AnswerTable, ProducerTag, decode_tag, encode_tags
 from partitions.log import BatchRead, ReadResult
 from partitions.waiting import waiting
 from partitions.worker import PartitionKey, PartitionWorker
@@ -642,6 +642,9 @@ class Broker:
             now = self._clock_ms()
             # Segments are chosen by modification time, which is the real clock's.
             since = min(now, time.time_ns() // 1_000_000) - ANSWER_TTL_MS - 60_000
+            # Into the table only once every partition was read: a rebuild that fails
+            # part-way leaves nothing behind for the next one to add to.
+            found: list[tuple[int, int, ProducerTag]] = []
             for pid in sorted(view.partitions):
                 for base_offset, raw in await self.worker.producer_tags(view.key(pid), since):
                     try:
@@ -650,7 +653,9 @@ class Broker:
                         log.warning("partition %s: unreadable producer tag at %d", pid, base_offset)
                         continue
                     if tag.accepted_ms + ANSWER_TTL_MS > now:
-                        self.answers.add_tag(tenant, incarnation, pid, base_offset, tag)
+                        found.append((pid, base_offset, tag))
+            for pid, base_offset, tag in found:
+                self.answers.add_tag(tenant, incarnation, pid, base_offset, tag)
         except BaseException as exc:
             self.answers.forget_rebuild(tenant, incarnation)
             future.set_exception(exc)
