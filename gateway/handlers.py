@@ -260,8 +260,10 @@ async def read_records(request: web.Request) -> web.Response:
     if isinstance(result, BatchRead):
         start = answer.offset
         data, next_offset = trim_batches(result.data, start, max_records)
-        charge_consume(request, len(data))
-        meter_delivered(request, *payload_totals(data, start))
+        # Charged as JSON answers are: the records' payload, not the batches' framing.
+        delivered = payload_totals(data, start)
+        charge_consume(request, delivered[1])
+        meter_delivered(request, *delivered)
         if not data:
             next_offset = result.next_offset
         request.app[METRICS].read_records.inc(next_offset - start)
@@ -403,10 +405,12 @@ async def group_fetch(request: web.Request) -> web.Response:
         raw=binary,
     )
     request.app[METRICS].read_records.inc(result.fetched.count)
-    charge_consume(request, result.fetched.size)
     if binary:
-        for chunk in result.fetched.chunks:
-            meter_delivered(request, *payload_totals(chunk.data, chunk.from_offset))
+        # Charged as JSON answers are: the records' payload, not the batches' framing.
+        totals = [payload_totals(c.data, c.from_offset) for c in result.fetched.chunks]
+        charge_consume(request, sum(payload for _count, payload in totals))
+        for delivered in totals:
+            meter_delivered(request, *delivered)
         headers = {
             "Eventbus-Member-Id": result.member_id,
             "Eventbus-Generation": str(result.generation),
@@ -414,6 +418,7 @@ async def group_fetch(request: web.Request) -> web.Response:
         }
         framed = wire.encode_chunks(result.fetched.chunks)
         return await wire.answer(request, framed, wire.BATCH, headers=headers)
+    charge_consume(request, result.fetched.size)
     meter_delivered(request, len(result.records), result.fetched.size)
     return await wire.json_answer(
         request,

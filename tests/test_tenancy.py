@@ -20,10 +20,13 @@ import orjson
 import pytest
 from yarl import URL
 
+from gateway import wire
 from gateway.keys import BROKER
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from tests.conftest import ADMIN_KEY, Api, stop_api
 from tests.https import FakeClock, start_https_api
+
+BINARY = {"Accept": wire.BATCH}
 
 
 @pytest.fixture
@@ -548,6 +551,37 @@ async def test_consume_bytes_are_charged_after_the_read_and_slow_the_next(
         json={"auto_offset_reset": "earliest", "max_bytes": 3000},
     )
     assert status == 200 and len(body["records"]) == 3
+
+
+async def test_binary_reads_and_fetches_are_charged_their_records_bytes(
+    api: Api, clock: FakeClock
+) -> None:
+    """As JSON answers are: key, value and header bytes of the records delivered, not the
+    stored batches' framing or the records below the offset asked for."""
+    acme = await new_tenant(api, "acme")
+    await acme.call("PUT", "/v1/topics/t")
+    await acme.call("POST", "/v1/topics/t/records", json=records(10, 1000))  # one batch
+    await set_quotas(api, "acme", consume_bytes_per_s=1000)
+    status, _, raw = await acme.raw(
+        "GET", "/v1/topics/t/partitions/0/records", params={"offset": "5"}, headers=BINARY
+    )
+    assert status == 200 and len(raw) > 10_000  # the whole stored batch, framed
+    # 5 records of 1000 bytes from a full bucket of 1000: a debt of 4000 bytes, 4 s.
+    status, headers, body = await call(acme, "GET", "/v1/topics/t/partitions/0/records")
+    wait_ms = assert_refused(status, headers, body, "quota_exceeded")
+    assert 4000 <= wait_ms <= 4010, wait_ms
+    clock.advance(wait_ms / 1000)
+    status, _, raw = await acme.raw(
+        "POST",
+        "/v1/topics/t/groups/g/fetch",
+        data=orjson.dumps({"auto_offset_reset": "earliest"}),
+        headers={**BINARY, "Content-Type": "application/json"},
+    )
+    assert status == 200 and len(raw) > 10_000
+    # All 10 records (10 000 bytes) from a bucket just above nothing: 10 s.
+    status, headers, body = await call(acme, "GET", "/v1/topics/t/partitions/0/records")
+    wait_ms = assert_refused(status, headers, body, "quota_exceeded")
+    assert 9990 <= wait_ms <= 10_010, wait_ms
 
 
 async def test_topic_and_partition_limits(api: Api) -> None:
