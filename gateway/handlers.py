@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from aiohttp import web
@@ -451,7 +451,7 @@ async def group_commit(request: web.Request) -> web.Response:
     for item in items:
         part = item.get("partition") if isinstance(item, dict) else None
         offset = item.get("offset") if isinstance(item, dict) else None
-        if not isinstance(part, int) or not isinstance(offset, int) or offset < 0:
+        if not _is_int(part) or not _is_int(offset) or offset < 0:
             raise InvalidParameterError(f"not a partition offset: {item!r}")
         offsets[part] = offset
     committed = await broker.groups.commit(
@@ -460,6 +460,11 @@ async def group_commit(request: web.Request) -> web.Response:
     return json_response(
         {"committed": [{"partition": p, "offset": o} for p, o in sorted(committed.items())]}
     )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """An integer, and not a boolean (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 async def group_leave(request: web.Request) -> web.Response:

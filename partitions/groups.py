@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from partitions.batch import Record, trim_batches
 from partitions.catalog import Catalog, PartitionRecord
@@ -729,7 +729,7 @@ class GroupCoordinator:
             for item in target["offsets"]:
                 wanted = item if isinstance(item, dict) else {}
                 part, offset = wanted.get("partition"), wanted.get("offset")
-                if not isinstance(part, int) or part not in ends or not isinstance(offset, int):
+                if not _is_int(part) or part not in ends or not _is_int(offset):
                     raise InvalidSeekError(f"not a partition offset: {item!r}")
                 pid = part
                 start, end = ends[pid]
@@ -750,6 +750,11 @@ def _unknown_member(member_id: str, name: str) -> UnknownMemberError:
         "fetch without member_id to join again",
         member_id=member_id,
     )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """An integer, and not a boolean (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_active(shape: TopicShape, pid: int) -> bool:

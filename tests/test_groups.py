@@ -413,3 +413,21 @@ async def test_commits_and_leaves_naming_unknown_groups_keep_no_state(api: Api) 
     # Each would otherwise keep a group (a lock and an event) that the session sweeper
     # walks four times a second, for as long as the topic lives.
     assert len(coordinator._groups) - before < 10, len(coordinator._groups) - before
+
+
+async def test_booleans_are_not_partitions_or_offsets(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200  # 1 and 2
+    await _produce(api, [{"key": f"k{i}", "value": "x"} for i in range(10)])
+    member = await _fetch(api, auto_offset_reset="earliest", auto_commit=False)
+    assert member["assignment"] == [1, 2]
+    for bad in ({"partition": True, "offset": 1}, {"partition": 1, "offset": True}):
+        body = {"member_id": member["member_id"], "generation": member["generation"]}
+        status, answer = await api.call("POST", G + "/commit", json={**body, "offsets": [bad]})
+        assert status == 400 and answer["error"]["code"] == "invalid_parameter", answer
+    await api.call("POST", G + "/leave", json={"member_id": member["member_id"]})
+    for bad in ({"partition": True, "offset": 0}, {"partition": 1, "offset": False}):
+        status, answer = await api.call("POST", G + "/seek", json={"to": {"offsets": [bad]}})
+        assert status == 400 and answer["error"]["code"] == "invalid_seek", answer
+    status, group = await api.call("GET", G)
+    assert [p["committed"] for p in group["partitions"]] == [None] * 3  # nothing changed
