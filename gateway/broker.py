@@ -564,6 +564,7 @@ class Broker:
         *,
         idempotency: IdempotentRequest | None = None,
         appended: list[int] | None = None,
+        admit: Callable[[Sequence[int]], Awaitable[None]] | None = None,
     ) -> list[tuple[int, int]]:
         """Append ``records``; answers (partition, offset) per record in request order.
 
@@ -576,12 +577,16 @@ class Broker:
         only some of its records (a crash or a failure part-way) appends only the rest.
 
         ``appended`` gets the indexes of the records this call appended, even when it
-        fails part-way (for metering: a replay appends none).
+        fails part-way (for metering: a replay appends none). ``admit`` is awaited with the
+        indexes about to be appended, before any is (quotas: it may refuse); a replay does
+        not call it.
         """
         if self.tiered is not None:
             self.tiered.check_backpressure()
         if idempotency is None:
             plain: list[tuple[int, int] | None] = [None] * len(records)
+            if admit is not None:
+                await admit(range(len(records)))
             try:
                 await self._produce(tenant, name, records, list(range(len(records))), plain, None)
             finally:
@@ -609,6 +614,9 @@ class Broker:
             busy = entry.busy = asyncio.get_running_loop().create_future()
             answer: list[tuple[int, int] | None] = [None] * len(records)
             try:
+                missing = entry.missing()
+                if admit is not None:
+                    await admit(missing)
                 tagger = partial(
                     encode_tags,
                     idempotency.key,
@@ -617,7 +625,7 @@ class Broker:
                     entry.total_records,
                 )
 
-                await self._produce(tenant, name, records, entry.missing(), answer, tagger)
+                await self._produce(tenant, name, records, missing, answer, tagger)
             finally:
                 entry.add_placed([(i, placed) for i, placed in enumerate(answer) if placed])
                 if appended is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import Any, TypeGuard
 
 import orjson
@@ -17,7 +18,7 @@ from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.metering import meter_delivered, meter_produced
 from gateway.metrics import Metrics
 from gateway.records import MalformedJsonError, parse_ndjson, parse_records, render_record
-from gateway.tenancy import charge_consume, charge_produce, visible_topic_page
+from gateway.tenancy import admit_produce, charge_consume, settle_produce, visible_topic_page
 from partitions.batch import payload_totals, trim_batches
 from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import InvalidInputError, InvalidOffsetError
@@ -207,7 +208,6 @@ async def produce(request: web.Request) -> web.Response:
         records = parse_ndjson(raw, now_ms=now)
     else:
         records = parse_records(parse_json(raw), now_ms=now)
-    await charge_produce(request, records)
     idempotency = None
     if idempotency_key is not None:
         digest = hashlib.sha256(media.encode() + b"\n" + raw).digest()[:HASH_BYTES]
@@ -215,10 +215,16 @@ async def produce(request: web.Request) -> web.Response:
     appended: list[int] = []
     try:
         placed = await broker.produce(
-            tenant, topic, records, idempotency=idempotency, appended=appended
+            tenant,
+            topic,
+            records,
+            idempotency=idempotency,
+            appended=appended,
+            admit=partial(admit_produce, request, records),
         )
     finally:
         meter_produced(request, records, appended)
+        settle_produce(request, records, appended)
     registry: Metrics = request.app[METRICS]
     registry.produced_records.inc(len(records))
     registry.produced_bytes.inc(sum(len(r.value) + len(r.key or b"") for r in records))
