@@ -71,7 +71,9 @@ async def autoscaler_ctx(app: web.Application) -> AsyncIterator[None]:
     limit = app[AUTOSCALE_WIRING].tenant_limit or broker.partition_limit
     autoscaler = Autoscaler(broker, broker.meters, broker.scaling, tenant_limit=limit)
     app[AUTOSCALER] = autoscaler
-    app[METRICS].registry.register(AutoscaleCollector(broker))
+    # Public metrics are served to anyone: they must not name tenants or topics.
+    public = app[CONFIG].metrics_public
+    app[METRICS].registry.register(AutoscaleCollector(broker, name_partitions=not public))
     interval = app[CONFIG].autoscale_interval_ms / 1000
     task = asyncio.get_running_loop().create_task(
         autoscaler.run_forever(interval), name="autoscaler"
@@ -155,10 +157,15 @@ def change_json(change: Change) -> dict[str, Any]:
 
 class AutoscaleCollector(Collector):
     """Measurements and decisions, labelled only by small fixed sets (action, reason), and
-    by partition for the :data:`TOP_PARTITIONS` hottest partitions only."""
+    by partition for the :data:`TOP_PARTITIONS` hottest partitions only.
 
-    def __init__(self, broker: Broker) -> None:
+    The hottest partitions are labelled by tenant and topic, which one tenant must not
+    learn of another: with ``name_partitions`` false (metrics served without a key) those
+    two families are left out."""
+
+    def __init__(self, broker: Broker, *, name_partitions: bool = True) -> None:
         self._broker = broker
+        self._name_partitions = name_partitions
 
     def collect(self) -> Iterator[Metric]:
         broker = self._broker
@@ -241,6 +248,8 @@ class AutoscaleCollector(Collector):
             "Records appended per second over all partitions (each over its topic's window_s)",
             total_records,
         )
+        if not self._name_partitions:
+            return
         top_bytes = GaugeMetricFamily(
             "eventbus_top_partition_write_bytes_per_s",
             f"Bytes appended per second to the {TOP_PARTITIONS} busiest partitions",

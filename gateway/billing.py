@@ -177,7 +177,8 @@ class LineItem:
         with localcontext() as ctx:
             ctx.prec = 60
             exact = Decimal(self.count) / Decimal(self.per_unit)
-        return exact.quantize(QUANTITY, rounding=ROUND_HALF_EVEN)
+            # In the wide context too: the default one fails past 28 digits.
+            return exact.quantize(QUANTITY, rounding=ROUND_HALF_EVEN)
 
     def to_json(self) -> dict[str, str]:
         return {
@@ -227,7 +228,9 @@ class Bill:
 
     @property
     def total_usd(self) -> Decimal:
-        return sum((item.amount_usd for item in self.line_items), Decimal("0.00"))
+        with localcontext() as ctx:
+            ctx.prec = 60  # a sum past 28 digits would be rounded in the default context
+            return sum((item.amount_usd for item in self.line_items), Decimal("0.00"))
 
 
 def price(usage: UsageCounters, plan: PricePlan) -> Bill:
@@ -245,7 +248,7 @@ def hours_text(seconds: int) -> str:
     with localcontext() as ctx:
         ctx.prec = 60
         hours = Decimal(seconds) / SECONDS_PER_HOUR
-    return format(hours.quantize(HOURS_SHOWN, rounding=ROUND_HALF_EVEN), "f")
+        return format(hours.quantize(HOURS_SHOWN, rounding=ROUND_HALF_EVEN), "f")
 
 
 def usage_json(usage: UsageCounters) -> dict[str, int | str]:

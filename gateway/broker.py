@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -50,7 +50,13 @@ from partitions.errors import (
     WorkerUnreachableError,
 )
 from partitions.groups import GroupCoordinator, TopicShape
-from partitions.idempotency import ANSWER_TTL_MS, AnswerTable, decode_tag, encode_tags
+from partitions.idempotency import (
+    ANSWER_TTL_MS,
+    AnswerTable,
+    ProducerTag,
+    decode_tag,
+    encode_tags,
+)
 from partitions.idempotency import Entry as IdempotencyEntry
 from partitions.log import BatchRead, ReadResult
 from partitions.waiting import waiting
@@ -340,6 +346,20 @@ class Broker:
     def _lock(self, tenant: str, name: str) -> asyncio.Lock:
         return self._topic_locks.setdefault((tenant, name), asyncio.Lock())
 
+    @contextlib.asynccontextmanager
+    async def _existing_topic_lock(self, tenant: str, name: str) -> AsyncIterator[None]:
+        """Hold the topic's lock; drop it again when the topic turns out not to exist, so
+        that requests naming missing topics cannot grow memory."""
+        lock = self._lock(tenant, name)
+        try:
+            async with lock:
+                yield
+        except TopicNotFoundError:
+            idle = not lock.locked() and (tenant, name) not in self._views
+            if idle and self._topic_locks.get((tenant, name)) is lock:
+                del self._topic_locks[(tenant, name)]
+            raise
+
     async def _load_view(self, tenant: str, name: str) -> TopicView:
         """Read the topic from the catalog, open its logs, make it the current view."""
         record = await self.catalog.get_topic(tenant, name)
@@ -433,7 +453,7 @@ class Broker:
 
     async def delete_topic(self, tenant: str, name: str) -> None:
         validate_topic_name(name)
-        async with self._lock(tenant, name):
+        async with self._existing_topic_lock(tenant, name):
             topic = await self.catalog.delete_topic(tenant, name)
             await self.drop_deleted_topic(topic)
 
@@ -455,7 +475,9 @@ class Broker:
         for (owner, name), view in list(self._views.items()):
             if owner == tenant and view.record.incarnation == incarnation:
                 self._views.pop((owner, name), None)
-                self._topic_locks.pop((owner, name), None)
+                lock = self._topic_locks.get((owner, name))
+                if lock is not None and not lock.locked():  # delete_topic holds it: keep it
+                    self._topic_locks.pop((owner, name), None)
         self.groups.forget_topic(tenant, incarnation)
         self.answers.drop_topic(tenant, incarnation)
         self.meters.drop_topic(tenant, incarnation)
@@ -547,7 +569,7 @@ class Broker:
         self, tenant: str, name: str, partition_id: int, at: int | None
     ) -> LineageChange:
         """Split an active partition at ``at`` (default: the middle of its range)."""
-        async with self._lock(tenant, name):
+        async with self._existing_topic_lock(tenant, name):
             view = await self._current_view(tenant, name)
             parent = self._active_partition(view, name, partition_id)
             low, high = parent.hash_range.start, parent.hash_range.end
@@ -578,7 +600,7 @@ class Broker:
 
     async def merge(self, tenant: str, name: str, partition_ids: Sequence[int]) -> LineageChange:
         """Merge two adjacent active partitions into one."""
-        async with self._lock(tenant, name):
+        async with self._existing_topic_lock(tenant, name):
             view = await self._current_view(tenant, name)
             if len(partition_ids) != 2 or partition_ids[0] == partition_ids[1]:
                 raise InvalidMergeError("a merge takes exactly two different partitions")
@@ -704,6 +726,7 @@ class Broker:
         *,
         idempotency: IdempotentRequest | None = None,
         appended: list[int] | None = None,
+        admit: Callable[[Sequence[int]], Awaitable[None]] | None = None,
     ) -> list[tuple[int, int]]:
         """Append ``records``; answers (partition, offset) per record in request order.
 
@@ -716,12 +739,16 @@ class Broker:
         only some of its records (a crash or a failure part-way) appends only the rest.
 
         ``appended`` gets the indexes of the records this call appended, even when it
-        fails part-way (for metering: a replay appends none).
+        fails part-way (for metering: a replay appends none). ``admit`` is awaited with the
+        indexes about to be appended, before any is (quotas: it may refuse); a replay does
+        not call it.
         """
         if self.tiered is not None:
             self.tiered.check_backpressure()
         if idempotency is None:
             plain: list[tuple[int, int] | None] = [None] * len(records)
+            if admit is not None:
+                await admit(range(len(records)))
             try:
                 await self._produce(tenant, name, records, list(range(len(records))), plain, None)
             finally:
@@ -733,7 +760,7 @@ class Broker:
         home = self.answer_home
         if home is not None and not home.serves(tenant, name, idempotency.key):
             return await self._produce_with_home(
-                home, tenant, name, incarnation, records, idempotency, appended
+                home, tenant, name, incarnation, records, idempotency, appended, admit
             )
         claim = await self.claim_answer(
             tenant, view, idempotency.key, idempotency.request_hash, len(records)
@@ -744,6 +771,9 @@ class Broker:
         answer: list[tuple[int, int] | None] = [None] * len(records)
         lost: set[int] = set()
         try:
+            missing = entry.missing()
+            if admit is not None:
+                await admit(missing)
             tagger = partial(
                 encode_tags,
                 idempotency.key,
@@ -751,7 +781,7 @@ class Broker:
                 entry.accepted_ms,
                 entry.total_records,
             )
-            await self._produce(tenant, name, records, entry.missing(), answer, tagger, lost=lost)
+            await self._produce(tenant, name, records, missing, answer, tagger, lost=lost)
         finally:
             placed = [(i, where) for i, where in enumerate(answer) if where]
             if appended is not None:
@@ -813,6 +843,7 @@ class Broker:
         records: Sequence[NewRecord],
         idempotency: IdempotentRequest,
         appended: list[int] | None,
+        admit: Callable[[Sequence[int]], Awaitable[None]] | None,
     ) -> list[tuple[int, int]]:
         """An idempotent produce whose answers another worker process keeps: it says what
         to write (nothing, for an answered request), this process writes it, then tells it
@@ -826,6 +857,8 @@ class Broker:
         answer: list[tuple[int, int] | None] = [None] * len(records)
         lost: set[int] = set()
         try:
+            if admit is not None:
+                await admit(ticket.missing)
             tagger = partial(
                 encode_tags,
                 idempotency.key,
@@ -877,6 +910,9 @@ class Broker:
             now = self._clock_ms()
             # Segments are chosen by modification time, which is the real clock's.
             since = min(now, time.time_ns() // 1_000_000) - ANSWER_TTL_MS - 60_000
+            # Into the table only once every partition was read: a rebuild that fails
+            # part-way leaves nothing behind for the next one to add to.
+            found: list[tuple[int, int, ProducerTag]] = []
             for pid in sorted(view.partitions):
                 for base_offset, raw in await self.worker.producer_tags(view.key(pid), since):
                     try:
@@ -885,7 +921,9 @@ class Broker:
                         log.warning("partition %s: unreadable producer tag at %d", pid, base_offset)
                         continue
                     if tag.accepted_ms + ANSWER_TTL_MS > now:
-                        self.answers.add_tag(tenant, incarnation, pid, base_offset, tag)
+                        found.append((pid, base_offset, tag))
+            for pid, base_offset, tag in found:
+                self.answers.add_tag(tenant, incarnation, pid, base_offset, tag)
         except BaseException as exc:
             self.answers.forget_rebuild(tenant, incarnation)
             future.set_exception(exc)
@@ -1138,7 +1176,9 @@ class Broker:
         if removed:
             for pid in view.partitions:
                 stats = await self.worker.stats(view.key(pid))
-                await self.catalog.advance_start_offset(tenant, name, pid, stats.start_offset)
+                await self.catalog.advance_start_offset(
+                    tenant, name, pid, stats.start_offset, incarnation=view.record.incarnation
+                )
         return removed
 
     async def _retain_topic_bytes(self, view: TopicView, bound: int) -> int:

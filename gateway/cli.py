@@ -786,9 +786,10 @@ async def _consume(args: argparse.Namespace, url: str, key: str) -> int:
     Commits: every fetch uses auto_commit, which commits what the member's previous fetch
     delivered; this loop has printed and flushed all of it before it fetches again. On exit
     it commits the positions after the records it printed (fewer than delivered when
-    --max-records cut an answer, or when a signal cancelled a fetch) and leaves. A fetch
-    whose answer may have been lost is never followed by another fetch as the same member,
-    so nothing unprinted is ever committed.
+    --max-records cut an answer, or when a signal cancelled a fetch) and leaves with
+    ``commit: false``, so that the leave commits nothing more. A fetch whose answer may have
+    been lost is never followed by another fetch as the same member, so nothing unprinted is
+    ever committed.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -850,8 +851,10 @@ async def _consume(args: argparse.Namespace, url: str, key: str) -> int:
 async def _commit_and_leave(
     client: AsyncClient, args: argparse.Namespace, answer: FetchResult, printed: dict[int, int]
 ) -> None:
-    """Commit what was printed in the member's partitions, then leave; a refused commit
-    (a rebalance came first) means those records are delivered again, so it is a warning."""
+    """Commit what was printed in the member's partitions, then leave without committing
+    more (leaving would otherwise commit all the last fetch delivered, printed or not); a
+    refused commit (a rebalance came first) means those records are delivered again, so it
+    is a warning."""
     offsets = {p: o for p, o in printed.items() if p in answer.assignment}
     if offsets:
         try:
@@ -867,7 +870,7 @@ async def _commit_and_leave(
     # Refused (unknown_member: the session had already ended) or unreachable: the session
     # expires on its own.
     with contextlib.suppress(ClientError):
-        await client.leave(args.topic, args.group, answer.member_id)
+        await client.leave(args.topic, args.group, answer.member_id, commit=False)
 
 
 def _run_client_command(args: argparse.Namespace) -> int:

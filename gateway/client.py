@@ -475,12 +475,17 @@ class AsyncClient:
         )
         return _committed(answer.json())
 
-    async def leave(self, topic: str, group: str, member_id: str) -> None:
-        """Leave the group now (commits nothing)."""
+    async def leave(self, topic: str, group: str, member_id: str, *, commit: bool = True) -> None:
+        """Leave the group now; its partitions go to the other members at once.
+
+        A member fetching with ``auto_commit`` first commits everything its last fetch
+        delivered, as a consumer's close does. With ``commit=False`` leaving commits
+        nothing: commit by hand first what was handled, when that may be less than the last
+        fetch delivered (a loop stopped part-way through an answer)."""
         await self._request(
             "POST",
             self._group(topic, group) + "/leave",
-            json={"member_id": member_id},
+            json={"member_id": member_id, "commit": commit},
             retry=_Retry.UNSENT,
         )
 
@@ -653,9 +658,9 @@ class Client:
         """See :meth:`AsyncClient.commit`."""
         return self._run(self._async.commit(topic, group, member_id, generation, offsets))
 
-    def leave(self, topic: str, group: str, member_id: str) -> None:
+    def leave(self, topic: str, group: str, member_id: str, *, commit: bool = True) -> None:
         """See :meth:`AsyncClient.leave`."""
-        self._run(self._async.leave(topic, group, member_id))
+        self._run(self._async.leave(topic, group, member_id, commit=commit))
 
     def describe_group(self, topic: str, group: str) -> Any:
         """See :meth:`AsyncClient.describe_group`."""

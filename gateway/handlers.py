@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from functools import partial
+from typing import Any, TypeGuard
 
 import orjson
 from aiohttp import web
@@ -17,7 +18,7 @@ from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.metering import meter_delivered, meter_produced
 from gateway.metrics import Metrics
 from gateway.records import MalformedJsonError, parse_ndjson, parse_records, render_record
-from gateway.tenancy import charge_consume, charge_produce, visible_topics
+from gateway.tenancy import admit_produce, charge_consume, settle_produce, visible_topic_page
 from partitions.batch import payload_totals, trim_batches
 from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import InvalidInputError, InvalidOffsetError
@@ -157,15 +158,13 @@ async def list_topics(request: web.Request) -> web.Response:
     tenant = require_tenant(request)
     limit = int_param(request, "limit", default=100, low=1, high=MAX_LIST_LIMIT)
     after = request.query.get("after") or None
-    # One more than asked tells whether another page exists.
-    topics = await _broker(request).list_topics(tenant, after=after, limit=limit + 1)
-    page = topics[:limit]
+    page, more = await visible_topic_page(
+        request, _broker(request), tenant, after=after, limit=limit
+    )
     return json_response(
         {
-            "topics": [
-                {"name": t.name, "created_ms": t.created_ms} for t in visible_topics(request, page)
-            ],
-            "next_after": page[-1].name if len(topics) > limit else None,
+            "topics": [{"name": t.name, "created_ms": t.created_ms} for t in page],
+            "next_after": page[-1].name if more else None,
         }
     )
 
@@ -213,7 +212,6 @@ async def produce(request: web.Request) -> web.Response:
         records = parse_ndjson(raw, now_ms=now)
     else:
         records = parse_records(parse_json(raw), now_ms=now)
-    await charge_produce(request, records)
     idempotency = None
     if idempotency_key is not None:
         digest = hashlib.sha256(media.encode() + b"\n" + raw).digest()[:HASH_BYTES]
@@ -221,10 +219,16 @@ async def produce(request: web.Request) -> web.Response:
     appended: list[int] = []
     try:
         placed = await broker.produce(
-            tenant, topic, records, idempotency=idempotency, appended=appended
+            tenant,
+            topic,
+            records,
+            idempotency=idempotency,
+            appended=appended,
+            admit=partial(admit_produce, request, records),
         )
     finally:
         meter_produced(request, records, appended)
+        settle_produce(request, records, appended)
     registry: Metrics = request.app[METRICS]
     registry.produced_records.inc(len(records))
     registry.produced_bytes.inc(sum(len(r.value) + len(r.key or b"") for r in records))
@@ -266,8 +270,10 @@ async def read_records(request: web.Request) -> web.Response:
     if isinstance(result, BatchRead):
         start = answer.offset
         data, next_offset = trim_batches(result.data, start, max_records)
-        charge_consume(request, len(data))
-        meter_delivered(request, *payload_totals(data, start))
+        # Charged as JSON answers are: the records' payload, not the batches' framing.
+        delivered = payload_totals(data, start)
+        charge_consume(request, delivered[1])
+        meter_delivered(request, *delivered)
         if not data:
             next_offset = result.next_offset
         request.app[METRICS].read_records.inc(next_offset - start)
@@ -409,10 +415,12 @@ async def group_fetch(request: web.Request) -> web.Response:
         raw=binary,
     )
     request.app[METRICS].read_records.inc(result.fetched.count)
-    charge_consume(request, result.fetched.size)
     if binary:
-        for chunk in result.fetched.chunks:
-            meter_delivered(request, *payload_totals(chunk.data, chunk.from_offset))
+        # Charged as JSON answers are: the records' payload, not the batches' framing.
+        totals = [payload_totals(c.data, c.from_offset) for c in result.fetched.chunks]
+        charge_consume(request, sum(payload for _count, payload in totals))
+        for delivered in totals:
+            meter_delivered(request, *delivered)
         headers = {
             "Eventbus-Member-Id": result.member_id,
             "Eventbus-Generation": str(result.generation),
@@ -420,6 +428,7 @@ async def group_fetch(request: web.Request) -> web.Response:
         }
         framed = wire.encode_chunks(result.fetched.chunks)
         return await wire.answer(request, framed, wire.BATCH, headers=headers)
+    charge_consume(request, result.fetched.size)
     meter_delivered(request, len(result.records), result.fetched.size)
     return await wire.json_answer(
         request,
@@ -452,7 +461,7 @@ async def group_commit(request: web.Request) -> web.Response:
     for item in items:
         part = item.get("partition") if isinstance(item, dict) else None
         offset = item.get("offset") if isinstance(item, dict) else None
-        if not isinstance(part, int) or not isinstance(offset, int) or offset < 0:
+        if not _is_int(part) or not _is_int(offset) or offset < 0:
             raise InvalidParameterError(f"not a partition offset: {item!r}")
         offsets[part] = offset
     committed = await broker.groups.commit(
@@ -463,6 +472,11 @@ async def group_commit(request: web.Request) -> web.Response:
     )
 
 
+def _is_int(value: object) -> TypeGuard[int]:
+    """An integer, and not a boolean (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 async def group_leave(request: web.Request) -> web.Response:
     tenant = require_tenant(request)
     broker = _broker(request)
@@ -471,7 +485,10 @@ async def group_leave(request: web.Request) -> web.Response:
     member_id = body.get("member_id")
     if not isinstance(member_id, str):
         raise InvalidParameterError("member_id is required")
-    await broker.groups.leave(shape, _group_name(request), member_id)
+    commit = body.get("commit", True)
+    if not isinstance(commit, bool):
+        raise InvalidParameterError("commit is true or false")
+    await broker.groups.leave(shape, _group_name(request), member_id, commit=commit)
     return web.Response(status=204)
 
 

@@ -2,8 +2,9 @@
 
 Label sets stay bounded: routes are labelled by their template (``/v1/topics/{topic}``),
 never by the path, and nothing is labelled by topic or partition, which come and go, except
-the ten busiest partitions' write rates (``gateway/autoscaling.py``). Per-partition numbers
-are summed over the partitions at scrape time.
+the ten busiest partitions' write rates (``gateway/autoscaling.py``; left out when metrics
+are public, since they name tenants and topics). Per-partition numbers are summed over the
+partitions at scrape time.
 """
 
 from __future__ import annotations

@@ -127,7 +127,15 @@ def _group_paths() -> dict[str, Any]:
             "parameters": params,
             "post": {
                 "summary": "Leave the group; the member's partitions go to others at once",
-                "requestBody": _body(_object({"member_id": {"type": "string"}}, ["member_id"])),
+                "requestBody": _body(
+                    _object(
+                        {
+                            "member_id": {"type": "string"},
+                            "commit": {"type": "boolean", "default": True},
+                        },
+                        ["member_id"],
+                    )
+                ),
                 "responses": {"204": {"description": "Left"}, **_errors(400, 401, 403, 404, 409)},
             },
         },

@@ -2,11 +2,13 @@
 
 For a request made with a tenant's key, in this order, each before anything is read or
 changed: the key's scope must allow the route and its topic (403 ``out_of_scope``); the
-tenant's ``requests_per_s`` bucket pays one token; a produce needs the tenant under its
-``max_stored_bytes``; a read or group fetch needs a
+tenant's ``requests_per_s`` bucket pays one token; a read or group fetch needs a
 consume bucket above zero. Then the request waits for its turn in the fair scheduler and
-runs. Handlers make one call each for what only they know: the bytes of a produce (charged
-before writing), the bytes a read returned (charged after it), the topics a list may show.
+runs. Handlers make the calls for what only they know: a produce, once it knows which
+records it will append, needs the tenant under its ``max_stored_bytes`` and pays their
+bytes (before writing; an idempotent replay appends and pays nothing), and is settled
+after (tokens of records not written go back); the bytes a read returned are charged
+after it; the page of topics a list may show.
 
 Admin requests and public routes pass straight through: the operator's requests never
 queue behind tenants.
@@ -14,6 +16,7 @@ queue behind tenants.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,9 +30,10 @@ from gateway.fairness import FairScheduler
 from gateway.http_errors import Handler
 from gateway.keys import METRICS
 from gateway.quotas import QuotaBook, QuotaExceededError, StorageQuotaExceededError
-from gateway.scopes import Action, route_action
+from gateway.scopes import route_action
 from partitions.batch import NewRecord
 from partitions.catalog import Catalog, TopicRecord
+from partitions.errors import TopicNotFoundError
 
 
 class TenantAnnouncer(Protocol):
@@ -61,7 +65,7 @@ class Tenancy:
 
 TENANCY = web.AppKey("tenancy", Tenancy)
 SCHEDULER = web.AppKey("scheduler", FairScheduler)
-# The produce tokens a request took, given back if it fails.
+# The produce tokens a request took for the records it was to append.
 PRODUCE_CHARGE = web.RequestKey("produce_charge", int)
 
 ADMIN_PREFIX = "/v1/admin"
@@ -108,22 +112,12 @@ def tenancy_middleware(tenancy: Callable[[], Tenancy], scheduler: FairScheduler)
         principal.scope.check(action, request.match_info.get("topic"))
         quotas = tenancy().quotas
         await quotas.admit_request(tenant)
-        if action is Action.PRODUCE:
-            await quotas.check_storage(tenant)
-        elif route in CONSUME_ROUTES:
+        # A produce's storage and bytes are checked by the handler (admit_produce), once it
+        # knows which records it will append: a replay appends none and pays for none.
+        if route in CONSUME_ROUTES:
             await quotas.admit_consume(tenant)
         async with scheduler.slot(tenant):
-            try:
-                response = await handler(request)
-            except BaseException:
-                charge = request.get(PRODUCE_CHARGE)
-                if charge:
-                    quotas.refund_produce(tenant, charge)
-                raise
-        charge = request.get(PRODUCE_CHARGE)
-        if charge:
-            quotas.note_stored(tenant, charge)
-        return response
+            return await handler(request)
 
     return middleware
 
@@ -138,14 +132,39 @@ def produce_cost(records: Sequence[NewRecord]) -> int:
     return total
 
 
-async def charge_produce(request: web.Request, records: Sequence[NewRecord]) -> None:
-    """Take the produce tokens for ``records`` before they are written, or refuse with 429."""
+async def admit_produce(
+    request: web.Request, records: Sequence[NewRecord], indexes: Sequence[int]
+) -> None:
+    """Before a produce appends the records at ``indexes`` (all of them, or what an
+    idempotent retry still misses; never called for a replay, which appends nothing): the
+    tenant must be under its ``max_stored_bytes``, and the produce quota takes their bytes;
+    otherwise refuse with 429, nothing written."""
     principal = _tenant_principal(request)
     if principal is None or principal.tenant is None:
         return
-    cost = produce_cost(records)
-    await request.app[TENANCY].quotas.admit_produce(principal.tenant, cost)
+    quotas = request.app[TENANCY].quotas
+    await quotas.check_storage(principal.tenant)
+    cost = produce_cost(records if len(indexes) == len(records) else [records[i] for i in indexes])
+    await quotas.admit_produce(principal.tenant, cost)
     request[PRODUCE_CHARGE] = cost
+
+
+def settle_produce(
+    request: web.Request, records: Sequence[NewRecord], appended: Sequence[int]
+) -> None:
+    """After a produce, whether it succeeded or not: the tokens of admitted records it did
+    not append go back, and the bytes it appended count as stored until the next
+    measurement."""
+    principal = _tenant_principal(request)
+    charge = request.get(PRODUCE_CHARGE)
+    if principal is None or principal.tenant is None or not charge:
+        return
+    everything = len(appended) == len(records)
+    stored = charge if everything else produce_cost([records[i] for i in appended])
+    quotas = request.app[TENANCY].quotas
+    if charge > stored:
+        quotas.refund_produce(principal.tenant, charge - stored)
+    quotas.note_stored(principal.tenant, stored)
 
 
 def charge_consume(request: web.Request, nbytes: int) -> None:
@@ -155,9 +174,26 @@ def charge_consume(request: web.Request, nbytes: int) -> None:
         request.app[TENANCY].quotas.charge_consume(principal.tenant, nbytes)
 
 
-def visible_topics(request: web.Request, topics: Sequence[TopicRecord]) -> list[TopicRecord]:
-    """The topics of a list that the key's scope lets it see."""
+async def visible_topic_page(
+    request: web.Request, broker: Broker, tenant: str, *, after: str | None, limit: int
+) -> tuple[list[TopicRecord], bool]:
+    """One page of the topics the key may see, in name order after ``after``, and whether
+    another page follows.
+
+    A key limited to some topics pages over its own names only (at most
+    ``MAX_SCOPE_TOPICS`` lookups): filtering a page of all the tenant's topics would leave
+    pages short or empty and, worse, start the next page after a topic the key may not see.
+    """
     principal = _tenant_principal(request)
-    if principal is None:
-        return list(topics)
-    return [t for t in topics if principal.scope.allows_topic(t.name)]
+    allowed = None if principal is None else principal.scope.topics
+    if allowed is None:
+        # One more than asked tells whether another page exists.
+        topics = await broker.list_topics(tenant, after=after, limit=limit + 1)
+        return topics[:limit], len(topics) > limit
+    found: list[TopicRecord] = []
+    for name in sorted(n for n in allowed if after is None or n > after):
+        if len(found) > limit:
+            break
+        with contextlib.suppress(TopicNotFoundError):
+            found.append(await broker.catalog.get_topic(tenant, name))
+    return found[:limit], len(found) > limit

@@ -139,6 +139,8 @@ def parse_batches(raw: bytes, *, now_ms: int) -> list[NewRecord]:
                 raise InvalidBatchBodyError(
                     f"batch {number} has a producer tag; send the Idempotency-Key header instead"
                 )
+            # The header has the count: refuse before decoding a batch too many records.
+            check_count(len(out) + header.record_count)
             for record in iter_records(view, pos):
                 index = len(out)
                 if record.timestamp_ms < 0:

@@ -353,8 +353,15 @@ class Catalog(Protocol):
 
     # --- partitions ----------------------------------------------------------------------
 
-    async def list_partitions(self, tenant: str, topic: str) -> list[PartitionRecord]:
-        """Every partition of the live topic, active and sealed, by id."""
+    async def list_partitions(
+        self, tenant: str, topic: str, *, incarnation: str | None = None
+    ) -> list[PartitionRecord]:
+        """Every partition of the live topic, active and sealed, by id.
+
+        With ``incarnation``, only while that is the live incarnation of the name (else
+        :class:`TopicNotFoundError`): work that holds an incarnation (retention) never reads
+        the partitions of a topic deleted and created again under it.
+        """
         ...
 
     async def get_partition(
@@ -398,9 +405,20 @@ class Catalog(Protocol):
         ...
 
     async def advance_start_offset(
-        self, tenant: str, topic: str, partition_id: int, start_offset: int
+        self,
+        tenant: str,
+        topic: str,
+        partition_id: int,
+        start_offset: int,
+        *,
+        incarnation: str | None = None,
     ) -> PartitionRecord:
-        """Record that retention moved a partition's log start (it never moves back)."""
+        """Record that retention moved a partition's log start (it never moves back).
+
+        With ``incarnation``, only while that is the live incarnation of the name (else
+        :class:`TopicNotFoundError`), checked in the same step as the write: a retention pass
+        of a deleted topic never moves the start of the topic created again under its name.
+        """
         ...
 
     # --- consumer groups -----------------------------------------------------------------

@@ -781,13 +781,26 @@ class SqliteCatalog:
             )
         return self._partition(row, topic)
 
-    async def list_partitions(self, tenant: str, topic: str) -> list[PartitionRecord]:
+    def _live_incarnation(
+        self, conn: sqlite3.Connection, tenant: str, topic: str, expected: str | None
+    ) -> str:
+        """The live incarnation of ``topic``; with ``expected``, only if it is that one."""
+        live = str(self._live_topic(conn, tenant, topic)["incarnation"])
+        if expected is not None and live != expected:
+            raise TopicNotFoundError(
+                f"topic {topic!r} was deleted (and created again)", topic=topic
+            )
+        return live
+
+    async def list_partitions(
+        self, tenant: str, topic: str, *, incarnation: str | None = None
+    ) -> list[PartitionRecord]:
         def op(conn: sqlite3.Connection) -> list[PartitionRecord]:
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            live = self._live_incarnation(conn, tenant, topic, incarnation)
             rows = conn.execute(
                 "SELECT * FROM partitions WHERE tenant = ? AND incarnation = ? "
                 "ORDER BY partition_id",
-                (tenant, incarnation),
+                (tenant, live),
             )
             return [self._partition(r, topic) for r in rows]
 
@@ -988,13 +1001,19 @@ class SqliteCatalog:
         return await self._tx(op)
 
     async def advance_start_offset(
-        self, tenant: str, topic: str, partition_id: int, start_offset: int
+        self,
+        tenant: str,
+        topic: str,
+        partition_id: int,
+        start_offset: int,
+        *,
+        incarnation: str | None = None,
     ) -> PartitionRecord:
         def op(conn: sqlite3.Connection) -> PartitionRecord:
             if start_offset < 0:
                 raise InvalidOffsetError(f"a start offset cannot be negative: {start_offset}")
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
-            current = self._partition_row(conn, tenant, incarnation, partition_id, topic)
+            live = self._live_incarnation(conn, tenant, topic, incarnation)
+            current = self._partition_row(conn, tenant, live, partition_id, topic)
             if current.end_offset is not None and start_offset > current.end_offset:
                 raise InvalidOffsetError(
                     f"partition {partition_id} ends at {current.end_offset}; its start cannot "
@@ -1005,9 +1024,9 @@ class SqliteCatalog:
                 "UPDATE partitions SET start_offset = MAX(start_offset, ?), "
                 "version = version + (start_offset < ?) "
                 "WHERE tenant = ? AND incarnation = ? AND partition_id = ?",
-                (start_offset, start_offset, tenant, incarnation, partition_id),
+                (start_offset, start_offset, tenant, live, partition_id),
             )
-            return self._partition_row(conn, tenant, incarnation, partition_id, topic)
+            return self._partition_row(conn, tenant, live, partition_id, topic)
 
         return await self._tx(op)
 

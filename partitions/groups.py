@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from partitions.batch import Record, trim_batches
 from partitions.catalog import Catalog, PartitionRecord
@@ -196,6 +196,15 @@ class GroupCoordinator:
 
     # --- state -------------------------------------------------------------------------
 
+    def _joined_group(self, shape: TopicShape, name: str, member_id: str) -> Group:
+        """The group of a request naming a member: members live only in memory, so a group
+        that is not there has no members, and no state is made for it (requests naming
+        groups nobody joined cannot grow memory)."""
+        group = self._groups.get((shape.tenant, shape.incarnation, name))
+        if group is None:
+            raise _unknown_member(member_id, name)
+        return group
+
     def _group(self, shape: TopicShape, name: str) -> Group:
         key = (shape.tenant, shape.incarnation, name)
         group = self._groups.get(key)
@@ -330,13 +339,17 @@ class GroupCoordinator:
         ``auto_commit`` and ``session_timeout_ms`` stay as the member last set them when
         a fetch leaves them out (defaults: true, 30 s).
         """
-        group = self._group(shape, name)
+        if member_id is None:
+            group = self._group(shape, name)
+        else:
+            group = self._joined_group(shape, name, member_id)
         async with group.lock:
             now = self._clock_ms()
-            if not await self._load(group, shape):
-                await self._start_new_group(group, shape, auto_offset_reset)
             self._expire(group, now)
             if member_id is None:
+                # Only a joining fetch makes a new group: a refused one changes nothing.
+                if not await self._load(group, shape):
+                    await self._start_new_group(group, shape, auto_offset_reset)
                 member = Member(
                     uuid.uuid4().hex,
                     DEFAULT_SESSION_TIMEOUT_MS
@@ -351,11 +364,7 @@ class GroupCoordinator:
             else:
                 found = group.members.get(member_id)
                 if found is None:
-                    raise UnknownMemberError(
-                        f"member {member_id} is not in group {name!r} (its session ended); "
-                        "fetch without member_id to join again",
-                        member_id=member_id,
-                    )
+                    raise _unknown_member(member_id, name)
                 member = found
                 member.last_seen_ms = now
                 if session_timeout_ms is not None:
@@ -424,12 +433,16 @@ class GroupCoordinator:
             if group.owner.get(pid) == member.member_id and pid in shape.partitions
         ]
         positions: dict[int, int] = {}
+        # The member moves only once every read succeeded: a fetch that fails part-way
+        # delivered nothing, so its next fetch must neither skip nor commit what it read.
+        moved: dict[int, int] = {}
+        delivered: dict[int, int] = {}
         cold: list[int] = []
         for pid in owned:
             stats = await self._worker.stats(shape.key(pid))
             position = max(member.positions[pid], stats.start_offset)
             if position >= stats.end_offset:
-                member.positions[pid] = position
+                moved[pid] = position
                 continue
             positions[pid] = position
             if position < stats.local_start_offset:
@@ -475,8 +488,9 @@ class GroupCoordinator:
                     out.size += record.payload_bytes
                 next_offset = records[-1].offset + 1 if records else position
             out.count += next_offset - position
-            member.positions[pid] = next_offset
-            member.delivered[pid] = next_offset
+            moved[pid] = delivered[pid] = next_offset
+        member.positions.update(moved)
+        member.delivered.update(delivered)
         return out
 
     async def _read_one(
@@ -558,13 +572,11 @@ class GroupCoordinator:
         generation: int,
         offsets: Mapping[int, int],
     ) -> dict[int, int]:
-        group = self._group(shape, name)
+        group = self._joined_group(shape, name, member_id)
         async with group.lock:
             await self._load(group, shape)
             if member_id not in group.members:
-                raise UnknownMemberError(
-                    f"member {member_id} is not in group {name!r}", member_id=member_id
-                )
+                raise _unknown_member(member_id, name)
             if generation != group.generation:
                 raise StaleGenerationError(
                     f"generation {generation} is stale; the group is at {group.generation}",
@@ -591,17 +603,20 @@ class GroupCoordinator:
             group.notify()  # a drained parent may free its children
             return group.committed
 
-    async def leave(self, shape: TopicShape, name: str, member_id: str) -> None:
+    async def leave(
+        self, shape: TopicShape, name: str, member_id: str, *, commit: bool = True
+    ) -> None:
         """Leave the group; with auto_commit, first commit what the last fetch delivered
-        (as a consumer's close does), so that nothing it consumed is delivered again."""
-        group = self._group(shape, name)
+        (as a consumer's close does), so that nothing it consumed is delivered again.
+
+        ``commit=False`` commits nothing: for a member that committed by hand what it
+        handled, which may be less than its last fetch delivered."""
+        group = self._joined_group(shape, name, member_id)
         async with group.lock:
             member = group.members.get(member_id)
             if member is None:
-                raise UnknownMemberError(
-                    f"member {member_id} is not in group {name!r}", member_id=member_id
-                )
-            if member.auto_commit and member.delivered:
+                raise _unknown_member(member_id, name)
+            if commit and member.auto_commit and member.delivered:
                 await self._commit_delivered(group, shape, member)
             self._remove(group, member_id)
             group.notify()
@@ -673,6 +688,9 @@ class GroupCoordinator:
     async def seek(self, shape: TopicShape, name: str, target: Any) -> dict[int, int]:
         """Reset committed offsets: "earliest", "latest", {"timestamp_ms": T} or
         {"offsets": [{"partition", "offset"}]}. Only while the group has no live members."""
+        if (shape.tenant, shape.incarnation, name) not in self._groups:
+            # Refuse a bad target before making the group's state: the group may not exist.
+            await self._seek_offsets(shape, target)
         group = self._group(shape, name)
         async with group.lock:
             self._expire(group, self._clock_ms())
@@ -711,7 +729,7 @@ class GroupCoordinator:
             for item in target["offsets"]:
                 wanted = item if isinstance(item, dict) else {}
                 part, offset = wanted.get("partition"), wanted.get("offset")
-                if not isinstance(part, int) or part not in ends or not isinstance(offset, int):
+                if not _is_int(part) or part not in ends or not _is_int(offset):
                     raise InvalidSeekError(f"not a partition offset: {item!r}")
                 pid = part
                 start, end = ends[pid]
@@ -724,6 +742,19 @@ class GroupCoordinator:
         raise InvalidSeekError(
             'seek to "earliest", "latest", {"timestamp_ms": T} or {"offsets": [...]}'
         )
+
+
+def _unknown_member(member_id: str, name: str) -> UnknownMemberError:
+    return UnknownMemberError(
+        f"member {member_id} is not in group {name!r} (its session ended); "
+        "fetch without member_id to join again",
+        member_id=member_id,
+    )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """An integer, and not a boolean (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_active(shape: TopicShape, pid: int) -> bool:

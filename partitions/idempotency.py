@@ -209,12 +209,13 @@ class Entry:
 
     Kept compact, since there is one per request of the last ten minutes: per written
     batch, its partition, base offset and the request indexes it holds as encoded runs.
+    What is written is always derived from those parts, never counted alongside them, so a
+    batch learnt of twice (a rebuild that ran again) cannot make an entry look complete.
     """
 
     request_hash: bytes
     accepted_ms: int
     total_records: int
-    written: int = 0
     parts: list[tuple[int, int, bytes]] = field(default_factory=list)
     # Set while an attempt runs; later attempts wait for it.
     busy: asyncio.Future[None] | None = None
@@ -223,12 +224,20 @@ class Entry:
     unsure: set[int] = field(default_factory=set)
 
     @property
+    def written(self) -> int:
+        """How many of the request's records are written."""
+        return len(self.placed())
+
+    @property
     def complete(self) -> bool:
         return self.written >= self.total_records
 
     def add_batch(self, partition: int, base_offset: int, indexes: Sequence[int]) -> None:
+        """Note a written batch; one already noted (same partition and base offset) is
+        ignored."""
+        if any(p == partition and b == base_offset for p, b, _ in self.parts):
+            return
         self.parts.append((partition, base_offset, _encode_indexes(indexes)))
-        self.written += len(indexes)
 
     def add_found(self, partition: int, base_offset: int, indexes: Sequence[int]) -> None:
         """Record a batch found in the log, unless it is known already."""

@@ -26,6 +26,10 @@ between the two raise :class:`~partitions.errors.OffsetNotLocalError` rather tha
 partition worker reads those offsets from object storage instead).
 The log start is persisted in ``partition.json`` before any segment below it is deleted.
 
+Before any segment is deleted (by whichever retention), the producer tags of a recently
+written one are saved in a small ``.tags`` file (``partitions.tag_sidecar``), so that the
+answers of idempotent requests can be rebuilt after a restart for their whole ten minutes.
+
 Directory layout::
 
     partition.json          {"format_version": 1, "sealed": bool, "end_offset": int|null,
@@ -33,6 +37,7 @@ Directory layout::
     00000000000000000000.log / .index / .timeindex
     00000000000000004711.log / .index / .timeindex
     ...
+    00000000000000000000.tags   producer tags of a deleted segment, kept about 11 minutes
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from partitions import tag_sidecar
 from partitions.batch import (
     BATCH_HEADER,
     BatchHeader,
@@ -401,11 +407,18 @@ class PartitionLog:
         # A crash between persisting a higher log start and deleting the segments below it
         # leaves them here: finish the deletion (never the last segment).
         doomed = [s for s in segments[:-1] if s.next_offset <= log_start]
+        try:
+            self._save_tags(doomed)
+        except OSError as exc:
+            # Below the log start they are unreadable anyway; a later deletion takes them.
+            log.warning("partition %s: kept segments below the start: %s", self.directory, exc)
+            doomed = []
         if doomed:
             segments = segments[len(doomed) :]
             for segment in doomed:
                 segment.delete()
             self._ops.fsync_dir(self.directory)
+        tag_sidecar.remove_expired(self.directory, tag_sidecar.wall_ms())
         return _Loaded(segments, sealed, end, log_start)
 
     def _write_meta(self, *, sealed: bool, end_offset: int | None) -> None:
@@ -619,8 +632,9 @@ class PartitionLog:
         then delete the local segments whose records all lie below it.
 
         Reads below the new start answer :class:`OffsetOutOfRangeError` from the moment
-        this is called. The new start is persisted before any file is deleted. Answers the
-        deleted segments.
+        this is called. The new start is persisted before any file is deleted; if that
+        fails (a full disk), nothing is deleted and calling again with the same offset
+        writes it again. Answers the deleted segments.
         """
         target = min(offset, self._high_watermark)
         self._raise_log_start(target)
@@ -742,19 +756,40 @@ class PartitionLog:
             # Raised before the segments leave the list: a reader never sees a gap between
             # the log start and the local start that is not in object storage.
             self._raise_log_start(new_start)
+        # Saved while the segments are still listed: a reader of producer tags finds each
+        # batch's tag in the segment, in the saved file, or in both.
+        self._save_tags(doomed)
         self._segments = segments[count:]
         for segment in doomed:
             segment.delete()
         self._ops.fsync_dir(self.directory)
+        tag_sidecar.remove_expired(self.directory, tag_sidecar.wall_ms())
         self._post(self._notify_data)
         return [SegmentInfo(s.base_offset, s.next_offset, s.size, False) for s in doomed]
 
+    def _save_tags(self, doomed: Sequence[Segment]) -> None:
+        """Save the producer tags of the doomed segments written to within the answer window
+        (thread). A failure fails the deletion: nothing is deleted before its tags are safe."""
+        recent = tag_sidecar.wall_ms() - tag_sidecar.KEEP_MS
+        for segment in doomed:
+            if tag_sidecar.segment_modified_ms(segment.log_fd) < recent:
+                continue
+            tags = _segment_tags(segment, segment.size)
+            if tags:
+                tag_sidecar.save(self._ops, self.directory, segment.base_offset, tags)
+
     def _persist_log_start(self, offset: int) -> None:
+        """Write a higher log start to ``partition.json``. ``_w_log_start`` is what is on
+        disk: after a failed write it stays where it was, so asking again writes again."""
         if offset > self._w_log_start:
-            self._w_log_start = offset
-            self._write_meta(
-                sealed=self._w_sealed, end_offset=self._w_end if self._w_sealed else None
-            )
+            persisted, self._w_log_start = self._w_log_start, offset
+            try:
+                self._write_meta(
+                    sealed=self._w_sealed, end_offset=self._w_end if self._w_sealed else None
+                )
+            except BaseException:
+                self._w_log_start = persisted
+                raise
 
     def _advance_start(self, offset: int) -> list[SegmentInfo]:
         self._persist_log_start(offset)
@@ -1195,13 +1230,14 @@ class PartitionLog:
         return chunks, first, next_offset
 
     async def producer_tags(self, since_ms: int) -> list[tuple[int, bytes]]:
-        """(base offset, producer tag) of every durable batch with a tag, in segments
-        written to at or after ``since_ms`` (wall clock, by file modification time)."""
+        """(base offset, producer tag) of every durable batch with a tag, in base offset
+        order: in segments written to at or after ``since_ms`` (wall clock, by file
+        modification time), and saved from segments deleted since then."""
         self._check_readable()
         start, hw = self.local_start_offset, self._high_watermark
         pinned = self._pin_from(start) if start < hw else []
         try:
-            return await self._run(_collect_tags, pinned, since_ms)
+            return await self._run(_collect_tags, pinned, since_ms, self.directory)
         finally:
             for segment, _ in pinned:
                 segment.unpin()
@@ -1352,17 +1388,29 @@ def _describe_segments(
     return out
 
 
-def _collect_tags(pinned: Sequence[tuple[Segment, int]], since_ms: int) -> list[tuple[int, bytes]]:
-    tags: list[tuple[int, bytes]] = []
+def _collect_tags(
+    pinned: Sequence[tuple[Segment, int]], since_ms: int, directory: Path
+) -> list[tuple[int, bytes]]:
+    tags: dict[int, bytes] = {}
     for segment, limit in pinned:
-        if segment.log_path.stat().st_mtime_ns // 1_000_000 < since_ms:
+        # By the open file: retention may unlink a pinned segment's name meanwhile.
+        if tag_sidecar.segment_modified_ms(segment.log_fd) < since_ms:
             continue
-        for position, header in segment.scan(0, limit, segment.base_offset, verify_crc=False):
-            if header.producer_tag_length:
-                tag = pread_exact(
-                    segment.log_fd, header.producer_tag_length, position + BATCH_HEADER.size
-                )
-                tags.append((header.base_offset, tag))
+        tags.update(_segment_tags(segment, limit))
+    # A crash between saving a segment's tags and deleting it leaves both: the segment's win.
+    for base_offset, tag in tag_sidecar.read_recent(directory, since_ms):
+        tags.setdefault(base_offset, tag)
+    return sorted(tags.items())
+
+
+def _segment_tags(segment: Segment, limit: int) -> list[tuple[int, bytes]]:
+    tags: list[tuple[int, bytes]] = []
+    for position, header in segment.scan(0, limit, segment.base_offset, verify_crc=False):
+        if header.producer_tag_length:
+            tag = pread_exact(
+                segment.log_fd, header.producer_tag_length, position + BATCH_HEADER.size
+            )
+            tags.append((header.base_offset, tag))
     return tags
 
 

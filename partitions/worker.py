@@ -26,6 +26,7 @@ from partitions.errors import (
     EventBusError,
     OffsetNotLocalError,
     OffsetOutOfRangeError,
+    PartitionClosedError,
     PartitionUnavailableError,
 )
 from partitions.log import (
@@ -512,10 +513,14 @@ class LocalPartitionWorker:
 
 async def _remote_call(log: PartitionLog, offset: int, call: Awaitable[T]) -> T:
     """Await a remote read; if it failed because total retention removed its data
-    meanwhile, answer what a local read would: the offset is out of range now."""
+    meanwhile, answer what a local read would: the offset is out of range now. If the log
+    was closed meanwhile (its topic deleted, or the server stopping), answer what a local
+    read would too, whatever the store said: partition_closed."""
     try:
-        return await call
+        result = await call
     except EventBusError as exc:
+        if log.closed:
+            raise PartitionClosedError(f"partition log {log.directory} is closed") from exc
         start = log.start_offset
         if offset < start:
             raise OffsetOutOfRangeError(
@@ -525,6 +530,9 @@ async def _remote_call(log: PartitionLog, offset: int, call: Awaitable[T]) -> T:
                 high_watermark=log.high_watermark,
             ) from exc
         raise
+    if log.closed:
+        raise PartitionClosedError(f"partition log {log.directory} is closed")
+    return result
 
 
 def _records_within(records: Sequence[Record], max_bytes: int) -> list[Record]:

@@ -47,8 +47,15 @@ async def start_scaled(
     data_dir: Path,
     clock: Clock,
     tenant_limit: Callable[[str], Awaitable[int | None]] | None = None,
+    *,
+    metrics_public: bool = False,
 ) -> Api:
-    config = ServerConfig(data_dir=data_dir, admin_key=ADMIN_KEY, autoscale_interval_ms=3_600_000)
+    config = ServerConfig(
+        data_dir=data_dir,
+        admin_key=ADMIN_KEY,
+        autoscale_interval_ms=3_600_000,
+        metrics_public=metrics_public,
+    )
     app = create_app(config, autoscale_clock_ms=clock)
     if tenant_limit is not None:
         autoscaling.configure(app, clock_ms=clock, tenant_limit=tenant_limit)
@@ -203,6 +210,25 @@ async def test_a_hot_single_key_is_reported_and_not_split(scaled: Api, clock: Cl
     assert seen["eventbus_partition_reshapes_total"] == 0
     key = 'eventbus_top_partition_write_records_per_s{partition="0",tenant="default",topic="t"}'
     assert seen[key] == pytest.approx(250)
+
+
+async def test_public_metrics_name_no_tenant_or_topic(tmp_path: Path, clock: Clock) -> None:
+    """--metrics-public serves /metrics to anyone: the busiest partitions' rates, labelled
+    by tenant and topic, are left out; the totals stay."""
+    api = await start_scaled(tmp_path / "data", clock, metrics_public=True)
+    try:
+        await api.call("PUT", "/v1/topics/acquisition-talks", json={"autoscale": SCALING})
+        await tick(api)
+        await load(api, clock, ["k"], slices=6, per_key=10, topic="acquisition-talks")
+        async with api.session.get(api.base + "/metrics") as response:  # no key
+            assert response.status == 200
+            text = await response.text()
+        assert "eventbus_write_records_per_s 50.0" in text.splitlines()
+        assert "acquisition-talks" not in text and "default" not in text
+        assert "eventbus_top_partition" not in text
+    finally:
+        await api.session.close()
+        await api.server.close()
 
 
 async def test_a_hot_key_among_others_is_isolated_by_successive_splits(

@@ -116,6 +116,23 @@ def test_prices_with_ten_decimal_places_are_exact() -> None:
     assert str(price(UsageCounters(bytes_in=3), tiny).total_usd) == "0.00"
 
 
+def test_quantities_and_hours_past_28_digits_are_exact() -> None:
+    """Decimal's default context keeps 28 digits; rounding there would fail (or blur) a
+    quantity that has more, so every step uses the wide context."""
+    usage = UsageCounters(partition_seconds=HOUR * 10**23, requests=10**33 + 1)
+    plan = PricePlan(
+        usd_per_partition_hour=Decimal("0.0015"), usd_per_million_requests=Decimal("0.20")
+    )
+    answer = bill_json(price(usage, plan))
+    assert answer["usage"]["partition_hours"] == "1" + "0" * 23 + ".000000"
+    items = {item["item"]: item for item in answer["line_items"]}
+    assert items["partitions"]["quantity"] == "1" + "0" * 23 + ".000000000"
+    assert items["partitions"]["amount_usd"] == "15" + "0" * 19 + ".00"
+    assert items["requests"]["quantity"] == "1" + "0" * 27 + ".000001000"
+    assert items["requests"]["amount_usd"] == "2" + "0" * 26 + ".00"
+    assert answer["total_usd"] == "2000001" + "5" + "0" * 19 + ".00"
+
+
 def test_plans_are_validated_and_stored_as_exact_text() -> None:
     assert parse_plan_patch(
         {

@@ -264,6 +264,30 @@ async def test_delete_and_recreate_gives_a_new_empty_incarnation(catalog: Catalo
     assert await catalog.list_deleted_topics() == []
 
 
+async def test_calls_for_a_deleted_incarnation_never_reach_its_successor(catalog: Catalog) -> None:
+    """Retention holds an incarnation while it works; if the topic is deleted and created
+    again meanwhile, its calls fail instead of landing on the new topic of the same name."""
+    old, _ = await catalog.create_topic("acme", "orders", {})
+    listed = await catalog.list_partitions("acme", "orders", incarnation=old.incarnation)
+    assert [p.partition_id for p in listed] == [0]
+    moved = await catalog.advance_start_offset("acme", "orders", 0, 4, incarnation=old.incarnation)
+    assert moved.start_offset == 4
+    await catalog.delete_topic("acme", "orders")
+    with pytest.raises(TopicNotFoundError):
+        await catalog.list_partitions("acme", "orders", incarnation=old.incarnation)
+    with pytest.raises(TopicNotFoundError):
+        await catalog.advance_start_offset("acme", "orders", 0, 9, incarnation=old.incarnation)
+    new, _ = await catalog.create_topic("acme", "orders", {})
+    with pytest.raises(TopicNotFoundError):
+        await catalog.list_partitions("acme", "orders", incarnation=old.incarnation)
+    with pytest.raises(TopicNotFoundError):
+        await catalog.advance_start_offset("acme", "orders", 0, 9, incarnation=old.incarnation)
+    (fresh,) = await catalog.list_partitions("acme", "orders", incarnation=new.incarnation)
+    assert fresh.start_offset == 0
+    moved = await catalog.advance_start_offset("acme", "orders", 0, 2, incarnation=new.incarnation)
+    assert moved.start_offset == 2
+
+
 # --- partitions and lineage ----------------------------------------------------------------
 
 

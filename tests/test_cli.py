@@ -149,6 +149,23 @@ def test_groups_seek_replays_from_the_beginning(server: ServerProcess) -> None:
     assert bad.returncode == 2 and b"expected earliest" in bad.stderr
 
 
+def test_max_records_inside_a_stored_batch_commits_only_what_was_printed(
+    server: ServerProcess,
+) -> None:
+    ok(eventbus(server, "topics", "create", "cli-cut"))
+    # One request, so one stored batch: a fetch hands out all ten at once.
+    ok(eventbus(server, "produce", "cli-cut", stdin=b"".join(b"r%d\n" % n for n in range(10))))
+    first = eventbus(
+        server, "consume", "cli-cut", "--group", "c", "--from-beginning", "--max-records", "3"
+    )
+    assert ok(first).decode().splitlines() == ["r0", "r1", "r2"]
+    described = ok(eventbus(server, "groups", "describe", "cli-cut", "c"))
+    assert described["partitions"][0]["committed"] == 3
+    assert described["members"] == []  # it left
+    rest = eventbus(server, "consume", "cli-cut", "--group", "c", "--max-records", "7")
+    assert ok(rest).decode().splitlines() == [f"r{n}" for n in range(3, 10)]
+
+
 def test_consume_follows_until_interrupted_and_commits(server: ServerProcess) -> None:
     ok(eventbus(server, "topics", "create", "cli-follow"))
     consumer = subprocess.Popen(

@@ -17,12 +17,16 @@ import pytest
 
 from gateway.wire import BATCH, CHUNK_HEADER, decode_chunks
 from partitions.batch import read_header
+from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
+from partitions.catalog_sqlite import SqliteCatalog
 from partitions.segment import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
+from partitions.worker import PartitionKey
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import WORKERS, ServerProcess
 from tests.tiering_tools import TieredServer, start_tiered, wait_for
 from tiered_storage.cache import ReadCache
 from tiered_storage.reader import ColdReadSettings, RemoteSegmentIndex
+from tiered_storage.state import RemoteIndex
 
 # Recent enough for the default retention (7 days); records are one second apart.
 T0 = (int(time.time()) - 3600) * 1000
@@ -597,6 +601,84 @@ async def test_a_cold_read_racing_total_retention_answers_out_of_range(
     assert status == 416, body
     assert body["error"]["code"] == "offset_out_of_range"
     assert body["error"]["details"]["start_offset"] >= 30
+
+
+async def test_a_cold_read_racing_the_topics_deletion_answers_closed_and_keeps_nothing(
+    server: TieredServer,
+) -> None:
+    """A cold read waits on the store while its topic is deleted (and the store refuses to
+    list the topic's objects, so they stay for a later pass): the read answers
+    partition_closed (503, retriable; a retry finds no topic), and nothing of the deleted
+    topic comes back into the read cache or the remote index when its fetch returns."""
+    await _tiered(server, 120)
+    _stall_log_gets(server)
+    read = asyncio.ensure_future(
+        server.api.call("GET", READS.format(topic="t", pid=0), params={"offset": "0"})
+    )
+    await wait_for(lambda: _has_log_get(server), what="the read's GET")
+    server.proxy.fail_match = lambda line: "list-type" in line
+    server.proxy.fail_next = [(403, "AccessDenied")] * 1000
+    try:
+        assert (await server.api.call("DELETE", "/v1/topics/t"))[0] == 204
+        server.proxy.release()
+        status, body = await read
+        assert status == 503, body
+        assert body["error"]["code"] == "partition_closed"
+        metrics = await _metrics(server.api)
+        assert metrics["eventbus_read_cache_bytes"] == 0
+        assert metrics["eventbus_tiering_remote_bytes"] == 0
+        status, body = await server.api.call(
+            "GET", READS.format(topic="t", pid=0), params={"offset": "0"}
+        )
+        assert status == 404 and body["error"]["code"] == "topic_not_found"
+    finally:
+        server.proxy.fail_next = []
+
+
+async def test_a_remote_index_load_racing_its_topics_deletion_keeps_nothing(
+    tmp_path: Path,
+) -> None:
+    """A read's load of a partition's remote rows is still waiting on the catalog when its
+    topic is deleted (the rows stay in the catalog until the purge): the index must not
+    hold them afterwards, or they count as remote bytes forever."""
+    catalog = await SqliteCatalog.open(tmp_path / "catalog.sqlite3")
+    try:
+        await catalog.create_tenant("acme")
+        topic, _ = await catalog.create_topic("acme", "t", {})
+        key = PartitionKey("acme", topic.incarnation, 0)
+        await catalog.add_remote_segment(
+            RemoteSegmentRecord(
+                tenant="acme",
+                incarnation=topic.incarnation,
+                partition_id=0,
+                base_offset=0,
+                last_offset=9,
+                size_bytes=1000,
+                first_timestamp_ms=1,
+                max_timestamp_ms=2,
+                object_key=f"acme/{topic.incarnation}/0/{0:020d}.log",
+                state=RemoteSegmentState.COPY_STARTED,
+            )
+        )
+        await catalog.set_remote_segment_state(
+            "acme",
+            topic.incarnation,
+            0,
+            0,
+            from_state=RemoteSegmentState.COPY_STARTED,
+            to_state=RemoteSegmentState.COPY_FINISHED,
+        )
+        index = RemoteIndex(catalog)
+        assert index.remote_bytes() == 0
+        await catalog.delete_topic("acme", "t")  # its rows stay until the purge
+        loading = asyncio.ensure_future(index.rows(key))
+        await asyncio.sleep(0)  # the load is waiting on the catalog
+        assert not loading.done()
+        index.forget_topic("acme", topic.incarnation)
+        await loading
+        assert index.cached(key) is None and index.remote_bytes() == 0
+    finally:
+        await catalog.close()
 
 
 async def test_a_store_that_does_not_answer_fails_only_cold_reads_and_retriably(

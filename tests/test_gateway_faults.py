@@ -31,6 +31,18 @@ async def test_lookups_of_missing_topics_leak_a_lock_each(api: Api) -> None:
     assert len(broker._topic_locks) - before < 10, len(broker._topic_locks) - before
 
 
+@pytest.mark.single_process("counts the broker's locks inside the server process")
+async def test_deletes_splits_and_merges_of_missing_topics_keep_no_lock(api: Api) -> None:
+    broker = api.server.app[BROKER]
+    before = len(broker._topic_locks)
+    for n in range(100):
+        assert (await api.call("DELETE", f"/v1/topics/gone-d{n}"))[0] == 404
+        assert (await api.call("POST", f"/v1/topics/gone-s{n}/partitions/0/split"))[0] == 404
+        merge = {"partitions": [1, 2]}
+        assert (await api.call("POST", f"/v1/topics/gone-m{n}/merge", json=merge))[0] == 404
+    assert len(broker._topic_locks) - before < 10, len(broker._topic_locks) - before
+
+
 async def test_long_poll_above_the_high_watermark_is_416_at_once(api: Api) -> None:
     await api.call("PUT", "/v1/topics/t")
     started = time.monotonic()

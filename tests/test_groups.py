@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from gateway.keys import BROKER
+from partitions.errors import PartitionUnavailableError
+from partitions.log import ReadResult
+from partitions.worker import PartitionKey
 from tests.conftest import Api
 from tests.servers import ServerProcess
 
@@ -340,3 +345,89 @@ def test_the_documented_python_consumer_reads_and_commits(tmp_path: Path) -> Non
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+async def test_a_fetch_that_fails_part_way_moves_the_member_nowhere(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch answered with an error delivered nothing: the member's next fetch must not
+    commit (auto_commit) or skip what the failed one read before its error."""
+    await api.call("PUT", "/v1/topics/t")
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200
+    member = await _fetch(api, auto_offset_reset="earliest")
+    assert member["assignment"] == [1, 2]
+    records = [{"key": f"k{i}", "value": f"v{i}"} for i in range(20)]
+    assert {p for p, _ in await _produce(api, records)} == {1, 2}
+    # Partition 1 is read first; reading partition 2 then fails, as a disk or an object
+    # store that does not answer would (503, retriable).
+    worker = api.server.app[BROKER].worker
+    real_read = worker.read
+
+    async def read_failing_on_2(key: PartitionKey, offset: int, **bounds: Any) -> ReadResult:
+        if key.partition_id == 2:
+            raise PartitionUnavailableError("injected: partition 2 cannot be read")
+        return await real_read(key, offset, **bounds)
+
+    monkeypatch.setattr(worker, "read", read_failing_on_2)
+    status, body = await api.call("POST", G + "/fetch", json={"member_id": member["member_id"]})
+    assert status == 503, body
+    monkeypatch.undo()
+    # The consumer retries the retriable error as the same member.
+    got: list[str] = []
+    for _ in range(3):
+        answer = await _fetch(api, member_id=member["member_id"])
+        got += [r["value"] for r in answer["records"]]
+    assert sorted(got) == sorted(r["value"] for r in records)
+
+
+async def test_a_refused_fetch_does_not_create_the_group(api: Api) -> None:
+    """A 4xx changes nothing: a group starts where its first joining fetch says."""
+    await api.call("PUT", "/v1/topics/t")
+    await _produce(api, [{"value": "before"}])
+    # A consumer whose session ended (a restart, say) fetches with its old member id ...
+    status, body = await api.call("POST", G + "/fetch", json={"member_id": "stale"})
+    assert status == 409 and body["error"]["code"] == "unknown_member"
+    assert (await api.call("GET", G))[0] == 404
+    # ... and joins again, from the beginning, as the documented consumer loop does.
+    joined = await _fetch(api, auto_offset_reset="earliest")
+    assert [r["value"] for r in joined["records"]] == ["before"]
+
+
+async def test_commits_and_leaves_naming_unknown_groups_keep_no_state(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    coordinator = api.server.app[BROKER].groups
+    before = len(coordinator._groups)
+    for n in range(100):
+        offsets = [{"partition": 0, "offset": 0}]
+        body = {"member_id": "x", "generation": 0, "offsets": offsets}
+        status, answer = await api.call("POST", f"/v1/topics/t/groups/c{n}/commit", json=body)
+        assert status == 409 and answer["error"]["code"] == "unknown_member"
+        status, answer = await api.call(
+            "POST", f"/v1/topics/t/groups/l{n}/leave", json={"member_id": "x"}
+        )
+        assert status == 409 and answer["error"]["code"] == "unknown_member"
+        status, answer = await api.call(
+            "POST", f"/v1/topics/t/groups/s{n}/seek", json={"to": "sideways"}
+        )
+        assert status == 400 and answer["error"]["code"] == "invalid_seek"
+    # Each would otherwise keep a group (a lock and an event) that the session sweeper
+    # walks four times a second, for as long as the topic lives.
+    assert len(coordinator._groups) - before < 10, len(coordinator._groups) - before
+
+
+async def test_booleans_are_not_partitions_or_offsets(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200  # 1 and 2
+    await _produce(api, [{"key": f"k{i}", "value": "x"} for i in range(10)])
+    member = await _fetch(api, auto_offset_reset="earliest", auto_commit=False)
+    assert member["assignment"] == [1, 2]
+    for bad in ({"partition": True, "offset": 1}, {"partition": 1, "offset": True}):
+        body = {"member_id": member["member_id"], "generation": member["generation"]}
+        status, answer = await api.call("POST", G + "/commit", json={**body, "offsets": [bad]})
+        assert status == 400 and answer["error"]["code"] == "invalid_parameter", answer
+    await api.call("POST", G + "/leave", json={"member_id": member["member_id"]})
+    for bad in ({"partition": True, "offset": 0}, {"partition": 1, "offset": False}):
+        status, answer = await api.call("POST", G + "/seek", json={"to": {"offsets": [bad]}})
+        assert status == 400 and answer["error"]["code"] == "invalid_seek", answer
+    status, group = await api.call("GET", G)
+    assert [p["committed"] for p in group["partitions"]] == [None] * 3  # nothing changed

@@ -104,6 +104,29 @@ async def test_leaving_with_auto_commit_commits_what_was_delivered(api: Api) -> 
     assert len(d["records"]) == 5
 
 
+async def test_leaving_with_commit_false_keeps_only_the_commits_made_by_hand(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    await api.call(
+        "POST", "/v1/topics/t/records", json={"records": [{"value": str(n)} for n in range(5)]}
+    )
+    a = await _fetch(api, auto_offset_reset="earliest")
+    assert len(a["records"]) == 5  # delivered; the consumer handled only the first two
+    body = {"member_id": a["member_id"], "commit": "no"}
+    status, answer = await api.call("POST", G + "/leave", json=body)
+    assert status == 400 and answer["error"]["code"] == "invalid_parameter"
+    offsets = [{"partition": 0, "offset": 2}]
+    status, _ = await api.call(
+        "POST",
+        G + "/commit",
+        json={"member_id": a["member_id"], "generation": a["generation"], "offsets": offsets},
+    )
+    assert status == 200
+    body = {"member_id": a["member_id"], "commit": False}
+    assert (await api.call("POST", G + "/leave", json=body))[0] == 204
+    b = await _fetch(api, max_records=10)
+    assert [r["value"] for r in b["records"]] == ["2", "3", "4"]  # not skipped by the leave
+
+
 async def test_describing_a_group_while_its_first_member_joins(api: Api) -> None:
     await api.call("PUT", "/v1/topics/t")
     for n in range(20):

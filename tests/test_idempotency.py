@@ -15,6 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.broker import key_hash
+from gateway.keys import BROKER
+from partitions.errors import PartitionUnavailableError
 from partitions.idempotency import (
     ANSWER_TTL_MS,
     AnswerTable,
@@ -22,8 +25,13 @@ from partitions.idempotency import (
     decode_tag,
     encode_tags,
 )
+from partitions.log import AppendResult
+from partitions.worker import PartitionKey
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import ServerProcess
+from tests.tiering_tools import wait_for
+
+MID = 1 << 63  # where a split of partition 0 cuts the hash space by default
 
 # --- the producer tag and the table ----------------------------------------------------------
 
@@ -91,6 +99,23 @@ def test_entries_keep_batches_compactly_and_answer_in_request_order() -> None:
         entry.add_placed([(5, (1, 20))])
         assert entry.complete and len(entry.parts) == 3
         assert entry.answer() == [(1, 10), (2, 5), (1, 11), (2, 6), (1, 12), (1, 20)]
+
+    asyncio.run(run())
+
+
+def test_a_batch_known_twice_counts_once() -> None:
+    """A rebuild that reads a batch's tag again (it ran before and failed part-way) must
+    not count its records twice: the entry would look complete with records missing."""
+    table = AnswerTable()
+    tag = decode_tag(encode_tags("k", b"a" * 16, 0, 4, [0, 1])[0][1])
+
+    async def run() -> None:
+        table.add_tag("t", "inc", 1, 30, tag)
+        table.add_tag("t", "inc", 1, 30, tag)
+        entry = table.claim("t", "inc", "k", b"a" * 16, 4, now_ms=0)
+        assert not entry.complete and entry.written == 2 and entry.missing() == [2, 3]
+        entry.add_placed([(2, (2, 7)), (3, (2, 8))])
+        assert entry.complete and entry.answer() == [(1, 30), (1, 31), (2, 7), (2, 8)]
 
     asyncio.run(run())
 
@@ -315,3 +340,96 @@ async def test_a_crash_between_append_and_answer_does_not_append_twice(tmp_path:
             await api.session.close()
     finally:
         server.stop()
+
+
+@pytest.mark.single_process("makes a partition fail by patching the server process")
+async def test_a_retry_after_a_failed_rebuild_writes_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt wrote only partition 1's records; after a restart the retry's
+    rebuild of the answers fails part-way (partition 2's tags cannot be read yet). The
+    next retry must still write partition 2's records, once."""
+    low = [k for k in (f"k{n}" for n in range(100)) if key_hash(k.encode()) < MID][:2]
+    high = [k for k in (f"k{n}" for n in range(100)) if key_hash(k.encode()) >= MID][:2]
+    body = orjson.dumps({"records": [{"key": k, "value": f"v-{k}"} for k in low + high]})
+    api = await start_api(tmp_path / "data")
+    try:
+        await api.call("PUT", "/v1/topics/t")
+        assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200
+        worker = api.server.app[BROKER].worker
+        real_append = worker.append
+
+        async def append_failing_on_2(key: PartitionKey, batch: bytes) -> AppendResult:
+            if key.partition_id == 2:
+                raise PartitionUnavailableError("injected: partition 2's disk failed")
+            return await real_append(key, batch)
+
+        monkeypatch.setattr(worker, "append", append_failing_on_2)
+        assert (await _produce(api, "req-42", body))[0] == 503
+    finally:
+        await stop_api(api)
+    api = await start_api(tmp_path / "data")  # the answers are rebuilt from producer tags
+    try:
+        worker = api.server.app[BROKER].worker
+        real_tags = worker.producer_tags
+        failures = [PartitionUnavailableError("injected: partition 2 is still recovering")]
+
+        async def tags_failing_once_on_2(key: PartitionKey, since: int) -> list[tuple[int, bytes]]:
+            if key.partition_id == 2 and failures:
+                raise failures.pop()
+            return await real_tags(key, since)
+
+        monkeypatch.setattr(worker, "producer_tags", tags_failing_once_on_2)
+        assert (await _produce(api, "req-42", body))[0] == 503
+        status, answer = await _produce(api, "req-42", body)
+        assert status == 200, answer
+        assert [o["partition"] for o in answer["offsets"]] == [1, 1, 2, 2]
+        stored = sorted(value for _, _, value in await _values(api))
+        assert stored == sorted(f"v-{k}" for k in low + high)  # each record once
+    finally:
+        await stop_api(api)
+
+
+async def test_a_retry_after_a_restart_finds_its_answer_once_local_retention_ran(
+    tmp_path: Path,
+) -> None:
+    """Local retention deletes the segment holding a tagged batch (it is in tiered storage);
+    the server restarts within the ten minutes, and the client retries: it gets the first
+    answer, nothing is appended, and another body under the key is still a conflict."""
+    settings = {"retention_check_ms": 100, "upload_retry_max_ms": 300}
+    body = orjson.dumps({"records": [{"value": "payment-42"}]})
+    api = await start_api(tmp_path / "data", **settings)
+    try:
+        config = {"segment_bytes": 1024, "local_retention_bytes": 2048}
+        assert (await api.call("PUT", "/v1/topics/t", json=config))[0] == 201
+        first = await _produce(api, "pay-42", body)
+        assert first[0] == 200 and first[1]["offsets"] == [{"partition": 0, "offset": 0}]
+        for i in range(40):  # about ten segments: the first one rolls, tiers and goes
+            status, _ = await api.call(
+                "POST", "/v1/topics/t/records", json={"records": [{"value": f"{i}" + "v" * 150}]}
+            )
+            assert status == 200
+
+        async def tiered() -> bool:
+            _, described = await api.call("GET", "/v1/topics/t")
+            return bool(described["partitions"][0]["local_start_offset"] > 0)
+
+        await wait_for(tiered, what="local retention of the first segment")
+    finally:
+        await stop_api(api)
+    data = tmp_path / "data"
+    # The deleted segment's tags are saved beside the segments, and never tiered.
+    assert [p.name for p in (data / "topics").rglob("*.tags")] == [f"{0:020d}.tags"]
+    assert not list((data / "objects").rglob("*.tags"))
+    api = await start_api(data, **settings)
+    try:
+        assert await _produce(api, "pay-42", body) == first
+        status, refused = await _produce(api, "pay-42", orjson.dumps({"records": [{"value": "x"}]}))
+        assert status == 409 and refused["error"]["code"] == "idempotency_key_reused"
+        _, described = await api.call("GET", "/v1/topics/t")
+        assert described["partitions"][0]["end_offset"] == 41
+        # The saved tags go with the topic.
+        assert (await api.call("DELETE", "/v1/topics/t"))[0] == 204
+        assert not list((data / "topics").rglob("*.tags"))
+    finally:
+        await stop_api(api)

@@ -656,8 +656,13 @@ async def test_the_background_task_flushes_and_exports_on_its_own(
         line = orjson.loads(exported.read_bytes())
         assert line["tenant"] == "acme" and line["hour"] == hour_text(T0)
         assert line["usage"]["requests"] == 1
-        status, text = await served.call("GET", "/metrics", key=ADMIN_KEY)
-        assert status == 200
+        # The object appears when its put lands; the counter moves when the put returns.
+        for _ in range(500):
+            status, text = await served.call("GET", "/metrics", key=ADMIN_KEY)
+            assert status == 200
+            if "eventbus_usage_exported_objects_total 1.0" in text:
+                break
+            await asyncio.sleep(0.01)
         assert "eventbus_usage_exported_objects_total 1.0" in text
         assert "eventbus_usage_flush_failures_total 0.0" in text
         flushes = re.search(r"^eventbus_usage_flushes_total (\S+)$", text, re.MULTILINE)

@@ -35,6 +35,10 @@ from tiered_storage.objects import (
 from tiered_storage.s3_store import MIB, S3ObjectStore
 
 TIMEOUT_S = 5.0
+# Each call's deadline in the conformance suite: long enough for moto on a busy two-core
+# machine (eight concurrent puts took over a second there), short enough that the stall
+# test does not wait long for a stalled call to count as down.
+CALL_TIMEOUT_S = 4.0
 
 
 class HeldSyncOps(FileOps):
@@ -60,7 +64,7 @@ class Backend:
 
 async def _file_backend(tmp_path: Path, _endpoint: str) -> Backend:
     ops = HeldSyncOps()
-    store = FileObjectStore(tmp_path / "objects", timeout_s=1.0, ops=ops)
+    store = FileObjectStore(tmp_path / "objects", timeout_s=CALL_TIMEOUT_S, ops=ops)
     await store._call("open", ops.make_dirs, store.root / TMP_DIR)
 
     def resume() -> None:
@@ -77,7 +81,7 @@ async def _s3_backend(_tmp_path: Path, endpoint: str) -> Backend:
         bucket,
         "cluster-a",
         endpoint_url=proxy.url,
-        timeout_s=1.0,
+        timeout_s=CALL_TIMEOUT_S,
         multipart_threshold=6 * MIB,
         part_bytes=5 * MIB,
         backoff_s=(0.01, 0.05),

@@ -20,10 +20,17 @@ import orjson
 import pytest
 from yarl import URL
 
+from gateway import wire
+from gateway.broker import key_hash
 from gateway.keys import BROKER
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
+from partitions.errors import PartitionUnavailableError
+from partitions.log import AppendResult
+from partitions.worker import PartitionKey
 from tests.conftest import ADMIN_KEY, Api, stop_api
 from tests.https import FakeClock, start_https_api
+
+BINARY = {"Accept": wire.BATCH}
 
 
 @pytest.fixture
@@ -320,6 +327,31 @@ async def test_a_key_limited_to_topics_sees_and_touches_only_those(api: Api) -> 
     assert (await acme.call("GET", "/v1/topics/missing"))[0] == 404
 
 
+async def test_a_key_limited_to_topics_pages_over_its_own_topics_only(api: Api) -> None:
+    acme = await new_tenant(api, "acme")
+    for name in ("alpha", "hidden-payroll", "kilo", "zulu", "zz-secret"):
+        await acme.call("PUT", f"/v1/topics/{name}")
+    limited = acme.with_key(
+        await new_key(api, "acme", {"role": "consume", "topics": ["alpha", "absent", "zulu"]})
+    )
+    pages: list[dict[str, Any]] = []
+    after: str | None = None
+    while len(pages) < 10:
+        params = {"limit": "1", **({"after": after} if after is not None else {})}
+        status, page = await limited.call("GET", "/v1/topics", params=params)
+        assert status == 200, page
+        pages.append(page)
+        after = page["next_after"]
+        if after is None:
+            break
+    # Every page is full until the last, and where the next one starts names no other topic.
+    assert [[t["name"] for t in p["topics"]] for p in pages] == [["alpha"], ["zulu"]]
+    assert [p["next_after"] for p in pages] == ["alpha", None]
+    _, everything = await limited.call("GET", "/v1/topics")
+    assert [t["name"] for t in everything["topics"]] == ["alpha", "zulu"]
+    assert everything["next_after"] is None
+
+
 # --- isolation ---------------------------------------------------------------------------
 
 
@@ -525,6 +557,37 @@ async def test_consume_bytes_are_charged_after_the_read_and_slow_the_next(
     assert status == 200 and len(body["records"]) == 3
 
 
+async def test_binary_reads_and_fetches_are_charged_their_records_bytes(
+    api: Api, clock: FakeClock
+) -> None:
+    """As JSON answers are: key, value and header bytes of the records delivered, not the
+    stored batches' framing or the records below the offset asked for."""
+    acme = await new_tenant(api, "acme")
+    await acme.call("PUT", "/v1/topics/t")
+    await acme.call("POST", "/v1/topics/t/records", json=records(10, 1000))  # one batch
+    await set_quotas(api, "acme", consume_bytes_per_s=1000)
+    status, _, raw = await acme.raw(
+        "GET", "/v1/topics/t/partitions/0/records", params={"offset": "5"}, headers=BINARY
+    )
+    assert status == 200 and len(raw) > 10_000  # the whole stored batch, framed
+    # 5 records of 1000 bytes from a full bucket of 1000: a debt of 4000 bytes, 4 s.
+    status, headers, body = await call(acme, "GET", "/v1/topics/t/partitions/0/records")
+    wait_ms = assert_refused(status, headers, body, "quota_exceeded")
+    assert 4000 <= wait_ms <= 4010, wait_ms
+    clock.advance(wait_ms / 1000)
+    status, _, raw = await acme.raw(
+        "POST",
+        "/v1/topics/t/groups/g/fetch",
+        data=orjson.dumps({"auto_offset_reset": "earliest"}),
+        headers={**BINARY, "Content-Type": "application/json"},
+    )
+    assert status == 200 and len(raw) > 10_000
+    # All 10 records (10 000 bytes) from a bucket just above nothing: 10 s.
+    status, headers, body = await call(acme, "GET", "/v1/topics/t/partitions/0/records")
+    wait_ms = assert_refused(status, headers, body, "quota_exceeded")
+    assert 9990 <= wait_ms <= 10_010, wait_ms
+
+
 @pytest.mark.single_process("asks the broker inside the server process for the autoscaler's limits")
 async def test_topic_and_partition_limits(api: Api) -> None:
     acme = await new_tenant(api, "acme", quotas={"max_topics": 2, "max_partitions": 3})
@@ -583,6 +646,85 @@ async def test_storage_quota_refuses_produce_while_over(api: Api, clock: FakeClo
     assert (await acme.call("POST", "/v1/topics/u/records", json=records(1, 1)))[0] == 200
     await set_quotas(api, "acme", max_stored_bytes=None)
     assert (await acme.call("POST", "/v1/topics/u/records", json=records(5, 1500)))[0] == 200
+
+
+async def _produce_with_key(
+    api: Api, body: dict[str, Any], key: str
+) -> tuple[int, dict[str, str], Any]:
+    url = URL(api.base + "/v1/topics/t/records", encoded=True)
+    headers = {**api.headers(), "Content-Type": "application/json", "Idempotency-Key": key}
+    async with api.session.post(url, headers=headers, data=orjson.dumps(body)) as response:
+        return response.status, dict(response.headers), await response.json()
+
+
+async def test_an_idempotent_replay_is_refused_by_no_byte_quota(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A replay appends nothing: it counts as a request, and neither the produce bytes nor
+    the storage quota can refuse it (the client could never learn its offsets)."""
+    server = await start_https_api(tmp_path / "data", quota_clock=clock, max_request_bytes=1500)
+    try:
+        acme = await new_tenant(server, "acme", quotas={"produce_bytes_per_s": 1000})
+        await acme.call("PUT", "/v1/topics/t")
+        status, _, first = await _produce_with_key(acme, records(1, 1000), "order-1")
+        assert status == 200  # 1000 of the bucket's 1500 tokens
+        # The answer was lost; the client sends the very same request again.
+        status, _, again = await _produce_with_key(acme, records(1, 1000), "order-1")
+        assert (status, again) == (200, first)
+        # New records still pay: 1000 more bytes are more than the 500 tokens left.
+        status, headers, body = await _produce_with_key(acme, records(1, 1000), "order-2")
+        assert assert_refused(status, headers, body, "quota_exceeded") == 500
+        await set_quotas(server, "acme", max_stored_bytes=500)  # acme stores more already
+        clock.advance(1)
+        status, headers, body = await _produce_with_key(acme, records(1, 1000), "order-2")
+        assert_refused(status, headers, body, "storage_quota_exceeded")
+        status, _, again = await _produce_with_key(acme, records(1, 1000), "order-1")
+        assert (status, again) == (200, first)
+        _, topic = await acme.call("GET", "/v1/topics/t")
+        assert topic["partitions"][0]["end_offset"] == 1
+    finally:
+        await stop_api(server)
+
+
+async def test_a_produce_failing_part_way_pays_for_what_it_wrote(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await start_https_api(tmp_path / "data", quota_clock=clock, max_request_bytes=3000)
+    try:
+        acme = await new_tenant(server, "acme", quotas={"produce_bytes_per_s": 1000})
+        await acme.call("PUT", "/v1/topics/t")
+        assert (await acme.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200
+        mid = 1 << 63  # partition 1 holds the keys hashed below, partition 2 the others
+        keys = [f"k{n}" for n in range(100)]
+        low = [k for k in keys if key_hash(k.encode()) < mid][:2]
+        high = [k for k in keys if key_hash(k.encode()) >= mid][:2]
+        body = {"records": [{"key": k, "value": "x" * (500 - len(k))} for k in low + high]}
+        worker = server.server.app[BROKER].worker
+        real_append = worker.append
+
+        async def append_failing_on_2(key: PartitionKey, batch: bytes) -> AppendResult:
+            if key.partition_id == 2:
+                raise PartitionUnavailableError("injected: partition 2's disk failed")
+            return await real_append(key, batch)
+
+        monkeypatch.setattr(worker, "append", append_failing_on_2)
+        status, _, _ = await _produce_with_key(acme, body, "req-1")
+        assert status == 503
+        monkeypatch.undo()
+        # Partition 1's 1000 bytes were written and stay paid for; partition 2's come back.
+        status, headers, refused = await call(
+            acme, "POST", "/v1/topics/t/records", json=records(5, 500)
+        )
+        assert assert_refused(status, headers, refused, "quota_exceeded") == 500
+        # The retry writes, and pays for, partition 2's records only.
+        status, _, answer = await _produce_with_key(acme, body, "req-1")
+        assert status == 200 and [o["partition"] for o in answer["offsets"]] == [1, 1, 2, 2]
+        status, headers, refused = await call(
+            acme, "POST", "/v1/topics/t/records", json=records(2, 500)
+        )
+        assert status == 200  # 1000 tokens were left
+    finally:
+        await stop_api(server)
 
 
 # --- deleting a tenant -------------------------------------------------------------------

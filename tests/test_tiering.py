@@ -4,19 +4,27 @@ a stalled store and backpressure, remote retention's order, topic deletion, clea
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from gateway.app import CATALOG
+from gateway.keys import BROKER
 from gateway.quotas import Quotas
 from gateway.tiering import TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
+from partitions.fileio import FileOps
+from partitions.log import SegmentInfo
+from partitions.worker import PartitionKey, PartitionWorker
 from tests.conftest import ADMIN_KEY, start_api, stop_api
 from tests.s3 import bucket_objects, create_bucket
 from tests.servers import ROOT, ServerProcess
@@ -356,6 +364,203 @@ async def test_a_topic_deleted_while_the_store_is_down_loses_its_objects_later(
         )
 
     await wait_for(finished, what="the deletion to finish")
+
+
+class FullMetaOnce(FileOps):
+    """A disk that is full for the next replacement of ``partition.json`` (once armed)."""
+
+    armed = False
+
+    def replace_file(self, path: Path, data: bytes, *, mode: int = 0o644) -> None:
+        if self.armed and path.name == "partition.json":
+            self.armed = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().replace_file(path, data, mode=mode)
+
+
+@pytest.mark.single_process("makes the disk fail by patching the server process")
+async def test_a_log_start_that_failed_to_persist_is_persisted_by_the_next_pass(
+    tmp_path: Path,
+) -> None:
+    """Total retention moves the start, but the disk is full when the log writes it down:
+    no remote copy below it goes until the log has it on disk, the next pass writes it, and
+    the start never goes back down after a restart."""
+    data = tmp_path / "data"
+    api = await start_api(data, retention_check_ms=3_600_000, upload_retry_max_ms=300)
+    try:
+        broker = api.server.app[BROKER]
+        assert (await api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
+        for i in range(40):
+            assert (await produce(api, "t", [value(i)]))[0] == 200
+
+        async def uploaded() -> bool:
+            _, body = await api.call("GET", "/v1/topics/t")
+            return bool(body["partitions"][0]["segments_pending_upload"] == 0)
+
+        await wait_for(uploaded, what="uploads")
+        view = broker._views[("default", "t")]
+        log = broker.worker.log(view.key(0))  # type: ignore[attr-defined]
+        remote = data / "objects" / "default" / view.record.incarnation / "0"
+        uploaded_logs = sorted(p.name for p in remote.glob("*.log"))
+        meta_path = log.directory / "partition.json"
+        full = FullMetaOnce()
+        log._ops = full
+        full.armed = True
+        status, _ = await api.call("PATCH", "/v1/topics/t", json={"retention_bytes": 2048})
+        assert status == 200
+        await broker.apply_retention()  # fails for this topic: the disk is full
+        start = (await api.server.app[CATALOG].get_partition("default", "t", 0)).start_offset
+        assert start > 0
+        assert json.loads(meta_path.read_bytes())["log_start_offset"] == 0
+        assert sorted(p.name for p in remote.glob("*.log")) == uploaded_logs
+        await broker.apply_retention()  # the disk has room again
+        assert json.loads(meta_path.read_bytes())["log_start_offset"] == start
+        assert f"{0:020d}.log" not in {p.name for p in remote.glob("*.log")}
+    finally:
+        await stop_api(api)
+    api = await start_api(data, retention_check_ms=3_600_000)
+    try:
+        _, described = await api.call("GET", "/v1/topics/t")
+        assert described["partitions"][0]["start_offset"] == start
+        status, _ = await api.call("GET", "/v1/topics/t/partitions/0/records", params={"offset": 0})
+        assert status == 416
+        status, body = await api.call(
+            "GET", "/v1/topics/t/partitions/0/records", params={"offset": start}
+        )
+        assert status == 200 and body["records"][0]["value"] == value(start)
+    finally:
+        await stop_api(api)
+
+
+@pytest.mark.single_process("drives retention inside the server process")
+async def test_a_remote_row_another_process_is_deleting_does_not_stop_the_pass(
+    tmp_path: Path,
+) -> None:
+    """The oldest remote row expired by total retention was already moved to delete-started
+    by someone else (a cleanup, another process) behind this process's back: the pass goes
+    on to the other expired rows and to local retention, and the next pass takes that row."""
+    data = tmp_path / "data"
+    api = await start_api(data, retention_check_ms=3_600_000, upload_retry_max_ms=300)
+    try:
+        broker = api.server.app[BROKER]
+        catalog = api.server.app[CATALOG]
+        assert (await api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
+        for i in range(40):
+            assert (await produce(api, "t", [value(i)]))[0] == 200
+
+        async def uploaded() -> bool:
+            _, body = await api.call("GET", "/v1/topics/t")
+            return bool(body["partitions"][0]["segments_pending_upload"] == 0)
+
+        await wait_for(uploaded, what="uploads")
+        inc = broker._views[("default", "t")].record.incarnation
+        rows = await catalog.list_remote_segments("default", inc, 0)
+        assert len(rows) >= 8
+        await broker.apply_retention()  # the remote index now holds the rows
+        taken = rows[0]
+        await catalog.set_remote_segment_state(
+            "default",
+            inc,
+            0,
+            taken.base_offset,
+            from_state=RemoteSegmentState.COPY_FINISHED,
+            to_state=RemoteSegmentState.DELETE_STARTED,
+        )
+        config = {"retention_bytes": 4096, "local_retention_bytes": 2048}
+        assert (await api.call("PATCH", "/v1/topics/t", json=config))[0] == 200
+        await broker.apply_retention()
+        part = (await api.call("GET", "/v1/topics/t"))[1]["partitions"][0]
+        start = part["start_offset"]
+        assert start > rows[2].base_offset
+        assert part["local_start_offset"] > start  # local retention ran in the same pass
+        left = {r.base_offset for r in await catalog.list_remote_segments("default", inc, 0)}
+        assert {r.base_offset for r in rows if r.last_offset < start} & left == {taken.base_offset}
+        await broker.apply_retention()
+        left = {r.base_offset for r in await catalog.list_remote_segments("default", inc, 0)}
+        assert taken.base_offset not in left
+    finally:
+        await stop_api(api)
+
+
+class PausedDetails:
+    """The server's own partition worker, except that the first ``segment_details`` call
+    waits for ``go`` once it has its answer (a slow scan): retention's pass stops there."""
+
+    def __init__(self, worker: PartitionWorker) -> None:
+        self.worker = worker
+        self.paused = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.worker, name)
+
+    async def segment_details(self, key: PartitionKey) -> list[SegmentInfo]:
+        details = await self.worker.segment_details(key)
+        if not self.paused.is_set():
+            self.paused.set()
+            await self.go.wait()
+        return details
+
+
+@pytest.mark.single_process("drives retention inside the server process")
+async def test_retention_of_a_deleted_topic_never_moves_the_start_of_its_recreation(
+    tmp_path: Path,
+) -> None:
+    """A retention pass of topic t is between reading its segments and moving its start when
+    t is deleted and created again: the pass must not touch the new topic's partitions."""
+    api = await start_api(tmp_path / "data", retention_check_ms=3_600_000)
+    try:
+        broker = api.server.app[BROKER]
+        config = {**SMALL, "retention_bytes": 2048}
+        assert (await api.call("PUT", "/v1/topics/t", json=config))[0] == 201
+        for i in range(40):
+            assert (await produce(api, "t", [value(i)]))[0] == 200
+        assert broker.tiered is not None
+        retention = broker.tiered.retention
+        paused = PausedDetails(retention._worker)
+        retention._worker = paused  # type: ignore[assignment]
+        try:
+            passing = asyncio.ensure_future(broker.apply_retention())
+            await asyncio.wait_for(paused.paused.wait(), 10)
+            assert (await api.call("DELETE", "/v1/topics/t"))[0] == 204
+            assert (await api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
+            paused.go.set()
+            await passing
+        finally:
+            retention._worker = paused.worker
+        (fresh,) = await api.server.app[CATALOG].list_partitions("default", "t")
+        assert fresh.start_offset == 0
+        for i in range(10):
+            assert (await produce(api, "t", [f"new-{i}"]))[0] == 200
+        await broker.apply_retention()
+        _, described = await api.call("GET", "/v1/topics/t")
+        assert described["partitions"][0]["start_offset"] == 0
+        values = await local_records(api, "t", 0)
+        assert values == {i: f"new-{i}" for i in range(10)}
+    finally:
+        await stop_api(api)
+
+
+async def test_a_topic_created_again_waits_for_its_deletion_to_finish(
+    server: TieredServer,
+) -> None:
+    """A PUT of a name whose deletion is still running (its objects are being deleted) waits
+    for that deletion instead of running alongside it."""
+    assert (await server.api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
+    await _produce_range(server, "t", 0, 12)
+    await wait_for(lambda: _all_uploaded(server, "t"), what="uploads")
+    old = await server.incarnation("t")
+    server.proxy.hold = lambda line: old in line  # the store stalls on the old objects
+    deleting = asyncio.ensure_future(server.api.call("DELETE", "/v1/topics/t"))
+    await asyncio.wait_for(server.proxy.held.wait(), 10)
+    creating = asyncio.ensure_future(server.api.call("PUT", "/v1/topics/t", json=SMALL))
+    done, _ = await asyncio.wait({deleting, creating}, return_when=asyncio.FIRST_COMPLETED)
+    server.proxy.hold = None
+    server.proxy.thaw()
+    assert (await deleting)[0] == 204
+    assert (await creating)[0] == 201
+    assert deleting in done, "the PUT ran alongside the deletion"
+    assert await server.incarnation("t") != old
 
 
 async def test_orphans_are_removed_after_the_grace_period(tmp_path: Path, s3_endpoint: str) -> None:

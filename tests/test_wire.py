@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from gateway import wire
+from gateway.records import MAX_PRODUCE_RECORDS, TooManyRecordsError
 from partitions.batch import NewRecord, Record, encode_batch
 from tests.conftest import Api, start_api, stop_api
 
@@ -228,6 +229,20 @@ async def test_bad_encodings_and_media_types(api: Api) -> None:
         "GET", "/v1/topics/t/partitions/0/records", headers={"Accept": "text/html"}
     )
     assert status == 406 and orjson.loads(raw)["error"]["code"] == "not_acceptable"
+
+
+def test_a_batch_with_too_many_records_is_refused_before_its_records_are_read() -> None:
+    """The count is in the batch header: a body over the limit is refused without decoding
+    its records (a 13 MiB body of empty records would otherwise hold the event loop for
+    seconds). The one bad record at the end shows they were never looked at."""
+    now = int(time.time() * 1000)
+    records = [NewRecord(value=b"")] * MAX_PRODUCE_RECORDS
+    records.append(NewRecord(value=b"", timestamp_ms=now + 2 * 3600 * 1000))
+    with pytest.raises(TooManyRecordsError):
+        wire.parse_batches(_batch(records), now_ms=now)
+    # Over two batches, the second one's count refuses the body before its records are read.
+    with pytest.raises(TooManyRecordsError):
+        wire.parse_batches(_batch(records[:10]) + _batch(records[10:]), now_ms=now)
 
 
 async def test_a_record_too_large_in_binary_is_refused_whole(api: Api) -> None:

@@ -373,6 +373,9 @@ class RemoteSegmentReader:
         self._ahead_limit = max(1, self.settings.cache_bytes // self.chunk_bytes // 2)
         self._streams: OrderedDict[PartitionKey, deque[_StreamEnd]] = OrderedDict()
         self._closed = False
+        # Topic prefixes of deleted incarnations (one short entry per deletion this process
+        # ran): a fetch that returns after its topic was forgotten caches nothing.
+        self._forgotten: set[str] = set()
 
     async def close(self) -> None:
         """Stop every fetch in flight (reads waiting on one fail with partition_closed)."""
@@ -385,6 +388,7 @@ class RemoteSegmentReader:
     def forget_topic(self, tenant: str, incarnation: str) -> None:
         """Drop a deleted topic's cached chunks and indexes."""
         prefix = topic_prefix(tenant, incarnation)
+        self._forgotten.add(prefix)
         self.cache.discard_where(lambda k: isinstance(k, tuple) and str(k[0]).startswith(prefix))
         for key in [k for k in self._streams if (k.tenant, k.incarnation) == (tenant, incarnation)]:
             del self._streams[key]
@@ -609,13 +613,20 @@ class RemoteSegmentReader:
 
         async def fill() -> Any:
             value, size = await fetch()
-            self.cache.put(cache_key, value, size)
+            if not self._of_forgotten_topic(cache_key):
+                self.cache.put(cache_key, value, size)
             return value
 
         task = asyncio.get_running_loop().create_task(fill(), name=f"cold read {cache_key}")
         self._fetching[cache_key] = task
         task.add_done_callback(partial(self._fetched, cache_key))
         return task
+
+    def _of_forgotten_topic(self, cache_key: Hashable) -> bool:
+        if not isinstance(cache_key, tuple):
+            return False
+        tenant, _, rest = str(cache_key[0]).partition("/")
+        return topic_prefix(tenant, rest.partition("/")[0]) in self._forgotten
 
     def _fetched(self, cache_key: Hashable, task: asyncio.Task[Any]) -> None:
         self._fetching.pop(cache_key, None)
@@ -718,6 +729,8 @@ class RemoteSegmentReader:
         if cache_key in self.cache or cache_key in self._fetching:
             return
         if len(self._ahead) >= self._ahead_limit or self._closed:
+            return
+        if self._of_forgotten_topic(cache_key):
             return
         self._ahead.add(cache_key)
         self.counters.read_ahead_chunks += 1

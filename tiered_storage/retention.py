@@ -20,6 +20,10 @@ its local ones, each counted once.
   ``local_retention_bytes`` bounds the topic's local bytes, like ``retention_bytes`` the
   whole topic's. The log start does not move: reads below the local start are reads of
   tiered data.
+
+A pass works on one incarnation of the topic and names it in every catalog call: if the
+topic is deleted and created again while the pass runs, the catalog refuses the old
+incarnation and the pass stops, never touching the new topic's partitions.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from partitions.catalog import Catalog, RemoteSegmentRecord, RemoteSegmentState
+from partitions.errors import RemoteSegmentNotFoundError, RemoteSegmentStateError
 from partitions.log import LogStats, SegmentInfo
 from partitions.worker import PartitionKey, PartitionWorker
 from tiered_storage.objects import ObjectStore, ObjectStoreError
@@ -172,7 +177,10 @@ class TieredRetention:
         partitions are cut here; their owners cut the others the same way.
         """
         now = self._clock_ms()
-        recorded = {p.partition_id: p for p in await self._catalog.list_partitions(tenant, name)}
+        # Every catalog call names the incarnation: if the topic is deleted and created again
+        # while this pass runs, the pass fails instead of acting on the new topic.
+        listed = await self._catalog.list_partitions(tenant, name, incarnation=incarnation)
+        recorded = {p.partition_id: p for p in listed}
         parts: dict[int, _Partition] = {}
         for pid in sorted(partition_ids):
             key = PartitionKey(tenant, incarnation, pid)
@@ -200,8 +208,14 @@ class TieredRetention:
             # KIP-405's order: the log start moves first, in the catalog, then in the log
             # (which deletes the local segments below it), then the remote segments go.
             if known is not None and start > known.start_offset:
-                await self._catalog.advance_start_offset(tenant, name, pid, start)
-            if start > part.stats.start_offset:
+                await self._catalog.advance_start_offset(
+                    tenant, name, pid, start, incarnation=incarnation
+                )
+            # On every pass, not only when the start rises: the log raises its start in
+            # memory at once, so a write of it that failed (a full disk) is only retried
+            # here; and it raises before any remote copy below the start goes, so those wait
+            # until the log has the start on disk.
+            if start > 0:
                 gone = await self._worker.advance_start(part.key, start)
                 self._counters.local_segments_deleted += len(gone)
                 removed += len(gone)
@@ -225,6 +239,12 @@ class TieredRetention:
             except ObjectStoreError as exc:
                 log.warning("remote segment %d of %s not deleted yet: %s", base, key, exc)
                 break  # in order: the next pass starts again from here
+            except (RemoteSegmentStateError, RemoteSegmentNotFoundError) as exc:
+                # Someone else (a cleanup, another process) changed or removed the row
+                # meanwhile: learn its state; the next pass deletes it if still needed.
+                log.info("remote segment %d of %s changed under retention: %s", base, key, exc)
+                await self._index.reload(key)
+                continue
             self._counters.remote_segments_deleted += 1
             removed += 1
         return removed

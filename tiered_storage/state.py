@@ -73,6 +73,9 @@ class RemoteIndex:
         self._loading: dict[PartitionKey, asyncio.Future[None]] = {}
         # Copy-finished rows by base offset, made when first asked after a change.
         self._finished: dict[PartitionKey, list[RemoteSegmentRecord]] = {}
+        # Deleted incarnations (one short entry per deletion this process ran): a load
+        # still in flight when one was forgotten must not bring its rows back.
+        self._forgotten: set[tuple[str, str]] = set()
 
     async def rows(self, key: PartitionKey) -> dict[int, RemoteSegmentRecord]:
         found = self._rows.get(key)
@@ -92,8 +95,9 @@ class RemoteIndex:
             rows = await self._catalog.list_remote_segments(
                 key.tenant, key.incarnation, key.partition_id
             )
-            self._rows[key] = {row.base_offset: row for row in rows}
-            self._finished.pop(key, None)
+            if (key.tenant, key.incarnation) not in self._forgotten:
+                self._rows[key] = {row.base_offset: row for row in rows}
+                self._finished.pop(key, None)
         finally:
             self._loading.pop(key, None)
             future.set_result(None)
@@ -125,6 +129,7 @@ class RemoteIndex:
         self._finished.pop(key, None)
 
     def forget_topic(self, tenant: str, incarnation: str) -> None:
+        self._forgotten.add((tenant, incarnation))
         for key in [k for k in self._rows if (k.tenant, k.incarnation) == (tenant, incarnation)]:
             del self._rows[key]
             self._finished.pop(key, None)
