@@ -347,6 +347,7 @@ def test_the_documented_python_consumer_reads_and_commits(tmp_path: Path) -> Non
         server.kill()
 
 
+@pytest.mark.single_process("makes a partition fail by patching the server process")
 async def test_a_fetch_that_fails_part_way_moves_the_member_nowhere(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -393,6 +394,7 @@ async def test_a_refused_fetch_does_not_create_the_group(api: Api) -> None:
     assert [r["value"] for r in joined["records"]] == ["before"]
 
 
+@pytest.mark.single_process("counts the group coordinator's state inside the server process")
 async def test_commits_and_leaves_naming_unknown_groups_keep_no_state(api: Api) -> None:
     await api.call("PUT", "/v1/topics/t")
     coordinator = api.server.app[BROKER].groups

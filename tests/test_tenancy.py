@@ -686,6 +686,7 @@ async def test_an_idempotent_replay_is_refused_by_no_byte_quota(
         await stop_api(server)
 
 
+@pytest.mark.single_process("makes a partition fail by patching the server process")
 async def test_a_produce_failing_part_way_pays_for_what_it_wrote(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
