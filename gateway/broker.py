@@ -852,8 +852,7 @@ class Broker:
             tenant, name, incarnation, idempotency.key, idempotency.request_hash, len(records)
         )
         if ticket.answer is not None:
-            self.idempotent_replays += 1
-            return ticket.answer
+            return ticket.answer  # counted as a replay by the home, which answered it
         answer: list[tuple[int, int] | None] = [None] * len(records)
         lost: set[int] = set()
         try:
