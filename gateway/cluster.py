@@ -407,7 +407,7 @@ class Cluster:
                 _, blob = await self.clients[worker].call(METRICS_TEXT)
             except EventBusError:
                 return b""
-            return blob if isinstance(blob, bytes) else b"".join(blob)
+            return blob
 
         return list(await asyncio.gather(*(one(w) for w in self.clients)))
 

@@ -28,6 +28,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from gateway.records import InvalidRecordError, check_count, check_timestamp
 from partitions.batch import (
     BATCH_HEADER,
+    BatchBytes,
     NewRecord,
     Record,
     iter_records,
@@ -170,7 +171,7 @@ def parse_batches(raw: bytes, *, now_ms: int) -> list[NewRecord]:
 
 
 def encode_chunks(chunks: list[RawChunk]) -> bytes:
-    parts: list[bytes] = []
+    parts: list[BatchBytes] = []
     for chunk in chunks:
         parts.append(CHUNK_HEADER.pack(chunk.partition, chunk.from_offset, len(chunk.data)))
         parts.append(chunk.data)

@@ -43,14 +43,19 @@ form it was sent.
 
 from __future__ import annotations
 
+import enum
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import crc32c
 
 from partitions.errors import InvalidBatchError, RecordTooLargeError
+
+#: Stored batch bytes as reads pass them on: a view into a buffer read from disk or a
+#: cached chunk of an object, so that cutting a read at a batch boundary copies nothing.
+BatchBytes: TypeAlias = bytes | memoryview
 
 FORMAT_VERSION = 1
 
@@ -222,6 +227,63 @@ def encode_batch(
     return b"".join((BATCH_PREFIX.pack(0, batch_length), RECORD_LENGTH.pack(crc), checked, body))
 
 
+class WalkStop(enum.Enum):
+    """Why :func:`walk_batches` stopped."""
+
+    END = "end"  # the next batch is not wholly in the buffer (or the buffer ended)
+    BUDGET = "budget"  # the next batch does not fit the byte budget
+    BAD = "bad"  # the next header is not a batch header (or not the expected offset)
+
+
+class Walk(NamedTuple):
+    position: int  # in the buffer, after the last batch taken
+    next_offset: int  # after the last batch taken (the expected offset when none was)
+    stop: WalkStop
+
+
+_MIN_LENGTH = BATCH_HEADER.size - BATCH_PREFIX.size
+
+
+def walk_batches(
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    end: int,
+    budget: int,
+    *,
+    first: bool,
+    expected: int | None = None,
+) -> Walk:
+    """Take whole batches of ``buf`` from ``pos`` on, in one pass over their headers: while
+    the next lies wholly before ``end`` and fits ``budget`` bytes (the first one whatever
+    its size, when ``first``), and its header is sound (the format version, a record
+    count, a length that holds the header and its producer tag, and the base offset
+    ``expected`` when one is given). Reads check batches this way before they hand them
+    on; a caller that meets ``BAD`` raises its own error for that position."""
+    unpack = BATCH_HEADER.unpack_from
+    header_size = BATCH_HEADER.size
+    prefix = BATCH_PREFIX.size
+    taken = 0
+    next_offset = -1 if expected is None else expected
+    while pos + header_size <= end:
+        base, length, _, version, _, count, _, _, tag = unpack(buf, pos)
+        if (
+            version != FORMAT_VERSION
+            or count < 1
+            or length < _MIN_LENGTH + tag
+            or (expected is not None and base != expected)
+        ):
+            return Walk(pos, next_offset, WalkStop.BAD)
+        size = prefix + length
+        if pos + size > end:
+            break
+        if taken + size > budget and not (first and not taken):
+            return Walk(pos, next_offset, WalkStop.BUDGET)
+        pos += size
+        taken += size
+        next_offset = expected = base + count
+    return Walk(pos, next_offset, WalkStop.END)
+
+
 def read_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
     """Parse the batch header at ``pos``; the caller makes sure it is all there."""
     return BatchHeader._make(BATCH_HEADER.unpack_from(buf, pos))
@@ -268,7 +330,7 @@ def with_base_offset(batch: bytes, base_offset: int) -> bytes:
     return BASE_OFFSET.pack(base_offset) + batch[BASE_OFFSET.size :]
 
 
-def trim_batches(data: bytes, from_offset: int, max_records: int) -> tuple[bytes, int]:
+def trim_batches(data: BatchBytes, from_offset: int, max_records: int) -> tuple[BatchBytes, int]:
     """Keep the leading batches of ``data`` until they hold ``max_records`` records at or
     past ``from_offset`` (at least one batch); answers the bytes and the next offset."""
     pos = 0
@@ -281,10 +343,10 @@ def trim_batches(data: bytes, from_offset: int, max_records: int) -> tuple[bytes
         count += header.next_offset - max(header.base_offset, from_offset)
         if count >= max_records:
             break
-    return (data if pos == len(data) else data[:pos]), next_offset
+    return (data if pos == len(data) else memoryview(data)[:pos]), next_offset
 
 
-def whole_batches_within(data: bytes, max_bytes: int) -> tuple[bytes, int]:
+def whole_batches_within(data: BatchBytes, max_bytes: int) -> tuple[BatchBytes, int]:
     """The leading whole batches of ``data`` that fit ``max_bytes`` together (maybe none),
     and the offset after the last of them (0 when none fits)."""
     pos = 0
@@ -295,7 +357,7 @@ def whole_batches_within(data: bytes, max_bytes: int) -> tuple[bytes, int]:
             break
         pos += header.total_size
         next_offset = header.next_offset
-    return (data if pos == len(data) else data[:pos]), next_offset
+    return (data if pos == len(data) else memoryview(data)[:pos]), next_offset
 
 
 def payload_totals(data: bytes | bytearray | memoryview, from_offset: int = 0) -> tuple[int, int]:

@@ -40,6 +40,7 @@ from typing import Any, cast
 
 import orjson
 
+from partitions.batch import BatchBytes
 from partitions.errors import (
     EventBusError,
     WorkerLostError,
@@ -58,8 +59,11 @@ REQUEST, ANSWER, ERROR, CANCEL = 1, 2, 3, 4
 MAX_FRAME = 256 * 1024 * 1024
 _IDS = 1 << 32
 
-# meta and blob of a request; an answer is the same pair.
-Payload = tuple[bytes, bytes | Sequence[bytes]]
+# meta and blob of a request or answer as it is sent (the blob maybe in parts or views, so
+# stored batches go out without a copy); a received pair is plain bytes (``Received``).
+Blob = BatchBytes | Sequence[BatchBytes]
+Payload = tuple[bytes, Blob]
+Received = tuple[bytes, bytes]
 Handler = Callable[[bytes, bytes, "Connection"], Awaitable[Payload]]
 
 
@@ -174,7 +178,12 @@ class Connection(asyncio.Protocol):
         return pos
 
     def send(
-        self, request_id: int, kind: int, op: int, meta: bytes, blob: bytes | Sequence[bytes]
+        self,
+        request_id: int,
+        kind: int,
+        op: int,
+        meta: bytes,
+        blob: Blob,
     ) -> bool:
         """Write one frame; answers False when the connection is gone."""
         transport = self.transport
@@ -291,7 +300,7 @@ class ChannelClient:
         self.connect_timeout_s = connect_timeout_s
         self._conn: Connection | None = None
         self._connecting: asyncio.Future[Connection] | None = None
-        self._pending: dict[int, asyncio.Future[Payload]] = {}
+        self._pending: dict[int, asyncio.Future[Received]] = {}
         self._next_id = 0
         self._closed = False
 
@@ -357,14 +366,12 @@ class ChannelClient:
         else:
             raise ChannelProtocolError(f"a client got a frame of kind {kind}")
 
-    async def call(
-        self, op: int, meta: bytes = b"", blob: bytes | Sequence[bytes] = b""
-    ) -> Payload:
+    async def call(self, op: int, meta: bytes = b"", blob: Blob = b"") -> Received:
         """Send one request and wait for its answer (meta, blob)."""
         conn = await self._connection()
         self._next_id = (self._next_id + 1) % _IDS
         request_id = self._next_id
-        future: asyncio.Future[Payload] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         if not conn.send(request_id, REQUEST, op, meta, blob):
             self._pending.pop(request_id, None)

@@ -85,6 +85,18 @@ class FileOps:
             self.fsync_dir(directory.parent)
 
 
+def pread_into(fd: int, buffer: memoryview, offset: int) -> int:
+    """Fill ``buffer`` from ``offset``; answers how many bytes came (fewer only at the end
+    of the file)."""
+    got = 0
+    while got < len(buffer):
+        n = os.preadv(fd, [buffer[got:]], offset + got)
+        if not n:
+            break
+        got += n
+    return got
+
+
 def pread_exact(fd: int, size: int, offset: int) -> bytes:
     """Read ``size`` bytes at ``offset``, or fewer only at the end of the file."""
     data = os.pread(fd, size, offset)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from partitions.batch import Record, trim_batches
+from partitions.batch import BatchBytes, Record, trim_batches
 from partitions.catalog import Catalog, PartitionRecord
 from partitions.errors import (
     ConflictError,
@@ -127,7 +127,7 @@ class RawChunk:
 
     partition: int
     from_offset: int
-    data: bytes
+    data: BatchBytes
 
 
 @dataclass(slots=True)

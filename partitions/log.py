@@ -60,6 +60,7 @@ from typing import Any, NamedTuple, TypeVar
 from partitions import tag_sidecar
 from partitions.batch import (
     BATCH_HEADER,
+    BatchBytes,
     BatchHeader,
     NewRecord,
     Record,
@@ -89,6 +90,7 @@ from partitions.segment import (
     Segment,
     TailRecovery,
     list_segment_bases,
+    read_batch_span,
     remove_strays,
     segment_name,
 )
@@ -177,7 +179,7 @@ class BatchRead:
     asked for, because batches are not split: a reader skips the records before it.
     """
 
-    data: bytes
+    data: BatchBytes
     first_offset: int
     next_offset: int
     high_watermark: int
@@ -1190,44 +1192,45 @@ class PartitionLog:
         hw, start, sealed = self._high_watermark, self.start_offset, self._sealed
         pinned = self._pin_from(offset) if offset < hw else []
         try:
-            chunks, first, next_offset = await self._run(
+            data, first, next_offset = await self._run(
                 self._read_batches_sync, pinned, offset, max_bytes
             )
         finally:
             for segment, _ in pinned:
                 segment.unpin()
-        if not chunks:
-            return BatchRead(b"", offset, offset, hw, start, sealed)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return BatchRead(data, first, next_offset, hw, start, sealed)
 
     @staticmethod
     def _read_batches_sync(
         pinned: Sequence[tuple[Segment, int]], offset: int, max_bytes: int
-    ) -> tuple[list[bytes], int, int]:
-        chunks: list[bytes] = []
-        total = 0
-        first = offset
-        next_offset = offset
+    ) -> tuple[BatchBytes, int, int]:
+        """(batches, first offset, next offset) from the segment holding ``offset`` on:
+        everything up to a segment's durable end when the budget allows, going on into the
+        next segments, else the whole batches that fit (the first batch even when it alone
+        does not), so an answer passes ``max_bytes`` only by that first batch."""
+        plan: list[tuple[Segment, int, int]] = []
+        room = max(max_bytes, BATCH_HEADER.size)
+        last_limit = 0
         for n, (segment, limit) in enumerate(pinned):
             position = segment.locate(offset, limit) if n == 0 else 0
-            while position < limit and (total < max_bytes or not chunks):
-                data = segment.read_batches(position, limit, max_bytes - total)
-                if not data:
-                    break
-                if not chunks:
-                    first = read_header(data).base_offset
-                pos = 0
-                while pos < len(data):
-                    header = read_header(data, pos)
-                    pos += header.total_size
-                    next_offset = header.next_offset
-                chunks.append(data)
-                total += len(data)
-                position += len(data)
-            if total >= max_bytes:
+            if position >= limit:
+                continue
+            stop = min(limit, position + room)
+            plan.append((segment, position, stop))
+            last_limit = limit
+            room -= stop - position
+            if room <= 0:
                 break
-        return chunks, first, next_offset
+        if not plan:
+            return b"", offset, offset
+        if len(plan) == 1:
+            segment, position, _ = plan[0]
+            data, after = segment.read_batch_run(position, last_limit, max_bytes)
+        else:
+            data, after = read_batch_span(plan, max_bytes)
+        if not data:
+            return b"", offset, offset
+        return data, read_header(data).base_offset, after
 
     async def producer_tags(self, since_ms: int) -> list[tuple[int, bytes]]:
         """(base offset, producer tag) of every durable batch with a tag, in base offset

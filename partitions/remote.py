@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from partitions.batch import Record
+    from partitions.batch import BatchBytes, Record
     from partitions.worker import PartitionKey
 
 
@@ -38,7 +38,7 @@ class RemoteBatches:
     asked for: batches are never split); ``next_offset`` follows the last batch.
     """
 
-    data: bytes
+    data: BatchBytes
     first_offset: int
     next_offset: int
 

@@ -44,12 +44,15 @@ from partitions.batch import (
     BASE_OFFSET,
     BATCH_HEADER,
     FORMAT_VERSION,
+    BatchBytes,
     BatchHeader,
+    WalkStop,
     checksum_ok,
     read_header,
+    walk_batches,
 )
 from partitions.errors import CorruptBatchError, ShortBatchError
-from partitions.fileio import FileOps, WriteFailedError, pread_exact
+from partitions.fileio import FileOps, WriteFailedError, pread_exact, pread_into
 
 OFFSET_INDEX_ENTRY = struct.Struct(">II")
 TIME_INDEX_ENTRY = struct.Struct(">qI")
@@ -672,7 +675,7 @@ class Segment:
                 return pos
         return limit
 
-    def _checked_header(self, data: bytes, pos: int, position: int) -> BatchHeader:
+    def _checked_header(self, data: BatchBytes, pos: int, position: int) -> BatchHeader:
         header = read_header(data, pos)
         if (
             header.version != FORMAT_VERSION
@@ -685,30 +688,44 @@ class Segment:
             )
         return header
 
-    def read_batches(self, position: int, limit: int, max_bytes: int) -> bytes:
-        """Whole batches from ``position``: as many as fit in ``max_bytes``, at least one.
+    def read_batches(
+        self, position: int, limit: int, max_bytes: int, *, at_least_one: bool = True
+    ) -> BatchBytes:
+        """Whole batches from ``position``: as many as fit in ``max_bytes``, and at least
+        one unless ``at_least_one`` is false (then nothing when the first does not fit).
 
         Every batch header is checked on the way, so damage surfaces as
         :class:`CorruptBatchError`, never as garbage.
         """
-        if position >= limit:
-            return b""
+        return self.read_batch_run(position, limit, max_bytes, at_least_one=at_least_one)[0]
+
+    def read_batch_run(
+        self, position: int, limit: int, max_bytes: int, *, at_least_one: bool = True
+    ) -> tuple[BatchBytes, int]:
+        """:meth:`read_batches`, and the offset after the last batch (-1 when none)."""
+        if position >= limit or (not at_least_one and max_bytes < BATCH_HEADER.size):
+            return b"", -1
         want = min(limit - position, max(max_bytes, BATCH_HEADER.size))
         data = pread_exact(self.log_fd, want, position)
         if len(data) < BATCH_HEADER.size:
             raise ShortBatchError(f"{self.log_path.name}: short read at {position}")
-        first = self._checked_header(data, 0, position)
-        if first.total_size > len(data):
+        walk = walk_batches(data, 0, len(data), len(data), first=True)
+        if walk.stop is WalkStop.BAD:
+            self._checked_header(data, walk.position, position)  # raises, with the reason
+            raise CorruptBatchError(
+                f"{self.log_path.name}: no valid batch at byte {position + walk.position}",
+                position=position + walk.position,
+            )
+        end = walk.position
+        if end == 0:  # the first batch is longer than the budget
+            if not at_least_one:
+                return b"", -1
+            first = self._checked_header(data, 0, position)
             if position + first.total_size > limit:
                 raise ShortBatchError(f"{self.log_path.name}: batch at {position} is cut off")
-            return pread_exact(self.log_fd, first.total_size, position)
-        end = 0
-        while end + BATCH_HEADER.size <= len(data):
-            header = self._checked_header(data, end, position)
-            if end + header.total_size > len(data):
-                break
-            end += header.total_size
-        return data if end == len(data) else data[:end]
+            return pread_exact(self.log_fd, first.total_size, position), first.next_offset
+        # A view, not a slice: cutting at the last whole batch copies nothing.
+        return (data if end == len(data) else memoryview(data)[:end]), walk.next_offset
 
     def timestamp_position(self, timestamp_ms: int) -> tuple[int, int]:
         """Where to start scanning for the first record with a timestamp >= ``timestamp_ms``."""
@@ -718,6 +735,41 @@ class Segment:
         if i >= 0:
             return index.positions[i], self.base_offset + index.relative_offsets[i]
         return 0, self.base_offset
+
+
+def read_batch_span(
+    plan: Sequence[tuple[Segment, int, int]], max_bytes: int
+) -> tuple[BatchBytes, int]:
+    """Whole batches from ranges ``(segment, start, stop)`` of consecutive segments, every
+    range but the last running to its segment's durable end: read into one buffer, so that
+    no copy joins the pieces of a read that crosses segments. As many batches as fit in
+    ``max_bytes`` (the first whatever its size), each header checked; and the offset after
+    the last of them."""
+    buffer = bytearray(sum(stop - start for _, start, stop in plan))
+    view = memoryview(buffer)
+    base = total = 0
+    next_offset = -1
+    for segment, start, stop in plan:
+        size = stop - start
+        if pread_into(segment.log_fd, view[base : base + size], start) < size:
+            raise ShortBatchError(f"{segment.log_path.name}: short read at {start}")
+        walk = walk_batches(view, base, base + size, max_bytes - total, first=not total)
+        taken = walk.position - base
+        if taken:
+            total += taken
+            next_offset = walk.next_offset
+        if walk.stop is WalkStop.BAD:
+            segment._checked_header(view[base : base + size], taken, start)  # raises
+            raise CorruptBatchError(
+                f"{segment.log_path.name}: no valid batch at byte {start + taken}",
+                position=start + taken,
+            )
+        if walk.stop is WalkStop.BUDGET or start + taken < stop:
+            if not total:  # a range running to its segment's end ends inside a batch
+                raise ShortBatchError(f"{segment.log_path.name}: batch at {start} is cut off")
+            break  # the next batch does not fit
+        base += size
+    return view[:total], next_offset
 
 
 def list_segment_bases(directory: Path) -> list[int]:

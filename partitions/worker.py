@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from partitions.batch import Record, whole_batches_within
+from partitions.batch import BatchBytes, Record, whole_batches_within
 from partitions.errors import (
     EventBusError,
     OffsetNotLocalError,
@@ -361,7 +361,7 @@ class LocalPartitionWorker:
     ) -> BatchRead:
         """Stored batches from object storage, continued from local disk like
         :meth:`_read_tiered`."""
-        pieces: list[bytes] = []
+        pieces: list[BatchBytes] = []
         total = 0
         first = offset
         next_offset = offset

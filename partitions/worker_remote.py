@@ -27,7 +27,7 @@ import orjson
 
 from partitions.batch import NewRecord, decode_records, encode_batch, with_base_offset
 from partitions.batch import Record as StoredRecord
-from partitions.channel import ChannelClient, ChannelServer, Connection, Payload
+from partitions.channel import ChannelClient, ChannelServer, Connection, Payload, Received
 from partitions.log import (
     AppendResult,
     BatchRead,
@@ -126,7 +126,7 @@ class RemotePartitionWorker:
     def __init__(self, client: ChannelClient) -> None:
         self.client = client
 
-    async def _call(self, op: int, meta: bytes, blob: bytes = b"") -> Payload:
+    async def _call(self, op: int, meta: bytes, blob: bytes = b"") -> Received:
         return await self.client.call(op, meta, blob)
 
     async def open_partition(self, key: PartitionKey, config: LogConfig) -> None:
@@ -141,8 +141,7 @@ class RemotePartitionWorker:
         ask = pack_key(key) + READ_ASK.pack(offset, max_bytes)
         meta, blob = await self._call(READ_BATCHES, ask)
         first, next_offset, hw, start, sealed = BATCHES.unpack(meta)
-        data = blob if isinstance(blob, bytes) else b"".join(blob)
-        return BatchRead(data, first, next_offset, hw, start, bool(sealed))
+        return BatchRead(blob, first, next_offset, hw, start, bool(sealed))
 
     async def read(
         self, key: PartitionKey, offset: int, *, max_records: int, max_bytes: int
@@ -152,8 +151,7 @@ class RemotePartitionWorker:
         ask = pack_key(key) + READ_ASK_RECORDS.pack(offset, max_records, max_bytes)
         meta, blob = await self._call(READ, ask)
         next_offset, hw, start, sealed = RECORDS.unpack(meta)
-        data = blob if isinstance(blob, bytes) else b"".join(blob)
-        records = decode_records(data) if data else []
+        records = decode_records(blob) if blob else []
         return ReadResult(records, next_offset, hw, start, bool(sealed))
 
     async def offset_for_timestamp(self, key: PartitionKey, timestamp_ms: int) -> int | None:
@@ -165,8 +163,7 @@ class RemotePartitionWorker:
         return bool(FLAG.unpack(meta)[0])
 
     async def producer_tags(self, key: PartitionKey, since_ms: int) -> list[tuple[int, bytes]]:
-        _, blob = await self._call(PRODUCER_TAGS, pack_key(key) + I64.pack(since_ms))
-        data = blob if isinstance(blob, bytes) else b"".join(blob)
+        _, data = await self._call(PRODUCER_TAGS, pack_key(key) + I64.pack(since_ms))
         out: list[tuple[int, bytes]] = []
         pos = 0
         while pos < len(data):

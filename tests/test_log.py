@@ -138,6 +138,25 @@ async def test_raw_batch_reads_cross_segments_in_whole_batches(tmp_path: Path) -
     await log.close()
 
 
+async def test_a_raw_batch_read_passes_max_bytes_only_by_its_first_batch(tmp_path: Path) -> None:
+    log = await PartitionLog.open(tmp_path, SMALL)
+    for i in range(300):
+        await log.append_records([record(f"v{i:04d}" * (20 + i % 30))])
+    assert len(log.segments()) >= 3
+    sizes = []
+    for max_bytes in (1, 700, 2500, 5000, 9000):
+        offset = 0
+        while offset < log.high_watermark:
+            chunk = await log.read_batches(offset, max_bytes=max_bytes)
+            first = read_header(chunk.data).total_size
+            assert len(chunk.data) <= max(max_bytes, first)
+            sizes.append(len(chunk.data))
+            offset = chunk.next_offset
+    # Reads that cross a segment boundary and fill their budget exist among them.
+    assert max(sizes) > 4000
+    await log.close()
+
+
 async def test_every_offset_is_found_through_the_sparse_index(tmp_path: Path) -> None:
     config = LogConfig(segment_bytes=64 * 1024, index_interval_bytes=4096)
     log = await PartitionLog.open(tmp_path, config)
