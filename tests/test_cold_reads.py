@@ -9,6 +9,7 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ import aiohttp
 import pytest
 
 from gateway.wire import BATCH, CHUNK_HEADER, decode_chunks
-from partitions.batch import read_header
+from partitions.batch import (
+    NewRecord,
+    decode_records,
+    encode_batch,
+    read_header,
+    with_base_offset,
+)
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.segment import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
@@ -25,7 +32,9 @@ from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import WORKERS, ServerProcess
 from tests.tiering_tools import TieredServer, start_tiered, wait_for
 from tiered_storage.cache import ReadCache
-from tiered_storage.reader import ColdReadSettings, RemoteSegmentIndex
+from tiered_storage.file_store import FileObjectStore
+from tiered_storage.layout import segment_key
+from tiered_storage.reader import ColdReadSettings, RemoteSegmentIndex, RemoteSegmentReader
 from tiered_storage.state import RemoteIndex
 
 # Recent enough for the default retention (7 days); records are one second apart.
@@ -34,6 +43,7 @@ CHUNK = 4096
 # Store calls that tests stall on purpose must not time out meanwhile.
 TIMEOUT_MS = 10_000
 READS = "/v1/topics/{topic}/partitions/{pid}/records"
+KEY = PartitionKey("acme", "inc-1", 0)
 
 
 def _spec(i: int) -> dict[str, Any]:
@@ -253,6 +263,38 @@ async def test_cold_reads_work_on_the_file_store(tmp_path: Path) -> None:
         found = await _read(api, None, timestamp_ms=T0 + 10 * 1000 - 1, max_records=1)
         assert found["records"][0]["offset"] == 10 < local_start
         assert (await _metrics(api))["eventbus_read_cache_misses_total"] > 0
+    finally:
+        await stop_api(api)
+
+
+async def test_the_file_store_is_read_straight_in_one_buffer_per_read(tmp_path: Path) -> None:
+    """A local store's objects are read directly (the kernel's page cache keeps them): the
+    binary path returns the stored batches byte for byte across segment boundaries, within
+    each read's budget, and the read cache holds no log chunks, only indexes."""
+    api = await start_api(tmp_path / "data", retention_check_ms=100)
+    try:
+        count = 400
+        local_start = await _tiered(api, count, segment_bytes=4096, local_bytes=4096)
+        root = tmp_path / "data" / "objects"
+        logs = sorted(root.rglob("*.log"))
+        assert len(logs) >= 5
+        uploaded = b"".join(path.read_bytes() for path in logs)
+        for max_bytes in (1, 900, 5000, 13_000):
+            stream = b""
+            offset, high_watermark = 0, count
+            while offset < high_watermark:
+                data, offset, high_watermark = await _read_binary(api, offset, max_bytes=max_bytes)
+                first = read_header(data).total_size
+                assert len(data) <= max(max_bytes, first)
+                stream += data
+            assert len(uploaded) > local_start * 50 and stream.startswith(uploaded)
+        # A read in the middle of a segment looks its offset up in the segment's index.
+        assert (await _read(api, 17, max_records=1))["records"] == [_expected(17)]
+        metrics = await _metrics(api)
+        # One entry: that segment's parsed indexes, far smaller than any of its log.
+        assert metrics["eventbus_read_cache_misses_total"] == 1
+        assert 0 < metrics["eventbus_read_cache_peak_bytes"] < min(p.stat().st_size for p in logs)
+        assert metrics["eventbus_read_cache_fetched_bytes_total"] >= 4 * len(uploaded)
     finally:
         await stop_api(api)
 
@@ -725,3 +767,86 @@ async def test_serve_takes_the_read_cache_settings_from_flags_and_environment(
         assert "eventbus_read_cache_bytes 0.0" in text
     finally:
         assert server.stop() == 0
+
+
+# --- reading a local store directly ------------------------------------------------------------
+
+
+def _offsets(data: bytes | memoryview) -> list[int]:
+    """The record offsets of stored batches back to back."""
+    offsets: list[int] = []
+    pos = 0
+    while pos < len(data):
+        offsets.extend(r.offset for r in decode_records(data, pos))
+        pos += read_header(data, pos).total_size
+    return offsets
+
+
+async def _local_segments(tmp_path: Path) -> tuple[FileObjectStore, list[RemoteSegmentRecord]]:
+    """A file store holding two remote segments of partition KEY, ten batches of three
+    records each, offsets 0-29 and 30-59 (empty indexes: look-ups scan from the start)."""
+    store = await FileObjectStore.open(tmp_path / "objects")
+    rows = []
+    for base in (0, 30):
+        batches = [
+            with_base_offset(
+                encode_batch(
+                    [NewRecord(f"{base + b * 3 + i:04d}".encode() * 50) for i in range(3)],
+                    now_ms=T0,
+                    max_record_bytes=1 << 20,
+                ),
+                base + b * 3,
+            )
+            for b in range(10)
+        ]
+        log_bytes = b"".join(batches)
+        for suffix, data in ((".log", log_bytes), (".index", b""), (".timeindex", b"")):
+            await store.put(segment_key(KEY, base, suffix), data)
+        rows.append(
+            RemoteSegmentRecord(
+                KEY.tenant,
+                KEY.incarnation,
+                0,
+                base,
+                base + 29,
+                len(log_bytes),
+                T0,
+                T0,
+                segment_key(KEY, base),
+                RemoteSegmentState.COPY_FINISHED,
+            )
+        )
+    return store, rows
+
+
+async def test_a_local_store_read_continues_across_segments_and_past_a_wrong_position(
+    tmp_path: Path,
+) -> None:
+    store, rows = await _local_segments(tmp_path)
+
+    async def finished(key: PartitionKey) -> list[RemoteSegmentRecord]:
+        return rows
+
+    async def reload(key: PartitionKey) -> None:
+        return None
+
+    reader = RemoteSegmentReader(store, finished, reload)
+    try:
+        batch = rows[0].size_bytes // 10
+        # A read that crosses from the first segment into the second, in one buffer.
+        first = await reader.read_batches(KEY, 24, max_bytes=5 * batch, end_offset=60)
+        assert (first.first_offset, first.next_offset) == (24, 39)
+        assert _offsets(first.data) == list(range(24, 39))
+        # The next read continues where that one stopped, without a look-up...
+        second = await reader.read_batches(KEY, 39, max_bytes=2 * batch, end_offset=60)
+        assert (second.first_offset, second.next_offset) == (39, 45)
+        # ...unless the position it kept is wrong: then it looks the offset up again.
+        ends = reader._streams[KEY]
+        ends[0] = replace(ends[0], position=ends[0].position + 7)
+        third = await reader.read_batches(KEY, 45, max_bytes=batch, end_offset=60)
+        assert (third.first_offset, third.next_offset) == (45, 48)
+        assert _offsets(third.data) == [45, 46, 47]
+        assert reader.cache.get((segment_key(KEY, 30), 0)) is None  # no log chunk cached
+    finally:
+        await reader.close()
+        await store.close()

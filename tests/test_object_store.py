@@ -141,6 +141,22 @@ async def test_ranged_gets(store: ObjectStore) -> None:
     assert not missing.value.retriable
 
 
+async def test_several_ranges_come_back_in_one_buffer(store: ObjectStore) -> None:
+    first, second = bytes(range(256)) * 20, bytes(reversed(range(256))) * 20
+    await store.put("k/first", first)
+    await store.put("k/second", second)
+    assert await store.get_ranges([("k/first", 100, 300)]) == first[100:300]
+    both = await store.get_ranges([("k/first", 5000, 5120), ("k/second", 0, 1000)])
+    assert both == first[5000:] + second[:1000]
+    # A range that comes back short (past its object's end) ends the answer there.
+    short = await store.get_ranges(
+        [("k/second", 4000, 4100), ("k/first", 5100, 6000), ("k/second", 0, 10)]
+    )
+    assert short == second[4000:4100] + first[5100:]
+    with pytest.raises(ObjectNotFoundError):
+        await store.get_ranges([("k/first", 0, 10), ("k/absent", 0, 10)])
+
+
 async def test_list_by_prefix_in_key_order(store: ObjectStore) -> None:
     before = int(time.time() * 1000) - 5_000
     for base in (30, 5, 1000, 0):

@@ -19,6 +19,7 @@ Rules every store keeps:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -78,6 +79,13 @@ class ObjectStore(Protocol):
         """Where the store is (for logs and docs; never holds credentials)."""
         ...
 
+    @property
+    def local(self) -> bool:
+        """Whether a get is a read of this machine's files, which the kernel's page cache
+        keeps: cold reads then read exactly the bytes they need, with no read cache or
+        read-ahead of their own."""
+        ...
+
     async def put(self, key: str, source: bytes | Path) -> PutResult:
         """Create ``key`` from bytes or from a local file, unless it exists.
 
@@ -88,6 +96,12 @@ class ObjectStore(Protocol):
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of the object (to its end when ``end`` is None; fewer at
         the end of the object). A missing key raises :class:`ObjectNotFoundError`."""
+        ...
+
+    async def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> bytes | bytearray:
+        """The bytes of every ``(key, start, end)`` range, back to back in one buffer, so
+        that a read spanning objects needs no copy to join them. A range is read as
+        :meth:`get` reads it; one that comes back short ends the answer there."""
         ...
 
     async def list(self, prefix: str) -> list[ObjectInfo]:

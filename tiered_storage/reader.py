@@ -26,6 +26,12 @@ How one read goes:
    consumer works through what it got. Read-ahead in flight is bounded (at most half the
    cache's worth of chunks over all partitions).
 
+A local store (``file://``, :attr:`~tiered_storage.objects.ObjectStore.local`) is read
+directly instead of steps 3 and 5: its files are in the kernel's page cache already (which
+also reads ahead), so each read reads exactly its byte range, a binary read spanning
+segments reads them into one buffer in one call, and only indexes are cached
+(:class:`_DirectView`, :meth:`RemoteSegmentReader._read_batches_direct`).
+
 Nothing here holds a lock across a fetch: any number of partitions, and any number of reads
 of one partition, wait on the store at the same time.
 """
@@ -48,11 +54,14 @@ from typing import Any
 from partitions.batch import (
     BATCH_HEADER,
     FORMAT_VERSION,
+    BatchBytes,
     BatchHeader,
     Record,
+    WalkStop,
     checksum_ok,
     iter_records,
     read_header,
+    walk_batches,
 )
 from partitions.catalog import RemoteSegmentRecord
 from partitions.errors import CorruptLogError, PartitionClosedError
@@ -289,6 +298,13 @@ class _SegmentView:
             loaded = await asyncio.gather(*(self._reader._chunk(self.seg, n) for n in missing))
             self._chunks.update(zip(missing, loaded, strict=True))
 
+    def loaded_at(self, position: int) -> tuple[bytes, int]:
+        """The loaded chunk that holds ``position`` and where it starts (nothing, if
+        that chunk is not loaded)."""
+        n = position // self._chunk_bytes
+        chunk = self._chunks.get(n)
+        return (b"", position) if chunk is None else (chunk, n * self._chunk_bytes)
+
     async def header(self, position: int, expected_offset: int) -> BatchHeader:
         """The checked header of the batch at ``position``, which must hold
         ``expected_offset`` first."""
@@ -306,17 +322,7 @@ class _SegmentView:
         else:
             await self.ensure(position, position + _HEADER)
             header = read_header(self.view(position, position + _HEADER))
-        if (
-            header.version != FORMAT_VERSION
-            or header.record_count < 1
-            or header.batch_length < _MIN_BATCH_LENGTH + header.producer_tag_length
-            or header.base_offset != expected_offset
-            or position + header.total_size > seg.size
-        ):
-            raise RemoteSegmentDamagedError(
-                f"{seg.log_key}: no batch for offset {expected_offset} at byte {position}"
-            )
-        return header
+        return _checked(seg, header, position, expected_offset)
 
     def view(self, start: int, end: int) -> bytes | memoryview:
         """Bytes ``[start, end)``, loaded before: a view into one chunk when they lie in
@@ -342,6 +348,135 @@ class _SegmentView:
         return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
 
 
+def _checked(seg: _Segment, header: BatchHeader, position: int, expected: int) -> BatchHeader:
+    if (
+        header.version != FORMAT_VERSION
+        or header.record_count < 1
+        or header.batch_length < _MIN_BATCH_LENGTH + header.producer_tag_length
+        or header.base_offset != expected
+        or position + header.total_size > seg.size
+    ):
+        raise RemoteSegmentDamagedError(
+            f"{seg.log_key}: no batch for offset {expected} at byte {position}"
+        )
+    return header
+
+
+class _DirectView:
+    """The bytes of one segment's log that one read has loaded from a local store
+    (:attr:`ObjectStore.local`, ``file://``): exactly the ranges the read asks for, kept
+    for this read only.
+
+    The kernel's page cache already keeps recently read files, so keeping them again in
+    the read cache would double their memory and add a copy of every byte; and a local
+    read waits for no network, so read-ahead has nothing to hide. A batch within one
+    loaded range is a view into it, without a copy.
+    """
+
+    __slots__ = ("_last", "_last_end", "_last_start", "_ranges", "_reader", "seg")
+
+    def __init__(self, reader: RemoteSegmentReader, seg: _Segment) -> None:
+        self._reader = reader
+        self.seg = seg
+        self._ranges: list[tuple[int, bytes]] = []  # (start, bytes), in load order
+        # The range loaded last, which a read walks batch by batch: looked at first.
+        self._last = b""
+        self._last_start = self._last_end = 0
+
+    def _holding(self, position: int) -> tuple[int, bytes] | None:
+        """The loaded range that holds ``position`` and runs furthest after it."""
+        best: tuple[int, bytes] | None = None
+        for start, data in self._ranges:
+            end = start + len(data)
+            if start <= position < end and (best is None or end > best[0] + len(best[1])):
+                best = (start, data)
+        return best
+
+    def loaded_at(self, position: int) -> tuple[bytes, int]:
+        """The loaded range that holds ``position`` and where it starts (nothing, if none
+        does)."""
+        if self._last_start <= position < self._last_end:
+            return self._last, self._last_start
+        found = self._holding(position)
+        return (b"", position) if found is None else (found[1], found[0])
+
+    async def ensure(self, start: int, end: int) -> None:
+        """Load bytes ``[start, end)`` in one read unless one loaded range holds them all.
+        The read goes on for a batch header's length, so that the header of the batch
+        after them, which a read looks at to learn whether that batch fits, comes along."""
+        if self._last_start <= start and end <= self._last_end:
+            return
+        end = min(end, self.seg.size)
+        if start >= end:
+            return
+        found = self._holding(start)
+        if found is not None and end <= found[0] + len(found[1]):
+            return
+        stop = min(end + _HEADER, self.seg.size)
+        self._loaded(start, await self._reader._fetch_range(self.seg, start, stop))
+
+    def _loaded(self, start: int, data: bytes) -> None:
+        self._ranges.append((start, data))
+        self._last, self._last_start, self._last_end = data, start, start + len(data)
+
+    async def header(self, position: int, expected_offset: int) -> BatchHeader:
+        seg = self.seg
+        if position + _HEADER > seg.size:
+            raise RemoteSegmentDamagedError(
+                f"{seg.log_key}: {seg.size - position} bytes at {position} are less than a "
+                "batch header"
+            )
+        if self._last_start <= position and position + _HEADER <= self._last_end:
+            header = read_header(self._last, position - self._last_start)
+        else:
+            await self.ensure(position, position + _HEADER)
+            header = read_header(self.view(position, position + _HEADER))
+        return _checked(seg, header, position, expected_offset)
+
+    def view(self, start: int, end: int) -> bytes | memoryview:
+        """Bytes ``[start, end)``, loaded before: a view when one range holds them, else a
+        copy."""
+        if self._last_start <= start and end <= self._last_end:
+            return memoryview(self._last)[start - self._last_start : end - self._last_start]
+        found = self._holding(start)
+        if found is not None and end <= found[0] + len(found[1]):
+            return memoryview(found[1])[start - found[0] : end - found[0]]
+        return self.copy(start, end)
+
+    def copy(self, start: int, end: int) -> bytes:
+        parts = []
+        position = start
+        while position < end:
+            found = self._holding(position)
+            if found is None:
+                raise AssertionError(f"bytes at {position} were not loaded")
+            base, data = found
+            stop = min(end, base + len(data))
+            parts.append(memoryview(data)[position - base : stop - base])
+            position = stop
+        return b"".join(parts)
+
+
+_View = _SegmentView | _DirectView
+_Plan = list[tuple[_Segment, int, int]]
+
+
+def _plan(seg: _Segment, position: int, following: Iterator[_Segment], max_bytes: int) -> _Plan:
+    """The ranges ``(segment, start, end)`` that a read of ``max_bytes`` from ``position``
+    in ``seg`` spans: to each segment's end, and into the ones following, while the budget
+    lasts."""
+    plan: _Plan = []
+    room = max(max_bytes, _HEADER)
+    current: _Segment | None = seg
+    while current is not None and room > 0:
+        if position < current.size:
+            stop = min(current.size, position + room)
+            plan.append((current, position, stop))
+            room -= stop - position
+        current, position = next(following, None), 0
+    return plan
+
+
 class RemoteSegmentReader:
     """:class:`partitions.remote.RemoteLogReader` over an object store, with a read cache.
 
@@ -364,6 +499,8 @@ class RemoteSegmentReader:
         self.cache = ReadCache(self.settings.cache_bytes)
         self.counters = ColdReadCounters()
         self._store = store
+        # A local store's files are read directly, not through the read cache (_DirectView).
+        self._direct = store.local
         self._rows = rows
         self._reload = reload
         self._clock = clock
@@ -413,7 +550,7 @@ class RemoteSegmentReader:
         position = expected = 0
         full = False
         for n, seg in enumerate(segments):
-            view = _SegmentView(self, seg)
+            view = self._view(seg)
             position, expected = (
                 await self._locate(view, offset, resume) if n == 0 else (0, seg.base_offset)
             )
@@ -452,7 +589,11 @@ class RemoteSegmentReader:
         started = self._clock()
         resume = self._continues(key, offset)
         segments = await self._segments_from(key, offset, end_offset)
-        pieces: list[bytes] = []
+        if self._direct:
+            return await self._read_batches_direct(
+                key, offset, max_bytes, end_offset, started, resume, segments
+            )
+        pieces: list[BatchBytes] = []
         total = 0
         first: int | None = None
         next_offset = offset
@@ -460,7 +601,7 @@ class RemoteSegmentReader:
         position = expected = 0
         full = False
         for n, seg in enumerate(segments):
-            view = _SegmentView(self, seg)
+            view = self._view(seg)
             position, expected = (
                 await self._locate(view, offset, resume) if n == 0 else (0, seg.base_offset)
             )
@@ -468,6 +609,28 @@ class RemoteSegmentReader:
             # Everything the byte budget allows is fetched at once.
             await view.ensure(position, position + max(max_bytes - total, _HEADER))
             while position < seg.size:
+                # The batches wholly in one loaded buffer, in one pass without awaiting...
+                buf, base = view.loaded_at(position)
+                walk = walk_batches(
+                    buf,
+                    position - base,
+                    len(buf),
+                    max_bytes - total,
+                    first=not total,
+                    expected=expected,
+                )
+                if walk.position > position - base:
+                    if first is None:
+                        first = expected
+                    total += walk.position - (position - base)
+                    position = base + walk.position
+                    expected = next_offset = walk.next_offset
+                if walk.stop is WalkStop.BUDGET:
+                    full = True
+                    break
+                if position >= seg.size:
+                    break
+                # ...then one that lies across buffers, or a header to check with its reason.
                 header = await view.header(position, expected)
                 if total and total + header.total_size > max_bytes:
                     full = True
@@ -479,12 +642,99 @@ class RemoteSegmentReader:
                 total += header.total_size
                 expected = next_offset = header.next_offset
             if position > start:
-                pieces.append(view.copy(start, position))
+                pieces.append(view.view(start, position))
             if full or total >= max_bytes:
                 break
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         self._done(key, resume, next_offset, segments, seg, position, expected, end_offset, started)
         return RemoteBatches(data, offset if first is None else first, next_offset)
+
+    async def _read_batches_direct(
+        self,
+        key: PartitionKey,
+        offset: int,
+        max_bytes: int,
+        end_offset: int,
+        started: float,
+        resume: _StreamEnd | None,
+        segments: _SegmentRun,
+    ) -> RemoteBatches:
+        """:meth:`read_batches` from a local store: the byte ranges of every segment the
+        budget reaches, read into one buffer in one call, then the batches in each taken in
+        one pass. A read that crosses segments is one buffer already: no copy joins its
+        pieces, and the answer is a view of the batches that fit."""
+        first_seg = next(iter(segments))
+        if resume is not None and (resume.segment_base, resume.batch_base) == (
+            first_seg.base_offset,
+            offset,
+        ):
+            # Where the previous read stopped, at a batch boundary: the walk below checks
+            # that a batch for ``offset`` is there.
+            position, expected, trusted = resume.position, offset, True
+        else:
+            view = _DirectView(self, first_seg)
+            position, expected = await self._locate(view, offset, resume)
+            trusted = False
+        plan = _plan(first_seg, position, segments.after(first_seg), max_bytes)
+        buffer = await self._fetch_ranges(plan)
+        total = 0
+        first: int | None = None
+        next_offset = offset
+        base = 0  # where the segment's range starts in the buffer
+        done = plan[0]
+        for seg, start, stop in plan:
+            done = (seg, start, stop)
+            if seg is not plan[0][0]:
+                expected = seg.base_offset
+            walk = walk_batches(
+                buffer,
+                base,
+                base + stop - start,
+                max_bytes - total,
+                first=not total,
+                expected=expected,
+            )
+            taken = walk.position - base
+            position = start + taken
+            if taken:
+                first = expected if first is None else first
+                total += taken
+                expected = next_offset = walk.next_offset
+            short = position < stop and position + _HEADER > stop and not total
+            if walk.stop is WalkStop.BAD or short:
+                if trusted and not total:
+                    # Not where the previous read said: find the offset through the index.
+                    return await self._read_batches_direct(
+                        key, offset, max_bytes, end_offset, started, None, segments
+                    )
+                if short:
+                    raise RemoteSegmentDamagedError(
+                        f"{seg.log_key}: {stop - position} bytes at {position} are less "
+                        "than a batch header"
+                    )
+                _checked(seg, read_header(buffer, walk.position), position, expected)
+                raise RemoteSegmentDamagedError(f"{seg.log_key}: no batch at byte {position}")
+            if walk.stop is WalkStop.BUDGET or (position < stop and total):
+                break  # the next batch does not fit in the budget
+            if position < stop:
+                # The first batch runs past the range: larger than the budget, it comes
+                # alone and whole (or runs past its segment's end, which is damage).
+                header = _checked(seg, read_header(buffer, walk.position), position, expected)
+                buffer = await self._fetch_range(seg, position, position + header.total_size)
+                total, first = len(buffer), header.base_offset
+                expected = next_offset = header.next_offset
+                position += header.total_size
+                break
+            base += stop - start
+        answer: BatchBytes = (
+            buffer
+            if total == len(buffer) and isinstance(buffer, bytes)
+            else memoryview(buffer)[:total]
+        )
+        self._done(
+            key, resume, next_offset, segments, done[0], position, expected, end_offset, started
+        )
+        return RemoteBatches(answer, offset if first is None else first, next_offset)
 
     async def offset_for_timestamp(
         self, key: PartitionKey, timestamp_ms: int, *, start_offset: int, end_offset: int
@@ -524,7 +774,7 @@ class RemoteSegmentReader:
         )
 
     async def _locate(
-        self, view: _SegmentView, offset: int, resume: _StreamEnd | None = None
+        self, view: _View, offset: int, resume: _StreamEnd | None = None
     ) -> tuple[int, int]:
         """(position, base offset) of the batch holding ``offset``: the segment's start,
         where an earlier read stopped, or from the segment's offset index."""
@@ -546,9 +796,7 @@ class RemoteSegmentReader:
             return await self._scan_to(view, 0, seg.base_offset, offset)
 
     @staticmethod
-    async def _scan_to(
-        view: _SegmentView, position: int, expected: int, offset: int
-    ) -> tuple[int, int]:
+    async def _scan_to(view: _View, position: int, expected: int, offset: int) -> tuple[int, int]:
         seg = view.seg
         while position < seg.size:
             header = await view.header(position, expected)
@@ -562,7 +810,7 @@ class RemoteSegmentReader:
         self, seg: _Segment, timestamp_ms: int, min_offset: int
     ) -> int | None:
         index = await self._index(seg)
-        view = _SegmentView(self, seg)
+        view = self._view(seg)
         position, expected = index.timestamp_position(seg.base_offset, timestamp_ms)
         while position < seg.size:
             header = await view.header(position, expected)
@@ -576,6 +824,45 @@ class RemoteSegmentReader:
         return None
 
     # --- fetching through the cache --------------------------------------------------------
+
+    def _view(self, seg: _Segment) -> _View:
+        return _DirectView(self, seg) if self._direct else _SegmentView(self, seg)
+
+    async def _fetch_ranges(self, plan: list[tuple[_Segment, int, int]]) -> bytes | bytearray:
+        """The ranges ``(segment, start, end)`` of segments' logs, back to back in one
+        buffer, straight from the store."""
+        if len(plan) == 1:
+            return await self._fetch_range(*plan[0])
+        if self._closed:
+            raise PartitionClosedError("the server is shutting down")
+        begun = self._clock()
+        try:
+            data = await self._store.get_ranges([(s.log_key, a, b) for s, a, b in plan])
+        except ObjectNotFoundError as exc:
+            missing = exc.details.get("key")
+            raise RemoteSegmentMissingError(
+                f"{missing} is not in the object store", key=missing
+            ) from None
+        self._count_fetch(len(data), begun)
+        want = sum(b - a for _, a, b in plan)
+        if len(data) != want:
+            raise RemoteSegmentDamagedError(
+                f"{', '.join(s.log_key for s, _, _ in plan)}: {want} bytes asked for, "
+                f"{len(data)} answered; the catalog rows say the objects hold them"
+            )
+        return data
+
+    async def _fetch_range(self, seg: _Segment, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of a segment's log, straight from the store."""
+        if self._closed:
+            raise PartitionClosedError("the server is shutting down")
+        data = await self._get(seg.log_key, start, end)
+        if len(data) != end - start:
+            raise RemoteSegmentDamagedError(
+                f"{seg.log_key}: bytes [{start}, {end}) answered {len(data)} bytes; its "
+                f"catalog row says the object has {seg.size}"
+            )
+        return data
 
     async def _index(self, seg: _Segment) -> RemoteSegmentIndex:
         index: RemoteSegmentIndex = await self._cached(
@@ -636,13 +923,7 @@ class RemoteSegmentReader:
 
     async def _fetch_chunk(self, seg: _Segment, number: int) -> tuple[bytes, int]:
         start = number * self.chunk_bytes
-        end = min(start + self.chunk_bytes, seg.size)
-        data = await self._get(seg.log_key, start, end)
-        if len(data) != end - start:
-            raise RemoteSegmentDamagedError(
-                f"{seg.log_key}: bytes [{start}, {end}) answered {len(data)} bytes; its "
-                f"catalog row says the object has {seg.size}"
-            )
+        data = await self._fetch_range(seg, start, min(start + self.chunk_bytes, seg.size))
         return data, len(data)
 
     async def _fetch_index(self, seg: _Segment) -> tuple[RemoteSegmentIndex, int]:
@@ -660,10 +941,13 @@ class RemoteSegmentReader:
             raise RemoteSegmentMissingError(
                 f"{object_key} is not in the object store", key=object_key
             ) from None
-        self.counters.fetches += 1
-        self.counters.fetched_bytes += len(data)
-        self.counters.fetch_seconds.observe(self._clock() - started)
+        self._count_fetch(len(data), started)
         return data
+
+    def _count_fetch(self, size: int, started: float) -> None:
+        self.counters.fetches += 1
+        self.counters.fetched_bytes += size
+        self.counters.fetch_seconds.observe(self._clock() - started)
 
     # --- sequential readers ----------------------------------------------------------------
 
@@ -703,7 +987,8 @@ class RemoteSegmentReader:
         if seg is not None and all(e.next_offset != next_offset for e in ends):
             ends.append(_StreamEnd(next_offset, seg.base_offset, position, batch_base))
         if resume is not None and seg is not None and next_offset < end_offset:
-            self._read_ahead(segments.after(seg), seg, position)
+            if not self._direct:
+                self._read_ahead(segments.after(seg), seg, position)
         self._observe(started)
 
     def _read_ahead(self, following: Iterator[_Segment], seg: _Segment, position: int) -> None:

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -143,6 +143,10 @@ class S3ObjectStore:
         )
         self._exit = exit_stack
         return self
+
+    @property
+    def local(self) -> bool:
+        return False
 
     @property
     def url(self) -> str:
@@ -335,6 +339,17 @@ class S3ObjectStore:
             if status == 416:
                 return b""  # the range starts at or past the end
             raise self._refused(f"get {key}", exc) from exc
+
+    async def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> bytes | bytearray:
+        if len(ranges) == 1:
+            return await self.get(*ranges[0])
+        parts = await asyncio.gather(*(self.get(key, start, end) for key, start, end in ranges))
+        answer = bytearray()
+        for part, (_, start, end) in zip(parts, ranges, strict=True):
+            answer += part
+            if len(part) < end - start:
+                break
+        return answer
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
