@@ -34,7 +34,12 @@ from tests.tiering_tools import TieredServer, start_tiered, wait_for
 from tiered_storage.cache import ReadCache
 from tiered_storage.file_store import FileObjectStore
 from tiered_storage.layout import segment_key
-from tiered_storage.reader import ColdReadSettings, RemoteSegmentIndex, RemoteSegmentReader
+from tiered_storage.reader import (
+    ColdReadSettings,
+    RemoteSegmentDamagedError,
+    RemoteSegmentIndex,
+    RemoteSegmentReader,
+)
 from tiered_storage.state import RemoteIndex
 
 # Recent enough for the default retention (7 days); records are one second apart.
@@ -782,24 +787,31 @@ def _offsets(data: bytes | memoryview) -> list[int]:
     return offsets
 
 
-async def _local_segments(tmp_path: Path) -> tuple[FileObjectStore, list[RemoteSegmentRecord]]:
-    """A file store holding two remote segments of partition KEY, ten batches of three
-    records each, offsets 0-29 and 30-59 (empty indexes: look-ups scan from the start)."""
+async def _local_segments(
+    tmp_path: Path, *, segments: int = 2, batches: int = 10, records: int = 3, repeat: int = 50
+) -> tuple[FileObjectStore, list[RemoteSegmentRecord]]:
+    """A file store holding ``segments`` remote segments of partition KEY, each of
+    ``batches`` batches of ``records`` records (offsets from 0 on, record ``n``'s value
+    ``f"{n:04d}" * repeat``); empty indexes, so look-ups scan from a segment's start."""
     store = await FileObjectStore.open(tmp_path / "objects")
     rows = []
-    for base in (0, 30):
-        batches = [
+    size = batches * records
+    for base in range(0, segments * size, size):
+        encoded = [
             with_base_offset(
                 encode_batch(
-                    [NewRecord(f"{base + b * 3 + i:04d}".encode() * 50) for i in range(3)],
+                    [
+                        NewRecord(f"{base + b * records + i:04d}".encode() * repeat)
+                        for i in range(records)
+                    ],
                     now_ms=T0,
                     max_record_bytes=1 << 20,
                 ),
-                base + b * 3,
+                base + b * records,
             )
-            for b in range(10)
+            for b in range(batches)
         ]
-        log_bytes = b"".join(batches)
+        log_bytes = b"".join(encoded)
         for suffix, data in ((".log", log_bytes), (".index", b""), (".timeindex", b"")):
             await store.put(segment_key(KEY, base, suffix), data)
         rows.append(
@@ -808,7 +820,7 @@ async def _local_segments(tmp_path: Path) -> tuple[FileObjectStore, list[RemoteS
                 KEY.incarnation,
                 0,
                 base,
-                base + 29,
+                base + size - 1,
                 len(log_bytes),
                 T0,
                 T0,
@@ -819,18 +831,21 @@ async def _local_segments(tmp_path: Path) -> tuple[FileObjectStore, list[RemoteS
     return store, rows
 
 
-async def test_a_local_store_read_continues_across_segments_and_past_a_wrong_position(
-    tmp_path: Path,
-) -> None:
-    store, rows = await _local_segments(tmp_path)
-
+def _reader_of(store: FileObjectStore, rows: list[RemoteSegmentRecord]) -> RemoteSegmentReader:
     async def finished(key: PartitionKey) -> list[RemoteSegmentRecord]:
         return rows
 
     async def reload(key: PartitionKey) -> None:
         return None
 
-    reader = RemoteSegmentReader(store, finished, reload)
+    return RemoteSegmentReader(store, finished, reload)
+
+
+async def test_a_local_store_read_continues_across_segments_and_past_a_wrong_position(
+    tmp_path: Path,
+) -> None:
+    store, rows = await _local_segments(tmp_path)
+    reader = _reader_of(store, rows)
     try:
         batch = rows[0].size_bytes // 10
         # A read that crosses from the first segment into the second, in one buffer.
@@ -847,6 +862,46 @@ async def test_a_local_store_read_continues_across_segments_and_past_a_wrong_pos
         assert (third.first_offset, third.next_offset) == (45, 48)
         assert _offsets(third.data) == [45, 46, 47]
         assert reader.cache.get((segment_key(KEY, 30), 0)) is None  # no log chunk cached
+    finally:
+        await reader.close()
+        await store.close()
+
+
+async def test_a_local_store_walks_many_small_batches_in_few_reads(tmp_path: Path) -> None:
+    """Records, offset look-ups and timestamps walk batches one by one; from a local store
+    they still read many batches per store call."""
+    store, rows = await _local_segments(tmp_path, segments=1, batches=3000, records=1, repeat=5)
+    reader = _reader_of(store, rows)
+    try:
+        got = await reader.read(KEY, 2500, max_records=400, max_bytes=1 << 20, end_offset=3000)
+        assert [r.offset for r in got.records] == list(range(2500, 2900))
+        assert got.records[0].value == b"2500" * 5
+        # The look-up scanned 2,500 batches from the segment's start (its index is empty):
+        # its two index objects and one read of the log.
+        assert reader.counters.fetches == 3
+        batches = await reader.read_batches(KEY, 2950, max_bytes=1 << 20, end_offset=3000)
+        assert _offsets(batches.data) == list(range(2950, 3000))
+        assert reader.counters.fetches <= 3 + 3
+    finally:
+        await reader.close()
+        await store.close()
+
+
+async def test_a_local_store_read_of_a_row_that_overstates_its_object_is_damage(
+    tmp_path: Path,
+) -> None:
+    store, rows = await _local_segments(tmp_path, segments=1)
+    rows[0] = replace(rows[0], last_offset=rows[0].last_offset + 10)  # offsets 30-39 are not there
+    reader = _reader_of(store, rows)
+    try:
+        first = await reader.read_batches(KEY, 0, max_bytes=1 << 20, end_offset=40)
+        assert _offsets(first.data) == list(range(30)) and first.next_offset == 30
+        with pytest.raises(RemoteSegmentDamagedError):
+            await reader.read_batches(KEY, 30, max_bytes=1 << 20, end_offset=40)
+        # Nothing remote from an offset at or past the end: an empty answer.
+        empty = await reader.read_batches(KEY, 40, max_bytes=1 << 20, end_offset=40)
+        assert (bytes(empty.data), empty.first_offset, empty.next_offset) == (b"", 40, 40)
+        assert reader.counters.fetch_failures == 0
     finally:
         await reader.close()
         await store.close()

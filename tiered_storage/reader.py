@@ -64,7 +64,7 @@ from partitions.batch import (
     walk_batches,
 )
 from partitions.catalog import RemoteSegmentRecord
-from partitions.errors import CorruptLogError, PartitionClosedError
+from partitions.errors import CorruptLogError, EventBusError, PartitionClosedError
 from partitions.remote import RemoteBatches, RemoteLogReader, RemoteRecords
 from partitions.segment import (
     INDEX_SUFFIX,
@@ -364,8 +364,9 @@ def _checked(seg: _Segment, header: BatchHeader, position: int, expected: int) -
 
 class _DirectView:
     """The bytes of one segment's log that one read has loaded from a local store
-    (:attr:`ObjectStore.local`, ``file://``): exactly the ranges the read asks for, kept
-    for this read only.
+    (:attr:`ObjectStore.local`, ``file://``): the ranges the read asks for (at least
+    ``_DIRECT_MIN_LOAD`` bytes at a time, so that walking small batches one by one costs one
+    read per that many bytes, not one per batch), kept for this read only.
 
     The kernel's page cache already keeps recently read files, so keeping them again in
     the read cache would double their memory and add a copy of every byte; and a local
@@ -378,21 +379,21 @@ class _DirectView:
     def __init__(self, reader: RemoteSegmentReader, seg: _Segment) -> None:
         self._reader = reader
         self.seg = seg
-        self._ranges: list[tuple[int, bytes]] = []  # (start, bytes), in load order
+        self._ranges: list[tuple[int, bytes | bytearray]] = []  # (start, bytes), in load order
         # The range loaded last, which a read walks batch by batch: looked at first.
-        self._last = b""
+        self._last: bytes | bytearray = b""
         self._last_start = self._last_end = 0
 
-    def _holding(self, position: int) -> tuple[int, bytes] | None:
+    def _holding(self, position: int) -> tuple[int, bytes | bytearray] | None:
         """The loaded range that holds ``position`` and runs furthest after it."""
-        best: tuple[int, bytes] | None = None
+        best: tuple[int, bytes | bytearray] | None = None
         for start, data in self._ranges:
             end = start + len(data)
             if start <= position < end and (best is None or end > best[0] + len(best[1])):
                 best = (start, data)
         return best
 
-    def loaded_at(self, position: int) -> tuple[bytes, int]:
+    def loaded_at(self, position: int) -> tuple[bytes | bytearray, int]:
         """The loaded range that holds ``position`` and where it starts (nothing, if none
         does)."""
         if self._last_start <= position < self._last_end:
@@ -412,10 +413,10 @@ class _DirectView:
         found = self._holding(start)
         if found is not None and end <= found[0] + len(found[1]):
             return
-        stop = min(end + _HEADER, self.seg.size)
-        self._loaded(start, await self._reader._fetch_range(self.seg, start, stop))
+        stop = min(max(end + _HEADER, start + _DIRECT_MIN_LOAD), self.seg.size)
+        self._loaded(start, await self._reader._read_direct([(self.seg, start, stop)]))
 
-    def _loaded(self, start: int, data: bytes) -> None:
+    def _loaded(self, start: int, data: bytes | bytearray) -> None:
         self._ranges.append((start, data))
         self._last, self._last_start, self._last_end = data, start, start + len(data)
 
@@ -458,6 +459,8 @@ class _DirectView:
 
 
 _View = _SegmentView | _DirectView
+# The least a _DirectView reads at once: a few index intervals, many small batches.
+_DIRECT_MIN_LOAD = 256 * 1024
 _Plan = list[tuple[_Segment, int, int]]
 
 
@@ -663,10 +666,14 @@ class RemoteSegmentReader:
         budget reaches, read into one buffer in one call, then the batches in each taken in
         one pass. A read that crosses segments is one buffer already: no copy joins its
         pieces, and the answer is a view of the batches that fit."""
-        first_seg = next(iter(segments))
-        if resume is not None and (resume.segment_base, resume.batch_base) == (
-            first_seg.base_offset,
-            offset,
+        first_seg = next(iter(segments), None)
+        if first_seg is None:  # nothing remote from ``offset`` below ``end_offset``
+            self._done(key, resume, offset, segments, None, 0, 0, end_offset, started)
+            return RemoteBatches(b"", offset, offset)
+        if (
+            resume is not None
+            and (resume.segment_base, resume.batch_base) == (first_seg.base_offset, offset)
+            and resume.position < first_seg.size
         ):
             # Where the previous read stopped, at a batch boundary: the walk below checks
             # that a batch for ``offset`` is there.
@@ -676,7 +683,11 @@ class RemoteSegmentReader:
             position, expected = await self._locate(view, offset, resume)
             trusted = False
         plan = _plan(first_seg, position, segments.after(first_seg), max_bytes)
-        buffer = await self._fetch_ranges(plan)
+        if not plan:
+            raise RemoteSegmentDamagedError(
+                f"{first_seg.log_key}: offset {offset} is not in the segment"
+            )
+        buffer = await self._read_direct(plan)
         total = 0
         first: int | None = None
         next_offset = offset
@@ -828,7 +839,16 @@ class RemoteSegmentReader:
     def _view(self, seg: _Segment) -> _View:
         return _DirectView(self, seg) if self._direct else _SegmentView(self, seg)
 
-    async def _fetch_ranges(self, plan: list[tuple[_Segment, int, int]]) -> bytes | bytearray:
+    async def _read_direct(self, plan: _Plan) -> bytes | bytearray:
+        """:meth:`_fetch_ranges` for a read of a local store, which no fetch task counts:
+        its failures are counted here."""
+        try:
+            return await self._fetch_ranges(plan)
+        except EventBusError:
+            self.counters.fetch_failures += 1
+            raise
+
+    async def _fetch_ranges(self, plan: _Plan) -> bytes | bytearray:
         """The ranges ``(segment, start, end)`` of segments' logs, back to back in one
         buffer, straight from the store."""
         if len(plan) == 1:
