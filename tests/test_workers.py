@@ -129,6 +129,7 @@ async def test_a_worker_killed_under_load_is_restarted_and_nothing_is_lost_or_do
         acked: dict[str, tuple[int, int]] = {}
         stop = asyncio.Event()
         phases = Counter[str]()
+        going_on = asyncio.Event()  # 20 batches acknowledged since the latest restart
         phase = "before"
 
         async def produce(client_no: int) -> None:
@@ -141,6 +142,8 @@ async def test_a_worker_killed_under_load_is_restarted_and_nothing_is_lost_or_do
                     placed = await client.produce("t", records)
                     acked.update(zip(values, placed, strict=True))
                     phases[phase] += 1
+                    if phase.startswith("after") and phases[phase] >= 20:
+                        going_on.set()
 
         producers = [asyncio.ensure_future(produce(n)) for n in range(4)]
         try:
@@ -151,7 +154,10 @@ async def test_a_worker_killed_under_load_is_restarted_and_nothing_is_lost_or_do
                 os.kill(old, signal.SIGKILL)
                 await restarted(server, index, old)
                 phase = f"after {index}"
-                await asyncio.sleep(1.0)
+                # Produce goes on after the restart: clients back off while the worker is
+                # down, so wait for their batches (at most 30 s) rather than a fixed time.
+                going_on.clear()
+                await asyncio.wait_for(going_on.wait(), timeout=30)
         finally:
             stop.set()
             await asyncio.gather(*producers)
