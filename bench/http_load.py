@@ -364,14 +364,16 @@ async def read_loop(
             headers = NO_COMPRESSION if args.format == "json" else _BINARY_READ
             async with session.get(url, params=params, headers=headers) as response:
                 raw = await response.read()
-                next_offset = int(response.headers["Eventbus-Next-Offset"])
+                next_offset = response.headers.get("Eventbus-Next-Offset")
             if args.format == "json":
-                records = orjson.loads(raw)["records"]
+                body = orjson.loads(raw)
+                records = body["records"]
                 count = len(records)
                 size = sum(len(r["value"]) + len(r.get("key") or "") for r in records)
+                offset = body["next_offset"]
             else:
                 count, size = count_chunks(raw), len(raw)
-            offset = next_offset
+                offset = int(next_offset or 0)
         else:
             result = await client.read(
                 args.topic, 0, offset, max_records=READ_RECORDS, max_bytes=2 << 20, wait_ms=0
@@ -416,9 +418,10 @@ async def fetch_loop(
                 url.format(group=group), data=orjson.dumps(request), headers=headers
             ) as response:
                 raw = await response.read()
-                member = response.headers["Eventbus-Member-Id"]
+                member = response.headers.get("Eventbus-Member-Id")
             if args.format == "json":
                 body = orjson.loads(raw)
+                member = body["member_id"]
                 count = len(body["records"])
                 size = sum(len(r["value"]) + len(r.get("key") or "") for r in body["records"])
             else:
