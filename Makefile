@@ -46,6 +46,7 @@ bench: install $(BENCH_STAMP)
 	$(BIN)/python -m bench.autoscale_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.workers_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.cold_read_bench --output docs/benchmarks.md
+	$(BIN)/python -m bench.compare_bench --output docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info

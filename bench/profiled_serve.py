@@ -3,7 +3,9 @@
 ``python -m bench.profiled_serve serve --workers N ...`` runs the server as usual, but
 each worker the supervisor forks (and only the workers) runs under :mod:`cProfile` and
 writes its statistics to
-``$BENCH_PROFILE_DIR/worker-INDEX-PID.prof`` when it stops cleanly (SIGTERM).
+``$BENCH_PROFILE_DIR/worker-INDEX-PID.prof`` when it stops cleanly (SIGTERM). With
+``--workers 0`` the one server process runs under cProfile instead and writes
+``server-PID.prof``.
 cProfile sees the event loop's thread only (the log's write and fsync threads are not in
 it) and counts CPU time, so time spent waiting is not charged to the coroutine waiting.
 """
@@ -11,6 +13,7 @@ it) and counts CPU time, so time spent waiting is not charged to the coroutine w
 from __future__ import annotations
 
 import cProfile
+import itertools
 import os
 import sys
 import time
@@ -30,6 +33,10 @@ def profiled(argv: Sequence[str]) -> int:
     target = os.environ.get(PROFILE_DIR_ENV)
     if not role or not target:
         return main(argv)
+    return _under_profiler(argv, Path(target) / f"worker-{role.partition('/')[0]}-{os.getpid()}")
+
+
+def _under_profiler(argv: Sequence[str], stem: Path) -> int:
     # The event loop thread's CPU time, not wall time: waiting costs nothing.
     profiler = cProfile.Profile(time.thread_time)
     profiler.enable()
@@ -37,10 +44,20 @@ def profiled(argv: Sequence[str]) -> int:
         return main(argv)
     finally:
         profiler.disable()
-        index = role.partition("/")[0]
-        profiler.dump_stats(str(Path(target) / f"worker-{index}-{os.getpid()}.prof"))
+        profiler.dump_stats(str(stem.with_suffix(".prof")))
+
+
+def _one_process(argv: Sequence[str]) -> bool:
+    args = list(argv)
+    if "--workers=0" in args:
+        return True
+    return any(a == "--workers" and b == "0" for a, b in itertools.pairwise(args))
 
 
 if __name__ == "__main__":
     supervisor.WORKER_MAIN = profiled
-    sys.exit(main(sys.argv[1:]))
+    argv = sys.argv[1:]
+    target = os.environ.get(PROFILE_DIR_ENV)
+    if target and _one_process(argv):
+        sys.exit(_under_profiler(argv, Path(target) / f"server-{os.getpid()}"))
+    sys.exit(main(argv))

@@ -101,6 +101,7 @@ AREAS: list[tuple[str, tuple[str, ...]]] = [
             "gateway/fairness.py",
             "gateway/quotas.py",
             "gateway/metrics.py",
+            "gateway/metering.py",
             "gateway/logs.py",
             "gateway/app.py",
             "gateway/http_errors.py",
