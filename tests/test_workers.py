@@ -250,15 +250,17 @@ async def test_metering_counts_requests_and_storage_once_across_workers(tmp_path
         async with session() as admin:
             async with admin.get(f"{server.url}/v1/admin/tenants/default") as response:
                 stored = (await response.json())["in_use"]["stored_bytes"]
-            await asyncio.sleep(0.5)  # sampled at the start, holding `stored`
-            clock.advance(1800 * 1000)
-            await asyncio.sleep(0.5)  # and half an hour later
             hour = start_ms - start_ms % 3_600_000
             period = {
                 "tenant": "default",
                 "from": _hour_text(hour),
                 "to": _hour_text(hour + 2 * 3_600_000),
             }
+            # A reading has the leader sample storage first: at the start, holding `stored`
+            # (rather than sleeping for the sampler's timer, which a loaded machine delays).
+            async with admin.get(f"{server.url}/v1/admin/usage", params=period) as response:
+                assert response.status == 200
+            clock.advance(1800 * 1000)  # and the reading below samples half an hour later
             async with admin.get(f"{server.url}/v1/admin/usage", params=period) as response:
                 (bill,) = (await response.json())["tenants"]
         usage = bill["usage"]
