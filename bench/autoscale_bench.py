@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from bench.http_bench import Server
-from bench.report import machine_description, write_section
+from bench.report import section_head, write_section
 
 REACTION_TRIALS = 5
 REACTION = {
@@ -256,14 +256,12 @@ def report(scratch: Path, trials: list[dict[str, Any]], result: dict[str, Any]) 
         for n, t in enumerate(trials)
     ]
     return [
-        "## Autoscaler: time to split, and produce through splits and merges",
-        "",
-        f"Command: `{command}`",
-        "",
-        "Machine:",
-        "",
-        *machine_description(scratch, ("aiohttp", "orjson", "xxhash")),
-        "",
+        *section_head(
+            "Autoscaler: time to split, and produce through splits and merges",
+            command,
+            scratch,
+            ("aiohttp", "orjson", "xxhash"),
+        ),
         "One `eventbus serve` process with its defaults (the autoscaler evaluates every",
         "second) on loopback; the load comes from the benchmark's own process, paced, in",
         f"JSON requests of {RECORDS_PER_REQUEST} records of about {len(VALUE)} bytes over "

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import aioboto3
 
-from bench.report import machine_description, write_section
+from bench.report import section_head, write_section
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.log import LogConfig
@@ -348,14 +348,12 @@ def report(args: argparse.Namespace, scratch: Path, results: list[Result]) -> li
     ]
     command = "make bench  # runs python -m bench.cold_read_bench --output docs/benchmarks.md"
     return [
-        "## Cold reads (tiered storage)",
-        "",
-        f"Command: `{command}`",
-        "",
-        "Machine:",
-        "",
-        *machine_description(scratch, ("aioboto3", "moto", "crc32c")),
-        "",
+        *section_head(
+            "Cold reads (tiered storage)",
+            command,
+            scratch,
+            ("aioboto3", "moto", "crc32c"),
+        ),
         f"One partition of {results[0].data_mib:.0f} MiB per case (batches of "
         f"{BATCH_RECORDS} records of {RECORD_BYTES} bytes), read from offset 0 to its end by "
         f"one sequential reader through the partition worker, {READ_BYTES // MIB} MiB per "

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from bench.report import machine_description, write_section
+from bench.report import section_head, write_section
 from gateway.client import AsyncClient
 from partitions.batch import NewRecord
 
@@ -285,14 +285,12 @@ def report(
 ) -> list[str]:
     command = "make bench  # runs python -m bench.http_bench --output docs/benchmarks.md"
     return [
-        "## HTTP produce and consume",
-        "",
-        f"Command: `{command}`",
-        "",
-        "Machine:",
-        "",
-        *machine_description(scratch, ("aiohttp", "orjson", "crc32c")),
-        "",
+        *section_head(
+            "HTTP produce and consume",
+            command,
+            scratch,
+            ("aiohttp", "orjson", "crc32c"),
+        ),
         "One `eventbus serve` process with its defaults (TLS off) on loopback; each scenario's",
         f"load comes from a separate process (`bench/http_load.py`) for {args.seconds:g} s. "
         "Records are 1 KiB",

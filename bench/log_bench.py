@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report import machine_description, write_section
+from bench.report import section_head, write_section
 from partitions.batch import NewRecord, encode_batch
 from partitions.log import LogConfig, PartitionLog
 
@@ -227,14 +227,12 @@ def run(args: argparse.Namespace, scratch: Path) -> int:
     if args.output:
         command = "make bench  # = python -m bench.log_bench --output docs/benchmarks.md"
         report = [
-            "## Partition log (append with fsync)",
-            "",
-            f"Command: `{command}`",
-            "",
-            "Machine:",
-            "",
-            *machine_description(scratch, ("aiohttp", "crc32c", "xxhash")),
-            "",
+            *section_head(
+                "Partition log (append with fsync)",
+                command,
+                scratch,
+                ("aiohttp", "crc32c", "xxhash"),
+            ),
             f"Each figure is the median of {args.runs} runs of {args.seconds:g} s. Records are "
             f"{RECORD_BYTES} bytes (value and key); batches are encoded before the clock starts.",
             "",

@@ -60,3 +60,18 @@ def machine_description(directory: Path, packages: tuple[str, ...]) -> list[str]
         f"- OS: {platform.system()} {platform.release()}; benchmark directory on {fs}",
         f"- Python {platform.python_version()}; {versions}",
     ]
+
+
+def section_head(title: str, command: str, directory: Path, packages: tuple[str, ...]) -> list[str]:
+    """The opening every section shares: its title, the command that wrote it, and the
+    machine (with the versions of ``packages``) it ran on."""
+    return [
+        f"## {title}",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Machine:",
+        "",
+        *machine_description(directory, packages),
+        "",
+    ]

@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from bench.http_bench import Scenario, Server, run_load
-from bench.report import machine_description, write_section
+from bench.report import section_head, write_section
 
 PARTITIONS = 4
 WARM_AUTOSCALE = {
@@ -291,14 +291,12 @@ def report(
     ratio_plain = rate(two["plain"]) / rate(one["plain"])
     command = "make bench  # runs python -m bench.workers_bench --output docs/benchmarks.md"
     return [
-        "## Worker processes: one hot topic on 1 and 2 workers",
-        "",
-        f"Command: `{command}`",
-        "",
-        "Machine:",
-        "",
-        *machine_description(scratch, ("aiohttp", "uvloop", "orjson")),
-        "",
+        *section_head(
+            "Worker processes: one hot topic on 1 and 2 workers",
+            command,
+            scratch,
+            ("aiohttp", "uvloop", "orjson"),
+        ),
         "For `--workers 1` and `--workers 2`, in the same run: a fresh `eventbus serve` on",
         "loopback and one topic whose autoscaler splits it (threshold 1 MiB/s, window 2 s)",
         f"under a warm-up load until it has {PARTITIONS} active partitions; autoscaling is then",
