@@ -688,22 +688,17 @@ class Segment:
             )
         return header
 
-    def read_batches(
-        self, position: int, limit: int, max_bytes: int, *, at_least_one: bool = True
-    ) -> BatchBytes:
-        """Whole batches from ``position``: as many as fit in ``max_bytes``, and at least
-        one unless ``at_least_one`` is false (then nothing when the first does not fit).
+    def read_batches(self, position: int, limit: int, max_bytes: int) -> BatchBytes:
+        """Whole batches from ``position``: as many as fit in ``max_bytes``, at least one.
 
         Every batch header is checked on the way, so damage surfaces as
         :class:`CorruptBatchError`, never as garbage.
         """
-        return self.read_batch_run(position, limit, max_bytes, at_least_one=at_least_one)[0]
+        return self.read_batch_run(position, limit, max_bytes)[0]
 
-    def read_batch_run(
-        self, position: int, limit: int, max_bytes: int, *, at_least_one: bool = True
-    ) -> tuple[BatchBytes, int]:
+    def read_batch_run(self, position: int, limit: int, max_bytes: int) -> tuple[BatchBytes, int]:
         """:meth:`read_batches`, and the offset after the last batch (-1 when none)."""
-        if position >= limit or (not at_least_one and max_bytes < BATCH_HEADER.size):
+        if position >= limit:
             return b"", -1
         want = min(limit - position, max(max_bytes, BATCH_HEADER.size))
         data = pread_exact(self.log_fd, want, position)
@@ -718,8 +713,6 @@ class Segment:
             )
         end = walk.position
         if end == 0:  # the first batch is longer than the budget
-            if not at_least_one:
-                return b"", -1
             first = self._checked_header(data, 0, position)
             if position + first.total_size > limit:
                 raise ShortBatchError(f"{self.log_path.name}: batch at {position} is cut off")
