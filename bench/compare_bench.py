@@ -261,38 +261,26 @@ def measure_eventbus(results: Results, scratch: Path, runs: int, seconds: float)
         server.stop()
 
 
-def measure_redis(results: Results, scratch: Path, runs: int) -> None:
-    peer = RedisPeer(scratch / "redis")
+def measure_peer(results: Results, peer: RedisPeer | RabbitStreamPeer, runs: int) -> None:
+    """Start a peer, run its produce and consume ``runs`` times through ``bench.peer_load``
+    (each run on a stream of its own), and stop it; a peer that fails is reported so."""
+    if isinstance(peer, RedisPeer):
+        name, product, kind = REDIS, "redis-server", "redis"
+    else:
+        name, product, kind = RABBIT, "RabbitMQ", "rabbit"
     try:
         peer.start()
-        results.versions[REDIS] = f"redis-server {peer.version()}"
+        results.versions[name] = f"{product} {peer.version()}"
+        port = peer.port if isinstance(peer, RedisPeer) else peer.stream_port
         cpu = tree_cpu(peer.process.pid) if peer.process else (lambda: 0.0)
         for n in range(runs):
             for op in ("produce", "consume"):
-                args = ["--peer", "redis", "--op", op, "--records", str(RECORDS)]
+                args = ["--peer", kind, "--op", op, "--records", str(RECORDS)]
                 args += ["--batch", str(BATCH), "--stream", f"bench-{n}"]
-                results.add(f"redis-{op}", peer_load(peer.port, cpu, *args))
+                results.add(f"{kind}-{op}", peer_load(port, cpu, *args))
     except (PeerUnavailableError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        results.failures[REDIS] = str(exc)
-        print(f"Redis: {exc}", flush=True)
-    finally:
-        peer.stop()
-
-
-def measure_rabbit(results: Results, scratch: Path, runs: int) -> None:
-    peer = RabbitStreamPeer(scratch / "rabbit")
-    try:
-        peer.start()
-        results.versions[RABBIT] = f"RabbitMQ {peer.version()}"
-        cpu = tree_cpu(peer.process.pid) if peer.process else (lambda: 0.0)
-        for n in range(runs):
-            for op in ("produce", "consume"):
-                args = ["--peer", "rabbit", "--op", op, "--records", str(RECORDS)]
-                args += ["--batch", str(BATCH), "--stream", f"bench-{n}"]
-                results.add(f"rabbit-{op}", peer_load(peer.stream_port, cpu, *args))
-    except (PeerUnavailableError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        results.failures[RABBIT] = str(exc)
-        print(f"RabbitMQ: {exc}", flush=True)
+        results.failures[name] = str(exc)
+        print(f"{name}: {exc}", flush=True)
     finally:
         peer.stop()
 
@@ -718,8 +706,8 @@ def main() -> int:
     try:
         measure_echo(results, args.runs, args.seconds)
         measure_eventbus(results, scratch, args.runs, args.seconds)
-        measure_redis(results, scratch, args.runs)
-        measure_rabbit(results, scratch, args.runs)
+        measure_peer(results, RedisPeer(scratch / "redis"), args.runs)
+        measure_peer(results, RabbitStreamPeer(scratch / "rabbit"), args.runs)
         profiled = None if args.no_profile else profile(scratch, args.seconds + 2)
         # Every run's numbers, kept next to the report for whoever wants to recompute.
         (args.dir / "compare-results.json").write_bytes(orjson.dumps(results.runs))
