@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 from partitions.batch import NewRecord, Record
+from partitions.fileio import FileOps
 from partitions.log import PartitionLog
 
 
@@ -25,3 +29,15 @@ async def read_all(log: PartitionLog, start: int | None = None) -> list[Record]:
         out.extend(result.records)
         offset = result.next_offset
     return out
+
+
+class FullMetaOnce(FileOps):
+    """A disk that is full for the next replacement of ``partition.json`` (once armed)."""
+
+    armed = False
+
+    def replace_file(self, path: Path, data: bytes, *, mode: int = 0o644) -> None:
+        if self.armed and path.name == "partition.json":
+            self.armed = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().replace_file(path, data, mode=mode)

@@ -5,7 +5,6 @@ listener, and the producer tags saved from deleted segments."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import sys
@@ -18,11 +17,10 @@ from typing import Any, TypeVar
 import pytest
 
 from partitions.errors import DiskFullError, OffsetNotLocalError, OffsetOutOfRangeError
-from partitions.fileio import FileOps
 from partitions.log import LogConfig, PartitionLog
 from partitions.segment import list_segment_bases
 from partitions.tag_sidecar import KEEP_MS, TAGS_SUFFIX, wall_ms
-from tests.logtools import read_all, record
+from tests.logtools import FullMetaOnce, read_all, record
 from tests.tag_sidecar_crash_child import CONFIG as CRASH_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,18 +97,6 @@ async def test_a_start_persisted_before_a_crash_finishes_its_deletion_at_open(
     assert list_segment_bases(tmp_path)[0] == segments[2].base_offset
     assert reopened.start_offset == reopened.local_start_offset == segments[2].base_offset
     await reopened.close()
-
-
-class FullMetaOnce(FileOps):
-    """A disk that is full for the next replacement of ``partition.json`` (once armed)."""
-
-    armed = False
-
-    def replace_file(self, path: Path, data: bytes, *, mode: int = 0o644) -> None:
-        if self.armed and path.name == "partition.json":
-            self.armed = False
-            raise OSError(errno.ENOSPC, "No space left on device")
-        super().replace_file(path, data, mode=mode)
 
 
 async def test_a_start_whose_persist_failed_deletes_nothing_and_is_persisted_when_asked_again(

@@ -4,7 +4,6 @@ a stalled store and backpressure, remote retention's order, topic deletion, clea
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import subprocess
@@ -22,10 +21,10 @@ from gateway.keys import BROKER
 from gateway.quotas import Quotas
 from gateway.tiering import TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
-from partitions.fileio import FileOps
 from partitions.log import SegmentInfo
 from partitions.worker import PartitionKey, PartitionWorker
-from tests.conftest import ADMIN_KEY, start_api, stop_api
+from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
+from tests.logtools import FullMetaOnce
 from tests.s3 import bucket_objects, create_bucket
 from tests.servers import ROOT, WORKERS, ServerProcess
 from tests.tiering_tools import (
@@ -55,6 +54,19 @@ async def server(tmp_path: Path, s3_endpoint: str) -> AsyncIterator[TieredServer
 async def _all_uploaded(server: TieredServer, topic: str, pid: int = 0) -> bool:
     part = await server.partition(topic, pid)
     return part["segments_pending_upload"] == 0 and part["remote_bytes"] > 0
+
+
+async def _uploaded_topic(api: Api, count: int) -> None:
+    """Topic ``t`` (small segments) with ``count`` records, its rolled segments uploaded."""
+    assert (await api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
+    for i in range(count):
+        assert (await produce(api, "t", [value(i)]))[0] == 200
+
+    async def uploaded() -> bool:
+        _, body = await api.call("GET", "/v1/topics/t")
+        return bool(body["partitions"][0]["segments_pending_upload"] == 0)
+
+    await wait_for(uploaded, what="uploads")
 
 
 async def _produce_range(server: TieredServer, topic: str, first: int, count: int) -> None:
@@ -374,18 +386,6 @@ async def test_a_topic_deleted_while_the_store_is_down_loses_its_objects_later(
     await wait_for(finished, what="the deletion to finish")
 
 
-class FullMetaOnce(FileOps):
-    """A disk that is full for the next replacement of ``partition.json`` (once armed)."""
-
-    armed = False
-
-    def replace_file(self, path: Path, data: bytes, *, mode: int = 0o644) -> None:
-        if self.armed and path.name == "partition.json":
-            self.armed = False
-            raise OSError(errno.ENOSPC, "No space left on device")
-        super().replace_file(path, data, mode=mode)
-
-
 @pytest.mark.single_process("makes the disk fail by patching the server process")
 async def test_a_log_start_that_failed_to_persist_is_persisted_by_the_next_pass(
     tmp_path: Path,
@@ -397,15 +397,7 @@ async def test_a_log_start_that_failed_to_persist_is_persisted_by_the_next_pass(
     api = await start_api(data, retention_check_ms=3_600_000, upload_retry_max_ms=300)
     try:
         broker = api.server.app[BROKER]
-        assert (await api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
-        for i in range(40):
-            assert (await produce(api, "t", [value(i)]))[0] == 200
-
-        async def uploaded() -> bool:
-            _, body = await api.call("GET", "/v1/topics/t")
-            return bool(body["partitions"][0]["segments_pending_upload"] == 0)
-
-        await wait_for(uploaded, what="uploads")
+        await _uploaded_topic(api, 40)
         view = broker._views[("default", "t")]
         log = broker.worker.log(view.key(0))  # type: ignore[attr-defined]
         remote = data / "objects" / "default" / view.record.incarnation / "0"
@@ -452,15 +444,7 @@ async def test_a_remote_row_another_process_is_deleting_does_not_stop_the_pass(
     try:
         broker = api.server.app[BROKER]
         catalog = api.server.app[CATALOG]
-        assert (await api.call("PUT", "/v1/topics/t", json=SMALL))[0] == 201
-        for i in range(40):
-            assert (await produce(api, "t", [value(i)]))[0] == 200
-
-        async def uploaded() -> bool:
-            _, body = await api.call("GET", "/v1/topics/t")
-            return bool(body["partitions"][0]["segments_pending_upload"] == 0)
-
-        await wait_for(uploaded, what="uploads")
+        await _uploaded_topic(api, 40)
         inc = broker._views[("default", "t")].record.incarnation
         rows = await catalog.list_remote_segments("default", inc, 0)
         assert len(rows) >= 8
