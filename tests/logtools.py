@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import threading
 from pathlib import Path
 
 from partitions.batch import NewRecord, Record
@@ -41,3 +42,19 @@ class FullMetaOnce(FileOps):
             self.armed = False
             raise OSError(errno.ENOSPC, "No space left on device")
         super().replace_file(path, data, mode=mode)
+
+
+class HeldSyncOps(FileOps):
+    """Holds the next fdatasync of a .log file until released: an append stays in flight."""
+
+    def __init__(self) -> None:
+        self.hold = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        if self.hold and str(Path(f"/proc/self/fd/{fd}").readlink()).endswith(".log"):
+            self.hold = False
+            self.entered.set()
+            self.release.wait(10)
+        super().fdatasync(fd)

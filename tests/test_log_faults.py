@@ -21,7 +21,7 @@ from partitions.errors import EventBusError, StorageIOError
 from partitions.fileio import FileOps
 from partitions.log import LogConfig, PartitionLog
 from partitions.segment import list_segment_bases, segment_name
-from tests.logtools import read_all, record
+from tests.logtools import HeldSyncOps, read_all, record
 
 SMALL = LogConfig(segment_bytes=16 * 1024, index_interval_bytes=512)
 
@@ -47,22 +47,6 @@ async def test_sealed_is_never_visible_before_the_final_end(tmp_path: Path) -> N
 # 2. Index entries written in the same group as log bytes whose fsync has not returned: a
 #    power loss can keep the entry and lose an earlier page, and recovery trusts everything
 #    before the last entry. Entries must be written only after the log is durable.
-class HeldSyncOps(FileOps):
-    """Holds the next fdatasync of a .log file until released."""
-
-    def __init__(self) -> None:
-        self.hold = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def fdatasync(self, fd: int) -> None:
-        if self.hold and str(Path(f"/proc/self/fd/{fd}").readlink()).endswith(".log"):
-            self.hold = False
-            self.entered.set()
-            self.release.wait(10)
-        super().fdatasync(fd)
-
-
 async def test_a_power_loss_during_a_group_fsync_recovers_the_acknowledged_prefix(
     tmp_path: Path,
 ) -> None:

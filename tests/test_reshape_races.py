@@ -4,7 +4,6 @@ no request fails because the topic changed shape under it."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,22 +17,7 @@ from partitions.fileio import FileOps
 from partitions.log import LogConfig, PartitionLog
 from partitions.worker import LocalPartitionWorker, PartitionKey
 from tests.conftest import Api
-
-
-class HeldSyncOps(FileOps):
-    """Holds the next fdatasync of a .log file until released: an append stays in flight."""
-
-    def __init__(self) -> None:
-        self.hold = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def fdatasync(self, fd: int) -> None:
-        if self.hold and str(Path(f"/proc/self/fd/{fd}").readlink()).endswith(".log"):
-            self.hold = False
-            self.entered.set()
-            self.release.wait(10)
-        super().fdatasync(fd)
+from tests.logtools import HeldSyncOps
 
 
 class HeldWorker(LocalPartitionWorker):
