@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from importlib import metadata
 
 from aiohttp import web
@@ -27,7 +28,7 @@ from gateway.fairness import FairScheduler
 from gateway.forwarding import came_from_peer, forwarding_middleware
 from gateway.http_errors import Handler, error_middleware
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
-from gateway.logs import request_id
+from gateway.logs import log_if_died, request_id
 from gateway.metering import METER, metering_ctx, metering_middleware
 from gateway.metrics import Metrics
 from gateway.openapi import build_document
@@ -156,7 +157,7 @@ async def _group_sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.get_running_loop().create_task(
         app[BROKER].groups.sweep_forever(), name="group-sessions"
     )
-    task.add_done_callback(_watch)
+    task.add_done_callback(partial(log_if_died, log))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -179,17 +180,12 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
                 log.info("retention removed %d segments", removed)
 
     task = asyncio.get_running_loop().create_task(loop(), name="retention")
-    task.add_done_callback(_watch)
+    task.add_done_callback(partial(log_if_died, log))
     app[RETENTION_TASK] = task
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def _watch(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s died", task.get_name(), exc_info=task.exception())
 
 
 async def _on_shutdown(app: web.Application) -> None:

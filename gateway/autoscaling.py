@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from autoscaler.measure import Clock, LoadMeters, monotonic_ms
 from autoscaler.policy import BLOCKED_REASONS, MERGE_REASONS, SPLIT_REASONS, Decision, HotKey
 from gateway.broker import Broker, TopicView, key_hash
 from gateway.keys import BROKER, CONFIG, METRICS
+from gateway.logs import log_if_died
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +80,12 @@ async def autoscaler_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.get_running_loop().create_task(
         autoscaler.run_forever(interval), name="autoscaler"
     )
-    task.add_done_callback(_watch)
+    task.add_done_callback(partial(log_if_died, log))
     app[AUTOSCALER_TASK] = task
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def _watch(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s died", task.get_name(), exc_info=task.exception())
 
 
 # --- topic describe --------------------------------------------------------------------------

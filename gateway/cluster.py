@@ -35,6 +35,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -46,6 +47,7 @@ from gateway.auth import PRINCIPAL, Authenticator
 from gateway.autoscaling import autoscale_json
 from gateway.broker import AnswerClaim, AnswerTicket, Broker, TopicView, key_hash
 from gateway.forwarding import HttpForwarder, stable_hash
+from gateway.logs import log_if_died
 from gateway.metrics import Metrics
 from gateway.placement import Replaced, WorkerLoad, place
 from gateway.quota_home import SharedQuotaBook
@@ -556,7 +558,7 @@ class Cluster:
             work.append((self._ship_meters, "worker-meters"))
         for run, name in work:
             task = loop.create_task(run(), name=name)
-            task.add_done_callback(_watch)
+            task.add_done_callback(partial(log_if_died, log))
             self._tasks.append(task)
         if self.broker is not None:
             # Changes broadcast while this worker was starting reached nobody here.
@@ -636,11 +638,6 @@ def answer_home_of(tenant: str, topic: str, key: str, count: int) -> int:
 
 async def _never(end_ms: int) -> bool:
     return False
-
-
-def _watch(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s died", task.get_name(), exc_info=task.exception())
 
 
 class ClusterTiering:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -49,3 +50,10 @@ def configure(level: str = "INFO", *, worker: int | None = None) -> None:
     root.setLevel(level)
     # aiohttp's access log repeats what our own request log says.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def log_if_died(logger: logging.Logger, task: asyncio.Task[Any]) -> None:
+    """Done callback of a background task (``partial(log_if_died, log)``): one that died
+    rather than being cancelled is logged, with its traceback, on ``logger``."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task %s died", task.get_name(), exc_info=task.exception())

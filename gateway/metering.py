@@ -41,6 +41,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -56,6 +57,7 @@ from gateway.broker import Broker
 from gateway.cluster import CLUSTER
 from gateway.http_errors import Handler
 from gateway.keys import CONFIG, METRICS
+from gateway.logs import log_if_died
 from gateway.tenancy import ADMIN_PREFIX, CONSUME_ROUTES, PRODUCE_CHARGE, TENANCY, produce_cost
 from gateway.tiering import OBJECT_STORE
 from partitions.batch import NewRecord
@@ -607,7 +609,7 @@ async def metering_ctx(app: web.Application) -> AsyncIterator[None]:
         run_metering(metering, config.usage_flush_ms / 1000, config.usage_sample_ms / 1000),
         name="metering",
     )
-    task.add_done_callback(_watch)
+    task.add_done_callback(partial(log_if_died, log))
     try:
         yield
     finally:
@@ -620,8 +622,3 @@ async def metering_ctx(app: web.Application) -> AsyncIterator[None]:
                 await meter.sample()
             finally:
                 await meter.flush()
-
-
-def _watch(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s died", task.get_name(), exc_info=task.exception())
