@@ -147,3 +147,15 @@ def s3_endpoint() -> Iterator[str]:
     with fake credentials in the environment."""
     with moto_server() as url:
         yield url
+
+
+async def metric_values(api: Api) -> dict[str, float]:
+    """Every sample of ``/metrics`` (read with the admin key), by series name and labels."""
+    status, text = await api.call("GET", "/metrics", key=ADMIN_KEY)
+    assert status == 200
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

@@ -21,7 +21,7 @@ from gateway.app import create_app
 from gateway.autoscaling import AUTOSCALER
 from gateway.broker import key_hash
 from gateway.config import ServerConfig
-from tests.conftest import ADMIN_KEY, Api
+from tests.conftest import ADMIN_KEY, Api, metric_values
 from tests.servers import read_credentials
 
 SLICE_MS = 200  # window_s 1 / 5
@@ -105,17 +105,6 @@ async def load(
         assert status == 200, body
 
 
-async def metrics(api: Api) -> dict[str, float]:
-    status, text = await api.call("GET", "/metrics", key=ADMIN_KEY)
-    assert status == 200
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 async def test_partitions_rise_under_load_and_fall_back_when_it_stops(
     scaled: Api, clock: Clock
 ) -> None:
@@ -159,7 +148,7 @@ async def test_partitions_rise_under_load_and_fall_back_when_it_stops(
             parent = next(p for p in body["partitions"] if p["id"] == change["parents"][0])
             assert parent["children"] == change["children"]
             assert change["at"] == body["partitions"][change["children"][1]]["hash_range"]["start"]
-    seen = await metrics(scaled)
+    seen = await metric_values(scaled)
     assert seen['eventbus_autoscale_changes_total{action="split",reason="records_per_s"}'] == 3
     assert seen['eventbus_autoscale_changes_total{action="merge",reason="cold"}'] == 3
     assert seen["eventbus_partition_reshapes_total"] == 6
@@ -204,7 +193,7 @@ async def test_a_hot_single_key_is_reported_and_not_split(scaled: Api, clock: Cl
     assert hot["records_per_s"] == pytest.approx(250) and hot["share"] == 1.0
     (blocked,) = body["autoscale"]["blocked"]
     assert blocked["reason"] == "hot_key" and "single key" in blocked["message"]
-    seen = await metrics(scaled)
+    seen = await metric_values(scaled)
     assert seen["eventbus_autoscale_hot_keys"] == 1
     assert seen['eventbus_autoscale_blocked{reason="hot_key"}'] == 1
     assert seen["eventbus_partition_reshapes_total"] == 0
@@ -289,7 +278,7 @@ async def test_a_tenant_limit_stops_a_split_and_describe_says_so(
         (blocked,) = body["autoscale"]["blocked"]
         assert blocked["reason"] == "tenant_quota" and blocked["partitions"] == [0]
         assert "quota, which leaves this topic 1 active partitions" in blocked["message"]
-        seen = await metrics(api)
+        seen = await metric_values(api)
         assert seen['eventbus_autoscale_blocked{reason="tenant_quota"}'] == 1
         # A larger quota lets the split through at the next evaluation.
         quota["default"] = 4

@@ -28,7 +28,7 @@ from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.segment import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
 from partitions.worker import PartitionKey
-from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
+from tests.conftest import Api, metric_values, start_api, stop_api
 from tests.servers import WORKERS, ServerProcess
 from tests.tiering_tools import TieredServer, start_tiered, wait_for
 from tiered_storage.cache import ReadCache
@@ -166,17 +166,6 @@ async def _read_binary(api: Api, offset: int, **params: Any) -> tuple[bytes, int
     return data, int(headers["Eventbus-Next-Offset"]), int(headers["Eventbus-High-Watermark"])
 
 
-async def _metrics(api: Api) -> dict[str, float]:
-    status, text = await api.call("GET", "/metrics", key=ADMIN_KEY)
-    assert status == 200
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 async def _log_gets(server: TieredServer, pid: int) -> list[str]:
     inc = await server.incarnation("t")
     return [
@@ -231,7 +220,7 @@ async def test_reads_from_offset_zero_return_every_record_as_produced(
     ]
     assert [r.offset for r in decoded] == list(range(count))
     assert [r.value.decode() for r in decoded] == [_spec(i)["value"] for i in range(count)]
-    metrics = await _metrics(server.api)
+    metrics = await metric_values(server.api)
     assert metrics["eventbus_cold_reads_total"] > 0
     assert metrics["eventbus_read_cache_misses_total"] > 0
     assert metrics["eventbus_read_cache_hits_total"] > 0
@@ -250,11 +239,11 @@ async def test_after_a_restart_reads_start_from_an_empty_cache_and_return_the_sa
     expected = [_expected(i) for i in range(count)]
     assert await _read_all(server.api, 0, max_records=50) == expected
     await server.restart()
-    metrics = await _metrics(server.api)
+    metrics = await metric_values(server.api)
     assert metrics["eventbus_read_cache_bytes"] == 0
     assert metrics["eventbus_read_cache_misses_total"] == 0
     assert await _read_all(server.api, 0, max_records=50) == expected
-    metrics = await _metrics(server.api)
+    metrics = await metric_values(server.api)
     assert metrics["eventbus_read_cache_misses_total"] > 0  # fetched again, from the store
     assert metrics["eventbus_read_cache_bytes"] > 0
 
@@ -267,7 +256,7 @@ async def test_cold_reads_work_on_the_file_store(tmp_path: Path) -> None:
         assert await _read_all(api, 0, max_records=40) == [_expected(i) for i in range(count)]
         found = await _read(api, None, timestamp_ms=T0 + 10 * 1000 - 1, max_records=1)
         assert found["records"][0]["offset"] == 10 < local_start
-        assert (await _metrics(api))["eventbus_read_cache_misses_total"] > 0
+        assert (await metric_values(api))["eventbus_read_cache_misses_total"] > 0
     finally:
         await stop_api(api)
 
@@ -295,7 +284,7 @@ async def test_the_file_store_is_read_straight_in_one_buffer_per_read(tmp_path: 
             assert len(uploaded) > local_start * 50 and stream.startswith(uploaded)
         # A read in the middle of a segment looks its offset up in the segment's index.
         assert (await _read(api, 17, max_records=1))["records"] == [_expected(17)]
-        metrics = await _metrics(api)
+        metrics = await metric_values(api)
         # One entry: that segment's parsed indexes, far smaller than any of its log.
         assert metrics["eventbus_read_cache_misses_total"] == 1
         assert 0 < metrics["eventbus_read_cache_peak_bytes"] < min(p.stat().st_size for p in logs)
@@ -386,10 +375,10 @@ async def test_the_read_cache_stays_under_its_bound(tmp_path: Path, s3_endpoint:
             body = await _read(server.api, offset, max_records=10)
             records.extend(body["records"])
             offset = body["next_offset"]
-            metrics = await _metrics(server.api)
+            metrics = await metric_values(server.api)
             assert 0 < metrics["eventbus_read_cache_bytes"] <= bound
         assert records == [_expected(i) for i in range(count)]
-        metrics = await _metrics(server.api)
+        metrics = await metric_values(server.api)
         # One cache per worker process: /metrics sums them.
         assert metrics["eventbus_read_cache_capacity_bytes"] == bound * max(1, WORKERS)
         assert metrics["eventbus_read_cache_peak_bytes"] <= bound
@@ -550,7 +539,7 @@ async def test_sequential_readers_get_read_ahead_and_indexes_are_fetched_once(
         local_start = await _tiered(server, count, segment_bytes=16 * 1024, local_bytes=16 * 1024)
         first = await _read(server.api, 0, max_records=2)
         second = await _read(server.api, first["next_offset"], max_records=2)
-        after_two = await _metrics(server.api)
+        after_two = await metric_values(server.api)
         assert after_two["eventbus_read_ahead_chunks_total"] > 0  # the second read continued
         # From here on every chunk a read needs is cached or already on its way: the
         # reader never waits for a fetch of its own, reading records or stored batches
@@ -563,7 +552,7 @@ async def test_sequential_readers_get_read_ahead_and_indexes_are_fetched_once(
             else:
                 offset = (await _read(server.api, offset, max_records=3))["next_offset"]
             turn += 1
-        metrics = await _metrics(server.api)
+        metrics = await metric_values(server.api)
         assert (
             metrics["eventbus_read_cache_misses_total"]
             == after_two["eventbus_read_cache_misses_total"]
@@ -607,7 +596,7 @@ async def test_a_read_fetches_only_the_byte_range_it_needs(server: TieredServer)
     )
     body = await _read(server.api, 150, max_records=1)
     assert [r["offset"] for r in body["records"]] == [150]
-    fetched = (await _metrics(server.api))["eventbus_read_cache_fetched_bytes_total"]
+    fetched = (await metric_values(server.api))["eventbus_read_cache_fetched_bytes_total"]
     # The indexes, then at most the two chunks between the index entry and the record.
     assert fetched <= index_bytes + 2 * CHUNK
 
@@ -671,7 +660,7 @@ async def test_a_cold_read_racing_the_topics_deletion_answers_closed_and_keeps_n
         status, body = await read
         assert status == 503, body
         assert body["error"]["code"] == "partition_closed"
-        metrics = await _metrics(server.api)
+        metrics = await metric_values(server.api)
         assert metrics["eventbus_read_cache_bytes"] == 0
         assert metrics["eventbus_tiering_remote_bytes"] == 0
         status, body = await server.api.call(
@@ -745,12 +734,12 @@ async def test_a_store_that_does_not_answer_fails_only_cold_reads_and_retriably(
         assert [r["offset"] for r in local["records"]] == list(range(local_start, local_start + 5))
         server.proxy.thaw()
         assert await _read_all(server.api, 0) == [_expected(i) for i in range(count)]
-        metrics = await _metrics(server.api)
+        metrics = await metric_values(server.api)
         assert metrics["eventbus_read_cache_fetch_failures_total"] > 0
         # Deleting the topic drops what the cache held of it.
         assert metrics["eventbus_read_cache_bytes"] > 0
         assert (await server.api.call("DELETE", "/v1/topics/t"))[0] == 204
-        assert (await _metrics(server.api))["eventbus_read_cache_bytes"] == 0
+        assert (await metric_values(server.api))["eventbus_read_cache_bytes"] == 0
     finally:
         await server.close()
 
