@@ -15,7 +15,9 @@ hour (:class:`Meter`), and one background task (:func:`metering_ctx`) does the r
   line per tenant that used anything in it to the object store (:class:`UsageExporter`).
 
 Readings (:meth:`Meter.usage`) add the catalog's rows, the counts not flushed yet and the
-storage held since the last sample, so they are exact at any moment and never go back.
+storage held since the last sample, so they are exact at any moment and never go back. With
+several worker processes a reading first has every worker flush and the one that samples
+storage sample it, whichever worker serves the reading.
 
 What is counted, per tenant request (requests made with a tenant's key; admin requests and
 public routes are not metered):
@@ -308,6 +310,11 @@ class Meter:
         the catalog's rows, the counts not flushed yet, and what tenants held since their
         last sample."""
         if self.before_reading is not None:
+            # The leader samples storage before every reading, whichever worker serves it:
+            # the others ask it to, and this process may be the leader. Else a reading the
+            # leader serves keeps its timer's last measure, and storage written since is
+            # billed from a later sample (by then maybe much later on the clock).
+            await self.sample()
             await self.before_reading()
         async with self._flush_lock:  # no flush in flight: its counts are in one place
             rows = await self._catalog.list_usage(start_ms, end_ms, tenant=tenant)

@@ -57,6 +57,18 @@ def worker_pid(server: ServerProcess, index: int) -> int:
     return int((server.data_dir / "run" / f"worker-{index}.pid").read_text())
 
 
+def http_socket(server: ServerProcess, index: int) -> Path:
+    """Worker ``index``'s own HTTP socket: a request sent there is served by that worker."""
+    return server.data_dir / "run" / f"worker-{index}-http.sock"
+
+
+@contextlib.asynccontextmanager
+async def worker_session(server: ServerProcess, index: int) -> AsyncIterator[aiohttp.ClientSession]:
+    """An admin session whose requests worker ``index`` serves."""
+    async with session(connector=aiohttp.UnixConnector(path=str(http_socket(server, index)))) as s:
+        yield s
+
+
 def log_lines(server: ServerProcess) -> list[dict[str, Any]]:
     out = []
     for line in server.stderr().splitlines():
@@ -90,15 +102,10 @@ async def restarted(server: ServerProcess, index: int, old_pid: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError, ValueError):
-            if (
-                worker_pid(server, index) != old_pid
-                and (server.data_dir / "run" / f"worker-{index}-http.sock").exists()
-            ):
+            if worker_pid(server, index) != old_pid and http_socket(server, index).exists():
                 async with (
                     aiohttp.ClientSession(
-                        connector=aiohttp.UnixConnector(
-                            path=str(server.data_dir / "run" / f"worker-{index}-http.sock")
-                        )
+                        connector=aiohttp.UnixConnector(path=str(http_socket(server, index)))
                     ) as local,
                     local.get("http://worker/healthz") as response,
                 ):
@@ -230,7 +237,8 @@ async def test_a_tenants_request_quota_holds_across_worker_processes(tmp_path: P
 async def test_metering_counts_requests_and_storage_once_across_workers(tmp_path: Path) -> None:
     """Requests land on both workers and each counts its own; storage is sampled by one
     worker only, so a tenant holding S bytes for half an hour (on a clock the test moves) is
-    billed S x 1800 byte-seconds, not once per process; a reading is exact at once."""
+    billed S x 1800 byte-seconds, not once per process; a reading is exact at once, and the
+    same whichever worker serves it."""
     start_ms = (time.time_ns() // 1_000_000) // 1000 * 1000
     clock = FakeClock()
     clock.now = float(start_ms)
@@ -256,14 +264,24 @@ async def test_metering_counts_requests_and_storage_once_across_workers(tmp_path
                 "from": _hour_text(hour),
                 "to": _hour_text(hour + 2 * 3_600_000),
             }
-            # A reading has the leader sample storage first: at the start, holding `stored`
-            # (rather than sleeping for the sampler's timer, which a loaded machine delays).
-            async with admin.get(f"{server.url}/v1/admin/usage", params=period) as response:
+        # A reading has the leader sample storage first, also one the leader serves itself
+        # (asked of the leader directly: through the shared port either worker may take it):
+        # at the start, holding `stored` (rather than sleeping for the sampler's timer, which
+        # a loaded machine delays).
+        async with worker_session(server, 0) as leader:
+            async with leader.get("http://worker/v1/admin/usage", params=period) as response:
                 assert response.status == 200
-            clock.advance(1800 * 1000)  # and the reading below samples half an hour later
-            async with admin.get(f"{server.url}/v1/admin/usage", params=period) as response:
-                (bill,) = (await response.json())["tenants"]
-        usage = bill["usage"]
+        clock.advance(1800 * 1000)  # and the readings below sample half an hour later
+        bills = []
+        for index in (1, 0):
+            async with (
+                worker_session(server, index) as one,
+                one.get("http://worker/v1/admin/usage", params=period) as response,
+            ):
+                assert response.status == 200
+                bills.extend((await response.json())["tenants"])
+        assert bills[0] == bills[1]  # the same bill from either worker
+        usage = bills[0]["usage"]
         assert usage["requests"] == 21 and usage["records_in"] == 20
         assert usage["bytes_in"] == 20 * 100
         assert usage["stored_byte_seconds"] == stored * 1800
