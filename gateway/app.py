@@ -153,7 +153,8 @@ async def _tenancy_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _group_sessions_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Expire consumer-group members whose sessions ran out, so their partitions move."""
+    """Expire consumer-group members whose sessions ran out, so their partitions move; at
+    shutdown, finish writing the groups' automatic commits."""
     task = asyncio.get_running_loop().create_task(
         app[BROKER].groups.sweep_forever(), name="group-sessions"
     )
@@ -162,6 +163,8 @@ async def _group_sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    # Automatic commits are written behind fetches: all of them before the catalog closes.
+    await app[BROKER].groups.write_all()
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:

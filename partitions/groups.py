@@ -17,11 +17,18 @@ A group consumes one topic. Members join by fetching; their sessions live in thi
   member's previous fetch delivered: records are committed only after the member came back
   for more, so delivery is at least once. A commit for a partition the member does not own
   in the current generation is refused and changes nothing.
+- Such an automatic commit takes effect in the group at once (assignment, drained parents,
+  describe) and is written to the catalog behind the fetch, in the background, those of
+  up to 0.2 s in one write: a fetch does not wait for a catalog transaction. A commit by
+  hand, a leave, a seek, a group's deletion and the server's shutdown first wait for what
+  is still being written. A crash can lose only automatic commits not yet written, whose
+  records are then delivered again: still at least once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -37,6 +44,7 @@ from partitions.errors import (
     InvalidInputError,
     InvalidOffsetError,
     StaleGenerationError,
+    TopicNotFoundError,
 )
 from partitions.log import BatchRead, ReadResult
 from partitions.waiting import waiting
@@ -49,6 +57,10 @@ EARLIEST = "earliest"
 LATEST = "latest"
 # How often expired members are looked for, so that their partitions move promptly.
 SWEEP_INTERVAL_S = 0.25
+# Tries at writing a group's automatic commits before they are given up (logged).
+COMMIT_WRITE_ATTEMPTS = 5
+# How long automatic commits gather between two writes of a group's.
+COMMIT_WRITE_PAUSE_S = 0.2
 
 
 class UnknownMemberError(ConflictError):
@@ -110,6 +122,11 @@ class Group:
     newest_partition: int = -1
     loaded: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Automatic commits in effect here but not yet in the catalog, and the task writing them.
+    unwritten: dict[int, int] = field(default_factory=dict)
+    writer: asyncio.Task[None] | None = None
+    # Set to have the writer write what is left now rather than after its pause.
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -372,7 +389,7 @@ class GroupCoordinator:
                 if auto_commit is not None:
                     member.auto_commit = auto_commit
             if member.auto_commit and member.delivered:
-                await self._commit_delivered(group, shape, member)
+                self._commit_behind(group, shape, member)
             await self._rebalance_for(group, shape, member)
             member.busy += 1
         try:
@@ -550,18 +567,89 @@ class GroupCoordinator:
 
     # --- commit, leave -----------------------------------------------------------------
 
-    async def _commit_delivered(self, group: Group, shape: TopicShape, member: Member) -> None:
+    def _delivered_offsets(self, group: Group, member: Member) -> dict[int, int]:
         offsets = {
             pid: offset
             for pid, offset in member.delivered.items()
             if group.owner.get(pid) == member.member_id and offset > group.committed.get(pid, -1)
         }
         member.delivered.clear()
+        return offsets
+
+    async def _commit_delivered(self, group: Group, shape: TopicShape, member: Member) -> None:
+        """Commit what the member's last fetch delivered, and wait until it is written."""
+        await self.written(group)
+        offsets = self._delivered_offsets(group, member)
         if offsets:
             stored = await self._catalog.commit_offsets(
                 shape.tenant, shape.name, group.name, offsets
             )
             group.committed = dict(stored.offsets)
+
+    def _commit_behind(self, group: Group, shape: TopicShape, member: Member) -> None:
+        """An automatic commit: in effect now, written to the catalog in the background
+        (see the module's docstring). Called with the group's lock held."""
+        offsets = self._delivered_offsets(group, member)
+        if not offsets:
+            return
+        group.committed.update(offsets)
+        group.unwritten.update(offsets)
+        if group.writer is None or group.writer.done():
+            group.writer = asyncio.get_running_loop().create_task(
+                self._write_commits(group, shape.tenant, shape.name),
+                name=f"group-commits-{group.name}",
+            )
+        group.notify()  # a drained parent may free its children
+
+    async def _write_commits(self, group: Group, tenant: str, topic: str) -> None:
+        """Write a group's automatic commits until none is left, each write taking every
+        one made since the last; a write that keeps failing is given up (logged): its
+        records would be delivered again after a restart."""
+        try:
+            await self._write_all_commits(group, tenant, topic)
+        finally:
+            group.hurry.clear()
+
+    async def _write_all_commits(self, group: Group, tenant: str, topic: str) -> None:
+        failures = 0
+        key = (tenant, group.incarnation, group.name)
+        while group.unwritten and self._groups.get(key) is group:  # not a forgotten topic's
+            offsets, group.unwritten = group.unwritten, {}
+            try:
+                await self._catalog.commit_offsets(tenant, topic, group.name, offsets)
+            except (GroupNotFoundError, TopicNotFoundError):
+                return  # deleted meanwhile: nothing to keep
+            except Exception:  # noqa: BLE001 - whatever the catalog raised: retried, then logged
+                failures += 1
+                if failures > COMMIT_WRITE_ATTEMPTS:
+                    log.exception(
+                        "group %s: could not write its automatic commits; after a restart "
+                        "it resumes from its last written commit",
+                        group.name,
+                    )
+                    return
+                for pid, offset in offsets.items():  # newer commits win
+                    group.unwritten.setdefault(pid, offset)
+                await asyncio.sleep(0.05 * 2**failures)
+                continue
+            failures = 0
+            if not group.hurry.is_set():
+                # A member fetching continuously commits at every fetch: let them gather,
+                # so that the catalog takes a few writes a second rather than one a fetch.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(group.hurry.wait(), COMMIT_WRITE_PAUSE_S)
+
+    async def written(self, group: Group) -> None:
+        """Wait until the group's automatic commits are in the catalog."""
+        while group.writer is not None and not group.writer.done():
+            group.hurry.set()
+            await asyncio.shield(group.writer)
+
+    async def write_all(self) -> None:
+        """Wait until every group's automatic commits are in the catalog (shutdown)."""
+        for group in list(self._groups.values()):
+            with contextlib.suppress(Exception):
+                await self.written(group)
 
     async def commit(
         self,
@@ -595,6 +683,7 @@ class GroupCoordinator:
                         f"offset {offset} for partition {pid} is past its end {stats.end_offset}",
                         partition=pid,
                     )
+            await self.written(group)  # after the automatic ones it may overwrite
             stored = await self._catalog.commit_offsets(
                 shape.tenant, shape.name, name, dict(offsets)
             )
@@ -682,6 +771,7 @@ class GroupCoordinator:
                     "or expire first",
                     members=len(group.members),
                 )
+            await self.written(group)  # a write after the delete would bring it back
             self._groups.pop((shape.tenant, shape.incarnation, name), None)
             await self._catalog.delete_group(shape.tenant, shape.name, name)
 
@@ -699,6 +789,7 @@ class GroupCoordinator:
                     f"group {name!r} has live members; seek when it has none",
                     members=len(group.members),
                 )
+            await self.written(group)
             offsets = await self._seek_offsets(shape, target)
             stored = await self._catalog.commit_offsets(shape.tenant, shape.name, name, offsets)
             group.committed = dict(stored.offsets)

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.app import CATALOG
 from gateway.keys import BROKER
 from partitions.errors import PartitionUnavailableError
 from partitions.log import ReadResult
@@ -379,6 +380,51 @@ async def test_a_fetch_that_fails_part_way_moves_the_member_nowhere(
         answer = await _fetch(api, member_id=member["member_id"])
         got += [r["value"] for r in answer["records"]]
     assert sorted(got) == sorted(r["value"] for r in records)
+
+
+@pytest.mark.single_process("holds the catalog's writes by patching the server process")
+async def test_automatic_commits_are_written_behind_fetches_and_before_a_leave(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under auto_commit a fetch does not wait for the catalog: while its writes are held,
+    fetches are answered and the group shows each commit at once; the commits made
+    meanwhile go into one write; a leave waits until they are written, then writes its own."""
+    await api.call("PUT", "/v1/topics/t")
+    await _produce(api, [{"value": f"v{i}"} for i in range(40)])
+    member = await _fetch(api, auto_offset_reset="earliest", max_records=10)
+    catalog = api.server.app[CATALOG]
+    real_commit = catalog.commit_offsets
+    release = asyncio.Event()
+    writes: list[dict[int, int]] = []
+
+    async def held_commit(tenant: str, topic: str, group: str, offsets: dict[int, int]) -> Any:
+        writes.append(dict(offsets))
+        await release.wait()
+        return await real_commit(tenant, topic, group, offsets)
+
+    monkeypatch.setattr(catalog, "commit_offsets", held_commit)
+    got: list[str] = []
+    for _ in range(3):  # each commits what the one before delivered: 10, then 15, then 20
+        answer = await asyncio.wait_for(
+            _fetch(api, member_id=member["member_id"], max_records=5), 10
+        )
+        got += [r["value"] for r in answer["records"]]
+    assert got == [f"v{i}" for i in range(10, 25)]
+    status, group = await api.call("GET", G)
+    assert status == 200 and group["partitions"][0]["committed"] == 20
+    assert writes == [{0: 10}]  # held; 15 and 20 wait, as one write
+    stored = await catalog.get_group("default", "t", "g")
+    assert stored.offsets.get(0, 0) == 0
+    leaving = asyncio.ensure_future(
+        api.call("POST", G + "/leave", json={"member_id": member["member_id"]})
+    )
+    await asyncio.sleep(0.2)
+    assert not leaving.done()  # waits for the held write
+    release.set()
+    status, _ = await asyncio.wait_for(leaving, 10)
+    assert status == 204
+    assert writes == [{0: 10}, {0: 20}, {0: 25}]
+    assert (await catalog.get_group("default", "t", "g")).offsets[0] == 25
 
 
 async def test_a_refused_fetch_does_not_create_the_group(api: Api) -> None:
