@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from functools import partial
 from typing import Any, TypeGuard
 
@@ -23,8 +22,8 @@ from partitions.batch import payload_totals, trim_batches
 from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import InvalidInputError, InvalidOffsetError
 from partitions.groups import EARLIEST, LATEST, RawChunk
-from partitions.idempotency import HASH_BYTES
 from partitions.idempotency import check_key as check_idempotency_key
+from partitions.idempotency import request_hash
 from partitions.log import BatchRead
 
 MAX_READ_RECORDS = 10_000
@@ -214,8 +213,7 @@ async def produce(request: web.Request) -> web.Response:
         records = parse_records(parse_json(raw), now_ms=now)
     idempotency = None
     if idempotency_key is not None:
-        digest = hashlib.sha256(media.encode() + b"\n" + raw).digest()[:HASH_BYTES]
-        idempotency = IdempotentRequest(idempotency_key, digest)
+        idempotency = IdempotentRequest(idempotency_key, request_hash(media, raw))
     appended: list[int] = []
     try:
         placed = await broker.produce(

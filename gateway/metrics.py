@@ -127,6 +127,9 @@ class Metrics:
             ["method", "route"],
             registry=self.registry,
         )
+        # Series by (method, route, status): looked up once each, not on every request. Few:
+        # methods and statuses are bounded, routes are the app's own.
+        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.produced_records = Counter(
             "eventbus_produced_records", "Records produced", registry=self.registry
         )
@@ -144,6 +147,17 @@ class Metrics:
         )
         # The other worker processes' metrics, when there are others (gateway/cluster.py).
         self.gather: Callable[[], Awaitable[list[bytes]]] | None = None
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count an answered request and its time."""
+        series = self._request_series.get((method, route, status))
+        if series is None:
+            series = self._request_series[(method, route, status)] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def watch_worker(self, totals: Callable[[], WorkerTotals], waiting: Callable[[], int]) -> None:
         self.registry.register(_WorkerCollector(totals, waiting))

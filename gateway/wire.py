@@ -151,12 +151,12 @@ def parse_batches(raw: bytes, *, now_ms: int) -> list[NewRecord]:
                 check_timestamp(record.timestamp_ms, index, now_ms=now_ms)
                 out.append(
                     NewRecord(
-                        value=record.value,
-                        key=record.key,
-                        headers=record.headers,
-                        timestamp_ms=record.timestamp_ms,
-                        key_is_text=record.key_is_text,
-                        value_is_text=record.value_is_text,
+                        record.value,
+                        record.key,
+                        record.headers,
+                        record.timestamp_ms,
+                        record.key_is_text,
+                        record.value_is_text,
                     )
                 )
         except InvalidBatchError as exc:

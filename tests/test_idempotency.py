@@ -21,7 +21,10 @@ from partitions.errors import PartitionUnavailableError
 from partitions.idempotency import (
     ANSWER_TTL_MS,
     AnswerTable,
+    Entry,
     IdempotencyKeyReusedError,
+    InvalidIdempotencyKeyError,
+    check_key,
     decode_tag,
     encode_tags,
 )
@@ -118,6 +121,37 @@ def test_a_batch_known_twice_counts_once() -> None:
         assert entry.complete and entry.answer() == [(1, 30), (1, 31), (2, 7), (2, 8)]
 
     asyncio.run(run())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(st.integers(0, 60), min_size=1, max_size=40, unique=True).map(sorted),
+        min_size=0,
+        max_size=6,
+    )
+)
+def test_written_counts_each_request_index_once(batches: list[list[int]]) -> None:
+    """``written`` is counted from the parts' runs without listing every index: it must
+    equal the number of distinct indexes, also when two batches hold the same ones."""
+    entry = Entry(b"a" * 16, 0, 61)
+    for n, indexes in enumerate(batches):
+        entry.add_batch(n % 3, 100 * n, indexes)
+    assert entry.written == len(entry.placed()) == len({i for b in batches for i in b})
+    assert entry.complete == (entry.written == 61)
+
+
+def test_keys_are_1_to_255_printable_ascii_characters_without_spaces() -> None:
+    for code in range(0x300):
+        if 33 <= code <= 126:
+            check_key(f"a{chr(code)}b")
+        else:
+            with pytest.raises(InvalidIdempotencyKeyError):
+                check_key(f"a{chr(code)}b")
+    check_key("k" * 255)
+    for bad in ("", "k" * 256, "\u00e9t\u00e9", "tab\tkey"):
+        with pytest.raises(InvalidIdempotencyKeyError):
+            check_key(bad)
 
 
 def test_the_table_is_bounded() -> None:
