@@ -1,7 +1,7 @@
 """The app factory: one place that wires every long-lived resource.
 
 Each resource is one ``cleanup_ctx`` entry that starts before ``yield`` and is closed after
-it, in reverse order: the catalog, the object store, the partitions and the broker, the
+it, in reverse order: the malloc trim loop (`gateway/memory.py`), the catalog, the object store, the partitions and the broker, the
 group sessions, tiered storage's loops (``gateway/tiering.py``), then the retention loop.
 Nothing starts lazily on a first request.
 """
@@ -22,7 +22,7 @@ from importlib import metadata
 from aiohttp import web
 
 from autoscaler.measure import Clock
-from gateway import admin, autoscaling, cluster, handlers, supervisor, usage
+from gateway import admin, autoscaling, cluster, handlers, memory, supervisor, usage
 from gateway.auth import PRINCIPAL, Authenticator, auth_middleware, bootstrap
 from gateway.broker import Broker
 from gateway.config import ServerConfig
@@ -249,6 +249,7 @@ def create_app(
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.extend(
         [
+            memory.trim_ctx,
             _catalog_ctx,
             object_store_ctx,
             _broker_ctx,

@@ -825,7 +825,8 @@ class Broker:
         before writing anything."""
         entry, busy = claim.entry, claim.busy
         entry.add_placed(placed)
-        entry.unsure.update(lost)
+        if lost:
+            entry.unsure = entry.unsure | frozenset(lost)
         entry.busy = None
         if busy is not None and not busy.done():
             busy.set_result(None)
@@ -892,7 +893,7 @@ class Broker:
                         continue
                     if tag.key == key and tag.request_hash == entry.request_hash:
                         entry.add_found(pid, base_offset, tag.indexes)
-            entry.unsure.clear()
+            entry.unsure = frozenset()
         finally:
             entry.busy = None
             busy.set_result(None)

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import memory
 from gateway.app import create_app
 from gateway.config import ServerConfig
 from gateway.supervisor import (
@@ -38,6 +39,7 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
 
 
 async def serve(config: ServerConfig) -> int:
+    memory.limit_arenas()  # before the app starts its threads
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
@@ -61,6 +63,7 @@ async def serve(config: ServerConfig) -> int:
 async def serve_worker(config: ServerConfig, role: WorkerRole) -> int:
     """One worker process of ``eventbus serve --workers N`` (started by the supervisor)."""
     die_with_parent()
+    memory.limit_arenas()  # before the worker starts its threads
     control = WorkerControl(role)
     control.start()
     app = create_app(config, workers=role)

@@ -30,6 +30,7 @@ segment rolls, and rebuilt from the log whenever they disagree with it.
 
 from __future__ import annotations
 
+import array
 import bisect
 import contextlib
 import logging
@@ -73,13 +74,18 @@ def segment_name(base_offset: int) -> str:
     return f"{base_offset:020d}"
 
 
+def _entries() -> array.array[int]:
+    return array.array("q")
+
+
 @dataclass(slots=True)
 class IndexState:
-    """The in-memory copy of a segment's two indexes (lockstep lists)."""
+    """The in-memory copy of a segment's two indexes: lockstep arrays of 64-bit integers
+    (8 bytes an entry each, where lists of ints took about 40)."""
 
-    relative_offsets: list[int] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    max_timestamps: list[int] = field(default_factory=list)
+    relative_offsets: array.array[int] = field(default_factory=_entries)
+    positions: array.array[int] = field(default_factory=_entries)
+    max_timestamps: array.array[int] = field(default_factory=_entries)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -482,7 +488,9 @@ class Segment:
         file_size = self._file_size()
         on_disk = self._read_index_files()
         index = IndexState(
-            list(on_disk.relative_offsets), list(on_disk.positions), list(on_disk.max_timestamps)
+            array.array("q", on_disk.relative_offsets),
+            array.array("q", on_disk.positions),
+            array.array("q", on_disk.max_timestamps),
         )
         while len(index) and (
             index.positions[-1] >= file_size or not self._entry_ok(index, len(index) - 1, file_size)

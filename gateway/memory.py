@@ -1,0 +1,81 @@
+"""Keeping a server process's resident memory close to what it holds.
+
+Where the C library is glibc, its ``malloc`` gives threads that allocate arenas of their
+own (up to eight per core), and memory freed into an arena stays resident in it. The
+server's threads allocate much of what the event loop later frees: the log's readers read
+whole runs of batches, the catalog and the object store's calls run on threads too. Under a
+steady load the workers' resident size then kept growing, with their live Python objects
+flat (``make soak``; numbers in docs/benchmarks.md). So each server process, before it
+starts a thread:
+
+- limits ``malloc`` to :data:`ARENAS` arenas (``mallopt(M_ARENA_MAX)``), so that freed
+  memory is found again by the next allocation of any thread;
+- and, every :data:`TRIM_INTERVAL_S`, asks ``malloc_trim(0)`` to give free pages back.
+
+Elsewhere (another C library, another system) both do nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import sys
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+ARENAS = 2
+TRIM_INTERVAL_S = 30.0
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+        return None  # musl and others: neither call exists
+    return libc
+
+
+_LIBC = _glibc()
+
+
+def limit_arenas() -> bool:
+    """At most :data:`ARENAS` malloc arenas from now on; call before threads start.
+    Answers whether the C library took it."""
+    return _LIBC is not None and bool(_LIBC.mallopt(_M_ARENA_MAX, ARENAS))
+
+
+def trim() -> bool:
+    """Give free heap pages back to the kernel; answers whether any were."""
+    return _LIBC is not None and bool(_LIBC.malloc_trim(0))
+
+
+async def trim_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A ``cleanup_ctx`` entry: :func:`trim` every :data:`TRIM_INTERVAL_S` (glibc only)."""
+    if _LIBC is None:
+        yield
+        return
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(TRIM_INTERVAL_S)
+            trim()
+
+    task = asyncio.get_running_loop().create_task(loop(), name="malloc-trim")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
