@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint pytest bench clean
+.PHONY: install run test lint pytest bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: install $(BENCH_STAMP)
 	$(BIN)/python -m bench.workers_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.cold_read_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.compare_bench --output docs/benchmarks.md
+
+# Ten minutes of steady load on 100 partitions: the memory of every server process.
+soak: install $(BENCH_STAMP)
+	$(BIN)/python -m bench.soak --minutes 10 --output docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info
