@@ -170,8 +170,15 @@ class Autoscaler:
 
     def evaluate(self, topic: TopicSnapshot, *, tenant_max_partitions: int | None) -> Decision:
         config = autoscale_config(topic.config)
-        load = self.meters.topic_load(topic.tenant, topic.incarnation, topic.active, config)
-        decision = decide(load, config, tenant_max_partitions=tenant_max_partitions)
+        if config.enabled:
+            load = self.meters.topic_load(topic.tenant, topic.incarnation, topic.active, config)
+            decision = decide(load, config, tenant_max_partitions=tenant_max_partitions)
+        else:
+            # Nothing to decide: only keep the meters to the active partitions (reading
+            # every partition's sample would cost each second for nothing).
+            ids = [p.partition_id for p in topic.active]
+            self.meters.sync_topic(topic.tenant, topic.incarnation, ids, config)
+            decision = Decision()
         status = self.status.entry(topic.tenant, topic.incarnation)
         _log_news(topic, status.decision, decision)
         status.evaluated_ms = self._wall_ms()

@@ -15,8 +15,6 @@ nothing is split or merged until a full window has been seen again.
 
 from __future__ import annotations
 
-import array
-import itertools
 import random
 import time
 from collections import deque
@@ -39,7 +37,11 @@ from partitions.worker import PartitionKey
 
 Clock = Callable[[], int]
 SAMPLES_PER_BATCH = 8
-SAMPLE_CAPACITY = 2048
+# Samples kept per partition, the newest. 512 places a split point and measures a key's
+# share to within a few percent; each sample is an object of its own (about 250 bytes with
+# its key), and the policy reads all of a busy partition's every second: at 2048, a
+# hundred partitions held some 50 MiB of samples.
+SAMPLE_CAPACITY = 512
 # Enough of a key to name it in topic describe; the rest is never kept.
 KEY_PREVIEW_BYTES = 64
 
@@ -61,74 +63,6 @@ class Geometry:
         return cls(length, slices_in(max(config.window_s, config.merge_window_s), length))
 
 
-class SampleRing:
-    """The most recent ``capacity`` sampled records of a partition, with the slice each
-    came in, oldest first.
-
-    Kept in flat arrays rather than one object per sample: a hundred busy partitions hold
-    two hundred thousand samples, which as tuples of objects took about 50 MiB and as
-    array slots take about 35 bytes each (plus a reference to the sampled key).
-    """
-
-    __slots__ = (
-        "capacity",
-        "_next",
-        "_slices",
-        "_hashes",
-        "_keyed",
-        "_nbytes",
-        "_nrecords",
-        "_keys",
-    )
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._next = 0  # where the next sample goes once the ring is full
-        self._slices = array.array("q")
-        self._hashes = array.array("Q")
-        self._keyed = bytearray()
-        self._nbytes = array.array("d")
-        self._nrecords = array.array("d")
-        self._keys: list[bytes | None] = []
-
-    def __len__(self) -> int:
-        return len(self._slices)
-
-    def append(self, index: int, sample: KeySample) -> None:
-        hashed = sample.hash
-        if len(self._slices) < self.capacity:
-            self._slices.append(index)
-            self._hashes.append(hashed or 0)
-            self._keyed.append(hashed is not None)
-            self._nbytes.append(sample.nbytes)
-            self._nrecords.append(sample.nrecords)
-            self._keys.append(sample.key)
-            return
-        at = self._next
-        self._next = (at + 1) % self.capacity
-        self._slices[at] = index
-        self._hashes[at] = hashed or 0
-        self._keyed[at] = hashed is not None
-        self._nbytes[at] = sample.nbytes
-        self._nrecords[at] = sample.nrecords
-        self._keys[at] = sample.key
-
-    def since(self, oldest: int) -> tuple[KeySample, ...]:
-        """The samples of slice ``oldest`` and later, oldest first."""
-        count = len(self._slices)
-        order = itertools.chain(range(self._next, count), range(self._next))
-        return tuple(
-            KeySample(
-                self._hashes[i] if self._keyed[i] else None,
-                self._nbytes[i],
-                self._nrecords[i],
-                self._keys[i],
-            )
-            for i in order
-            if self._slices[i] >= oldest
-        )
-
-
 class PartitionMeter:
     """Bytes and records per slice, and a sample of key hashes, of one partition."""
 
@@ -139,7 +73,8 @@ class PartitionMeter:
         self.started_ms = now_ms
         # [slice index, bytes, records], oldest first; slices without traffic are absent.
         self._slices: deque[list[int]] = deque()
-        self._samples = SampleRing(SAMPLE_CAPACITY)
+        # (slice index, sample), oldest first.
+        self._samples: deque[tuple[int, KeySample]] = deque(maxlen=SAMPLE_CAPACITY)
 
     def add(self, now_ms: int, nbytes: int, nrecords: int, samples: Iterable[KeySample]) -> None:
         index = now_ms // self.geometry.slice_ms
@@ -156,7 +91,7 @@ class PartitionMeter:
         else:
             self._add_earlier(index, nbytes, nrecords)
         for sample in samples:
-            self._samples.append(index, sample)
+            self._samples.append((index, sample))
 
     def _add_earlier(self, index: int, nbytes: int, nrecords: int) -> None:
         """Counts of a slice before the newest one (shipped late by another process)."""
@@ -192,7 +127,8 @@ class PartitionMeter:
 
     def recent_sample(self, now_ms: int, count: int) -> tuple[KeySample, ...]:
         """Sampled records of the last ``count`` slices and the current one."""
-        return self._samples.since(now_ms // self.geometry.slice_ms - count)
+        oldest = now_ms // self.geometry.slice_ms - count
+        return tuple(sample for index, sample in self._samples if index >= oldest)
 
 
 class LoadMeters:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 
 from autoscaler.config import DEFAULT_AUTOSCALE, AutoscaleConfig
-from autoscaler.measure import SAMPLE_CAPACITY, SAMPLES_PER_BATCH, LoadMeters, SampleRing
-from autoscaler.policy import KeySample, Rate
+from autoscaler.measure import SAMPLE_CAPACITY, SAMPLES_PER_BATCH, LoadMeters
+from autoscaler.policy import Rate
 from gateway.broker import key_hash
 from partitions.batch import NewRecord
 from partitions.catalog import WHOLE_SPACE, PartitionRecord, PartitionState
@@ -125,18 +125,3 @@ def test_partitions_come_and_go_and_a_new_window_restarts_the_meters() -> None:
     assert load.slice_ms == 400 and load.partitions[0].measured_ms == 0
     board.keep_topics(set())
     assert board.partitions_measured() == 0
-
-
-def test_the_sample_ring_keeps_the_newest_in_order_and_filters_by_slice() -> None:
-    ring = SampleRing(4)
-    samples = [
-        KeySample(None if n % 3 == 0 else n * 1000, float(n), 1.5, None if n % 3 == 0 else b"k")
-        for n in range(7)
-    ]
-    for n, sample in enumerate(samples):
-        ring.append(n // 2, sample)  # slices 0, 0, 1, 1, 2, 2, 3
-    assert len(ring) == 4
-    assert ring.since(0) == tuple(samples[3:])  # the oldest three were overwritten
-    assert ring.since(2) == tuple(samples[4:])
-    assert ring.since(4) == ()
-    assert ring.since(0)[0].hash is None and ring.since(0)[1].hash == 4000
