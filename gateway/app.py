@@ -1,8 +1,9 @@
 """The app factory: one place that wires every long-lived resource.
 
 Each resource is one ``cleanup_ctx`` entry that starts before ``yield`` and is closed after
-it, in reverse order: the malloc trim loop (`gateway/memory.py`), the catalog, the object store, the partitions and the broker, the
-group sessions, tiered storage's loops (``gateway/tiering.py``), then the retention loop.
+it, in reverse order: the malloc trim loop (``gateway/memory.py``), the catalog, the object
+store, the partitions and the broker, the group sessions, tiered storage's loops
+(``gateway/tiering.py``), then the retention loop.
 Nothing starts lazily on a first request.
 """
 

@@ -13,6 +13,11 @@ starts a thread:
 - and, every :data:`TRIM_INTERVAL_S`, asks ``malloc_trim(0)`` to give free pages back.
 
 Elsewhere (another C library, another system) both do nothing.
+
+And once a process has started (modules loaded, the app set up), :func:`freeze_startup`
+moves every object it holds then out of the garbage collector's way: a full collection
+walked all of them (aiohttp, botocore's service models, ...) and stopped the event loop
+for about 60 ms, which at 1,000 records/s was the whole end-to-end p99.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -58,6 +64,13 @@ def limit_arenas() -> bool:
     return _LIBC is not None and bool(_LIBC.mallopt(_M_ARENA_MAX, ARENAS))
 
 
+def freeze_startup() -> None:
+    """Leave what exists now out of every garbage collection from here on; call once the
+    process has loaded everything it runs with (``gc.freeze``)."""
+    gc.collect()
+    gc.freeze()
+
+
 def trim() -> bool:
     """Give free heap pages back to the kernel; answers whether any were."""
     return _LIBC is not None and bool(_LIBC.malloc_trim(0))
@@ -72,7 +85,8 @@ async def trim_ctx(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
             await asyncio.sleep(TRIM_INTERVAL_S)
-            trim()
+            # A trim of a large heap takes milliseconds: not on the event loop.
+            await asyncio.to_thread(trim)
 
     task = asyncio.get_running_loop().create_task(loop(), name="malloc-trim")
     yield

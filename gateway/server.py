@@ -50,6 +50,7 @@ async def serve(config: ServerConfig) -> int:
     try:
         site = web.TCPSite(runner, config.host, config.port, ssl_context=tls_context(config))
         await site.start()
+        memory.freeze_startup()
         port = runner.addresses[0][1] if runner.addresses else config.port
         print(f"eventbus listening on {config.scheme}://{config.host}:{port}", flush=True)
         await stop.wait()
@@ -80,6 +81,7 @@ async def serve_worker(config: ServerConfig, role: WorkerRole) -> int:
             # The other workers' forwarded requests come over this socket.
             await web.UnixSite(runner, str(role.http_path(role.index))).start()
             await web.SockSite(runner, sock, ssl_context=tls_context(config)).start()
+            memory.freeze_startup()
             control.say(READY)
             await stop.wait()
         finally:
