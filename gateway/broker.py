@@ -834,6 +834,8 @@ class Broker:
             # Nothing was written (the attempt failed before any append): the key stays
             # free for a corrected request.
             self.answers.discard(claim.tenant, claim.incarnation, claim.key, entry)
+        else:
+            self.answers.settle(claim.tenant, claim.incarnation, claim.key, entry)
 
     async def _produce_with_home(
         self,

@@ -325,6 +325,19 @@ class Entry:
         return [i for i in range(self.total_records) if i not in placed]
 
 
+# A finished entry as the table keeps it: request hash, acceptance time, record count and
+# packed parts (see :meth:`AnswerTable.settle`).
+_Settled = tuple[bytes, int, int, bytes]
+
+
+def _accepted_ms(value: Entry | _Settled) -> int:
+    return value[1] if isinstance(value, tuple) else value.accepted_ms
+
+
+def _busy(value: Entry | _Settled) -> bool:
+    return not isinstance(value, tuple) and value.busy is not None
+
+
 class AnswerTable:
     """Idempotent requests of the last ``ANSWER_TTL_MS``, per topic incarnation.
 
@@ -333,7 +346,7 @@ class AnswerTable:
     """
 
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
-        self._entries: dict[tuple[str, str, str], Entry] = {}
+        self._entries: dict[tuple[str, str, str], Entry | _Settled] = {}
         self._rebuilt: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.max_entries = max_entries
         self.forgotten_early = 0
@@ -362,7 +375,26 @@ class AnswerTable:
         entry.add_batch(partition, base_offset, tag.indexes)
 
     def entry(self, tenant: str, incarnation: str, key: str) -> Entry | None:
-        return self._entries.get((tenant, incarnation, key))
+        """The entry of a key, as an object that an attempt may change."""
+        composite = (tenant, incarnation, key)
+        value = self._entries.get(composite)
+        if value is None or isinstance(value, Entry):
+            return value
+        entry = self._entries[composite] = Entry(*value)
+        return entry
+
+    def settle(self, tenant: str, incarnation: str, key: str, entry: Entry) -> None:
+        """An attempt ended: keep a finished entry as a tuple of plain values, which the
+        garbage collector stops tracking (the table holds ten minutes of requests, and
+        every full collection walked each entry object: pauses of 10 ms and more)."""
+        composite = (tenant, incarnation, key)
+        if self._entries.get(composite) is entry and entry.busy is None and not entry.unsure:
+            self._entries[composite] = (
+                entry.request_hash,
+                entry.accepted_ms,
+                entry.total_records,
+                entry.packed_parts,
+            )
 
     def claim(
         self,
@@ -376,7 +408,9 @@ class AnswerTable:
     ) -> Entry:
         """The entry of a request, made when new (or when the old one expired)."""
         self.expire(now_ms)
-        entry = self._entries.get((tenant, incarnation, key))
+        value = self._entries.get((tenant, incarnation, key))
+        # A finished request's answer is read from a copy; the table keeps the tuple.
+        entry = Entry(*value) if isinstance(value, tuple) else value
         if entry is not None and entry.busy is None and entry.accepted_ms + ANSWER_TTL_MS <= now_ms:
             entry = None  # expired: the key may be used again
         if entry is not None and entry.request_hash != request_hash:
@@ -395,15 +429,17 @@ class AnswerTable:
                 "this Idempotency-Key was used for a request with another record count",
                 idempotency_key=key,
             )
+        elif isinstance(value, tuple) and not entry.complete:
+            self._entries[(tenant, incarnation, key)] = entry  # an attempt will change it
         return entry
 
     def expire(self, now_ms: int) -> int:
         """Drop answers older than the TTL; entries are kept in acceptance order."""
         dropped = 0
-        for composite, entry in self._iter_oldest():
-            if entry.accepted_ms + ANSWER_TTL_MS > now_ms:
+        for composite, value in self._iter_oldest():
+            if _accepted_ms(value) + ANSWER_TTL_MS > now_ms:
                 break
-            if entry.busy is None:
+            if not _busy(value):
                 del self._entries[composite]
                 dropped += 1
         return dropped
@@ -415,15 +451,15 @@ class AnswerTable:
 
     def _make_room(self) -> None:
         while len(self._entries) >= self.max_entries:
-            for composite, entry in self._iter_oldest():
-                if entry.busy is None:
+            for composite, value in self._iter_oldest():
+                if not _busy(value):
                     del self._entries[composite]
                     self.forgotten_early += 1
                     break
             else:
                 return  # every one of the oldest is still running: let the table grow
 
-    def _iter_oldest(self) -> list[tuple[tuple[str, str, str], Entry]]:
+    def _iter_oldest(self) -> list[tuple[tuple[str, str, str], Entry | _Settled]]:
         # A few at a time: each request does a little of the sweeping.
         return list(itertools.islice(self._entries.items(), 64))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import socket
 from pathlib import Path
@@ -152,6 +153,31 @@ def test_keys_are_1_to_255_printable_ascii_characters_without_spaces() -> None:
     for bad in ("", "k" * 256, "\u00e9t\u00e9", "tab\tkey"):
         with pytest.raises(InvalidIdempotencyKeyError):
             check_key(bad)
+
+
+def test_a_finished_entry_is_kept_as_plain_values_the_collector_does_not_track() -> None:
+    table = AnswerTable()
+
+    async def run() -> None:
+        entry = table.claim("t", "inc", "k", b"a" * 16, 2, now_ms=0)
+        entry.add_placed([(0, (1, 5)), (1, (1, 6))])
+        table.settle("t", "inc", "k", entry)
+        gc.collect()
+        kept = table._entries[("t", "inc", "k")]
+        assert isinstance(kept, tuple) and not gc.is_tracked(kept)
+        again = table.claim("t", "inc", "k", b"a" * 16, 2, now_ms=1000)
+        assert again.complete and again.answer() == [(1, 5), (1, 6)]
+        with pytest.raises(IdempotencyKeyReusedError):
+            table.claim("t", "inc", "k", b"b" * 16, 2, now_ms=1000)
+        # One written in part goes back to an object, for the attempt that completes it.
+        part = table.claim("t", "inc", "p", b"a" * 16, 2, now_ms=10)
+        part.add_placed([(0, (2, 9))])
+        table.settle("t", "inc", "p", part)
+        retry = table.claim("t", "inc", "p", b"a" * 16, 2, now_ms=20)
+        assert retry.missing() == [1] and table.entry("t", "inc", "p") is retry
+        assert table.expire(ANSWER_TTL_MS + 10) == 2 and len(table) == 0
+
+    asyncio.run(run())
 
 
 def test_the_table_is_bounded() -> None:
