@@ -507,28 +507,6 @@ def profile_lines(stats: pstats.Stats, profiled: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _check_key_share(raw: dict[tuple[str, int, str], tuple[Any, ...]]) -> float:
-    """CPU of ``idempotency.check_key``: its own, its generator's (defined on the lines just
-    below it) and the ``all`` it calls."""
-    where = "partitions/idempotency.py"
-    lines = [line for (f, line, fn) in raw if f.endswith(where) and fn == "check_key"]
-    if not lines:
-        return 0.0
-    first = lines[0]
-    own = sum(
-        entry[2]
-        for (filename, line, function), entry in raw.items()
-        if filename.endswith(where)
-        and (function == "check_key" or (function == "<genexpr>" and first < line <= first + 3))
-    )
-    for (filename, _line, function), entry in raw.items():
-        if filename == "~" and function == "<built-in method builtins.all>":
-            for (caller_file, _caller_line, caller), counts in entry[4].items():
-                if caller_file.endswith(where) and caller == "check_key":
-                    own += counts[2]
-    return float(own)
-
-
 def profile_reading(results: Results, stats: pstats.Stats) -> list[str]:
     """What the profile and the tables say about single-record produce, with this run's
     numbers (the reading itself was written from the profile of such a run)."""
@@ -542,7 +520,6 @@ def profile_reading(results: Results, stats: pstats.Stats) -> list[str]:
     raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in raw.values()) or 1.0
     share = {area: own / total for area, own in _attributed(raw).items()}
-    check_key = _check_key_share(raw) / total
     shutdown = sum(
         entry[2] for (f, _l, fn), entry in raw.items() if fn == "_on_cleanup" and "aiohttp" in f
     )
@@ -573,16 +550,17 @@ def profile_reading(results: Results, stats: pstats.Stats) -> list[str]:
         " at 64 clients, Python work per request is. No function takes more than"
         f" {top_own:.1%} of the loop on its own: the cost is spread over many small steps, each"
         " paid once per request.",
-        f"- One cheap finding: validating the `Idempotency-Key` character by character"
-        f" (`check_key`, a generator under `all`) takes {check_key:.1%} of the loop.",
         f"- 60% of the echo is {target:,.0f} requests/s, about {1e6 / target:,.0f} us of CPU per"
-        " request on one core: a several-fold cut of the per-request path (one middleware"
-        " pass instead of several layers, request logs and metrics out of the hot path,"
-        " cheaper idempotency bookkeeping), plus `--workers` on machines with cores to spare,"
-        " is what would close it; no single fix will. The same per-request cost is why the"
-        " p99 at a fixed 1,000 requests/s and end to end are above their targets: at that rate"
-        f" the one process is already {paced_cpu:.0%} busy, so requests queue behind each other"
-        " (and, end to end, behind the long-poll wake-ups and fetches).",
+        " request on one core. What is left is spread over aiohttp's own request handling,"
+        " five middleware layers (request id and metrics, errors, authentication, metering,"
+        " tenancy with its fair scheduler), the produce path with its idempotency entry and"
+        " producer tag, and the hand-off to the log's writer thread and back: a several-fold"
+        " cut, i.e. one middleware pass instead of five, an idempotency entry and tag made"
+        " without per-request allocation, and appends handed to the writer without a future"
+        " and thread wake-up each, plus `--workers` on machines with cores to spare, is what"
+        " would close it; no single fix will.",
+        f"- At a fixed 1,000 requests/s the one process is {paced_cpu:.0%} busy; what queues"
+        " behind a request there is that same per-request work of the others.",
     ]
 
 

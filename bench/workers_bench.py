@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.http_bench import Scenario, Server, run_load
+from bench.http_bench import ROOT, Scenario, Server, run_load
 from bench.report import section_head, write_section
 
 PARTITIONS = 4
@@ -268,14 +268,15 @@ def profile_lines(stats: pstats.Stats) -> list[str]:
 
 
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "/lib/python3", "wt-", "/"):
-        if marker in filename:
-            tail = filename.split(marker, 1)[1]
-            if marker == "/lib/python3":
-                tail = tail.split("/", 1)[1]
-            if marker == "wt-":
-                tail = tail.split("/", 1)[1]
-            return tail
+    """A profiled file's name as the report shows it: relative to the project, or from
+    the installed package on (never a path of the machine it ran on)."""
+    root = f"{ROOT}/"
+    if filename.startswith(root):
+        return filename[len(root) :]
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1]
+    if "/lib/python3" in filename:
+        return filename.split("/lib/python3", 1)[1].split("/", 1)[1]
     return filename
 
 
