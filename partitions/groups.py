@@ -599,7 +599,6 @@ class GroupCoordinator:
                 self._write_commits(group, shape.tenant, shape.name),
                 name=f"group-commits-{group.name}",
             )
-        group.notify()  # a drained parent may free its children
 
     async def _write_commits(self, group: Group, tenant: str, topic: str) -> None:
         """Write a group's automatic commits until none is left, each write taking every
@@ -608,6 +607,10 @@ class GroupCoordinator:
         try:
             await self._write_all_commits(group, tenant, topic)
         finally:
+            # Whatever is left when the writer ends is given up with it (a deleted topic or
+            # group, a catalog that kept failing): kept, a later writer would put it over a
+            # seek or a commit by hand made meanwhile.
+            group.unwritten = {}
             group.hurry.clear()
 
     async def _write_all_commits(self, group: Group, tenant: str, topic: str) -> None:

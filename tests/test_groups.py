@@ -12,6 +12,7 @@ import pytest
 
 from gateway.app import CATALOG
 from gateway.keys import BROKER
+from partitions import groups as groups_module
 from partitions.errors import PartitionUnavailableError
 from partitions.log import ReadResult
 from partitions.worker import PartitionKey
@@ -425,6 +426,49 @@ async def test_automatic_commits_are_written_behind_fetches_and_before_a_leave(
     assert status == 204
     assert writes == [{0: 10}, {0: 20}, {0: 25}]
     assert (await catalog.get_group("default", "t", "g")).offsets[0] == 25
+
+
+@pytest.mark.single_process("fails the catalog's writes by patching the server process")
+async def test_automatic_commits_given_up_are_not_written_over_a_later_seek(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that gives up drops what it could not write, including commits made while
+    its last try was failing: written later, they would overwrite a seek made meanwhile."""
+    await api.call("PUT", "/v1/topics/t")
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200
+    placed = await _produce(api, [{"key": f"k{i}", "value": f"v{i}"} for i in range(40)])
+    assert {p for p, _o in placed} == {1, 2}
+    member = await _fetch(api, auto_offset_reset="earliest", max_records=4)
+    catalog = api.server.app[CATALOG]
+    real_commit = catalog.commit_offsets
+    release = asyncio.Event()
+
+    async def failing(tenant: str, topic: str, group: str, offsets: dict[int, int]) -> Any:
+        await release.wait()
+        raise RuntimeError("injected: the catalog cannot write")
+
+    monkeypatch.setattr(catalog, "commit_offsets", failing)
+    monkeypatch.setattr(groups_module, "COMMIT_WRITE_ATTEMPTS", 0)
+    # The first commit (4 of partition 1) is held, then fails; the next fetch commits both
+    # partitions to their ends while it is held.
+    for _ in range(2):
+        member = await _fetch(api, member_id=member["member_id"], max_records=1000)
+    (group,) = [g for g in api.server.app[BROKER].groups._groups.values() if g.name == "g"]
+    assert set(group.unwritten) == {1, 2}
+    release.set()
+    assert group.writer is not None
+    await asyncio.wait_for(group.writer, 10)
+    assert group.unwritten == {}
+    monkeypatch.setattr(catalog, "commit_offsets", real_commit)
+    leave = {"member_id": member["member_id"], "commit": False}
+    assert (await api.call("POST", G + "/leave", json=leave))[0] == 204
+    assert (await api.call("POST", G + "/seek", json={"to": "earliest"}))[0] == 200
+    # A new member takes one record of partition 1 and commits it: partition 2 must stay
+    # where the seek put it.
+    member = await _fetch(api, max_records=1)
+    await _fetch(api, member_id=member["member_id"], max_records=1)
+    await api.server.app[BROKER].groups.write_all()
+    assert (await catalog.get_group("default", "t", "g")).offsets == {0: 0, 1: 1, 2: 0}
 
 
 async def test_a_refused_fetch_does_not_create_the_group(api: Api) -> None:
