@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from bench.http_bench import Server
-from bench.report import section_head, write_section
+from bench.report import publish, section_head
 
 REACTION_TRIALS = 5
 REACTION = {
@@ -327,10 +327,7 @@ def main() -> int:
     finally:
         server.stop()
     lines = report(scratch, trials, result)
-    print("\n".join(lines))
-    if args.output:
-        write_section(args.output, "autoscale", lines)
-        print(f"wrote {args.output}")
+    publish(lines, args.output, "autoscale")
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
 

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import os
 import pstats
-import select
 import shutil
 import signal
 import statistics
@@ -47,9 +46,9 @@ from typing import Any
 
 import orjson
 
-from bench.http_bench import ROOT, Server, _children, _cpu_seconds
+from bench.http_bench import ROOT, Server, _children, _cpu_seconds, listening_url
 from bench.peers import PeerUnavailableError, RabbitStreamPeer, RedisPeer
-from bench.report import machine_description, write_section
+from bench.report import machine_description, publish
 from bench.workers_bench import _area, _attributed, _short
 from gateway.client import AsyncClient
 
@@ -168,18 +167,7 @@ class EchoServer:
             stdout=subprocess.PIPE,
             env=_env(),
         )
-        if self.process.stdout is None:
-            raise RuntimeError("no pipe to the echo server")
-        fd = self.process.stdout.fileno()
-        line = b""
-        deadline = time.monotonic() + 30
-        while not line.endswith(b"\n"):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError("the echo server did not start")
-            if select.select([fd], [], [], 0.1)[0]:
-                line += os.read(fd, 4096)
-        self.url = line.decode().strip().removeprefix("echo listening on ")
+        self.url = listening_url(self.process, "echo listening on ", 30, self.stop)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -328,20 +316,27 @@ def _num(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def _rate_table(results: Results, cases: list[Case], unit: str) -> list[str]:
-    lines = [
-        f"| system and client | median {unit} | every run | p99 ms of a request (median)"
-        " | system CPU s/s | load CPU s/s |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+def _table(
+    results: Results, cases: list[Case], header: list[str], cells: Callable[[Case], list[str]]
+) -> list[str]:
+    """A Markdown table: ``header``, then a row of ``cells`` per case that was measured, or
+    one saying why it was not."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for case in cases:
-        runs = results.runs.get(case.key)
-        if not runs:
-            why = results.failures.get(case.system, "not measured")
-            lines.append(f"| {case.label} | not measured: {why} | | | | |")
+        if results.runs.get(case.key):
+            lines.append("| " + " | ".join(cells(case)) + " |")
             continue
+        why = results.failures.get(case.system)
+        missing = "not measured" + (f": {why}" if why else "")
+        lines.append(f"| {case.label} | {missing} |" + " |" * (len(header) - 2))
+    return lines
+
+
+def _rate_table(results: Results, cases: list[Case], unit: str) -> list[str]:
+    def cells(case: Case) -> list[str]:
+        runs = results.runs[case.key]
         p99 = results.median(case.key, "p99_ms") if "p99_ms" in runs[0] else None
-        cells = [
+        return [
             case.label,
             f"**{_num(results.median(case.key) or 0)}**",
             " / ".join(_num(r["rate"]) for r in runs),
@@ -349,22 +344,16 @@ def _rate_table(results: Results, cases: list[Case], unit: str) -> list[str]:
             f"{results.median(case.key, 'server_cpu') or 0:.2f}",
             f"{results.median(case.key, 'load_cpu') or 0:.2f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+
+    header = ["system and client", f"median {unit}", "every run"]
+    header += ["p99 ms of a request (median)", "system CPU s/s", "load CPU s/s"]
+    return _table(results, cases, header, cells)
 
 
 def _latency_table(results: Results, cases: list[Case], unit: str) -> list[str]:
-    lines = [
-        f"| system and client | achieved {unit} | median p50 ms | median p99 ms"
-        " | every run's p99 ms | errors | system CPU s/s | load CPU s/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for case in cases:
-        runs = results.runs.get(case.key)
-        if not runs:
-            lines.append(f"| {case.label} | not measured | | | | | | |")
-            continue
-        cells = [
+    def cells(case: Case) -> list[str]:
+        runs = results.runs[case.key]
+        return [
             case.label,
             _num(results.median(case.key) or 0),
             f"{results.median(case.key, 'p50_ms') or 0:.2f}",
@@ -374,8 +363,10 @@ def _latency_table(results: Results, cases: list[Case], unit: str) -> list[str]:
             f"{results.median(case.key, 'server_cpu') or 0:.2f}",
             f"{results.median(case.key, 'load_cpu') or 0:.2f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+
+    header = ["system and client", f"achieved {unit}", "median p50 ms", "median p99 ms"]
+    header += ["every run's p99 ms", "errors", "system CPU s/s", "load CPU s/s"]
+    return _table(results, cases, header, cells)
 
 
 def _ratio_target(
@@ -690,10 +681,7 @@ def main() -> int:
         # Every run's numbers, kept next to the report for whoever wants to recompute.
         (args.dir / "compare-results.json").write_bytes(orjson.dumps(results.runs))
         lines = report(args, scratch, results, profiled, time.monotonic() - started)
-        print("\n".join(lines))
-        if args.output:
-            write_section(args.output, "compare", lines)
-            print(f"wrote {args.output}")
+        publish(lines, args.output, "compare")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

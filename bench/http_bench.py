@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,18 +98,7 @@ class Server:
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
-        if self.process.stdout is None:
-            raise RuntimeError("no pipe to the server")
-        fd = self.process.stdout.fileno()
-        line = b""
-        deadline = time.monotonic() + 60
-        while not line.endswith(b"\n"):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError("the server did not start")
-            if select.select([fd], [], [], 0.1)[0]:
-                line += os.read(fd, 4096)
-        self.url = line.decode().strip().removeprefix("eventbus listening on ")
+        self.url = listening_url(self.process, "eventbus listening on ", 60, self.stop)
         credentials = dict(
             line.partition("=")[::2] for line in (data_dir / "credentials").read_text().split()
         )
@@ -125,6 +114,25 @@ class Server:
             self.process.wait(60)
         if self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def listening_url(
+    process: subprocess.Popen[bytes], prefix: str, timeout_s: float, stop: Callable[[], None]
+) -> str:
+    """The URL a child server prints on its first line (after ``prefix``) once it listens;
+    ``stop`` it and raise if it exits or says nothing within ``timeout_s``."""
+    if process.stdout is None:
+        raise RuntimeError("no pipe to the server")
+    fd = process.stdout.fileno()
+    line = b""
+    deadline = time.monotonic() + timeout_s
+    while not line.endswith(b"\n"):
+        if time.monotonic() > deadline or process.poll() is not None:
+            stop()
+            raise RuntimeError(f"the server did not start (no {prefix.strip()!r} line)")
+        if select.select([fd], [], [], 0.1)[0]:
+            line += os.read(fd, 4096)
+    return line.decode().strip().removeprefix(prefix)
 
 
 def _cpu_seconds(pid: int) -> float:

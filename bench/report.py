@@ -36,6 +36,14 @@ def write_section(path: Path, name: str, lines: list[str]) -> None:
     path.write_text(text)
 
 
+def publish(lines: list[str], output: Path | None, name: str) -> None:
+    """Print a benchmark's report and, with ``output``, write it as section ``name``."""
+    print("\n".join(lines))
+    if output:
+        write_section(output, name, lines)
+        print(f"wrote {output}")
+
+
 def machine_description(directory: Path, packages: tuple[str, ...]) -> list[str]:
     cpu = "unknown"
     try:

@@ -43,7 +43,7 @@ import orjson
 
 from bench.http_bench import ROOT, Server, _children
 from bench.http_load import make_records
-from bench.report import section_head, write_section
+from bench.report import publish, section_head
 from gateway.client import AsyncClient
 from partitions.batch import NewRecord
 
@@ -367,16 +367,14 @@ def main() -> int:
     parser.add_argument("--key", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        result = asyncio.run(run_load(args))
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        summary = asyncio.run(run_load(args))
+        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
         return 0
     args.dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         result = soak(args, Path(tmp))
         lines = report(args, Path(tmp), result)
-    print("\n".join(lines))
-    if args.output:
-        write_section(args.output, "soak", lines)
+    publish(lines, args.output, "soak")
     return 0
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from bench.http_bench import ROOT, Scenario, Server, run_load
-from bench.report import section_head, write_section
+from bench.report import publish, section_head
 
 PARTITIONS = 4
 WARM_AUTOSCALE = {
@@ -375,10 +375,7 @@ def main() -> int:
                 print(row(workers, keys, results[workers][keys]), flush=True)
         stats, profiled = profile(scratch, args.seconds)
         lines = report(scratch, args.seconds, results, stats, profiled)
-        print("\n".join(lines))
-        if args.output:
-            write_section(args.output, "workers", lines)
-            print(f"wrote {args.output}")
+        publish(lines, args.output, "workers")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
