@@ -378,10 +378,10 @@ class Broker:
         return view
 
     async def view(self, tenant: str, name: str) -> TopicView:
-        validate_topic_name(name)
         found = self._views.get((tenant, name))
         if found is not None:
-            return found
+            return found  # only a valid name is ever loaded
+        validate_topic_name(name)
         lock = self._lock(tenant, name)
         try:
             async with lock:
@@ -1020,6 +1020,11 @@ class Broker:
                 )
                 for piece, tag in pieces
             ]
+        if len(batches) == 1:
+            # One partition (every single-record produce): no task to run it alongside others.
+            [(pid, pieces)] = batches.items()
+            sealed = await self._append_pieces(view.key(pid), pieces, answer, records, view, lost)
+            return sorted(sealed)
         results = await asyncio.gather(
             *(
                 self._append_pieces(view.key(pid), batches[pid], answer, records, view, lost)

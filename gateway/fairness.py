@@ -22,8 +22,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from functools import partial
+from contextlib import AbstractAsyncContextManager
 
 from partitions.errors import EventBusError
 from partitions.waiting import reset_wait_hook, set_wait_hook
@@ -33,11 +32,6 @@ class RequestQueueFullError(EventBusError):
     code = "request_queue_full"
     status = 429
     retriable = True
-
-
-@dataclass(slots=True)
-class _Ticket:
-    held: bool
 
 
 class FairScheduler:
@@ -138,21 +132,12 @@ class FairScheduler:
                 self._grant(tenant)
                 passed = 0
 
-    @contextlib.asynccontextmanager
-    async def slot(self, tenant: str) -> AsyncIterator[None]:
-        """Hold a slot for the body of the ``async with``; lend it out during long waits."""
-        await self.acquire(tenant)
-        ticket = _Ticket(held=True)
-        token = set_wait_hook(partial(self._lend, tenant, ticket))
-        try:
-            yield
-        finally:
-            reset_wait_hook(token)
-            if ticket.held:
-                self.release(tenant)
+    def slot(self, tenant: str) -> _Slot:
+        """Hold a slot for the body of an ``async with``; lend it out during long waits."""
+        return _Slot(self, tenant)
 
     @contextlib.asynccontextmanager
-    async def _lend(self, tenant: str, ticket: _Ticket) -> AsyncIterator[None]:
+    async def _lend(self, tenant: str, ticket: _Slot) -> AsyncIterator[None]:
         if not ticket.held:
             yield
             return
@@ -162,3 +147,29 @@ class FairScheduler:
         # Only when the wait ended normally: a cancelled or failed request takes no slot.
         await self.acquire(tenant, bounded=False)
         ticket.held = True
+
+
+class _Slot:
+    """One request's place in service (a class, not a generator: it is on every request's
+    path). ``held`` is false while a long wait lends the place out."""
+
+    __slots__ = ("_scheduler", "_tenant", "_token", "held")
+
+    def __init__(self, scheduler: FairScheduler, tenant: str) -> None:
+        self._scheduler = scheduler
+        self._tenant = tenant
+        self.held = False
+
+    async def __aenter__(self) -> None:
+        await self._scheduler.acquire(self._tenant)
+        self.held = True
+        self._token = set_wait_hook(self._lend)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        reset_wait_hook(self._token)
+        if self.held:
+            self.held = False
+            self._scheduler.release(self._tenant)
+
+    def _lend(self) -> AbstractAsyncContextManager[None]:
+        return self._scheduler._lend(self._tenant, self)

@@ -136,6 +136,12 @@ def encode_tags(
     key_bytes = key.encode("ascii")
     head = bytes((TAG_VERSION, len(key_bytes))) + key_bytes + request_hash
     head += _FIXED.pack(accepted_ms, total_records)
+    if indexes and indexes[-1] - indexes[0] + 1 == len(indexes):
+        # One run (a single record, or a whole request in one partition): one small tag.
+        run = bytearray((1,))
+        _varint(indexes[0], run)
+        _varint(len(indexes), run)
+        return [(list(indexes), head + run)]
     out: list[tuple[list[int], bytes]] = []
     body = bytearray()
     runs_in: list[tuple[int, int]] = []
