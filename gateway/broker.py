@@ -787,6 +787,9 @@ class Broker:
             if appended is not None:
                 appended.extend(i for i, _ in placed)
             self.settle_answer(claim, placed, lost)
+        if len(placed) == len(records):
+            # This attempt wrote every record (the usual first attempt): that is the answer.
+            return [where for _, where in placed]
         return entry.answer()
 
     async def claim_answer(
@@ -830,7 +833,7 @@ class Broker:
         entry.busy = None
         if busy is not None and not busy.done():
             busy.set_result(None)
-        if not entry.written and not entry.unsure:
+        if not placed and not entry.written and not entry.unsure:
             # Nothing was written (the attempt failed before any append): the key stays
             # free for a corrected request.
             self.answers.discard(claim.tenant, claim.incarnation, claim.key, entry)

@@ -41,7 +41,9 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
 async def serve(config: ServerConfig) -> int:
     memory.limit_arenas()  # before the app starts its threads
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None
+    )
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,7 +71,9 @@ async def serve_worker(config: ServerConfig, role: WorkerRole) -> int:
     control.start()
     app = create_app(config, workers=role)
     app[WORKER_CONTROL] = control
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

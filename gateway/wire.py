@@ -270,8 +270,10 @@ async def answer(
     out_headers = dict(headers or {})
     out_headers["Content-Type"] = content_type
     out_headers["Vary"] = "Accept, Accept-Encoding"
-    encoding = choose_encoding(request.headers.get("Accept-Encoding", ""))
-    if encoding is not None and len(body) >= MIN_COMPRESS_BYTES:
+    encoding = None
+    if len(body) >= MIN_COMPRESS_BYTES:  # a small answer is sent as it is, whatever accepted
+        encoding = choose_encoding(request.headers.get("Accept-Encoding", ""))
+    if encoding is not None:
         if len(body) >= COMPRESS_INLINE_BYTES:
             loop = asyncio.get_running_loop()
             body = await loop.run_in_executor(None, compress, body, encoding)

@@ -272,6 +272,8 @@ class Entry:
     def written(self) -> int:
         """How many of the request's records are written (each counted once, even if two
         parts hold it)."""
+        if not self.packed_parts:
+            return 0
         runs = sorted(run for _p, _b, encoded in self.parts for run in _decode_runs(encoded))
         count = end = 0
         for start, length in runs:
@@ -439,6 +441,9 @@ class AnswerTable:
 
     def expire(self, now_ms: int) -> int:
         """Drop answers older than the TTL; entries are kept in acceptance order."""
+        entries = self._entries
+        if not entries or _accepted_ms(next(iter(entries.values()))) + ANSWER_TTL_MS > now_ms:
+            return 0  # the oldest is still kept (every request asks: no list made for it)
         dropped = 0
         for composite, value in self._iter_oldest():
             if _accepted_ms(value) + ANSWER_TTL_MS > now_ms:
