@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import queue
@@ -479,6 +480,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequ
             parser.error(exc.message)
     role = WorkerRole.from_environment()
     logs.configure(args.log_level.upper(), worker=None if role is None else role.index)
+    # A process killed by a fault (a crash in C code, SIGSEGV, SIGABRT) writes every
+    # thread's Python stack to the log first, instead of vanishing without a word.
+    faulthandler.enable()
     config = ServerConfig(
         data_dir=Path(args.data_dir),
         host=args.host,

@@ -427,6 +427,15 @@ class Supervisor:
             os.close(worker.stdin)
             worker.stdin = None
         if self.stopping:
+            if worker.returncode:
+                # Said even now: the server's exit code is not 0 because of it.
+                log.warning(
+                    "worker %d (pid %d) exited with %d while the server stopped",
+                    worker.index,
+                    worker.pid,
+                    worker.returncode,
+                    extra={"worker": worker.index, "exit_code": worker.returncode},
+                )
             return
         lived = time.monotonic() - worker.started
         worker.quick_deaths = worker.quick_deaths + 1 if lived < QUICK_DEATH_S else 0

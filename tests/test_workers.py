@@ -188,6 +188,47 @@ async def test_a_worker_killed_under_load_is_restarted_and_nothing_is_lost_or_do
         assert sorted(line["worker"] for line in exits) == [0, 1]
 
 
+async def test_a_worker_that_faults_leaves_its_stack_in_the_log_and_is_restarted(
+    tmp_path: Path,
+) -> None:
+    """A worker killed by a fault (here SIGSEGV, as a crash in C code would) writes every
+    thread's Python stack to the log before it dies, and the supervisor starts it again."""
+    with workers(tmp_path) as server:
+        old = worker_pid(server, 1)
+        os.kill(old, signal.SIGSEGV)
+        await restarted(server, 1, old)
+        log = server.stderr()
+        assert "Fatal Python error: Segmentation fault" in log
+        assert "Current thread" in log or "Thread 0x" in log  # the stacks follow
+        exits = [line for line in log_lines(server) if line.get("exit_code") == -signal.SIGSEGV]
+        assert [line["worker"] for line in exits] == [1]
+
+
+async def test_a_worker_lost_while_the_server_stops_is_named_and_the_exit_code_says_so(
+    tmp_path: Path,
+) -> None:
+    """A worker that dies during shutdown is not restarted, but the supervisor says which
+    one and how, and exits 1 rather than 0."""
+    with workers(tmp_path) as server:
+        assert server.process is not None
+        victim = worker_pid(server, 0)
+        os.kill(victim, signal.SIGSTOP)  # it cannot drain and exit 0 on its own
+        try:
+            server.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while "stopping: the workers finish" not in server.stderr():
+                assert time.monotonic() < deadline, server.stderr()[-3000:]
+                await asyncio.sleep(0.02)
+        finally:
+            os.kill(victim, signal.SIGKILL)
+        code = await asyncio.to_thread(server.process.wait, 60)
+        assert code == 1
+        stopped = [
+            line for line in log_lines(server) if "while the server stopped" in line.get("msg", "")
+        ]
+        assert [(line["worker"], line["exit_code"]) for line in stopped] == [(0, -signal.SIGKILL)]
+
+
 # --- quotas across processes -----------------------------------------------------------------
 
 
