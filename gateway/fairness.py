@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 
 from partitions.errors import EventBusError
 from partitions.waiting import reset_wait_hook, set_wait_hook
@@ -136,18 +135,6 @@ class FairScheduler:
         """Hold a slot for the body of an ``async with``; lend it out during long waits."""
         return _Slot(self, tenant)
 
-    @contextlib.asynccontextmanager
-    async def _lend(self, tenant: str, ticket: _Slot) -> AsyncIterator[None]:
-        if not ticket.held:
-            yield
-            return
-        ticket.held = False
-        self.release(tenant)
-        yield
-        # Only when the wait ended normally: a cancelled or failed request takes no slot.
-        await self.acquire(tenant, bounded=False)
-        ticket.held = True
-
 
 class _Slot:
     """One request's place in service (a class, not a generator: it is on every request's
@@ -171,5 +158,15 @@ class _Slot:
             self.held = False
             self._scheduler.release(self._tenant)
 
-    def _lend(self) -> AbstractAsyncContextManager[None]:
-        return self._scheduler._lend(self._tenant, self)
+    @contextlib.asynccontextmanager
+    async def _lend(self) -> AsyncIterator[None]:
+        """The wait hook: give the place back for a long wait, queue again after it."""
+        if not self.held:
+            yield
+            return
+        self.held = False
+        self._scheduler.release(self._tenant)
+        yield
+        # Only when the wait ended normally: a cancelled or failed request takes no slot.
+        await self._scheduler.acquire(self._tenant, bounded=False)
+        self.held = True

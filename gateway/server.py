@@ -38,12 +38,17 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
+def _runner(app: web.Application) -> web.AppRunner:
+    # No aiohttp access log: the request log (gateway/app.py) says the same, with more.
+    return web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None
+    )
+
+
 async def serve(config: ServerConfig) -> int:
     memory.limit_arenas()  # before the app starts its threads
     app = create_app(config)
-    runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None
-    )
+    runner = _runner(app)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -71,9 +76,7 @@ async def serve_worker(config: ServerConfig, role: WorkerRole) -> int:
     control.start()
     app = create_app(config, workers=role)
     app[WORKER_CONTROL] = control
-    runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None
-    )
+    runner = _runner(app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
