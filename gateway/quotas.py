@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -134,7 +135,8 @@ def apply_quota_changes(
 
 class FileClock:
     """A clock read from a file that another process moves: for tests that count time
-    across several worker processes. The file holds one little-endian float64."""
+    across several worker processes. The file holds one little-endian float64, written
+    with :meth:`write`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -146,6 +148,16 @@ class FileClock:
 
     def whole(self) -> int:
         return int(self())
+
+    @staticmethod
+    def write(path: Path, value: float) -> None:
+        """Set the clock: in place, never truncating the file. Readers map it, and a read
+        of a mapped page while the file is empty kills the reading process (SIGBUS)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.pwrite(fd, _CLOCK.pack(value), 0)
+        finally:
+            os.close(fd)
 
 
 _CLOCK = struct.Struct("<d")

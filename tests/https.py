@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from gateway.config import ServerConfig
+from gateway.quotas import FileClock
 from gateway.server import tls_context
 from tests.conftest import ADMIN_KEY, Api
 from tests.servers import WORKERS, read_credentials, start_process
@@ -39,7 +39,7 @@ class FakeClock:
 
     def _write(self) -> None:
         if self.path is not None:
-            self.path.write_bytes(struct.pack("<d", self.now))
+            FileClock.write(self.path, self.now)
 
 
 def certificates(directory: Path, name: str = "server") -> tuple[Path, Path, ssl.SSLContext]:

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import re
 import sqlite3
-import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
@@ -36,6 +35,7 @@ from gateway.metering import (
     hour_of,
     hour_text,
 )
+from gateway.quotas import FileClock
 from gateway.tiering import OBJECT_STORE, OBJECTS_DIR
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog import HOUR_MS, UsageCounters, UsageRecord
@@ -68,7 +68,7 @@ class Clock:
     def ms(self, value: int) -> None:
         self._ms = value
         if self.path is not None:
-            self.path.write_bytes(struct.pack("<d", value))
+            FileClock.write(self.path, value)
 
     def advance(self, ms: int) -> None:
         self.ms += ms

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.quotas import (
+    FileClock,
     InvalidQuotasError,
     QuotaBook,
     QuotaExceededError,
@@ -181,3 +184,44 @@ async def test_produce_tokens_are_given_back_when_the_write_fails(catalog: Sqlit
     assert refused.value.details["retry_after_ms"] == 5000
     book.refund_produce("globex", 500)
     await book.admit_produce("globex", 500)
+
+
+# A process that reads a file clock in a loop for as long as its stdin stays open.
+_CLOCK_READER = """
+import sys, threading
+from pathlib import Path
+from gateway.quotas import FileClock
+clock = FileClock(Path(sys.argv[1]))
+print("mapped", flush=True)
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+reads = 0
+while not done.is_set():
+    clock()
+    reads += 1
+print(reads)
+"""
+
+
+def test_a_file_clock_set_while_another_process_reads_it_never_kills_the_reader(
+    tmp_path: Path,
+) -> None:
+    """Readers map the clock's file: setting the clock must never leave it empty, even for
+    an instant, or a reader touching the mapped page then dies of SIGBUS."""
+    path = tmp_path / "clock"
+    FileClock.write(path, 0.0)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _CLOCK_READER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert reader.stdin is not None and reader.stdout is not None
+    assert reader.stdout.readline() == b"mapped\n"  # mapped before the clock moves
+    for n in range(20_000):
+        FileClock.write(path, float(n))
+    out, _ = reader.communicate(b"", timeout=30)
+    assert reader.returncode == 0, reader.returncode
+    assert int(out) > 0
+    assert FileClock(path)() == 19_999.0
+    assert path.stat().st_size == 8
