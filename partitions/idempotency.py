@@ -136,41 +136,33 @@ def encode_tags(
     key_bytes = key.encode("ascii")
     head = bytes((TAG_VERSION, len(key_bytes))) + key_bytes + request_hash
     head += _FIXED.pack(accepted_ms, total_records)
-    if indexes and indexes[-1] - indexes[0] + 1 == len(indexes):
-        # One run (a single record, or a whole request in one partition): one small tag.
-        run = bytearray((1,))
-        _varint(indexes[0], run)
-        _varint(len(indexes), run)
-        return [(list(indexes), head + run)]
     out: list[tuple[list[int], bytes]] = []
     body = bytearray()
-    runs_in: list[tuple[int, int]] = []
-    taken: list[int] = []
-    previous_end = 0
-
-    def flush() -> None:
-        count = bytearray()
-        _varint(len(runs_in), count)
-        out.append((list(taken), head + bytes(count) + bytes(body)))
-
+    runs = first = position = previous_end = 0
     for start, length in _runs(indexes):
         encoded = bytearray()
         _varint(start - previous_end, encoded)
         _varint(length, encoded)
-        if runs_in and len(body) + len(encoded) > _RUN_BUDGET:
-            flush()
+        if runs and len(body) + len(encoded) > _RUN_BUDGET:
+            out.append(_tag(head, runs, body, indexes[first:position]))
             body.clear()
-            runs_in.clear()
-            taken.clear()
+            runs, first = 0, position
             encoded.clear()
             _varint(start, encoded)  # a new tag's first gap counts from index 0
             _varint(length, encoded)
         body += encoded
-        runs_in.append((start, length))
-        taken.extend(range(start, start + length))
+        runs += 1
+        position += length
         previous_end = start + length
-    flush()
+    out.append(_tag(head, runs, body, indexes[first:position]))
     return out
+
+
+def _tag(head: bytes, runs: int, body: bytearray, taken: Sequence[int]) -> tuple[list[int], bytes]:
+    """One producer tag: the fixed head, the count of runs, the runs; and its indexes."""
+    count = bytearray()
+    _varint(runs, count)
+    return list(taken), head + bytes(count) + bytes(body)
 
 
 def decode_tag(tag: bytes) -> ProducerTag:
