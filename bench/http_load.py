@@ -55,8 +55,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from gateway import wire
-from gateway.client import AsyncClient
+from gateway.client import AsyncClient, wire
 from partitions.batch import NewRecord, encode_batch, read_header
 
 RECORD_BYTES = 1024

@@ -12,6 +12,7 @@ from gateway import wire
 from gateway.auth import require_tenant
 from gateway.autoscaling import autoscale_json
 from gateway.broker import Broker, IdempotentRequest, TopicView, validate_topic_name
+from gateway.client.wire import BATCH, NDJSON
 from gateway.config import with_defaults
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.metering import meter_delivered, meter_produced
@@ -205,9 +206,9 @@ async def produce(request: web.Request) -> web.Response:
     media = wire.produce_media_type(request)
     raw = await wire.read_body(request)
     now = broker.now_ms()
-    if media == wire.BATCH:
+    if media == BATCH:
         records = wire.parse_batches(raw, now_ms=now)
-    elif media == wire.NDJSON:
+    elif media == NDJSON:
         records = parse_ndjson(raw, now_ms=now)
     else:
         records = parse_records(parse_json(raw), now_ms=now)
@@ -283,7 +284,7 @@ async def read_records(request: web.Request) -> web.Response:
             "Eventbus-Sealed": "true" if sealed else "false",
             "Eventbus-Children": ",".join(str(c) for c in children),
         }
-        return await wire.answer(request, wire.encode_chunks(chunks), wire.BATCH, headers=headers)
+        return await wire.answer(request, wire.encode_chunks(chunks), BATCH, headers=headers)
     request.app[METRICS].read_records.inc(len(result.records))
     payload = sum(r.payload_bytes for r in result.records)
     charge_consume(request, payload)
@@ -425,7 +426,7 @@ async def group_fetch(request: web.Request) -> web.Response:
             "Eventbus-Assignment": ",".join(str(p) for p in result.assignment),
         }
         framed = wire.encode_chunks(result.fetched.chunks)
-        return await wire.answer(request, framed, wire.BATCH, headers=headers)
+        return await wire.answer(request, framed, BATCH, headers=headers)
     charge_consume(request, result.fetched.size)
     meter_delivered(request, len(result.records), result.fetched.size)
     return await wire.json_answer(

@@ -15,22 +15,18 @@ records below it. Bodies may be compressed with gzip or zstd (``Content-Encoding
 from __future__ import annotations
 
 import asyncio
-import gzip
-import struct
-import sys
-import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from gateway.client.wire import BATCH, CHUNK_HEADER, JSON, NDJSON, compress
 from gateway.records import InvalidRecordError, check_count, check_timestamp
 from partitions.batch import (
     BATCH_HEADER,
     BatchBytes,
     NewRecord,
-    Record,
     iter_records,
     read_header,
     validate_batch,
@@ -38,14 +34,6 @@ from partitions.batch import (
 from partitions.errors import EventBusError, InvalidBatchError, InvalidInputError
 from partitions.groups import RawChunk
 
-if sys.version_info >= (3, 14):
-    from compression import zstd
-else:
-    from backports import zstd
-
-JSON = "application/json"
-NDJSON = "application/x-ndjson"
-BATCH = "application/vnd.eventbus.batch"
 # ``curl -d`` sends form encoding, some tools text/plain and HTTP libraries octet-stream for
 # bytes they know nothing of; such bodies are read as JSON.
 JSON_ALIASES = frozenset(
@@ -59,8 +47,6 @@ RESPONSE_ENCODINGS = ("zstd", "gzip")
 MIN_COMPRESS_BYTES = 1024
 # Larger bodies are compressed off the event loop.
 COMPRESS_INLINE_BYTES = 64 * 1024
-
-CHUNK_HEADER = struct.Struct(">IQI")
 
 
 class UnsupportedMediaTypeError(EventBusError):
@@ -178,26 +164,6 @@ def encode_chunks(chunks: list[RawChunk]) -> bytes:
     return b"".join(parts)
 
 
-def decode_chunks(body: bytes) -> Iterator[tuple[int, Record]]:
-    """(partition, record) for every record of a binary answer, skipping those below each
-    chunk's ``from_offset``."""
-    view = memoryview(body)
-    pos = 0
-    while pos < len(body):
-        if len(body) - pos < CHUNK_HEADER.size:
-            raise InvalidBatchError("a chunk header is cut short")
-        partition, from_offset, length = CHUNK_HEADER.unpack_from(body, pos)
-        pos += CHUNK_HEADER.size
-        end = pos + length
-        if end > len(body):
-            raise InvalidBatchError("a chunk runs past the end of the body")
-        while pos < end:
-            header = validate_batch(view[pos : pos + read_header(view, pos).total_size])
-            for record in iter_records(view, pos, min_offset=from_offset):
-                yield partition, record
-            pos += header.total_size
-
-
 def wants_batches(request: web.Request) -> bool:
     """Whether ``Accept`` asks for the binary framing (it wins over JSON only when named)."""
     accept = request.headers.get("Accept", "")
@@ -240,22 +206,6 @@ def choose_encoding(accept_encoding: str) -> str | None:
         if q > 0:
             return name
     return None
-
-
-def compress(body: bytes, encoding: str) -> bytes:
-    if encoding == "zstd":
-        return bytes(zstd.compress(body))
-    return gzip.compress(body, compresslevel=6, mtime=0)
-
-
-def decompress(body: bytes, encoding: str) -> bytes:
-    if encoding == "zstd":
-        return bytes(zstd.decompress(body))
-    if encoding in ("gzip", "x-gzip"):
-        return gzip.decompress(body)
-    if encoding == "deflate":
-        return zlib.decompress(body)
-    return body
 
 
 async def answer(

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from gateway import client as client_module
 from gateway.client import ApiError, AsyncClient, Client, TransportError
+from gateway.client import aio as client_module
 from partitions.batch import NewRecord
 from tests.conftest import Api
 from tests.proxy import LossyProxy

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.wire import BATCH, CHUNK_HEADER, decode_chunks
+from gateway.client.wire import BATCH, CHUNK_HEADER, decode_chunks
 from partitions.batch import (
     NewRecord,
     decode_records,

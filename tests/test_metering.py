@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import wire
 from gateway.broker import Broker
+from gateway.client import wire
 from gateway.metering import (
     EXPORTED_SETTING,
     METERING,

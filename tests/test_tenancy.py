@@ -20,8 +20,8 @@ import orjson
 import pytest
 from yarl import URL
 
-from gateway import wire
 from gateway.broker import key_hash
+from gateway.client import wire
 from gateway.keys import BROKER
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.errors import PartitionUnavailableError

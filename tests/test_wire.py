@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import wire
+from gateway import wire as server_wire
+from gateway.client import wire
 from gateway.records import MAX_PRODUCE_RECORDS, TooManyRecordsError
 from partitions.batch import NewRecord, Record, encode_batch
 from tests.conftest import Api, start_api, stop_api
@@ -239,10 +240,10 @@ def test_a_batch_with_too_many_records_is_refused_before_its_records_are_read() 
     records = [NewRecord(value=b"")] * MAX_PRODUCE_RECORDS
     records.append(NewRecord(value=b"", timestamp_ms=now + 2 * 3600 * 1000))
     with pytest.raises(TooManyRecordsError):
-        wire.parse_batches(_batch(records), now_ms=now)
+        server_wire.parse_batches(_batch(records), now_ms=now)
     # Over two batches, the second one's count refuses the body before its records are read.
     with pytest.raises(TooManyRecordsError):
-        wire.parse_batches(_batch(records[:10]) + _batch(records[10:]), now_ms=now)
+        server_wire.parse_batches(_batch(records[:10]) + _batch(records[10:]), now_ms=now)
 
 
 async def test_a_record_too_large_in_binary_is_refused_whole(api: Api) -> None:

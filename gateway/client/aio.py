@@ -1,7 +1,4 @@
-"""A small Python client for the event bus: :class:`AsyncClient` (aiohttp) and :class:`Client`.
-
-``docs/wire-format.md`` is what this module is written from. Produce sends one binary batch
-per call with a fresh ``Idempotency-Key``; reads and group fetches ask for the binary framing.
+"""The asyncio client: :class:`AsyncClient`, and the one place its requests are made.
 
 Retries. Requests that are safe to repeat (topic reads and ``PUT``, produce with its key,
 commit, seek, describes) are sent again, the very same bytes, after a connection error, a
@@ -9,11 +6,8 @@ timeout, a 5xx (but 501) or a 429 with ``Retry-After``, with exponential backoff
 at most ``retries`` times. The others (group fetch, leave, topic delete) are sent again only
 when the connection could not be made at all (nothing reached the server) or on a 429:
 repeating a fetch whose answer was lost would skip, and with ``auto_commit`` commit, records
-this process never saw. A 4xx raises :class:`ApiError`; a server that stays unreachable raises
-:class:`TransportError`.
-
-``Client`` has the same methods, blocking: it runs an ``AsyncClient`` on a private event loop
-in a background thread.
+this process never saw. A 4xx raises :class:`~gateway.client.errors.ApiError`; a server that
+stays unreachable raises :class:`~gateway.client.errors.TransportError`.
 """
 
 from __future__ import annotations
@@ -22,42 +16,31 @@ import asyncio
 import io
 import random
 import ssl
-import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-from gateway import wire
-from partitions.batch import NewRecord, Record, encode_batch
+from gateway.client import wire
+from gateway.client.errors import ApiError, ClientError, TransportError
+from gateway.client.records import (
+    Compression,
+    FetchResult,
+    ReadResult,
+    RecordLike,
+    SeekTarget,
+    to_new_record,
+)
+from partitions.batch import Record, encode_batch
 from partitions.errors import InvalidBatchError
-
-__all__ = [
-    "ApiError",
-    "AsyncClient",
-    "Client",
-    "ClientError",
-    "FetchResult",
-    "ReadResult",
-    "RecordLike",
-    "TransportError",
-]
-
-Compression: TypeAlias = Literal["zstd", "gzip"] | None
-# A record to produce: a NewRecord, a (key, value) pair, or a mapping with "value" and
-# optionally "key", "headers" and "timestamp_ms". str keys and values are sent as text.
-RecordLike: TypeAlias = NewRecord | tuple[str | bytes | None, str | bytes] | Mapping[str, Any]
-SeekTarget: TypeAlias = str | Mapping[str, Any]
-
-T = TypeVar("T")
 
 # The server enforces each topic's max_record_bytes; the client checks nothing of its own.
 _NO_CLIENT_LIMIT = 1 << 32
@@ -65,49 +48,6 @@ _BACKOFF_BASE_S = 0.1
 _BACKOFF_CAP_S = 5.0
 _RETRY_AFTER_CAP_S = 30.0
 _LIST_PAGE = 1000
-
-
-class ClientError(Exception):
-    """Base of what this client raises."""
-
-
-class ApiError(ClientError):
-    """The server refused the request: ``status``, and ``code``/``message`` from its body."""
-
-    def __init__(
-        self, status: int, code: str, message: str, details: Mapping[str, Any] | None = None
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = dict(details or {})
-
-
-class TransportError(ClientError):
-    """The server could not be reached, or did not answer, after every attempt."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReadResult:
-    """One partition read: records and where the partition stands."""
-
-    records: list[Record]
-    next_offset: int
-    high_watermark: int
-    start_offset: int
-    sealed: bool
-    children: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class FetchResult:
-    """One group fetch: the member's identity and assignment, and (partition, record) pairs."""
-
-    member_id: str
-    generation: int
-    assignment: list[int]
-    records: list[tuple[int, Record]]
 
 
 class _Retry(Enum):
@@ -123,38 +63,6 @@ class _Answer:
 
     def json(self) -> Any:
         return orjson.loads(self.body) if self.body else None
-
-
-def _as_bytes(value: str | bytes) -> tuple[bytes, bool]:
-    """Bytes, and whether they were given as text."""
-    if isinstance(value, str):
-        return value.encode(), True
-    return bytes(value), False
-
-
-def to_new_record(item: RecordLike) -> NewRecord:
-    """A :class:`NewRecord` from any accepted record form."""
-    if isinstance(item, NewRecord):
-        return item
-    if isinstance(item, tuple):
-        key, value = item
-        headers: Iterable[tuple[str, str]] = ()
-        timestamp_ms = None
-    else:
-        key, value = item.get("key"), item["value"]
-        raw_headers = item.get("headers") or ()
-        headers = raw_headers.items() if isinstance(raw_headers, Mapping) else raw_headers
-        timestamp_ms = item.get("timestamp_ms")
-    value_b, value_text = _as_bytes(value)
-    key_b, key_text = (None, False) if key is None else _as_bytes(key)
-    return NewRecord(
-        value=value_b,
-        key=key_b,
-        headers=tuple((str(n), str(v)) for n, v in headers),
-        timestamp_ms=timestamp_ms,
-        key_is_text=key_text,
-        value_is_text=value_text,
-    )
 
 
 def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
@@ -511,161 +419,3 @@ def _decode(body: bytes) -> list[tuple[int, Record]]:
         return list(wire.decode_chunks(body))
     except InvalidBatchError as exc:
         raise ClientError(f"the server's answer does not decode: {exc}") from exc
-
-
-class Client:
-    """The blocking twin of :class:`AsyncClient`, with the same arguments and methods.
-
-    It runs an ``AsyncClient`` on its own event loop in a daemon thread; use it as a
-    context manager or call :meth:`close`. Calls may come from any thread.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        api_key: str,
-        *,
-        timeout: float = 30.0,
-        retries: int = 4,
-        compression: Compression = None,
-        accept_compression: bool = True,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self._async = AsyncClient(
-            url,
-            api_key,
-            timeout=timeout,
-            retries=retries,
-            compression=compression,
-            accept_compression=accept_compression,
-            ssl_context=ssl_context,
-        )
-        self.url = self._async.url
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="eventbus-client", daemon=True
-        )
-        self._thread.start()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()  # e.g. KeyboardInterrupt while waiting: stop the request too
-            raise
-
-    def close(self) -> None:
-        """Close the connections and stop the background loop."""
-        if self._loop.is_closed():
-            return
-        try:
-            self._run(self._async.close())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
-
-    def create_topic(self, name: str, config: Mapping[str, Any] | None = None) -> Any:
-        """See :meth:`AsyncClient.create_topic`."""
-        return self._run(self._async.create_topic(name, config))
-
-    def list_topics(self) -> list[dict[str, Any]]:
-        """See :meth:`AsyncClient.list_topics`."""
-        return self._run(self._async.list_topics())
-
-    def describe_topic(self, name: str) -> Any:
-        """See :meth:`AsyncClient.describe_topic`."""
-        return self._run(self._async.describe_topic(name))
-
-    def delete_topic(self, name: str) -> None:
-        """See :meth:`AsyncClient.delete_topic`."""
-        self._run(self._async.delete_topic(name))
-
-    def produce(self, topic: str, records: Sequence[RecordLike]) -> list[tuple[int, int]]:
-        """See :meth:`AsyncClient.produce`."""
-        return self._run(self._async.produce(topic, records))
-
-    def read(
-        self,
-        topic: str,
-        partition: int,
-        offset: int | None = None,
-        *,
-        max_records: int = 500,
-        max_bytes: int = 1024 * 1024,
-        wait_ms: int = 0,
-    ) -> ReadResult:
-        """See :meth:`AsyncClient.read`."""
-        return self._run(
-            self._async.read(
-                topic,
-                partition,
-                offset,
-                max_records=max_records,
-                max_bytes=max_bytes,
-                wait_ms=wait_ms,
-            )
-        )
-
-    def fetch(
-        self,
-        topic: str,
-        group: str,
-        member_id: str | None = None,
-        *,
-        max_records: int = 500,
-        max_bytes: int = 1024 * 1024,
-        wait_ms: int = 0,
-        auto_commit: bool | None = None,
-        auto_offset_reset: Literal["earliest", "latest"] | None = None,
-        session_timeout_ms: int | None = None,
-    ) -> FetchResult:
-        """See :meth:`AsyncClient.fetch`."""
-        return self._run(
-            self._async.fetch(
-                topic,
-                group,
-                member_id,
-                max_records=max_records,
-                max_bytes=max_bytes,
-                wait_ms=wait_ms,
-                auto_commit=auto_commit,
-                auto_offset_reset=auto_offset_reset,
-                session_timeout_ms=session_timeout_ms,
-            )
-        )
-
-    def commit(
-        self,
-        topic: str,
-        group: str,
-        member_id: str,
-        generation: int,
-        offsets: Mapping[int, int],
-    ) -> dict[int, int]:
-        """See :meth:`AsyncClient.commit`."""
-        return self._run(self._async.commit(topic, group, member_id, generation, offsets))
-
-    def leave(self, topic: str, group: str, member_id: str, *, commit: bool = True) -> None:
-        """See :meth:`AsyncClient.leave`."""
-        self._run(self._async.leave(topic, group, member_id, commit=commit))
-
-    def describe_group(self, topic: str, group: str) -> Any:
-        """See :meth:`AsyncClient.describe_group`."""
-        return self._run(self._async.describe_group(topic, group))
-
-    def seek_group(self, topic: str, group: str, to: SeekTarget) -> dict[int, int]:
-        """See :meth:`AsyncClient.seek_group`."""
-        return self._run(self._async.seek_group(topic, group, to))
