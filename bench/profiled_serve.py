@@ -20,9 +20,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import supervisor
-from gateway.cli import main
-from gateway.workers import ROLE_ENV
+from gateway.cli.main import main
+from gateway.processes.role import ROLE_ENV
 
 PROFILE_DIR_ENV = "BENCH_PROFILE_DIR"
 
@@ -55,9 +54,8 @@ def _one_process(argv: Sequence[str]) -> bool:
 
 
 if __name__ == "__main__":
-    supervisor.WORKER_MAIN = profiled
     argv = sys.argv[1:]
     target = os.environ.get(PROFILE_DIR_ENV)
     if target and _one_process(argv):
         sys.exit(_under_profiler(argv, Path(target) / f"server-{os.getpid()}"))
-    sys.exit(main(argv))
+    sys.exit(main(argv, worker_main=profiled))

@@ -22,23 +22,24 @@ from importlib import metadata
 
 from aiohttp import web
 
-from autoscaler.measure import Clock
-from gateway import admin, autoscaling, cluster, handlers, memory, supervisor, usage
+from gateway import admin, autoscaling, cluster, handlers, usage
 from gateway.auth import PRINCIPAL, Authenticator, auth_middleware, bootstrap
-from gateway.broker import Broker
-from gateway.config import ServerConfig
+from gateway.broker.service import Broker
+from gateway.config import Clocks, ServerConfig
 from gateway.fairness import FairScheduler
 from gateway.forwarding import came_from_peer, forwarding_middleware
 from gateway.http_errors import Handler, error_middleware
-from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
+from gateway.keys import BROKER, CLOCKS, CONFIG, METRICS, OPENAPI
 from gateway.logs import log_if_died, request_id
 from gateway.metering import METER, metering_ctx, metering_middleware
 from gateway.metrics import Metrics
 from gateway.openapi import build_document
+from gateway.processes import memory
+from gateway.processes.role import WorkerRole
+from gateway.processes.worker import WorkerControl
 from gateway.quotas import QuotaBook
 from gateway.tenancy import SCHEDULER, TENANCY, Tenancy, tenancy_middleware
 from gateway.tiering import attach_tiering, object_store_ctx, tiering_ctx
-from gateway.workers import WorkerRole
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.worker import LocalPartitionWorker, PartitionWorker
 
@@ -156,7 +157,7 @@ async def _tenancy_ctx(app: web.Application) -> AsyncIterator[None]:
         max_request_bytes=config.max_request_bytes,
         stored_bytes=broker.stored_bytes,
         storage_retry_s=config.retention_check_ms / 1000,
-        clock=config.quota_clock,
+        clock=app[CLOCKS].quota_s,
     )
     broker.limits = quotas.limits
     announce = None
@@ -216,11 +217,14 @@ async def _on_shutdown(app: web.Application) -> None:
 def create_app(
     config: ServerConfig,
     *,
-    autoscale_clock_ms: Clock | None = None,
-    workers: WorkerRole | None = None,
+    clocks: Clocks | None = None,
+    role: WorkerRole | None = None,
+    control: WorkerControl | None = None,
 ) -> web.Application:
-    """The app of one process: the whole server, or (``workers``) one of its worker
+    """The app of one process: the whole server, or (``role``) one of its worker
     processes, which reaches the others as ``gateway/cluster.py`` describes."""
+    workers = role
+    clocks = clocks or Clocks()
     scheduler = FairScheduler(
         config.max_concurrent_requests,
         config.max_queued_per_tenant,
@@ -260,15 +264,11 @@ def create_app(
             _retention_ctx,
         ]
     )
-    autoscaling.configure(app, clock_ms=autoscale_clock_ms)
+    app[CLOCKS] = clocks
     app.cleanup_ctx.append(autoscaling.autoscaler_ctx)
     if workers is not None:
         # The other workers stay reachable until metering's last sample and flush.
         app.cleanup_ctx.append(cluster.cluster_ctx)
     app.cleanup_ctx.append(metering_ctx)
-    if workers is not None:
-        # Last, so that it closes first: every worker keeps serving the others until all
-        # have finished their own requests.
-        app.cleanup_ctx.append(supervisor.drain_barrier_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app

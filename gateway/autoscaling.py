@@ -13,7 +13,6 @@ import heapq
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -22,43 +21,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from autoscaler.config import autoscale_config
-from autoscaler.loop import MERGE, SPLIT, Autoscaler, Change, TenantLimit
-from autoscaler.measure import Clock, LoadMeters, monotonic_ms
+from autoscaler.loop import MERGE, SPLIT, Autoscaler, Change
+from autoscaler.measure import LoadMeters
 from autoscaler.policy import BLOCKED_REASONS, MERGE_REASONS, SPLIT_REASONS, Decision, HotKey
-from gateway.broker import Broker, TopicView, key_hash
-from gateway.keys import BROKER, CONFIG, METRICS
+from gateway.broker.service import Broker, TopicView, key_hash
+from gateway.keys import BROKER, CLOCKS, CONFIG, METRICS
 from gateway.logs import log_if_died
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class AutoscaleWiring:
-    """The autoscaler's clock (tests count time with their own) and, when given, the tenant
-    partition limit to use instead of the tenant's ``max_partitions`` quota."""
-
-    clock_ms: Clock = monotonic_ms
-    tenant_limit: TenantLimit | None = None
-
-
 AUTOSCALER = web.AppKey("autoscaler", Autoscaler)
-AUTOSCALE_WIRING = web.AppKey("autoscale_wiring", AutoscaleWiring)
 AUTOSCALER_TASK = web.AppKey("autoscaler_task", asyncio.Task[None])
 # Partitions named in /metrics: the hottest few, so that labels stay bounded.
 TOP_PARTITIONS = 10
 
 
-def configure(
-    app: web.Application,
-    *,
-    clock_ms: Clock | None = None,
-    tenant_limit: TenantLimit | None = None,
-) -> None:
-    app[AUTOSCALE_WIRING] = AutoscaleWiring(clock_ms or monotonic_ms, tenant_limit)
-
-
 def new_meters(app: web.Application) -> LoadMeters:
-    return LoadMeters(key_hash, clock_ms=app[AUTOSCALE_WIRING].clock_ms)
+    return LoadMeters(key_hash, clock_ms=app[CLOCKS].autoscale_ms)
 
 
 async def autoscaler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -69,9 +49,10 @@ async def autoscaler_ctx(app: web.Application) -> AsyncIterator[None]:
         # leader (gateway/cluster.py), which runs the loop for the whole server.
         yield
         return
-    # The tenant's max_partitions quota (tenancy) is the limit unless a test gives another.
-    limit = app[AUTOSCALE_WIRING].tenant_limit or broker.partition_limit
-    autoscaler = Autoscaler(broker, broker.meters, broker.scaling, tenant_limit=limit)
+    # The tenant's max_partitions quota (tenancy) is the limit.
+    autoscaler = Autoscaler(
+        broker, broker.meters, broker.scaling, tenant_limit=broker.partition_limit
+    )
     app[AUTOSCALER] = autoscaler
     # Public metrics are served to anyone: they must not name tenants or topics.
     public = app[CONFIG].metrics_public

@@ -24,12 +24,15 @@ up, to the cent. The total is the sum of the rounded line items, so it needs no 
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from pathlib import Path
 from typing import Any
 
+from gateway.settings import setting
 from partitions.catalog import UsageCounters
 from partitions.errors import InvalidInputError
 
@@ -123,15 +126,40 @@ def parse_plan_patch(given: Any) -> dict[str, str | None]:
     return out
 
 
+def _price_flag(name: str) -> Callable[[str], Decimal]:
+    def parse(text: str) -> Decimal:
+        try:
+            return parse_price(name, text)
+        except InvalidPlanError as exc:
+            raise ValueError(exc.message) from None
+
+    return parse
+
+
+def _price_setting(name: str, default: str, unit: str) -> Any:
+    return setting(
+        Decimal(default),
+        f"USD per {unit}, for tenants whose plan has no price of its own for it",
+        parse=_price_flag(name),
+        metavar="USD",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class PricePlan:
     """Unit prices in USD (see the module's docstring for the units)."""
 
-    usd_per_gb_in: Decimal = Decimal("0.10")
-    usd_per_gb_out: Decimal = Decimal("0.05")
-    usd_per_gb_month_stored: Decimal = Decimal("0.10")
-    usd_per_million_requests: Decimal = Decimal("0.20")
-    usd_per_partition_hour: Decimal = Decimal("0.0015")
+    usd_per_gb_in: Decimal = _price_setting("usd_per_gb_in", "0.10", "GB produced")
+    usd_per_gb_out: Decimal = _price_setting("usd_per_gb_out", "0.05", "GB read")
+    usd_per_gb_month_stored: Decimal = _price_setting(
+        "usd_per_gb_month_stored", "0.10", "GB stored for a month"
+    )
+    usd_per_million_requests: Decimal = _price_setting(
+        "usd_per_million_requests", "0.20", "million requests"
+    )
+    usd_per_partition_hour: Decimal = _price_setting(
+        "usd_per_partition_hour", "0.0015", "hour of an active partition"
+    )
     name: str | None = None
 
     @classmethod
@@ -274,3 +302,16 @@ def bill_json(bill: Bill) -> dict[str, Any]:
         "line_items": [item.to_json() for item in bill.line_items],
         "total_usd": format(bill.total_usd, "f"),
     }
+
+
+def read_plan_file(path: str) -> PricePlan:
+    """The default price plan from a JSON file (``--price-plan``): prices it leaves out
+    keep the built-in ones."""
+    try:
+        given = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    try:
+        return PricePlan.from_json(given)
+    except InvalidPlanError as exc:
+        raise ValueError(f"{path}: {exc.message}") from None

@@ -45,14 +45,14 @@ from autoscaler.measure import Geometry, MeterOutbox
 from autoscaler.policy import KeySample
 from gateway.auth import PRINCIPAL, Authenticator
 from gateway.autoscaling import autoscale_json
-from gateway.broker import AnswerClaim, AnswerTicket, Broker, TopicView, key_hash
+from gateway.broker.service import AnswerClaim, AnswerTicket, Broker, TopicView, key_hash
 from gateway.forwarding import HttpForwarder, stable_hash
 from gateway.logs import log_if_died
 from gateway.metrics import Metrics
 from gateway.placement import Replaced, WorkerLoad, place
+from gateway.processes.role import LEADER, WorkerRole
 from gateway.quota_home import SharedQuotaBook
 from gateway.quotas import Quotas
-from gateway.workers import LEADER, WorkerRole
 from partitions.catalog import Catalog
 from partitions.channel import ChannelClient, ChannelServer, Connection, Payload
 from partitions.errors import (

@@ -1,156 +1,243 @@
-"""Server settings and topic configuration."""
+"""The server's settings (:class:`ServerConfig`) and the clocks it reads (:class:`Clocks`).
+
+Every field of :class:`ServerConfig` is a setting (``gateway/settings.py``): ``eventbus serve``
+has a flag and an environment variable for each, generated from it, with its help and its
+default, so the two can never disagree. Clocks are not settings: tests hand in their own.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from autoscaler.config import AUTOSCALE_KEY, DEFAULT_AUTOSCALE, normalize_autoscale
-from gateway.billing import PricePlan
+from autoscaler.measure import Clock, monotonic_ms
+from gateway.billing import PricePlan, read_plan_file
 from gateway.quotas import Quotas
-from partitions.errors import InvalidInputError
-from partitions.log import LogConfig
+from gateway.settings import setting
 
 MIB = 1024 * 1024
-DAY_MS = 24 * 60 * 60 * 1000
+# Metered usage reaches the catalog at least this often: what a SIGKILL may lose.
+MAX_FLUSH_MS = 5_000
+
+
+def port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("a port is 0 to 65535 (0 picks a free one)")
+    return value
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError(f"must be at least {low}")
+        return value
+
+    return parse
+
+
+def between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}")
+        return value
+
+    return parse
+
+
+def optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def optional_text(text: str) -> str | None:
+    return text or None
+
+
+def on_off(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+POSITIVE = at_least(1)
+NOT_NEGATIVE = at_least(0)
+TIERING = "tiered storage"
+TENANCY = "tenants, quotas and fair service"
+METERING = "metering and prices"
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    data_dir: Path = Path("./data")
-    host: str = "127.0.0.1"
-    port: int = 8080
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    metrics_public: bool = False
-    # Largest request body accepted (413 past it).
-    max_request_bytes: int = 16 * MIB
-    # Longest long-poll a read may ask for with wait_ms.
-    max_wait_ms: int = 30_000
-    # How often retention is applied.
-    retention_check_ms: int = 30_000
-    # How often the autoscaler measures every topic and splits or merges partitions.
-    autoscale_interval_ms: int = 1000
-    # From EVENTBUS_ADMIN_KEY; never printed (repr=False).
-    admin_key: str | None = field(default=None, repr=False)
-    # Quotas of every tenant that has no override of its own (None: unlimited).
-    default_quotas: Quotas = field(default_factory=Quotas)
-    # Tenant requests in service at once; the others wait per tenant and are served in turn.
-    max_concurrent_requests: int = 256
-    # Requests one tenant may have waiting for service; past it, 429 request_queue_full.
-    max_queued_per_tenant: int = 256
-    # Slots one tenant may hold at once (at most max_concurrent_requests).
-    max_in_service_per_tenant: int = 128
-    # The quota buckets' clock (seconds, monotonic), injectable so that tests count tokens.
-    quota_clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
-    # Prices of every tenant whose plan does not name its own.
-    default_plan: PricePlan = field(default_factory=PricePlan)
-    # Metered usage reaches the catalog this often (at most 5 s: what a SIGKILL may lose).
-    usage_flush_ms: int = 5_000
-    # How often each tenant's stored bytes and active partitions are measured.
-    usage_sample_ms: int = 10_000
-    # An hour's usage is exported this long after the hour ends.
-    usage_export_delay_ms: int = 60_000
-    # The meter's clock (ms since the epoch, UTC), injectable so that tests cross hours.
-    usage_clock_ms: Callable[[], int] = field(
-        default=lambda: time.time_ns() // 1_000_000, repr=False, compare=False
+    data_dir: Path = setting(
+        Path("data"), "the catalog, the logs and (by default) the object store", parse=Path
     )
-    # Tiered storage: file://DIR or s3://BUCKET/PREFIX (default: file:// under data_dir).
-    object_store: str | None = None
-    # The S3 endpoint; else the standard AWS settings (AWS_ENDPOINT_URL_S3, ...).
-    s3_endpoint: str | None = None
-    # Deadline of each call to the object store: a stalled store counts as down.
-    object_store_timeout_ms: int = 30_000
-    upload_concurrency: int = 4
-    # Past this many bytes of rolled segments waiting for upload, produce answers 503.
-    max_upload_backlog_bytes: int = 4 * 1024 * MIB
-    # Longest wait between attempts at a failing upload (the backoff doubles up to it).
-    upload_retry_max_ms: int = 30_000
-    # Unreferenced objects and abandoned copies older than this are deleted...
-    orphan_grace_ms: int = 60 * 60 * 1000
-    # ... by a pass that runs this often.
-    orphan_check_ms: int = 10 * 60 * 1000
-    # Cold reads: the in-memory read cache's bound, the size of one ranged GET of a remote
-    # segment, and how many of those are fetched ahead of a sequential reader.
-    read_cache_bytes: int = 256 * MIB
-    read_chunk_bytes: int = 8 * MIB
-    read_ahead_chunks: int = 2
+    host: str = setting("127.0.0.1", "address to listen on", parse=str)
+    port: int = setting(8080, "port to listen on; 0 picks a free one", parse=port)
+    tls_cert: Path | None = setting(
+        None, "PEM certificate: serve HTTPS (with --tls-key)", parse=optional_path, metavar="PEM"
+    )
+    tls_key: Path | None = setting(
+        None, "PEM private key of --tls-cert", parse=optional_path, metavar="PEM"
+    )
+    workers: int | None = setting(
+        None,
+        "worker processes, each serving HTTP and owning some partitions; 0 runs everything "
+        "in this one process",
+        parse=between(0, 256),
+        metavar="N",
+        none_means="one per core",
+    )
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", parse=log_level)
+    metrics_public: bool = setting(
+        False, "serve /metrics without the admin key", parse=on_off, switch=True
+    )
+    # Largest request body accepted (413 past it).
+    max_request_bytes: int = setting(16 * MIB, "largest request body, in bytes", parse=POSITIVE)
+    max_wait_ms: int = setting(
+        30_000, "longest long-poll a read or group fetch may ask for", parse=NOT_NEGATIVE
+    )
+    retention_check_ms: int = setting(30_000, "how often retention is applied", parse=POSITIVE)
+    autoscale_interval_ms: int = setting(
+        1000, "how often the autoscaler evaluates every topic", parse=POSITIVE
+    )
+    # From EVENTBUS_ADMIN_KEY only; never printed (repr=False is implied by no flag).
+    admin_key: str | None = setting(
+        None, "the admin key (made at first start when not given)", parse=str, has_flag=False
+    )
+    # Quotas of every tenant that has no override of its own (None: unlimited).
+    default_quotas: Quotas = setting(
+        help="quotas of tenants without their own",
+        factory=Quotas,
+        has_flag=False,
+        section=TENANCY,
+        prefix="default-",
+    )
+    max_concurrent_requests: int = setting(
+        256,
+        "tenant requests in service at once; the others wait, served fairly",
+        parse=POSITIVE,
+        section=TENANCY,
+    )
+    max_queued_per_tenant: int = setting(
+        256, "requests one tenant may have waiting; past it, 429", parse=POSITIVE, section=TENANCY
+    )
+    max_in_service_per_tenant: int = setting(
+        128, "requests of one tenant in service at once", parse=POSITIVE, section=TENANCY
+    )
+    # Prices of every tenant whose plan does not name its own.
+    default_plan: PricePlan = setting(
+        help="a JSON file with the default price plan (the --default-usd-per-... flags win)",
+        name="price-plan",
+        factory=PricePlan,
+        parse=read_plan_file,
+        metavar="FILE",
+        section=METERING,
+        prefix="default-",
+        none_means="the built-in prices",
+    )
+    usage_flush_ms: int = setting(
+        MAX_FLUSH_MS,
+        f"how often metered usage is written to the catalog; what a crash may lose "
+        f"(at most {MAX_FLUSH_MS})",
+        parse=between(10, MAX_FLUSH_MS),
+        section=METERING,
+    )
+    usage_sample_ms: int = setting(
+        10_000,
+        "how often each tenant's stored bytes and partitions are measured",
+        parse=between(10, 3_600_000),
+        section=METERING,
+    )
+    usage_export_delay_ms: int = setting(
+        60_000,
+        "how long after an hour ends its usage is exported to the object store",
+        parse=NOT_NEGATIVE,
+        section=METERING,
+    )
+    object_store: str | None = setting(
+        None,
+        "file://DIR or s3://BUCKET[/PREFIX]",
+        parse=optional_text,
+        metavar="URL",
+        section=TIERING,
+        none_means="file://DATA_DIR/objects",
+    )
+    s3_endpoint: str | None = setting(
+        None,
+        "the S3 endpoint",
+        parse=optional_text,
+        metavar="URL",
+        section=TIERING,
+        none_means="AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, or AWS itself",
+    )
+    # A stalled store counts as down past this deadline of each call.
+    object_store_timeout_ms: int = setting(
+        30_000, "deadline of each object-store call", parse=POSITIVE, section=TIERING
+    )
+    upload_concurrency: int = setting(4, "segment uploads at once", parse=POSITIVE, section=TIERING)
+    max_upload_backlog_bytes: int = setting(
+        4 * 1024 * MIB,
+        "bytes waiting for upload past which produce answers 503",
+        parse=POSITIVE,
+        section=TIERING,
+    )
+    upload_retry_max_ms: int = setting(
+        30_000, "longest backoff between upload attempts", parse=POSITIVE, section=TIERING
+    )
+    orphan_grace_ms: int = setting(
+        60 * 60 * 1000,
+        "age before leftover objects and abandoned copies are deleted",
+        parse=POSITIVE,
+        section=TIERING,
+    )
+    orphan_check_ms: int = setting(
+        10 * 60 * 1000, "how often leftovers are looked for", parse=POSITIVE, section=TIERING
+    )
+    read_cache_bytes: int = setting(
+        256 * MIB, "memory for the cold reads' cache", parse=POSITIVE, section=TIERING
+    )
+    read_chunk_bytes: int = setting(
+        8 * MIB, "bytes per ranged GET of cold data", parse=POSITIVE, section=TIERING
+    )
+    read_ahead_chunks: int = setting(
+        2,
+        "chunks fetched ahead of a sequential cold reader (0: none)",
+        parse=NOT_NEGATIVE,
+        section=TIERING,
+    )
+
+    def __repr__(self) -> str:
+        # The admin key is a secret: never in a log line or a traceback.
+        shown = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        shown["admin_key"] = None if self.admin_key is None else "***"
+        return "ServerConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
     def scheme(self) -> str:
         return "https" if self.tls_cert else "http"
 
 
-class InvalidConfigError(InvalidInputError):
-    code = "invalid_config"
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
-# name -> (default, smallest allowed, largest allowed, may be null)
-_INT_SETTINGS: dict[str, tuple[int | None, int, int, bool]] = {
-    "retention_ms": (7 * DAY_MS, 1, 2**62, True),
-    "retention_bytes": (None, 1, 2**62, True),
-    "local_retention_ms": (None, 1, 2**62, True),
-    "local_retention_bytes": (None, 1, 2**62, True),
-    "segment_bytes": (128 * MIB, 1024, 1024 * MIB, False),
-    "segment_ms": (60 * 60 * 1000, 1000, 2**62, False),
-    "max_record_bytes": (1 * MIB, 1, 16 * MIB, False),
-}
-DEFAULT_TOPIC_CONFIG: dict[str, Any] = {name: spec[0] for name, spec in _INT_SETTINGS.items()}
-DEFAULT_TOPIC_CONFIG[AUTOSCALE_KEY] = DEFAULT_AUTOSCALE
+@dataclass(frozen=True, slots=True)
+class Clocks:
+    """The clocks the server reads. Not settings: tests pass their own, to count time
+    (quota tokens, UTC hours of usage, autoscaler windows) without sleeping."""
 
-
-def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored config with the defaults of keys added since it was written."""
-    out = {**DEFAULT_TOPIC_CONFIG, **config}
-    out[AUTOSCALE_KEY] = {**DEFAULT_AUTOSCALE, **(config.get(AUTOSCALE_KEY) or {})}
-    return out
-
-
-def normalize_topic_config(given: Any, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Validate ``given`` over ``base`` (default: the defaults); answer the whole config.
-
-    ``null`` for a retention setting means no limit; a local retention of ``null`` means
-    the same as the total retention. Local retention may not exceed total retention.
-    """
-    if not isinstance(given, Mapping):
-        raise InvalidConfigError("a topic config is a JSON object")
-    config = with_defaults({} if base is None else base)
-    for name, value in given.items():
-        if name == AUTOSCALE_KEY:
-            # A nested object: the knobs given change, the others keep their values.
-            config[name] = normalize_autoscale(value, base=config[name])
-            continue
-        spec = _INT_SETTINGS.get(name)
-        if spec is None:
-            known = ", ".join(sorted([*_INT_SETTINGS, AUTOSCALE_KEY]))
-            raise InvalidConfigError(
-                f"unknown topic config key {name!r}; known: {known}",
-                key=name,
-            )
-        _default, low, high, nullable = spec
-        if value is None and nullable:
-            config[name] = None
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            allowed = f"an integer from {low} to {high}" + (" or null" if nullable else "")
-            raise InvalidConfigError(f"{name} must be {allowed}", key=name)
-        config[name] = value
-    for local, total in (
-        ("local_retention_ms", "retention_ms"),
-        ("local_retention_bytes", "retention_bytes"),
-    ):
-        limit, bound = config[local], config[total]
-        if limit is not None and bound is not None and limit > bound:
-            raise InvalidConfigError(f"{local} may not exceed {total}", key=local)
-    return config
-
-
-def log_config(topic_config: Mapping[str, Any]) -> LogConfig:
-    return LogConfig(
-        segment_bytes=int(topic_config["segment_bytes"]),
-        segment_ms=int(topic_config["segment_ms"]),
-        max_record_bytes=int(topic_config["max_record_bytes"]),
-    )
+    # Seconds, monotonic: the quota buckets.
+    quota_s: Callable[[], float] = time.monotonic
+    # Milliseconds since the epoch, UTC: metering's hours.
+    usage_ms: Callable[[], int] = wall_clock_ms
+    # Milliseconds, monotonic: the autoscaler's measurements.
+    autoscale_ms: Clock = monotonic_ms

@@ -11,9 +11,9 @@ from aiohttp import web
 from gateway import wire
 from gateway.auth import require_tenant
 from gateway.autoscaling import autoscale_json
-from gateway.broker import Broker, IdempotentRequest, TopicView, validate_topic_name
+from gateway.broker.service import Broker, IdempotentRequest, TopicView, validate_topic_name
+from gateway.broker.topic_config import with_defaults
 from gateway.client.wire import BATCH, NDJSON
-from gateway.config import with_defaults
 from gateway.keys import BROKER, CONFIG, METRICS, OPENAPI
 from gateway.metering import meter_delivered, meter_produced
 from gateway.metrics import Metrics

@@ -55,10 +55,10 @@ from prometheus_client.registry import Collector
 
 from gateway.auth import PRINCIPAL
 from gateway.billing import PricePlan, usage_json
-from gateway.broker import Broker
+from gateway.broker.service import Broker
 from gateway.cluster import CLUSTER
 from gateway.http_errors import Handler
-from gateway.keys import CONFIG, METRICS
+from gateway.keys import CLOCKS, CONFIG, METRICS
 from gateway.logs import log_if_died
 from gateway.tenancy import ADMIN_PREFIX, CONSUME_ROUTES, PRODUCE_CHARGE, TENANCY, produce_cost
 from gateway.tiering import OBJECT_STORE
@@ -584,6 +584,7 @@ async def metering_ctx(app: web.Application) -> AsyncIterator[None]:
     """The meter and its task: after the entries it needs (the catalog, the object store,
     the broker), closed before them with a last sample and flush."""
     config = app[CONFIG]
+    clocks = app[CLOCKS]
     tenancy = app[TENANCY]
     catalog = tenancy.catalog
     peers = app.get(CLUSTER)
@@ -593,7 +594,7 @@ async def metering_ctx(app: web.Application) -> AsyncIterator[None]:
         if peers is None or peers.role.leader
         else NothingHeld()
     )
-    meter = Meter(catalog, footprint, clock_ms=config.usage_clock_ms)
+    meter = Meter(catalog, footprint, clock_ms=clocks.usage_ms)
 
     async def plan_of(tenant: str) -> PricePlan | None:
         try:

@@ -30,15 +30,12 @@ at most every ``refresh_s`` and grows with each accepted produce between measure
 from __future__ import annotations
 
 import math
-import mmap
-import os
-import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
+from gateway.settings import setting
 from partitions.catalog import Catalog, TenantLimits
 from partitions.errors import EventBusError, InvalidInputError
 
@@ -70,16 +67,35 @@ class StorageQuotaExceededError(EventBusError):
     retriable = True
 
 
+def _quota_text(low: int) -> Callable[[str], int | None]:
+    """A quota as a flag gives it: a number, or none/unlimited."""
+
+    def parse(text: str) -> int | None:
+        if text.strip().lower() in ("", "none", "unlimited"):
+            return None
+        value = int(text)
+        if value < low:
+            raise ValueError(f"must be at least {low}, or 'unlimited'")
+        return value
+
+    return parse
+
+
+def _quota(help_text: str, low: int) -> Any:
+    return setting(None, help_text, parse=_quota_text(low), metavar="N", none_means="unlimited")
+
+
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    """Effective quotas of a tenant; None is unlimited."""
+    """Effective quotas of a tenant; None is unlimited. As settings, the defaults of every
+    tenant without its own (``--default-produce-bytes-per-s`` and so on)."""
 
-    produce_bytes_per_s: int | None = None
-    consume_bytes_per_s: int | None = None
-    requests_per_s: int | None = None
-    max_topics: int | None = None
-    max_partitions: int | None = None
-    max_stored_bytes: int | None = None
+    produce_bytes_per_s: int | None = _quota("record bytes a tenant may produce per second", 1)
+    consume_bytes_per_s: int | None = _quota("record bytes a tenant may read per second", 1)
+    requests_per_s: int | None = _quota("requests a tenant may make per second", 1)
+    max_topics: int | None = _quota("topics a tenant may have", 0)
+    max_partitions: int | None = _quota("active partitions a tenant may have", 0)
+    max_stored_bytes: int | None = _quota("bytes a tenant may store", 0)
 
     def to_json(self) -> dict[str, int | None]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -131,36 +147,6 @@ def apply_quota_changes(
         else:
             merged[name] = value if isinstance(value, int) else None
     return merged
-
-
-class FileClock:
-    """A clock read from a file that another process moves: for tests that count time
-    across several worker processes. The file holds one little-endian float64, written
-    with :meth:`write`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        with path.open("rb") as handle:
-            self._map = mmap.mmap(handle.fileno(), 8, access=mmap.ACCESS_READ)
-
-    def __call__(self) -> float:
-        return float(_CLOCK.unpack_from(self._map)[0])
-
-    def whole(self) -> int:
-        return int(self())
-
-    @staticmethod
-    def write(path: Path, value: float) -> None:
-        """Set the clock: in place, never truncating the file. Readers map it, and a read
-        of a mapped page while the file is empty kills the reading process (SIGBUS)."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            os.pwrite(fd, _CLOCK.pack(value), 0)
-        finally:
-            os.close(fd)
-
-
-_CLOCK = struct.Struct("<d")
 
 
 @dataclass(slots=True)

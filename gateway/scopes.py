@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from gateway.broker import validate_topic_name
+from gateway.broker.service import validate_topic_name
 from partitions.errors import EventBusError, InvalidInputError
 
 MAX_SCOPE_TOPICS = 100

@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.auth import PRINCIPAL, Authenticator, Principal
-from gateway.broker import Broker
+from gateway.broker.service import Broker
 from gateway.fairness import FairScheduler
 from gateway.http_errors import Handler
 from gateway.keys import METRICS

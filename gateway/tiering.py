@@ -23,7 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gateway.broker import Broker
+from gateway.broker.service import Broker
 from gateway.config import ServerConfig
 from gateway.keys import BROKER, CONFIG, METRICS
 from partitions.catalog import Catalog

@@ -17,7 +17,7 @@ from yarl import URL
 from gateway.app import create_app
 from gateway.config import ServerConfig
 from tests.s3 import moto_server
-from tests.servers import WORKERS, read_credentials, start_process
+from tests.servers import WORKERS, read_credentials, split_clocks, start_process
 
 ADMIN_KEY = "ebk_test-admin-key-for-the-suite-only"
 
@@ -97,8 +97,9 @@ async def start_api(data_dir: Path, **settings: Any) -> Api:
         process = await start_process(data_dir, {"admin_key": ADMIN_KEY, **settings})
         key = read_credentials(data_dir)["EVENTBUS_API_KEY"]
         return Api(aiohttp.ClientSession(), process.process.url, key, process, data_dir)  # type: ignore[arg-type]
+    clocks, settings = split_clocks(settings)
     config = ServerConfig(data_dir=data_dir, admin_key=ADMIN_KEY, **settings)
-    server = TestServer(create_app(config), host="127.0.0.1")
+    server = TestServer(create_app(config, clocks=clocks), host="127.0.0.1")
     await server.start_server()
     session = aiohttp.ClientSession()
     key = read_credentials(data_dir)["EVENTBUS_API_KEY"]

@@ -12,10 +12,10 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
 from gateway.config import ServerConfig
-from gateway.quotas import FileClock
-from gateway.server import tls_context
+from gateway.wiring.serve import tls_context
+from tests.clocks import FileClock
 from tests.conftest import ADMIN_KEY, Api
-from tests.servers import WORKERS, read_credentials, start_process
+from tests.servers import WORKERS, read_credentials, split_clocks, start_process
 
 
 class FakeClock:
@@ -68,10 +68,11 @@ async def start_https_api(data_dir: Path, **settings: Any) -> Api:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context))
         key = read_credentials(data_dir)["EVENTBUS_API_KEY"]
         return Api(session, process.process.url, key, process, data_dir)  # type: ignore[arg-type]
+    clocks, settings = split_clocks(settings)
     config = ServerConfig(
         data_dir=data_dir, admin_key=ADMIN_KEY, tls_cert=cert_path, tls_key=key_path, **settings
     )
-    server = TestServer(create_app(config), host="127.0.0.1")
+    server = TestServer(create_app(config, clocks=clocks), host="127.0.0.1")
     await server.start_server(ssl=tls_context(config))
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context))
     key = read_credentials(data_dir)["EVENTBUS_API_KEY"]

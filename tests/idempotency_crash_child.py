@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from gateway.cli import main
+from gateway.cli.main import main
 from partitions.batch import producer_tag
 from partitions.idempotency import decode_tag
 from partitions.log import AppendResult

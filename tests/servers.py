@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.config import Clocks
+from tests.clocks import QUOTA_CLOCK_FILE_ENV, USAGE_CLOCK_FILE_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # EVENTBUS_TEST_WORKERS=N runs every server the suite starts as `eventbus serve --workers N`
@@ -83,6 +86,8 @@ class ServerProcess:
     stderr_path: Path | None = None
     # The module run as ``python -m``: a test may wrap the server in a child of its own.
     module: str = "gateway.cli"
+    # False: no EVENTBUS_ setting of the test's environment reaches the server.
+    inherit_settings: bool = True
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.stderr_path = self.data_dir.parent / f"{self.data_dir.name}-stderr.log"
@@ -104,7 +109,7 @@ class ServerProcess:
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
-                env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
+                env={**self._environment(), "PYTHONPATH": str(ROOT), **self.env},
             )
         finally:
             stderr.close()
@@ -123,6 +128,11 @@ class ServerProcess:
         assert text.startswith("eventbus listening on "), text
         self.url = text.removeprefix("eventbus listening on ")
         return self
+
+    def _environment(self) -> dict[str, str]:
+        if self.inherit_settings:
+            return dict(os.environ)
+        return {k: v for k, v in os.environ.items() if not k.startswith("EVENTBUS_")}
 
     def stderr(self) -> str:
         return (
@@ -154,11 +164,21 @@ class ServerProcess:
             self.process.stdout.close()
 
 
-# Clocks a test moves, shared with server processes through a file (see FakeClock.share).
-_CLOCK_FILES = {
-    "quota_clock": "EVENTBUS_QUOTA_CLOCK_FILE",
-    "usage_clock_ms": "EVENTBUS_USAGE_CLOCK_FILE",
-}
+# Clocks a test moves, shared with server processes through a file (see FakeClock.share):
+# a server given one runs as tests.clocked_server, which reads them.
+CLOCK_FILES = {"quota_clock": QUOTA_CLOCK_FILE_ENV, "usage_clock_ms": USAGE_CLOCK_FILE_ENV}
+CLOCKED_SERVER = "tests.clocked_server"
+
+
+def split_clocks(settings: dict[str, Any]) -> tuple[Clocks, dict[str, Any]]:
+    """The clocks among a test's server settings (``quota_clock``, ``usage_clock_ms``), and
+    the settings without them."""
+    rest = dict(settings)
+    defaults = Clocks()
+    quota = rest.pop("quota_clock", None)
+    usage = rest.pop("usage_clock_ms", None)
+    clocks = Clocks(quota_s=quota or defaults.quota_s, usage_ms=usage or defaults.usage_ms)
+    return clocks, rest
 
 
 def serve_flags(settings: dict[str, Any], scratch: Path) -> tuple[list[str], dict[str, str]]:
@@ -168,10 +188,10 @@ def serve_flags(settings: dict[str, Any], scratch: Path) -> tuple[list[str], dic
     env: dict[str, str] = {}
     for name, value in settings.items():
         flag = "--" + name.replace("_", "-")
-        if name in _CLOCK_FILES:
+        if name in CLOCK_FILES:
             path = scratch / f"{scratch.name}-{name}"
             value.share(path)
-            env[_CLOCK_FILES[name]] = str(path)
+            env[CLOCK_FILES[name]] = str(path)
         elif name == "admin_key":
             env["EVENTBUS_ADMIN_KEY"] = str(value)
         elif name == "default_plan":
@@ -211,6 +231,9 @@ class ProcessApp:
 
 async def start_process(data_dir: Path, settings: dict[str, Any]) -> ProcessApp:
     args, env = serve_flags(settings, data_dir.parent)
-    process = ServerProcess(data_dir, args=args, env=env)
+    clocked = any(name in settings for name in CLOCK_FILES)
+    process = ServerProcess(
+        data_dir, args=args, env=env, module=CLOCKED_SERVER if clocked else "gateway.cli"
+    )
     await asyncio.to_thread(process.start)
     return ProcessApp(process)

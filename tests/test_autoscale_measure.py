@@ -10,7 +10,7 @@ import random
 from autoscaler.config import DEFAULT_AUTOSCALE, AutoscaleConfig
 from autoscaler.measure import SAMPLE_CAPACITY, SAMPLES_PER_BATCH, LoadMeters
 from autoscaler.policy import Rate
-from gateway.broker import key_hash
+from gateway.broker.service import key_hash
 from partitions.batch import NewRecord
 from partitions.catalog import WHOLE_SPACE, PartitionRecord, PartitionState
 from partitions.worker import PartitionKey

@@ -8,7 +8,7 @@ these tests assert does not depend on how fast the machine is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway import autoscaling
 from gateway.app import create_app
 from gateway.autoscaling import AUTOSCALER
-from gateway.broker import key_hash
-from gateway.config import ServerConfig
+from gateway.broker.service import key_hash
+from gateway.config import Clocks, ServerConfig
 from tests.conftest import ADMIN_KEY, Api, metric_values
 from tests.servers import read_credentials
 
@@ -43,22 +42,14 @@ class Clock:
         return self.now
 
 
-async def start_scaled(
-    data_dir: Path,
-    clock: Clock,
-    tenant_limit: Callable[[str], Awaitable[int | None]] | None = None,
-    *,
-    metrics_public: bool = False,
-) -> Api:
+async def start_scaled(data_dir: Path, clock: Clock, *, metrics_public: bool = False) -> Api:
     config = ServerConfig(
         data_dir=data_dir,
         admin_key=ADMIN_KEY,
         autoscale_interval_ms=3_600_000,
         metrics_public=metrics_public,
     )
-    app = create_app(config, autoscale_clock_ms=clock)
-    if tenant_limit is not None:
-        autoscaling.configure(app, clock_ms=clock, tenant_limit=tenant_limit)
+    app = create_app(config, clocks=Clocks(autoscale_ms=clock))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     key = read_credentials(data_dir)["EVENTBUS_API_KEY"]
@@ -259,12 +250,14 @@ async def test_a_hot_key_among_others_is_isolated_by_successive_splits(
 async def test_a_tenant_limit_stops_a_split_and_describe_says_so(
     tmp_path: Path, clock: Clock
 ) -> None:
-    quota = {"default": 3}
+    api = await start_scaled(tmp_path / "data", clock)
 
-    async def tenant_limit(tenant: str) -> int | None:
-        return quota.get(tenant)
+    async def set_partition_quota(limit: int) -> None:
+        quotas = {"quotas": {"max_partitions": limit}}
+        status, _ = await api.call("PATCH", "/v1/admin/tenants/default", key=ADMIN_KEY, json=quotas)
+        assert status == 200
 
-    api = await start_scaled(tmp_path / "data", clock, tenant_limit=tenant_limit)
+    await set_partition_quota(3)
     try:
         # Another topic of the tenant holds two of its three partitions.
         await api.call("PUT", "/v1/topics/other", json={"autoscale": {"enabled": False}})
@@ -281,7 +274,7 @@ async def test_a_tenant_limit_stops_a_split_and_describe_says_so(
         seen = await metric_values(api)
         assert seen['eventbus_autoscale_blocked{reason="tenant_quota"}'] == 1
         # A larger quota lets the split through at the next evaluation.
-        quota["default"] = 4
+        await set_partition_quota(4)
         await tick(api)
         body = await describe(api)
         assert len(active(body)) == 2 and body["autoscale"]["blocked"] == []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import key_hash
+from gateway.broker.service import key_hash
 from gateway.keys import BROKER
 from partitions.batch import NewRecord
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import key_hash
+from gateway.broker.service import key_hash
 from gateway.keys import BROKER
 from tests.conftest import Api, start_api, stop_api
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.broker import key_hash
+from gateway.broker.service import key_hash
 from gateway.keys import BROKER
 from partitions.errors import PartitionUnavailableError
 from partitions.idempotency import (

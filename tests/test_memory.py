@@ -8,7 +8,7 @@ import platform
 import pytest
 from aiohttp import web
 
-from gateway import memory
+from gateway.processes import memory
 
 
 @pytest.mark.skipif(

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.broker import Broker
+from gateway.broker.service import Broker
 from gateway.client import wire
 from gateway.metering import (
     EXPORTED_SETTING,
@@ -35,12 +35,12 @@ from gateway.metering import (
     hour_of,
     hour_text,
 )
-from gateway.quotas import FileClock
 from gateway.tiering import OBJECT_STORE, OBJECTS_DIR
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog import HOUR_MS, UsageCounters, UsageRecord
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.worker import LocalPartitionWorker
+from tests.clocks import FileClock
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import WORKERS
 from tiered_storage.layout import parse_segment_key

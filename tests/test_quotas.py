@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from gateway.quotas import (
-    FileClock,
     InvalidQuotasError,
     QuotaBook,
     QuotaExceededError,
@@ -22,6 +21,7 @@ from gateway.quotas import (
 )
 from partitions.catalog import TenantLimits
 from partitions.catalog_sqlite import SqliteCatalog
+from tests.clocks import FileClock
 from tests.https import FakeClock
 
 
@@ -190,7 +190,7 @@ async def test_produce_tokens_are_given_back_when_the_write_fails(catalog: Sqlit
 _CLOCK_READER = """
 import sys, threading
 from pathlib import Path
-from gateway.quotas import FileClock
+from tests.clocks import FileClock
 clock = FileClock(Path(sys.argv[1]))
 print("mapped", flush=True)
 done = threading.Event()

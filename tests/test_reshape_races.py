@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import Broker
+from gateway.broker.service import Broker
 from partitions.batch import NewRecord
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.fileio import FileOps

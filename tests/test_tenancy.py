@@ -20,7 +20,7 @@ import orjson
 import pytest
 from yarl import URL
 
-from gateway.broker import key_hash
+from gateway.broker.service import key_hash
 from gateway.client import wire
 from gateway.keys import BROKER
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog

@@ -19,15 +19,16 @@ import aiohttp
 import pytest
 
 from autoscaler.measure import Geometry, LoadMeters, MeterOutbox
-from gateway.broker import key_hash
+from gateway.broker.service import key_hash
 from gateway.client import AsyncClient
 from gateway.metrics import merge_metrics
 from gateway.placement import Replaced, WorkerLoad, place
 from partitions.batch import NewRecord
 from partitions.worker import PartitionKey
+from tests.clocks import QUOTA_CLOCK_FILE_ENV, USAGE_CLOCK_FILE_ENV
 from tests.conftest import ADMIN_KEY
 from tests.https import FakeClock
-from tests.servers import WORKERS, ServerProcess
+from tests.servers import CLOCK_FILES, CLOCKED_SERVER, WORKERS, ServerProcess
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,10 +41,13 @@ pytestmark = [
 def workers(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[ServerProcess]:
+    """Two worker processes; with a clock file in ``env``, on the clocks the test moves."""
+    clocked = any(name in (env or {}) for name in CLOCK_FILES.values())
     server = ServerProcess(
         tmp_path / "data",
         args=["--workers", "2", *args],
         env={"EVENTBUS_ADMIN_KEY": ADMIN_KEY, **(env or {})},
+        module=CLOCKED_SERVER if clocked else "gateway.cli",
     ).start()
     try:
         yield server
@@ -238,7 +242,7 @@ async def test_a_tenants_request_quota_holds_across_worker_processes(tmp_path: P
     the bucket's 30 at once, then 30 per second, within 10%."""
     clock = FakeClock()
     clock.share(tmp_path / "clock")
-    with workers(tmp_path, env={"EVENTBUS_QUOTA_CLOCK_FILE": str(tmp_path / "clock")}) as server:
+    with workers(tmp_path, env={QUOTA_CLOCK_FILE_ENV: str(tmp_path / "clock")}) as server:
         async with session() as http:
             async with http.post(
                 f"{server.url}/v1/admin/tenants",
@@ -284,7 +288,7 @@ async def test_metering_counts_requests_and_storage_once_across_workers(tmp_path
     clock = FakeClock()
     clock.now = float(start_ms)
     clock.share(tmp_path / "usage-clock")
-    env = {"EVENTBUS_USAGE_CLOCK_FILE": str(tmp_path / "usage-clock")}
+    env = {USAGE_CLOCK_FILE_ENV: str(tmp_path / "usage-clock")}
     flags = ("--usage-sample-ms", "20", "--usage-flush-ms", "20")
     with workers(tmp_path, *flags, env=env) as server:
         key = server.keys["EVENTBUS_API_KEY"]

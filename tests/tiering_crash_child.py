@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway.cli import main
+from gateway.cli.main import main
 from tiered_storage.objects import PutResult
 from tiered_storage.s3_store import S3ObjectStore
 

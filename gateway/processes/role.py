@@ -1,8 +1,10 @@
-"""Which worker process this is: what the supervisor (``gateway/supervisor.py``) tells each
-worker of ``eventbus serve --workers N`` through its environment.
+"""What the supervisor (``gateway/processes/supervisor.py``) and each worker process of
+``eventbus serve --workers N`` agree on: the worker's role, told through its environment;
+the words said on the pipes between them; where their sockets and lock files go; and how
+long each step of a start or a stop may take.
 
-Kept apart from ``gateway/cluster.py`` so that the supervisor, which serves nothing, starts
-its workers without loading the whole server first.
+Kept apart from everything else so that the supervisor, which serves nothing, starts its
+workers without loading the whole server first.
 """
 
 from __future__ import annotations
@@ -17,8 +19,16 @@ RUN_DIR_ENV = "EVENTBUS_WORKER_RUN_DIR"
 PORT_ENV = "EVENTBUS_WORKER_PORT"
 CONTROL_FD_ENV = "EVENTBUS_WORKER_CONTROL_FD"
 
-# Worker 0 runs the once-per-server work (see gateway/cluster.py).
+# Worker 0 runs the once-per-server work (see gateway/processes/topology.py).
 LEADER = 0
+
+RUN_DIR = "run"
+# What a worker says on its control pipe, and what the supervisor says on its stdin.
+READY, DRAINED, CLOSE = b"ready", b"drained", b"close"
+# How long workers get to finish their requests, then to close their partitions.
+DRAIN_TIMEOUT_S = 40.0
+CLOSE_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)

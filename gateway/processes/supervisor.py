@@ -28,45 +28,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import fcntl
 import json
 import logging
 import os
-import select
 import signal
 import socket
-import sys
 import tempfile
 import time
-import traceback
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
 
 from gateway.auth import bootstrap
 from gateway.config import ServerConfig
-from gateway.workers import CONTROL_FD_ENV, PORT_ENV, ROLE_ENV, RUN_DIR_ENV, WorkerRole
+from gateway.processes.role import (
+    CLOSE,
+    CLOSE_TIMEOUT_S,
+    DRAIN_TIMEOUT_S,
+    DRAINED,
+    PORT_ENV,
+    READY,
+    ROLE_ENV,
+    RUN_DIR,
+    RUN_DIR_ENV,
+    START_TIMEOUT_S,
+)
+from gateway.processes.spawner import DATAGRAM, WorkerMain, start_spawner
+from gateway.processes.worker import reserve_port
+from gateway.settings import describe
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 
 log = logging.getLogger("eventbus.supervisor")
 
-RUN_DIR = "run"
 # A Unix socket path must fit in about 104 bytes; past this, sockets go to a temp dir.
 MAX_SOCKET_PATH = 96
-# How long workers get to finish their requests, then to close their partitions.
-DRAIN_TIMEOUT_S = 40.0
-CLOSE_TIMEOUT_S = 30.0
-START_TIMEOUT_S = 60.0
 # A worker that dies sooner than this after starting is restarted after a growing pause.
 QUICK_DEATH_S = 10.0
 MAX_RESTART_PAUSE_S = 10.0
-READY, DRAINED, CLOSE = b"ready", b"drained", b"close"
-PR_SET_PDEATHSIG = 1
 
 
 def run_directory(data_dir: Path) -> Path:
@@ -79,27 +77,6 @@ def run_directory(data_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="eventbus-"))
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (0: any free port) with ``SO_REUSEPORT``, never
-    listening: the workers bind the same port."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    return sock
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A worker's own listening socket on the server's port."""
-    sock = reserve_port(host, port)
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 async def bootstrap_catalog(config: ServerConfig) -> None:
     """The first start's keys, made once by the supervisor before any worker runs."""
     catalog = await SqliteCatalog.open(config.data_dir / CATALOG_FILE)
@@ -107,193 +84,6 @@ async def bootstrap_catalog(config: ServerConfig) -> None:
         await bootstrap(catalog, config.data_dir, config.admin_key)
     finally:
         await catalog.close()
-
-
-# --- in a worker ---------------------------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """Have the kernel kill this process when the supervisor dies (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class WorkerControl:
-    """A worker's side of its pipes to the supervisor."""
-
-    def __init__(self, role: WorkerRole) -> None:
-        self.role = role
-        self.close_now = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._reader = asyncio.get_running_loop().create_task(
-            self._read_stdin(), name="supervisor-pipe"
-        )
-
-    async def _read_stdin(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while line := await reader.readline():
-            if line.strip() == CLOSE:
-                self.close_now.set()
-        if not self.close_now.is_set():
-            # The supervisor is gone: no worker may outlive it.
-            log.error("the supervisor went away; worker %d stops now", self.role.index)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def say(self, word: bytes) -> None:
-        if self.role.control_fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(self.role.control_fd, word + b"\n")
-
-    async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-
-
-WORKER_CONTROL = web.AppKey("worker_control", WorkerControl)
-
-
-async def drain_barrier_ctx(app: web.Application) -> AsyncIterator[None]:
-    """At shutdown, after this worker's requests are finished: say so, and keep serving the
-    other workers until the supervisor says every one has finished too."""
-    yield
-    control = app.get(WORKER_CONTROL)
-    if control is None:
-        return
-    control.say(DRAINED)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(DRAIN_TIMEOUT_S + CLOSE_TIMEOUT_S):
-            await control.close_now.wait()
-
-
-@contextlib.contextmanager
-def worker_lock(data_dir: Path, index: int) -> Iterator[None]:
-    """Hold ``run/worker-{index}.lock``: a worker of an earlier supervisor still exiting
-    keeps it, and this one waits for it to be gone."""
-    lock_dir = data_dir / RUN_DIR
-    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with (lock_dir / f"worker-{index}.lock").open("a") as handle:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"worker {index} of {data_dir} still runs") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-# --- the spawner -----------------------------------------------------------------------------
-
-# What a forked worker runs with the command line's arguments: ``gateway.cli.main`` unless a
-# program that wraps the server (a benchmark's profiler, say) sets its own.
-WORKER_MAIN: Callable[[Sequence[str]], int] | None = None
-_DATAGRAM = 1 << 16
-
-
-def start_spawner(argv: Sequence[str]) -> tuple[int, socket.socket]:
-    """Fork the *spawner*, which loads the whole server once and then forks a worker for
-    each request: a fork costs milliseconds where a fresh interpreter loading the server
-    costs most of a second, at every start and restart. Answers its pid and the
-    supervisor's end of the socket between them."""
-    # Message boundaries, passed descriptors, and an end of file when either side dies
-    # (where sequenced packets exist; elsewhere datagrams, and the parent-pid check).
-    kind = getattr(socket, "SOCK_SEQPACKET", socket.SOCK_DGRAM)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        code = 1
-        try:
-            ours.close()
-            code = _spawner(theirs, list(argv))
-        finally:
-            os._exit(code)
-    theirs.close()
-    return pid, ours
-
-
-def _spawner(sock: socket.socket, argv: list[str]) -> int:  # pragma: no cover - a child
-    die_with_parent()
-    parent = os.getppid()
-    # The supervisor decides when workers stop: signals to the whole process group (a
-    # Ctrl-C, say) must not end the process whose children the workers are.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    import gateway.server  # noqa: F401 - loaded once here, shared by every fork
-
-    while True:
-        _reap(sock)
-        if os.getppid() != parent:
-            return 0  # the supervisor is gone (where the parent-death signal is missing)
-        if not select.select([sock], [], [], 0.1)[0]:
-            continue
-        message, fds, _, _ = socket.recv_fds(sock, _DATAGRAM, 2)
-        if not message:
-            return 0
-        request = json.loads(message)
-        pid = os.fork()
-        if pid == 0:
-            sock.close()
-            _worker_child(request, fds, argv)
-        for fd in fds:
-            os.close(fd)
-        sock.send(json.dumps({"index": request["index"], "pid": pid}).encode())
-
-
-def _reap(sock: socket.socket) -> None:  # pragma: no cover - in the spawner
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        code = os.waitstatus_to_exitcode(status)
-        sock.send(json.dumps({"exit": pid, "code": code}).encode())
-
-
-def _worker_child(request: dict[str, Any], fds: list[int], argv: list[str]) -> None:
-    """In a worker just forked: its stdin and control pipe, its environment, then the
-    server's main, as if started by ``python -m ... serve``."""  # pragma: no cover
-    code = 1
-    try:
-        stdin_fd, control_fd = fds
-        os.dup2(stdin_fd, 0)
-        os.close(stdin_fd)
-        os.environ.update(request["env"])
-        os.environ[CONTROL_FD_ENV] = str(control_fd)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        entry = WORKER_MAIN
-        if entry is None:
-            from gateway.cli import main as cli_main
-
-            entry = cli_main
-        code = entry(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 - a worker's child says what killed it, then exits
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
-
-
-# --- the supervisor ------------------------------------------------------------------------
 
 
 @dataclass
@@ -342,7 +132,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self.spawner.setblocking(False)
         while True:
-            data = await loop.sock_recv(self.spawner, _DATAGRAM)
+            data = await loop.sock_recv(self.spawner, DATAGRAM)
             if not data:
                 # No worker can be started any more, and the running ones die with it (or
                 # are killed here, where no parent-death signal took them): nobody is left
@@ -461,6 +251,7 @@ class Supervisor:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         (self.config.data_dir / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
         await bootstrap_catalog(self.config)
+        log.info("settings", extra={"settings": describe(self.config)})
         reserved = reserve_port(self.config.host, self.config.port)
         self.port = reserved.getsockname()[1]
         stop = asyncio.Event()
@@ -567,8 +358,16 @@ async def _wait_all(futures: list[asyncio.Future[None]], *, within_s: float) -> 
             future.cancel()
 
 
-def run_supervisor(config: ServerConfig, argv: Sequence[str], workers: int) -> int:
-    spawner = start_spawner(argv)  # before any thread or event loop exists here
+def run_supervisor(
+    config: ServerConfig,
+    argv: Sequence[str],
+    workers: int,
+    worker_main: WorkerMain,
+    preload: Callable[[], object],
+) -> int:
+    """Run ``workers`` worker processes, each forked from the spawner (which ran
+    ``preload`` once) and running ``worker_main(argv)``, until SIGTERM or SIGINT."""
+    spawner = start_spawner(argv, worker_main, preload)  # before any thread or loop exists
     main = Supervisor(config, argv, workers, spawner).run()
     try:
         import uvloop

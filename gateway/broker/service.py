@@ -22,7 +22,7 @@ import xxhash
 
 from autoscaler.loop import ScalingStatus, TopicSnapshot
 from autoscaler.measure import LoadMeters
-from gateway.config import log_config, normalize_topic_config, with_defaults
+from gateway.broker.topic_config import log_config, normalize_topic_config, with_defaults
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog import (
     UNLIMITED,

@@ -1,29 +1,32 @@
 """Running the server: bind, say where, serve until SIGTERM or SIGINT, stop cleanly; as one
-process, or as one of the worker processes a supervisor runs (``gateway/supervisor.py``)."""
+process, or as one of the worker processes a supervisor runs
+(``gateway/processes/supervisor.py``)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import ssl
-import sys
 from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
 
-from gateway import memory
 from gateway.app import create_app
-from gateway.config import ServerConfig
-from gateway.supervisor import (
-    READY,
-    WORKER_CONTROL,
+from gateway.config import Clocks, ServerConfig
+from gateway.processes import memory
+from gateway.processes.role import READY, WorkerRole
+from gateway.processes.worker import (
     WorkerControl,
     die_with_parent,
+    drain_barrier,
     listening_socket,
     worker_lock,
 )
-from gateway.workers import WorkerRole
+from gateway.settings import describe
+
+log = logging.getLogger("eventbus.server")
 
 # How long in-flight requests get to finish at shutdown.
 SHUTDOWN_GRACE_S = 30.0
@@ -38,22 +41,33 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def _runner(app: web.Application) -> web.AppRunner:
-    # No aiohttp access log: the request log (gateway/app.py) says the same, with more.
+def app_runner(app: web.Application) -> web.AppRunner:
+    # No aiohttp access log: the request log (gateway/http/middlewares.py) says the same.
     return web.AppRunner(
         app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None
     )
 
 
-async def serve(config: ServerConfig) -> int:
-    memory.limit_arenas()  # before the app starts its threads
-    app = create_app(config)
-    runner = _runner(app)
-    await runner.setup()
+def log_settings(config: ServerConfig) -> None:
+    """The settings this server runs with, as ``eventbus serve --help`` names them."""
+    log.info("settings", extra={"settings": describe(config)})
+
+
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def serve(config: ServerConfig, clocks: Clocks) -> int:
+    memory.limit_arenas()  # before the app starts its threads
+    log_settings(config)
+    app = create_app(config, clocks=clocks)
+    runner = app_runner(app)
+    await runner.setup()
+    stop = _stop_on_signals()
     try:
         site = web.TCPSite(runner, config.host, config.port, ssl_context=tls_context(config))
         await site.start()
@@ -68,19 +82,18 @@ async def serve(config: ServerConfig) -> int:
     return 0
 
 
-async def serve_worker(config: ServerConfig, role: WorkerRole) -> int:
+async def serve_worker(config: ServerConfig, role: WorkerRole, clocks: Clocks) -> int:
     """One worker process of ``eventbus serve --workers N`` (started by the supervisor)."""
     die_with_parent()
     memory.limit_arenas()  # before the worker starts its threads
     control = WorkerControl(role)
     control.start()
-    app = create_app(config, workers=role)
-    app[WORKER_CONTROL] = control
-    runner = _runner(app)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    app = create_app(config, clocks=clocks, role=role, control=control)
+    # Last, so that it closes first: every worker keeps serving the others until all have
+    # finished their own requests.
+    app.cleanup_ctx.append(drain_barrier(control))
+    runner = app_runner(app)
+    stop = _stop_on_signals()
     with worker_lock(config.data_dir, role.index):
         try:
             await runner.setup()
@@ -105,13 +118,9 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
     return int(uvloop.run(main))  # pragma: no cover - where uvloop is installed
 
 
-def run(config: ServerConfig) -> int:
-    return _run(serve(config))
+def run(config: ServerConfig, clocks: Clocks) -> int:
+    return _run(serve(config, clocks))
 
 
-def run_worker(config: ServerConfig, role: WorkerRole) -> int:
-    return _run(serve_worker(config, role))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run(ServerConfig()))
+def run_worker(config: ServerConfig, role: WorkerRole, clocks: Clocks) -> int:
+    return _run(serve_worker(config, role, clocks))

@@ -1,0 +1,228 @@
+"""The client commands of ``eventbus``: their flags, the connection to a server, and
+``topics`` and ``groups``. ``produce`` and ``consume`` have modules of their own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from gateway.auth import CREDENTIALS_FILE
+from gateway.client import Client
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr, with exit code 1."""
+
+
+def default_data_dir() -> str:
+    return os.environ.get("EVENTBUS_DATA_DIR", "./data")
+
+
+def _config_item(text: str) -> tuple[str, Any]:
+    name, found, raw = text.partition("=")
+    if not found or not name:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        value: Any = json.loads(raw)  # numbers and null as JSON; anything else is a string
+    except ValueError:
+        value = raw
+    return name, value
+
+
+def _seek_target(text: str) -> str | dict[str, Any]:
+    if text in ("earliest", "latest"):
+        return text
+    kind, _, rest = text.partition(":")
+    try:
+        if kind == "timestamp":
+            return {"timestamp_ms": int(rest)}
+        if kind == "offsets":
+            pairs = [item.split("=", 1) for item in rest.split(",") if item]
+            if pairs and all(len(pair) == 2 for pair in pairs):
+                return {"offsets": [{"partition": int(p), "offset": int(o)} for p, o in pairs]}
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError("expected earliest, latest, timestamp:MS or offsets:P=O,P=O")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def add_client_commands(commands: Any) -> None:
+    connection = argparse.ArgumentParser(add_help=False)
+    group = connection.add_argument_group("connection")
+    group.add_argument(
+        "--url",
+        default=os.environ.get("EVENTBUS_URL", DEFAULT_URL),
+        help=f"server URL (env EVENTBUS_URL, default {DEFAULT_URL})",
+    )
+    group.add_argument(
+        "--api-key",
+        default=os.environ.get("EVENTBUS_API_KEY") or None,
+        help="tenant API key (env EVENTBUS_API_KEY; default: the key in DATA_DIR/credentials)",
+    )
+    group.add_argument(
+        "--data-dir",
+        default=default_data_dir(),
+        help="where to find the credentials file without a key (env EVENTBUS_DATA_DIR, "
+        "default ./data)",
+    )
+    group.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per request attempt (default 30)"
+    )
+
+    topics = commands.add_parser("topics", help="create, list, describe and delete topics")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True)
+    create = topic_commands.add_parser("create", parents=[connection], help="create a topic")
+    create.add_argument("name")
+    create.add_argument(
+        "--config",
+        type=_config_item,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a topic config key, e.g. retention_ms=86400000 (repeatable)",
+    )
+    topic_commands.add_parser("list", parents=[connection], help="list every topic")
+    describe = topic_commands.add_parser(
+        "describe", parents=[connection], help="config and partitions of a topic"
+    )
+    describe.add_argument("name")
+    delete = topic_commands.add_parser(
+        "delete", parents=[connection], help="delete a topic and all its data"
+    )
+    delete.add_argument("name")
+
+    produce = commands.add_parser(
+        "produce",
+        parents=[connection],
+        help="produce stdin, one record per line",
+        description="Reads stdin and produces one record per line (values are sent as text). "
+        "Lines are sent in batches, in order, one request at a time; a batch goes when it is "
+        "full or when --linger-ms passed since its first line.",
+    )
+    produce.add_argument("topic")
+    produce.add_argument(
+        "--key-separator",
+        metavar="SEP",
+        help="split each line at the first SEP into key and value; lines without it are keyless",
+    )
+    produce.add_argument(
+        "--batch-size", type=_positive, default=1000, help="lines per request (default 1000)"
+    )
+    produce.add_argument(
+        "--linger-ms",
+        type=int,
+        default=100,
+        help="send a partial batch this long after its first line (default 100)",
+    )
+    produce.add_argument(
+        "--compression", choices=("zstd", "gzip", "none"), default="none", help="request bodies"
+    )
+
+    consume = commands.add_parser(
+        "consume",
+        parents=[connection],
+        help="consume a topic as a member of a group, printing one record per line",
+        description="Follows the topic as a member of GROUP and prints each record's value, "
+        "one per line. What was printed is committed; on SIGINT, SIGTERM or --max-records "
+        "the member commits and leaves the group.",
+    )
+    consume.add_argument("topic")
+    consume.add_argument("--group", required=True, help="consumer group name")
+    consume.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="a new group starts at the beginning (default: at the end)",
+    )
+    consume.add_argument(
+        "--max-records", type=_positive, default=None, help="stop after this many records"
+    )
+    consume.add_argument("--print-key", action="store_true", help="print the key before the value")
+    consume.add_argument(
+        "--print-offset", action="store_true", help="print partition and offset first"
+    )
+    consume.add_argument("--separator", default="\t", help="between printed fields (default a tab)")
+    consume.add_argument(
+        "--wait-ms",
+        type=int,
+        default=20_000,
+        help="long-poll of each fetch; at most the server's --max-wait-ms (default 20000)",
+    )
+
+    groups = commands.add_parser("groups", help="describe and reset consumer groups")
+    group_commands = groups.add_subparsers(dest="groups_command", required=True)
+    describe_group = group_commands.add_parser(
+        "describe", parents=[connection], help="members, commits and lag of a group"
+    )
+    describe_group.add_argument("topic")
+    describe_group.add_argument("group")
+    seek = group_commands.add_parser(
+        "seek", parents=[connection], help="reset a group's committed offsets (no live members)"
+    )
+    seek.add_argument("topic")
+    seek.add_argument("group")
+    seek.add_argument(
+        "--to",
+        type=_seek_target,
+        required=True,
+        metavar="TARGET",
+        help="earliest, latest, timestamp:MS or offsets:P=O,P=O",
+    )
+
+
+def api_key(args: argparse.Namespace) -> str:
+    """--api-key (or EVENTBUS_API_KEY), else tenant default's key from the credentials file."""
+    if args.api_key:
+        return str(args.api_key)
+    path = Path(args.data_dir) / CREDENTIALS_FILE
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        name, _, value = line.partition("=")
+        if name.strip() == "EVENTBUS_API_KEY" and value.strip():
+            return value.strip()
+    raise CliError(
+        f"no API key: pass --api-key, set EVENTBUS_API_KEY, or point --data-dir at the "
+        f"server's data dir (no key in {path})"
+    )
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def topics(args: argparse.Namespace, client: Client) -> int:
+    command = args.topics_command
+    if command == "create":
+        _print_json(client.create_topic(args.name, dict(args.config)))
+    elif command == "list":
+        _print_json(client.list_topics())
+    elif command == "describe":
+        _print_json(client.describe_topic(args.name))
+    else:
+        client.delete_topic(args.name)
+        _print_json({"deleted": args.name})
+    return 0
+
+
+def groups(args: argparse.Namespace, client: Client) -> int:
+    if args.groups_command == "describe":
+        _print_json(client.describe_group(args.topic, args.group))
+    else:
+        committed = client.seek_group(args.topic, args.group, args.to)
+        _print_json(
+            {"committed": [{"partition": p, "offset": o} for p, o in sorted(committed.items())]}
+        )
+    return 0
