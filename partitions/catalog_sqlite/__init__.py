@@ -5,6 +5,7 @@ import them from here, so the modules behind them can be rearranged without touc
 importers.
 """
 
-from partitions.catalog_sqlite.store import CATALOG_FILE, SqliteCatalog, backup_catalog
+from partitions.catalog_sqlite.schema import CATALOG_FILE, backup_catalog
+from partitions.catalog_sqlite.store import SqliteCatalog
 
 __all__ = ["CATALOG_FILE", "SqliteCatalog", "backup_catalog"]

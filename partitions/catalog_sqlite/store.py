@@ -2,12 +2,7 @@
 
 One connection on one dedicated thread does every read and write, so the event loop never
 blocks on SQLite and operations are serialised: each is a single ``BEGIN IMMEDIATE``
-transaction that either commits whole or changes nothing. The database runs in WAL mode with
-``synchronous=FULL``, so a committed transaction survives a crash of the process or the
-machine, and a backup can be taken while the server runs.
-
-The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` brings an older
-file up to date at open, one transaction per step.
+transaction that either commits whole or changes nothing.
 
 Hash points are stored as 20-digit zero-padded decimal text: SQLite integers are signed
 64-bit and the end of the hash space, 2**64, does not fit in one.
@@ -17,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import time
 import uuid
@@ -47,6 +41,7 @@ from partitions.catalog import (
     UsageCounters,
     UsageRecord,
 )
+from partitions.catalog_sqlite.schema import backup_catalog, connect, migrate
 from partitions.errors import (
     ApiKeyNotFoundError,
     GroupNotFoundError,
@@ -70,135 +65,7 @@ from partitions.errors import (
     VersionConflictError,
 )
 
-CATALOG_FILE = "catalog.sqlite3"
-
 T = TypeVar("T")
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: the first schema.
-    """
-    CREATE TABLE tenants (
-        name TEXT PRIMARY KEY,
-        created_ms INTEGER NOT NULL,
-        quotas TEXT NOT NULL,
-        plan TEXT NOT NULL,
-        version INTEGER NOT NULL
-    );
-    CREATE TABLE api_keys (
-        tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
-        key_id TEXT NOT NULL,
-        key_hash TEXT NOT NULL UNIQUE,
-        scope TEXT NOT NULL,
-        created_ms INTEGER NOT NULL,
-        last_used_ms INTEGER,
-        PRIMARY KEY (tenant, key_id)
-    );
-    CREATE TABLE topics (
-        tenant TEXT NOT NULL,
-        incarnation TEXT NOT NULL,
-        name TEXT NOT NULL,
-        config TEXT NOT NULL,
-        created_ms INTEGER NOT NULL,
-        deleted_ms INTEGER,
-        next_partition_id INTEGER NOT NULL,
-        version INTEGER NOT NULL,
-        PRIMARY KEY (tenant, incarnation)
-    );
-    CREATE UNIQUE INDEX topics_live_name ON topics (tenant, name) WHERE deleted_ms IS NULL;
-    CREATE TABLE partitions (
-        tenant TEXT NOT NULL,
-        incarnation TEXT NOT NULL,
-        partition_id INTEGER NOT NULL,
-        hash_start TEXT NOT NULL,
-        hash_end TEXT NOT NULL,
-        state TEXT NOT NULL,
-        parents TEXT NOT NULL,
-        children TEXT NOT NULL,
-        start_offset INTEGER NOT NULL,
-        end_offset INTEGER,
-        created_ms INTEGER NOT NULL,
-        sealed_ms INTEGER,
-        version INTEGER NOT NULL,
-        PRIMARY KEY (tenant, incarnation, partition_id)
-    );
-    CREATE TABLE groups (
-        tenant TEXT NOT NULL,
-        incarnation TEXT NOT NULL,
-        name TEXT NOT NULL,
-        generation INTEGER NOT NULL,
-        metadata TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        PRIMARY KEY (tenant, incarnation, name)
-    );
-    CREATE TABLE group_offsets (
-        tenant TEXT NOT NULL,
-        incarnation TEXT NOT NULL,
-        name TEXT NOT NULL,
-        partition_id INTEGER NOT NULL,
-        next_offset INTEGER NOT NULL,
-        PRIMARY KEY (tenant, incarnation, name, partition_id)
-    );
-    CREATE TABLE idempotency (
-        tenant TEXT NOT NULL,
-        incarnation TEXT NOT NULL,
-        key TEXT NOT NULL,
-        request_hash TEXT NOT NULL,
-        answer TEXT NOT NULL,
-        expires_ms INTEGER NOT NULL,
-        PRIMARY KEY (tenant, incarnation, key)
-    );
-    CREATE INDEX idempotency_expiry ON idempotency (expires_ms);
-    CREATE TABLE remote_segments (
-        tenant TEXT NOT NULL,
-        incarnation TEXT NOT NULL,
-        partition_id INTEGER NOT NULL,
-        base_offset INTEGER NOT NULL,
-        last_offset INTEGER NOT NULL,
-        size_bytes INTEGER NOT NULL,
-        first_timestamp_ms INTEGER NOT NULL,
-        max_timestamp_ms INTEGER NOT NULL,
-        object_key TEXT NOT NULL,
-        state TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        PRIMARY KEY (tenant, incarnation, partition_id, base_offset)
-    );
-    """,
-    # 2: installation-wide settings (the admin key's hash, for one).
-    """
-    CREATE TABLE settings (
-        name TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    """,
-    # 3: metered usage, one row per tenant and UTC hour. No foreign key to tenants: a
-    # deleted tenant's usage stays for its last bill.
-    """
-    CREATE TABLE usage (
-        hour_ms INTEGER NOT NULL,
-        tenant TEXT NOT NULL,
-        requests INTEGER NOT NULL,
-        records_in INTEGER NOT NULL,
-        records_out INTEGER NOT NULL,
-        bytes_in INTEGER NOT NULL,
-        bytes_out INTEGER NOT NULL,
-        stored_byte_seconds INTEGER NOT NULL,
-        partition_seconds INTEGER NOT NULL,
-        PRIMARY KEY (hour_ms, tenant)
-    ) WITHOUT ROWID;
-    CREATE INDEX usage_by_tenant ON usage (tenant, hour_ms);
-    """,
-    # 4: which worker process owns each partition (chosen when the partition is made).
-    """
-    CREATE TABLE placements (
-        tenant TEXT NOT NULL,
-        incarnation TEXT NOT NULL,
-        partition_id INTEGER NOT NULL,
-        worker INTEGER NOT NULL,
-        PRIMARY KEY (tenant, incarnation, partition_id)
-    );
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def _hash_text(point: int) -> str:
@@ -218,70 +85,6 @@ def _check_placement(placement: Sequence[int] | None, count: int) -> None:
         len(placement) != count or any(isinstance(w, bool) or w < 0 for w in placement)
     ):
         raise InvalidInputError(f"a placement names one worker (>= 0) for each of {count}")
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=10000")
-    return conn
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema up to :data:`SCHEMA_VERSION`; answers the version found."""
-    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if found > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"the catalog has schema version {found}; this build knows up to {SCHEMA_VERSION}"
-        )
-    for version in range(found, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version + 1}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-    return found
-
-
-def backup_catalog(source: Path, destination: Path) -> None:
-    """Write a consistent copy of the catalog at ``source`` to ``destination``.
-
-    Uses SQLite's online backup, so it is safe while a server writes to ``source``; the
-    copy is written to a temporary file, fsync'd and renamed into place.
-    """
-    if not source.exists():
-        raise FileNotFoundError(f"no catalog at {source}")
-    src = sqlite3.connect(source.resolve().as_uri() + "?mode=ro", uri=True)
-    tmp = destination.with_name(destination.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        dst = sqlite3.connect(tmp)
-        try:
-            src.backup(dst)
-            dst.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            dst.close()
-    finally:
-        src.close()
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(destination)
-    dir_fd = os.open(destination.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class SqliteCatalog:
