@@ -3,9 +3,6 @@
 One connection on one dedicated thread does every read and write, so the event loop never
 blocks on SQLite and operations are serialised: each is a single ``BEGIN IMMEDIATE``
 transaction that either commits whole or changes nothing.
-
-Hash points are stored as 20-digit zero-padded decimal text: SQLite integers are signed
-64-bit and the end of the hash space, 2**64, does not fit in one.
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ from partitions.catalog import (
     IdempotencyRecord,
     LineageChange,
     PartitionRecord,
-    PartitionState,
     RemoteSegmentRecord,
     RemoteSegmentState,
     TenantCounts,
@@ -40,6 +36,15 @@ from partitions.catalog import (
     TopicRecord,
     UsageCounters,
     UsageRecord,
+)
+from partitions.catalog_sqlite.rows import (
+    api_key_record,
+    hash_text,
+    json_text,
+    partition_record,
+    remote_segment_record,
+    tenant_record,
+    topic_record,
 )
 from partitions.catalog_sqlite.schema import backup_catalog, connect, migrate
 from partitions.errors import (
@@ -66,14 +71,6 @@ from partitions.errors import (
 )
 
 T = TypeVar("T")
-
-
-def _hash_text(point: int) -> str:
-    return f"{point:020d}"
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def wall_clock_ms() -> int:
@@ -146,76 +143,6 @@ class SqliteCatalog:
             raise
         return result
 
-    # --- row mapping ---------------------------------------------------------------------
-
-    @staticmethod
-    def _tenant(row: sqlite3.Row) -> TenantRecord:
-        return TenantRecord(
-            name=row["name"],
-            created_ms=row["created_ms"],
-            quotas=json.loads(row["quotas"]),
-            plan=json.loads(row["plan"]),
-            version=row["version"],
-        )
-
-    @staticmethod
-    def _key(row: sqlite3.Row) -> ApiKeyRecord:
-        return ApiKeyRecord(
-            tenant=row["tenant"],
-            key_id=row["key_id"],
-            key_hash=row["key_hash"],
-            scope=json.loads(row["scope"]),
-            created_ms=row["created_ms"],
-            last_used_ms=row["last_used_ms"],
-        )
-
-    @staticmethod
-    def _topic(row: sqlite3.Row) -> TopicRecord:
-        return TopicRecord(
-            tenant=row["tenant"],
-            name=row["name"],
-            incarnation=row["incarnation"],
-            config=json.loads(row["config"]),
-            created_ms=row["created_ms"],
-            deleted=row["deleted_ms"] is not None,
-            deleted_ms=row["deleted_ms"],
-            version=row["version"],
-        )
-
-    @staticmethod
-    def _partition(row: sqlite3.Row, topic: str) -> PartitionRecord:
-        return PartitionRecord(
-            tenant=row["tenant"],
-            topic=topic,
-            incarnation=row["incarnation"],
-            partition_id=row["partition_id"],
-            hash_range=HashRange(int(row["hash_start"]), int(row["hash_end"])),
-            state=PartitionState(row["state"]),
-            parents=tuple(json.loads(row["parents"])),
-            children=tuple(json.loads(row["children"])),
-            start_offset=row["start_offset"],
-            end_offset=row["end_offset"],
-            created_ms=row["created_ms"],
-            sealed_ms=row["sealed_ms"],
-            version=row["version"],
-        )
-
-    @staticmethod
-    def _segment(row: sqlite3.Row) -> RemoteSegmentRecord:
-        return RemoteSegmentRecord(
-            tenant=row["tenant"],
-            incarnation=row["incarnation"],
-            partition_id=row["partition_id"],
-            base_offset=row["base_offset"],
-            last_offset=row["last_offset"],
-            size_bytes=row["size_bytes"],
-            first_timestamp_ms=row["first_timestamp_ms"],
-            max_timestamp_ms=row["max_timestamp_ms"],
-            object_key=row["object_key"],
-            state=RemoteSegmentState(row["state"]),
-            version=row["version"],
-        )
-
     # --- settings ------------------------------------------------------------------------
 
     async def get_setting(self, name: str) -> str | None:
@@ -257,18 +184,18 @@ class SqliteCatalog:
                 raise TenantExistsError(f"tenant {name!r} exists", tenant=name)
             conn.execute(
                 "INSERT INTO tenants VALUES (?, ?, ?, ?, 1)",
-                (name, self._clock_ms(), _json(quotas or {}), _json(plan or {})),
+                (name, self._clock_ms(), json_text(quotas or {}), json_text(plan or {})),
             )
-            return self._tenant(self._require_tenant(conn, name))
+            return tenant_record(self._require_tenant(conn, name))
 
         return await self._tx(op)
 
     async def get_tenant(self, name: str) -> TenantRecord:
-        return await self._tx(lambda conn: self._tenant(self._require_tenant(conn, name)))
+        return await self._tx(lambda conn: tenant_record(self._require_tenant(conn, name)))
 
     async def list_tenants(self) -> list[TenantRecord]:
         def op(conn: sqlite3.Connection) -> list[TenantRecord]:
-            return [self._tenant(r) for r in conn.execute("SELECT * FROM tenants ORDER BY name")]
+            return [tenant_record(r) for r in conn.execute("SELECT * FROM tenants ORDER BY name")]
 
         return await self._tx(op)
 
@@ -290,12 +217,12 @@ class SqliteCatalog:
             conn.execute(
                 "UPDATE tenants SET quotas = ?, plan = ?, version = version + 1 WHERE name = ?",
                 (
-                    _json(quotas if quotas is not None else json.loads(row["quotas"])),
-                    _json(plan if plan is not None else json.loads(row["plan"])),
+                    json_text(quotas if quotas is not None else json.loads(row["quotas"])),
+                    json_text(plan if plan is not None else json.loads(row["plan"])),
                     name,
                 ),
             )
-            return self._tenant(self._require_tenant(conn, name))
+            return tenant_record(self._require_tenant(conn, name))
 
         return await self._tx(op)
 
@@ -314,7 +241,7 @@ class SqliteCatalog:
             rows = conn.execute(
                 "SELECT * FROM topics WHERE tenant = ? AND deleted_ms = ?", (name, now)
             )
-            return [self._topic(r) for r in rows]
+            return [topic_record(r) for r in rows]
 
         return await self._tx(op)
 
@@ -358,10 +285,10 @@ class SqliteCatalog:
             self._require_tenant(conn, tenant)
             conn.execute(
                 "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-                (tenant, key_id, key_hash, _json(scope), self._clock_ms()),
+                (tenant, key_id, key_hash, json_text(scope), self._clock_ms()),
             )
             row = conn.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
-            return self._key(row.fetchone())
+            return api_key_record(row.fetchone())
 
         return await self._tx(op)
 
@@ -369,7 +296,7 @@ class SqliteCatalog:
         def op(conn: sqlite3.Connection) -> ApiKeyRecord | None:
             row = conn.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
             found = row.fetchone()
-            return None if found is None else self._key(found)
+            return None if found is None else api_key_record(found)
 
         return await self._tx(op)
 
@@ -379,7 +306,7 @@ class SqliteCatalog:
             rows = conn.execute(
                 "SELECT * FROM api_keys WHERE tenant = ? ORDER BY created_ms, key_id", (tenant,)
             )
-            return [self._key(r) for r in rows]
+            return [api_key_record(r) for r in rows]
 
         return await self._tx(op)
 
@@ -451,17 +378,17 @@ class SqliteCatalog:
             now = self._clock_ms()
             conn.execute(
                 "INSERT INTO topics VALUES (?, ?, ?, ?, ?, NULL, 1, 1)",
-                (tenant, incarnation, name, _json(config), now),
+                (tenant, incarnation, name, json_text(config), now),
             )
             self._insert_partition(conn, tenant, incarnation, 0, WHOLE_SPACE, (), now)
             self._place(conn, tenant, incarnation, [0], placement)
-            topic = self._topic(self._live_topic(conn, tenant, name))
+            topic = topic_record(self._live_topic(conn, tenant, name))
             return topic, self._partition_row(conn, tenant, incarnation, 0, name)
 
         return await self._tx(op)
 
     async def get_topic(self, tenant: str, name: str) -> TopicRecord:
-        return await self._tx(lambda conn: self._topic(self._live_topic(conn, tenant, name)))
+        return await self._tx(lambda conn: topic_record(self._live_topic(conn, tenant, name)))
 
     async def list_topics(
         self, tenant: str, *, after: str | None = None, limit: int = 100
@@ -472,7 +399,7 @@ class SqliteCatalog:
                 "ORDER BY name LIMIT ?",
                 (tenant, after or "", limit),
             )
-            return [self._topic(r) for r in rows]
+            return [topic_record(r) for r in rows]
 
         return await self._tx(op)
 
@@ -489,9 +416,9 @@ class SqliteCatalog:
             conn.execute(
                 "UPDATE topics SET config = ?, version = version + 1 "
                 "WHERE tenant = ? AND incarnation = ?",
-                (_json(config), tenant, row["incarnation"]),
+                (json_text(config), tenant, row["incarnation"]),
             )
-            return self._topic(self._live_topic(conn, tenant, name))
+            return topic_record(self._live_topic(conn, tenant, name))
 
         return await self._tx(op)
 
@@ -512,7 +439,7 @@ class SqliteCatalog:
             gone = conn.execute(
                 "SELECT * FROM topics WHERE tenant = ? AND incarnation = ?", (tenant, incarnation)
             )
-            return self._topic(gone.fetchone())
+            return topic_record(gone.fetchone())
 
         return await self._tx(op)
 
@@ -521,7 +448,7 @@ class SqliteCatalog:
             rows = conn.execute(
                 "SELECT * FROM topics WHERE deleted_ms IS NOT NULL ORDER BY deleted_ms"
             )
-            return [self._topic(r) for r in rows]
+            return [topic_record(r) for r in rows]
 
         return await self._tx(op)
 
@@ -564,9 +491,9 @@ class SqliteCatalog:
                 tenant,
                 incarnation,
                 partition_id,
-                _hash_text(hash_range.start),
-                _hash_text(hash_range.end),
-                _json(list(parents)),
+                hash_text(hash_range.start),
+                hash_text(hash_range.end),
+                json_text(list(parents)),
                 now,
             ),
         )
@@ -582,7 +509,7 @@ class SqliteCatalog:
             raise PartitionNotFoundError(
                 f"topic {topic!r} has no partition {pid}", topic=topic, partition=pid
             )
-        return self._partition(row, topic)
+        return partition_record(row, topic)
 
     def _live_incarnation(
         self, conn: sqlite3.Connection, tenant: str, topic: str, expected: str | None
@@ -605,7 +532,7 @@ class SqliteCatalog:
                 "ORDER BY partition_id",
                 (tenant, live),
             )
-            return [self._partition(r, topic) for r in rows]
+            return [partition_record(r, topic) for r in rows]
 
         return await self._tx(op)
 
@@ -651,7 +578,7 @@ class SqliteCatalog:
             "AND state = 'active'",
             (
                 end_offset,
-                _json(children),
+                json_text(children),
                 now,
                 parent.tenant,
                 parent.incarnation,
@@ -913,7 +840,7 @@ class SqliteCatalog:
                 "ON CONFLICT (tenant, incarnation, name) DO UPDATE SET "
                 "generation = excluded.generation, metadata = excluded.metadata, "
                 "version = groups.version + 1",
-                (tenant, incarnation, group, generation, _json(metadata)),
+                (tenant, incarnation, group, generation, json_text(metadata)),
             )
             return self._require_group(conn, tenant, incarnation, topic, group)
 
@@ -1073,7 +1000,7 @@ class SqliteCatalog:
             raise RemoteSegmentNotFoundError(
                 f"no remote segment {base} of partition {pid}", partition=pid, base_offset=base
             )
-        return self._segment(row)
+        return remote_segment_record(row)
 
     async def add_remote_segment(self, record: RemoteSegmentRecord) -> RemoteSegmentRecord:
         def op(conn: sqlite3.Connection) -> RemoteSegmentRecord:
@@ -1154,7 +1081,7 @@ class SqliteCatalog:
                 "AND partition_id = ? ORDER BY base_offset",
                 (tenant, incarnation, partition_id),
             )
-            return [self._segment(r) for r in rows]
+            return [remote_segment_record(r) for r in rows]
 
         return await self._tx(op)
 
@@ -1192,7 +1119,7 @@ class SqliteCatalog:
                 "ORDER BY tenant, incarnation, partition_id, base_offset LIMIT ?",
                 (state.value, *start, limit),
             )
-            return [self._segment(r) for r in rows]
+            return [remote_segment_record(r) for r in rows]
 
         return await self._tx(op)
 
