@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from partitions.catalog import (
     HOUR_MS,
@@ -70,6 +70,7 @@ from partitions.errors import (
     VersionConflictError,
 )
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -119,21 +120,30 @@ class SqliteCatalog:
     async def backup(self, destination: Path) -> None:
         await self._run(backup_catalog, self.path, destination)
 
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
 
-    async def _tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(conn, *args)`` in one immediate transaction on the catalog thread."""
-        return await self._run(self._in_transaction, fn, *args, **kwargs)
+    async def _tx(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` in one immediate transaction on the catalog thread."""
 
-    def _in_transaction(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def operation(conn: sqlite3.Connection) -> T:
+            return fn(conn, *args, **kwargs)
+
+        return await self._run(self._in_transaction, operation)
+
+    def _in_transaction(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         if conn is None:
             raise RuntimeError("the catalog is closed")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(conn, *args, **kwargs)
+            result = operation(conn)
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may already have rolled back (a failed COMMIT, some I/O errors): only
