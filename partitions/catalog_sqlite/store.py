@@ -18,6 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import partitions.catalog_sqlite.settings as settings
+import partitions.catalog_sqlite.tenants as tenants
 from partitions.catalog import (
     HOUR_MS,
     USAGE_COUNTERS,
@@ -38,23 +40,19 @@ from partitions.catalog import (
     UsageRecord,
 )
 from partitions.catalog_sqlite.rows import (
-    api_key_record,
     hash_text,
     json_text,
     partition_record,
     remote_segment_record,
-    tenant_record,
     topic_record,
 )
 from partitions.catalog_sqlite.schema import backup_catalog, connect, migrate
 from partitions.errors import (
-    ApiKeyNotFoundError,
     GroupNotFoundError,
     InvalidInputError,
     InvalidMergeError,
     InvalidOffsetError,
     InvalidSplitPointError,
-    PartitionLimitError,
     PartitionNotActiveError,
     PartitionNotFoundError,
     PartitionsNotAdjacentError,
@@ -62,10 +60,7 @@ from partitions.errors import (
     RemoteSegmentNotFoundError,
     RemoteSegmentStateError,
     StaleGenerationError,
-    TenantExistsError,
-    TenantNotFoundError,
     TopicExistsError,
-    TopicLimitError,
     TopicNotFoundError,
     VersionConflictError,
 )
@@ -156,31 +151,12 @@ class SqliteCatalog:
     # --- settings ------------------------------------------------------------------------
 
     async def get_setting(self, name: str) -> str | None:
-        def op(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
-            return None if row is None else str(row["value"])
-
-        return await self._tx(op)
+        return await self._tx(settings.get_setting, name)
 
     async def put_setting(self, name: str, value: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO settings VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (name, value),
-            )
-
-        await self._tx(op)
+        await self._tx(settings.put_setting, name, value)
 
     # --- tenants and keys ----------------------------------------------------------------
-
-    def _require_tenant(self, conn: sqlite3.Connection, name: str) -> sqlite3.Row:
-        row: sqlite3.Row | None = conn.execute(
-            "SELECT * FROM tenants WHERE name = ?", (name,)
-        ).fetchone()
-        if row is None:
-            raise TenantNotFoundError(f"no tenant {name!r}", tenant=name)
-        return row
 
     async def create_tenant(
         self,
@@ -189,25 +165,15 @@ class SqliteCatalog:
         quotas: Mapping[str, Any] | None = None,
         plan: Mapping[str, Any] | None = None,
     ) -> TenantRecord:
-        def op(conn: sqlite3.Connection) -> TenantRecord:
-            if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
-                raise TenantExistsError(f"tenant {name!r} exists", tenant=name)
-            conn.execute(
-                "INSERT INTO tenants VALUES (?, ?, ?, ?, 1)",
-                (name, self._clock_ms(), json_text(quotas or {}), json_text(plan or {})),
-            )
-            return tenant_record(self._require_tenant(conn, name))
-
-        return await self._tx(op)
+        return await self._tx(
+            tenants.create_tenant, name, quotas=quotas, plan=plan, clock_ms=self._clock_ms
+        )
 
     async def get_tenant(self, name: str) -> TenantRecord:
-        return await self._tx(lambda conn: tenant_record(self._require_tenant(conn, name)))
+        return await self._tx(tenants.get_tenant, name)
 
     async def list_tenants(self) -> list[TenantRecord]:
-        def op(conn: sqlite3.Connection) -> list[TenantRecord]:
-            return [tenant_record(r) for r in conn.execute("SELECT * FROM tenants ORDER BY name")]
-
-        return await self._tx(op)
+        return await self._tx(tenants.list_tenants)
 
     async def update_tenant(
         self,
@@ -217,128 +183,34 @@ class SqliteCatalog:
         quotas: Mapping[str, Any] | None = None,
         plan: Mapping[str, Any] | None = None,
     ) -> TenantRecord:
-        def op(conn: sqlite3.Connection) -> TenantRecord:
-            row = self._require_tenant(conn, name)
-            if row["version"] != expected_version:
-                raise VersionConflictError(
-                    f"tenant {name!r} is at version {row['version']}, not {expected_version}",
-                    version=row["version"],
-                )
-            conn.execute(
-                "UPDATE tenants SET quotas = ?, plan = ?, version = version + 1 WHERE name = ?",
-                (
-                    json_text(quotas if quotas is not None else json.loads(row["quotas"])),
-                    json_text(plan if plan is not None else json.loads(row["plan"])),
-                    name,
-                ),
-            )
-            return tenant_record(self._require_tenant(conn, name))
-
-        return await self._tx(op)
+        return await self._tx(
+            tenants.update_tenant, name, expected_version=expected_version, quotas=quotas, plan=plan
+        )
 
     async def delete_tenant(self, name: str) -> list[TopicRecord]:
-        def op(conn: sqlite3.Connection) -> list[TopicRecord]:
-            self._require_tenant(conn, name)
-            now = self._clock_ms()
-            conn.execute(
-                "UPDATE topics SET deleted_ms = ?, version = version + 1 "
-                "WHERE tenant = ? AND deleted_ms IS NULL",
-                (now, name),
-            )
-            for table in ("groups", "group_offsets", "idempotency", "api_keys"):
-                conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (name,))  # noqa: S608
-            conn.execute("DELETE FROM tenants WHERE name = ?", (name,))
-            rows = conn.execute(
-                "SELECT * FROM topics WHERE tenant = ? AND deleted_ms = ?", (name, now)
-            )
-            return [topic_record(r) for r in rows]
-
-        return await self._tx(op)
-
-    @staticmethod
-    def _counts(conn: sqlite3.Connection, tenant: str) -> TenantCounts:
-        topics = conn.execute(
-            "SELECT COUNT(*) FROM topics WHERE tenant = ? AND deleted_ms IS NULL", (tenant,)
-        ).fetchone()[0]
-        # Partitions of a deleted incarnation not yet purged do not count.
-        active = conn.execute(
-            "SELECT COUNT(*) FROM partitions p JOIN topics t "
-            "ON t.tenant = p.tenant AND t.incarnation = p.incarnation "
-            "WHERE p.tenant = ? AND p.state = 'active' AND t.deleted_ms IS NULL",
-            (tenant,),
-        ).fetchone()[0]
-        return TenantCounts(topics=int(topics), active_partitions=int(active))
-
-    @staticmethod
-    def _check_partition_limit(
-        counts: TenantCounts, tenant: str, adding: int, max_partitions: int | None
-    ) -> None:
-        if max_partitions is not None and counts.active_partitions + adding > max_partitions:
-            raise PartitionLimitError(
-                f"tenant {tenant!r} has {counts.active_partitions} active partitions and may "
-                f"have at most {max_partitions}",
-                max_partitions=max_partitions,
-                active_partitions=counts.active_partitions,
-            )
+        return await self._tx(tenants.delete_tenant, name, clock_ms=self._clock_ms)
 
     async def tenant_counts(self, tenant: str) -> TenantCounts:
-        def op(conn: sqlite3.Connection) -> TenantCounts:
-            self._require_tenant(conn, tenant)
-            return self._counts(conn, tenant)
-
-        return await self._tx(op)
+        return await self._tx(tenants.tenant_counts, tenant)
 
     async def add_api_key(
         self, tenant: str, key_id: str, key_hash: str, scope: Mapping[str, Any]
     ) -> ApiKeyRecord:
-        def op(conn: sqlite3.Connection) -> ApiKeyRecord:
-            self._require_tenant(conn, tenant)
-            conn.execute(
-                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-                (tenant, key_id, key_hash, json_text(scope), self._clock_ms()),
-            )
-            row = conn.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
-            return api_key_record(row.fetchone())
-
-        return await self._tx(op)
+        return await self._tx(
+            tenants.add_api_key, tenant, key_id, key_hash, scope, clock_ms=self._clock_ms
+        )
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
-        def op(conn: sqlite3.Connection) -> ApiKeyRecord | None:
-            row = conn.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
-            found = row.fetchone()
-            return None if found is None else api_key_record(found)
-
-        return await self._tx(op)
+        return await self._tx(tenants.find_api_key, key_hash)
 
     async def list_api_keys(self, tenant: str) -> list[ApiKeyRecord]:
-        def op(conn: sqlite3.Connection) -> list[ApiKeyRecord]:
-            self._require_tenant(conn, tenant)
-            rows = conn.execute(
-                "SELECT * FROM api_keys WHERE tenant = ? ORDER BY created_ms, key_id", (tenant,)
-            )
-            return [api_key_record(r) for r in rows]
-
-        return await self._tx(op)
+        return await self._tx(tenants.list_api_keys, tenant)
 
     async def revoke_api_key(self, tenant: str, key_id: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            gone = conn.execute(
-                "DELETE FROM api_keys WHERE tenant = ? AND key_id = ?", (tenant, key_id)
-            )
-            if gone.rowcount == 0:
-                raise ApiKeyNotFoundError(f"no key {key_id!r} for tenant {tenant!r}")
-
-        await self._tx(op)
+        await self._tx(tenants.revoke_api_key, tenant, key_id)
 
     async def touch_api_key(self, tenant: str, key_id: str, used_ms: int) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE api_keys SET last_used_ms = MAX(COALESCE(last_used_ms, 0), ?) "
-                "WHERE tenant = ? AND key_id = ?",
-                (used_ms, tenant, key_id),
-            )
-
-        await self._tx(op)
+        await self._tx(tenants.touch_api_key, tenant, key_id, used_ms)
 
     # --- topics --------------------------------------------------------------------------
 
@@ -364,7 +236,7 @@ class SqliteCatalog:
         _check_placement(placement, 1)
 
         def op(conn: sqlite3.Connection) -> tuple[TopicRecord, PartitionRecord]:
-            self._require_tenant(conn, tenant)
+            tenants.require_tenant(conn, tenant)
             existing = conn.execute(
                 "SELECT incarnation FROM topics "
                 "WHERE tenant = ? AND name = ? AND deleted_ms IS NULL",
@@ -375,15 +247,9 @@ class SqliteCatalog:
                     f"topic {name!r} exists", topic=name, incarnation=existing["incarnation"]
                 )
             if max_topics is not None or max_partitions is not None:
-                counts = self._counts(conn, tenant)
-                if max_topics is not None and counts.topics >= max_topics:
-                    raise TopicLimitError(
-                        f"tenant {tenant!r} has {counts.topics} topics and may have at most "
-                        f"{max_topics}",
-                        max_topics=max_topics,
-                        topics=counts.topics,
-                    )
-                self._check_partition_limit(counts, tenant, 1, max_partitions)
+                counts = tenants.live_counts(conn, tenant)
+                tenants.check_topic_limit(counts, tenant, max_topics)
+                tenants.check_partition_limit(counts, tenant, 1, max_partitions)
             incarnation = str(uuid.uuid4())
             now = self._clock_ms()
             conn.execute(
@@ -627,7 +493,9 @@ class SqliteCatalog:
                 )
             if max_partitions is not None:
                 # One parent sealed, two children active: one more active partition.
-                self._check_partition_limit(self._counts(conn, tenant), tenant, 1, max_partitions)
+                tenants.check_partition_limit(
+                    tenants.live_counts(conn, tenant), tenant, 1, max_partitions
+                )
             now = self._clock_ms()
             left, right = self._next_ids(conn, tenant, incarnation, 2)
             self._seal(conn, parent, end_offset, [left, right], now)
