@@ -11,23 +11,22 @@ import asyncio
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import partitions.catalog_sqlite.lineage as lineage
 import partitions.catalog_sqlite.settings as settings
 import partitions.catalog_sqlite.tenants as tenants
+import partitions.catalog_sqlite.topics as topics
 from partitions.catalog import (
     HOUR_MS,
     USAGE_COUNTERS,
-    WHOLE_SPACE,
     ApiKeyRecord,
     Catalog,
     GroupRecord,
-    HashRange,
     IdempotencyRecord,
     LineageChange,
     PartitionRecord,
@@ -39,28 +38,20 @@ from partitions.catalog import (
     UsageCounters,
     UsageRecord,
 )
+from partitions.catalog_sqlite.incarnations import live_topic
 from partitions.catalog_sqlite.rows import (
-    hash_text,
     json_text,
-    partition_record,
     remote_segment_record,
-    topic_record,
 )
 from partitions.catalog_sqlite.schema import backup_catalog, connect, migrate
 from partitions.errors import (
     GroupNotFoundError,
-    InvalidInputError,
-    InvalidMergeError,
     InvalidOffsetError,
-    InvalidSplitPointError,
-    PartitionNotActiveError,
     PartitionNotFoundError,
-    PartitionsNotAdjacentError,
     RemoteSegmentExistsError,
     RemoteSegmentNotFoundError,
     RemoteSegmentStateError,
     StaleGenerationError,
-    TopicExistsError,
     TopicNotFoundError,
     VersionConflictError,
 )
@@ -71,13 +62,6 @@ T = TypeVar("T")
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _check_placement(placement: Sequence[int] | None, count: int) -> None:
-    if placement is not None and (
-        len(placement) != count or any(isinstance(w, bool) or w < 0 for w in placement)
-    ):
-        raise InvalidInputError(f"a placement names one worker (>= 0) for each of {count}")
 
 
 class SqliteCatalog:
@@ -214,15 +198,6 @@ class SqliteCatalog:
 
     # --- topics --------------------------------------------------------------------------
 
-    def _live_topic(self, conn: sqlite3.Connection, tenant: str, name: str) -> sqlite3.Row:
-        row: sqlite3.Row | None = conn.execute(
-            "SELECT * FROM topics WHERE tenant = ? AND name = ? AND deleted_ms IS NULL",
-            (tenant, name),
-        ).fetchone()
-        if row is None:
-            raise TopicNotFoundError(f"no topic {name!r}", topic=name)
-        return row
-
     async def create_topic(
         self,
         tenant: str,
@@ -233,237 +208,51 @@ class SqliteCatalog:
         max_partitions: int | None = None,
         placement: Sequence[int] | None = None,
     ) -> tuple[TopicRecord, PartitionRecord]:
-        _check_placement(placement, 1)
-
-        def op(conn: sqlite3.Connection) -> tuple[TopicRecord, PartitionRecord]:
-            tenants.require_tenant(conn, tenant)
-            existing = conn.execute(
-                "SELECT incarnation FROM topics "
-                "WHERE tenant = ? AND name = ? AND deleted_ms IS NULL",
-                (tenant, name),
-            ).fetchone()
-            if existing is not None:
-                raise TopicExistsError(
-                    f"topic {name!r} exists", topic=name, incarnation=existing["incarnation"]
-                )
-            if max_topics is not None or max_partitions is not None:
-                counts = tenants.live_counts(conn, tenant)
-                tenants.check_topic_limit(counts, tenant, max_topics)
-                tenants.check_partition_limit(counts, tenant, 1, max_partitions)
-            incarnation = str(uuid.uuid4())
-            now = self._clock_ms()
-            conn.execute(
-                "INSERT INTO topics VALUES (?, ?, ?, ?, ?, NULL, 1, 1)",
-                (tenant, incarnation, name, json_text(config), now),
-            )
-            self._insert_partition(conn, tenant, incarnation, 0, WHOLE_SPACE, (), now)
-            self._place(conn, tenant, incarnation, [0], placement)
-            topic = topic_record(self._live_topic(conn, tenant, name))
-            return topic, self._partition_row(conn, tenant, incarnation, 0, name)
-
-        return await self._tx(op)
+        lineage.check_placement(placement, 1)
+        return await self._tx(
+            topics.create_topic,
+            tenant,
+            name,
+            config,
+            max_topics=max_topics,
+            max_partitions=max_partitions,
+            placement=placement,
+            clock_ms=self._clock_ms,
+        )
 
     async def get_topic(self, tenant: str, name: str) -> TopicRecord:
-        return await self._tx(lambda conn: topic_record(self._live_topic(conn, tenant, name)))
+        return await self._tx(topics.get_topic, tenant, name)
 
     async def list_topics(
         self, tenant: str, *, after: str | None = None, limit: int = 100
     ) -> list[TopicRecord]:
-        def op(conn: sqlite3.Connection) -> list[TopicRecord]:
-            rows = conn.execute(
-                "SELECT * FROM topics WHERE tenant = ? AND deleted_ms IS NULL AND name > ? "
-                "ORDER BY name LIMIT ?",
-                (tenant, after or "", limit),
-            )
-            return [topic_record(r) for r in rows]
-
-        return await self._tx(op)
+        return await self._tx(topics.list_topics, tenant, after=after, limit=limit)
 
     async def update_topic_config(
         self, tenant: str, name: str, config: Mapping[str, Any], *, expected_version: int
     ) -> TopicRecord:
-        def op(conn: sqlite3.Connection) -> TopicRecord:
-            row = self._live_topic(conn, tenant, name)
-            if row["version"] != expected_version:
-                raise VersionConflictError(
-                    f"topic {name!r} is at version {row['version']}, not {expected_version}",
-                    version=row["version"],
-                )
-            conn.execute(
-                "UPDATE topics SET config = ?, version = version + 1 "
-                "WHERE tenant = ? AND incarnation = ?",
-                (json_text(config), tenant, row["incarnation"]),
-            )
-            return topic_record(self._live_topic(conn, tenant, name))
-
-        return await self._tx(op)
-
-    async def delete_topic(self, tenant: str, name: str) -> TopicRecord:
-        def op(conn: sqlite3.Connection) -> TopicRecord:
-            row = self._live_topic(conn, tenant, name)
-            incarnation = row["incarnation"]
-            conn.execute(
-                "UPDATE topics SET deleted_ms = ?, version = version + 1 "
-                "WHERE tenant = ? AND incarnation = ?",
-                (self._clock_ms(), tenant, incarnation),
-            )
-            for table in ("groups", "group_offsets", "idempotency"):
-                conn.execute(
-                    f"DELETE FROM {table} WHERE tenant = ? AND incarnation = ?",  # noqa: S608
-                    (tenant, incarnation),
-                )
-            gone = conn.execute(
-                "SELECT * FROM topics WHERE tenant = ? AND incarnation = ?", (tenant, incarnation)
-            )
-            return topic_record(gone.fetchone())
-
-        return await self._tx(op)
-
-    async def list_deleted_topics(self) -> list[TopicRecord]:
-        def op(conn: sqlite3.Connection) -> list[TopicRecord]:
-            rows = conn.execute(
-                "SELECT * FROM topics WHERE deleted_ms IS NOT NULL ORDER BY deleted_ms"
-            )
-            return [topic_record(r) for r in rows]
-
-        return await self._tx(op)
-
-    async def purge_topic(self, tenant: str, incarnation: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            row = conn.execute(
-                "SELECT deleted_ms FROM topics WHERE tenant = ? AND incarnation = ?",
-                (tenant, incarnation),
-            ).fetchone()
-            if row is None:
-                raise TopicNotFoundError(f"no topic incarnation {incarnation}")
-            if row["deleted_ms"] is None:
-                raise TopicExistsError(
-                    f"incarnation {incarnation} is live; delete the topic first",
-                    incarnation=incarnation,
-                )
-            for table in ("partitions", "placements", "remote_segments", "topics"):
-                conn.execute(
-                    f"DELETE FROM {table} WHERE tenant = ? AND incarnation = ?",  # noqa: S608
-                    (tenant, incarnation),
-                )
-
-        await self._tx(op)
-
-    # --- partitions ----------------------------------------------------------------------
-
-    @staticmethod
-    def _insert_partition(
-        conn: sqlite3.Connection,
-        tenant: str,
-        incarnation: str,
-        partition_id: int,
-        hash_range: HashRange,
-        parents: tuple[int, ...],
-        now: int,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO partitions VALUES (?, ?, ?, ?, ?, 'active', ?, '[]', 0, NULL, ?, NULL, 1)",
-            (
-                tenant,
-                incarnation,
-                partition_id,
-                hash_text(hash_range.start),
-                hash_text(hash_range.end),
-                json_text(list(parents)),
-                now,
-            ),
+        return await self._tx(
+            topics.update_topic_config, tenant, name, config, expected_version=expected_version
         )
 
-    def _partition_row(
-        self, conn: sqlite3.Connection, tenant: str, incarnation: str, pid: int, topic: str
-    ) -> PartitionRecord:
-        row = conn.execute(
-            "SELECT * FROM partitions WHERE tenant = ? AND incarnation = ? AND partition_id = ?",
-            (tenant, incarnation, pid),
-        ).fetchone()
-        if row is None:
-            raise PartitionNotFoundError(
-                f"topic {topic!r} has no partition {pid}", topic=topic, partition=pid
-            )
-        return partition_record(row, topic)
+    async def delete_topic(self, tenant: str, name: str) -> TopicRecord:
+        return await self._tx(topics.delete_topic, tenant, name, clock_ms=self._clock_ms)
 
-    def _live_incarnation(
-        self, conn: sqlite3.Connection, tenant: str, topic: str, expected: str | None
-    ) -> str:
-        """The live incarnation of ``topic``; with ``expected``, only if it is that one."""
-        live = str(self._live_topic(conn, tenant, topic)["incarnation"])
-        if expected is not None and live != expected:
-            raise TopicNotFoundError(
-                f"topic {topic!r} was deleted (and created again)", topic=topic
-            )
-        return live
+    async def list_deleted_topics(self) -> list[TopicRecord]:
+        return await self._tx(topics.list_deleted_topics)
+
+    async def purge_topic(self, tenant: str, incarnation: str) -> None:
+        await self._tx(topics.purge_topic, tenant, incarnation)
+
+    # --- partitions and lineage ----------------------------------------------------------
 
     async def list_partitions(
         self, tenant: str, topic: str, *, incarnation: str | None = None
     ) -> list[PartitionRecord]:
-        def op(conn: sqlite3.Connection) -> list[PartitionRecord]:
-            live = self._live_incarnation(conn, tenant, topic, incarnation)
-            rows = conn.execute(
-                "SELECT * FROM partitions WHERE tenant = ? AND incarnation = ? "
-                "ORDER BY partition_id",
-                (tenant, live),
-            )
-            return [partition_record(r, topic) for r in rows]
-
-        return await self._tx(op)
+        return await self._tx(lineage.list_partitions, tenant, topic, incarnation=incarnation)
 
     async def get_partition(self, tenant: str, topic: str, partition_id: int) -> PartitionRecord:
-        def op(conn: sqlite3.Connection) -> PartitionRecord:
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
-            return self._partition_row(conn, tenant, incarnation, partition_id, topic)
-
-        return await self._tx(op)
-
-    def _next_ids(
-        self, conn: sqlite3.Connection, tenant: str, incarnation: str, count: int
-    ) -> list[int]:
-        row = conn.execute(
-            "SELECT next_partition_id FROM topics WHERE tenant = ? AND incarnation = ?",
-            (tenant, incarnation),
-        ).fetchone()
-        first = int(row["next_partition_id"])
-        conn.execute(
-            "UPDATE topics SET next_partition_id = ? WHERE tenant = ? AND incarnation = ?",
-            (first + count, tenant, incarnation),
-        )
-        return list(range(first, first + count))
-
-    @staticmethod
-    def _seal(
-        conn: sqlite3.Connection,
-        parent: PartitionRecord,
-        end_offset: int,
-        children: list[int],
-        now: int,
-    ) -> None:
-        if end_offset < parent.start_offset:
-            raise InvalidOffsetError(
-                f"partition {parent.partition_id} cannot end at {end_offset}, below its "
-                f"start {parent.start_offset}",
-                partition=parent.partition_id,
-            )
-        changed = conn.execute(
-            "UPDATE partitions SET state = 'sealed', end_offset = ?, children = ?, "
-            "sealed_ms = ?, version = version + 1 "
-            "WHERE tenant = ? AND incarnation = ? AND partition_id = ? AND version = ? "
-            "AND state = 'active'",
-            (
-                end_offset,
-                json_text(children),
-                now,
-                parent.tenant,
-                parent.incarnation,
-                parent.partition_id,
-                parent.version,
-            ),
-        )
-        if changed.rowcount != 1:
-            raise VersionConflictError(f"partition {parent.partition_id} changed meanwhile")
+        return await self._tx(lineage.get_partition, tenant, topic, partition_id)
 
     async def split_partition(
         self,
@@ -476,52 +265,18 @@ class SqliteCatalog:
         max_partitions: int | None = None,
         placement: Sequence[int] | None = None,
     ) -> LineageChange:
-        _check_placement(placement, 2)
-
-        def op(conn: sqlite3.Connection) -> LineageChange:
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
-            parent = self._partition_row(conn, tenant, incarnation, partition_id, topic)
-            if not parent.active:
-                raise PartitionNotActiveError(
-                    f"partition {partition_id} is sealed", partition=partition_id
-                )
-            if not parent.hash_range.start < at < parent.hash_range.end:
-                raise InvalidSplitPointError(
-                    f"split point {at} is not strictly inside partition {partition_id}'s range "
-                    f"[{parent.hash_range.start}, {parent.hash_range.end})",
-                    partition=partition_id,
-                )
-            if max_partitions is not None:
-                # One parent sealed, two children active: one more active partition.
-                tenants.check_partition_limit(
-                    tenants.live_counts(conn, tenant), tenant, 1, max_partitions
-                )
-            now = self._clock_ms()
-            left, right = self._next_ids(conn, tenant, incarnation, 2)
-            self._seal(conn, parent, end_offset, [left, right], now)
-            parents = (partition_id,)
-            self._insert_partition(
-                conn,
-                tenant,
-                incarnation,
-                left,
-                HashRange(parent.hash_range.start, at),
-                parents,
-                now,
-            )
-            self._insert_partition(
-                conn, tenant, incarnation, right, HashRange(at, parent.hash_range.end), parents, now
-            )
-            self._place(conn, tenant, incarnation, [left, right], placement)
-            return LineageChange(
-                sealed=(self._partition_row(conn, tenant, incarnation, partition_id, topic),),
-                created=tuple(
-                    self._partition_row(conn, tenant, incarnation, pid, topic)
-                    for pid in (left, right)
-                ),
-            )
-
-        return await self._tx(op)
+        lineage.check_placement(placement, 2)
+        return await self._tx(
+            lineage.split_partition,
+            tenant,
+            topic,
+            partition_id,
+            at=at,
+            end_offset=end_offset,
+            max_partitions=max_partitions,
+            placement=placement,
+            clock_ms=self._clock_ms,
+        )
 
     async def merge_partitions(
         self,
@@ -532,81 +287,19 @@ class SqliteCatalog:
         end_offsets: Sequence[int],
         placement: Sequence[int] | None = None,
     ) -> LineageChange:
-        _check_placement(placement, 1)
-
-        def op(conn: sqlite3.Connection) -> LineageChange:
-            if len(partition_ids) != 2 or partition_ids[0] == partition_ids[1]:
-                raise InvalidMergeError("a merge takes exactly two different partitions")
-            if len(end_offsets) != 2:
-                raise InvalidMergeError("a merge needs one end offset per partition")
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
-            parents = [
-                self._partition_row(conn, tenant, incarnation, pid, topic) for pid in partition_ids
-            ]
-            for parent in parents:
-                if not parent.active:
-                    raise PartitionNotActiveError(
-                        f"partition {parent.partition_id} is sealed",
-                        partition=parent.partition_id,
-                    )
-            ends = dict(zip(partition_ids, end_offsets, strict=True))
-            low, high = sorted(parents, key=lambda p: p.hash_range.start)
-            if low.hash_range.end != high.hash_range.start:
-                raise PartitionsNotAdjacentError(
-                    f"partitions {low.partition_id} and {high.partition_id} are not adjacent",
-                    partitions=[low.partition_id, high.partition_id],
-                )
-            now = self._clock_ms()
-            (child,) = self._next_ids(conn, tenant, incarnation, 1)
-            for parent in (low, high):
-                self._seal(conn, parent, ends[parent.partition_id], [child], now)
-            self._insert_partition(
-                conn,
-                tenant,
-                incarnation,
-                child,
-                HashRange(low.hash_range.start, high.hash_range.end),
-                (low.partition_id, high.partition_id),
-                now,
-            )
-            self._place(conn, tenant, incarnation, [child], placement)
-            return LineageChange(
-                sealed=tuple(
-                    self._partition_row(conn, tenant, incarnation, p.partition_id, topic)
-                    for p in (low, high)
-                ),
-                created=(self._partition_row(conn, tenant, incarnation, child, topic),),
-            )
-
-        return await self._tx(op)
-
-    @staticmethod
-    def _place(
-        conn: sqlite3.Connection,
-        tenant: str,
-        incarnation: str,
-        partition_ids: Sequence[int],
-        placement: Sequence[int] | None,
-    ) -> None:
-        if placement is None:
-            return
-        conn.executemany(
-            "INSERT INTO placements VALUES (?, ?, ?, ?)",
-            [
-                (tenant, incarnation, pid, worker)
-                for pid, worker in zip(partition_ids, placement, strict=True)
-            ],
+        lineage.check_placement(placement, 1)
+        return await self._tx(
+            lineage.merge_partitions,
+            tenant,
+            topic,
+            partition_ids,
+            end_offsets=end_offsets,
+            placement=placement,
+            clock_ms=self._clock_ms,
         )
 
     async def list_placements(self, tenant: str, incarnation: str) -> dict[int, int]:
-        def op(conn: sqlite3.Connection) -> dict[int, int]:
-            rows = conn.execute(
-                "SELECT partition_id, worker FROM placements WHERE tenant = ? AND incarnation = ?",
-                (tenant, incarnation),
-            )
-            return {int(r["partition_id"]): int(r["worker"]) for r in rows}
-
-        return await self._tx(op)
+        return await self._tx(lineage.list_placements, tenant, incarnation)
 
     async def advance_start_offset(
         self,
@@ -617,26 +310,14 @@ class SqliteCatalog:
         *,
         incarnation: str | None = None,
     ) -> PartitionRecord:
-        def op(conn: sqlite3.Connection) -> PartitionRecord:
-            if start_offset < 0:
-                raise InvalidOffsetError(f"a start offset cannot be negative: {start_offset}")
-            live = self._live_incarnation(conn, tenant, topic, incarnation)
-            current = self._partition_row(conn, tenant, live, partition_id, topic)
-            if current.end_offset is not None and start_offset > current.end_offset:
-                raise InvalidOffsetError(
-                    f"partition {partition_id} ends at {current.end_offset}; its start cannot "
-                    f"pass that",
-                    partition=partition_id,
-                )
-            conn.execute(
-                "UPDATE partitions SET start_offset = MAX(start_offset, ?), "
-                "version = version + (start_offset < ?) "
-                "WHERE tenant = ? AND incarnation = ? AND partition_id = ?",
-                (start_offset, start_offset, tenant, live, partition_id),
-            )
-            return self._partition_row(conn, tenant, live, partition_id, topic)
-
-        return await self._tx(op)
+        return await self._tx(
+            lineage.advance_start_offset,
+            tenant,
+            topic,
+            partition_id,
+            start_offset,
+            incarnation=incarnation,
+        )
 
     # --- consumer groups -----------------------------------------------------------------
 
@@ -674,14 +355,14 @@ class SqliteCatalog:
 
     async def get_group(self, tenant: str, topic: str, group: str) -> GroupRecord:
         def op(conn: sqlite3.Connection) -> GroupRecord:
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            incarnation = live_topic(conn, tenant, topic)["incarnation"]
             return self._require_group(conn, tenant, incarnation, topic, group)
 
         return await self._tx(op)
 
     async def list_groups(self, tenant: str, topic: str) -> list[GroupRecord]:
         def op(conn: sqlite3.Connection) -> list[GroupRecord]:
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            incarnation = live_topic(conn, tenant, topic)["incarnation"]
             names = conn.execute(
                 "SELECT name FROM groups WHERE tenant = ? AND incarnation = ? ORDER BY name",
                 (tenant, incarnation),
@@ -710,7 +391,7 @@ class SqliteCatalog:
         expected_version: int | None,
     ) -> GroupRecord:
         def op(conn: sqlite3.Connection) -> GroupRecord:
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            incarnation = live_topic(conn, tenant, topic)["incarnation"]
             found = self._group(conn, tenant, incarnation, topic, group)
             self._check_version(found, expected_version, group)
             conn.execute(
@@ -740,7 +421,7 @@ class SqliteCatalog:
                     raise InvalidOffsetError(
                         f"a committed offset cannot be negative: {offset} for partition {pid}"
                     )
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            incarnation = live_topic(conn, tenant, topic)["incarnation"]
             known = {
                 r["partition_id"]
                 for r in conn.execute(
@@ -787,7 +468,7 @@ class SqliteCatalog:
         self, tenant: str, topic: str, group: str, *, expected_version: int | None = None
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            incarnation = live_topic(conn, tenant, topic)["incarnation"]
             found = self._group(conn, tenant, incarnation, topic, group)
             if found is None:
                 raise GroupNotFoundError(f"no group {group!r} on topic {topic!r}", group=group)
@@ -805,7 +486,7 @@ class SqliteCatalog:
 
     async def remember_answer(self, record: IdempotencyRecord, *, now_ms: int) -> IdempotencyRecord:
         def op(conn: sqlite3.Connection) -> IdempotencyRecord:
-            incarnation = self._live_topic(conn, record.tenant, record.topic)["incarnation"]
+            incarnation = live_topic(conn, record.tenant, record.topic)["incarnation"]
             row = conn.execute(
                 "SELECT * FROM idempotency WHERE tenant = ? AND incarnation = ? AND key = ? "
                 "AND expires_ms > ?",
@@ -839,7 +520,7 @@ class SqliteCatalog:
         self, tenant: str, topic: str, key: str, *, now_ms: int
     ) -> IdempotencyRecord | None:
         def op(conn: sqlite3.Connection) -> IdempotencyRecord | None:
-            incarnation = self._live_topic(conn, tenant, topic)["incarnation"]
+            incarnation = live_topic(conn, tenant, topic)["incarnation"]
             row = conn.execute(
                 "SELECT * FROM idempotency WHERE tenant = ? AND incarnation = ? AND key = ? "
                 "AND expires_ms > ?",
