@@ -8,7 +8,6 @@ transaction that either commits whole or changes nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +16,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import partitions.catalog_sqlite.groups as groups
+import partitions.catalog_sqlite.idempotency as idempotency
 import partitions.catalog_sqlite.lineage as lineage
 import partitions.catalog_sqlite.settings as settings
 import partitions.catalog_sqlite.tenants as tenants
@@ -38,22 +39,16 @@ from partitions.catalog import (
     UsageCounters,
     UsageRecord,
 )
-from partitions.catalog_sqlite.incarnations import live_topic
 from partitions.catalog_sqlite.rows import (
-    json_text,
     remote_segment_record,
 )
 from partitions.catalog_sqlite.schema import backup_catalog, connect, migrate
 from partitions.errors import (
-    GroupNotFoundError,
     InvalidOffsetError,
-    PartitionNotFoundError,
     RemoteSegmentExistsError,
     RemoteSegmentNotFoundError,
     RemoteSegmentStateError,
-    StaleGenerationError,
     TopicNotFoundError,
-    VersionConflictError,
 )
 
 P = ParamSpec("P")
@@ -321,64 +316,11 @@ class SqliteCatalog:
 
     # --- consumer groups -----------------------------------------------------------------
 
-    def _group(
-        self, conn: sqlite3.Connection, tenant: str, incarnation: str, topic: str, group: str
-    ) -> GroupRecord | None:
-        row = conn.execute(
-            "SELECT * FROM groups WHERE tenant = ? AND incarnation = ? AND name = ?",
-            (tenant, incarnation, group),
-        ).fetchone()
-        if row is None:
-            return None
-        offsets = conn.execute(
-            "SELECT partition_id, next_offset FROM group_offsets "
-            "WHERE tenant = ? AND incarnation = ? AND name = ? ORDER BY partition_id",
-            (tenant, incarnation, group),
-        )
-        return GroupRecord(
-            tenant=tenant,
-            topic=topic,
-            group=group,
-            generation=row["generation"],
-            metadata=json.loads(row["metadata"]),
-            offsets={r["partition_id"]: r["next_offset"] for r in offsets},
-            version=row["version"],
-        )
-
-    def _require_group(
-        self, conn: sqlite3.Connection, tenant: str, incarnation: str, topic: str, group: str
-    ) -> GroupRecord:
-        found = self._group(conn, tenant, incarnation, topic, group)
-        if found is None:
-            raise GroupNotFoundError(f"no group {group!r} on topic {topic!r}", group=group)
-        return found
-
     async def get_group(self, tenant: str, topic: str, group: str) -> GroupRecord:
-        def op(conn: sqlite3.Connection) -> GroupRecord:
-            incarnation = live_topic(conn, tenant, topic)["incarnation"]
-            return self._require_group(conn, tenant, incarnation, topic, group)
-
-        return await self._tx(op)
+        return await self._tx(groups.get_group, tenant, topic, group)
 
     async def list_groups(self, tenant: str, topic: str) -> list[GroupRecord]:
-        def op(conn: sqlite3.Connection) -> list[GroupRecord]:
-            incarnation = live_topic(conn, tenant, topic)["incarnation"]
-            names = conn.execute(
-                "SELECT name FROM groups WHERE tenant = ? AND incarnation = ? ORDER BY name",
-                (tenant, incarnation),
-            ).fetchall()
-            groups = [self._group(conn, tenant, incarnation, topic, r["name"]) for r in names]
-            return [g for g in groups if g is not None]
-
-        return await self._tx(op)
-
-    @staticmethod
-    def _check_version(found: GroupRecord | None, expected: int | None, group: str) -> None:
-        current = None if found is None else found.version
-        if current != expected:
-            raise VersionConflictError(
-                f"group {group!r} is at version {current}, not {expected}", version=current
-            )
+        return await self._tx(groups.list_groups, tenant, topic)
 
     async def put_group(
         self,
@@ -390,20 +332,15 @@ class SqliteCatalog:
         metadata: Mapping[str, Any],
         expected_version: int | None,
     ) -> GroupRecord:
-        def op(conn: sqlite3.Connection) -> GroupRecord:
-            incarnation = live_topic(conn, tenant, topic)["incarnation"]
-            found = self._group(conn, tenant, incarnation, topic, group)
-            self._check_version(found, expected_version, group)
-            conn.execute(
-                "INSERT INTO groups VALUES (?, ?, ?, ?, ?, 1) "
-                "ON CONFLICT (tenant, incarnation, name) DO UPDATE SET "
-                "generation = excluded.generation, metadata = excluded.metadata, "
-                "version = groups.version + 1",
-                (tenant, incarnation, group, generation, json_text(metadata)),
-            )
-            return self._require_group(conn, tenant, incarnation, topic, group)
-
-        return await self._tx(op)
+        return await self._tx(
+            groups.put_group,
+            tenant,
+            topic,
+            group,
+            generation=generation,
+            metadata=metadata,
+            expected_version=expected_version,
+        )
 
     async def commit_offsets(
         self,
@@ -415,135 +352,33 @@ class SqliteCatalog:
         generation: int | None = None,
         expected_version: int | None = None,
     ) -> GroupRecord:
-        def op(conn: sqlite3.Connection) -> GroupRecord:
-            for pid, offset in offsets.items():
-                if offset < 0:
-                    raise InvalidOffsetError(
-                        f"a committed offset cannot be negative: {offset} for partition {pid}"
-                    )
-            incarnation = live_topic(conn, tenant, topic)["incarnation"]
-            known = {
-                r["partition_id"]
-                for r in conn.execute(
-                    "SELECT partition_id FROM partitions WHERE tenant = ? AND incarnation = ?",
-                    (tenant, incarnation),
-                )
-            }
-            for pid in offsets:
-                if pid not in known:
-                    raise PartitionNotFoundError(
-                        f"topic {topic!r} has no partition {pid}", topic=topic, partition=pid
-                    )
-            found = self._group(conn, tenant, incarnation, topic, group)
-            if expected_version is not None:
-                self._check_version(found, expected_version, group)
-            if generation is not None:
-                current = None if found is None else found.generation
-                if current != generation:
-                    raise StaleGenerationError(
-                        f"group {group!r} is at generation {current}, not {generation}",
-                        generation=current,
-                    )
-            if found is None:
-                conn.execute(
-                    "INSERT INTO groups VALUES (?, ?, ?, 0, '{}', 1)", (tenant, incarnation, group)
-                )
-            else:
-                conn.execute(
-                    "UPDATE groups SET version = version + 1 "
-                    "WHERE tenant = ? AND incarnation = ? AND name = ?",
-                    (tenant, incarnation, group),
-                )
-            conn.executemany(
-                "INSERT INTO group_offsets VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (tenant, incarnation, name, partition_id) "
-                "DO UPDATE SET next_offset = excluded.next_offset",
-                [(tenant, incarnation, group, pid, off) for pid, off in offsets.items()],
-            )
-            return self._require_group(conn, tenant, incarnation, topic, group)
-
-        return await self._tx(op)
+        return await self._tx(
+            groups.commit_offsets,
+            tenant,
+            topic,
+            group,
+            offsets,
+            generation=generation,
+            expected_version=expected_version,
+        )
 
     async def delete_group(
         self, tenant: str, topic: str, group: str, *, expected_version: int | None = None
     ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            incarnation = live_topic(conn, tenant, topic)["incarnation"]
-            found = self._group(conn, tenant, incarnation, topic, group)
-            if found is None:
-                raise GroupNotFoundError(f"no group {group!r} on topic {topic!r}", group=group)
-            if expected_version is not None:
-                self._check_version(found, expected_version, group)
-            for table in ("groups", "group_offsets"):
-                conn.execute(
-                    f"DELETE FROM {table} WHERE tenant = ? AND incarnation = ? AND name = ?",  # noqa: S608
-                    (tenant, incarnation, group),
-                )
-
-        await self._tx(op)
+        await self._tx(groups.delete_group, tenant, topic, group, expected_version=expected_version)
 
     # --- idempotency ---------------------------------------------------------------------
 
     async def remember_answer(self, record: IdempotencyRecord, *, now_ms: int) -> IdempotencyRecord:
-        def op(conn: sqlite3.Connection) -> IdempotencyRecord:
-            incarnation = live_topic(conn, record.tenant, record.topic)["incarnation"]
-            row = conn.execute(
-                "SELECT * FROM idempotency WHERE tenant = ? AND incarnation = ? AND key = ? "
-                "AND expires_ms > ?",
-                (record.tenant, incarnation, record.key, now_ms),
-            ).fetchone()
-            if row is not None:
-                return IdempotencyRecord(
-                    tenant=record.tenant,
-                    topic=record.topic,
-                    key=record.key,
-                    request_hash=row["request_hash"],
-                    answer=row["answer"],
-                    expires_ms=row["expires_ms"],
-                )
-            conn.execute(
-                "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record.tenant,
-                    incarnation,
-                    record.key,
-                    record.request_hash,
-                    record.answer,
-                    record.expires_ms,
-                ),
-            )
-            return record
-
-        return await self._tx(op)
+        return await self._tx(idempotency.remember_answer, record, now_ms=now_ms)
 
     async def find_answer(
         self, tenant: str, topic: str, key: str, *, now_ms: int
     ) -> IdempotencyRecord | None:
-        def op(conn: sqlite3.Connection) -> IdempotencyRecord | None:
-            incarnation = live_topic(conn, tenant, topic)["incarnation"]
-            row = conn.execute(
-                "SELECT * FROM idempotency WHERE tenant = ? AND incarnation = ? AND key = ? "
-                "AND expires_ms > ?",
-                (tenant, incarnation, key, now_ms),
-            ).fetchone()
-            if row is None:
-                return None
-            return IdempotencyRecord(
-                tenant=tenant,
-                topic=topic,
-                key=key,
-                request_hash=row["request_hash"],
-                answer=row["answer"],
-                expires_ms=row["expires_ms"],
-            )
-
-        return await self._tx(op)
+        return await self._tx(idempotency.find_answer, tenant, topic, key, now_ms=now_ms)
 
     async def forget_expired_answers(self, *, now_ms: int) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM idempotency WHERE expires_ms <= ?", (now_ms,)).rowcount
-
-        return await self._tx(op)
+        return await self._tx(idempotency.forget_expired_answers, now_ms=now_ms)
 
     # --- remote segments -----------------------------------------------------------------
 
