@@ -19,12 +19,12 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import partitions.catalog_sqlite.groups as groups
 import partitions.catalog_sqlite.idempotency as idempotency
 import partitions.catalog_sqlite.lineage as lineage
+import partitions.catalog_sqlite.segments as segments
 import partitions.catalog_sqlite.settings as settings
 import partitions.catalog_sqlite.tenants as tenants
 import partitions.catalog_sqlite.topics as topics
+import partitions.catalog_sqlite.usage as usage
 from partitions.catalog import (
-    HOUR_MS,
-    USAGE_COUNTERS,
     ApiKeyRecord,
     Catalog,
     GroupRecord,
@@ -36,20 +36,9 @@ from partitions.catalog import (
     TenantCounts,
     TenantRecord,
     TopicRecord,
-    UsageCounters,
     UsageRecord,
 )
-from partitions.catalog_sqlite.rows import (
-    remote_segment_record,
-)
 from partitions.catalog_sqlite.schema import backup_catalog, connect, migrate
-from partitions.errors import (
-    InvalidOffsetError,
-    RemoteSegmentExistsError,
-    RemoteSegmentNotFoundError,
-    RemoteSegmentStateError,
-    TopicNotFoundError,
-)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -382,62 +371,8 @@ class SqliteCatalog:
 
     # --- remote segments -----------------------------------------------------------------
 
-    def _segment_row(
-        self, conn: sqlite3.Connection, tenant: str, incarnation: str, pid: int, base: int
-    ) -> RemoteSegmentRecord:
-        row = conn.execute(
-            "SELECT * FROM remote_segments WHERE tenant = ? AND incarnation = ? "
-            "AND partition_id = ? AND base_offset = ?",
-            (tenant, incarnation, pid, base),
-        ).fetchone()
-        if row is None:
-            raise RemoteSegmentNotFoundError(
-                f"no remote segment {base} of partition {pid}", partition=pid, base_offset=base
-            )
-        return remote_segment_record(row)
-
     async def add_remote_segment(self, record: RemoteSegmentRecord) -> RemoteSegmentRecord:
-        def op(conn: sqlite3.Connection) -> RemoteSegmentRecord:
-            if record.state is not RemoteSegmentState.COPY_STARTED:
-                raise RemoteSegmentStateError("a remote segment starts as copy-started")
-            if record.last_offset < record.base_offset:
-                raise InvalidOffsetError("a remote segment's last offset is below its base")
-            topic = conn.execute(
-                "SELECT deleted_ms FROM topics WHERE tenant = ? AND incarnation = ?",
-                (record.tenant, record.incarnation),
-            ).fetchone()
-            if topic is None or topic["deleted_ms"] is not None:
-                raise TopicNotFoundError(
-                    f"no live topic incarnation {record.incarnation}",
-                    incarnation=record.incarnation,
-                )
-            try:
-                conn.execute(
-                    "INSERT INTO remote_segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                    (
-                        record.tenant,
-                        record.incarnation,
-                        record.partition_id,
-                        record.base_offset,
-                        record.last_offset,
-                        record.size_bytes,
-                        record.first_timestamp_ms,
-                        record.max_timestamp_ms,
-                        record.object_key,
-                        record.state.value,
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise RemoteSegmentExistsError(
-                    f"remote segment {record.base_offset} of partition {record.partition_id} "
-                    "is already recorded",
-                    base_offset=record.base_offset,
-                ) from exc
-            return self._segment_row(
-                conn, record.tenant, record.incarnation, record.partition_id, record.base_offset
-            )
-
-        return await self._tx(op)
+        return await self._tx(segments.add_remote_segment, record)
 
     async def set_remote_segment_state(
         self,
@@ -449,54 +384,27 @@ class SqliteCatalog:
         from_state: RemoteSegmentState,
         to_state: RemoteSegmentState,
     ) -> RemoteSegmentRecord:
-        def op(conn: sqlite3.Connection) -> RemoteSegmentRecord:
-            current = self._segment_row(conn, tenant, incarnation, partition_id, base_offset)
-            if current.state is not from_state:
-                raise RemoteSegmentStateError(
-                    f"remote segment {base_offset} is {current.state.value}, "
-                    f"not {from_state.value}",
-                    state=current.state.value,
-                )
-            conn.execute(
-                "UPDATE remote_segments SET state = ?, version = version + 1 "
-                "WHERE tenant = ? AND incarnation = ? AND partition_id = ? AND base_offset = ?",
-                (to_state.value, tenant, incarnation, partition_id, base_offset),
-            )
-            return self._segment_row(conn, tenant, incarnation, partition_id, base_offset)
-
-        return await self._tx(op)
+        return await self._tx(
+            segments.set_remote_segment_state,
+            tenant,
+            incarnation,
+            partition_id,
+            base_offset,
+            from_state=from_state,
+            to_state=to_state,
+        )
 
     async def list_remote_segments(
         self, tenant: str, incarnation: str, partition_id: int
     ) -> list[RemoteSegmentRecord]:
-        def op(conn: sqlite3.Connection) -> list[RemoteSegmentRecord]:
-            rows = conn.execute(
-                "SELECT * FROM remote_segments WHERE tenant = ? AND incarnation = ? "
-                "AND partition_id = ? ORDER BY base_offset",
-                (tenant, incarnation, partition_id),
-            )
-            return [remote_segment_record(r) for r in rows]
-
-        return await self._tx(op)
+        return await self._tx(segments.list_remote_segments, tenant, incarnation, partition_id)
 
     async def remove_remote_segment(
         self, tenant: str, incarnation: str, partition_id: int, base_offset: int
     ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            current = self._segment_row(conn, tenant, incarnation, partition_id, base_offset)
-            if current.state is not RemoteSegmentState.DELETE_STARTED:
-                raise RemoteSegmentStateError(
-                    f"remote segment {base_offset} is {current.state.value}; only a "
-                    "delete-started segment can be forgotten",
-                    state=current.state.value,
-                )
-            conn.execute(
-                "DELETE FROM remote_segments WHERE tenant = ? AND incarnation = ? "
-                "AND partition_id = ? AND base_offset = ?",
-                (tenant, incarnation, partition_id, base_offset),
-            )
-
-        await self._tx(op)
+        await self._tx(
+            segments.remove_remote_segment, tenant, incarnation, partition_id, base_offset
+        )
 
     async def list_remote_segments_in_state(
         self,
@@ -505,73 +413,21 @@ class SqliteCatalog:
         after: tuple[str, str, int, int] | None = None,
         limit: int = 1000,
     ) -> list[RemoteSegmentRecord]:
-        def op(conn: sqlite3.Connection) -> list[RemoteSegmentRecord]:
-            start = after or ("", "", -1, -1)
-            rows = conn.execute(
-                "SELECT * FROM remote_segments WHERE state = ? "
-                "AND (tenant, incarnation, partition_id, base_offset) > (?, ?, ?, ?) "
-                "ORDER BY tenant, incarnation, partition_id, base_offset LIMIT ?",
-                (state.value, *start, limit),
-            )
-            return [remote_segment_record(r) for r in rows]
-
-        return await self._tx(op)
+        return await self._tx(
+            segments.list_remote_segments_in_state, state, after=after, limit=limit
+        )
 
     # --- usage ---------------------------------------------------------------------------
 
     async def add_usage(self, deltas: Sequence[UsageRecord]) -> None:
-        summed: dict[tuple[int, str], UsageCounters] = {}
-        for delta in deltas:
-            if delta.hour_ms < 0 or delta.hour_ms % HOUR_MS:
-                raise ValueError(f"not the start of a UTC hour: {delta.hour_ms}")
-            if any(value < 0 for value in delta.counters.to_json().values()):
-                raise ValueError(f"usage only grows: {delta.counters}")
-            key = (delta.hour_ms, delta.tenant)
-            summed[key] = summed.get(key, UsageCounters()) + delta.counters
-        if not summed:
-            return
-        updates = ", ".join(f"{name} = {name} + excluded.{name}" for name in USAGE_COUNTERS)
-        statement = (
-            f"INSERT INTO usage (hour_ms, tenant, {', '.join(USAGE_COUNTERS)}) "  # noqa: S608
-            f"VALUES ({', '.join('?' * (2 + len(USAGE_COUNTERS)))}) "
-            f"ON CONFLICT (hour_ms, tenant) DO UPDATE SET {updates}"
-        )
-        rows = [
-            (hour, tenant, *counters.to_json().values())
-            for (hour, tenant), counters in summed.items()
-        ]
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(statement, rows)
-
-        await self._tx(op)
+        rows = usage.usage_rows(deltas)
+        if rows:
+            await self._tx(usage.add_usage, rows)
 
     async def list_usage(
         self, start_ms: int, end_ms: int, *, tenant: str | None = None
     ) -> list[UsageRecord]:
-        def op(conn: sqlite3.Connection) -> list[UsageRecord]:
-            if tenant is None:
-                rows = conn.execute(
-                    "SELECT * FROM usage WHERE hour_ms >= ? AND hour_ms < ? "
-                    "ORDER BY hour_ms, tenant",
-                    (start_ms, end_ms),
-                )
-            else:
-                rows = conn.execute(
-                    "SELECT * FROM usage WHERE tenant = ? AND hour_ms >= ? AND hour_ms < ? "
-                    "ORDER BY hour_ms",
-                    (tenant, start_ms, end_ms),
-                )
-            return [
-                UsageRecord(
-                    tenant=row["tenant"],
-                    hour_ms=row["hour_ms"],
-                    counters=UsageCounters(*(row[name] for name in USAGE_COUNTERS)),
-                )
-                for row in rows
-            ]
-
-        return await self._tx(op)
+        return await self._tx(usage.list_usage, start_ms, end_ms, tenant=tenant)
 
 
 def _conforms(catalog: SqliteCatalog) -> Catalog:
