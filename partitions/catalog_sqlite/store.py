@@ -1,8 +1,9 @@
-"""The catalog in SQLite, for one node: a file in the data directory.
+""":class:`SqliteCatalog`: the catalog Protocol over one SQLite connection.
 
 One connection on one dedicated thread does every read and write, so the event loop never
 blocks on SQLite and operations are serialised: each is a single ``BEGIN IMMEDIATE``
-transaction that either commits whole or changes nothing.
+transaction that either commits whole or changes nothing. Each method runs one function of
+an entity module in that transaction; what the operation does is there, not here.
 """
 
 from __future__ import annotations
