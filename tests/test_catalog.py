@@ -29,7 +29,8 @@ from partitions.catalog import (
     UsageCounters,
     UsageRecord,
 )
-from partitions.catalog_sqlite import SCHEMA_VERSION, SqliteCatalog
+from partitions.catalog_sqlite import SqliteCatalog
+from partitions.catalog_sqlite.schema import SCHEMA_VERSION
 from partitions.errors import (
     ApiKeyNotFoundError,
     GroupNotFoundError,
@@ -735,7 +736,7 @@ async def test_two_sqlite_handles_on_one_file_race_correctly(tmp_path: Path) -> 
 
 
 async def test_an_older_schema_is_migrated_at_open(tmp_path: Path) -> None:
-    from partitions.catalog_sqlite import MIGRATIONS
+    from partitions.catalog_sqlite.schema import MIGRATIONS
 
     path = tmp_path / "catalog.sqlite3"
     with sqlite3.connect(path) as conn:  # a file as the first release left it
