@@ -59,8 +59,9 @@ from partitions.idempotency import (
 )
 from partitions.idempotency import Entry as IdempotencyEntry
 from partitions.log import BatchRead, ReadResult
+from partitions.partition_key import PartitionKey
 from partitions.waiting import waiting
-from partitions.worker import PartitionKey, PartitionWorker
+from partitions.worker import PartitionWorker
 from tiered_storage.service import TieringService
 
 log = logging.getLogger(__name__)

@@ -47,8 +47,9 @@ from partitions.errors import (
     TopicNotFoundError,
 )
 from partitions.log import BatchRead, ReadResult
+from partitions.partition_key import PartitionKey
 from partitions.waiting import waiting
-from partitions.worker import PartitionKey, PartitionWorker
+from partitions.worker import PartitionWorker
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from gateway.keys import BROKER
 from partitions import groups as groups_module
 from partitions.errors import PartitionUnavailableError
 from partitions.log import ReadResult
-from partitions.worker import PartitionKey
+from partitions.partition_key import PartitionKey
 from tests.conftest import Api
 from tests.servers import ServerProcess
 

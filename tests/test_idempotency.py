@@ -30,7 +30,7 @@ from partitions.idempotency import (
     encode_tags,
 )
 from partitions.log import AppendResult
-from partitions.worker import PartitionKey
+from partitions.partition_key import PartitionKey
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import ServerProcess
 from tests.tiering_tools import wait_for

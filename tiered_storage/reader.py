@@ -65,6 +65,7 @@ from partitions.batch import (
 )
 from partitions.catalog import RemoteSegmentRecord
 from partitions.errors import CorruptLogError, EventBusError, PartitionClosedError
+from partitions.partition_key import PartitionKey
 from partitions.remote import RemoteBatches, RemoteLogReader, RemoteRecords
 from partitions.segment import (
     INDEX_SUFFIX,
@@ -73,7 +74,6 @@ from partitions.segment import (
     TIME_INDEX_ENTRY,
     TIME_INDEX_SUFFIX,
 )
-from partitions.worker import PartitionKey
 from tiered_storage.cache import ReadCache
 from tiered_storage.layout import segment_key, topic_prefix
 from tiered_storage.objects import ObjectNotFoundError, ObjectStore

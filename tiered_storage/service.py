@@ -23,7 +23,8 @@ from typing import Any, Protocol
 
 from partitions.catalog import Catalog, RemoteSegmentState
 from partitions.errors import EventBusError
-from partitions.worker import PartitionKey, PartitionWorker
+from partitions.partition_key import PartitionKey
+from partitions.worker import PartitionWorker
 from tiered_storage.cleanup import OrphanCleaner
 from tiered_storage.objects import ObjectStore
 from tiered_storage.reader import ColdReadSettings, RemoteSegmentReader
