@@ -47,9 +47,10 @@ from partitions.catalog_sqlite import SqliteCatalog
 from partitions.log import LogConfig
 from partitions.partition_key import PartitionKey
 from partitions.worker import LocalPartitionWorker
-from tiered_storage.objects import ObjectStore, open_object_store
+from tiered_storage.objects import ObjectStore
 from tiered_storage.reader import ColdReadCounters, ColdReadSettings, RemoteSegmentReader
 from tiered_storage.service import TieredStorage
+from tiered_storage.store_url import open_object_store
 
 MIB = 1024 * 1024
 RECORD_BYTES = 1024

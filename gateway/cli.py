@@ -29,7 +29,7 @@ from gateway.quotas import QUOTA_NAMES, RATE_QUOTAS, Quotas
 from partitions.batch import NewRecord, Record
 from partitions.catalog_sqlite import CATALOG_FILE, backup_catalog
 from partitions.errors import InvalidInputError
-from tiered_storage.objects import parse_store_url
+from tiered_storage.store_url import parse_store_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 # Bounds of one produce request built from stdin, and of one fetch.

@@ -29,10 +29,9 @@ from tiered_storage.objects import (
     ObjectStoreError,
     ObjectStoreUnavailableError,
     PutResult,
-    open_object_store,
-    parse_store_url,
 )
 from tiered_storage.s3_store import MIB, S3ObjectStore
+from tiered_storage.store_url import open_object_store, parse_store_url
 
 TIMEOUT_S = 5.0
 # Each call's deadline in the conformance suite: long enough for moto on a busy two-core
