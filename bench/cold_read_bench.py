@@ -48,7 +48,9 @@ from partitions.log import LogConfig
 from partitions.partition_key import PartitionKey
 from partitions.worker import LocalPartitionWorker
 from tiered_storage.objects import ObjectStore
-from tiered_storage.reader import ColdReadCounters, ColdReadSettings, RemoteSegmentReader
+from tiered_storage.read_counters import ColdReadCounters
+from tiered_storage.read_settings import ColdReadSettings
+from tiered_storage.reader import RemoteSegmentReader
 from tiered_storage.service import TieredStorage
 from tiered_storage.store_url import open_object_store
 
