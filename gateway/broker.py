@@ -49,7 +49,8 @@ from partitions.errors import (
     WorkerLostError,
     WorkerUnreachableError,
 )
-from partitions.groups import GroupCoordinator, TopicShape
+from partitions.group_model import TopicShape
+from partitions.groups import GroupCoordinator
 from partitions.idempotency import (
     ANSWER_TTL_MS,
     AnswerTable,

@@ -36,7 +36,7 @@ from partitions.batch import (
     validate_batch,
 )
 from partitions.errors import EventBusError, InvalidBatchError, InvalidInputError
-from partitions.groups import RawChunk
+from partitions.group_model import RawChunk
 
 if sys.version_info >= (3, 14):
     from compression import zstd
