@@ -33,7 +33,7 @@ from autoscaler.policy import (
 )
 from partitions.batch import NewRecord
 from partitions.catalog import PartitionRecord
-from partitions.worker import PartitionKey
+from partitions.partition_key import PartitionKey
 
 Clock = Callable[[], int]
 SAMPLES_PER_BATCH = 8

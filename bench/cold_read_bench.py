@@ -45,10 +45,14 @@ from bench.report import section_head, write_section
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.log import LogConfig
-from partitions.worker import LocalPartitionWorker, PartitionKey
-from tiered_storage.objects import ObjectStore, open_object_store
-from tiered_storage.reader import ColdReadCounters, ColdReadSettings, RemoteSegmentReader
+from partitions.partition_key import PartitionKey
+from partitions.worker import LocalPartitionWorker
+from tiered_storage.objects import ObjectStore
+from tiered_storage.read_counters import ColdReadCounters
+from tiered_storage.read_settings import ColdReadSettings
+from tiered_storage.reader import RemoteSegmentReader
 from tiered_storage.service import TieredStorage
+from tiered_storage.store_url import open_object_store
 
 MIB = 1024 * 1024
 RECORD_BYTES = 1024

@@ -61,8 +61,9 @@ from partitions.errors import (
     StorageBackpressureError,
     WorkerUnreachableError,
 )
+from partitions.partition_key import PartitionKey
 from partitions.routing import RoutingPartitionWorker
-from partitions.worker import LocalPartitionWorker, PartitionKey
+from partitions.worker import LocalPartitionWorker
 from partitions.worker_remote import RemotePartitionWorker, WorkerService
 from tiered_storage.service import PartitionTiering, TieredStorage
 

@@ -22,7 +22,7 @@ from gateway.tenancy import admit_produce, charge_consume, settle_produce, visib
 from partitions.batch import payload_totals, trim_batches
 from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import InvalidInputError, InvalidOffsetError
-from partitions.groups import EARLIEST, LATEST, RawChunk
+from partitions.group_model import EARLIEST, LATEST, RawChunk
 from partitions.idempotency import check_key as check_idempotency_key
 from partitions.idempotency import request_hash
 from partitions.log import BatchRead

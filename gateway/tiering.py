@@ -28,10 +28,13 @@ from gateway.config import ServerConfig
 from gateway.keys import BROKER, CONFIG, METRICS
 from partitions.catalog import Catalog
 from partitions.worker import LocalPartitionWorker
-from tiered_storage.objects import ObjectStore, open_object_store
-from tiered_storage.reader import ColdReadSettings, LatencyHistogram, RemoteSegmentReader
+from tiered_storage.objects import ObjectStore
+from tiered_storage.read_counters import LatencyHistogram
+from tiered_storage.read_settings import ColdReadSettings
+from tiered_storage.reader import RemoteSegmentReader
 from tiered_storage.service import TieredStorage
 from tiered_storage.state import TieringCounters, TieringSettings
+from tiered_storage.store_url import open_object_store
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from partitions.batch import (
     validate_batch,
 )
 from partitions.errors import EventBusError, InvalidBatchError, InvalidInputError
-from partitions.groups import RawChunk
+from partitions.group_model import RawChunk
 
 # ``curl -d`` sends form encoding, some tools text/plain and HTTP libraries octet-stream for
 # bytes they know nothing of; such bodies are read as JSON.

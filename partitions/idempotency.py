@@ -325,14 +325,14 @@ class Entry:
 
 # A finished entry as the table keeps it: request hash, acceptance time, record count and
 # packed parts (see :meth:`AnswerTable.settle`).
-_Settled = tuple[bytes, int, int, bytes]
+SettledEntry = tuple[bytes, int, int, bytes]
 
 
-def _accepted_ms(value: Entry | _Settled) -> int:
+def _accepted_ms(value: Entry | SettledEntry) -> int:
     return value[1] if isinstance(value, tuple) else value.accepted_ms
 
 
-def _busy(value: Entry | _Settled) -> bool:
+def _busy(value: Entry | SettledEntry) -> bool:
     return not isinstance(value, tuple) and value.busy is not None
 
 
@@ -344,7 +344,7 @@ class AnswerTable:
     """
 
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
-        self._entries: dict[tuple[str, str, str], Entry | _Settled] = {}
+        self._entries: dict[tuple[str, str, str], Entry | SettledEntry] = {}
         self._rebuilt: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.max_entries = max_entries
         self.forgotten_early = 0
@@ -371,6 +371,12 @@ class AnswerTable:
             entry = Entry(tag.request_hash, tag.accepted_ms, tag.total_records)
             self._entries[(tenant, incarnation, tag.key)] = entry
         entry.add_batch(partition, base_offset, tag.indexes)
+
+    def kept_value(self, tenant: str, incarnation: str, key: str) -> Entry | SettledEntry | None:
+        """What the table keeps for a key, as it keeps it: a finished entry stays the tuple
+        of plain values :meth:`settle` made, not turned back into an :class:`Entry` as
+        :meth:`entry` does. For looking at only."""
+        return self._entries.get((tenant, incarnation, key))
 
     def entry(self, tenant: str, incarnation: str, key: str) -> Entry | None:
         """The entry of a key, as an object that an attempt may change."""
@@ -460,7 +466,7 @@ class AnswerTable:
             else:
                 return  # every one of the oldest is still running: let the table grow
 
-    def _iter_oldest(self) -> list[tuple[tuple[str, str, str], Entry | _Settled]]:
+    def _iter_oldest(self) -> list[tuple[tuple[str, str, str], Entry | SettledEntry]]:
         # A few at a time: each request does a little of the sweeping.
         return list(itertools.islice(self._entries.items(), 64))
 

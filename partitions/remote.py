@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from partitions.batch import BatchBytes, Record
-    from partitions.worker import PartitionKey
+    from partitions.partition_key import PartitionKey
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,8 @@ from partitions.log import (
     SegmentFiles,
     SegmentInfo,
 )
-from partitions.worker import LocalPartitionWorker, PartitionKey, PartitionWorker, WorkerTotals
+from partitions.partition_key import PartitionKey
+from partitions.worker import LocalPartitionWorker, PartitionWorker, WorkerTotals
 from partitions.worker_remote import RemotePartitionWorker
 
 log = logging.getLogger(__name__)

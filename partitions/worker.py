@@ -39,16 +39,10 @@ from partitions.log import (
     SegmentFiles,
     SegmentInfo,
 )
+from partitions.partition_key import PartitionKey
 from partitions.remote import RemoteLogReader
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class PartitionKey:
-    tenant: str
-    incarnation: str
-    partition_id: int
 
 
 @dataclass(slots=True)

@@ -36,7 +36,8 @@ from partitions.log import (
     ReadResult,
     SegmentInfo,
 )
-from partitions.worker import LocalPartitionWorker, PartitionKey
+from partitions.partition_key import PartitionKey
+from partitions.worker import LocalPartitionWorker
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from gateway.cli.main import main
 from partitions.batch import producer_tag
 from partitions.idempotency import decode_tag
 from partitions.log import AppendResult
-from partitions.worker import LocalPartitionWorker, PartitionKey
+from partitions.partition_key import PartitionKey
+from partitions.worker import LocalPartitionWorker
 
 _append = LocalPartitionWorker.append
 

@@ -13,7 +13,7 @@ from autoscaler.policy import Rate
 from gateway.broker.service import key_hash
 from partitions.batch import NewRecord
 from partitions.catalog import WHOLE_SPACE, PartitionRecord, PartitionState
-from partitions.worker import PartitionKey
+from partitions.partition_key import PartitionKey
 
 CONFIG = AutoscaleConfig(window_s=1, merge_window_s=2)  # slices of 200 ms
 TOPIC_CONFIG = {"autoscale": {**DEFAULT_AUTOSCALE, "window_s": 1, "merge_window_s": 2}}

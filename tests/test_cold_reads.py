@@ -26,20 +26,18 @@ from partitions.batch import (
 )
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
 from partitions.catalog_sqlite import SqliteCatalog
+from partitions.partition_key import PartitionKey
 from partitions.segment import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
-from partitions.worker import PartitionKey
 from tests.conftest import Api, metric_values, start_api, stop_api
 from tests.servers import WORKERS, ServerProcess
 from tests.tiering_tools import TieredServer, start_tiered, wait_for
 from tiered_storage.cache import ReadCache
 from tiered_storage.file_store import FileObjectStore
 from tiered_storage.layout import segment_key
-from tiered_storage.reader import (
-    ColdReadSettings,
-    RemoteSegmentDamagedError,
-    RemoteSegmentIndex,
-    RemoteSegmentReader,
-)
+from tiered_storage.read_settings import ColdReadSettings
+from tiered_storage.reader import RemoteSegmentReader
+from tiered_storage.remote_segments import RemoteSegmentDamagedError
+from tiered_storage.segment_index import RemoteSegmentIndex
 from tiered_storage.state import RemoteIndex
 
 # Recent enough for the default retention (7 days); records are one second apart.
@@ -845,8 +843,12 @@ async def test_a_local_store_read_continues_across_segments_and_past_a_wrong_pos
         second = await reader.read_batches(KEY, 39, max_bytes=2 * batch, end_offset=60)
         assert (second.first_offset, second.next_offset) == (39, 45)
         # ...unless the position it kept is wrong: then it looks the offset up again.
-        ends = reader._streams[KEY]
-        ends[0] = replace(ends[0], position=ends[0].position + 7)
+        (kept,) = reader.read_ends.of(KEY)
+        assert kept.next_offset == 45
+        assert reader.read_ends.take(KEY, 45) == kept
+        reader.read_ends.remember(
+            KEY, kept.next_offset, kept.segment_base, kept.position + 7, kept.batch_base
+        )
         third = await reader.read_batches(KEY, 45, max_bytes=batch, end_offset=60)
         assert (third.first_offset, third.next_offset) == (45, 48)
         assert _offsets(third.data) == [45, 46, 47]

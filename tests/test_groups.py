@@ -12,10 +12,10 @@ import pytest
 
 from gateway.app import CATALOG
 from gateway.keys import BROKER
-from partitions import groups as groups_module
+from partitions import group_commits
 from partitions.errors import PartitionUnavailableError
 from partitions.log import ReadResult
-from partitions.worker import PartitionKey
+from partitions.partition_key import PartitionKey
 from tests.conftest import Api
 from tests.servers import ServerProcess
 
@@ -448,12 +448,15 @@ async def test_automatic_commits_given_up_are_not_written_over_a_later_seek(
         raise RuntimeError("injected: the catalog cannot write")
 
     monkeypatch.setattr(catalog, "commit_offsets", failing)
-    monkeypatch.setattr(groups_module, "COMMIT_WRITE_ATTEMPTS", 0)
+    monkeypatch.setattr(group_commits, "COMMIT_WRITE_ATTEMPTS", 0)
     # The first commit (4 of partition 1) is held, then fails; the next fetch commits both
     # partitions to their ends while it is held.
     for _ in range(2):
         member = await _fetch(api, member_id=member["member_id"], max_records=1000)
-    (group,) = [g for g in api.server.app[BROKER].groups._groups.values() if g.name == "g"]
+    broker = api.server.app[BROKER]
+    shape = await broker.shape("default", "t")
+    group = broker.groups.group(shape.tenant, shape.incarnation, "g")
+    assert group is not None
     assert set(group.unwritten) == {1, 2}
     release.set()
     assert group.writer is not None
@@ -488,7 +491,7 @@ async def test_a_refused_fetch_does_not_create_the_group(api: Api) -> None:
 async def test_commits_and_leaves_naming_unknown_groups_keep_no_state(api: Api) -> None:
     await api.call("PUT", "/v1/topics/t")
     coordinator = api.server.app[BROKER].groups
-    before = len(coordinator._groups)
+    before = coordinator.groups_in_memory
     for n in range(100):
         offsets = [{"partition": 0, "offset": 0}]
         body = {"member_id": "x", "generation": 0, "offsets": offsets}
@@ -504,7 +507,7 @@ async def test_commits_and_leaves_naming_unknown_groups_keep_no_state(api: Api) 
         assert status == 400 and answer["error"]["code"] == "invalid_seek"
     # Each would otherwise keep a group (a lock and an event) that the session sweeper
     # walks four times a second, for as long as the topic lives.
-    assert len(coordinator._groups) - before < 10, len(coordinator._groups) - before
+    assert coordinator.groups_in_memory - before < 10, coordinator.groups_in_memory - before
 
 
 async def test_booleans_are_not_partitions_or_offsets(api: Api) -> None:

@@ -30,7 +30,7 @@ from partitions.idempotency import (
     encode_tags,
 )
 from partitions.log import AppendResult
-from partitions.worker import PartitionKey
+from partitions.partition_key import PartitionKey
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import ServerProcess
 from tests.tiering_tools import wait_for
@@ -163,7 +163,7 @@ def test_a_finished_entry_is_kept_as_plain_values_the_collector_does_not_track()
         entry.add_placed([(0, (1, 5)), (1, (1, 6))])
         table.settle("t", "inc", "k", entry)
         gc.collect()
-        kept = table._entries[("t", "inc", "k")]
+        kept = table.kept_value("t", "inc", "k")
         assert isinstance(kept, tuple) and not gc.is_tracked(kept)
         again = table.claim("t", "inc", "k", b"a" * 16, 2, now_ms=1000)
         assert again.complete and again.answer() == [(1, 5), (1, 6)]

@@ -29,10 +29,9 @@ from tiered_storage.objects import (
     ObjectStoreError,
     ObjectStoreUnavailableError,
     PutResult,
-    open_object_store,
-    parse_store_url,
 )
 from tiered_storage.s3_store import MIB, S3ObjectStore
+from tiered_storage.store_url import open_object_store, parse_store_url
 
 TIMEOUT_S = 5.0
 # Each call's deadline in the conformance suite: long enough for moto on a busy two-core
@@ -64,8 +63,7 @@ class Backend:
 
 async def _file_backend(tmp_path: Path, _endpoint: str) -> Backend:
     ops = HeldSyncOps()
-    store = FileObjectStore(tmp_path / "objects", timeout_s=CALL_TIMEOUT_S, ops=ops)
-    await store._call("open", ops.make_dirs, store.root / TMP_DIR)
+    store = await FileObjectStore.open(tmp_path / "objects", timeout_s=CALL_TIMEOUT_S, ops=ops)
 
     def resume() -> None:
         ops.held.clear()
@@ -258,7 +256,7 @@ async def test_leftovers_of_interrupted_puts_are_removed(backend: Backend) -> No
         assert await store.remove_incomplete(int(time.time() * 1000) - 3_600_000) == 0
     else:
         assert isinstance(store, S3ObjectStore)
-        await store._client.create_multipart_upload(
+        await store.client.create_multipart_upload(
             Bucket=store.bucket, Key=f"{store.prefix}/left/behind"
         )
     assert await store.remove_incomplete(int(time.time() * 1000) + 60_000) == 1
@@ -385,6 +383,6 @@ async def test_multipart_uploads_are_create_only_and_aborted_on_failure(
         await store.put("mp-failed", source)
     assert any(r.startswith("DELETE /") and "uploadId=" in r for r in proxy.requests)
     proxy.fail_next = []
-    uploads = await store._client.list_multipart_uploads(Bucket=store.bucket)
+    uploads = await store.client.list_multipart_uploads(Bucket=store.bucket)
     assert uploads.get("Uploads", []) == []
     assert [o.key for o in await store.list("")] == ["mp", "mp2"]

@@ -15,7 +15,8 @@ from partitions.batch import NewRecord
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.fileio import FileOps
 from partitions.log import LogConfig, PartitionLog
-from partitions.worker import LocalPartitionWorker, PartitionKey
+from partitions.partition_key import PartitionKey
+from partitions.worker import LocalPartitionWorker
 from tests.conftest import Api
 from tests.logtools import HeldSyncOps
 

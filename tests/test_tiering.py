@@ -22,7 +22,8 @@ from gateway.quotas import Quotas
 from gateway.tiering import TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
 from partitions.log import SegmentInfo
-from partitions.worker import PartitionKey, PartitionWorker
+from partitions.partition_key import PartitionKey
+from partitions.worker import PartitionWorker
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.logtools import FullMetaOnce
 from tests.s3 import bucket_objects, create_bucket

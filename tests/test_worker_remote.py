@@ -23,8 +23,9 @@ from partitions.errors import (
     WorkerUnreachableError,
 )
 from partitions.log import LogConfig
+from partitions.partition_key import PartitionKey
 from partitions.routing import RoutingPartitionWorker, default_owner
-from partitions.worker import LocalPartitionWorker, PartitionKey
+from partitions.worker import LocalPartitionWorker
 from partitions.worker_remote import RemotePartitionWorker, WorkerService
 from tests.servers import ROOT
 

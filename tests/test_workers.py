@@ -24,7 +24,7 @@ from gateway.client import AsyncClient
 from gateway.metrics import merge_metrics
 from gateway.placement import Replaced, WorkerLoad, place
 from partitions.batch import NewRecord
-from partitions.worker import PartitionKey
+from partitions.partition_key import PartitionKey
 from tests.clocks import QUOTA_CLOCK_FILE_ENV, USAGE_CLOCK_FILE_ENV
 from tests.conftest import ADMIN_KEY
 from tests.https import FakeClock

@@ -15,7 +15,8 @@ from partitions.batch import decode_records, read_header
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from tests.conftest import Api, start_api, stop_api
 from tests.s3 import S3FaultProxy, bucket_objects, create_bucket
-from tiered_storage.objects import ObjectStore, open_object_store
+from tiered_storage.objects import ObjectStore
+from tiered_storage.store_url import open_object_store
 
 PREFIX = "eb"
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from partitions.catalog import Catalog, RemoteSegmentRecord, RemoteSegmentState
-from partitions.worker import PartitionKey
+from partitions.partition_key import PartitionKey
 from tiered_storage.layout import parse_segment_key, topic_prefix
 from tiered_storage.objects import ObjectInfo, ObjectStore
 from tiered_storage.state import (

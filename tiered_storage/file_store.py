@@ -50,8 +50,12 @@ class FileObjectStore:
         self._in_flight: set[str] = set()
 
     @classmethod
-    async def open(cls, root: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> FileObjectStore:
-        self = cls(await asyncio.to_thread(root.resolve), timeout_s=timeout_s)
+    async def open(
+        cls, root: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S, ops: FileOps | None = None
+    ) -> FileObjectStore:
+        """The store in ``root``, made ready for puts. ``ops`` are the file calls it makes
+        (tests pass ones that fail or stall on purpose)."""
+        self = cls(await asyncio.to_thread(root.resolve), timeout_s=timeout_s, ops=ops)
         await self._call("open", self._ops.make_dirs, self.root / TMP_DIR)
         return self
 

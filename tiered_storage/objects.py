@@ -1,9 +1,10 @@
-"""The object-store Protocol, its errors, and opening a store from its URL.
+"""The object-store Protocol, its value types, its errors and the rule for keys.
 
 Two backends implement :class:`ObjectStore`: ``file://DIR`` (:mod:`tiered_storage.file_store`,
 the embedded default under the data directory) and ``s3://BUCKET/PREFIX``
 (:mod:`tiered_storage.s3_store`). One conformance suite (``tests/test_object_store.py``)
-runs against both.
+runs against both. Both import this module, and it imports neither: opening a store by
+its URL, which needs both, is :mod:`tiered_storage.store_url`'s.
 
 Rules every store keeps:
 
@@ -126,42 +127,3 @@ def check_key(key: str) -> str:
     if not key or any(not p or p.startswith(".") or "\0" in p for p in parts):
         raise InvalidObjectKeyError(f"not an object key: {key!r}")
     return key
-
-
-def parse_store_url(url: str) -> tuple[str, str, str]:
-    """(scheme, location, prefix): ``file://DIR`` -> ("file", DIR, ""), and
-    ``s3://BUCKET/PREFIX`` -> ("s3", BUCKET, PREFIX)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or not rest:
-        raise InvalidObjectStoreUrlError(
-            f"an object store is file://DIR or s3://BUCKET[/PREFIX], not {url!r}"
-        )
-    if scheme == "file":
-        return "file", rest, ""
-    if scheme == "s3":
-        bucket, _, prefix = rest.partition("/")
-        if not bucket:
-            raise InvalidObjectStoreUrlError(f"no bucket in {url!r}")
-        prefix = prefix.strip("/")
-        if prefix:
-            check_key(prefix)
-        return "s3", bucket, prefix
-    raise InvalidObjectStoreUrlError(
-        f"unknown object store scheme {scheme!r}: use file://DIR or s3://BUCKET[/PREFIX]"
-    )
-
-
-async def open_object_store(
-    url: str, *, s3_endpoint: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
-) -> ObjectStore:
-    """Open the store at ``url``. An S3 store takes its endpoint from ``s3_endpoint``, else
-    from the standard AWS settings (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``), and its
-    credentials and region from the standard chain."""
-    scheme, location, prefix = parse_store_url(url)
-    if scheme == "file":
-        from tiered_storage.file_store import FileObjectStore
-
-        return await FileObjectStore.open(Path(location), timeout_s=timeout_s)
-    from tiered_storage.s3_store import S3ObjectStore
-
-    return await S3ObjectStore.open(location, prefix, endpoint_url=s3_endpoint, timeout_s=timeout_s)

@@ -36,7 +36,8 @@ from typing import Any
 from partitions.catalog import Catalog, RemoteSegmentRecord, RemoteSegmentState
 from partitions.errors import RemoteSegmentNotFoundError, RemoteSegmentStateError
 from partitions.log import LogStats, SegmentInfo
-from partitions.worker import PartitionKey, PartitionWorker
+from partitions.partition_key import PartitionKey
+from partitions.worker import PartitionWorker
 from tiered_storage.objects import ObjectStore, ObjectStoreError
 from tiered_storage.state import RemoteIndex, TieringCounters, delete_remote_segment
 from tiered_storage.uploader import SegmentUploader

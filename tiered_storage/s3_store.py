@@ -117,6 +117,13 @@ class S3ObjectStore:
         self._in_flight_uploads: set[str] = set()
         self.retries = 0
 
+    @property
+    def client(self) -> Any:
+        """The aioboto3 S3 client the store sends its requests with, for calls outside the
+        Protocol: tests use it to leave a multipart upload unfinished, or to list those
+        left. Anything done through it bypasses the store's create-only rule."""
+        return self._client
+
     @classmethod
     async def open(
         cls,

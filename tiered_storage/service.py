@@ -23,10 +23,12 @@ from typing import Any, Protocol
 
 from partitions.catalog import Catalog, RemoteSegmentState
 from partitions.errors import EventBusError
-from partitions.worker import PartitionKey, PartitionWorker
+from partitions.partition_key import PartitionKey
+from partitions.worker import PartitionWorker
 from tiered_storage.cleanup import OrphanCleaner
 from tiered_storage.objects import ObjectStore
-from tiered_storage.reader import ColdReadSettings, RemoteSegmentReader
+from tiered_storage.read_settings import ColdReadSettings
+from tiered_storage.reader import RemoteSegmentReader
 from tiered_storage.retention import TieredRetention
 from tiered_storage.state import RemoteIndex, TieringCounters, TieringSettings
 from tiered_storage.uploader import SegmentUploader, pending_segments

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from partitions.catalog import Catalog, RemoteSegmentRecord, RemoteSegmentState
 from partitions.errors import RemoteSegmentNotFoundError
-from partitions.worker import PartitionKey
+from partitions.partition_key import PartitionKey
 from tiered_storage.layout import segment_keys
 from tiered_storage.objects import ObjectStore
 

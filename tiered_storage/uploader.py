@@ -37,8 +37,9 @@ from partitions.errors import (
     TopicNotFoundError,
 )
 from partitions.log import SegmentInfo
+from partitions.partition_key import PartitionKey
 from partitions.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
-from partitions.worker import PartitionKey, PartitionWorker
+from partitions.worker import PartitionWorker
 from tiered_storage.layout import SUFFIXES, segment_key
 from tiered_storage.objects import ObjectStore, PutResult
 from tiered_storage.state import RemoteIndex, TieringCounters, TieringSettings

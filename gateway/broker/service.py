@@ -49,7 +49,8 @@ from partitions.errors import (
     WorkerLostError,
     WorkerUnreachableError,
 )
-from partitions.groups import GroupCoordinator, TopicShape
+from partitions.group_model import TopicShape
+from partitions.groups import GroupCoordinator
 from partitions.idempotency import (
     ANSWER_TTL_MS,
     AnswerTable,
@@ -59,8 +60,9 @@ from partitions.idempotency import (
 )
 from partitions.idempotency import Entry as IdempotencyEntry
 from partitions.log import BatchRead, ReadResult
+from partitions.partition_key import PartitionKey
 from partitions.waiting import waiting
-from partitions.worker import PartitionKey, PartitionWorker
+from partitions.worker import PartitionWorker
 from tiered_storage.service import TieringService
 
 log = logging.getLogger(__name__)

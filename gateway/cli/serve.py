@@ -20,7 +20,7 @@ from gateway.config import Clocks, ServerConfig
 from gateway.processes.role import WorkerRole
 from gateway.settings import ENV_PREFIX, Flag, flags, say, setting_of
 from partitions.errors import InvalidInputError
-from tiered_storage.objects import parse_store_url
+from tiered_storage.store_url import parse_store_url
 
 # What a worker process runs, with the server's command line: ``main`` of the command
 # line unless a program that wraps the server (a benchmark's profiler, a test's clocks)
