@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoscaler.measure import Clock, monotonic_ms
-from gateway.billing import PricePlan, read_plan_file
-from gateway.quotas import Quotas
 from gateway.settings import setting
+from gateway.tenancy.billing import PricePlan, read_plan_file
+from gateway.tenancy.quotas import Quotas
 
 MIB = 1024 * 1024
 # Metered usage reaches the catalog at least this often: what a SIGKILL may lose.

@@ -29,6 +29,7 @@ from partitions.errors import (
     PartitionClosedError,
     PartitionUnavailableError,
 )
+from partitions.fileio import FileOps
 from partitions.log import (
     AppendResult,
     BatchRead,
@@ -159,12 +160,15 @@ class LocalPartitionWorker:
         *,
         on_roll: Callable[[PartitionKey], None] | None = None,
         remote: RemoteLogReader | None = None,
+        ops: FileOps | None = None,
     ) -> None:
         """``on_roll`` hears of every segment that stops taking appends (tiered storage
-        uploads it); ``remote`` reads offsets whose data is only in object storage."""
+        uploads it); ``remote`` reads offsets whose data is only in object storage; the
+        logs do their file calls through ``ops`` (tests pass one that fails or holds)."""
         self.root = data_dir / "topics"
         self.on_roll = on_roll
         self.remote = remote
+        self._ops = ops
         self._logs: dict[PartitionKey, PartitionLog] = {}
         self._opening: dict[PartitionKey, asyncio.Future[PartitionLog]] = {}
         # Frozen partitions (see freeze), each with the event that releases its appends.
@@ -207,7 +211,7 @@ class LocalPartitionWorker:
         self._opening[key] = future
         try:
             log = await PartitionLog.open(
-                self.directory(key), config, on_roll=lambda: self._rolled(key)
+                self.directory(key), config, on_roll=lambda: self._rolled(key), ops=self._ops
             )
         except BaseException as exc:
             future.set_exception(exc)

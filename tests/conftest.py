@@ -14,8 +14,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from gateway.app import create_app
 from gateway.config import ServerConfig
+from gateway.wiring.app import create_app
 from tests.s3 import moto_server
 from tests.servers import WORKERS, read_credentials, split_clocks, start_process
 

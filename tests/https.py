@@ -10,8 +10,8 @@ import aiohttp
 import trustme
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
 from gateway.config import ServerConfig
+from gateway.wiring.app import create_app
 from gateway.wiring.serve import tls_context
 from tests.clocks import FileClock
 from tests.conftest import ADMIN_KEY, Api

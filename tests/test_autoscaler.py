@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
-from gateway.autoscaling import AUTOSCALER
 from gateway.broker.service import key_hash
 from gateway.config import Clocks, ServerConfig
+from gateway.wiring.app import create_app
+from gateway.wiring.state import AUTOSCALER
 from tests.conftest import ADMIN_KEY, Api, metric_values
 from tests.servers import read_credentials
 

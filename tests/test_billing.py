@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.billing import (
+from gateway.tenancy.billing import (
     InvalidPlanError,
     PricePlan,
     bill_json,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.fairness import FairScheduler, RequestQueueFullError
+from gateway.tenancy.fairness import FairScheduler, RequestQueueFullError
 from partitions.waiting import waiting
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.broker.service import key_hash
-from gateway.keys import BROKER
+from gateway.http.keys import BROKER
 from partitions.batch import NewRecord
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.errors import PartitionUnavailableError
@@ -24,23 +24,23 @@ MID = 1 << 63
 @pytest.mark.single_process("counts the broker's locks inside the server process")
 async def test_lookups_of_missing_topics_leak_a_lock_each(api: Api) -> None:
     broker = api.server.app[BROKER]
-    before = len(broker._topic_locks)
+    before = broker.views.lock_count
     for n in range(500):
         status, _ = await api.call("GET", f"/v1/topics/no-such-topic-{n}")
         assert status == 404
-    assert len(broker._topic_locks) - before < 10, len(broker._topic_locks) - before
+    assert broker.views.lock_count - before < 10, broker.views.lock_count - before
 
 
 @pytest.mark.single_process("counts the broker's locks inside the server process")
 async def test_deletes_splits_and_merges_of_missing_topics_keep_no_lock(api: Api) -> None:
     broker = api.server.app[BROKER]
-    before = len(broker._topic_locks)
+    before = broker.views.lock_count
     for n in range(100):
         assert (await api.call("DELETE", f"/v1/topics/gone-d{n}"))[0] == 404
         assert (await api.call("POST", f"/v1/topics/gone-s{n}/partitions/0/split"))[0] == 404
         merge = {"partitions": [1, 2]}
         assert (await api.call("POST", f"/v1/topics/gone-m{n}/merge", json=merge))[0] == 404
-    assert len(broker._topic_locks) - before < 10, len(broker._topic_locks) - before
+    assert broker.views.lock_count - before < 10, broker.views.lock_count - before
 
 
 async def test_long_poll_above_the_high_watermark_is_416_at_once(api: Api) -> None:
@@ -87,7 +87,7 @@ async def test_patch_racing_delete_and_recreate(api: Api) -> None:
     await patch  # answers the view of the deleted incarnation (the handler's describe -> 404)
     stored = await broker.catalog.get_topic("default", "t")
     assert stored.config["retention_ms"] == 1000  # the change is committed ...
-    live = broker._views[("default", "t")]  # ... but the live view never sees it
+    live = broker.views.get("default", "t")  # ... but the live view never sees it
     assert live.record.config["retention_ms"] == 1000, live.record.config["retention_ms"]
 
 
@@ -111,7 +111,7 @@ async def test_sealed_retry_duplicates_the_batches_that_succeeded(api: Api) -> N
     broker = api.server.app[BROKER]
     await api.call("PUT", "/v1/topics/t")
     assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200
-    view = broker._views[("default", "t")]
+    view = broker.views.get("default", "t")
     # Partition 2 is sealed in the catalog and its log, but this process's view still routes
     # to it (the case produce's retry exists for: 'sealed by hand, before a restart').
     await broker.catalog.split_partition("default", "t", 2, at=MID + (MID >> 1), end_offset=0)
@@ -220,20 +220,20 @@ async def test_one_failing_partition_does_not_stop_retention_of_other_topics(
 
     async def details(key: object) -> object:
         seen.append(key)
-        if key == broker._views[("default", "a")].key(0):
+        if key == broker.views.get("default", "a").key(0):
             raise PartitionUnavailableError("recovering")
         return await real(key)  # type: ignore[arg-type]
 
     monkeypatch.setattr(broker.worker, "segment_details", details)
     await broker.apply_retention()  # logs topic a's failure and goes on
-    assert broker._views[("default", "b")].key(0) in seen, "topic b was never considered"
+    assert broker.views.get("default", "b").key(0) in seen, "topic b was never considered"
 
 
 @pytest.mark.single_process("races the broker's own calls inside the server process")
 async def test_sealed_retry_deadlocks_with_a_split(api: Api) -> None:
     broker = api.server.app[BROKER]
     await api.call("PUT", "/v1/topics/t")
-    view = broker._views[("default", "t")]
+    view = broker.views.get("default", "t")
     await broker.worker.seal(view.key(0))  # the log is sealed, the view still routes to it
     produce = asyncio.ensure_future(
         broker.produce("default", "t", [NewRecord(value=b"v", key=b"k")])

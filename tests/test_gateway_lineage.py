@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.broker.service import key_hash
-from gateway.keys import BROKER
+from gateway.http.keys import BROKER
 from tests.conftest import Api, start_api, stop_api
 
 MID = 1 << 63

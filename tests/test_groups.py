@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.app import CATALOG
-from gateway.keys import BROKER
+from gateway.http.keys import BROKER
+from gateway.wiring.state import CATALOG
 from partitions import group_commits
 from partitions.errors import PartitionUnavailableError
 from partitions.log import ReadResult

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.broker.service import key_hash
-from gateway.keys import BROKER
+from gateway.http.keys import BROKER
 from partitions.errors import PartitionUnavailableError
 from partitions.idempotency import (
     ANSWER_TTL_MS,

@@ -1,4 +1,4 @@
-"""The malloc settings each server process makes (gateway/memory.py)."""
+"""The malloc settings each server process makes (gateway/processes/memory.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import platform
 import pytest
 from aiohttp import web
 
+from gateway.health import Health
+from gateway.http.keys import HEALTH
 from gateway.processes import memory
+from gateway.wiring import loops
 
 
 @pytest.mark.skipif(
@@ -20,12 +23,14 @@ def test_glibc_takes_the_arena_limit_and_trims() -> None:
 
 
 async def test_the_trim_loop_trims_until_the_app_stops(monkeypatch: pytest.MonkeyPatch) -> None:
-    if memory._LIBC is None:
+    if not memory.can_trim():
         pytest.skip("no glibc: the loop does not run")
     calls: list[None] = []
     monkeypatch.setattr(memory, "TRIM_INTERVAL_S", 0.01)
     monkeypatch.setattr(memory, "trim", lambda: calls.append(None) or True)
-    context = memory.trim_ctx(web.Application())
+    app = web.Application()
+    app[HEALTH] = Health()
+    context = loops.trim_ctx(app)
     await anext(context)
     await asyncio.sleep(0.2)
     assert len(calls) >= 3
@@ -34,3 +39,4 @@ async def test_the_trim_loop_trims_until_the_app_stops(monkeypatch: pytest.Monke
     seen = len(calls)
     await asyncio.sleep(0.05)
     assert len(calls) == seen  # stopped with the app
+    assert app[HEALTH].dead == []  # stopped, not dead

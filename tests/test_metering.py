@@ -22,24 +22,18 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.broker.service import Broker
 from gateway.client import wire
-from gateway.metering import (
-    EXPORTED_SETTING,
-    METERING,
-    BrokerFootprint,
-    Meter,
-    Metering,
-    UsageExporter,
-    export_key,
-    hour_of,
-    hour_text,
-)
-from gateway.tiering import OBJECT_STORE, OBJECTS_DIR
+from gateway.http.keys import METERING
+from gateway.tenancy.metering import Meter, hour_of, hour_text
+from gateway.tenancy.usage_export import EXPORTED_SETTING, Metering, UsageExporter, export_key
+from gateway.wiring.metering import BrokerFootprint
+from gateway.wiring.state import OBJECT_STORE
+from gateway.wiring.storage import OBJECTS_DIR
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog import HOUR_MS, UsageCounters, UsageRecord
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.worker import LocalPartitionWorker
+from tests.brokers import local_broker
 from tests.clocks import FileClock
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import WORKERS
@@ -507,7 +501,7 @@ async def test_the_bill_of_the_worked_example_through_the_api(api: Api) -> None:
 async def test_plans_change_the_price_and_the_defaults_apply_without_one(
     tmp_path: Path, clock: Clock
 ) -> None:
-    from gateway.billing import PricePlan
+    from gateway.tenancy.billing import PricePlan
 
     served = await open_api(
         tmp_path / "data", clock, default_plan=PricePlan.from_json({"usd_per_gb_in": "1"})
@@ -756,9 +750,9 @@ async def flaky(tmp_path: Path) -> AsyncIterator[tuple[FlakyCatalog, Meter]]:
     catalog = await FlakyCatalog.open(tmp_path / "catalog.sqlite3")
     catalog.writing = asyncio.Event()
     worker = LocalPartitionWorker(tmp_path / "data")
-    meter = Meter(catalog, BrokerFootprint(Broker(catalog, worker), catalog), clock_ms=lambda: T0)
-    yield catalog, meter
-    await worker.close()
+    async with local_broker(catalog, worker, tmp_path) as broker:
+        meter = Meter(catalog, BrokerFootprint(broker, catalog), clock_ms=lambda: T0)
+        yield catalog, meter
     await catalog.close()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.metering import hour_of, hour_text
+from gateway.tenancy.metering import hour_of, hour_text
 from partitions.catalog import HOUR_MS, UsageCounters
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from tests.servers import ServerProcess

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.quotas import (
+from gateway.tenancy.quotas import (
     InvalidQuotasError,
     QuotaBook,
     QuotaExceededError,
     Quotas,
     StorageQuotaExceededError,
+    TenantQuotas,
     TokenBucket,
     apply_quota_changes,
     parse_quota_changes,
@@ -104,7 +105,9 @@ async def test_defaults_and_overrides(catalog: SqliteCatalog) -> None:
 
     defaults = Quotas(requests_per_s=100, max_topics=10)
     book = QuotaBook(
-        catalog, defaults, max_request_bytes=1 << 20, stored_bytes=stored_bytes, clock=clock
+        TenantQuotas(catalog, defaults, clock=clock),
+        max_request_bytes=1 << 20,
+        stored_bytes=stored_bytes,
     )
     assert await book.quotas("globex") == defaults
     assert await book.quotas("acme") == Quotas(
@@ -146,12 +149,10 @@ async def test_storage_is_measured_and_grows_with_each_produce(catalog: SqliteCa
         return stored[tenant]
 
     book = QuotaBook(
-        catalog,
-        Quotas(),
+        TenantQuotas(catalog, Quotas(), clock=clock),
         max_request_bytes=1 << 20,
         stored_bytes=stored_bytes,
         storage_retry_s=30,
-        clock=clock,
     )
     await book.check_storage("acme")
     book.note_stored("acme", 99)
@@ -176,7 +177,9 @@ async def test_produce_tokens_are_given_back_when_the_write_fails(catalog: Sqlit
     async def nothing(tenant: str) -> int:
         return 0
 
-    book = QuotaBook(catalog, Quotas(), max_request_bytes=500, stored_bytes=nothing, clock=clock)
+    book = QuotaBook(
+        TenantQuotas(catalog, Quotas(), clock=clock), max_request_bytes=500, stored_bytes=nothing
+    )
     # The bucket holds the largest request (500), more than one second of rate.
     await book.admit_produce("globex", 500)
     with pytest.raises(QuotaExceededError) as refused:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.records import (
+from gateway.http.record_json import (
     ConflictingFieldsError,
     InvalidRecordError,
     _parse_record_checked,

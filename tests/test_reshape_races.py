@@ -13,24 +13,10 @@ import pytest
 from gateway.broker.service import Broker
 from partitions.batch import NewRecord
 from partitions.catalog_sqlite import SqliteCatalog
-from partitions.fileio import FileOps
-from partitions.log import LogConfig, PartitionLog
-from partitions.partition_key import PartitionKey
 from partitions.worker import LocalPartitionWorker
+from tests.brokers import local_broker
 from tests.conftest import Api
 from tests.logtools import HeldSyncOps
-
-
-class HeldWorker(LocalPartitionWorker):
-    """The local worker, with its logs writing through ``ops``."""
-
-    def __init__(self, data_dir: Path, ops: FileOps) -> None:
-        super().__init__(data_dir)
-        self.ops = ops
-
-    async def open_partition(self, key: PartitionKey, config: LogConfig) -> None:
-        if key not in self._logs:
-            self._logs[key] = await PartitionLog.open(self.directory(key), config, ops=self.ops)
 
 
 @pytest.fixture
@@ -38,11 +24,14 @@ async def held(tmp_path: Path) -> AsyncIterator[tuple[Broker, HeldSyncOps]]:
     catalog = await SqliteCatalog.open(tmp_path / "catalog.sqlite3")
     await catalog.create_tenant("acme")
     ops = HeldSyncOps()
-    worker = HeldWorker(tmp_path, ops)
-    yield Broker(catalog, worker), ops
-    ops.release.set()
-    await worker.close()
-    await catalog.close()
+    # The local worker, with its logs writing through ops.
+    worker = LocalPartitionWorker(tmp_path, ops=ops)
+    try:
+        async with local_broker(catalog, worker, tmp_path) as broker:
+            yield broker, ops
+            ops.release.set()
+    finally:
+        await catalog.close()
 
 
 async def test_a_split_waits_for_an_append_running_on_an_older_view(
@@ -57,7 +46,7 @@ async def test_a_split_waits_for_an_append_running_on_an_older_view(
     await asyncio.to_thread(ops.entered.wait, 10)  # the append is in flight
     # The view is reloaded from the catalog (as a produce that met a partition sealed by
     # another process does) while that append still runs on the old one.
-    await broker._load_view("acme", "t")
+    await broker.views.load("acme", "t")
     splitting = asyncio.ensure_future(broker.split("acme", "t", 0, None))
     await asyncio.sleep(0.1)
     assert not splitting.done(), "the split must wait for the append in flight"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.billing import PricePlan
 from gateway.cli.main import build_parser
 from gateway.cli.serve import build_config
 from gateway.config import ServerConfig
-from gateway.quotas import Quotas
 from gateway.settings import describe, flags, say
+from gateway.tenancy.billing import PricePlan
+from gateway.tenancy.quotas import Quotas
 from tests.servers import ROOT, ServerProcess
 
 # The flags the test itself gives the server it starts.

@@ -22,7 +22,7 @@ from yarl import URL
 
 from gateway.broker.service import key_hash
 from gateway.client import wire
-from gateway.keys import BROKER
+from gateway.http.keys import BROKER
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.errors import PartitionUnavailableError
 from partitions.log import AppendResult

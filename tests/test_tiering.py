@@ -16,10 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.app import CATALOG
-from gateway.keys import BROKER
-from gateway.quotas import Quotas
-from gateway.tiering import TIERING
+from gateway.http.keys import BROKER
+from gateway.tenancy.quotas import Quotas
+from gateway.wiring.state import CATALOG, TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
 from partitions.log import SegmentInfo
 from partitions.partition_key import PartitionKey
@@ -399,7 +398,7 @@ async def test_a_log_start_that_failed_to_persist_is_persisted_by_the_next_pass(
     try:
         broker = api.server.app[BROKER]
         await _uploaded_topic(api, 40)
-        view = broker._views[("default", "t")]
+        view = broker.views.get("default", "t")
         log = broker.worker.log(view.key(0))  # type: ignore[attr-defined]
         remote = data / "objects" / "default" / view.record.incarnation / "0"
         uploaded_logs = sorted(p.name for p in remote.glob("*.log"))
@@ -446,7 +445,7 @@ async def test_a_remote_row_another_process_is_deleting_does_not_stop_the_pass(
         broker = api.server.app[BROKER]
         catalog = api.server.app[CATALOG]
         await _uploaded_topic(api, 40)
-        inc = broker._views[("default", "t")].record.incarnation
+        inc = broker.views.get("default", "t").record.incarnation
         rows = await catalog.list_remote_segments("default", inc, 0)
         assert len(rows) >= 8
         await broker.apply_retention()  # the remote index now holds the rows

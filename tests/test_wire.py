@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import wire as server_wire
 from gateway.client import wire
-from gateway.records import MAX_PRODUCE_RECORDS, TooManyRecordsError
+from gateway.http import bodies as server_wire
+from gateway.http.record_json import MAX_PRODUCE_RECORDS, TooManyRecordsError
 from partitions.batch import NewRecord, Record, encode_batch
 from tests.conftest import Api, start_api, stop_api
 

@@ -21,8 +21,8 @@ import pytest
 from autoscaler.measure import Geometry, LoadMeters, MeterOutbox
 from gateway.broker.service import key_hash
 from gateway.client import AsyncClient
-from gateway.metrics import merge_metrics
-from gateway.placement import Replaced, WorkerLoad, place
+from gateway.http.metrics import merge_metrics
+from gateway.processes.placement import Replaced, WorkerLoad, place
 from partitions.batch import NewRecord
 from partitions.partition_key import PartitionKey
 from tests.clocks import QUOTA_CLOCK_FILE_ENV, USAGE_CLOCK_FILE_ENV
@@ -341,7 +341,7 @@ ROUTE_RECORDS = "/v1/topics/{topic}/records"
 
 
 def _hour_text(ms: int) -> str:
-    from gateway.metering import hour_text
+    from gateway.tenancy.metering import hour_text
 
     return hour_text(ms)
 

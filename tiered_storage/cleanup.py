@@ -48,6 +48,8 @@ class OrphanCleaner:
         settings: TieringSettings,
         counters: TieringCounters,
         clock_ms: Callable[[], int],
+        *,
+        will_retry: Callable[[PartitionKey, int], Awaitable[bool]] | None = None,
     ) -> None:
         self._catalog = catalog
         self._store = store
@@ -60,7 +62,9 @@ class OrphanCleaner:
         self._abandoned_since: dict[_Ident, int] = {}
         # Whether an upload of the segment runs or will be tried again (by this process's
         # uploader; several worker processes ask the partition's owner).
-        self.will_retry: Callable[[PartitionKey, int], Awaitable[bool]] = self._will_retry
+        self.will_retry: Callable[[PartitionKey, int], Awaitable[bool]] = (
+            will_retry or self._will_retry
+        )
 
     async def _will_retry(self, key: PartitionKey, base_offset: int) -> bool:
         return self._uploader.will_retry(key, base_offset)

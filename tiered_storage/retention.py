@@ -148,6 +148,8 @@ class TieredRetention:
         uploader: SegmentUploader,
         counters: TieringCounters,
         clock_ms: Callable[[], int],
+        *,
+        everywhere: PartitionWorker | None = None,
     ) -> None:
         self._catalog = catalog
         self._worker = worker
@@ -158,7 +160,7 @@ class TieredRetention:
         self._clock_ms = clock_ms
         # Where the partitions of a topic are read from: the local worker, or (several
         # worker processes) every process's, when this one owns only some of them.
-        self.reader: PartitionWorker = worker
+        self.reader: PartitionWorker = everywhere or worker
 
     async def retain_topic(
         self,

@@ -54,7 +54,7 @@ class PartitionTiering:
 
 class TieringService(Protocol):
     """What the broker asks of tiered storage (the service itself, or its view over the
-    worker processes of a server: ``gateway/cluster.py``)."""
+    worker processes of a server: ``gateway/processes/tiering.py``)."""
 
     @property
     def failed(self) -> BaseException | None:
@@ -79,6 +79,39 @@ class TieringService(Protocol):
     async def partition_status(self, key: PartitionKey) -> PartitionTiering: ...
 
 
+class ColdPath:
+    """What the local partition worker gets from tiered storage when it is made, before the
+    service itself (which needs the worker): the reads of offsets only the object store
+    holds, and the uploader's wake-up when a segment rolls."""
+
+    def __init__(
+        self, catalog: Catalog, store: ObjectStore, read_settings: ColdReadSettings | None = None
+    ) -> None:
+        self.index = RemoteIndex(catalog)
+        self.reader = RemoteSegmentReader(
+            store, self.index.finished, self.index.reload, read_settings
+        )
+        self.rolled = asyncio.Event()
+
+    def notify_roll(self, key: PartitionKey) -> None:
+        """A segment of ``key`` stopped taking appends: the uploader looks soon."""
+        self.rolled.set()
+
+
+class OtherUploaders(Protocol):
+    """The other processes' uploaders, when several share the store (worker processes)."""
+
+    @property
+    def everywhere(self) -> PartitionWorker:
+        """Every process's partitions: a topic's size is worked out over all of them."""
+        ...
+
+    async def will_retry(self, key: PartitionKey, base_offset: int) -> bool | None:
+        """Whether the partition's owner still tries to upload that segment (None: this
+        process owns the partition)."""
+        ...
+
+
 class TieredStorage:
     def __init__(
         self,
@@ -87,29 +120,61 @@ class TieredStorage:
         store: ObjectStore,
         settings: TieringSettings | None = None,
         *,
+        cold: ColdPath | None = None,
         read_settings: ColdReadSettings | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        others: OtherUploaders | None = None,
     ) -> None:
         self.settings = settings or TieringSettings()
         self.store = store
         self.counters = TieringCounters()
-        self.index = RemoteIndex(catalog)
-        self.reader = RemoteSegmentReader(
-            store, self.index.finished, self.index.reload, read_settings
-        )
+        cold = cold or ColdPath(catalog, store, read_settings)
+        self.index = cold.index
+        self.reader = cold.reader
         self._worker = worker
+        self._others = others
         self.uploader = SegmentUploader(
-            catalog, worker, store, self.index, self.settings, self.counters, clock_ms
+            catalog,
+            worker,
+            store,
+            self.index,
+            self.settings,
+            self.counters,
+            clock_ms,
+            wake=cold.rolled,
         )
         self.retention = TieredRetention(
-            catalog, worker, store, self.index, self.uploader, self.counters, clock_ms
+            catalog,
+            worker,
+            store,
+            self.index,
+            self.uploader,
+            self.counters,
+            clock_ms,
+            everywhere=worker if others is None else others.everywhere,
         )
         self.cleaner = OrphanCleaner(
-            catalog, store, self.index, self.uploader, self.settings, self.counters, clock_ms
+            catalog,
+            store,
+            self.index,
+            self.uploader,
+            self.settings,
+            self.counters,
+            clock_ms,
+            will_retry=self._will_retry,
         )
         self._tasks: list[asyncio.Task[None]] = []
         # Set when a background loop died: the service no longer uploads or cleans.
         self.failed: BaseException | None = None
+
+    async def _will_retry(self, key: PartitionKey, base_offset: int) -> bool:
+        """Whether an upload of the segment runs or will be tried again: by this process's
+        uploader, or (several processes) by the partition's owner's."""
+        if self._others is not None:
+            theirs = await self._others.will_retry(key, base_offset)
+            if theirs is not None:
+                return theirs
+        return self.uploader.will_retry(key, base_offset)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -157,9 +222,6 @@ class TieredStorage:
                 log.exception("object store cleanup failed; trying again later")
 
     # --- what the broker calls ---------------------------------------------------------------
-
-    def notify_roll(self, key: PartitionKey) -> None:
-        self.uploader.wake(key)
 
     def check_backpressure(self) -> None:
         """Raise :class:`~partitions.errors.StorageBackpressureError` while the upload

@@ -72,6 +72,8 @@ class SegmentUploader:
         settings: TieringSettings,
         counters: TieringCounters,
         clock_ms: Callable[[], int],
+        *,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self._catalog = catalog
         self._worker = worker
@@ -80,7 +82,8 @@ class SegmentUploader:
         self._settings = settings
         self._counters = counters
         self._clock_ms = clock_ms
-        self._wake = asyncio.Event()
+        # Set when a segment rolls (the partition worker says so) or anything else changed.
+        self._wake = wake or asyncio.Event()
         self._tasks: dict[SegmentId, asyncio.Task[None]] = {}
         self._backoff: dict[SegmentId, _Backoff] = {}
         self._pending: dict[PartitionKey, list[SegmentInfo]] = {}

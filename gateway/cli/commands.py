@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gateway.auth import CREDENTIALS_FILE
 from gateway.client import Client
+from gateway.tenancy.auth import CREDENTIALS_FILE
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 

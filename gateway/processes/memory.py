@@ -23,15 +23,11 @@ for about 60 ms, which at 1,000 records/s was the whole end-to-end p99.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import gc
 import logging
 import sys
-from collections.abc import AsyncIterator
-
-from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +72,14 @@ def trim() -> bool:
     return _LIBC is not None and bool(_LIBC.malloc_trim(0))
 
 
-async def trim_ctx(app: web.Application) -> AsyncIterator[None]:
-    """A ``cleanup_ctx`` entry: :func:`trim` every :data:`TRIM_INTERVAL_S` (glibc only)."""
-    if _LIBC is None:
-        yield
-        return
+def can_trim() -> bool:
+    """Whether :func:`trim` does anything here (glibc)."""
+    return _LIBC is not None
 
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(TRIM_INTERVAL_S)
-            # A trim of a large heap takes milliseconds: not on the event loop.
-            await asyncio.to_thread(trim)
 
-    task = asyncio.get_running_loop().create_task(loop(), name="malloc-trim")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def trim_forever() -> None:
+    """:func:`trim` every :data:`TRIM_INTERVAL_S` (a loop)."""
+    while True:
+        await asyncio.sleep(TRIM_INTERVAL_S)
+        # A trim of a large heap takes milliseconds: not on the event loop.
+        await asyncio.to_thread(trim)

@@ -39,7 +39,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.auth import bootstrap
 from gateway.config import ServerConfig
 from gateway.processes.role import (
     CLOSE,
@@ -56,6 +55,7 @@ from gateway.processes.role import (
 from gateway.processes.spawner import DATAGRAM, WorkerMain, start_spawner
 from gateway.processes.worker import reserve_port
 from gateway.settings import describe
+from gateway.tenancy.auth import bootstrap
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 
 log = logging.getLogger("eventbus.supervisor")

@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app import create_app
 from gateway.config import Clocks, ServerConfig
+from gateway.http.keys import HEALTH
 from gateway.processes import memory
 from gateway.processes.role import READY, WorkerRole
 from gateway.processes.worker import (
@@ -25,6 +25,7 @@ from gateway.processes.worker import (
     worker_lock,
 )
 from gateway.settings import describe
+from gateway.wiring.app import create_app
 
 log = logging.getLogger("eventbus.server")
 
@@ -89,6 +90,8 @@ async def serve_worker(config: ServerConfig, role: WorkerRole, clocks: Clocks) -
     control = WorkerControl(role)
     control.start()
     app = create_app(config, clocks=clocks, role=role, control=control)
+    if control.reader is not None:
+        app[HEALTH].watch(control.reader)
     # Last, so that it closes first: every worker keeps serving the others until all have
     # finished their own requests.
     app.cleanup_ctx.append(drain_barrier(control))

@@ -1,0 +1,237 @@
+"""Body formats of the HTTP API: media types, the binary batch framing and compression.
+
+``docs/wire-format.md`` is the specification; this module is its server and client side.
+
+Produce bodies come as JSON (``{"records": [...]}``), as NDJSON (one record object per line)
+or as binary batches (``application/vnd.eventbus.batch``: batches of
+:mod:`partitions.batch` back to back, base offsets 0, producer tags empty). Reads and group
+fetches answer JSON or, when ``Accept`` asks for it, the binary framing: a sequence of chunks,
+each ``partition u32 | from_offset u64 | length u32`` and then ``length`` bytes of whole stored
+batches. A batch may start below ``from_offset`` (batches are never cut); a reader skips the
+records below it. Bodies may be compressed with gzip or zstd (``Content-Encoding`` on produce,
+``Accept-Encoding`` on reads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import orjson
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+
+from gateway.client.wire import BATCH, CHUNK_HEADER, JSON, NDJSON, compress
+from gateway.http.record_json import InvalidRecordError, check_count, check_timestamp
+from partitions.batch import (
+    BATCH_HEADER,
+    BatchBytes,
+    NewRecord,
+    iter_records,
+    read_header,
+    validate_batch,
+)
+from partitions.errors import EventBusError, InvalidBatchError, InvalidInputError
+from partitions.group_model import RawChunk
+
+# ``curl -d`` sends form encoding, some tools text/plain and HTTP libraries octet-stream for
+# bytes they know nothing of; such bodies are read as JSON.
+JSON_ALIASES = frozenset(
+    {"", JSON, "application/x-www-form-urlencoded", "text/plain", "application/octet-stream"}
+)
+NDJSON_ALIASES = frozenset({NDJSON, "application/jsonl", "application/x-jsonlines"})
+# aiohttp decodes these request encodings before the handler reads the body.
+REQUEST_ENCODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate", "zstd"})
+RESPONSE_ENCODINGS = ("zstd", "gzip")
+# Smaller bodies are sent as they are: compressing them saves nothing worth the time.
+MIN_COMPRESS_BYTES = 1024
+# Larger bodies are compressed off the event loop.
+COMPRESS_INLINE_BYTES = 64 * 1024
+
+
+class UnsupportedMediaTypeError(EventBusError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class NotAcceptableError(EventBusError):
+    code = "not_acceptable"
+    status = 406
+
+
+class UnsupportedEncodingError(EventBusError):
+    code = "unsupported_content_encoding"
+    status = 415
+
+
+class BadEncodingError(InvalidInputError):
+    code = "invalid_content_encoding"
+
+
+class InvalidBatchBodyError(InvalidInputError):
+    code = "invalid_batch"
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, decompressed; a body that does not decode is a 400."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in REQUEST_ENCODINGS:
+        raise UnsupportedEncodingError(
+            f"Content-Encoding {encoding!r} is not supported; send gzip, zstd or none"
+        )
+    try:
+        return await request.read()
+    except RequestPayloadError as exc:
+        # What aiohttp raises when the body does not decompress (it then closes the
+        # connection after the answer, and logs that it could not drain the body).
+        raise BadEncodingError(f"the body does not decode as Content-Encoding {encoding}") from exc
+
+
+def produce_media_type(request: web.Request) -> str:
+    """Which of JSON, NDJSON and BATCH the produce body is; 415 for anything else."""
+    media = request.content_type.lower() if request.headers.get("Content-Type") else ""
+    if media == BATCH:
+        return BATCH
+    if media in NDJSON_ALIASES:
+        return NDJSON
+    if media in JSON_ALIASES:
+        return JSON
+    raise UnsupportedMediaTypeError(
+        f"cannot produce from {media!r}; send {JSON}, {NDJSON} or {BATCH}"
+    )
+
+
+def parse_batches(raw: bytes, *, now_ms: int) -> list[NewRecord]:
+    """The records of the binary batches in ``raw``, in order.
+
+    Every batch is checked (version, lengths, CRC) and must have an empty producer tag: the
+    server writes the tag, from the ``Idempotency-Key`` header.
+    """
+    if not raw:
+        raise InvalidBatchBodyError("the body holds no batch")
+    out: list[NewRecord] = []
+    view = memoryview(raw)
+    pos = 0
+    number = 0
+    while pos < len(raw):
+        header = read_header(raw, pos) if len(raw) - pos >= BATCH_HEADER.size else None
+        if header is None or pos + header.total_size > len(raw):
+            raise InvalidBatchBodyError(f"batch {number} is cut short")
+        try:
+            validate_batch(view[pos : pos + header.total_size])
+            if header.producer_tag_length:
+                raise InvalidBatchBodyError(
+                    f"batch {number} has a producer tag; send the Idempotency-Key header instead"
+                )
+            # The header has the count: refuse before decoding a batch too many records.
+            check_count(len(out) + header.record_count)
+            for record in iter_records(view, pos):
+                index = len(out)
+                if record.timestamp_ms < 0:
+                    raise InvalidRecordError(
+                        f"record {index} has a negative timestamp", index=index
+                    )
+                check_timestamp(record.timestamp_ms, index, now_ms=now_ms)
+                out.append(
+                    NewRecord(
+                        record.value,
+                        record.key,
+                        record.headers,
+                        record.timestamp_ms,
+                        record.key_is_text,
+                        record.value_is_text,
+                    )
+                )
+        except InvalidBatchError as exc:
+            raise InvalidBatchBodyError(f"batch {number}: {exc}") from exc
+        check_count(len(out))
+        pos += header.total_size
+        number += 1
+    return out
+
+
+# --- binary read answers ---------------------------------------------------------------------
+
+
+def encode_chunks(chunks: list[RawChunk]) -> bytes:
+    parts: list[BatchBytes] = []
+    for chunk in chunks:
+        parts.append(CHUNK_HEADER.pack(chunk.partition, chunk.from_offset, len(chunk.data)))
+        parts.append(chunk.data)
+    return b"".join(parts)
+
+
+def wants_batches(request: web.Request) -> bool:
+    """Whether ``Accept`` asks for the binary framing (it wins over JSON only when named)."""
+    accept = request.headers.get("Accept", "")
+    if not accept:
+        return False
+    ranges = [_media_range(part) for part in accept.split(",") if part.strip()]
+    quality = {media: q for media, q in ranges}
+    if quality.get(BATCH, 0.0) > 0 and quality.get(BATCH, 0.0) >= quality.get(JSON, 0.0):
+        return True
+    if any(q > 0 and media in (JSON, "application/*", "*/*") for media, q in ranges):
+        return False
+    raise NotAcceptableError(f"answers are {JSON} or {BATCH}; Accept names neither")
+
+
+def _media_range(part: str) -> tuple[str, float]:
+    media, _, params = part.strip().partition(";")
+    q = 1.0
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.strip() == "q":
+            try:
+                q = float(value)
+            except ValueError:
+                q = 0.0
+    return media.strip().lower(), q
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+def choose_encoding(accept_encoding: str) -> str | None:
+    """The response encoding for an ``Accept-Encoding`` value: zstd, then gzip, else none."""
+    offered: dict[str, float] = {}
+    for part in accept_encoding.split(","):
+        if part.strip():
+            name, q = _media_range(part)
+            offered[name] = q
+    for name in RESPONSE_ENCODINGS:
+        q = offered[name] if name in offered else offered.get("*", 0.0)
+        if q > 0:
+            return name
+    return None
+
+
+async def answer(
+    request: web.Request,
+    body: bytes,
+    content_type: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    status: int = 200,
+) -> web.Response:
+    """A response whose body is compressed when the client accepts it and it is worth it."""
+    out_headers = dict(headers or {})
+    out_headers["Content-Type"] = content_type
+    out_headers["Vary"] = "Accept, Accept-Encoding"
+    encoding = None
+    if len(body) >= MIN_COMPRESS_BYTES:  # a small answer is sent as it is, whatever accepted
+        encoding = choose_encoding(request.headers.get("Accept-Encoding", ""))
+    if encoding is not None:
+        if len(body) >= COMPRESS_INLINE_BYTES:
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(None, compress, body, encoding)
+        else:
+            body = compress(body, encoding)
+        out_headers["Content-Encoding"] = encoding
+    return web.Response(status=status, body=body, headers=out_headers)
+
+
+async def json_answer(request: web.Request, value: object, *, status: int = 200) -> web.Response:
+    return await answer(request, orjson.dumps(value), JSON, status=status)

@@ -1,0 +1,93 @@
+"""What a tenant request pays and counts, called by the handlers as they serve it: the
+produce quota and storage quota before records are written (and refunds after), the
+consume quota after a read, and metering of the records in and out.
+
+Only tenants' requests are charged: with the admin key or on a public route these do
+nothing. A replayed idempotent produce appends nothing, so it pays and counts nothing but
+the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from gateway.http.keys import METER, PRINCIPAL, TENANCY
+from gateway.tenancy.quotas import produce_cost
+from partitions.batch import NewRecord
+
+# The produce tokens a request took for the records it was to append.
+PRODUCE_CHARGE = web.RequestKey("produce_charge", int)
+# Records a read or group fetch delivered (an empty poll delivered none).
+DELIVERED = web.RequestKey("usage_delivered", int)
+
+
+def _tenant(request: web.Request) -> str | None:
+    principal = request.get(PRINCIPAL)
+    return None if principal is None or principal.admin else principal.tenant
+
+
+async def admit_produce(
+    request: web.Request, records: Sequence[NewRecord], indexes: Sequence[int]
+) -> None:
+    """Before a produce appends the records at ``indexes`` (all of them, or what an
+    idempotent retry still misses; never called for a replay, which appends nothing): the
+    tenant must be under its ``max_stored_bytes``, and the produce quota takes their bytes;
+    otherwise refuse with 429, nothing written."""
+    tenant = _tenant(request)
+    if tenant is None:
+        return
+    quotas = request.app[TENANCY].quotas
+    await quotas.check_storage(tenant)
+    cost = produce_cost(records if len(indexes) == len(records) else [records[i] for i in indexes])
+    await quotas.admit_produce(tenant, cost)
+    request[PRODUCE_CHARGE] = cost
+
+
+def settle_produce(
+    request: web.Request, records: Sequence[NewRecord], appended: Sequence[int]
+) -> None:
+    """After a produce, whether it succeeded or not: the tokens of admitted records it did
+    not append go back, and the bytes it appended count as stored until the next
+    measurement."""
+    tenant = _tenant(request)
+    charge = request.get(PRODUCE_CHARGE)
+    if tenant is None or not charge:
+        return
+    everything = len(appended) == len(records)
+    stored = charge if everything else produce_cost([records[i] for i in appended])
+    quotas = request.app[TENANCY].quotas
+    if charge > stored:
+        quotas.refund_produce(tenant, charge - stored)
+    quotas.note_stored(tenant, stored)
+
+
+def charge_consume(request: web.Request, nbytes: int) -> None:
+    """Charge the bytes a read or fetch returned; a debt slows the tenant's next read."""
+    tenant = _tenant(request)
+    if tenant is not None:
+        request.app[TENANCY].quotas.charge_consume(tenant, nbytes)
+
+
+def meter_produced(
+    request: web.Request, records: Sequence[NewRecord], appended: Sequence[int]
+) -> None:
+    """Count the records of a produce at the indexes it appended (a replay appends none)."""
+    tenant = _tenant(request)
+    if tenant is None or not appended:
+        return
+    if len(appended) == len(records):
+        # All of them: the quota already counted their bytes.
+        nbytes = request.get(PRODUCE_CHARGE) or produce_cost(records)
+    else:
+        nbytes = produce_cost([records[i] for i in appended])
+    request.app[METER].count_in(tenant, len(appended), nbytes)
+
+
+def meter_delivered(request: web.Request, records: int, nbytes: int) -> None:
+    """Count records a read or group fetch answers, with their key, value and header bytes."""
+    request[DELIVERED] = request.get(DELIVERED, 0) + records
+    tenant = _tenant(request)
+    if tenant is not None and records:
+        request.app[METER].count_out(tenant, records, nbytes)
