@@ -501,6 +501,27 @@ class PartitionLog:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def draining(self) -> bool:
+        """Whether a drain is running or queued on the writer pool; False once it stopped,
+        also when the pool refused to start one."""
+        return self._draining
+
+    @property
+    def ops(self) -> FileOps:
+        """The file operations for the partition's own files: ``partition.json``, new
+        segments, saved producer tags and directory fsyncs (open segments keep the ones
+        they were opened with).
+
+        The fault-injection seam of a running log: a test may replace it to make the disk
+        fail under a server it did not build.
+        """
+        return self._ops
+
+    @ops.setter
+    def ops(self, ops: FileOps) -> None:
+        self._ops = ops
+
     def segments(self) -> list[SegmentInfo]:
         segments = self._segments
         active = None if self._sealed or not segments else segments[-1]

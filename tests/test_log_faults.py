@@ -223,7 +223,7 @@ async def test_close_stops_the_drain_before_closing_files(tmp_path: Path) -> Non
     await asyncio.gather(rolling, return_exceptions=True)
     await asyncio.sleep(0.3)
     leaked = len(list(Path("/proc/self/fd").iterdir())) - fds
-    assert log._segments == [] and leaked <= 0, (log._segments, leaked)
+    assert log.segments() == [] and leaked <= 0, (log.segments(), leaked)
 
 
 async def test_a_refused_submit_does_not_wedge_the_log(tmp_path: Path) -> None:
@@ -234,4 +234,4 @@ async def test_a_refused_submit_does_not_wedge_the_log(tmp_path: Path) -> None:
     pool.shutdown()
     with pytest.raises(RuntimeError):
         await log.append_records([record("x")])
-    assert not log._draining, "_draining stuck True: every later append and close() hang"
+    assert not log.draining, "draining stuck True: every later append and close() hang"

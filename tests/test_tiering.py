@@ -404,7 +404,7 @@ async def test_a_log_start_that_failed_to_persist_is_persisted_by_the_next_pass(
         uploaded_logs = sorted(p.name for p in remote.glob("*.log"))
         meta_path = log.directory / "partition.json"
         full = FullMetaOnce()
-        log._ops = full
+        log.ops = full
         full.armed = True
         status, _ = await api.call("PATCH", "/v1/topics/t", json={"retention_bytes": 2048})
         assert status == 200
