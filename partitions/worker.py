@@ -29,7 +29,7 @@ from partitions.errors import (
     PartitionClosedError,
     PartitionUnavailableError,
 )
-from partitions.log import (
+from partitions.log.partition_log import (
     AppendResult,
     BatchRead,
     LogConfig,

@@ -10,7 +10,7 @@ How one read goes:
    RemoteIndex`) say which segment holds the offset. Only copy-finished rows are read:
    a copy that has not finished may be partial.
 2. The segment's two indexes (``.index`` and ``.timeindex``, the formats of
-   :mod:`partitions.segment`) are fetched once, parsed, and kept in the cache; the offset
+   :mod:`partitions.log.segment`) are fetched once, parsed, and kept in the cache; the offset
    index gives the byte position to start from (at most an index interval before the batch
    holding the offset).
 3. The ``.log`` object is read in aligned *chunks* of ``chunk_bytes``: chunk ``n`` is the
@@ -65,14 +65,14 @@ from partitions.batch import (
 )
 from partitions.catalog import RemoteSegmentRecord
 from partitions.errors import CorruptLogError, EventBusError, PartitionClosedError
-from partitions.remote import RemoteBatches, RemoteLogReader, RemoteRecords
-from partitions.segment import (
+from partitions.log.segment import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
     OFFSET_INDEX_ENTRY,
     TIME_INDEX_ENTRY,
     TIME_INDEX_SUFFIX,
 )
+from partitions.remote import RemoteBatches, RemoteLogReader, RemoteRecords
 from partitions.worker import PartitionKey
 from tiered_storage.cache import ReadCache
 from tiered_storage.layout import segment_key, topic_prefix
@@ -87,7 +87,7 @@ MIN_CHUNK_BYTES = 4096
 # positions remembered per partition (several consumers may read one partition).
 _STREAM_PARTITIONS = 4096
 _STREAMS_PER_PARTITION = 8
-# A batch header's smallest honest length field (see partitions.segment).
+# A batch header's smallest honest length field (see partitions.log.segment).
 _MIN_BATCH_LENGTH = BATCH_HEADER.size - struct.calcsize(">QI")
 _HEADER = BATCH_HEADER.size
 

@@ -83,7 +83,7 @@ from partitions.errors import (
     StorageIOError,
 )
 from partitions.fileio import FileOps, WriteFailedError, pread_exact
-from partitions.segment import (
+from partitions.log.segment import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
