@@ -26,7 +26,7 @@ from partitions.batch import (
 )
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
 from partitions.catalog_sqlite import SqliteCatalog
-from partitions.log.segment import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
+from partitions.log.index import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
 from partitions.worker import PartitionKey
 from tests.conftest import Api, metric_values, start_api, stop_api
 from tests.servers import WORKERS, ServerProcess

@@ -19,8 +19,8 @@ import pytest
 from partitions.batch import NewRecord
 from partitions.errors import EventBusError, StorageIOError
 from partitions.fileio import FileOps
+from partitions.log.layout import list_segment_bases, segment_name
 from partitions.log.partition_log import LogConfig, PartitionLog
-from partitions.log.segment import list_segment_bases, segment_name
 from tests.logtools import HeldSyncOps, read_all, record
 
 SMALL = LogConfig(segment_bytes=16 * 1024, index_interval_bytes=512)

@@ -10,7 +10,7 @@ How one read goes:
    RemoteIndex`) say which segment holds the offset. Only copy-finished rows are read:
    a copy that has not finished may be partial.
 2. The segment's two indexes (``.index`` and ``.timeindex``, the formats of
-   :mod:`partitions.log.segment`) are fetched once, parsed, and kept in the cache; the offset
+   :mod:`partitions.log.index`) are fetched once, parsed, and kept in the cache; the offset
    index gives the byte position to start from (at most an index interval before the batch
    holding the offset).
 3. The ``.log`` object is read in aligned *chunks* of ``chunk_bytes``: chunk ``n`` is the
@@ -65,13 +65,8 @@ from partitions.batch import (
 )
 from partitions.catalog import RemoteSegmentRecord
 from partitions.errors import CorruptLogError, EventBusError, PartitionClosedError
-from partitions.log.segment import (
-    INDEX_SUFFIX,
-    LOG_SUFFIX,
-    OFFSET_INDEX_ENTRY,
-    TIME_INDEX_ENTRY,
-    TIME_INDEX_SUFFIX,
-)
+from partitions.log.index import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
+from partitions.log.layout import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
 from partitions.remote import RemoteBatches, RemoteLogReader, RemoteRecords
 from partitions.worker import PartitionKey
 from tiered_storage.cache import ReadCache

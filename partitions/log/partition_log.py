@@ -83,17 +83,16 @@ from partitions.errors import (
     StorageIOError,
 )
 from partitions.fileio import FileOps, WriteFailedError, pread_exact
-from partitions.log.segment import (
+from partitions.log.layout import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
-    Segment,
-    TailRecovery,
     list_segment_bases,
-    read_batch_span,
     remove_strays,
     segment_name,
 )
+from partitions.log.loader import TailRecovery, load_closed, recover_tail
+from partitions.log.segment import Segment, read_batch_span
 
 log = logging.getLogger(__name__)
 
@@ -379,11 +378,11 @@ class PartitionLog:
             for i, base in enumerate(bases[:-1]):
                 segment = Segment.open_existing(self.directory, base, self._ops)
                 segments.append(segment)
-                segment.load_closed(self.config.index_interval_bytes, bases[i + 1])
+                load_closed(segment, self.config.index_interval_bytes, bases[i + 1])
             if bases:
                 last = Segment.open_existing(self.directory, bases[-1], self._ops)
                 segments.append(last)
-                self.last_recovery = last.recover_tail(self.config.index_interval_bytes)
+                self.last_recovery = recover_tail(last, self.config.index_interval_bytes)
                 if self.last_recovery.truncated_bytes:
                     log.warning(
                         "recovered %s: cut %d bytes (%s tail) at the end of %s",
