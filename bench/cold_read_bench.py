@@ -44,7 +44,7 @@ import aioboto3
 from bench.report import section_head, write_section
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog_sqlite import SqliteCatalog
-from partitions.log.partition_log import LogConfig
+from partitions.log.values import LogConfig
 from partitions.worker import LocalPartitionWorker, PartitionKey
 from tiered_storage.objects import ObjectStore, open_object_store
 from tiered_storage.reader import ColdReadCounters, ColdReadSettings, RemoteSegmentReader

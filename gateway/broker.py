@@ -58,7 +58,7 @@ from partitions.idempotency import (
     encode_tags,
 )
 from partitions.idempotency import Entry as IdempotencyEntry
-from partitions.log.partition_log import BatchRead, ReadResult
+from partitions.log.values import BatchRead, ReadResult
 from partitions.waiting import waiting
 from partitions.worker import PartitionKey, PartitionWorker
 from tiered_storage.service import TieringService

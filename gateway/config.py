@@ -12,7 +12,7 @@ from autoscaler.config import AUTOSCALE_KEY, DEFAULT_AUTOSCALE, normalize_autosc
 from gateway.billing import PricePlan
 from gateway.quotas import Quotas
 from partitions.errors import InvalidInputError
-from partitions.log.partition_log import LogConfig
+from partitions.log.values import LogConfig
 
 MIB = 1024 * 1024
 DAY_MS = 24 * 60 * 60 * 1000

@@ -24,7 +24,7 @@ from partitions.errors import InvalidInputError, InvalidOffsetError
 from partitions.groups import EARLIEST, LATEST, RawChunk
 from partitions.idempotency import check_key as check_idempotency_key
 from partitions.idempotency import request_hash
-from partitions.log.partition_log import BatchRead
+from partitions.log.values import BatchRead
 
 MAX_READ_RECORDS = 10_000
 MAX_READ_BYTES = 16 * 1024 * 1024

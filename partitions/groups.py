@@ -46,7 +46,7 @@ from partitions.errors import (
     StaleGenerationError,
     TopicNotFoundError,
 )
-from partitions.log.partition_log import BatchRead, ReadResult
+from partitions.log.values import BatchRead, ReadResult
 from partitions.waiting import waiting
 from partitions.worker import PartitionKey, PartitionWorker
 

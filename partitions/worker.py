@@ -29,12 +29,12 @@ from partitions.errors import (
     PartitionClosedError,
     PartitionUnavailableError,
 )
-from partitions.log.partition_log import (
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import (
     AppendResult,
     BatchRead,
     LogConfig,
     LogStats,
-    PartitionLog,
     ReadResult,
     SegmentFiles,
     SegmentInfo,

@@ -17,7 +17,7 @@ import sys
 from gateway.cli import main
 from partitions.batch import producer_tag
 from partitions.idempotency import decode_tag
-from partitions.log.partition_log import AppendResult
+from partitions.log.values import AppendResult
 from partitions.worker import LocalPartitionWorker, PartitionKey
 
 _append = LocalPartitionWorker.append

@@ -14,7 +14,7 @@ from gateway.app import CATALOG
 from gateway.keys import BROKER
 from partitions import groups as groups_module
 from partitions.errors import PartitionUnavailableError
-from partitions.log.partition_log import ReadResult
+from partitions.log.values import ReadResult
 from partitions.worker import PartitionKey
 from tests.conftest import Api
 from tests.servers import ServerProcess

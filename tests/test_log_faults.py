@@ -20,7 +20,8 @@ from partitions.batch import NewRecord
 from partitions.errors import EventBusError, StorageIOError
 from partitions.fileio import FileOps
 from partitions.log.layout import list_segment_bases, segment_name
-from partitions.log.partition_log import LogConfig, PartitionLog
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import LogConfig
 from tests.logtools import HeldSyncOps, read_all, record
 
 SMALL = LogConfig(segment_bytes=16 * 1024, index_interval_bytes=512)
@@ -205,7 +206,7 @@ async def test_enospc_on_roll_fails_the_append(few_inodes: Path) -> None:
         task.result()
 
 
-# 6. close() does not stop a running drain, and _control() accepts work while closing: a
+# 6. close() does not stop a running drain, and the writer accepts work while closing: a
 #    roll queued during close runs on fds that close() has just closed, fails, and the drain
 #    "recovers" by reopening every segment of the closed log (leaked fds, files touched later).
 async def test_close_stops_the_drain_before_closing_files(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ import pytest
 
 from partitions.errors import DiskFullError, OffsetNotLocalError, OffsetOutOfRangeError
 from partitions.log.layout import list_segment_bases
-from partitions.log.partition_log import LogConfig, PartitionLog
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import LogConfig
 from partitions.tag_sidecar import KEEP_MS, TAGS_SUFFIX, wall_ms
 from tests.logtools import FullMetaOnce, read_all, record
 from tests.tag_sidecar_crash_child import CONFIG as CRASH_CONFIG

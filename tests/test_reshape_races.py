@@ -14,7 +14,8 @@ from gateway.broker import Broker
 from partitions.batch import NewRecord
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.fileio import FileOps
-from partitions.log.partition_log import LogConfig, PartitionLog
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import LogConfig
 from partitions.worker import LocalPartitionWorker, PartitionKey
 from tests.conftest import Api
 from tests.logtools import HeldSyncOps

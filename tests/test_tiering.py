@@ -21,7 +21,7 @@ from gateway.keys import BROKER
 from gateway.quotas import Quotas
 from gateway.tiering import TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
-from partitions.log.partition_log import SegmentInfo
+from partitions.log.values import SegmentInfo
 from partitions.worker import PartitionKey, PartitionWorker
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.logtools import FullMetaOnce

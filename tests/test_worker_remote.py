@@ -22,7 +22,7 @@ from partitions.errors import (
     WorkerLostError,
     WorkerUnreachableError,
 )
-from partitions.log.partition_log import LogConfig
+from partitions.log.values import LogConfig
 from partitions.routing import RoutingPartitionWorker, default_owner
 from partitions.worker import LocalPartitionWorker, PartitionKey
 from partitions.worker_remote import RemotePartitionWorker, WorkerService

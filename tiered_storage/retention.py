@@ -35,7 +35,7 @@ from typing import Any
 
 from partitions.catalog import Catalog, RemoteSegmentRecord, RemoteSegmentState
 from partitions.errors import RemoteSegmentNotFoundError, RemoteSegmentStateError
-from partitions.log.partition_log import LogStats, SegmentInfo
+from partitions.log.values import LogStats, SegmentInfo
 from partitions.worker import PartitionKey, PartitionWorker
 from tiered_storage.objects import ObjectStore, ObjectStoreError
 from tiered_storage.state import RemoteIndex, TieringCounters, delete_remote_segment

@@ -37,7 +37,7 @@ from partitions.errors import (
     TopicNotFoundError,
 )
 from partitions.log.layout import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
-from partitions.log.partition_log import SegmentInfo
+from partitions.log.values import SegmentInfo
 from partitions.worker import PartitionKey, PartitionWorker
 from tiered_storage.layout import SUFFIXES, segment_key
 from tiered_storage.objects import ObjectStore, PutResult

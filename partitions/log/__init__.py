@@ -6,4 +6,5 @@
 - ``index``: the byte layouts of a segment's offset and time indexes, their in-memory copy.
 - ``layout``: how segment files are named, listed and cleaned up after a crash.
 - ``loader``: recovery of the segments at open (a torn or corrupt tail is cut).
+- ``values``: the log's settings and answers (``LogConfig``, ``AppendResult``, ...).
 """
