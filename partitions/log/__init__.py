@@ -1,10 +1,15 @@
 """The partition log: one partition's append-only, crash-safe sequence of segments.
 
 - ``partition_log``: :class:`~partitions.log.partition_log.PartitionLog`, the log that the
-  partition worker opens.
-- ``segment``: one segment's files, its appends and its reads.
-- ``index``: the byte layouts of a segment's offset and time indexes, their in-memory copy.
-- ``layout``: how segment files are named, listed and cleaned up after a crash.
-- ``loader``: recovery of the segments at open (a torn or corrupt tail is cut).
-- ``values``: the log's settings and answers (``LogConfig``, ``AppendResult``, ...).
+  partition worker opens; it answers from one shared ``state`` and hands the work to:
+- ``loader``: opening the directory, recovering the last segment's tail (a torn or corrupt
+  tail is cut), finishing a deletion a crash interrupted;
+- ``writer``: the append queue, group commit on a writer thread, rolls and their timer, the
+  seal, failing the waiters of a failed write and reopening with recovery;
+- ``reads``: pinning segments, and the reads done on reader threads;
+- ``retention``: deleting segments from the head, the log start, saving producer tags first.
+
+Below them: ``values`` (the settings and the answers), ``meta`` (``partition.json``),
+``segment`` (one segment's data file, its appends and reads), ``index`` (the offset and time
+indexes: byte layouts, in-memory copy, files) and ``layout`` (how segment files are named).
 """

@@ -12,16 +12,28 @@ batch. The first batch that is short (a torn write) or fails its checks (a corru
 is cut off with everything after it, and the indexes are rewritten if they disagreed with
 the log. The log is then fsync'd whatever was found, because after a process crash its
 tail may live in the page cache only.
+
+Around the segments, :class:`LogLoader` reads ``partition.json`` (``partitions.log.meta``),
+removes what a crash left half made, and finishes a deletion that a crash interrupted.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from partitions import tag_sidecar
 from partitions.errors import CorruptBatchError, ShortBatchError
 from partitions.log.index import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY, IndexState, replay
+from partitions.log.layout import list_segment_bases, remove_strays
+from partitions.log.meta import read_meta, write_meta
+from partitions.log.retention import save_tags
 from partitions.log.segment import Segment
+from partitions.log.state import LogState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +156,88 @@ def recover_tail(segment: Segment, index_interval: int) -> TailRecovery:
     segment.max_timestamp = max_ts
     segment.first_timestamp = first_ts
     return TailRecovery(truncated, reason, not index_files_match)
+
+
+class LoadedLog(NamedTuple):
+    """A partition as the loader found it, for the log to publish."""
+
+    segments: list[Segment]
+    sealed: bool
+    end_offset: int
+    log_start: int
+
+
+class LogLoader:
+    """Opens a partition's directory, at start and again after a storage failure."""
+
+    def __init__(self, state: LogState) -> None:
+        self._state = state
+        # What the last load found at the end of the last segment (None before one ran).
+        self.last_recovery: TailRecovery | None = None
+
+    def load(self) -> LoadedLog:
+        """Open every segment and recover the last one (thread)."""
+        state = self._state
+        directory, index_interval = state.directory, state.config.index_interval_bytes
+        state.ops.make_dirs(directory)
+        meta = read_meta(directory)
+        if meta is not None:
+            sealed, sealed_end = meta.sealed, meta.end_offset
+            # Absent in files written before tiered storage: the first segment's base.
+            stored_start = meta.log_start_offset
+        else:
+            sealed, sealed_end, stored_start = False, None, 0
+            state.w_log_start = 0
+            write_meta(state.ops, directory, sealed=False, end_offset=None, log_start=0)
+        bases = list_segment_bases(directory)
+        remove_strays(directory, bases)
+        segments: list[Segment] = []
+        try:
+            for i, base in enumerate(bases[:-1]):
+                segment = Segment.open_existing(directory, base, state.ops)
+                segments.append(segment)
+                load_closed(segment, index_interval, bases[i + 1])
+            if bases:
+                last = Segment.open_existing(directory, bases[-1], state.ops)
+                segments.append(last)
+                self.last_recovery = recover_tail(last, index_interval)
+                if self.last_recovery.truncated_bytes:
+                    log.warning(
+                        "recovered %s: cut %d bytes (%s tail) at the end of %s",
+                        directory,
+                        self.last_recovery.truncated_bytes,
+                        self.last_recovery.reason or "garbage",
+                        last.log_path.name,
+                    )
+                if sealed:
+                    last.read_only = True
+            elif not sealed:
+                segments.append(Segment.create(directory, 0, state.ops))
+        except BaseException:
+            for segment in segments:
+                segment.close()
+            raise
+        end = segments[-1].next_offset if segments else int(sealed_end or 0)
+        local_start = segments[0].base_offset if segments else end
+        log_start = min(local_start if stored_start is None else int(stored_start), end)
+        state.w_log_start = log_start
+        if stored_start != log_start:
+            write_meta(
+                state.ops, directory, sealed=sealed, end_offset=sealed_end, log_start=log_start
+            )
+        # A crash between persisting a higher log start and deleting the segments below it
+        # leaves them here: finish the deletion (never the last segment).
+        doomed = [s for s in segments[:-1] if s.next_offset <= log_start]
+        try:
+            save_tags(state.ops, directory, doomed)
+        except OSError as exc:
+            # Below the log start they are unreadable anyway; a later deletion takes them.
+            log.warning("partition %s: kept segments below the start: %s", directory, exc)
+            doomed = []
+        if doomed:
+            segments = segments[len(doomed) :]
+            for segment in doomed:
+                segment.delete()
+            state.ops.fsync_dir(directory)
+        tag_sidecar.remove_expired(directory, tag_sidecar.wall_ms())
+        return LoadedLog(segments, sealed, end, log_start)

@@ -20,7 +20,7 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -535,3 +535,9 @@ def read_batch_span(
             break  # the next batch does not fit
         base += size
     return view[:total], next_offset
+
+
+def retire_segments(segments: Iterable[Segment]) -> None:
+    """Stop using these segment objects; each one's files close once no reader pins it."""
+    for segment in segments:
+        segment.retire()
