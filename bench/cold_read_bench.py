@@ -44,7 +44,7 @@ import aioboto3
 from bench.report import section_head, write_section
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog_sqlite import SqliteCatalog
-from partitions.log import LogConfig
+from partitions.log.values import LogConfig
 from partitions.partition_key import PartitionKey
 from partitions.worker import LocalPartitionWorker
 from tiered_storage.objects import ObjectStore

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from bench.report import section_head, write_section
 from partitions.batch import NewRecord, encode_batch
-from partitions.log import LogConfig, PartitionLog
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import LogConfig
 
 RECORD_BYTES = 1024
 CASES = [

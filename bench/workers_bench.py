@@ -87,8 +87,7 @@ AREAS: list[tuple[str, tuple[str, ...]]] = [
     (
         "partition log: append, group commit hand-off",
         (
-            "partitions/log.py",
-            "partitions/segment.py",
+            "partitions/log/",
             "partitions/worker.py",
             "partitions/fileio.py",
         ),

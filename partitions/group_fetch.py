@@ -27,7 +27,7 @@ from partitions.group_model import (
     unknown_member,
 )
 from partitions.group_table import GroupTable
-from partitions.log import BatchRead, ReadResult
+from partitions.log.values import BatchRead, ReadResult
 from partitions.waiting import waiting
 from partitions.worker import PartitionWorker
 

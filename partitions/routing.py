@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from partitions.errors import WorkerUnreachableError
-from partitions.log import (
+from partitions.log.values import (
     AppendResult,
     BatchRead,
     LogConfig,

@@ -30,12 +30,12 @@ from partitions.errors import (
     PartitionUnavailableError,
 )
 from partitions.fileio import FileOps
-from partitions.log import (
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import (
     AppendResult,
     BatchRead,
     LogConfig,
     LogStats,
-    PartitionLog,
     ReadResult,
     SegmentFiles,
     SegmentInfo,

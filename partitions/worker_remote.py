@@ -28,7 +28,7 @@ import orjson
 from partitions.batch import NewRecord, decode_records, encode_batch, with_base_offset
 from partitions.batch import Record as StoredRecord
 from partitions.channel import ChannelClient, ChannelServer, Connection, Payload, Received
-from partitions.log import (
+from partitions.log.values import (
     AppendResult,
     BatchRead,
     LogConfig,

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from partitions.batch import NewRecord
-from partitions.log import LogConfig, PartitionLog
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import LogConfig
 
 CONFIG = LogConfig(segment_bytes=64 * 1024, index_interval_bytes=1024)
 

@@ -17,7 +17,7 @@ import sys
 from gateway.cli.main import main
 from partitions.batch import producer_tag
 from partitions.idempotency import decode_tag
-from partitions.log import AppendResult
+from partitions.log.values import AppendResult
 from partitions.partition_key import PartitionKey
 from partitions.worker import LocalPartitionWorker
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from partitions.batch import NewRecord, Record
 from partitions.fileio import FileOps
-from partitions.log import PartitionLog
+from partitions.log.partition_log import PartitionLog
 
 
 def record(value: str, *, key: str | None = None, ts: int | None = None) -> NewRecord:

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from partitions.fileio import FileOps
-from partitions.log import LogConfig, PartitionLog
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import LogConfig
 from partitions.tag_sidecar import TAGS_SUFFIX
 
 CONFIG = LogConfig(segment_bytes=4 * 1024, index_interval_bytes=512)

@@ -26,8 +26,8 @@ from partitions.batch import (
 )
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
 from partitions.catalog_sqlite import SqliteCatalog
+from partitions.log.index import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
 from partitions.partition_key import PartitionKey
-from partitions.segment import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
 from tests.conftest import Api, metric_values, start_api, stop_api
 from tests.servers import WORKERS, ServerProcess
 from tests.tiering_tools import TieredServer, start_tiered, wait_for

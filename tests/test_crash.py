@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from partitions.batch import Record
-from partitions.log import PartitionLog
+from partitions.log.partition_log import PartitionLog
 from tests.crash_child import CONFIG
 from tests.logtools import read_all
 from tests.servers import run_until_killed

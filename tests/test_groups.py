@@ -14,7 +14,7 @@ from gateway.http.keys import BROKER
 from gateway.wiring.state import CATALOG
 from partitions import group_commits
 from partitions.errors import PartitionUnavailableError
-from partitions.log import ReadResult
+from partitions.log.values import ReadResult
 from partitions.partition_key import PartitionKey
 from tests.conftest import Api
 from tests.servers import ServerProcess

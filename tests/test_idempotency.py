@@ -29,7 +29,7 @@ from partitions.idempotency import (
     decode_tag,
     encode_tags,
 )
-from partitions.log import AppendResult
+from partitions.log.values import AppendResult
 from partitions.partition_key import PartitionKey
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import ServerProcess

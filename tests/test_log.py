@@ -23,8 +23,10 @@ from partitions.errors import (
     StorageIOError,
 )
 from partitions.fileio import FileOps
-from partitions.log import LogConfig, PartitionLog
-from partitions.segment import OFFSET_INDEX_ENTRY, list_segment_bases, segment_name
+from partitions.log.index import OFFSET_INDEX_ENTRY
+from partitions.log.layout import list_segment_bases, segment_name
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import LogConfig
 from tests.logtools import read_all, record
 
 SMALL = LogConfig(segment_bytes=16 * 1024, index_interval_bytes=512)

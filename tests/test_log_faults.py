@@ -19,8 +19,9 @@ import pytest
 from partitions.batch import NewRecord
 from partitions.errors import EventBusError, StorageIOError
 from partitions.fileio import FileOps
-from partitions.log import LogConfig, PartitionLog
-from partitions.segment import list_segment_bases, segment_name
+from partitions.log.layout import list_segment_bases, segment_name
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import LogConfig
 from tests.logtools import HeldSyncOps, read_all, record
 
 SMALL = LogConfig(segment_bytes=16 * 1024, index_interval_bytes=512)
@@ -205,7 +206,7 @@ async def test_enospc_on_roll_fails_the_append(few_inodes: Path) -> None:
         task.result()
 
 
-# 6. close() does not stop a running drain, and _control() accepts work while closing: a
+# 6. close() does not stop a running drain, and the writer accepts work while closing: a
 #    roll queued during close runs on fds that close() has just closed, fails, and the drain
 #    "recovers" by reopening every segment of the closed log (leaked fds, files touched later).
 async def test_close_stops_the_drain_before_closing_files(tmp_path: Path) -> None:
@@ -223,7 +224,7 @@ async def test_close_stops_the_drain_before_closing_files(tmp_path: Path) -> Non
     await asyncio.gather(rolling, return_exceptions=True)
     await asyncio.sleep(0.3)
     leaked = len(list(Path("/proc/self/fd").iterdir())) - fds
-    assert log._segments == [] and leaked <= 0, (log._segments, leaked)
+    assert log.segments() == [] and leaked <= 0, (log.segments(), leaked)
 
 
 async def test_a_refused_submit_does_not_wedge_the_log(tmp_path: Path) -> None:
@@ -234,4 +235,4 @@ async def test_a_refused_submit_does_not_wedge_the_log(tmp_path: Path) -> None:
     pool.shutdown()
     with pytest.raises(RuntimeError):
         await log.append_records([record("x")])
-    assert not log._draining, "_draining stuck True: every later append and close() hang"
+    assert not log.draining, "draining stuck True: every later append and close() hang"

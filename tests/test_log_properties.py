@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from partitions.batch import NewRecord, encode_batch, with_base_offset
-from partitions.log import LogConfig, PartitionLog
-from partitions.segment import list_segment_bases, segment_name
+from partitions.log.layout import list_segment_bases, segment_name
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import LogConfig
 from tests.logtools import read_all
 
 values_strategy = st.lists(st.binary(max_size=300), min_size=1, max_size=5)

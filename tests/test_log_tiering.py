@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import pytest
 
 from partitions.errors import DiskFullError, OffsetNotLocalError, OffsetOutOfRangeError
-from partitions.log import LogConfig, PartitionLog
-from partitions.segment import list_segment_bases
+from partitions.log.layout import list_segment_bases
+from partitions.log.partition_log import PartitionLog
+from partitions.log.values import LogConfig
 from partitions.tag_sidecar import KEEP_MS, TAGS_SUFFIX, wall_ms
 from tests.logtools import FullMetaOnce, read_all, record
 from tests.tag_sidecar_crash_child import CONFIG as CRASH_CONFIG

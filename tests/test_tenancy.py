@@ -25,7 +25,7 @@ from gateway.client import wire
 from gateway.http.keys import BROKER
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.errors import PartitionUnavailableError
-from partitions.log import AppendResult
+from partitions.log.values import AppendResult
 from partitions.partition_key import PartitionKey
 from tests.conftest import ADMIN_KEY, Api, stop_api
 from tests.https import FakeClock, start_https_api

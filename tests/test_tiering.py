@@ -20,7 +20,7 @@ from gateway.http.keys import BROKER
 from gateway.tenancy.quotas import Quotas
 from gateway.wiring.state import CATALOG, TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
-from partitions.log import SegmentInfo
+from partitions.log.values import SegmentInfo
 from partitions.partition_key import PartitionKey
 from partitions.worker import PartitionWorker
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
@@ -404,7 +404,7 @@ async def test_a_log_start_that_failed_to_persist_is_persisted_by_the_next_pass(
         uploaded_logs = sorted(p.name for p in remote.glob("*.log"))
         meta_path = log.directory / "partition.json"
         full = FullMetaOnce()
-        log._ops = full
+        log.ops = full
         full.armed = True
         status, _ = await api.call("PATCH", "/v1/topics/t", json={"retention_bytes": 2048})
         assert status == 200

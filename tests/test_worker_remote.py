@@ -22,7 +22,7 @@ from partitions.errors import (
     WorkerLostError,
     WorkerUnreachableError,
 )
-from partitions.log import LogConfig
+from partitions.log.values import LogConfig
 from partitions.partition_key import PartitionKey
 from partitions.routing import RoutingPartitionWorker, default_owner
 from partitions.worker import LocalPartitionWorker

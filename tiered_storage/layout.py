@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from partitions.log.layout import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
 from partitions.partition_key import PartitionKey
-from partitions.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
 
 # Upload order: the log last, so that a listing showing a ``.log`` shows a whole segment
 # in the common case (the catalog row, not the listing, is what says a copy finished).

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from partitions.batch import BATCH_HEADER, FORMAT_VERSION, BatchHeader
 from partitions.catalog import RemoteSegmentRecord
 from partitions.errors import CorruptLogError
+from partitions.log.layout import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
 from partitions.partition_key import PartitionKey
-from partitions.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
 from tiered_storage.layout import segment_key
 
 # A batch header's smallest honest length field (see partitions.segment).

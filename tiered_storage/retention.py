@@ -35,7 +35,7 @@ from typing import Any
 
 from partitions.catalog import Catalog, RemoteSegmentRecord, RemoteSegmentState
 from partitions.errors import RemoteSegmentNotFoundError, RemoteSegmentStateError
-from partitions.log import LogStats, SegmentInfo
+from partitions.log.values import LogStats, SegmentInfo
 from partitions.partition_key import PartitionKey
 from partitions.worker import PartitionWorker
 from tiered_storage.objects import ObjectStore, ObjectStoreError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import array
 import bisect
 
-from partitions.segment import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
+from partitions.log.index import OFFSET_INDEX_ENTRY, TIME_INDEX_ENTRY
 
 
 class RemoteSegmentIndex:

@@ -36,9 +36,9 @@ from partitions.errors import (
     StorageBackpressureError,
     TopicNotFoundError,
 )
-from partitions.log import SegmentInfo
+from partitions.log.layout import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
+from partitions.log.values import SegmentInfo
 from partitions.partition_key import PartitionKey
-from partitions.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
 from partitions.worker import PartitionWorker
 from tiered_storage.layout import SUFFIXES, segment_key
 from tiered_storage.objects import ObjectStore, PutResult

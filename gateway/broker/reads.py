@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from gateway.broker.views import TopicViews
 from partitions.catalog import PartitionRecord
 from partitions.errors import PartitionNotFoundError, TopicNotFoundError
-from partitions.log import BatchRead, ReadResult
+from partitions.log.values import BatchRead, ReadResult
 from partitions.partition_key import PartitionKey
 from partitions.waiting import waiting
 from partitions.worker import PartitionWorker

@@ -11,7 +11,7 @@ from typing import Any
 
 from autoscaler.config import AUTOSCALE_KEY, DEFAULT_AUTOSCALE, normalize_autoscale
 from partitions.errors import InvalidInputError
-from partitions.log import LogConfig
+from partitions.log.values import LogConfig
 
 MIB = 1024 * 1024
 DAY_MS = 24 * 60 * 60 * 1000

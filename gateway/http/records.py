@@ -33,7 +33,7 @@ from partitions.batch import payload_totals, trim_batches
 from partitions.group_model import RawChunk
 from partitions.idempotency import check_key as check_idempotency_key
 from partitions.idempotency import request_hash
-from partitions.log import BatchRead
+from partitions.log.values import BatchRead
 
 
 async def produce(request: web.Request) -> web.Response:

@@ -1,44 +1,27 @@
 """Log segments: one file of batches and two sparse indexes, named by the base offset.
 
-A segment ``00000000000000001234`` is three files:
+A segment ``00000000000000001234`` is three files (names: ``partitions.log.layout``):
 
 - ``.log``: record batches back to back (``partitions.batch``).
-- ``.index``: the sparse offset index, entries of ``OFFSET_INDEX_ENTRY``::
-
-      relative_offset  u32  base offset of a batch minus the segment's base offset
-      position         u32  byte position of that batch in the ``.log`` file
-
-  An entry is added before a batch once at least ``index_interval_bytes`` were appended
-  since the previous entry (about every 4 KiB), so a lookup reads at most that much.
-- ``.timeindex``: the time index, entries of ``TIME_INDEX_ENTRY``, one for each offset index
-  entry (the two files move in lockstep)::
-
-      max_timestamp    i64  largest record timestamp of every batch *before* the entry's
-                            batch in this segment
-      relative_offset  u32  the same batch as the offset index entry
-
-  To find the first record with a timestamp at or after T, start at the last entry whose
-  ``max_timestamp`` is below T: nothing before it can qualify.
+- ``.index`` and ``.timeindex``: the sparse offset and time indexes, derived from the log
+  (layouts and rules: ``partitions.log.index``).
 
 Everything here is blocking file I/O and runs on executor threads; the partition log
 serialises writes, so a segment has one writer at a time and any number of readers, who
-only read bytes below the durable size that the log hands them.
-
-Indexes are derived data: they are written as batches are appended, fsync'd when the
-segment rolls, and rebuilt from the log whenever they disagree with it.
+only read bytes below the durable size that the log hands them. Opening a segment that a
+crash may have damaged is recovery's work (``partitions.log.loader``).
 """
 
 from __future__ import annotations
 
-import array
 import bisect
 import contextlib
 import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from partitions.batch import (
@@ -54,51 +37,19 @@ from partitions.batch import (
 )
 from partitions.errors import CorruptBatchError, ShortBatchError
 from partitions.fileio import FileOps, WriteFailedError, pread_exact, pread_into
-
-OFFSET_INDEX_ENTRY = struct.Struct(">II")
-TIME_INDEX_ENTRY = struct.Struct(">qI")
-
-LOG_SUFFIX = ".log"
-INDEX_SUFFIX = ".index"
-TIME_INDEX_SUFFIX = ".timeindex"
+from partitions.log.index import (
+    NO_TIMESTAMP,
+    OFFSET_INDEX_ENTRY,
+    TIME_INDEX_ENTRY,
+    IndexState,
+    replay,
+)
+from partitions.log.layout import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, segment_name
 
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 256 * 1024
-# Smaller than any i64 timestamp a batch can carry: "no record seen yet".
-NO_TIMESTAMP = -(1 << 63) - 1
 _MIN_BATCH_LENGTH = BATCH_HEADER.size - struct.calcsize(">QI")
-
-
-def segment_name(base_offset: int) -> str:
-    return f"{base_offset:020d}"
-
-
-def _entries() -> array.array[int]:
-    return array.array("q")
-
-
-@dataclass(slots=True)
-class IndexState:
-    """The in-memory copy of a segment's two indexes: lockstep arrays of 64-bit integers
-    (8 bytes an entry each, where lists of ints took about 40)."""
-
-    relative_offsets: array.array[int] = field(default_factory=_entries)
-    positions: array.array[int] = field(default_factory=_entries)
-    max_timestamps: array.array[int] = field(default_factory=_entries)
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def truncate(self, count: int) -> None:
-        del self.relative_offsets[count:]
-        del self.positions[count:]
-        del self.max_timestamps[count:]
-
-    def append(self, relative_offset: int, position: int, max_timestamp: int) -> None:
-        self.relative_offsets.append(relative_offset)
-        self.positions.append(position)
-        self.max_timestamps.append(max_timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +69,6 @@ class AppendPlan:
     bytes_since_index: int
     max_timestamp: int
     first_timestamp: int
-
-
-@dataclass(frozen=True, slots=True)
-class TailRecovery:
-    """What recovery found at the end of the last segment."""
-
-    truncated_bytes: int
-    reason: str | None  # "short" for a torn tail, "corrupt" for a bad batch, None if clean
-    rebuilt_index: bool
 
 
 class Segment:
@@ -320,138 +262,11 @@ class Segment:
             position = end
             expected_offset = header.next_offset
 
-    def _file_size(self) -> int:
+    def file_size(self) -> int:
+        """The ``.log`` file's size on disk (recovery compares it with what is durable)."""
         return os.fstat(self.log_fd).st_size
 
-    # --- indexes ---------------------------------------------------------------------
-
-    def _read_index_files(self) -> IndexState:
-        raw = pread_exact(self.index_fd, os.fstat(self.index_fd).st_size, 0)
-        raw_time = pread_exact(self.time_index_fd, os.fstat(self.time_index_fd).st_size, 0)
-        count = min(len(raw) // OFFSET_INDEX_ENTRY.size, len(raw_time) // TIME_INDEX_ENTRY.size)
-        state = IndexState()
-        for i in range(count):
-            rel, pos = OFFSET_INDEX_ENTRY.unpack_from(raw, i * OFFSET_INDEX_ENTRY.size)
-            ts, rel_t = TIME_INDEX_ENTRY.unpack_from(raw_time, i * TIME_INDEX_ENTRY.size)
-            if rel != rel_t:
-                break
-            if state.positions and (
-                pos <= state.positions[-1]
-                or rel <= state.relative_offsets[-1]
-                or ts < state.max_timestamps[-1]
-            ):
-                break
-            if pos == 0:
-                break
-            state.append(rel, pos, ts)
-        return state
-
-    def _entry_ok(self, index: IndexState, i: int, limit: int) -> bool:
-        """Whether entry ``i`` points at a whole, checksummed batch with the right offset."""
-        expected = self.base_offset + index.relative_offsets[i]
-        try:
-            for _pos, _header in self.scan(index.positions[i], limit, expected, verify_crc=True):
-                return True
-        except (ShortBatchError, CorruptBatchError):
-            return False
-        return False
-
-    def _write_index_files(self, index: IndexState) -> None:
-        offsets = b"".join(
-            OFFSET_INDEX_ENTRY.pack(rel, pos)
-            for rel, pos in zip(index.relative_offsets, index.positions, strict=True)
-        )
-        times = b"".join(
-            TIME_INDEX_ENTRY.pack(ts, rel)
-            for ts, rel in zip(index.max_timestamps, index.relative_offsets, strict=True)
-        )
-        for fd, data in ((self.index_fd, offsets), (self.time_index_fd, times)):
-            self.ops.ftruncate(fd, 0)
-            self.ops.write_all(fd, [data], 0)
-            self.ops.fdatasync(fd)
-
-    def _replay(
-        self,
-        index: IndexState,
-        start_position: int,
-        start_offset: int,
-        max_before: int | None,
-        limit: int,
-        index_interval: int,
-        *,
-        verify_crc: bool,
-    ) -> tuple[int, int, int | None, int, str | None, int | None]:
-        """Scan from an indexed point, adding index entries as appends would have.
-
-        Answers (end position, next offset, max timestamp, bytes since the last entry,
-        the reason the scan stopped early or None, first timestamp of the segment).
-        """
-        position = start_position
-        next_offset = start_offset
-        running_max = NO_TIMESTAMP if max_before is None else max_before
-        since = 0
-        first_ts: int | None = None
-        reason: str | None = None
-        try:
-            for pos, header in self.scan(
-                start_position, limit, start_offset, verify_crc=verify_crc
-            ):
-                if pos == 0:
-                    first_ts = header.first_timestamp
-                if since >= index_interval and pos != start_position:
-                    index.append(header.base_offset - self.base_offset, pos, running_max)
-                    since = 0
-                since += header.total_size
-                running_max = max(running_max, header.max_timestamp)
-                position = pos + header.total_size
-                next_offset = header.next_offset
-        except ShortBatchError:
-            reason = "short"
-        except CorruptBatchError:
-            reason = "corrupt"
-        newest = None if running_max == NO_TIMESTAMP else running_max
-        return position, next_offset, newest, since, reason, first_ts
-
-    def load_closed(self, index_interval: int, next_base: int | None) -> bool:
-        """Open a rolled segment: check its indexes cheaply, rebuild them if they disagree.
-
-        Answers whether the indexes had to be rebuilt.
-        """
-        self.read_only = True
-        self.size = self.durable_size = self._file_size()
-        index = self._read_index_files()
-        sane = len(index) == os.fstat(self.index_fd).st_size // OFFSET_INDEX_ENTRY.size
-        sane = sane and len(index) == os.fstat(self.time_index_fd).st_size // (
-            TIME_INDEX_ENTRY.size
-        )
-        if sane and len(index):
-            sane = index.positions[-1] < self.size and self._entry_ok(
-                index, len(index) - 1, self.size
-            )
-        if sane:
-            self.index = index
-            self.next_offset = next_base if next_base is not None else self.base_offset
-            if next_base is None:
-                self._finish_scan_for_end()
-            return False
-        rebuilt = IndexState()
-        end, next_offset, max_ts, since, reason, first_ts = self._replay(
-            rebuilt, 0, self.base_offset, None, self.size, index_interval, verify_crc=True
-        )
-        if reason is not None:
-            raise CorruptBatchError(
-                f"{self.log_path.name}: a rolled segment is damaged at byte {end} ({reason})",
-                position=end,
-            )
-        self.index = rebuilt
-        self.next_offset = next_offset
-        self.max_timestamp = max_ts
-        self.first_timestamp = first_ts
-        self.bytes_since_index = since
-        self._write_index_files(rebuilt)
-        return True
-
-    def _finish_scan_for_end(self) -> None:
+    def scan_for_end(self) -> None:
         """Find the end offset and max timestamp of a closed segment from its last entry."""
         if len(self.index):
             start = self.index.positions[-1]
@@ -460,8 +275,14 @@ class Segment:
         else:
             start, offset, max_before = 0, self.base_offset, None
         index = IndexState()  # entries past the last one are not wanted here
-        end, next_offset, max_ts, _since, reason, _first = self._replay(
-            index, start, offset, max_before, self.size, 1 << 62, verify_crc=False
+        end, next_offset, max_ts, _since, reason, _first = replay(
+            index,
+            self.scan(start, self.size, offset, verify_crc=False),
+            self.base_offset,
+            start,
+            offset,
+            max_before,
+            1 << 62,
         )
         if reason is not None:
             raise CorruptBatchError(
@@ -474,65 +295,8 @@ class Segment:
     def ensure_max_timestamp(self) -> int | None:
         """The largest record timestamp of this segment (computed once for old segments)."""
         if self.max_timestamp is None and not self.is_empty:
-            self._finish_scan_for_end()
+            self.scan_for_end()
         return self.max_timestamp
-
-    def recover_tail(self, index_interval: int) -> TailRecovery:
-        """Open the last segment: scan only from its last good index entry, cut a bad tail.
-
-        Index entries are trusted only back to the last one that points at a whole batch
-        with the right offset; the log is scanned from there, the first short or corrupt
-        batch and everything after it are cut off, and the indexes are rewritten if they
-        disagreed with what the scan found.
-        """
-        file_size = self._file_size()
-        on_disk = self._read_index_files()
-        index = IndexState(
-            array.array("q", on_disk.relative_offsets),
-            array.array("q", on_disk.positions),
-            array.array("q", on_disk.max_timestamps),
-        )
-        while len(index) and (
-            index.positions[-1] >= file_size or not self._entry_ok(index, len(index) - 1, file_size)
-        ):
-            index.truncate(len(index) - 1)
-        kept = len(index)
-        if kept:
-            start = index.positions[-1]
-            offset = self.base_offset + index.relative_offsets[-1]
-            max_before: int | None = index.max_timestamps[-1]
-        else:
-            start, offset, max_before = 0, self.base_offset, None
-        end, next_offset, max_ts, since, reason, first_ts = self._replay(
-            index, start, offset, max_before, file_size, index_interval, verify_crc=True
-        )
-        if kept:
-            # The replay counted from the entry's batch; the first timestamp is the very
-            # first batch's, read from position 0.
-            first = next(self.scan(0, file_size, self.base_offset, verify_crc=False))
-            first_ts = first[1].first_timestamp
-        truncated = file_size - end
-        if truncated:
-            self.ops.ftruncate(self.log_fd, end)
-        # Always: after a crash the tail may be in the page cache only, and what readers
-        # see must survive a power loss too.
-        self.ops.fdatasync(self.log_fd)
-        index_files_match = (
-            on_disk.relative_offsets == index.relative_offsets
-            and on_disk.positions == index.positions
-            and on_disk.max_timestamps == index.max_timestamps
-            and os.fstat(self.index_fd).st_size == len(index) * OFFSET_INDEX_ENTRY.size
-            and os.fstat(self.time_index_fd).st_size == len(index) * TIME_INDEX_ENTRY.size
-        )
-        if not index_files_match:
-            self._write_index_files(index)
-        self.size = self.durable_size = end
-        self.next_offset = next_offset
-        self.index = index
-        self.bytes_since_index = since
-        self.max_timestamp = max_ts
-        self.first_timestamp = first_ts
-        return TailRecovery(truncated, reason, not index_files_match)
 
     # --- appending (writer side) -----------------------------------------------------
 
@@ -773,24 +537,7 @@ def read_batch_span(
     return view[:total], next_offset
 
 
-def list_segment_bases(directory: Path) -> list[int]:
-    """Base offsets of the ``.log`` files in ``directory``, in order."""
-    bases = []
-    for path in directory.iterdir():
-        if path.suffix == LOG_SUFFIX and path.stem.isdigit() and len(path.stem) == 20:
-            bases.append(int(path.stem))
-    return sorted(bases)
-
-
-def remove_strays(directory: Path, bases: Sequence[int]) -> list[Path]:
-    """Delete index files without their log and temporary files (left by a crash)."""
-    keep = {segment_name(b) for b in bases}
-    removed = []
-    for path in directory.iterdir():
-        if path.suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX) and path.stem not in keep:
-            path.unlink()
-            removed.append(path)
-        elif path.suffix == ".tmp":
-            path.unlink()
-            removed.append(path)
-    return removed
+def retire_segments(segments: Iterable[Segment]) -> None:
+    """Stop using these segment objects; each one's files close once no reader pins it."""
+    for segment in segments:
+        segment.retire()
