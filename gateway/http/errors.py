@@ -1,8 +1,8 @@
-"""The JSON error body, and the middleware that turns every failure into one."""
+"""The JSON error body, and the answer every failure gets (the front middleware of
+``middlewares.py`` turns each failure into one)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from typing import Any
@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.http.routing import Handler
 from partitions.errors import EventBusError
 
 log = logging.getLogger(__name__)
@@ -68,11 +67,11 @@ def _retry_after(exc: EventBusError) -> str:
     return "1"
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except EventBusError as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON error body a failure answers, with a fitting status; a failure the server
+    did not expect is logged with its traceback and answered 500 without its details.
+    An HTTP answer below 400 (a redirect) is not a failure: it is raised again."""
+    if isinstance(exc, EventBusError):
         headers = {"Retry-After": _retry_after(exc)} if exc.retriable else None
         if exc.status == 401:
             headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="eventbus"'}
@@ -86,9 +85,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # cannot carry another request, so say that it closes.
             response.force_close()
         return response
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _HTTP_CODES.get(exc.status, "http_error")
         headers = {}
         if exc.status == 405 and "Allow" in exc.headers:
@@ -99,8 +98,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             413: "the request body is larger than the server accepts",
         }.get(exc.status, exc.reason)
         return error_response(exc.status, code, message, headers=headers or None)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "the server failed to handle the request")
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal_error", "the server failed to handle the request")

@@ -1,6 +1,6 @@
-"""The middlewares of the HTTP front door, outermost first: the request's id, log line and
-metrics (:func:`request_middleware`); the JSON error body (``errors.py``); and the tenant
-gate (:func:`tenant_gate`), which in one pass authenticates the key, forwards a request
+"""The two middlewares of the HTTP front door, outermost first: the request's id, its error
+answer, log line and metrics (:func:`front_middleware`); and the tenant gate
+(:func:`tenant_gate`), which in one pass authenticates the key, forwards a request
 whose state has its home in another process, counts the request for the tenant's bill,
 checks the key's scope and the tenant's quotas, and waits for the tenant's turn in the
 fair scheduler. What each route needs is read off the route table
@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.http.charges import DELIVERED
+from gateway.http.errors import error_answer
 from gateway.http.keys import ADMIN_ON_TENANT_ROUTE, METRICS, PRINCIPAL
 from gateway.http.routing import Access, Handler, Home, Route, RouteIndex, route_of
 from gateway.logs import request_id
@@ -67,8 +68,9 @@ _request_numbers = itertools.count()
 
 
 @web.middleware
-async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, structured request log and metrics, around everything else."""
+async def front_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Around everything else: the request's id, every failure turned into the JSON error
+    body (``errors.py``), and the structured request log and metrics."""
     rid = request.headers.get("X-Request-Id", "")
     if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
         rid = f"{_id_prefix}{next(_request_numbers):016x}"
@@ -76,7 +78,12 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     started = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure gets its JSON answer
+            response = error_answer(request, exc)
         status = response.status
         response.headers["X-Request-Id"] = rid
         return response

@@ -29,10 +29,9 @@ from aiohttp import web
 
 from gateway.config import Clocks, ServerConfig
 from gateway.health import Health
-from gateway.http.errors import error_middleware
 from gateway.http.keys import BROKER, CONFIG, HEALTH, METER, METRICS, OPENAPI, TENANCY
 from gateway.http.metrics import Metrics
-from gateway.http.middlewares import Forwarder, request_middleware, tenant_gate
+from gateway.http.middlewares import Forwarder, front_middleware, tenant_gate
 from gateway.http.openapi.document import build_document
 from gateway.http.routes import ROUTES
 from gateway.http.routing import index
@@ -84,8 +83,7 @@ def create_app(
     app = web.Application(
         client_max_size=config.max_request_bytes,
         middlewares=[
-            request_middleware,
-            error_middleware,
+            front_middleware,
             tenant_gate(
                 routes,
                 authenticator=lambda: app[AUTHENTICATOR],

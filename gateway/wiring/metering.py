@@ -4,6 +4,7 @@ this worker serves the others and stops before it does, with a last sample and f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -78,10 +79,9 @@ async def metering_loop_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         metering.stop.set()
+        # Its last pass finishes (a loop that died is reported by the health already).
+        await asyncio.wait([task])
         try:
-            await task
+            await meter.sample()
         finally:
-            try:
-                await meter.sample()
-            finally:
-                await meter.flush()
+            await meter.flush()
