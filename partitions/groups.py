@@ -36,15 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from partitions.catalog import Catalog
 from partitions.group_admin import GroupAdmin
 from partitions.group_assignment import LineageAssignor
 from partitions.group_commits import GroupCommits
 from partitions.group_fetch import GroupFetcher
-from partitions.group_model import FetchResult, Group, TopicShape, unknown_member
+from partitions.group_model import Group, TopicShape, unknown_member
 from partitions.group_table import GroupTable
 from partitions.worker import PartitionWorker
 
@@ -78,6 +77,16 @@ class GroupCoordinator:
         self._admin = GroupAdmin(
             catalog, worker, self._groups, assignor, self._commits, clock_ms=clock_ms
         )
+        # The coordinator's operations are its parts' own (their docstrings say the rest):
+        # join or continue and fetch; commit by hand; describe, delete and seek a group;
+        # wait until a group's, or every group's, automatic commits are in the catalog.
+        self.fetch = self._fetcher.fetch
+        self.commit = self._commits.commit
+        self.describe = self._admin.describe
+        self.delete = self._admin.delete
+        self.seek = self._admin.seek
+        self.written = self._commits.written
+        self.write_all = self._commits.write_all
 
     @property
     def groups_in_memory(self) -> int:
@@ -114,51 +123,6 @@ class GroupCoordinator:
 
     # --- members -------------------------------------------------------------------------
 
-    async def fetch(
-        self,
-        shape: TopicShape,
-        name: str,
-        *,
-        member_id: str | None,
-        max_records: int,
-        max_bytes: int,
-        wait_ms: int,
-        auto_commit: bool | None,
-        session_timeout_ms: int | None,
-        auto_offset_reset: str,
-        raw: bool = False,
-    ) -> FetchResult:
-        """Join (``member_id=None``) or continue, and fetch from the member's partitions.
-
-        ``auto_commit`` and ``session_timeout_ms`` stay as the member last set them when
-        a fetch leaves them out (defaults: true, 30 s).
-        """
-        return await self._fetcher.fetch(
-            shape,
-            name,
-            member_id=member_id,
-            max_records=max_records,
-            max_bytes=max_bytes,
-            wait_ms=wait_ms,
-            auto_commit=auto_commit,
-            session_timeout_ms=session_timeout_ms,
-            auto_offset_reset=auto_offset_reset,
-            raw=raw,
-        )
-
-    async def commit(
-        self,
-        shape: TopicShape,
-        name: str,
-        *,
-        member_id: str,
-        generation: int,
-        offsets: Mapping[int, int],
-    ) -> dict[int, int]:
-        return await self._commits.commit(
-            shape, name, member_id=member_id, generation=generation, offsets=offsets
-        )
-
     async def leave(
         self, shape: TopicShape, name: str, member_id: str, *, commit: bool = True
     ) -> None:
@@ -176,26 +140,3 @@ class GroupCoordinator:
                 await self._commits.commit_delivered(group, shape, member)
             group.remove_member(member_id)
             group.notify()
-
-    # --- automatic commits being written ---------------------------------------------------
-
-    async def written(self, group: Group) -> None:
-        """Wait until the group's automatic commits are in the catalog."""
-        await self._commits.written(group)
-
-    async def write_all(self) -> None:
-        """Wait until every group's automatic commits are in the catalog (shutdown)."""
-        await self._commits.write_all()
-
-    # --- describe, delete, seek ----------------------------------------------------------
-
-    async def describe(self, shape: TopicShape, name: str) -> dict[str, Any]:
-        return await self._admin.describe(shape, name)
-
-    async def delete(self, shape: TopicShape, name: str) -> None:
-        await self._admin.delete(shape, name)
-
-    async def seek(self, shape: TopicShape, name: str, target: Any) -> dict[int, int]:
-        """Reset committed offsets: "earliest", "latest", {"timestamp_ms": T} or
-        {"offsets": [{"partition", "offset"}]}. Only while the group has no live members."""
-        return await self._admin.seek(shape, name, target)

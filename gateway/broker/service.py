@@ -25,7 +25,7 @@ from gateway.broker.answers import IdempotentProducer, IdempotentRequest
 from gateway.broker.autoscale_status import autoscale_json
 from gateway.broker.names import key_hash, validate_topic_name
 from gateway.broker.produce import Admit, Producer
-from gateway.broker.reads import ReadAnswer, Reader
+from gateway.broker.reads import Reader
 from gateway.broker.reshape import LimitsOf, Reshaper
 from gateway.broker.topic_config import normalize_topic_config, with_defaults
 from gateway.broker.topology import SINGLE_PROCESS, Topology
@@ -96,6 +96,8 @@ class Broker:
             self.views, catalog, worker, topology, limits, self.meters, self.groups
         )
         self.reader = Reader(self.views, worker, self.refresh_topic)
+        # Records from one partition, decoded, or with ``raw`` as whole stored batches.
+        self.read = self.reader.read
         # Deleted incarnations whose cleanup a request is running now.
         self._deleting: set[tuple[str, str]] = set()
 
@@ -352,7 +354,7 @@ class Broker:
         """Merge two adjacent active partitions into one."""
         return await self.reshaper.merge(tenant, name, partition_ids)
 
-    # --- produce and read ----------------------------------------------------------------
+    # --- produce --------------------------------------------------------------------------
 
     async def produce(
         self,
@@ -380,32 +382,6 @@ class Broker:
             )
         return await self.idempotent.produce(
             tenant, name, records, idempotency, appended=appended, admit=admit
-        )
-
-    async def read(
-        self,
-        tenant: str,
-        name: str,
-        partition_id: int,
-        *,
-        offset: int | None,
-        timestamp_ms: int | None,
-        max_records: int,
-        max_bytes: int,
-        wait_ms: int,
-        raw: bool = False,
-    ) -> ReadAnswer:
-        """Records from one partition, decoded, or with ``raw`` as whole stored batches."""
-        return await self.reader.read(
-            tenant,
-            name,
-            partition_id,
-            offset=offset,
-            timestamp_ms=timestamp_ms,
-            max_records=max_records,
-            max_bytes=max_bytes,
-            wait_ms=wait_ms,
-            raw=raw,
         )
 
     # --- retention -----------------------------------------------------------------------

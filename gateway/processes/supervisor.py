@@ -10,12 +10,8 @@ the environment, each forked by a *spawner* process that loaded the server once 
 itself before anything else ran), and waits until every one says it serves before it
 prints the usual ``eventbus listening on`` line.
 
-Each worker has two pipes to the supervisor. On its *control* pipe it says ``ready`` once
-it serves and ``drained`` once it has finished its HTTP requests at shutdown. Its *stdin*
-is the supervisor's: ``close`` on it lets a drained worker close its partitions, and end of
-file means the supervisor died, after which the worker kills itself at once (as it does,
-on Linux, by the parent-death signal): no worker outlives the server and races a new one
-for the same partitions. Each worker also holds a lock file for its index while it runs.
+Each worker has two pipes to the supervisor, its control pipe and its stdin, on which they
+say the words of ``role.py``; ``worker.py`` is the worker's side of them.
 
 A worker that dies is started again at once with the same index, and recovers its
 partitions from disk; one that keeps dying within seconds of starting is started again

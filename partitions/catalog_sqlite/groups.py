@@ -113,8 +113,8 @@ def commit_offsets(
     group: str,
     offsets: Mapping[int, int],
     *,
-    generation: int | None,
-    expected_version: int | None,
+    generation: int | None = None,
+    expected_version: int | None = None,
 ) -> GroupRecord:
     for pid, offset in offsets.items():
         if offset < 0:
@@ -169,7 +169,7 @@ def delete_group(
     topic: str,
     group: str,
     *,
-    expected_version: int | None,
+    expected_version: int | None = None,
 ) -> None:
     incarnation = live_topic(conn, tenant, topic)["incarnation"]
     found = _find_group(conn, tenant, incarnation, topic, group)

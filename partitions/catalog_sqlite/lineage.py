@@ -136,7 +136,7 @@ def _seal(
 
 
 def list_partitions(
-    conn: sqlite3.Connection, tenant: str, topic: str, *, incarnation: str | None
+    conn: sqlite3.Connection, tenant: str, topic: str, *, incarnation: str | None = None
 ) -> list[PartitionRecord]:
     live = live_incarnation(conn, tenant, topic, incarnation)
     rows = conn.execute(
@@ -262,7 +262,7 @@ def advance_start_offset(
     partition_id: int,
     start_offset: int,
     *,
-    incarnation: str | None,
+    incarnation: str | None = None,
 ) -> PartitionRecord:
     if start_offset < 0:
         raise InvalidOffsetError(f"a start offset cannot be negative: {start_offset}")

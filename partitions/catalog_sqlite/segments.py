@@ -137,8 +137,8 @@ def list_remote_segments_in_state(
     conn: sqlite3.Connection,
     state: RemoteSegmentState,
     *,
-    after: tuple[str, str, int, int] | None,
-    limit: int,
+    after: tuple[str, str, int, int] | None = None,
+    limit: int = 1000,
 ) -> list[RemoteSegmentRecord]:
     """One page of the rows in ``state`` across all topics, after the key ``after``."""
     start = after or ("", "", -1, -1)

@@ -3,7 +3,8 @@
 One connection on one dedicated thread does every read and write, so the event loop never
 blocks on SQLite and operations are serialised: each is a single ``BEGIN IMMEDIATE``
 transaction that either commits whole or changes nothing. Each method runs one function of
-an entity module in that transaction; what the operation does is there, not here.
+an entity module in that transaction (most are bound with :class:`transaction`, taking the
+function's own parameters); what the operation does is there, not here.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import partitions.catalog_sqlite.groups as groups
 import partitions.catalog_sqlite.idempotency as idempotency
@@ -28,13 +29,8 @@ import partitions.catalog_sqlite.usage as usage
 from partitions.catalog import (
     ApiKeyRecord,
     Catalog,
-    GroupRecord,
-    IdempotencyRecord,
     LineageChange,
     PartitionRecord,
-    RemoteSegmentRecord,
-    RemoteSegmentState,
-    TenantCounts,
     TenantRecord,
     TopicRecord,
     UsageRecord,
@@ -47,6 +43,31 @@ T = TypeVar("T")
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class transaction(Generic[P, T]):  # noqa: N801 - read as a decorator of the class's methods
+    """A method of :class:`SqliteCatalog` that runs an entity module's function,
+    ``fn(conn, *args, **kwargs)``, in one transaction: the method has the function's
+    parameters (but the connection) and answers what it answers."""
+
+    def __init__(self, fn: Callable[Concatenate[sqlite3.Connection, P], T]) -> None:
+        self._fn = fn
+        self.__doc__ = fn.__doc__
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> transaction[P, T]: ...
+
+    @overload
+    def __get__(
+        self, instance: SqliteCatalog, owner: type[Any]
+    ) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    def __get__(
+        self, instance: SqliteCatalog | None, owner: type[Any]
+    ) -> transaction[P, T] | Callable[P, Coroutine[Any, Any, T]]:
+        if instance is None:
+            return self
+        return partial(instance._tx, self._fn)
 
 
 class SqliteCatalog:
@@ -119,11 +140,9 @@ class SqliteCatalog:
 
     # --- settings ------------------------------------------------------------------------
 
-    async def get_setting(self, name: str) -> str | None:
-        return await self._tx(settings.get_setting, name)
+    get_setting = transaction(settings.get_setting)
 
-    async def put_setting(self, name: str, value: str) -> None:
-        await self._tx(settings.put_setting, name, value)
+    put_setting = transaction(settings.put_setting)
 
     # --- tenants and keys ----------------------------------------------------------------
 
@@ -138,29 +157,16 @@ class SqliteCatalog:
             tenants.create_tenant, name, quotas=quotas, plan=plan, clock_ms=self._clock_ms
         )
 
-    async def get_tenant(self, name: str) -> TenantRecord:
-        return await self._tx(tenants.get_tenant, name)
+    get_tenant = transaction(tenants.get_tenant)
 
-    async def list_tenants(self) -> list[TenantRecord]:
-        return await self._tx(tenants.list_tenants)
+    list_tenants = transaction(tenants.list_tenants)
 
-    async def update_tenant(
-        self,
-        name: str,
-        *,
-        expected_version: int,
-        quotas: Mapping[str, Any] | None = None,
-        plan: Mapping[str, Any] | None = None,
-    ) -> TenantRecord:
-        return await self._tx(
-            tenants.update_tenant, name, expected_version=expected_version, quotas=quotas, plan=plan
-        )
+    update_tenant = transaction(tenants.update_tenant)
 
     async def delete_tenant(self, name: str) -> list[TopicRecord]:
         return await self._tx(tenants.delete_tenant, name, clock_ms=self._clock_ms)
 
-    async def tenant_counts(self, tenant: str) -> TenantCounts:
-        return await self._tx(tenants.tenant_counts, tenant)
+    tenant_counts = transaction(tenants.tenant_counts)
 
     async def add_api_key(
         self, tenant: str, key_id: str, key_hash: str, scope: Mapping[str, Any]
@@ -169,17 +175,13 @@ class SqliteCatalog:
             tenants.add_api_key, tenant, key_id, key_hash, scope, clock_ms=self._clock_ms
         )
 
-    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
-        return await self._tx(tenants.find_api_key, key_hash)
+    find_api_key = transaction(tenants.find_api_key)
 
-    async def list_api_keys(self, tenant: str) -> list[ApiKeyRecord]:
-        return await self._tx(tenants.list_api_keys, tenant)
+    list_api_keys = transaction(tenants.list_api_keys)
 
-    async def revoke_api_key(self, tenant: str, key_id: str) -> None:
-        await self._tx(tenants.revoke_api_key, tenant, key_id)
+    revoke_api_key = transaction(tenants.revoke_api_key)
 
-    async def touch_api_key(self, tenant: str, key_id: str, used_ms: int) -> None:
-        await self._tx(tenants.touch_api_key, tenant, key_id, used_ms)
+    touch_api_key = transaction(tenants.touch_api_key)
 
     # --- topics --------------------------------------------------------------------------
 
@@ -205,39 +207,24 @@ class SqliteCatalog:
             clock_ms=self._clock_ms,
         )
 
-    async def get_topic(self, tenant: str, name: str) -> TopicRecord:
-        return await self._tx(topics.get_topic, tenant, name)
+    get_topic = transaction(topics.get_topic)
 
-    async def list_topics(
-        self, tenant: str, *, after: str | None = None, limit: int = 100
-    ) -> list[TopicRecord]:
-        return await self._tx(topics.list_topics, tenant, after=after, limit=limit)
+    list_topics = transaction(topics.list_topics)
 
-    async def update_topic_config(
-        self, tenant: str, name: str, config: Mapping[str, Any], *, expected_version: int
-    ) -> TopicRecord:
-        return await self._tx(
-            topics.update_topic_config, tenant, name, config, expected_version=expected_version
-        )
+    update_topic_config = transaction(topics.update_topic_config)
 
     async def delete_topic(self, tenant: str, name: str) -> TopicRecord:
         return await self._tx(topics.delete_topic, tenant, name, clock_ms=self._clock_ms)
 
-    async def list_deleted_topics(self) -> list[TopicRecord]:
-        return await self._tx(topics.list_deleted_topics)
+    list_deleted_topics = transaction(topics.list_deleted_topics)
 
-    async def purge_topic(self, tenant: str, incarnation: str) -> None:
-        await self._tx(topics.purge_topic, tenant, incarnation)
+    purge_topic = transaction(topics.purge_topic)
 
     # --- partitions and lineage ----------------------------------------------------------
 
-    async def list_partitions(
-        self, tenant: str, topic: str, *, incarnation: str | None = None
-    ) -> list[PartitionRecord]:
-        return await self._tx(lineage.list_partitions, tenant, topic, incarnation=incarnation)
+    list_partitions = transaction(lineage.list_partitions)
 
-    async def get_partition(self, tenant: str, topic: str, partition_id: int) -> PartitionRecord:
-        return await self._tx(lineage.get_partition, tenant, topic, partition_id)
+    get_partition = transaction(lineage.get_partition)
 
     async def split_partition(
         self,
@@ -283,140 +270,41 @@ class SqliteCatalog:
             clock_ms=self._clock_ms,
         )
 
-    async def list_placements(self, tenant: str, incarnation: str) -> dict[int, int]:
-        return await self._tx(lineage.list_placements, tenant, incarnation)
+    list_placements = transaction(lineage.list_placements)
 
-    async def advance_start_offset(
-        self,
-        tenant: str,
-        topic: str,
-        partition_id: int,
-        start_offset: int,
-        *,
-        incarnation: str | None = None,
-    ) -> PartitionRecord:
-        return await self._tx(
-            lineage.advance_start_offset,
-            tenant,
-            topic,
-            partition_id,
-            start_offset,
-            incarnation=incarnation,
-        )
+    advance_start_offset = transaction(lineage.advance_start_offset)
 
     # --- consumer groups -----------------------------------------------------------------
 
-    async def get_group(self, tenant: str, topic: str, group: str) -> GroupRecord:
-        return await self._tx(groups.get_group, tenant, topic, group)
+    get_group = transaction(groups.get_group)
 
-    async def list_groups(self, tenant: str, topic: str) -> list[GroupRecord]:
-        return await self._tx(groups.list_groups, tenant, topic)
+    list_groups = transaction(groups.list_groups)
 
-    async def put_group(
-        self,
-        tenant: str,
-        topic: str,
-        group: str,
-        *,
-        generation: int,
-        metadata: Mapping[str, Any],
-        expected_version: int | None,
-    ) -> GroupRecord:
-        return await self._tx(
-            groups.put_group,
-            tenant,
-            topic,
-            group,
-            generation=generation,
-            metadata=metadata,
-            expected_version=expected_version,
-        )
+    put_group = transaction(groups.put_group)
 
-    async def commit_offsets(
-        self,
-        tenant: str,
-        topic: str,
-        group: str,
-        offsets: Mapping[int, int],
-        *,
-        generation: int | None = None,
-        expected_version: int | None = None,
-    ) -> GroupRecord:
-        return await self._tx(
-            groups.commit_offsets,
-            tenant,
-            topic,
-            group,
-            offsets,
-            generation=generation,
-            expected_version=expected_version,
-        )
+    commit_offsets = transaction(groups.commit_offsets)
 
-    async def delete_group(
-        self, tenant: str, topic: str, group: str, *, expected_version: int | None = None
-    ) -> None:
-        await self._tx(groups.delete_group, tenant, topic, group, expected_version=expected_version)
+    delete_group = transaction(groups.delete_group)
 
     # --- idempotency ---------------------------------------------------------------------
 
-    async def remember_answer(self, record: IdempotencyRecord, *, now_ms: int) -> IdempotencyRecord:
-        return await self._tx(idempotency.remember_answer, record, now_ms=now_ms)
+    remember_answer = transaction(idempotency.remember_answer)
 
-    async def find_answer(
-        self, tenant: str, topic: str, key: str, *, now_ms: int
-    ) -> IdempotencyRecord | None:
-        return await self._tx(idempotency.find_answer, tenant, topic, key, now_ms=now_ms)
+    find_answer = transaction(idempotency.find_answer)
 
-    async def forget_expired_answers(self, *, now_ms: int) -> int:
-        return await self._tx(idempotency.forget_expired_answers, now_ms=now_ms)
+    forget_expired_answers = transaction(idempotency.forget_expired_answers)
 
     # --- remote segments -----------------------------------------------------------------
 
-    async def add_remote_segment(self, record: RemoteSegmentRecord) -> RemoteSegmentRecord:
-        return await self._tx(segments.add_remote_segment, record)
+    add_remote_segment = transaction(segments.add_remote_segment)
 
-    async def set_remote_segment_state(
-        self,
-        tenant: str,
-        incarnation: str,
-        partition_id: int,
-        base_offset: int,
-        *,
-        from_state: RemoteSegmentState,
-        to_state: RemoteSegmentState,
-    ) -> RemoteSegmentRecord:
-        return await self._tx(
-            segments.set_remote_segment_state,
-            tenant,
-            incarnation,
-            partition_id,
-            base_offset,
-            from_state=from_state,
-            to_state=to_state,
-        )
+    set_remote_segment_state = transaction(segments.set_remote_segment_state)
 
-    async def list_remote_segments(
-        self, tenant: str, incarnation: str, partition_id: int
-    ) -> list[RemoteSegmentRecord]:
-        return await self._tx(segments.list_remote_segments, tenant, incarnation, partition_id)
+    list_remote_segments = transaction(segments.list_remote_segments)
 
-    async def remove_remote_segment(
-        self, tenant: str, incarnation: str, partition_id: int, base_offset: int
-    ) -> None:
-        await self._tx(
-            segments.remove_remote_segment, tenant, incarnation, partition_id, base_offset
-        )
+    remove_remote_segment = transaction(segments.remove_remote_segment)
 
-    async def list_remote_segments_in_state(
-        self,
-        state: RemoteSegmentState,
-        *,
-        after: tuple[str, str, int, int] | None = None,
-        limit: int = 1000,
-    ) -> list[RemoteSegmentRecord]:
-        return await self._tx(
-            segments.list_remote_segments_in_state, state, after=after, limit=limit
-        )
+    list_remote_segments_in_state = transaction(segments.list_remote_segments_in_state)
 
     # --- usage ---------------------------------------------------------------------------
 
@@ -425,10 +313,7 @@ class SqliteCatalog:
         if rows:
             await self._tx(usage.add_usage, rows)
 
-    async def list_usage(
-        self, start_ms: int, end_ms: int, *, tenant: str | None = None
-    ) -> list[UsageRecord]:
-        return await self._tx(usage.list_usage, start_ms, end_ms, tenant=tenant)
+    list_usage = transaction(usage.list_usage)
 
 
 def _conforms(catalog: SqliteCatalog) -> Catalog:

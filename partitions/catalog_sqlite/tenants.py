@@ -62,8 +62,8 @@ def update_tenant(
     name: str,
     *,
     expected_version: int,
-    quotas: Mapping[str, Any] | None,
-    plan: Mapping[str, Any] | None,
+    quotas: Mapping[str, Any] | None = None,
+    plan: Mapping[str, Any] | None = None,
 ) -> TenantRecord:
     row = require_tenant(conn, name)
     if row["version"] != expected_version:

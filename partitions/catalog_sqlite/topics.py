@@ -62,7 +62,7 @@ def get_topic(conn: sqlite3.Connection, tenant: str, name: str) -> TopicRecord:
 
 
 def list_topics(
-    conn: sqlite3.Connection, tenant: str, *, after: str | None, limit: int
+    conn: sqlite3.Connection, tenant: str, *, after: str | None = None, limit: int = 100
 ) -> list[TopicRecord]:
     rows = conn.execute(
         "SELECT * FROM topics WHERE tenant = ? AND deleted_ms IS NULL AND name > ? "

@@ -43,7 +43,7 @@ def add_usage(conn: sqlite3.Connection, rows: Sequence[tuple[int | str, ...]]) -
 
 
 def list_usage(
-    conn: sqlite3.Connection, start_ms: int, end_ms: int, *, tenant: str | None
+    conn: sqlite3.Connection, start_ms: int, end_ms: int, *, tenant: str | None = None
 ) -> list[UsageRecord]:
     if tenant is None:
         rows = conn.execute(
