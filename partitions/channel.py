@@ -218,6 +218,11 @@ class ChannelServer:
         self._connections: set[Connection] = set()
         self._tasks: dict[tuple[Connection, int], asyncio.Task[None]] = {}
 
+    @property
+    def calls_in_flight(self) -> int:
+        """Requests being handled now (a cancelled one leaves at once)."""
+        return len(self._tasks)
+
     def register(self, op: int, handler: Handler) -> None:
         if op in self.handlers:
             raise ValueError(f"op {op} already has a handler")

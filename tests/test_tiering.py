@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,10 @@ import pytest
 
 from gateway.http.keys import BROKER
 from gateway.tenancy.quotas import Quotas
-from gateway.wiring.state import CATALOG, TIERING
+from gateway.wiring.state import CATALOG, LOCAL_WORKER, TIERING
 from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
 from partitions.log.values import SegmentInfo
 from partitions.partition_key import PartitionKey
-from partitions.worker import PartitionWorker
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.logtools import FullMetaOnce
 from tests.s3 import bucket_objects, create_bucket
@@ -475,19 +474,16 @@ async def test_a_remote_row_another_process_is_deleting_does_not_stop_the_pass(
 
 
 class PausedDetails:
-    """The server's own partition worker, except that the first ``segment_details`` call
+    """The server's own partition worker's ``segment_details``, except that its first call
     waits for ``go`` once it has its answer (a slow scan): retention's pass stops there."""
 
-    def __init__(self, worker: PartitionWorker) -> None:
-        self.worker = worker
+    def __init__(self, details: Callable[[PartitionKey], Awaitable[list[SegmentInfo]]]) -> None:
+        self.details = details
         self.paused = asyncio.Event()
         self.go = asyncio.Event()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.worker, name)
-
     async def segment_details(self, key: PartitionKey) -> list[SegmentInfo]:
-        details = await self.worker.segment_details(key)
+        details = await self.details(key)
         if not self.paused.is_set():
             self.paused.set()
             await self.go.wait()
@@ -496,7 +492,7 @@ class PausedDetails:
 
 @pytest.mark.single_process("drives retention inside the server process")
 async def test_retention_of_a_deleted_topic_never_moves_the_start_of_its_recreation(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retention pass of topic t is between reading its segments and moving its start when
     t is deleted and created again: the pass must not touch the new topic's partitions."""
@@ -507,10 +503,10 @@ async def test_retention_of_a_deleted_topic_never_moves_the_start_of_its_recreat
         assert (await api.call("PUT", "/v1/topics/t", json=config))[0] == 201
         for i in range(40):
             assert (await produce(api, "t", [value(i)]))[0] == 200
-        assert broker.tiered is not None
-        retention = broker.tiered.retention
-        paused = PausedDetails(retention._worker)
-        retention._worker = paused  # type: ignore[assignment]
+        # The worker retention reads the partitions' segments from: this process's own.
+        worker = api.server.app[LOCAL_WORKER]
+        paused = PausedDetails(worker.segment_details)
+        monkeypatch.setattr(worker, "segment_details", paused.segment_details)
         try:
             passing = asyncio.ensure_future(broker.apply_retention())
             await asyncio.wait_for(paused.paused.wait(), 10)
@@ -519,7 +515,7 @@ async def test_retention_of_a_deleted_topic_never_moves_the_start_of_its_recreat
             paused.go.set()
             await passing
         finally:
-            retention._worker = paused.worker
+            monkeypatch.undo()
         (fresh,) = await api.server.app[CATALOG].list_partitions("default", "t")
         assert fresh.start_offset == 0
         for i in range(10):

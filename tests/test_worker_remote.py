@@ -111,15 +111,15 @@ async def test_a_long_poll_wakes_on_an_append_and_a_cancelled_one_ends_at_the_ow
             # A wait the caller gives up on is cancelled where it runs, not left to time out.
             abandoned = asyncio.ensure_future(remote.wait_for_data(KEY, 1, 30.0))
             await asyncio.sleep(0.05)
-            assert len(server._tasks) == 1
+            assert server.calls_in_flight == 1
             abandoned.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await abandoned
             for _ in range(100):
-                if not server._tasks:
+                if not server.calls_in_flight:
                     break
                 await asyncio.sleep(0.01)
-            assert not server._tasks
+            assert not server.calls_in_flight
         finally:
             await client.close()
 

@@ -89,6 +89,8 @@ class Broker:
         self.scaling = ScalingStatus()
         self._clock_ms = clock_ms
         self.views = TopicViews(catalog, worker)
+        # A topic's view, read from the catalog the first time (on every request's path).
+        self.view = self.views.view
         self.groups = GroupCoordinator(catalog, worker, clock_ms=clock_ms)
         self.producer = Producer(self.views, worker, self.meters, topology, clock_ms)
         self.idempotent = IdempotentProducer(self.views, worker, self.producer, topology, clock_ms)
@@ -150,9 +152,6 @@ class Broker:
             self.groups.topic_reshaped(tenant, view.record.incarnation, newest)
 
     # --- topics --------------------------------------------------------------------------
-
-    async def view(self, tenant: str, name: str) -> TopicView:
-        return await self.views.view(tenant, name)
 
     async def put_topic(
         self, tenant: str, name: str, given: Mapping[str, Any]

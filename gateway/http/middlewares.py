@@ -202,7 +202,20 @@ def tenant_gate(
             if route is None:
                 response = await handler(request)  # no route: 404 or 405
             else:
-                response = await _admitted(request, handler, principal, tenant, route)
+                principal.scope.check(route.action or _MANAGE, request.match_info.get("topic"))
+                book = quotas()
+                await book.admit_request(tenant)
+                # A produce's storage and bytes are checked by the handler (admit_produce),
+                # once it knows which records it will append: a replay appends none and
+                # pays for none.
+                if route.delivers:
+                    await book.admit_consume(tenant)
+                async with scheduler.slot(tenant):
+                    response = await handler(request)
+        except (QuotaExceededError, StorageQuotaExceededError) as exc:
+            request.app[METRICS].quota_refusals.labels(exc.details["quota"]).inc()
+            status = exc.status
+            raise
         except (EventBusError, web.HTTPException) as exc:
             status = exc.status
             raise
@@ -215,22 +228,5 @@ def tenant_gate(
         finally:
             if billable(route, status, request.get(DELIVERED, 0)):
                 meter().count_request(tenant)
-
-    async def _admitted(
-        request: web.Request, handler: Handler, principal: Principal, tenant: str, route: Route
-    ) -> web.StreamResponse:
-        try:
-            principal.scope.check(route.action or _MANAGE, request.match_info.get("topic"))
-            book = quotas()
-            await book.admit_request(tenant)
-            # A produce's storage and bytes are checked by the handler (admit_produce), once
-            # it knows which records it will append: a replay appends none and pays nothing.
-            if route.delivers:
-                await book.admit_consume(tenant)
-            async with scheduler.slot(tenant):
-                return await handler(request)
-        except (QuotaExceededError, StorageQuotaExceededError) as exc:
-            request.app[METRICS].quota_refusals.labels(exc.details["quota"]).inc()
-            raise
 
     return middleware

@@ -235,6 +235,13 @@ class TenantQuotas:
         self._known[tenant] = _Known(quotas, now)
         return quotas
 
+    def fresh(self, tenant: str) -> Quotas | None:
+        """The tenant's quotas if read within ``refresh_s`` (None: read them)."""
+        known = self._known.get(tenant)
+        if known is not None and self.clock() - known.read_at < self.refresh_s:
+            return known.quotas
+        return None
+
     def last_read(self, tenant: str) -> Quotas | None:
         """The tenant's quotas as last read (None: not read yet), without reading."""
         known = self._known.get(tenant)
@@ -353,7 +360,8 @@ class QuotaBook:
         self._tenants.pop(tenant, None)
 
     async def _state(self, tenant: str) -> _Tenant:
-        quotas = await self.tenant_quotas.quotas(tenant)
+        # On every request's path: the quotas read within refresh_s, without a coroutine.
+        quotas = self.tenant_quotas.fresh(tenant) or await self.tenant_quotas.quotas(tenant)
         state = self._tenants.get(tenant)
         if state is None:
             state = self._tenants[tenant] = _Tenant(quotas)
@@ -385,7 +393,8 @@ class QuotaBook:
     # --- the book's operations: here, or asked of the tenant's home ----------------------
 
     async def _limited(self, tenant: str, quota: str) -> bool:
-        return getattr(await self.tenant_quotas.quotas(tenant), quota) is not None
+        quotas = self.tenant_quotas.fresh(tenant) or await self.tenant_quotas.quotas(tenant)
+        return getattr(quotas, quota) is not None
 
     def _limited_now(self, tenant: str, quota: str) -> bool:
         """As :meth:`_limited`, from what this process read last (its admission did)."""
