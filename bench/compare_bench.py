@@ -543,13 +543,13 @@ def profile_reading(results: Results, stats: pstats.Stats) -> list[str]:
         " paid once per request.",
         f"- 60% of the echo is {target:,.0f} requests/s, about {1e6 / target:,.0f} us of CPU per"
         " request on one core. What is left is spread over aiohttp's own request handling,"
-        " five middleware layers (request id and metrics, errors, authentication, metering,"
-        " tenancy with its fair scheduler), the produce path with its idempotency entry and"
-        " producer tag, and the hand-off to the log's writer thread and back: a several-fold"
-        " cut, i.e. one middleware pass instead of five, an idempotency entry and tag made"
-        " without per-request allocation, and appends handed to the writer without a future"
-        " and thread wake-up each, plus `--workers` on machines with cores to spare, is what"
-        " would close it; no single fix will.",
+        " the two middlewares (the request's id, log, metrics and error answer; the tenant"
+        " gate's key, metering, scope, quotas and fair scheduler), the produce path with its"
+        " idempotency entry and producer tag, and the hand-off to the log's writer thread and"
+        " back: a several-fold cut, i.e. an idempotency entry and tag made without per-request"
+        " allocation, appends handed to the writer without a future and thread wake-up each,"
+        " and less work per request in each layer, plus `--workers` on machines with cores to"
+        " spare, is what would close it; no single fix will.",
         f"- At a fixed 1,000 requests/s the one process is {paced_cpu:.0%} busy; what queues"
         " behind a request there is that same per-request work of the others.",
     ]
