@@ -4,7 +4,8 @@
   delivered. It takes effect in the group at once (assignment, drained parents, describe)
   and is written to the catalog behind the fetch, in the background, those of up to
   ``COMMIT_WRITE_PAUSE_S`` in one write: a fetch does not wait for a catalog transaction.
-- **By hand**: fenced by generation and ownership, written before it answers.
+- **By hand**: fenced by ownership now (cooperative: whatever generation the member last
+  saw), written before it answers.
 - **On leaving** with ``auto_commit``: what the last fetch delivered, written before the
   member is gone.
 
@@ -25,7 +26,6 @@ from partitions.catalog import Catalog
 from partitions.errors import (
     GroupNotFoundError,
     InvalidOffsetError,
-    StaleGenerationError,
     TopicNotFoundError,
 )
 from partitions.group_model import (
@@ -155,26 +155,39 @@ class GroupCommits:
         name: str,
         *,
         member_id: str,
-        generation: int,
         offsets: Mapping[int, int],
+        generation: int | None = None,
     ) -> dict[int, int]:
+        """Commit next-to-read offsets of partitions the member owns now, by hand.
+
+        Cooperative, as Kafka's incremental rebalance (KIP-429, KIP-848): a live member's
+        commit of partitions it owns now is accepted whatever generation it last saw (a
+        rebalance moves only some partitions, and a member keeps the others). A commit
+        naming a partition the member no longer owns answers 409
+        ``partition_not_assigned``, and one from a member that left or expired 409
+        ``unknown_member``, both with the member's current assignment and the group's
+        generation; neither changes anything, so a slow member can never overwrite the
+        progress of a partition's new owner. ``generation`` is what the member last saw;
+        it fences nothing.
+        """
         group = self._groups.joined(shape, name, member_id)
         async with group.lock:
             await self._groups.load(group, shape)
+            now = self._clock_ms()
+            if group.expire_members(now):  # the sweeper may not have come by yet
+                group.notify()
             if member_id not in group.members:
-                raise unknown_member(member_id, name)
-            if generation != group.generation:
-                raise StaleGenerationError(
-                    f"generation {generation} is stale; the group is at {group.generation}",
+                raise unknown_member(member_id, name, group.generation)
+            revoked = sorted(pid for pid in offsets if group.owner.get(pid) != member_id)
+            if revoked:
+                raise PartitionNotAssignedError(
+                    f"partitions {revoked} are not assigned to member {member_id} now "
+                    f"(generation {group.generation}): drop their work",
+                    partitions=revoked,
+                    assignment=group.assignment(member_id),
                     generation=group.generation,
                 )
             for pid, offset in offsets.items():
-                if group.owner.get(pid) != member_id:
-                    raise PartitionNotAssignedError(
-                        f"partition {pid} is not assigned to member {member_id} in generation "
-                        f"{generation}",
-                        partition=pid,
-                    )
                 stats = await self._worker.stats(shape.key(pid))
                 if not 0 <= offset <= stats.end_offset:
                     raise InvalidOffsetError(
@@ -186,6 +199,6 @@ class GroupCommits:
                 shape.tenant, shape.name, name, dict(offsets)
             )
             group.committed = dict(stored.offsets)
-            group.members[member_id].last_seen_ms = self._clock_ms()
+            group.members[member_id].last_seen_ms = now
             group.notify()  # a drained parent may free its children
             return group.committed

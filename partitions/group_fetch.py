@@ -96,7 +96,7 @@ class GroupFetcher:
             else:
                 found = group.members.get(member_id)
                 if found is None:
-                    raise unknown_member(member_id, name)
+                    raise unknown_member(member_id, name, group.generation)
                 member = found
                 member.last_seen_ms = now
                 if session_timeout_ms is not None:

@@ -22,12 +22,18 @@ LATEST = "latest"
 
 
 class UnknownMemberError(ConflictError):
-    """The member id is not (or no longer) in the group: its session expired or it left."""
+    """The member id is not (or no longer) in the group: its session expired or it left.
+    ``details`` say so in the terms of a refused commit: an empty assignment, and the
+    group's generation."""
 
     code = "unknown_member"
 
 
 class PartitionNotAssignedError(ConflictError):
+    """A commit names partitions the member does not own now: ``details`` give the
+    partitions refused, the member's assignment and the group's generation, so that the
+    client drops its work on the partitions it lost."""
+
     code = "partition_not_assigned"
 
 
@@ -39,11 +45,13 @@ class InvalidSeekError(InvalidInputError):
     code = "invalid_seek"
 
 
-def unknown_member(member_id: str, name: str) -> UnknownMemberError:
+def unknown_member(member_id: str, name: str, generation: int = 0) -> UnknownMemberError:
     return UnknownMemberError(
         f"member {member_id} is not in group {name!r} (its session ended); "
         "fetch without member_id to join again",
         member_id=member_id,
+        assignment=[],
+        generation=generation,
     )
 
 

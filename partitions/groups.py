@@ -15,8 +15,9 @@ A group consumes one topic. Members join by fetching; their sessions live in thi
 - A member reads from its own position in each partition, starting at the committed offset
   when it takes the partition over. With ``auto_commit`` a fetch first commits what the
   member's previous fetch delivered: records are committed only after the member came back
-  for more, so delivery is at least once. A commit for a partition the member does not own
-  in the current generation is refused and changes nothing.
+  for more, so delivery is at least once. A commit is accepted for the partitions the
+  member owns now, whatever generation it last saw (the cooperative rule); one naming a
+  partition it does not own is refused and changes nothing.
 - Such an automatic commit takes effect in the group at once (assignment, drained parents,
   describe) and is written to the catalog behind the fetch, in the background, those of
   up to 0.2 s in one write: a fetch does not wait for a catalog transaction. A commit by
@@ -135,7 +136,7 @@ class GroupCoordinator:
         async with group.lock:
             member = group.members.get(member_id)
             if member is None:
-                raise unknown_member(member_id, name)
+                raise unknown_member(member_id, name, group.generation)
             if commit and member.auto_commit and member.delivered:
                 await self._commits.commit_delivered(group, shape, member)
             group.remove_member(member_id)

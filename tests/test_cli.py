@@ -75,16 +75,30 @@ def test_topics_create_list_describe_delete(server: ServerProcess) -> None:
     assert b"topic_not_found" in missing.stderr
 
 
-def test_produce_and_consume_ten_thousand_lines(server: ServerProcess) -> None:
-    ok(eventbus(server, "topics", "create", "cli-lines"))
-    # Split once, so that keys really spread over two partitions.
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Kill a consumer a test left running and close its pipes."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _split_first_partition(server: ServerProcess, topic: str) -> None:
+    """Split partition 0 once, so that keys really spread over two partitions."""
     split = urllib.request.Request(  # noqa: S310 - an http URL on loopback
-        f"{server.url}/v1/topics/cli-lines/partitions/0/split",
+        f"{server.url}/v1/topics/{topic}/partitions/0/split",
         method="POST",
         headers={"Authorization": f"Bearer {server.keys['EVENTBUS_API_KEY']}"},
     )
     with urllib.request.urlopen(split, timeout=30) as answer:  # noqa: S310 - loopback
         assert answer.status == 200
+
+
+def test_produce_and_consume_ten_thousand_lines(server: ServerProcess) -> None:
+    ok(eventbus(server, "topics", "create", "cli-lines"))
+    _split_first_partition(server, "cli-lines")
     lines = [f"key-{n % 97}:line {n}" for n in range(10_000)]
     produced = eventbus(
         server,
@@ -201,12 +215,7 @@ def test_consume_follows_until_interrupted_and_commits(server: ServerProcess) ->
         consumer.send_signal(signal.SIGINT)
         assert consumer.wait(30) == 0
     finally:
-        if consumer.poll() is None:
-            consumer.kill()
-            consumer.wait()
-        for stream in (consumer.stdout, consumer.stderr):
-            if stream is not None:
-                stream.close()
+        _stop(consumer)
     assert seen.decode().splitlines() == ["wave 0", "wave 1", "wave 2"]
     described = ok(eventbus(server, "groups", "describe", "cli-follow", "f"))
     assert described["partitions"][0]["committed"] == 3
@@ -272,3 +281,66 @@ def test_produce_shows_a_live_rate_on_a_terminal(server: ServerProcess) -> None:
         os.close(secondary)
     assert b"records/s\x1b[K" in shown  # the rewritten progress line
     assert b"produced 2,000 records" in shown
+
+
+def _consumer(server: ServerProcess, topic: str, group: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "consume", topic, "--group", group]
+        + ["--from-beginning", "--wait-ms", "500", "--url", server.url]
+        + ["--data-dir", str(server.data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**_clean_env(), "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_two_consumers_rebalance_and_both_stop_cleanly(server: ServerProcess) -> None:
+    """A second `eventbus consume` joins the group of a first: a partition moves, the first
+    drops what it had not committed there, and neither crashes; every record is printed."""
+    ok(eventbus(server, "topics", "create", "cli-two"))
+    _split_first_partition(server, "cli-two")
+
+    def produce(numbers: range) -> None:
+        lines = "\n".join(f"k{n}:v{n}" for n in numbers)
+        ok(eventbus(server, "produce", "cli-two", "--key-separator", ":", stdin=lines.encode()))
+
+    produce(range(200))
+    consumers = [_consumer(server, "cli-two", "two")]
+    printed: list[bytes] = [b""]
+    try:
+        deadline = time.monotonic() + 60
+        while printed[0].count(b"\n") < 50:
+            assert time.monotonic() < deadline, printed
+            if select.select([consumers[0].stdout], [], [], 0.1)[0]:
+                assert consumers[0].stdout is not None
+                printed[0] += os.read(consumers[0].stdout.fileno(), 1 << 16)
+        consumers.append(_consumer(server, "cli-two", "two"))
+        printed.append(b"")
+        # Once the second is a member (and has a partition), more records come.
+        while True:
+            assert time.monotonic() < deadline, "the second consumer did not join"
+            described = ok(eventbus(server, "groups", "describe", "cli-two", "two"))
+            if len(described["members"]) == 2 and all(
+                m["assignment"] for m in described["members"]
+            ):
+                break
+            time.sleep(0.1)
+        produce(range(200, 400))
+        wanted = {f"v{n}" for n in range(400)}
+        while not wanted <= {line for text in printed for line in text.decode().splitlines()}:
+            assert time.monotonic() < deadline, "not every record was printed"
+            streams = [c.stdout for c in consumers if c.stdout is not None]
+            for stream in select.select(streams, [], [], 0.1)[0]:
+                index = [c.stdout for c in consumers].index(stream)
+                printed[index] += os.read(stream.fileno(), 1 << 16)
+        for consumer in consumers:
+            consumer.send_signal(signal.SIGINT)
+        for consumer in consumers:
+            assert consumer.wait(30) == 0
+            assert consumer.stderr is not None
+            assert b"Traceback" not in consumer.stderr.read()
+    finally:
+        for consumer in consumers:
+            _stop(consumer)
+    assert printed[1], "the second consumer never got a partition"

@@ -103,6 +103,31 @@ async def test_group_fetch_commit_describe_and_seek(api: Api) -> None:
         assert len(again.records) == 20
 
 
+async def test_a_commit_drops_the_partitions_a_rebalance_moved_away(api: Api) -> None:
+    """The cooperative rule from the client's side: a commit naming a partition the member
+    lost since its fetch commits the others and drops that one's work (its records go to
+    its new owner from the last commit); one naming only lost partitions commits nothing."""
+    await api.call("PUT", "/v1/topics/t")
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200  # 1 and 2
+    async with AsyncClient(api.base, api.key) as client:
+        await client.produce("t", [(f"k{n}", f"v{n}") for n in range(40)])
+        a = await client.fetch("t", "g", auto_offset_reset="earliest", auto_commit=False)
+        assert a.assignment == [1, 2]
+        ends = {p: max(r.offset for q, r in a.records if q == p) + 1 for p in a.assignment}
+        b = await client.fetch("t", "g", auto_commit=False)
+        kept = await client.fetch("t", "g", a.member_id, auto_commit=False)  # gives one up
+        b = await client.fetch("t", "g", b.member_id, auto_commit=False)  # and b takes it
+        (lost,) = b.assignment
+        (mine,) = kept.assignment
+        committed = await client.commit("t", "g", a.member_id, a.generation, ends)
+        assert committed[mine] == ends[mine]
+        assert committed.get(lost, 0) == 0  # a's work on it was dropped, b's start stands
+        assert await client.commit("t", "g", a.member_id, None, {lost: ends[lost]}) == {}
+        described = await client.describe_group("t", "g")
+        by_partition = {p["partition"]: p["committed"] for p in described["partitions"]}
+        assert by_partition[mine] == ends[mine] and by_partition[lost] is None  # never
+
+
 async def test_topics_list_follows_every_page(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client_module, "_LIST_PAGE", 2)
     async with AsyncClient(api.base, api.key) as client:

@@ -84,7 +84,7 @@ async def test_members_share_partitions_and_an_expired_members_work_moves(api: A
     assert status == 409 and body["error"]["code"] == "unknown_member"
 
 
-async def test_commits_are_fenced_by_generation_and_assignment(api: Api) -> None:
+async def test_commits_are_fenced_by_what_the_member_owns_now(api: Api) -> None:
     await _three_active_partitions(api)
     await _produce(api, [{"key": f"k{i}", "value": f"v{i}"} for i in range(30)])
     a = await _fetch(api, auto_offset_reset="earliest", auto_commit=False)
@@ -95,24 +95,156 @@ async def test_commits_are_fenced_by_generation_and_assignment(api: Api) -> None
     assert status == 200 and {"partition": own, "offset": 1} in answer["committed"]
     b = await _fetch(api, auto_commit=False)  # a new member: a new generation
     assert b["generation"] > a["generation"]
-    stale = {**body, "offsets": [{"partition": own, "offset": 5}]}
-    status, answer = await api.call("POST", G + "/commit", json=stale)
-    assert status == 409 and answer["error"]["code"] == "stale_generation"
+    # a still owns its partitions (they move only at a's next fetch): a commit naming the
+    # generation a last saw is accepted, and so is one naming none.
+    older = {**body, "offsets": [{"partition": own, "offset": 5}]}
+    status, answer = await api.call("POST", G + "/commit", json=older)
+    assert status == 200 and {"partition": own, "offset": 5} in answer["committed"]
+    unnamed = {"member_id": a["member_id"], "offsets": [{"partition": own, "offset": 6}]}
+    assert (await api.call("POST", G + "/commit", json=unnamed))[0] == 200
     a = await _fetch(api, member_id=a["member_id"], auto_commit=False)
     not_mine = next(p for p in (2, 3, 4) if p not in a["assignment"])
     wrong = {
         "member_id": a["member_id"],
         "generation": a["generation"],
-        "offsets": [{"partition": not_mine, "offset": 1}],
+        "offsets": [{"partition": own, "offset": 7}, {"partition": not_mine, "offset": 1}],
     }
     status, answer = await api.call("POST", G + "/commit", json=wrong)
     assert status == 409 and answer["error"]["code"] == "partition_not_assigned"
+    details = answer["error"]["details"]
+    assert details["partitions"] == [not_mine]
+    assert details["assignment"] == a["assignment"]
+    assert details["generation"] >= a["generation"]
     status, group = await api.call("GET", G)
     committed = {p["partition"]: p["committed"] for p in group["partitions"]}
-    assert committed[own] == 1  # neither refused commit changed anything
-    for bad in ({}, {"member_id": "x"}, {"member_id": "x", "generation": 1, "offsets": [{}]}):
+    assert committed[own] == 6  # the refused commit changed nothing, its own partition neither
+    for bad in (
+        {},
+        {"member_id": "x"},
+        {"member_id": "x", "generation": "1", "offsets": [{"partition": 2, "offset": 1}]},
+        {"member_id": "x", "generation": 1, "offsets": [{}]},
+    ):
         status, answer = await api.call("POST", G + "/commit", json=bad)
         assert status == 400, answer
+
+
+async def test_a_member_keeps_committing_what_it_owns_across_rebalances(api: Api) -> None:
+    """Two members join a two-partition group one after the other, each fetch moving the
+    generation on; a commit of what a member owns now is accepted whatever generation it
+    last saw (Kafka's cooperative rule), even after the other member's fetch moved it on."""
+    await api.call("PUT", "/v1/topics/t")
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200  # 1 and 2
+    await _produce(api, [{"key": f"k{i}", "value": f"v{i}"} for i in range(40)])
+    a = await _fetch(api, auto_offset_reset="earliest", auto_commit=False)
+    b = await _fetch(api, auto_commit=False)
+    a = await _fetch(api, member_id=a["member_id"], auto_commit=False)  # gives one up
+    assert len(a["assignment"]) == 1
+    b = await _fetch(api, member_id=b["member_id"], auto_commit=False)  # takes it
+    assert b["generation"] > a["generation"]
+    assert sorted(a["assignment"] + b["assignment"]) == [1, 2]
+    (mine,) = a["assignment"]
+    seen = [r["offset"] for r in a["records"] if r["partition"] == mine]
+    commit = {
+        "member_id": a["member_id"],
+        "generation": a["generation"],
+        "offsets": [{"partition": mine, "offset": max(seen, default=-1) + 1}],
+    }
+    status, answer = await api.call("POST", G + "/commit", json=commit)
+    assert status == 200, answer
+
+
+async def test_an_expired_members_commit_of_a_partition_now_elsewhere_is_refused(
+    api: Api,
+) -> None:
+    """A zombie: a member whose session ran out, its partition now another member's. Its
+    commit answers 409 with an empty assignment, and the new owner's progress stands."""
+    await api.call("PUT", "/v1/topics/t")
+    await _produce(api, [{"key": f"k{i}", "value": f"v{i}"} for i in range(10)])
+    zombie = await _fetch(
+        api, auto_offset_reset="earliest", auto_commit=False, session_timeout_ms=1000
+    )
+    assert zombie["assignment"] == [0]
+    await asyncio.sleep(1.5)  # its session runs out
+    heir = await _fetch(api, auto_commit=False)
+    assert heir["assignment"] == [0]
+    taken = {"member_id": heir["member_id"], "offsets": [{"partition": 0, "offset": 10}]}
+    assert (await api.call("POST", G + "/commit", json=taken))[0] == 200
+    late = {
+        "member_id": zombie["member_id"],
+        "generation": zombie["generation"],
+        "offsets": [{"partition": 0, "offset": 3}],
+    }
+    status, answer = await api.call("POST", G + "/commit", json=late)
+    assert status == 409 and answer["error"]["code"] == "unknown_member"
+    assert answer["error"]["details"]["assignment"] == []
+    assert answer["error"]["details"]["generation"] >= heir["generation"]
+    status, group = await api.call("GET", G)
+    assert group["partitions"][0]["committed"] == 10
+
+
+async def test_commits_across_rebalances_lose_nothing_and_repeat_only_what_moved(
+    api: Api,
+) -> None:
+    """Members fetch, handle and commit by hand while others join and leave: every record
+    is delivered; one is delivered twice only if its partition moved to another member
+    between its fetch and its commit (the commit of it was refused), never otherwise."""
+    await _three_active_partitions(api)
+    values = [f"v{i}" for i in range(600)]
+    await _produce(api, [{"key": f"k{i}", "value": v} for i, v in enumerate(values)])
+    delivered: Counter[str] = Counter()
+    moved_away: set[str] = set()  # records whose commit was refused: their partition moved
+    members: dict[str, dict[str, Any]] = {}
+    owners: dict[int, set[str]] = {}
+
+    async def round_of(name: str) -> None:
+        member = members.get(name)
+        body: dict[str, Any] = {"max_records": 25, "auto_commit": False}
+        if member is None:
+            body["auto_offset_reset"] = "earliest"
+        else:
+            body["member_id"] = member["member_id"]
+        answer = await _fetch(api, **body)
+        members[name] = answer
+        for pid in answer["assignment"]:
+            owners.setdefault(pid, set()).add(name)
+        handled = [(r["partition"], r["offset"], r["value"]) for r in answer["records"]]
+        delivered.update(v for _, _, v in handled)
+        ends: dict[int, int] = {}
+        for pid, offset, _ in handled:
+            ends[pid] = max(ends.get(pid, 0), offset + 1)
+        if not ends:
+            return
+        commit = {
+            "member_id": answer["member_id"],
+            "generation": answer["generation"],
+            "offsets": [{"partition": p, "offset": o} for p, o in ends.items()],
+        }
+        status, reply = await api.call("POST", G + "/commit", json=commit)
+        if status == 409:
+            lost = set(reply["error"]["details"]["partitions"])
+            moved_away.update(v for pid, _, v in handled if pid in lost)
+            kept = [o for o in commit["offsets"] if o["partition"] not in lost]
+            if kept:
+                status, reply = await api.call(
+                    "POST", G + "/commit", json={**commit, "offsets": kept}
+                )
+        assert status in (200, 409), reply
+
+    for step in range(60):
+        await round_of("a")
+        if step >= 5:
+            await round_of("b")  # b joins, and rebalances with a as both fetch
+        if 15 <= step < 30:
+            await round_of("c")
+        if step == 30 and "c" in members:  # c leaves; its partitions go back
+            leave = {"member_id": members.pop("c")["member_id"], "commit": False}
+            assert (await api.call("POST", G + "/leave", json=leave))[0] == 204
+        if set(values) <= set(delivered):
+            break
+    assert set(values) <= set(delivered), "records were lost"
+    assert any(len(names) > 1 for names in owners.values()), "no partition changed hands"
+    twice = {v for v, n in delivered.items() if n > 1}
+    assert twice <= moved_away, twice - moved_away
 
 
 async def test_leave_hands_partitions_over_at_once(api: Api) -> None:

@@ -98,13 +98,15 @@ async def _commit_and_leave(
     client: AsyncClient, args: argparse.Namespace, answer: FetchResult, printed: dict[int, int]
 ) -> None:
     """Commit what was printed in the member's partitions, then leave without committing
-    more (leaving would otherwise commit all the last fetch delivered, printed or not); a
-    refused commit (a rebalance came first) means those records are delivered again, so it
-    is a warning."""
+    more (leaving would otherwise commit all the last fetch delivered, printed or not).
+
+    Partitions a rebalance moved to another member meanwhile are dropped from the commit
+    (the client does so); their printed records will be delivered to their new owner again,
+    which is said as a warning, as is a commit refused whole (the session had ended)."""
     offsets = {p: o for p, o in printed.items() if p in answer.assignment}
     if offsets:
         try:
-            await client.commit(
+            committed = await client.commit(
                 args.topic, args.group, answer.member_id, answer.generation, offsets
             )
         except ClientError as exc:
@@ -113,6 +115,14 @@ async def _commit_and_leave(
                 "the uncommitted records will be delivered again",
                 file=sys.stderr,
             )
+        else:
+            moved = sorted(p for p, o in offsets.items() if committed.get(p, -1) < o)
+            if moved:
+                print(
+                    f"eventbus: warning: partitions {moved} moved to another member before "
+                    "the commit; their uncommitted records will be delivered to it again",
+                    file=sys.stderr,
+                )
     # Refused (unknown_member: the session had already ended) or unreachable: the session
     # expires on its own.
     with contextlib.suppress(ClientError):

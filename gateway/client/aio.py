@@ -369,19 +369,42 @@ class AsyncClient:
         topic: str,
         group: str,
         member_id: str,
-        generation: int,
+        generation: int | None,
         offsets: Mapping[int, int],
     ) -> dict[int, int]:
-        """Commit next-to-read ``offsets`` (partition -> offset); answers all committed."""
-        body = {
-            "member_id": member_id,
-            "generation": generation,
-            "offsets": [{"partition": p, "offset": o} for p, o in offsets.items()],
-        }
-        answer = await self._request(
-            "POST", self._group(topic, group) + "/commit", json=body, retry=_Retry.ALWAYS
-        )
-        return _committed(answer.json())
+        """Commit next-to-read ``offsets`` (partition -> offset) of the partitions the
+        member owns now; answers the group's committed offsets.
+
+        A rebalance may have moved some of the partitions to another member since they
+        were fetched: their offsets are dropped (their new owner reads them from their last
+        commit, so their records are delivered again, and only theirs) and the rest is
+        committed. When every partition named moved away, nothing is committed and the
+        answer is empty. A member that left or whose session ended commits nothing: that
+        raises :class:`ApiError` ``unknown_member``; join again. ``generation`` is what
+        the last fetch answered; the server does not fence on it."""
+        path = self._group(topic, group) + "/commit"
+        owned = dict(offsets)
+        while True:
+            body: dict[str, Any] = {
+                "member_id": member_id,
+                "offsets": [{"partition": p, "offset": o} for p, o in owned.items()],
+            }
+            if generation is not None:
+                body["generation"] = generation
+            try:
+                answer = await self._request("POST", path, json=body, retry=_Retry.ALWAYS)
+            except ApiError as exc:
+                assignment = exc.details.get("assignment")
+                if exc.code != "partition_not_assigned" or not isinstance(assignment, list):
+                    raise
+                kept = {p: o for p, o in owned.items() if p in assignment}
+                if kept == owned:
+                    raise
+                if not kept:
+                    return {}
+                owned = kept  # drop the work of the partitions this member lost
+                continue
+            return _committed(answer.json())
 
     async def leave(self, topic: str, group: str, member_id: str, *, commit: bool = True) -> None:
         """Leave the group now; its partitions go to the other members at once.

@@ -155,7 +155,7 @@ class Client:
         topic: str,
         group: str,
         member_id: str,
-        generation: int,
+        generation: int | None,
         offsets: Mapping[int, int],
     ) -> dict[int, int]:
         """See :meth:`AsyncClient.commit`."""

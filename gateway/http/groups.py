@@ -105,8 +105,8 @@ async def group_commit(request: web.Request) -> web.Response:
     )
     if not isinstance(member_id, str):
         raise InvalidParameterError("member_id is required")
-    if isinstance(generation, bool) or not isinstance(generation, int):
-        raise InvalidParameterError("generation is required (from the fetch answer)")
+    if generation is not None and not is_int(generation):
+        raise InvalidParameterError("generation is an integer (from the fetch answer)")
     if not isinstance(items, list) or not items:
         raise InvalidParameterError('offsets is a list of {"partition", "offset"}')
     offsets: dict[int, int] = {}

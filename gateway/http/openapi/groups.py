@@ -57,7 +57,11 @@ def group_paths() -> dict[str, Any]:
         base + "/commit": {
             "parameters": params,
             "post": {
-                "summary": "Commit next-to-read offsets of partitions the member owns",
+                "summary": "Commit next-to-read offsets of partitions the member owns now",
+                "description": "Cooperative: accepted for the partitions the member owns "
+                "now, whatever generation it last saw (generation is informative). A "
+                "partition it no longer owns, or a member that left or expired, answers 409 "
+                "with the member's assignment and the group's generation in details.",
                 "requestBody": body(
                     obj(
                         {
@@ -65,7 +69,7 @@ def group_paths() -> dict[str, Any]:
                             "generation": {"type": "integer"},
                             "offsets": PARTITION_OFFSETS,
                         },
-                        ["member_id", "generation", "offsets"],
+                        ["member_id", "offsets"],
                     )
                 ),
                 "responses": {"200": committed, **errors(400, 401, 403, 404, 409)},
