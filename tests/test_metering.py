@@ -37,6 +37,7 @@ from tests.brokers import local_broker
 from tests.clocks import FileClock
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import WORKERS
+from tests.tenants import new_tenant
 from tiered_storage.layout import parse_segment_key
 
 H = HOUR_MS
@@ -109,14 +110,6 @@ async def catalog_of(api: Api) -> AsyncIterator[SqliteCatalog]:
         yield catalog
     finally:
         await catalog.close()
-
-
-async def new_tenant(api: Api, name: str, **fields: Any) -> Api:
-    status, body = await api.call(
-        "POST", "/v1/admin/tenants", key=ADMIN_KEY, json={"name": name, **fields}
-    )
-    assert status == 201, body
-    return api.with_key(body["api_key"])
 
 
 async def admin_usage(api: Api, tenant: str, **params: str) -> dict[str, Any]:

@@ -106,7 +106,6 @@ async def test_defaults_and_overrides(catalog: SqliteCatalog) -> None:
     defaults = Quotas(requests_per_s=100, max_topics=10)
     book = QuotaBook(
         TenantQuotas(catalog, defaults, clock=clock),
-        max_request_bytes=1 << 20,
         stored_bytes=stored_bytes,
     )
     assert await book.quotas("globex") == defaults
@@ -150,7 +149,6 @@ async def test_storage_is_measured_and_grows_with_each_produce(catalog: SqliteCa
 
     book = QuotaBook(
         TenantQuotas(catalog, Quotas(), clock=clock),
-        max_request_bytes=1 << 20,
         stored_bytes=stored_bytes,
         storage_retry_s=30,
     )
@@ -177,15 +175,14 @@ async def test_produce_tokens_are_given_back_when_the_write_fails(catalog: Sqlit
     async def nothing(tenant: str) -> int:
         return 0
 
-    book = QuotaBook(
-        TenantQuotas(catalog, Quotas(), clock=clock), max_request_bytes=500, stored_bytes=nothing
-    )
-    # The bucket holds the largest request (500), more than one second of rate.
+    book = QuotaBook(TenantQuotas(catalog, Quotas(), clock=clock), stored_bytes=nothing)
+    # The bucket holds one second of rate (100): a produce of 500 passes with it full and
+    # leaves a debt of 400, so the next waits for 400 + 100 tokens.
     await book.admit_produce("globex", 500)
     with pytest.raises(QuotaExceededError) as refused:
         await book.admit_produce("globex", 500)
     assert refused.value.details["retry_after_ms"] == 5000
-    book.refund_produce("globex", 500)
+    book.refund_produce("globex", 500)  # the write failed: the bucket is full again
     await book.admit_produce("globex", 500)
 
 

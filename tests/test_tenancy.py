@@ -8,7 +8,6 @@ the clock, and counts what was accepted; nothing sleeps and nothing is timed.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import re
 import shutil
@@ -29,6 +28,7 @@ from partitions.log.values import AppendResult
 from partitions.partition_key import PartitionKey
 from tests.conftest import ADMIN_KEY, Api, stop_api
 from tests.https import FakeClock, start_https_api
+from tests.tenants import admin, assert_refused, call, new_key, new_tenant, records, set_quotas
 
 BINARY = {"Accept": wire.BATCH}
 
@@ -43,54 +43,6 @@ async def api(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Api]:
     client = await start_https_api(tmp_path / "data", quota_clock=clock)
     yield client
     await stop_api(client)
-
-
-async def admin(api: Api, method: str, path: str, json: Any = None) -> tuple[int, Any]:
-    return await api.call(method, "/v1/admin" + path, key=ADMIN_KEY, json=json)
-
-
-async def new_tenant(api: Api, name: str, **fields: Any) -> Api:
-    status, body = await admin(api, "POST", "/tenants", {"name": name, **fields})
-    assert status == 201, body
-    return api.with_key(body["api_key"])
-
-
-async def new_key(api: Api, tenant: str, scope: Any = None) -> str:
-    status, body = await admin(api, "POST", f"/tenants/{tenant}/keys", {"scope": scope})
-    assert status == 201, body
-    return str(body["api_key"])
-
-
-async def set_quotas(api: Api, tenant: str, **quotas: Any) -> None:
-    status, body = await admin(api, "PATCH", f"/tenants/{tenant}", {"quotas": quotas})
-    assert status == 200, body
-
-
-async def call(
-    api: Api, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], Any]:
-    """Status, headers and JSON body."""
-    url = URL(api.base + path, encoded=True)
-    if params:
-        url = url.update_query(params)
-    data = io.BytesIO(orjson.dumps(json)) if json is not None else None
-    headers = {**api.headers(), "Content-Type": "application/json"}
-    async with api.session.request(method, url, headers=headers, data=data) as response:
-        return response.status, dict(response.headers), await response.json()
-
-
-def records(count: int, size: int) -> dict[str, Any]:
-    """``count`` keyless records of ``size`` value bytes each (what the produce quota counts)."""
-    return {"records": [{"value": "x" * size} for _ in range(count)]}
-
-
-def assert_refused(status: int, headers: dict[str, str], body: Any, code: str) -> int:
-    """A quota refusal: 429, the code, and a Retry-After that matches the exact wait."""
-    assert status == 429, body
-    assert body["error"]["code"] == code
-    wait_ms = body["error"]["details"]["retry_after_ms"]
-    assert int(headers["Retry-After"]) == max(1, -(-wait_ms // 1000))
-    return int(wait_ms)
 
 
 # --- tenants and keys --------------------------------------------------------------------
@@ -482,8 +434,8 @@ async def test_produce_bytes_per_s_accepts_the_quota_rate_and_writes_nothing_ref
         # No refused request wrote anything: the log holds exactly the accepted records.
         _, topic = await acme.call("GET", "/v1/topics/t")
         assert topic["partitions"][0]["end_offset"] == (drained + accepted) // 1000
-        # A request larger than one second of rate (up to the largest body the server
-        # takes) is told exactly when it will pass, and then passes.
+        # A request larger than one second of rate is told exactly when the bucket will be
+        # full, passes then, and leaves a debt that the next produce waits out.
         await set_quotas(server, "acme", produce_bytes_per_s=1000)
         status, headers, body = await call(
             acme, "POST", "/v1/topics/t/records", json=records(1, 15_000)
@@ -497,6 +449,12 @@ async def test_produce_bytes_per_s_accepts_the_quota_rate_and_writes_nothing_ref
         clock.advance(0.01)
         status, _, _ = await call(acme, "POST", "/v1/topics/t/records", json=records(1, 15_000))
         assert status == 200
+        # 15,000 taken from a full bucket of 1,000 (a full one holds no more): the next
+        # record of 1,000 bytes waits for the 14,000 of debt and its own 1,000.
+        status, headers, body = await call(
+            acme, "POST", "/v1/topics/t/records", json=records(1, 1000)
+        )
+        assert assert_refused(status, headers, body, "quota_exceeded") == 15_000
     finally:
         await stop_api(server)
 
@@ -662,18 +620,18 @@ async def test_an_idempotent_replay_is_refused_by_no_byte_quota(
 ) -> None:
     """A replay appends nothing: it counts as a request, and neither the produce bytes nor
     the storage quota can refuse it (the client could never learn its offsets)."""
-    server = await start_https_api(tmp_path / "data", quota_clock=clock, max_request_bytes=1500)
+    server = await start_https_api(tmp_path / "data", quota_clock=clock)
     try:
         acme = await new_tenant(server, "acme", quotas={"produce_bytes_per_s": 1000})
         await acme.call("PUT", "/v1/topics/t")
         status, _, first = await _produce_with_key(acme, records(1, 1000), "order-1")
-        assert status == 200  # 1000 of the bucket's 1500 tokens
+        assert status == 200  # all of the bucket's 1000 tokens
         # The answer was lost; the client sends the very same request again.
         status, _, again = await _produce_with_key(acme, records(1, 1000), "order-1")
         assert (status, again) == (200, first)
-        # New records still pay: 1000 more bytes are more than the 500 tokens left.
+        # New records still pay: 1000 more bytes wait a second for the bucket to refill.
         status, headers, body = await _produce_with_key(acme, records(1, 1000), "order-2")
-        assert assert_refused(status, headers, body, "quota_exceeded") == 500
+        assert assert_refused(status, headers, body, "quota_exceeded") == 1000
         await set_quotas(server, "acme", max_stored_bytes=500)  # acme stores more already
         clock.advance(1)
         status, headers, body = await _produce_with_key(acme, records(1, 1000), "order-2")
@@ -690,9 +648,9 @@ async def test_an_idempotent_replay_is_refused_by_no_byte_quota(
 async def test_a_produce_failing_part_way_pays_for_what_it_wrote(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = await start_https_api(tmp_path / "data", quota_clock=clock, max_request_bytes=3000)
+    server = await start_https_api(tmp_path / "data", quota_clock=clock)
     try:
-        acme = await new_tenant(server, "acme", quotas={"produce_bytes_per_s": 1000})
+        acme = await new_tenant(server, "acme", quotas={"produce_bytes_per_s": 2000})
         await acme.call("PUT", "/v1/topics/t")
         assert (await acme.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200
         mid = 1 << 63  # partition 1 holds the keys hashed below, partition 2 the others
@@ -712,18 +670,20 @@ async def test_a_produce_failing_part_way_pays_for_what_it_wrote(
         status, _, _ = await _produce_with_key(acme, body, "req-1")
         assert status == 503
         monkeypatch.undo()
-        # Partition 1's 1000 bytes were written and stay paid for; partition 2's come back.
+        # Partition 1's 1000 bytes were written and stay paid for; partition 2's come back,
+        # so 1000 of the 2000 tokens are left: a produce of 2500 waits for 1000 more.
         status, headers, refused = await call(
             acme, "POST", "/v1/topics/t/records", json=records(5, 500)
         )
         assert assert_refused(status, headers, refused, "quota_exceeded") == 500
-        # The retry writes, and pays for, partition 2's records only.
+        # The retry writes, and pays for, partition 2's records only: nothing is left, and
+        # 1000 bytes more wait half a second.
         status, _, answer = await _produce_with_key(acme, body, "req-1")
         assert status == 200 and [o["partition"] for o in answer["offsets"]] == [1, 1, 2, 2]
         status, headers, refused = await call(
             acme, "POST", "/v1/topics/t/records", json=records(2, 500)
         )
-        assert status == 200  # 1000 tokens were left
+        assert assert_refused(status, headers, refused, "quota_exceeded") == 500
     finally:
         await stop_api(server)
 

@@ -9,8 +9,10 @@ Rates are token buckets that refill continuously at the quota's rate:
 - ``requests_per_s``: every tenant request takes one token before anything else happens.
 - ``produce_bytes_per_s``: a produce takes as many tokens as its records' key, value and
   header bytes, after the body is parsed and before anything is written. The bucket holds
-  one second of rate but never less than the largest request the server accepts
-  (``--max-request-bytes``), so every request can pass once the bucket has refilled.
+  one second of rate, so over any window of W seconds a tenant's accepted produce bytes are
+  at most ``quota x (W + 1)`` plus one request. A request costing more than the bucket
+  holds is admitted when the bucket is full and leaves it in debt, which the tenant's next
+  produce waits out (Kafka's throttle-after model): it is never refused forever.
 - ``consume_bytes_per_s``: a read or a group fetch goes ahead while the bucket is above
   zero, and the bytes it returned are taken after the read, which may leave the bucket in
   debt; the next read waits until the debt is repaid. The bucket holds one second of rate.
@@ -18,8 +20,8 @@ Rates are token buckets that refill continuously at the quota's rate:
 A request the bucket cannot pay for is refused at once, before it changes anything: 429
 ``quota_exceeded``, with ``Retry-After`` (whole seconds, rounded up) and the exact wait in
 ``details.retry_after_ms``. Nothing is queued on the server, so a refused request holds no
-memory or connection slot; a large produce is told exactly when the bucket will hold enough
-for it. Buckets start full.
+memory or connection slot; a produce is told exactly when the bucket will hold enough for
+it (all of it, or for a request larger than the bucket, a full bucket). Buckets start full.
 
 ``max_stored_bytes`` refuses produce while the tenant's stored bytes (every partition's
 log, sealed ones included) are at or over it: 429 ``storage_quota_exceeded``. A produce
@@ -320,13 +322,11 @@ class QuotaBook:
         self,
         quotas: TenantQuotas,
         *,
-        max_request_bytes: int,
         stored_bytes: Callable[[str], Awaitable[int]],
         storage_retry_s: float = 30.0,
         homes: QuotaHomes | None = None,
     ) -> None:
         self.tenant_quotas = quotas
-        self._max_request_bytes = max_request_bytes
         self._stored_bytes = stored_bytes
         self._storage_retry_s = storage_retry_s
         self._homes: QuotaHomes = homes or _HereOnly()
@@ -371,12 +371,6 @@ class QuotaBook:
             self._shape_buckets(state, self.clock())
         return state
 
-    def capacity(self, quota: str, rate: int) -> float:
-        """One second of rate, but never less than one request's largest cost."""
-        if quota == "produce_bytes_per_s":
-            return float(max(rate, self._max_request_bytes))
-        return float(max(rate, 1))
-
     def _shape_buckets(self, state: _Tenant, now: float) -> None:
         for quota in RATE_QUOTAS:
             rate = getattr(state.quotas, quota)
@@ -384,7 +378,8 @@ class QuotaBook:
             if rate is None:
                 state.buckets.pop(quota, None)
                 continue
-            capacity = self.capacity(quota, rate)
+            # One second of rate: what a bucket holds, and so the most a tenant can burst.
+            capacity = float(rate)
             if bucket is None:
                 state.buckets[quota] = TokenBucket(rate, capacity, capacity, now)
             elif (bucket.rate, bucket.capacity) != (rate, capacity):

@@ -24,7 +24,6 @@ async def quota_book_ctx(app: web.Application) -> AsyncIterator[None]:
     config, topology = app[CONFIG], app[TOPOLOGY]
     quotas = QuotaBook(
         app[TENANT_QUOTAS],
-        max_request_bytes=config.max_request_bytes,
         stored_bytes=app[BROKER].stored_bytes,
         storage_retry_s=config.retention_check_ms / 1000,
         homes=topology,
