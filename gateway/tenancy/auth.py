@@ -137,10 +137,14 @@ async def bootstrap(catalog: Catalog, data_dir: Path, admin_key: str | None) -> 
     Generated keys go to ``{data_dir}/credentials`` (mode 0600), never to the log. The file
     is written first and every catalog step can be repeated, so a crash part way through
     is finished by the next start with fresh keys. Answers the admin key's hash.
+
+    A start whose catalog already holds what it would write writes nothing, so a server
+    restarted on a full disk starts (and serves reads).
     """
-    if admin_key is not None:
-        await catalog.put_setting(ADMIN_KEY_SETTING, hash_key(admin_key))
     stored = await catalog.get_setting(ADMIN_KEY_SETTING)
+    if admin_key is not None and stored != hash_key(admin_key):
+        stored = hash_key(admin_key)
+        await catalog.put_setting(ADMIN_KEY_SETTING, stored)
     if stored is not None and await catalog.get_setting(BOOTSTRAP_SETTING) is not None:
         return stored
     generated: dict[str, str] = {}
