@@ -49,5 +49,6 @@ class Backoff:
     def succeeded(self) -> None:
         """Note a successful attempt (logged only when it ends a run of failures)."""
         if self.failures:
-            self._log.info("%s works again after %d failed attempts", self.what, self.failures)
+            attempts = "attempt" if self.failures == 1 else "attempts"
+            self._log.info("%s works again after %d failed %s", self.what, self.failures, attempts)
         self.failures = 0
