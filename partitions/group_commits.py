@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 
 from partitions.catalog import Catalog
 from partitions.errors import (
+    EventBusError,
     GroupNotFoundError,
     InvalidOffsetError,
     TopicNotFoundError,
@@ -117,13 +118,16 @@ class GroupCommits:
                 await self._catalog.commit_offsets(tenant, topic, group.name, offsets)
             except (GroupNotFoundError, TopicNotFoundError):
                 return  # deleted meanwhile: nothing to keep
-            except Exception:  # noqa: BLE001 - whatever the catalog raised: retried, then logged
+            except Exception as exc:  # noqa: BLE001 - whatever the catalog raised: retried, logged
                 failures += 1
                 if failures > COMMIT_WRITE_ATTEMPTS:
-                    log.exception(
-                        "group %s: could not write its automatic commits; after a restart "
-                        "it resumes from its last written commit",
+                    # A full disk is no bug: its traceback would say nothing.
+                    log.warning(
+                        "group %s: could not write its automatic commits (%s); after a "
+                        "restart it resumes from its last written commit",
                         group.name,
+                        exc,
+                        exc_info=None if isinstance(exc, EventBusError) else exc,
                     )
                     return
                 for pid, offset in offsets.items():  # newer commits win

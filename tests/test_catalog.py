@@ -30,9 +30,15 @@ from partitions.catalog import (
     UsageRecord,
 )
 from partitions.catalog_sqlite import SqliteCatalog
-from partitions.catalog_sqlite.schema import SCHEMA_VERSION
+from partitions.catalog_sqlite.schema import (
+    SCHEMA_VERSION,
+    SHARED_INDEX_BYTES,
+    SHARED_INDEX_SUFFIX,
+)
+from partitions.catalog_sqlite.store import out_of_space
 from partitions.errors import (
     ApiKeyNotFoundError,
+    DiskFullError,
     GroupNotFoundError,
     InvalidMergeError,
     InvalidOffsetError,
@@ -53,6 +59,7 @@ from partitions.errors import (
     VersionConflictError,
 )
 from tests.catalog_checks import assert_lineage_invariants, random_lineage_change
+from tests.tmpfs import fill, small_tmpfs
 
 MID = 1 << 63
 
@@ -772,3 +779,94 @@ async def test_schema_is_versioned_and_survives_reopen(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(RuntimeError, match="schema version"):
         await SqliteCatalog.open(path)
+
+
+# --- SQLite on a full disk -----------------------------------------------------------------
+
+
+async def test_a_full_disk_refuses_writes_as_disk_full_and_keeps_reads(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "small-fs", "2m") as disk:
+        path, filler = disk / "catalog.sqlite3", disk / "filler"
+        store = await SqliteCatalog.open(path)
+        try:
+            await store.create_tenant("globex")
+            await store.create_topic("globex", "orders", {})
+            fill(filler)
+            with pytest.raises(DiskFullError) as refused:
+                await store.create_topic("globex", "payments", {})
+            assert refused.value.retriable and refused.value.status == 503
+            cause = refused.value.__cause__
+            assert isinstance(cause, sqlite3.OperationalError)
+            assert cause.sqlite_errorcode == sqlite3.SQLITE_FULL  # "database or disk is full"
+            with pytest.raises(DiskFullError):
+                await store.add_usage([_use("globex", 0, requests=1)])
+            assert [t.name for t in await store.list_topics("globex")] == ["orders"]
+            assert await store.list_usage(H0, H0 + HOUR_MS) == []
+        finally:
+            await store.close()
+        # Opened again on the still full disk, as by a server restarted there: it reads, and
+        # takes writes again as soon as there is room, with no reopening.
+        fill(filler)
+        reopened = await SqliteCatalog.open(path)
+        try:
+            assert [t.name for t in await reopened.list_topics("globex")] == ["orders"]
+            with pytest.raises(DiskFullError):
+                await reopened.create_topic("globex", "payments", {})
+            filler.unlink()
+            await reopened.create_topic("globex", "payments", {})
+            names = [t.name for t in await reopened.list_topics("globex")]
+            assert names == ["orders", "payments"]
+        finally:
+            await reopened.close()
+
+
+async def test_a_catalog_closed_cleanly_opens_and_reads_on_a_full_disk(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "small-fs", "2m") as disk:
+        path, filler = disk / "catalog.sqlite3", disk / "filler"
+        store = await SqliteCatalog.open(path)
+        await store.create_tenant("globex")
+        await store.close()
+        # SQLite removed its shared-memory index at the clean close; the store put back one
+        # of the size the next open needs.
+        index = path.with_name(path.name + SHARED_INDEX_SUFFIX)
+        assert index.stat().st_size == SHARED_INDEX_BYTES
+        fill(filler)
+        reopened = await SqliteCatalog.open(path)
+        try:
+            assert [t.name for t in await reopened.list_tenants()] == ["globex"]
+            with pytest.raises(DiskFullError):
+                await reopened.create_tenant("initech")
+        finally:
+            await reopened.close()
+        # Without that file, opening needs room for it: SQLite says "disk I/O error", and the
+        # store tells it for what it is.
+        index.unlink()
+        fill(filler)
+        with pytest.raises(DiskFullError) as refused:
+            await SqliteCatalog.open(path)
+        cause = refused.value.__cause__
+        assert isinstance(cause, sqlite3.OperationalError)
+        assert cause.sqlite_errorcode & 0xFF == sqlite3.SQLITE_IOERR
+        filler.unlink()
+        roomy = await SqliteCatalog.open(path)
+        assert [t.name for t in await roomy.list_tenants()] == ["globex"]
+        await roomy.close()
+
+
+def test_only_sqlite_failures_for_room_count_as_a_full_disk(tmp_path: Path) -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE t (x BLOB)")
+        # The file may not grow past its size now: SQLite refuses as on a full disk.
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(sqlite3.OperationalError) as full:
+            conn.execute("INSERT INTO t VALUES (randomblob(100000))")
+        assert out_of_space(full.value, tmp_path)
+        with pytest.raises(sqlite3.OperationalError) as other:
+            conn.execute("SELECT * FROM missing")
+        assert not out_of_space(other.value, tmp_path)
+        # An I/O error with room to spare is no full disk (nor an error SQLite did not make).
+        assert not out_of_space(sqlite3.OperationalError("disk I/O error"), tmp_path)
+    finally:
+        conn.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import re
 import sqlite3
 import time
@@ -24,8 +25,15 @@ import pytest
 
 from gateway.client import wire
 from gateway.http.keys import METERING
-from gateway.tenancy.metering import Meter, hour_of, hour_text
-from gateway.tenancy.usage_export import EXPORTED_SETTING, Metering, UsageExporter, export_key
+from gateway.tenancy.billing import PricePlan
+from gateway.tenancy.metering import Meter, NothingHeld, hour_of, hour_text
+from gateway.tenancy.usage_export import (
+    EXPORTED_SETTING,
+    Metering,
+    UsageExporter,
+    export_key,
+    run_metering,
+)
 from gateway.wiring.metering import BrokerFootprint
 from gateway.wiring.state import OBJECT_STORE
 from gateway.wiring.storage import OBJECTS_DIR
@@ -38,6 +46,7 @@ from tests.clocks import FileClock
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import WORKERS
 from tests.tenants import new_tenant
+from tests.tmpfs import fill, small_tmpfs
 from tiered_storage.layout import parse_segment_key
 
 H = HOUR_MS
@@ -833,3 +842,52 @@ async def test_stored_bytes_count_each_byte_once_local_remote_or_both(
         assert used["stored_byte_seconds"] == written * 3600
     finally:
         await stop_api(served)
+
+
+class KeptObjects:
+    """An object sink in memory, for an exporter that has nothing to export yet."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    async def put(self, key: str, source: bytes | Path) -> str:
+        assert isinstance(source, bytes)
+        self.objects.setdefault(key, source)
+        return "created"
+
+
+async def test_metering_waits_longer_while_the_disk_is_full_and_catches_up_by_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gateway.tenancy.usage_export")
+    with small_tmpfs(tmp_path / "small-fs", "2m") as disk:
+        catalog = await SqliteCatalog.open(disk / CATALOG_FILE)
+        try:
+            meter = Meter(catalog, NothingHeld(), clock_ms=lambda: T0)
+
+            async def no_plan(tenant: str) -> None:
+                return None
+
+            exporter = UsageExporter(catalog, meter, KeptObjects(), no_plan, delay_ms=HOUR_MS)
+            metering = Metering(meter, exporter, PricePlan(), catalog)
+            fill(disk / "filler")
+            meter.count_request("acme")
+            loop = asyncio.ensure_future(run_metering(metering, 0.01, 60.0))
+            await asyncio.sleep(0.6)
+            # Every 10 ms that would be some 60 attempts; waiting longer after each, a few.
+            assert 2 <= meter.flush_failures <= 8, meter.flush_failures
+            complaints = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(complaints) == 1 and complaints[0].exc_info is None, complaints
+            assert (await meter.usage(T0, T0 + H))["acme"] == UsageCounters(requests=1)
+            (disk / "filler").unlink()
+            for _ in range(300):
+                if await catalog.list_usage(T0, T0 + H):
+                    break
+                await asyncio.sleep(0.01)
+            (row,) = await catalog.list_usage(T0, T0 + H)
+            assert row.counters == UsageCounters(requests=1)
+            assert "works again" in caplog.text
+            metering.stop.set()
+            await loop
+        finally:
+            await catalog.close()

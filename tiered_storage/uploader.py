@@ -216,7 +216,9 @@ class SegmentUploader:
             jittered = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter only
             self._backoff[ident] = _Backoff(failures, self._clock_ms() + int(jittered))
             key, base = ident
-            level = logging.WARNING if failures == 1 else logging.INFO
+            # One warning per segment while its failures last (a full disk, a store that
+            # is down, for hours maybe): later attempts are counted, and logged at debug.
+            level = logging.WARNING if failures == 1 else logging.DEBUG
             log.log(
                 level,
                 "upload of segment %d of %s failed (attempt %d, next in %d ms): %s",

@@ -141,6 +141,11 @@ class SingleProcess:
         """No other process meters usage."""
         return None
 
+    @property
+    def other_key_uses(self) -> None:
+        """No other process notes the uses of keys."""
+        return None
+
 
 SINGLE_PROCESS = SingleProcess()
 

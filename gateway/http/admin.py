@@ -87,13 +87,18 @@ def tenant_json(tenancy: Tenancy, record: TenantRecord) -> dict[str, Any]:
     }
 
 
-def key_json(record: ApiKeyRecord) -> dict[str, Any]:
+def key_json(record: ApiKeyRecord, unwritten_use_ms: int | None = None) -> dict[str, Any]:
+    """A key as the admin API shows it; ``unwritten_use_ms``: its newest use that is not
+    in the catalog yet, if any."""
     scope = KeyScope.from_stored(record.scope)
+    last_used = max(
+        (ms for ms in (record.last_used_ms, unwritten_use_ms) if ms is not None), default=None
+    )
     return {
         "key_id": record.key_id,
         "scope": scope.to_json() if scope is not None else dict(record.scope),
         "created_ms": record.created_ms,
-        "last_used_ms": record.last_used_ms,
+        "last_used_ms": last_used,
     }
 
 
@@ -202,8 +207,11 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     tenancy = _tenancy(request)
-    keys = await tenancy.catalog.list_api_keys(_tenant_name(request))
-    return json_response({"keys": [key_json(k) for k in keys]})
+    tenant = _tenant_name(request)
+    keys = await tenancy.catalog.list_api_keys(tenant)
+    # Uses are written behind the requests: add those not in the catalog yet.
+    uses = await tenancy.key_uses.last_uses(tenant)
+    return json_response({"keys": [key_json(k, uses.get(k.key_id)) for k in keys]})
 
 
 async def revoke_key(request: web.Request) -> web.Response:

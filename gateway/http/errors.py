@@ -45,7 +45,7 @@ def error_response(
 
 # What a client is told of a server-side failure; the details (paths, ids) go to the log.
 _PUBLIC_MESSAGES = {
-    "disk_full": "the server is out of disk space for this partition; retry later",
+    "disk_full": "the server is out of disk space to store this; retry later",
     "storage_io_error": "the server could not store the data durably; retry",
     "partition_unavailable": "the partition is recovering from a storage failure; retry later",
     "partition_closed": "the partition is closing or moving; retry",

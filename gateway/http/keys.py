@@ -12,6 +12,7 @@ from gateway.config import ServerConfig
 from gateway.health import Health
 from gateway.http.metrics import Metrics
 from gateway.tenancy.auth import Authenticator, ForbiddenError, Principal, TenantAnnouncer
+from gateway.tenancy.key_uses import KeyUses
 from gateway.tenancy.metering import Meter
 from gateway.tenancy.quotas import QuotaBook
 from gateway.tenancy.usage_export import Metering
@@ -26,6 +27,7 @@ class Tenancy:
     authenticator: Authenticator
     quotas: QuotaBook
     announcer: TenantAnnouncer
+    key_uses: KeyUses
 
 
 CONFIG = web.AppKey("config", ServerConfig)

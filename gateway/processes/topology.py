@@ -27,6 +27,7 @@ from gateway.broker.topology import AnswerHome
 from gateway.broker.views import TopicView
 from gateway.processes.answers import RemoteAnswerHome
 from gateway.processes.homes import answer_home, quota_home
+from gateway.processes.key_uses import SharedKeyUses
 from gateway.processes.loads import Loads, key_json
 from gateway.processes.peers import AUTOSCALE, LOAD, TENANT_CHANGED, TOPIC_CHANGED, Peers
 from gateway.processes.placement import Replaced, WorkerLoad, place
@@ -51,6 +52,8 @@ class WorkerTopology:
         self._quota_homes = {w: RemoteQuotaHome(peers, w) for w in peers.clients}
         # The other workers' meters, for metering's readings and exports.
         self.other_meters = SharedMeters(peers, leader=self.leader)
+        # The keys' uses the other workers noted, for the key listing.
+        self.other_key_uses = SharedKeyUses(peers)
 
     @property
     def leader(self) -> bool:

@@ -1,7 +1,8 @@
 """Metering over worker processes: each counts its own requests and flushes them (the
 catalog adds them up); the leader alone samples what tenants store and exports completed
 hours, once every worker's counts of them are in the catalog; a reading first has every
-other worker flush (``USAGE_SETTLE``)."""
+other worker flush (``USAGE_SETTLE``). While the disk is full a worker cannot flush, and
+a reading served by another worker lacks its counts since its last flush until it can."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from gateway.processes.peers import USAGE_SETTLE, USAGE_SETTLED, Peers
 from gateway.tenancy.metering import Meter
-from partitions.errors import EventBusError
+from partitions.errors import DiskFullError, EventBusError
 
 
 class SharedMeters:
@@ -39,7 +40,12 @@ def serve_usage(peers: Peers, meter: Meter) -> None:
 
     async def settle(body: Any) -> None:
         await meter.sample()
-        await meter.flush()
+        try:
+            await meter.flush()
+        except DiskFullError:
+            # The reading goes on without this worker's counts since its last flush;
+            # they stay here and are stored once there is room (metering's loop says so).
+            pass
 
     async def settled(body: int) -> bool:
         return meter.settled_before(int(body))

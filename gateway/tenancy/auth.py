@@ -8,7 +8,8 @@ is compared in constant time.
 Resolved keys are cached per process for at most ``revalidate_s`` (one second): a key
 revoked or a tenant deleted through this process is forgotten at once, so its next request
 is refused; another process sharing the catalog refuses it within that second. Each
-revalidation also records the key's last use.
+revalidation also notes the key's last use, which is written behind the request
+(``key_uses.py``): reading a key never writes, so keys keep working on a full disk.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from gateway.tenancy.key_uses import KeyUses
 from gateway.tenancy.scopes import FULL, KeyScope
 from partitions.catalog import Catalog
 from partitions.errors import ApiKeyNotFoundError, EventBusError, TenantExistsError
@@ -86,12 +88,14 @@ class Authenticator:
         catalog: Catalog,
         admin_key_hash: str,
         *,
+        uses: KeyUses,
         revalidate_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self._catalog = catalog
         self._admin_hash = admin_key_hash
+        self._uses = uses
         self._revalidate_s = revalidate_s
         self._clock = clock
         self._wall_clock_ms = wall_clock_ms
@@ -118,7 +122,7 @@ class Authenticator:
             log.warning("key %s of tenant %s has an unreadable scope", record.key_id, record.tenant)
             return None
         principal = Principal(admin=False, tenant=record.tenant, key_id=record.key_id, scope=scope)
-        await self._catalog.touch_api_key(record.tenant, record.key_id, self._wall_clock_ms())
+        self._uses.note(record.tenant, record.key_id, self._wall_clock_ms())
         if epoch == self._epoch:
             self._cache[digest] = (principal, now)
         return principal
@@ -137,10 +141,14 @@ async def bootstrap(catalog: Catalog, data_dir: Path, admin_key: str | None) -> 
     Generated keys go to ``{data_dir}/credentials`` (mode 0600), never to the log. The file
     is written first and every catalog step can be repeated, so a crash part way through
     is finished by the next start with fresh keys. Answers the admin key's hash.
+
+    A start whose catalog already holds what it would write writes nothing, so a server
+    restarted on a full disk starts (and serves reads).
     """
-    if admin_key is not None:
-        await catalog.put_setting(ADMIN_KEY_SETTING, hash_key(admin_key))
     stored = await catalog.get_setting(ADMIN_KEY_SETTING)
+    if admin_key is not None and stored != hash_key(admin_key):
+        stored = hash_key(admin_key)
+        await catalog.put_setting(ADMIN_KEY_SETTING, stored)
     if stored is not None and await catalog.get_setting(BOOTSTRAP_SETTING) is not None:
         return stored
     generated: dict[str, str] = {}

@@ -4,7 +4,10 @@ Once an hour is complete (``usage_export_delay_ms`` after its end) one JSON line
 that used anything in it is written to the object store, under ``_usage/``, create-only:
 a pass repeated after a crash (or by another process) writes nothing new. The loop
 (:func:`run_metering`) flushes every ``usage_flush_ms``, samples every ``usage_sample_ms``
-and exports what is complete; a failed step is logged and tried again next time.
+and exports what is complete; after a failed pass (the catalog or the object store cannot
+be written: a full disk) the next one comes later and later, up to ``RETRY_MAX_S``, and
+the counts wait in memory; one line is logged when the failures start and one when they
+end.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import orjson
 
 from gateway.tenancy.billing import PricePlan, usage_json
 from gateway.tenancy.metering import Meter, OtherMeters, hour_of, hour_text
+from partitions.backoff import Backoff
 from partitions.catalog import HOUR_MS, Catalog
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,8 @@ EXPORTED_SETTING = "usage_exported_until_ms"
 
 
 CREATED = "created"
+# The longest wait between two passes while they keep failing.
+RETRY_MAX_S = 60.0
 
 
 class ObjectSink(Protocol):
@@ -149,17 +155,28 @@ async def _tick(metering: Metering, sample_due: bool) -> None:
 
 async def run_metering(metering: Metering, flush_s: float, sample_s: float) -> None:
     """Flush every ``flush_s``, sample every ``sample_s``, export what is complete; until
-    ``metering.stop`` is set. A failed step is logged and tried again next time."""
+    ``metering.stop`` is set. After a failed pass the next one waits longer (see the
+    module's docstring); the counts are kept meanwhile."""
     loop = asyncio.get_running_loop()
     next_sample = loop.time() + sample_s
+    backoff = Backoff(
+        "metering: a flush, sample or export",
+        log,
+        first_s=flush_s,
+        max_s=max(flush_s, RETRY_MAX_S),
+    )
+    wait_s = flush_s
     while not metering.stop.is_set():
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(flush_s):
+            async with asyncio.timeout(wait_s):
                 await metering.stop.wait()
         due = loop.time() >= next_sample
         if due:
             next_sample = loop.time() + sample_s
         try:
             await _tick(metering, due)
-        except Exception:
-            log.exception("metering: a flush, sample or export failed; trying again next time")
+        except Exception as exc:  # noqa: BLE001 - whatever failed is tried again later
+            wait_s = max(flush_s, backoff.failed(exc))
+        else:
+            backoff.succeeded()
+            wait_s = flush_s

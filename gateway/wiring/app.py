@@ -9,8 +9,8 @@ them after, in reverse order:
 3. the object store (``storage.py``);
 4. the partitions: this process's logs, tiered storage, and the topology, the one object
    that differs between one process and worker processes (``topology.py``);
-5. the tenants' quotas, then the broker, then the quota book (``tenancy.py``,
-   ``broker.py``);
+5. the authenticator with the writer of the keys' last uses, the tenants' quotas, then the
+   broker, then the quota book (``tenancy.py``, ``broker.py``);
 6. the group sessions' sweeper, tiered storage's loops, retention and the autoscaler
    (``loops.py``, ``storage.py``, ``autoscaling.py``);
 7. the meter (``metering.py``);
@@ -113,6 +113,7 @@ def create_app(
             catalog.catalog_ctx,
             storage.object_store_ctx,
             topology.partitions_ctx,
+            tenancy.authenticator_ctx,
             tenancy.tenant_quotas_ctx,
             broker.broker_ctx,
             tenancy.quota_book_ctx,

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.http.keys import CONFIG
-from gateway.tenancy.auth import Authenticator, bootstrap
-from gateway.wiring.state import AUTHENTICATOR, CATALOG
+from gateway.tenancy.auth import bootstrap
+from gateway.wiring.state import ADMIN_KEY_HASH, CATALOG
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 
 
@@ -17,9 +17,8 @@ async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     catalog = await SqliteCatalog.open(config.data_dir / CATALOG_FILE)
     try:
-        admin_hash = await bootstrap(catalog, config.data_dir, config.admin_key)
+        app[ADMIN_KEY_HASH] = await bootstrap(catalog, config.data_dir, config.admin_key)
         app[CATALOG] = catalog
-        app[AUTHENTICATOR] = Authenticator(catalog, admin_hash)
         yield
     finally:
         await catalog.close()

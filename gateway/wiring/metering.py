@@ -5,6 +5,7 @@ this worker serves the others and stops before it does, with a last sample and f
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -17,7 +18,9 @@ from gateway.tenancy.metering import Footprint, Meter, NothingHeld
 from gateway.tenancy.usage_export import Metering, UsageExporter, run_metering
 from gateway.wiring.state import CATALOG, CLOCKS, OBJECT_STORE, TOPOLOGY
 from partitions.catalog import Catalog
-from partitions.errors import TenantNotFoundError
+from partitions.errors import EventBusError, TenantNotFoundError
+
+log = logging.getLogger(__name__)
 
 
 class BrokerFootprint:
@@ -84,4 +87,19 @@ async def metering_loop_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             await meter.sample()
         finally:
-            await meter.flush()
+            await _last_flush(meter)
+
+
+async def _last_flush(meter: Meter) -> None:
+    """The shutdown's flush: if the catalog cannot take it (a full disk), the counts since
+    the last flush are lost, as in a crash, and the log says so; the server still stops
+    cleanly."""
+    try:
+        await meter.flush()
+    except EventBusError as exc:
+        log.warning(
+            "metering: the counts of %d tenant-hours since the last flush could not be "
+            "stored at shutdown and are lost: %s",
+            meter.unflushed,
+            exc,
+        )

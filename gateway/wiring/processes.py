@@ -13,6 +13,7 @@ from autoscaler.measure import MeterOutbox
 from gateway.http.keys import BROKER, HEALTH, METER, METRICS, TENANCY
 from gateway.processes.answers import AnswerKeeper
 from gateway.processes.forwarding import Forwarding, HttpForwarder
+from gateway.processes.key_uses import serve_key_uses
 from gateway.processes.meters import serve_meters, ship_meters_forever
 from gateway.processes.peers import METRICS_TEXT
 from gateway.processes.quota_home import serve_quotas
@@ -22,6 +23,7 @@ from gateway.processes.usage import serve_usage
 from gateway.wiring.state import (
     AUTHENTICATOR,
     FORWARDING,
+    KEY_USES,
     LOADS,
     LOCAL_WORKER,
     PEERS,
@@ -40,6 +42,7 @@ async def serve_peers_ctx(app: web.Application) -> AsyncIterator[None]:
     serve_quotas(peers, app[TENANCY].quotas)
     serve_tiering(peers, app[TIERING])
     serve_usage(peers, app[METER])
+    serve_key_uses(peers, app[KEY_USES])
     app[LOADS].register(peers)
     if app[TOPOLOGY].leader:
         serve_meters(peers, broker)

@@ -15,6 +15,7 @@ from gateway.processes.loads import Loads
 from gateway.processes.peers import Peers
 from gateway.processes.worker import WorkerControl
 from gateway.tenancy.auth import Authenticator, TenantAnnouncer
+from gateway.tenancy.key_uses import KeyUses, OtherKeyUses
 from gateway.tenancy.metering import OtherMeters
 from gateway.tenancy.quotas import QuotaHomes, TenantQuotas
 from partitions.catalog_sqlite import SqliteCatalog
@@ -26,14 +27,20 @@ from tiered_storage.service import TieredStorage, TieringService
 
 class ServerTopology(Topology, QuotaHomes, TenantAnnouncer, Protocol):
     """What one process, or one worker process among several, answers: the broker's
-    questions, and the tenancy room's (quota homes, tenant news, the other meters)."""
+    questions, and the tenancy room's (quota homes, tenant news, the other meters and key
+    uses)."""
 
     @property
     def other_meters(self) -> OtherMeters | None: ...
 
+    @property
+    def other_key_uses(self) -> OtherKeyUses | None: ...
+
 
 CLOCKS = web.AppKey("clocks", Clocks)
 CATALOG = web.AppKey("catalog", SqliteCatalog)
+ADMIN_KEY_HASH = web.AppKey("admin_key_hash", str)
+KEY_USES = web.AppKey("key_uses", KeyUses)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 OBJECT_STORE = web.AppKey("object_store", ObjectStore)
 # This process's logs, and the partition worker the broker reaches every partition with.

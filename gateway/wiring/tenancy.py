@@ -1,5 +1,6 @@
-"""Tenancy in the app: the tenants' quotas (read by the broker for its limits), then, once
-the broker can measure what tenants store, the quota book the tenant gate charges."""
+"""Tenancy in the app: the keys' authenticator and the writer of their last uses, the
+tenants' quotas (read by the broker for its limits), then, once the broker can measure what
+tenants store, the quota book the tenant gate charges."""
 
 from __future__ import annotations
 
@@ -7,9 +8,33 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.http.keys import BROKER, CONFIG, TENANCY, Tenancy
+from gateway.http.keys import BROKER, CONFIG, HEALTH, TENANCY, Tenancy
+from gateway.tenancy.auth import Authenticator
+from gateway.tenancy.key_uses import KeyUses
 from gateway.tenancy.quotas import QuotaBook, TenantQuotas
-from gateway.wiring.state import AUTHENTICATOR, CATALOG, CLOCKS, TENANT_QUOTAS, TOPOLOGY
+from gateway.wiring.state import (
+    ADMIN_KEY_HASH,
+    AUTHENTICATOR,
+    CATALOG,
+    CLOCKS,
+    KEY_USES,
+    TENANT_QUOTAS,
+    TOPOLOGY,
+)
+
+
+async def authenticator_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The authenticator, and the loop that writes the keys' last uses behind the
+    requests; after the last request, what is left of them is written if it can be."""
+    catalog = app[CATALOG]
+    uses = KeyUses(catalog, others=app[TOPOLOGY].other_key_uses)
+    app[KEY_USES] = uses
+    app[AUTHENTICATOR] = Authenticator(catalog, app[ADMIN_KEY_HASH], uses=uses)
+    health = app[HEALTH]
+    task = health.start(uses.run(), "key-uses")
+    yield
+    await health.stop(task)
+    await uses.write_remaining()
 
 
 async def tenant_quotas_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -28,5 +53,7 @@ async def quota_book_ctx(app: web.Application) -> AsyncIterator[None]:
         storage_retry_s=config.retention_check_ms / 1000,
         homes=topology,
     )
-    app[TENANCY] = Tenancy(app[CATALOG], app[AUTHENTICATOR], quotas, announcer=topology)
+    app[TENANCY] = Tenancy(
+        app[CATALOG], app[AUTHENTICATOR], quotas, announcer=topology, key_uses=app[KEY_USES]
+    )
     yield

@@ -8,11 +8,16 @@ never see the change: a change is a new step.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import sqlite3
 from pathlib import Path
 
 CATALOG_FILE = "catalog.sqlite3"
+# WAL mode's shared-memory index beside the file, and the size SQLite first gives it.
+SHARED_INDEX_SUFFIX = "-shm"
+SHARED_INDEX_BYTES = 32 * 1024
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema.
@@ -148,12 +153,50 @@ def connect(path: Path) -> sqlite3.Connection:
     or of the machine, and a backup reads while the server writes.
     """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=10000")
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def keep_shared_index_room(path: Path) -> None:
+    """Put back the ``-shm`` file beside the catalog at ``path`` if SQLite removed it.
+
+    In WAL mode even a read needs the shared-memory index, and the first connection to open
+    the file writes its 32 KiB; on a full disk that fails ("disk I/O error",
+    ``SQLITE_IOERR_SHMSIZE``), so a server restarted on a full disk could not read its
+    catalog at all. SQLite removes the file when the last connection closes cleanly: this
+    puts a file of that size back, so that the next open finds the room it needs. The first
+    connection to open the catalog truncates and rebuilds whatever index it finds, so the
+    content does not matter; the file appears whole or not at all (a link of a complete
+    temporary file, which fails if another process made one meanwhile). Best effort: with
+    no room for it now, the next open makes it as before.
+    """
+    index = path.with_name(path.name + SHARED_INDEX_SUFFIX)
+    if index.exists() or not path.exists():
+        return
+    tmp = path.with_name(f"{path.name}{SHARED_INDEX_SUFFIX}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, path.stat().st_mode & 0o777)
+            written = 0
+            while written < SHARED_INDEX_BYTES:
+                written += os.write(fd, bytes(SHARED_INDEX_BYTES - written))
+        finally:
+            os.close(fd)
+        os.link(tmp, index)
+    except OSError:
+        pass  # no room (the next open tries as before), or another process made one
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def migrate(conn: sqlite3.Connection) -> int:

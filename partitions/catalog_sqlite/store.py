@@ -5,11 +5,17 @@ blocks on SQLite and operations are serialised: each is a single ``BEGIN IMMEDIA
 transaction that either commits whole or changes nothing. Each method runs one function of
 an entity module in that transaction (most are bound with :class:`transaction`, taking the
 function's own parameters); what the operation does is there, not here.
+
+It is also the one place where SQLite's failures of a full disk become the event bus's:
+every operation (and the opening) that finds no room to write raises
+:class:`~partitions.errors.DiskFullError`, retriable, whatever SQLite called it; reads go
+on while the disk is full.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -35,7 +41,13 @@ from partitions.catalog import (
     TopicRecord,
     UsageRecord,
 )
-from partitions.catalog_sqlite.schema import backup_catalog, connect, migrate
+from partitions.catalog_sqlite.schema import (
+    backup_catalog,
+    connect,
+    keep_shared_index_room,
+    migrate,
+)
+from partitions.errors import DiskFullError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -43,6 +55,34 @@ T = TypeVar("T")
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+# Below this much free space, an I/O error of SQLite's is taken for a full disk: it writes
+# pages of a few KiB, and a write the kernel refuses for room may leave some space free.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def out_of_space(exc: sqlite3.Error, directory: Path) -> bool:
+    """Whether SQLite failed for want of room on the device holding ``directory``.
+
+    A write refused with ``ENOSPC`` is ``SQLITE_FULL`` ("database or disk is full"). Some
+    writes report a full disk as ``SQLITE_IOERR`` ("disk I/O error") instead: sizing the
+    shared-memory index of WAL mode, an fsync on some file systems. SQLite does not say
+    which errno was behind those, so the device's free space decides.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int):
+        return False
+    primary = code & 0xFF
+    if primary == sqlite3.SQLITE_FULL:
+        return True
+    if primary != sqlite3.SQLITE_IOERR:
+        return False
+    try:
+        room = os.statvfs(directory)
+    except OSError:
+        return False
+    return room.f_bavail * room.f_frsize < NEARLY_FULL_BYTES
 
 
 class transaction(Generic[P, T]):  # noqa: N801 - read as a decorator of the class's methods
@@ -93,21 +133,45 @@ class SqliteCatalog:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = connect(self.path)
-        migrate(self._conn)
+        conn = connect(self.path)
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()  # an open that failed (a full disk) leaves no file open
+            raise
+        self._conn = conn
 
     async def close(self) -> None:
         if self._conn is not None:
-            await self._run(self._conn.close)
+            await self._run(self._close)
             self._conn = None
         self._thread.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            keep_shared_index_room(self.path)
 
     async def backup(self, destination: Path) -> None:
         await self._run(backup_catalog, self.path, destination)
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(
+            self._thread, partial(self._on_thread, partial(fn, *args, **kwargs))
+        )
+
+    def _on_thread(self, call: Callable[[], T]) -> T:
+        """``call()`` on the catalog's thread, a full disk raised as :class:`DiskFullError`
+        (the free space is looked up here, off the event loop)."""
+        try:
+            return call()
+        except sqlite3.Error as exc:
+            if out_of_space(exc, self.path.parent):
+                raise DiskFullError(
+                    f"no space left on the device holding the catalog {self.path}: {exc}"
+                ) from exc
+            raise
 
     async def _tx(
         self,
