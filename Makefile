@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint pytest bench soak clean
+.PHONY: install run test lint pytest fuzz bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,12 @@ pytest: install
 	$(BIN)/python -m pytest
 	EVENTBUS_TEST_WORKERS=2 $(BIN)/python -m pytest
 
-test: lint pytest
+# The API fuzzed from its own OpenAPI document against live servers, about three minutes:
+# tests/fuzz_api.py (a tenant's key, the admin key, no key), every check.
+fuzz: install
+	$(BIN)/python -m tests.fuzz_api
+
+test: lint pytest fuzz
 
 BENCH_STAMP := $(VENV)/.installed-bench
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from partitions.errors import InvalidInputError
+from partitions.shapes import Boolean, Integer, Number, Object
 
 AUTOSCALE_KEY = "autoscale"
 MIB = 1024 * 1024
@@ -56,10 +57,25 @@ _INT_KNOBS_RANGES: dict[str, tuple[int, int]] = {
     "min_partitions": (1, MAX_PARTITIONS_LIMIT),
     "max_partitions": (1, MAX_PARTITIONS_LIMIT),
 }
-_INT_KNOBS = frozenset(_INT_KNOBS_RANGES)
-KNOBS = tuple(sorted(_INT_KNOBS | {"enabled", "merge_ratio"}))
 
 DEFAULT_AUTOSCALE: dict[str, Any] = _DEFAULTS.to_json()
+
+# The ``autoscale`` object a client sends: knobs left out keep their values.
+AUTOSCALE_SHAPE = Object(
+    fields={
+        "enabled": Boolean(default=_DEFAULTS.enabled),
+        "merge_ratio": Number(low=0, high=1, exclusive=True, default=_DEFAULTS.merge_ratio),
+    }
+    | {
+        name: Integer(low=low, high=high, default=getattr(_DEFAULTS, name))
+        for name, (low, high) in _INT_KNOBS_RANGES.items()
+    },
+    fill_defaults=False,
+    description="See docs/autoscaling.md; knobs left out keep their values. "
+    "min_partitions may not exceed max_partitions, nor merge_window_s be shorter than "
+    "window_s.",
+    error=InvalidAutoscaleConfigError,
+)
 
 
 def normalize_autoscale(given: Any, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -67,33 +83,10 @@ def normalize_autoscale(given: Any, base: Mapping[str, Any] | None = None) -> di
 
     Raises :class:`InvalidAutoscaleConfigError` naming the knob (``autoscale.window_s``).
     """
-    if not isinstance(given, Mapping):
-        raise InvalidAutoscaleConfigError(
-            "autoscale is a JSON object of knobs: " + ", ".join(KNOBS), key=AUTOSCALE_KEY
-        )
-    out = {**DEFAULT_AUTOSCALE, **(base or {})}
-    for name, value in given.items():
-        key = f"{AUTOSCALE_KEY}.{name}"
-        if name == "enabled":
-            if not isinstance(value, bool):
-                raise InvalidAutoscaleConfigError(f"{key} must be true or false", key=key)
-        elif name == "merge_ratio":
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-                raise InvalidAutoscaleConfigError(
-                    f"{key} must be a number above 0 and below 1", key=key
-                )
-            value = float(value)
-        elif name in _INT_KNOBS_RANGES:
-            low, high = _INT_KNOBS_RANGES[name]
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise InvalidAutoscaleConfigError(
-                    f"{key} must be an integer from {low} to {high}", key=key
-                )
-        else:
-            raise InvalidAutoscaleConfigError(
-                f"unknown autoscale knob {name!r}; known: {', '.join(KNOBS)}", key=key
-            )
-        out[name] = value
+    checked = AUTOSCALE_SHAPE.parse(
+        given, InvalidAutoscaleConfigError, where=AUTOSCALE_KEY, detail="key"
+    )
+    out = {**DEFAULT_AUTOSCALE, **(base or {}), **checked}
     if out["min_partitions"] > out["max_partitions"]:
         raise InvalidAutoscaleConfigError(
             "autoscale.min_partitions may not exceed autoscale.max_partitions",

@@ -103,7 +103,9 @@ class ServerConfig:
     # Largest request body accepted (413 past it).
     max_request_bytes: int = setting(16 * MIB, "largest request body, in bytes", parse=POSITIVE)
     max_wait_ms: int = setting(
-        30_000, "longest long-poll a read or group fetch may ask for", parse=NOT_NEGATIVE
+        30_000,
+        "longest long-poll a read or group fetch waits (a longer wait_ms is cut to it)",
+        parse=NOT_NEGATIVE,
     )
     retention_check_ms: int = setting(30_000, "how often retention is applied", parse=POSITIVE)
     autoscale_interval_ms: int = setting(

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -39,6 +41,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class MalformedRequests(logging.Filter):
+    """A request the HTTP parser refuses (a NUL in a header, a broken request line) is a
+    client's mistake answered 400, not a server failure: one line at info, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and error.code == 400:
+            record.msg = "refused a malformed HTTP request: %s"
+            record.args = (str(error.message).splitlines()[0] if error.message else "",)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure(level: str = "INFO", *, worker: int | None = None) -> None:
     """JSON lines on stderr; a worker process of several names itself in each line."""
     handler = logging.StreamHandler(sys.stderr)
@@ -50,6 +66,9 @@ def configure(level: str = "INFO", *, worker: int | None = None) -> None:
     root.setLevel(level)
     # aiohttp's access log repeats what our own request log says.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(MalformedRequests())
 
 
 def log_if_died(logger: logging.Logger, task: asyncio.Task[Any]) -> None:

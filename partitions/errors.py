@@ -249,8 +249,9 @@ class PartitionsNotAdjacentError(ConflictError):
     code = "partitions_not_adjacent"
 
 
-class InvalidSplitPointError(InvalidInputError):
-    """A split point that is not strictly inside the partition's hash range."""
+class InvalidSplitPointError(ConflictError):
+    """A split point that is not strictly inside the partition's hash range as it is now
+    (a well-formed point: the partition's state decides, so 409)."""
 
     code = "invalid_split_point"
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from partitions.catalog import Catalog
-from partitions.errors import GroupNotFoundError
+from partitions.errors import GroupNotFoundError, OffsetOutOfRangeError, PartitionNotFoundError
 from partitions.group_assignment import LineageAssignor
 from partitions.group_commits import GroupCommits
 from partitions.group_model import (
@@ -150,15 +150,22 @@ class GroupAdmin:
             for item in target["offsets"]:
                 wanted = item if isinstance(item, dict) else {}
                 part, offset = wanted.get("partition"), wanted.get("offset")
-                if not _is_int(part) or part not in ends or not _is_int(offset):
+                if not _is_int(part) or not _is_int(offset):
                     raise InvalidSeekError(f"not a partition offset: {item!r}")
-                pid = part
-                start, end = ends[pid]
-                if not start <= offset <= end:
-                    raise InvalidSeekError(
-                        f"offset {offset} is outside partition {pid}'s range [{start}, {end}]"
+                if part not in ends:
+                    # Well formed, and the topic's state decides: not a 400.
+                    raise PartitionNotFoundError(
+                        f"topic {shape.name!r} has no partition {part}", partition=part
                     )
-                offsets[pid] = offset
+                start, end = ends[part]
+                if not start <= offset <= end:
+                    raise OffsetOutOfRangeError(
+                        f"offset {offset} is outside partition {part}'s range [{start}, {end}]",
+                        partition=part,
+                        start_offset=start,
+                        high_watermark=end,
+                    )
+                offsets[part] = offset
             return offsets
         raise InvalidSeekError(
             'seek to "earliest", "latest", {"timestamp_ms": T} or {"offsets": [...]}'

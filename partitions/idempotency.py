@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from partitions.batch import MAX_PRODUCER_TAG
 from partitions.errors import ConflictError, InvalidInputError
+from partitions.shapes import ShapeError, Text
 
 TAG_VERSION = 1
 ANSWER_TTL_MS = 10 * 60 * 1000
@@ -59,15 +60,20 @@ class IdempotencyKeyReusedError(ConflictError):
     code = "idempotency_key_reused"
 
 
+# An Idempotency-Key: printable ASCII without the space (characters 33 to 126).
+KEY_SHAPE = Text(
+    pattern=f"[!-~]{{1,{MAX_KEY_LENGTH}}}",
+    meaning=f"1 to {MAX_KEY_LENGTH} printable ASCII characters without spaces",
+    description="A retry with the same key and body within ten minutes answers the first "
+    "answer and appends nothing",
+)
+
+
 def check_key(key: str) -> None:
-    # Printable ASCII without the space: characters 33 to 126.
-    if not (1 <= len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()) or (
-        " " in key
-    ):
-        raise InvalidIdempotencyKeyError(
-            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters "
-            "without spaces"
-        )
+    try:
+        KEY_SHAPE.check(key, "Idempotency-Key")
+    except ShapeError as exc:
+        raise InvalidIdempotencyKeyError(f"Idempotency-Key {exc.message}") from None
 
 
 def request_hash(media_type: str, body: bytes) -> bytes:

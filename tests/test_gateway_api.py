@@ -270,10 +270,13 @@ async def test_a_timestamp_far_in_the_future_is_refused(api: Api) -> None:
     ("params", "status", "code"),
     [
         ({"offset": "-1"}, 400, "invalid_offset"),
-        ({"offset": "abc"}, 400, "invalid_parameter"),
+        ({"offset": "abc"}, 400, "invalid_offset"),
+        ({"offset": ""}, 400, "invalid_offset"),
+        ({"offset": "1_0"}, 400, "invalid_offset"),
         ({"offset": "2"}, 416, "offset_out_of_range"),
         ({"max_records": "0"}, 400, "invalid_parameter"),
-        ({"wait_ms": "3600000"}, 400, "invalid_parameter"),
+        ({"wait_ms": "-1"}, 400, "invalid_parameter"),
+        ({"max_bytes": str(16 * 1024 * 1024 + 1)}, 400, "invalid_parameter"),
         ({"offset": "0", "timestamp_ms": "0"}, 400, "invalid_parameter"),
     ],
 )

@@ -106,8 +106,8 @@ async def test_refusals_change_nothing(api: Api) -> None:
     await api.call("POST", "/v1/topics/t/partitions/2/split", json={"at": str(MID + MID // 2)})
     before = await _partitions(api, "t")
     cases = [
-        ("POST", "/v1/topics/t/partitions/1/split", {"at": "0"}, 400, "invalid_split_point"),
-        ("POST", "/v1/topics/t/partitions/1/split", {"at": str(MID)}, 400, "invalid_split_point"),
+        ("POST", "/v1/topics/t/partitions/1/split", {"at": "0"}, 409, "invalid_split_point"),
+        ("POST", "/v1/topics/t/partitions/1/split", {"at": str(MID)}, 409, "invalid_split_point"),
         ("POST", "/v1/topics/t/partitions/1/split", {"at": "middle"}, 400, "invalid_parameter"),
         ("POST", "/v1/topics/t/partitions/0/split", None, 409, "partition_not_active"),
         ("POST", "/v1/topics/t/partitions/9/split", None, 404, "partition_not_found"),
@@ -115,7 +115,7 @@ async def test_refusals_change_nothing(api: Api) -> None:
         ("POST", "/v1/topics/t/merge", {"partitions": [1, 1]}, 400, "invalid_merge"),
         ("POST", "/v1/topics/t/merge", {"partitions": [1, 3, 4]}, 400, "invalid_merge"),
         ("POST", "/v1/topics/t/merge", {"partitions": [0, 1]}, 409, "partition_not_active"),
-        ("POST", "/v1/topics/t/merge", {"partitions": "1,3"}, 400, "invalid_parameter"),
+        ("POST", "/v1/topics/t/merge", {"partitions": "1,3"}, 400, "invalid_merge"),
         ("POST", "/v1/topics/nope/merge", {"partitions": [1, 3]}, 404, "topic_not_found"),
     ]
     for method, path, body, status, code in cases:

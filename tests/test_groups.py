@@ -304,9 +304,20 @@ async def test_seek_describe_and_delete(api: Api) -> None:
     assert await first_value() == "old7"
     assert (await api.call("POST", G + "/seek", json={"to": "latest"}))[0] == 200
     assert await first_value() == ""
-    for bad in ({"to": "middle"}, {"to": {"offsets": [{"partition": 0, "offset": 99}]}}, {}):
+    for bad in ({"to": "middle"}, {"to": {"offsets": [{"partition": 0, "offset": -1}]}}, {}):
         status, body = await api.call("POST", G + "/seek", json=bad)
         assert status == 400 and body["error"]["code"] == "invalid_seek", body
+    # Well formed, but past the partition's end, or a partition the topic does not have:
+    # the topic's state decides, so not a 400.
+    status, body = await api.call(
+        "POST", G + "/seek", json={"to": {"offsets": [{"partition": 0, "offset": 99}]}}
+    )
+    assert (status, body["error"]["code"]) == (416, "offset_out_of_range"), body
+    assert body["error"]["details"]["high_watermark"] == 20
+    status, body = await api.call(
+        "POST", G + "/seek", json={"to": {"offsets": [{"partition": 9, "offset": 0}]}}
+    )
+    assert (status, body["error"]["code"]) == (404, "partition_not_found"), body
     await api.call("POST", G + "/seek", json={"to": {"offsets": [{"partition": 0, "offset": 5}]}})
     status, group = await api.call("GET", G)
     assert group["members"] == [] and group["lag"] == 15

@@ -368,7 +368,8 @@ async def test_usage_is_kept_per_utc_hour(api: Api, clock: Clock) -> None:
         ({"to": "2026-01-05T13:00:00+01:00"}, "to", "UTC"),
         ({"to": "2026-01-05"}, "to", "RFC 3339"),  # a date, not a date and time
         ({"to": "2026-01-05 13:00:00Z"}, "to", "RFC 3339"),
-        ({"from": "2026-13-05T13:00:00Z"}, "from", "not a valid date"),
+        ({"from": "2026-13-05T13:00:00Z"}, "from", "RFC 3339"),
+        ({"from": "2026-02-30T13:00:00Z"}, "from", "not a valid date"),
         ({"from": "yesterday"}, "from", "RFC 3339"),
         ({"from": "1969-12-31T23:00:00Z", "to": "1970-01-01T01:00:00Z"}, "from", "1970"),
         ({"from": "2026-01-05T13:00:00Z", "to": "2026-01-05T13:00:00Z"}, "from", "before to"),

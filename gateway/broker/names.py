@@ -5,19 +5,27 @@ from __future__ import annotations
 import xxhash
 
 from partitions.errors import InvalidInputError
-
-TOPIC_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+from partitions.shapes import ShapeError, Text
 
 
 class InvalidTopicNameError(InvalidInputError):
     code = "invalid_topic_name"
 
 
+# A topic's name, and a consumer group's: the same rules.
+TOPIC_NAME = Text(
+    pattern=r"[A-Za-z0-9._-]{1,249}",
+    excluded=(".", ".."),
+    meaning="1 to 249 of [A-Za-z0-9._-], not '.' or '..'",
+    error=InvalidTopicNameError,
+)
+
+
 def validate_topic_name(name: str) -> None:
-    if not 1 <= len(name) <= 249 or name in (".", "..") or not set(name) <= TOPIC_NAME_CHARS:
-        raise InvalidTopicNameError(
-            f"invalid topic name {name!r}: 1 to 249 of [A-Za-z0-9._-], not '.' or '..'"
-        )
+    try:
+        TOPIC_NAME.check(name, "")
+    except ShapeError:
+        raise InvalidTopicNameError(f"invalid topic name {name!r}: {TOPIC_NAME.says()}") from None
 
 
 def key_hash(key: bytes) -> int:

@@ -9,9 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autoscaler.config import AUTOSCALE_KEY, DEFAULT_AUTOSCALE, normalize_autoscale
+from autoscaler.config import (
+    AUTOSCALE_KEY,
+    AUTOSCALE_SHAPE,
+    DEFAULT_AUTOSCALE,
+    normalize_autoscale,
+)
 from partitions.errors import InvalidInputError
 from partitions.log.values import LogConfig
+from partitions.shapes import Integer, Nullable, Object
 
 MIB = 1024 * 1024
 DAY_MS = 24 * 60 * 60 * 1000
@@ -42,35 +48,39 @@ def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The config a client sends (PUT and PATCH of a topic): settings left out keep their values.
+TOPIC_CONFIG_SHAPE = Object(
+    fields={
+        name: (
+            Nullable(shape=Integer(low=low, high=high), default=default)
+            if nullable
+            else Integer(low=low, high=high, default=default)
+        )
+        for name, (default, low, high, nullable) in _INT_SETTINGS.items()
+    }
+    | {AUTOSCALE_KEY: AUTOSCALE_SHAPE},
+    fill_defaults=False,
+    description="Settings left out keep their values (their defaults, for a new topic). "
+    "null for a retention setting is no limit; a local retention of null is the total "
+    "retention, and may not exceed it.",
+    error=InvalidConfigError,
+)
+
+
 def normalize_topic_config(given: Any, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Validate ``given`` over ``base`` (default: the defaults); answer the whole config.
 
     ``null`` for a retention setting means no limit; a local retention of ``null`` means
     the same as the total retention. Local retention may not exceed total retention.
     """
-    if not isinstance(given, Mapping):
-        raise InvalidConfigError("a topic config is a JSON object")
+    checked = TOPIC_CONFIG_SHAPE.parse(given, InvalidConfigError, detail="key")
     config = with_defaults({} if base is None else base)
-    for name, value in given.items():
+    for name, value in checked.items():
         if name == AUTOSCALE_KEY:
             # A nested object: the knobs given change, the others keep their values.
             config[name] = normalize_autoscale(value, base=config[name])
-            continue
-        spec = _INT_SETTINGS.get(name)
-        if spec is None:
-            known = ", ".join(sorted([*_INT_SETTINGS, AUTOSCALE_KEY]))
-            raise InvalidConfigError(
-                f"unknown topic config key {name!r}; known: {known}",
-                key=name,
-            )
-        _default, low, high, nullable = spec
-        if value is None and nullable:
-            config[name] = None
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            allowed = f"an integer from {low} to {high}" + (" or null" if nullable else "")
-            raise InvalidConfigError(f"{name} must be {allowed}", key=name)
-        config[name] = value
+        else:
+            config[name] = value
     for local, total in (
         ("local_retention_ms", "retention_ms"),
         ("local_retention_bytes", "retention_bytes"),

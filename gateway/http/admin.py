@@ -11,14 +11,16 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.http.inputs import JsonBody
 from gateway.http.keys import BROKER, TENANCY, Tenancy
-from gateway.http.params import InvalidParameterError, json_response, read_json
+from gateway.http.params import json_response
 from gateway.tenancy.auth import TENANT_NAME, generate_key, hash_key, new_key_id
-from gateway.tenancy.billing import parse_plan_patch
-from gateway.tenancy.quotas import apply_quota_changes, parse_quota_changes
-from gateway.tenancy.scopes import FULL, KeyScope
+from gateway.tenancy.billing import PLAN_SHAPE, parse_plan_patch
+from gateway.tenancy.quotas import QUOTA_CHANGES_SHAPE, apply_quota_changes, parse_quota_changes
+from gateway.tenancy.scopes import FULL, SCOPE_SHAPE, KeyScope
 from partitions.catalog import ApiKeyRecord, TenantRecord
 from partitions.errors import InvalidInputError, TenantNotFoundError, VersionConflictError
+from partitions.shapes import Object, Text
 
 
 class InvalidTenantNameError(InvalidInputError):
@@ -41,26 +43,24 @@ def _tenant_name(request: web.Request) -> str:
     return name
 
 
-async def _body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    if optional and not request.can_read_body:
-        return {}
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidParameterError("the body must be a JSON object")
-    return body
-
-
-def _only(body: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = set(body) - allowed
-    if unknown:
-        raise InvalidParameterError(
-            f"unknown fields: {', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed))}"
-        )
-
-
-def _plan(value: Any) -> dict[str, Any]:
-    """A plan or a plan patch, validated (see gateway.billing): prices as exact text."""
-    return dict(parse_plan_patch(value))
+TENANT_NAME_SHAPE = Text(
+    pattern=TENANT_NAME.pattern,
+    meaning="1 to 63 of [a-z0-9-], starting with a letter or digit",
+    error=InvalidTenantNameError,
+)
+KEY_ID = Text(pattern="key-[0-9a-f]{12}", meaning="a key's id (key- and 12 hex digits)")
+CREATE_TENANT_BODY = JsonBody(
+    Object(
+        fields={
+            "name": TENANT_NAME_SHAPE,
+            "quotas": QUOTA_CHANGES_SHAPE,
+            "plan": PLAN_SHAPE,
+        },
+        required=("name",),
+    )
+)
+PATCH_TENANT_BODY = JsonBody(Object(fields={"quotas": QUOTA_CHANGES_SHAPE, "plan": PLAN_SHAPE}))
+CREATE_KEY_BODY = JsonBody(Object(fields={"scope": SCOPE_SHAPE}), required=False)
 
 
 def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,15 +107,10 @@ def key_json(record: ApiKeyRecord, unwritten_use_ms: int | None = None) -> dict[
 
 async def create_tenant(request: web.Request) -> web.Response:
     tenancy = _tenancy(request)
-    body = await _body(request)
-    _only(body, {"name", "quotas", "plan"})
-    name = body.get("name")
-    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
-        raise InvalidTenantNameError(
-            "a tenant name is 1 to 63 of [a-z0-9-], starting with a letter or digit"
-        )
+    body = await CREATE_TENANT_BODY.read(request)
+    name = body["name"]
     overrides = apply_quota_changes({}, parse_quota_changes(body.get("quotas", {})))
-    plan = {k: v for k, v in _plan(body.get("plan", {})).items() if v is not None}
+    plan = {k: v for k, v in parse_plan_patch(body.get("plan", {})).items() if v is not None}
     record = await tenancy.catalog.create_tenant(name, quotas=overrides, plan=plan)
     key, key_id = generate_key(), new_key_id()
     await tenancy.catalog.add_api_key(name, key_id, hash_key(key), FULL.to_json())
@@ -146,10 +141,9 @@ async def get_tenant(request: web.Request) -> web.Response:
 async def patch_tenant(request: web.Request) -> web.Response:
     tenancy = _tenancy(request)
     name = _tenant_name(request)
-    body = await _body(request)
-    _only(body, {"quotas", "plan"})
+    body = await PATCH_TENANT_BODY.read(request)
     changes = parse_quota_changes(body["quotas"]) if "quotas" in body else None
-    plan_patch = _plan(body["plan"]) if "plan" in body else None
+    plan_patch = parse_plan_patch(body["plan"]) if "plan" in body else None
     attempts = 0
     while True:
         current = await tenancy.catalog.get_tenant(name)
@@ -197,8 +191,7 @@ async def delete_tenant(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     tenancy = _tenancy(request)
     name = _tenant_name(request)
-    body = await _body(request, optional=True)
-    _only(body, {"scope"})
+    body = await CREATE_KEY_BODY.read(request)
     scope = KeyScope.parse(body.get("scope"))
     key, key_id = generate_key(), new_key_id()
     record = await tenancy.catalog.add_api_key(name, key_id, hash_key(key), scope.to_json())

@@ -35,12 +35,25 @@ def error_response(
     error: dict[str, Any] = {"code": code, "message": message}
     if details:
         error["details"] = details
-    return web.Response(
-        status=status,
-        body=orjson.dumps({"error": error}),
-        content_type="application/json",
-        headers=headers,
-    )
+    try:
+        body = orjson.dumps({"error": error})
+    except TypeError:
+        # A detail JSON cannot hold as it is (an integer past 64 bits that a client sent):
+        # the answer still goes out, with such details as text.
+        body = orjson.dumps({"error": _as_text_where_needed(error)})
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def _as_text_where_needed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _as_text_where_needed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_text_where_needed(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
 
 
 # What a client is told of a server-side failure; the details (paths, ids) go to the log.

@@ -9,21 +9,87 @@ from gateway.broker.names import validate_topic_name
 from gateway.client.wire import BATCH
 from gateway.http import bodies
 from gateway.http.charges import charge_consume, meter_delivered
+from gateway.http.inputs import JsonBody
 from gateway.http.keys import BROKER, CONFIG, METRICS, tenant_of
-from gateway.http.params import (
-    MAX_READ_BYTES,
-    MAX_READ_RECORDS,
-    InvalidParameterError,
-    body_int,
-    is_int,
-    json_object,
-    json_response,
-)
+from gateway.http.params import MAX_BYTES, MAX_RECORDS, WAIT_MS, json_response
 from gateway.http.record_json import render_record
 from partitions.batch import payload_totals
-from partitions.group_model import EARLIEST, LATEST
+from partitions.group_model import EARLIEST, LATEST, InvalidSeekError
+from partitions.shapes import Boolean, Choice, Integer, ListOf, Nullable, Object, OneOf, Text
 
-SESSION_TIMEOUT_MS = (1_000, 300_000)  # lowest, highest
+_MEMBER_ID = Text(
+    min_length=1, max_length=256, description="The member's id, from its first fetch's answer"
+)
+_PARTITION_OFFSETS = ListOf(
+    item=Object(
+        fields={"partition": Integer(), "offset": Integer()}, required=("partition", "offset")
+    ),
+    min_items=1,
+)
+FETCH_BODY = JsonBody(
+    Object(
+        fields={
+            "member_id": Nullable(
+                shape=_MEMBER_ID, description="Left out or null: join the group as a new member"
+            ),
+            "max_records": MAX_RECORDS,
+            "max_bytes": MAX_BYTES,
+            "wait_ms": WAIT_MS,
+            "auto_commit": Boolean(
+                description="Commit what the last fetch delivered at the next fetch "
+                "(the member's choice at join stays until it says otherwise; default true)"
+            ),
+            "session_timeout_ms": Integer(
+                low=1_000,
+                high=300_000,
+                description="A member that does not fetch for this long leaves (default 30000)",
+            ),
+            "auto_offset_reset": Choice(
+                values=(LATEST, EARLIEST),
+                default=LATEST,
+                description="Where a partition without a committed offset starts",
+            ),
+        }
+    ),
+    required=False,
+)
+COMMIT_BODY = JsonBody(
+    Object(
+        fields={
+            "member_id": _MEMBER_ID,
+            "generation": Integer(
+                description="The generation the member last saw (fences nothing)"
+            ),
+            "offsets": _PARTITION_OFFSETS,
+        },
+        required=("member_id", "offsets"),
+    )
+)
+LEAVE_BODY = JsonBody(
+    Object(
+        fields={
+            "member_id": _MEMBER_ID,
+            "commit": Boolean(default=True, description="Commit what the last fetch delivered"),
+        },
+        required=("member_id",),
+    )
+)
+SEEK_BODY = JsonBody(
+    Object(
+        fields={
+            "to": OneOf(
+                shapes=(
+                    Choice(values=(EARLIEST, LATEST)),
+                    Object(fields={"timestamp_ms": Integer()}, required=("timestamp_ms",)),
+                    Object(fields={"offsets": _PARTITION_OFFSETS}, required=("offsets",)),
+                ),
+                meaning='"earliest", "latest", {"timestamp_ms": T} or {"offsets": [...]}',
+            )
+        },
+        required=("to",),
+    ),
+    error=InvalidSeekError,
+)
 
 
 def _group_name(request: web.Request) -> str:
@@ -37,33 +103,18 @@ async def group_fetch(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     shape = await broker.shape(tenant, request.match_info["topic"])
     name = _group_name(request)
-    body = await json_object(request, optional=True)
-    member_id = body.get("member_id")
-    if member_id is not None and not isinstance(member_id, str):
-        raise InvalidParameterError("member_id is a string")
-    auto_commit = body.get("auto_commit")
-    if auto_commit is not None and not isinstance(auto_commit, bool):
-        raise InvalidParameterError("auto_commit is true or false")
-    reset = body.get("auto_offset_reset", LATEST)
-    if reset not in (LATEST, EARLIEST):
-        raise InvalidParameterError('auto_offset_reset is "earliest" or "latest"')
-    low, high = SESSION_TIMEOUT_MS
-    session_timeout_ms = (
-        None
-        if body.get("session_timeout_ms") is None
-        else body_int(body, "session_timeout_ms", 0, low, high)
-    )
+    body = await FETCH_BODY.read(request)
     binary = bodies.wants_batches(request)
     result = await broker.groups.fetch(
         shape,
         name,
-        member_id=member_id,
-        max_records=body_int(body, "max_records", 500, 1, MAX_READ_RECORDS),
-        max_bytes=body_int(body, "max_bytes", 1024 * 1024, 1, MAX_READ_BYTES),
-        wait_ms=body_int(body, "wait_ms", 0, 0, request.app[CONFIG].max_wait_ms),
-        auto_commit=auto_commit,
-        session_timeout_ms=session_timeout_ms,
-        auto_offset_reset=reset,
+        member_id=body.get("member_id"),
+        max_records=body["max_records"],
+        max_bytes=body["max_bytes"],
+        wait_ms=min(body["wait_ms"], request.app[CONFIG].max_wait_ms),
+        auto_commit=body.get("auto_commit"),
+        session_timeout_ms=body.get("session_timeout_ms"),
+        auto_offset_reset=body["auto_offset_reset"],
         raw=binary,
     )
     request.app[METRICS].read_records.inc(result.fetched.count)
@@ -97,27 +148,14 @@ async def group_commit(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     broker = request.app[BROKER]
     shape = await broker.shape(tenant, request.match_info["topic"])
-    body = await json_object(request)
-    member_id, generation, items = (
-        body.get("member_id"),
-        body.get("generation"),
-        body.get("offsets"),
-    )
-    if not isinstance(member_id, str):
-        raise InvalidParameterError("member_id is required")
-    if generation is not None and not is_int(generation):
-        raise InvalidParameterError("generation is an integer (from the fetch answer)")
-    if not isinstance(items, list) or not items:
-        raise InvalidParameterError('offsets is a list of {"partition", "offset"}')
-    offsets: dict[int, int] = {}
-    for item in items:
-        part = item.get("partition") if isinstance(item, dict) else None
-        offset = item.get("offset") if isinstance(item, dict) else None
-        if not is_int(part) or not is_int(offset) or offset < 0:
-            raise InvalidParameterError(f"not a partition offset: {item!r}")
-        offsets[part] = offset
+    body = await COMMIT_BODY.read(request)
+    offsets = {item["partition"]: item["offset"] for item in body["offsets"]}
     committed = await broker.groups.commit(
-        shape, _group_name(request), member_id=member_id, generation=generation, offsets=offsets
+        shape,
+        _group_name(request),
+        member_id=body["member_id"],
+        generation=body.get("generation"),
+        offsets=offsets,
     )
     return json_response(
         {"committed": [{"partition": p, "offset": o} for p, o in sorted(committed.items())]}
@@ -128,14 +166,8 @@ async def group_leave(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     broker = request.app[BROKER]
     shape = await broker.shape(tenant, request.match_info["topic"])
-    body = await json_object(request)
-    member_id = body.get("member_id")
-    if not isinstance(member_id, str):
-        raise InvalidParameterError("member_id is required")
-    commit = body.get("commit", True)
-    if not isinstance(commit, bool):
-        raise InvalidParameterError("commit is true or false")
-    await broker.groups.leave(shape, _group_name(request), member_id, commit=commit)
+    body = await LEAVE_BODY.read(request)
+    await broker.groups.leave(shape, _group_name(request), body["member_id"], commit=body["commit"])
     return web.Response(status=204)
 
 
@@ -158,8 +190,8 @@ async def group_seek(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     broker = request.app[BROKER]
     shape = await broker.shape(tenant, request.match_info["topic"])
-    body = await json_object(request)
-    committed = await broker.groups.seek(shape, _group_name(request), body.get("to"))
+    body = await SEEK_BODY.read(request)
+    committed = await broker.groups.seek(shape, _group_name(request), body["to"])
     return json_response(
         {"committed": [{"partition": p, "offset": o} for p, o in sorted(committed.items())]}
     )

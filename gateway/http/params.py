@@ -1,19 +1,26 @@
-"""Reading a request's parameters and JSON body, and answering JSON."""
+"""Reading a request's JSON body and its partition, and answering JSON."""
 
 from __future__ import annotations
 
-from typing import Any, TypeGuard
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway.http import bodies
 from gateway.http.record_json import MalformedJsonError
-from partitions.errors import InvalidInputError, InvalidOffsetError
+from partitions.errors import InvalidInputError
+from partitions.shapes import Integer, ShapeError
 
-MAX_READ_RECORDS = 10_000
-MAX_READ_BYTES = 16 * 1024 * 1024
 MAX_LIST_LIMIT = 1000
+# How much a read or a group fetch answers at most, and how long it may wait for data.
+MAX_RECORDS = Integer(low=1, high=10_000, default=500)
+MAX_BYTES = Integer(low=1, high=16 * 1024 * 1024, default=1024 * 1024)
+WAIT_MS = Integer(
+    default=0,
+    description="At the end of the data, wait up to this long for more; a longer wait is "
+    "cut to the server's --max-wait-ms",
+)
 
 
 class InvalidParameterError(InvalidInputError):
@@ -37,56 +44,14 @@ def parse_json(raw: bytes) -> Any:
         raise MalformedJsonError(f"the body is not valid JSON: {exc}") from exc
 
 
-def _parse_int(request: web.Request, name: str, low: int, high: int | None) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidParameterError(f"{name} must be an integer", parameter=name) from None
-    if value < low:
-        error = InvalidOffsetError if name == "offset" else InvalidParameterError
-        raise error(f"{name} must be at least {low}", parameter=name)
-    if high is not None and value > high:
-        raise InvalidParameterError(f"{name} may be at most {high}", parameter=name)
-    return value
-
-
-def int_param(
-    request: web.Request, name: str, *, default: int, low: int, high: int | None = None
-) -> int:
-    value = _parse_int(request, name, low, high)
-    return default if value is None else value
-
-
-def optional_int_param(request: web.Request, name: str, *, low: int) -> int | None:
-    return _parse_int(request, name, low, None)
-
-
-def body_int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidParameterError(f"{name} must be an integer from {low} to {high}")
-    return value
-
-
-async def json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    if optional and not request.can_read_body:
-        return {}
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise MalformedJsonError("the body must be a JSON object")
-    return body
-
-
-def is_int(value: object) -> TypeGuard[int]:
-    """An integer, and not a boolean (which Python counts as one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+# A partition's id in a path (``/partitions/{partition}``).
+PARTITION_ID = Integer(description="A partition's id")
 
 
 def partition_param(request: web.Request) -> int:
     try:
-        return int(request.match_info["partition"])
-    except ValueError:
-        raise InvalidParameterError("the partition must be an integer") from None
+        return PARTITION_ID.from_text(request.match_info["partition"], "partition")
+    except ShapeError:
+        raise InvalidParameterError(
+            f"the partition is {PARTITION_ID.says()}", parameter="partition"
+        ) from None

@@ -14,6 +14,7 @@ import orjson
 
 from partitions.batch import NewRecord, Record
 from partitions.errors import EventBusError, InvalidInputError
+from partitions.shapes import MAX_INTEGER, Integer, ListOf, MapOf, Nullable, Object, Text
 
 MAX_FUTURE_SKEW_MS = 60 * 60 * 1000
 
@@ -54,35 +55,61 @@ class TooManyRecordsError(EventBusError):
 def _bytes_field(
     record: dict[str, Any], index: int, name: str, *, required: bool
 ) -> tuple[bytes | None, bool]:
-    """Answers the bytes and whether they came as text."""
-    text, b64 = record.get(name), record.get(name + "_b64")
-    if text is not None and b64 is not None:
+    """Answers the bytes and whether they came as text. A ``key`` of null is no key."""
+    b64_name = name + "_b64"
+    if name in record and b64_name in record:
         raise ConflictingFieldsError(
-            f"record {index} has both {name} and {name}_b64; send one", index=index
+            f"record {index} has both {name} and {b64_name}; send one", index=index
         )
-    if text is not None:
+    if name in record:
+        text = record[name]
+        if text is None and not required:
+            return None, False
         if not isinstance(text, str):
             raise InvalidRecordError(
-                f"record {index}: {name} must be a string (send bytes as {name}_b64)",
+                f"record {index}: {name} must be a string (send bytes as {b64_name})",
                 index=index,
             )
         return text.encode(), True
-    if b64 is not None:
+    if b64_name in record:
+        b64 = record[b64_name]
         if not isinstance(b64, str):
-            raise InvalidBase64Error(f"record {index}: {name}_b64 must be a string", index=index)
+            raise InvalidBase64Error(f"record {index}: {b64_name} must be a string", index=index)
         try:
             return base64.b64decode(b64, validate=True), False
         except (binascii.Error, ValueError) as exc:
             raise InvalidBase64Error(
-                f"record {index}: {name}_b64 is not valid base64", index=index
+                f"record {index}: {b64_name} is not valid base64", index=index
             ) from exc
     if required:
-        raise InvalidRecordError(f"record {index} has no {name} or {name}_b64", index=index)
+        raise InvalidRecordError(f"record {index} has no {name} or {b64_name}", index=index)
     return None, False
 
 
 _RECORD_FIELDS = frozenset(
     {"key", "key_b64", "value", "value_b64", "headers", "timestamp_ms", "partition"}
+)
+# What the checks below accept, as the API's document says it (a produce pays for these
+# checks per record, so they are written out; tests hold the two to each other).
+_BASE64 = Text(
+    pattern=r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?",
+    meaning="base64 (RFC 4648, padded)",
+)
+RECORD_SHAPE = Object(
+    fields={
+        "key": Nullable(shape=Text(), description="The key as text (null: no key)"),
+        "key_b64": _BASE64,
+        "value": Text(description="The value as text"),
+        "value_b64": _BASE64,
+        "headers": Nullable(shape=MapOf(value=Text()), description="Header names and values"),
+        "timestamp_ms": Nullable(
+            shape=Integer(),
+            description="When the record happened (null or left out: when the server takes "
+            "it); at most an hour ahead of the server's clock",
+        ),
+    },
+    one_of=(("value", "value_b64"),),
+    at_most_one=(("key", "key_b64"),),
 )
 
 
@@ -90,11 +117,24 @@ _RECORD_FIELDS = frozenset(
 MAX_PRODUCE_RECORDS = 100_000
 
 
+PRODUCE_SHAPE = Object(
+    fields={
+        "records": ListOf(item=RECORD_SHAPE, min_items=1, max_items=MAX_PRODUCE_RECORDS),
+    },
+    required=("records",),
+)
+
+
 def parse_records(body: Any, *, now_ms: int) -> list[NewRecord]:
     """The records of a JSON produce body ``{"records": [...]}``."""
     if not isinstance(body, dict):
         raise MalformedJsonError('the body must be a JSON object {"records": [...]}')
-    records = body.get("records")
+    if len(body) != 1 or "records" not in body:
+        unknown = ", ".join(sorted(name for name in body if name != "records"))
+        raise MissingRecordsError(
+            'the body is {"records": [...]}' + (f"; unknown fields: {unknown}" if unknown else "")
+        )
+    records = body["records"]
     if not isinstance(records, list) or not records:
         raise MissingRecordsError('"records" must be a non-empty list')
     check_count(len(records))
@@ -163,7 +203,9 @@ def _parse_record_checked(record: Any, index: int, *, now_ms: int) -> NewRecord:
         )
     key, key_text = _bytes_field(record, index, "key", required=False)
     value, value_text = _bytes_field(record, index, "value", required=True)
-    headers = record.get("headers") or {}
+    headers = record.get("headers")
+    if headers is None:
+        headers = {}
     if not isinstance(headers, dict):
         raise InvalidHeaderError(f"record {index}: headers must be an object", index=index)
     for name, header_value in headers.items():
@@ -173,9 +215,16 @@ def _parse_record_checked(record: Any, index: int, *, now_ms: int) -> NewRecord:
             )
     timestamp = record.get("timestamp_ms")
     if timestamp is not None:
-        if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+        if isinstance(timestamp, float) and timestamp.is_integer():
+            timestamp = int(timestamp)  # JSON does not tell 3 from 3.0
+        if (
+            isinstance(timestamp, bool)
+            or not isinstance(timestamp, int)
+            or not 0 <= timestamp <= MAX_INTEGER
+        ):
             raise InvalidRecordError(
-                f"record {index}: timestamp_ms must be a non-negative integer", index=index
+                f"record {index}: timestamp_ms must be an integer from 0 to {MAX_INTEGER}",
+                index=index,
             )
         check_timestamp(timestamp, index, now_ms=now_ms)
     return NewRecord(

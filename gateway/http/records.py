@@ -4,11 +4,12 @@ key) and partition reads (JSON or stored batches, long-polling at the end)."""
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from aiohttp import web
 
 from gateway.broker.answers import IdempotentRequest
-from gateway.client.wire import BATCH, NDJSON
+from gateway.client.wire import BATCH, JSON, NDJSON
 from gateway.http import bodies
 from gateway.http.charges import (
     admit_produce,
@@ -17,23 +18,41 @@ from gateway.http.charges import (
     meter_produced,
     settle_produce,
 )
+from gateway.http.inputs import Header, Query, QueryParams
 from gateway.http.keys import BROKER, CONFIG, METRICS, tenant_of
 from gateway.http.metrics import Metrics
-from gateway.http.params import (
-    MAX_READ_BYTES,
-    MAX_READ_RECORDS,
-    InvalidParameterError,
-    int_param,
-    optional_int_param,
-    parse_json,
-    partition_param,
-)
-from gateway.http.record_json import parse_ndjson, parse_records, render_record
+from gateway.http.params import MAX_BYTES, MAX_RECORDS, WAIT_MS, parse_json, partition_param
+from gateway.http.record_json import PRODUCE_SHAPE, parse_ndjson, parse_records, render_record
 from partitions.batch import payload_totals, trim_batches
+from partitions.errors import InvalidOffsetError
 from partitions.group_model import RawChunk
+from partitions.idempotency import KEY_SHAPE, request_hash
 from partitions.idempotency import check_key as check_idempotency_key
-from partitions.idempotency import request_hash
 from partitions.log.values import BatchRead
+from partitions.shapes import Integer
+
+
+class ProduceBody:
+    """Records as JSON, as NDJSON or as binary batches (docs/wire-format.md)."""
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "required": True,
+            "content": {
+                JSON: {"schema": PRODUCE_SHAPE.schema()},
+                NDJSON: {
+                    "schema": {
+                        "type": "string",
+                        "description": "One record object per line, as in records",
+                    }
+                },
+                BATCH: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+
+
+PRODUCE_BODY = ProduceBody()
+PRODUCE_HEADERS = (Header("Idempotency-Key", KEY_SHAPE),)
 
 
 async def produce(request: web.Request) -> web.Response:
@@ -77,28 +96,37 @@ async def produce(request: web.Request) -> web.Response:
     )
 
 
+READ_QUERY = QueryParams(
+    (
+        Query(
+            "offset",
+            Integer(error=InvalidOffsetError),
+            "First offset to read (left out: the log's start)",
+        ),
+        Query("timestamp_ms", Integer(), "Start at the first record at or after this time"),
+        Query("max_records", MAX_RECORDS, "At most this many records"),
+        Query("max_bytes", MAX_BYTES, "At most about this many bytes of records"),
+        Query("wait_ms", WAIT_MS, WAIT_MS.description or ""),
+    ),
+    at_most_one=(("offset", "timestamp_ms"),),
+)
+
+
 async def read_records(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     broker = request.app[BROKER]
     partition_id = partition_param(request)
     binary = bodies.wants_batches(request)
-    max_wait = request.app[CONFIG].max_wait_ms
-    offset = optional_int_param(request, "offset", low=0)
-    timestamp_ms = optional_int_param(request, "timestamp_ms", low=0)
-    if offset is not None and timestamp_ms is not None:
-        raise InvalidParameterError("give offset or timestamp_ms, not both")
-    max_records = int_param(request, "max_records", default=500, low=1, high=MAX_READ_RECORDS)
-    max_bytes = int_param(request, "max_bytes", default=1024 * 1024, low=1, high=MAX_READ_BYTES)
-    wait_ms = int_param(request, "wait_ms", default=0, low=0, high=max_wait)
+    query = READ_QUERY.read(request)
     answer = await broker.read(
         tenant,
         request.match_info["topic"],
         partition_id,
-        offset=offset,
-        timestamp_ms=timestamp_ms,
-        max_records=max_records,
-        max_bytes=max_bytes,
-        wait_ms=wait_ms,
+        offset=query["offset"],
+        timestamp_ms=query["timestamp_ms"],
+        max_records=query["max_records"],
+        max_bytes=query["max_bytes"],
+        wait_ms=min(query["wait_ms"], request.app[CONFIG].max_wait_ms),
         raw=binary,
     )
     result = answer.result
@@ -106,7 +134,7 @@ async def read_records(request: web.Request) -> web.Response:
     children = list(answer.partition.children)
     if isinstance(result, BatchRead):
         start = answer.offset
-        data, next_offset = trim_batches(result.data, start, max_records)
+        data, next_offset = trim_batches(result.data, start, query["max_records"])
         # Charged as JSON answers are: the records' payload, not the batches' framing.
         delivered = payload_totals(data, start)
         charge_consume(request, delivered[1])

@@ -7,8 +7,10 @@ OpenAPI document lists exactly its routes, and the tests read it too.
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.http import admin, groups, records, service, topics, usage
-from gateway.http.routing import Access, Home, Route
+from gateway.http.routing import Access, Handler, Home, Route
 from gateway.tenancy.scopes import Action
 
 _TOPIC = "/v1/topics/{topic}"
@@ -18,32 +20,55 @@ _TENANT = "/v1/admin/tenants/{tenant}"
 PUBLIC, METRICS, ADMIN, TENANT = Access.PUBLIC, Access.METRICS, Access.ADMIN, Access.TENANT
 READ, PRODUCE, CONSUME, MANAGE = Action.READ, Action.PRODUCE, Action.CONSUME, Action.MANAGE
 
+
+def _group(method: str, suffix: str, handler: Handler, **more: Any) -> Route:
+    """A route of a consumer group: a tenant's, for consuming, served by the group's home."""
+    return Route(method, _GROUP + suffix, handler, TENANT, CONSUME, home=Home.GROUP, **more)
+
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", service.healthz, PUBLIC),
     Route("GET", "/metrics", service.metrics, METRICS),
     Route("GET", "/openapi.json", service.openapi, PUBLIC),
     # Tenants and their keys, quotas and plans.
-    Route("POST", "/v1/admin/tenants", admin.create_tenant, ADMIN),
+    Route("POST", "/v1/admin/tenants", admin.create_tenant, ADMIN, body=admin.CREATE_TENANT_BODY),
     Route("GET", "/v1/admin/tenants", admin.list_tenants, ADMIN),
     Route("GET", _TENANT, admin.get_tenant, ADMIN),
-    Route("PATCH", _TENANT, admin.patch_tenant, ADMIN),
+    Route("PATCH", _TENANT, admin.patch_tenant, ADMIN, body=admin.PATCH_TENANT_BODY),
     Route("DELETE", _TENANT, admin.delete_tenant, ADMIN),
-    Route("POST", _TENANT + "/keys", admin.create_key, ADMIN),
+    Route("POST", _TENANT + "/keys", admin.create_key, ADMIN, body=admin.CREATE_KEY_BODY),
     Route("GET", _TENANT + "/keys", admin.list_keys, ADMIN),
     Route("DELETE", _TENANT + "/keys/{key_id}", admin.revoke_key, ADMIN),
     # Usage and bills: tenant-wide account business, for full keys.
-    Route("GET", "/v1/usage", usage.tenant_usage, TENANT, MANAGE),
-    Route("GET", "/v1/admin/usage", usage.all_usage, ADMIN),
+    Route("GET", "/v1/usage", usage.tenant_usage, TENANT, MANAGE, query=usage.TENANT_USAGE_QUERY),
+    Route("GET", "/v1/admin/usage", usage.all_usage, ADMIN, query=usage.ALL_USAGE_QUERY),
     # Topics.
-    Route("GET", "/v1/topics", topics.list_topics, TENANT, READ),
-    Route("PUT", _TOPIC, topics.put_topic, TENANT, MANAGE),
+    Route("GET", "/v1/topics", topics.list_topics, TENANT, READ, query=topics.LIST_QUERY),
+    Route("PUT", _TOPIC, topics.put_topic, TENANT, MANAGE, body=topics.CREATE_BODY),
     Route("GET", _TOPIC, topics.get_topic, TENANT, READ),
-    Route("PATCH", _TOPIC, topics.patch_topic, TENANT, MANAGE),
+    Route("PATCH", _TOPIC, topics.patch_topic, TENANT, MANAGE, body=topics.CHANGE_BODY),
     Route("DELETE", _TOPIC, topics.delete_topic, TENANT, MANAGE),
-    Route("POST", _TOPIC + "/partitions/{partition}/split", topics.split_partition, TENANT, MANAGE),
-    Route("POST", _TOPIC + "/merge", topics.merge_partitions, TENANT, MANAGE),
+    Route(
+        "POST",
+        _TOPIC + "/partitions/{partition}/split",
+        topics.split_partition,
+        TENANT,
+        MANAGE,
+        body=topics.SPLIT_BODY,
+    ),
+    Route(
+        "POST", _TOPIC + "/merge", topics.merge_partitions, TENANT, MANAGE, body=topics.MERGE_BODY
+    ),
     # Records.
-    Route("POST", _TOPIC + "/records", records.produce, TENANT, PRODUCE),
+    Route(
+        "POST",
+        _TOPIC + "/records",
+        records.produce,
+        TENANT,
+        PRODUCE,
+        body=records.PRODUCE_BODY,
+        headers=records.PRODUCE_HEADERS,
+    ),
     Route(
         "GET",
         _TOPIC + "/partitions/{partition}/records",
@@ -51,12 +76,13 @@ ROUTES: tuple[Route, ...] = (
         TENANT,
         CONSUME,
         delivers=True,
+        query=records.READ_QUERY,
     ),
     # Consumer groups: each group's requests are served by the process that is its home.
-    Route("POST", _GROUP + "/fetch", groups.group_fetch, TENANT, CONSUME, True, Home.GROUP),
-    Route("POST", _GROUP + "/commit", groups.group_commit, TENANT, CONSUME, home=Home.GROUP),
-    Route("POST", _GROUP + "/leave", groups.group_leave, TENANT, CONSUME, home=Home.GROUP),
-    Route("POST", _GROUP + "/seek", groups.group_seek, TENANT, CONSUME, home=Home.GROUP),
-    Route("GET", _GROUP, groups.group_describe, TENANT, CONSUME, home=Home.GROUP),
-    Route("DELETE", _GROUP, groups.group_delete, TENANT, CONSUME, home=Home.GROUP),
+    _group("POST", "/fetch", groups.group_fetch, delivers=True, body=groups.FETCH_BODY),
+    _group("POST", "/commit", groups.group_commit, body=groups.COMMIT_BODY),
+    _group("POST", "/leave", groups.group_leave, body=groups.LEAVE_BODY),
+    _group("POST", "/seek", groups.group_seek, body=groups.SEEK_BODY),
+    _group("GET", "", groups.group_describe),
+    _group("DELETE", "", groups.group_delete),
 )

@@ -2,8 +2,9 @@
 
 The router, the middlewares, the OpenAPI document and the tests all read the one table:
 who may call a route, which action of a key's scope it needs, whether it returns records
-(a consume bucket above zero to start; an empty poll is not billed), and whether its state
-has a home that the request is forwarded to when several processes serve.
+(a consume bucket above zero to start; an empty poll is not billed), whether its state
+has a home that the request is forwarded to when several processes serve, and the inputs
+its handler reads (query parameters, body, headers), which the document describes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from enum import Enum
 
 from aiohttp import web
 
+from gateway.http.inputs import Body, Header, QueryParams
 from gateway.tenancy.scopes import Action
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,6 +47,10 @@ class Route:
     # Whether the route answers records (reads and group fetches).
     delivers: bool = False
     home: Home | None = None
+    # What the handler reads besides the path: the document is written from these.
+    query: QueryParams | None = None
+    body: Body | None = None
+    headers: tuple[Header, ...] = ()
 
 
 RouteIndex = Mapping[tuple[str, str], Route]

@@ -9,19 +9,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway.broker.service import Broker
-from gateway.broker.topic_config import with_defaults
+from gateway.broker.topic_config import TOPIC_CONFIG_SHAPE, InvalidConfigError, with_defaults
 from gateway.broker.views import TopicView
+from gateway.http.inputs import JsonBody, Query, QueryParams
 from gateway.http.keys import BROKER, PRINCIPAL, tenant_of
-from gateway.http.params import (
-    MAX_LIST_LIMIT,
-    InvalidParameterError,
-    int_param,
-    json_response,
-    partition_param,
-    read_json,
-)
+from gateway.http.params import MAX_LIST_LIMIT, json_response, partition_param
 from partitions.catalog import LineageChange, PartitionRecord, TopicRecord
-from partitions.errors import TopicNotFoundError
+from partitions.errors import InvalidMergeError, TopicNotFoundError
+from partitions.shapes import Integer, ListOf, Nullable, Object, OneOf, Text
 
 
 def partition_json(
@@ -55,22 +50,70 @@ async def describe(broker: Broker, view: TopicView) -> dict[str, Any]:
     }
 
 
+LIST_QUERY = QueryParams(
+    (
+        Query(
+            "limit",
+            Integer(low=1, high=MAX_LIST_LIMIT, default=100),
+            "Topics per page",
+        ),
+        Query(
+            "after",
+            Text(min_length=1, max_length=249),
+            "List names after this one (the last page's next_after)",
+        ),
+    )
+)
+CREATE_BODY = JsonBody(TOPIC_CONFIG_SHAPE, required=False, error=InvalidConfigError, detail="key")
+CHANGE_BODY = JsonBody(TOPIC_CONFIG_SHAPE, error=InvalidConfigError, detail="key")
+# A hash point: a decimal string (64-bit points do not fit a JSON number everywhere) or an
+# integer. One outside the partition's range answers 409.
+_HASH_POINT = OneOf(
+    shapes=(Text(pattern="[0-9]{1,20}"), Integer(high=2**64 - 1)),
+    meaning="a hash point: a decimal string or an integer",
+)
+SPLIT_BODY = JsonBody(
+    Object(
+        fields={
+            "at": Nullable(
+                shape=_HASH_POINT,
+                description="Where to split: a hash point strictly inside the partition's "
+                "range (null or left out: its middle)",
+            )
+        }
+    ),
+    required=False,
+)
+MERGE_BODY = JsonBody(
+    Object(
+        fields={
+            "partitions": ListOf(
+                item=Integer(),
+                min_items=2,
+                max_items=2,
+                unique=True,
+                description="Two adjacent active partitions",
+            )
+        },
+        required=("partitions",),
+    ),
+    error=InvalidMergeError,
+)
+
+
 async def put_topic(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     broker = request.app[BROKER]
-    body = await read_json(request) if request.can_read_body else {}
-    if isinstance(body, dict) and "config" in body:
-        body = body["config"]
-    view, created = await broker.put_topic(tenant, request.match_info["topic"], body or {})
+    config = await CREATE_BODY.read(request)
+    view, created = await broker.put_topic(tenant, request.match_info["topic"], config)
     return json_response(await describe(broker, view), status=201 if created else 200)
 
 
 async def list_topics(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
-    limit = int_param(request, "limit", default=100, low=1, high=MAX_LIST_LIMIT)
-    after = request.query.get("after") or None
+    query = LIST_QUERY.read(request)
     page, more = await visible_topic_page(
-        request, request.app[BROKER], tenant, after=after, limit=limit
+        request, request.app[BROKER], tenant, after=query["after"], limit=query["limit"]
     )
     return json_response(
         {
@@ -90,10 +133,8 @@ async def get_topic(request: web.Request) -> web.Response:
 async def patch_topic(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     broker = request.app[BROKER]
-    body = await read_json(request)
-    if isinstance(body, dict) and "config" in body:
-        body = body["config"]
-    view = await broker.patch_topic(tenant, request.match_info["topic"], body)
+    config = await CHANGE_BODY.read(request)
+    view = await broker.patch_topic(tenant, request.match_info["topic"], config)
     return json_response(await describe(broker, view))
 
 
@@ -117,19 +158,8 @@ async def split_partition(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     topic = request.match_info["topic"]
     partition_id = partition_param(request)
-    body = await read_json(request) if request.can_read_body else {}
-    if not isinstance(body, dict):
-        raise InvalidParameterError('the body is {"at": "<hash point>"} or empty')
-    at: int | None = None
-    if body.get("at") is not None:
-        raw = body["at"]
-        try:
-            at = int(raw) if isinstance(raw, (int, str)) and not isinstance(raw, bool) else None
-        except ValueError:
-            at = None
-        if at is None:
-            raise InvalidParameterError('"at" is a hash point: a decimal string or an integer')
-    change = await broker.split(tenant, topic, partition_id, at)
+    at = (await SPLIT_BODY.read(request)).get("at")
+    change = await broker.split(tenant, topic, partition_id, None if at is None else int(at))
     return json_response(await _lineage_answer(broker, tenant, topic, change))
 
 
@@ -137,12 +167,7 @@ async def merge_partitions(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     broker = request.app[BROKER]
     topic = request.match_info["topic"]
-    body = await read_json(request)
-    ids = body.get("partitions") if isinstance(body, dict) else None
-    if not isinstance(ids, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in ids
-    ):
-        raise InvalidParameterError('the body is {"partitions": [<id>, <id>]}')
+    ids = (await MERGE_BODY.read(request))["partitions"]
     change = await broker.merge(tenant, topic, ids)
     return json_response(await _lineage_answer(broker, tenant, topic, change))
 

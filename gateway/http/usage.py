@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.http.inputs import Query, QueryParams
 from gateway.http.keys import METERING, PRINCIPAL, tenant_of
 from gateway.http.params import InvalidParameterError, json_response
 from gateway.tenancy.auth import TENANT_NAME
@@ -23,6 +24,7 @@ from gateway.tenancy.metering import hour_of, hour_text
 from gateway.tenancy.scopes import OutOfScopeError
 from partitions.catalog import HOUR_MS, UsageCounters
 from partitions.errors import TenantNotFoundError
+from partitions.shapes import Text
 
 MAX_RANGE_HOURS = 31 * 24
 _RFC3339 = re.compile(
@@ -66,10 +68,38 @@ def _month_start(ms: int) -> int:
     return int(day.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()) * 1000
 
 
-def usage_period(request: web.Request, now_ms: int) -> tuple[int, int]:
+# An hour as the query gives it: RFC 3339, in UTC, on a whole hour, from 1970.
+_HOUR = Text(
+    pattern=r"(?:19[7-9][0-9]|[2-9][0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"[Tt](?:[01][0-9]|2[0-3]):00:00(?:\.0{1,9})?(?:[Zz]|[+-]00:00)",
+    meaning=f"an RFC 3339 date and time in UTC on a whole hour from 1970 on, like {_EXAMPLE}",
+    format="date-time",
+)
+_PERIOD = (
+    Query("from", _HOUR, "The period's first hour (left out: the start of the UTC month)"),
+    Query(
+        "to",
+        _HOUR,
+        "The hour after the period's last (left out: after the current hour). After from, "
+        f"and at most {MAX_RANGE_HOURS} hours (31 days) after it",
+    ),
+)
+TENANT_USAGE_QUERY = QueryParams(_PERIOD)
+ALL_USAGE_QUERY = QueryParams(
+    (
+        *_PERIOD,
+        Query(
+            "tenant",
+            Text(pattern=TENANT_NAME.pattern, meaning="a tenant's name"),
+            "Only this tenant's usage",
+        ),
+    )
+)
+
+
+def usage_period(query: dict[str, Any], now_ms: int) -> tuple[int, int]:
     """``[from, to)`` of the request, validated."""
-    raw_to = request.query.get("to")
-    raw_from = request.query.get("from")
+    raw_to, raw_from = query["to"], query["from"]
     end = parse_hour("to", raw_to) if raw_to else hour_of(now_ms) + HOUR_MS
     start = parse_hour("from", raw_from) if raw_from else _month_start(end - HOUR_MS)
     if start >= end:
@@ -93,7 +123,7 @@ async def tenant_usage(request: web.Request) -> web.Response:
             route="/v1/usage",
         )
     metering = request.app[METERING]
-    start, end = usage_period(request, metering.meter.clock_ms())
+    start, end = usage_period(TENANT_USAGE_QUERY.read(request), metering.meter.clock_ms())
     record = await metering.catalog.get_tenant(tenant)
     # A tenant created again under an old name sees nothing of the old one's hours.
     counted_from = max(start, hour_of(record.created_ms))
@@ -108,10 +138,9 @@ async def all_usage(request: web.Request) -> web.Response:
     Tenants are listed by name: every tenant that exists, and deleted tenants that used
     something in the period (``"deleted": true``, priced with the default plan)."""
     metering = request.app[METERING]
-    start, end = usage_period(request, metering.meter.clock_ms())
-    only = request.query.get("tenant") or None
-    if only is not None and not TENANT_NAME.fullmatch(only):
-        raise InvalidParameterError("tenant is a tenant name", parameter="tenant")
+    query = ALL_USAGE_QUERY.read(request)
+    start, end = usage_period(query, metering.meter.clock_ms())
+    only = query["tenant"]
     plans = {t.name: t.plan for t in await metering.catalog.list_tenants()}
     found = await metering.meter.usage(start, end, tenant=only)
     names = sorted(set(plans) | set(found))

@@ -35,6 +35,7 @@ from typing import Any
 from gateway.settings import setting
 from partitions.catalog import UsageCounters
 from partitions.errors import InvalidInputError
+from partitions.shapes import Nullable, Number, Object, OneOf, Text
 
 GB = 10**9
 HOURS_PER_MONTH = 730
@@ -98,29 +99,40 @@ def price_text(price: Decimal) -> str:
     return text if text != "-0" else "0"
 
 
-def _parse_name(value: Any) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_PLAN_NAME:
-        raise InvalidPlanError(
-            f"a plan's name is a string of 1 to {MAX_PLAN_NAME} characters", field="name"
-        )
-    return value
+# A price as JSON: exact decimal text, or a number (read as its shortest decimal text and
+# rounded to PRICE_DECIMALS places).
+PRICE_SHAPE = OneOf(
+    shapes=(
+        Text(
+            pattern=r"0*(?:[0-9]{1,6}(?:\.[0-9]{1,DECIMALS})?|1000000(?:\.0{1,DECIMALS})?)".replace(
+                "DECIMALS", str(PRICE_DECIMALS)
+            )
+        ),
+        Number(low=0, high=float(MAX_PRICE)),
+    ),
+    meaning=f"a price in USD from 0 to {MAX_PRICE} with at most {PRICE_DECIMALS} decimal "
+    'places, best given as a string such as "0.08"',
+)
+# A ``plan`` of the admin API: a JSON merge patch, where ``null`` drops a price so that
+# the server's default applies again.
+PLAN_SHAPE = Object(
+    fields={"name": Nullable(shape=Text(min_length=1, max_length=MAX_PLAN_NAME))}
+    | {name: Nullable(shape=PRICE_SHAPE) for name in PRICE_FIELDS},
+    description="The tenant's own prices (null drops one: the default applies again) and a name",
+    error=InvalidPlanError,
+)
 
 
 def parse_plan_patch(given: Any) -> dict[str, str | None]:
-    """Validate a ``plan`` of the admin API (a JSON merge patch: ``null`` drops a price, so
-    that the server's default applies again). Answers it with prices in canonical text."""
-    if not isinstance(given, Mapping):
-        raise InvalidPlanError("plan is a JSON object")
+    """Validate a ``plan`` of the admin API. Answers it with prices in canonical text."""
+    checked = PLAN_SHAPE.parse(given, InvalidPlanError, where="plan", detail="field")
     out: dict[str, str | None] = {}
-    for name, value in given.items():
-        if name not in PLAN_FIELDS:
-            raise InvalidPlanError(
-                f"unknown plan field {name!r}; known: {', '.join(PLAN_FIELDS)}", field=name
-            )
-        if value is None:
-            out[name] = None
-        elif name == "name":
-            out[name] = _parse_name(value)
+    for name, value in checked.items():
+        if value is None or name == "name":
+            out[name] = value
+        elif isinstance(value, float):
+            rounded = Decimal(repr(value)).quantize(Decimal(1).scaleb(-PRICE_DECIMALS))
+            out[name] = price_text(rounded)
         else:
             out[name] = price_text(parse_price(name, value))
     return out
@@ -176,8 +188,12 @@ class PricePlan:
             value = stored.get(name)
             if value is None:
                 continue
+            if name == "name":
+                if isinstance(value, str):
+                    changes[name] = value
+                continue
             try:
-                changes[name] = _parse_name(value) if name == "name" else parse_price(name, value)
+                changes[name] = parse_price(name, value)
             except InvalidPlanError:
                 continue
         return replace(self, **changes)

@@ -41,6 +41,7 @@ from gateway.settings import setting
 from partitions.batch import NewRecord
 from partitions.catalog import Catalog, TenantLimits
 from partitions.errors import EventBusError, InvalidInputError
+from partitions.shapes import Choice, Integer, Nullable, Object, OneOf
 
 Clock = Callable[[], float]
 
@@ -115,28 +116,30 @@ def _lowest(name: str) -> int:
     return 1 if name in RATE_QUOTAS else 0
 
 
+# A ``quotas`` object of the admin API: each value an integer, ``null`` (unlimited) or
+# ``"default"`` (drop the tenant's own value: the server's default applies again).
+QUOTA_CHANGES_SHAPE = Object(
+    fields={
+        name: Nullable(
+            shape=OneOf(
+                shapes=(Integer(low=_lowest(name), high=MAX_QUOTA), Choice(values=(DEFAULT,))),
+                meaning=f'an integer from {_lowest(name)} to {MAX_QUOTA}, or "{DEFAULT}"',
+            )
+        )
+        for name in QUOTA_NAMES
+    },
+    description='Each quota an integer, null (unlimited) or "default" (the server\'s '
+    "default applies again)",
+    error=InvalidQuotasError,
+)
+
+
 def parse_quota_changes(given: Any) -> dict[str, int | str | None]:
-    """Validate a ``quotas`` object of the admin API: each value an integer, ``null``
-    (unlimited) or ``"default"`` (drop the override)."""
-    if not isinstance(given, Mapping):
-        raise InvalidQuotasError("quotas is a JSON object")
-    out: dict[str, int | str | None] = {}
-    for name, value in given.items():
-        if name not in QUOTA_NAMES:
-            raise InvalidQuotasError(
-                f"unknown quota {name!r}; known: {', '.join(QUOTA_NAMES)}", quota=name
-            )
-        low = _lowest(name)
-        valid = value is None or value == DEFAULT
-        if isinstance(value, int) and not isinstance(value, bool):
-            valid = low <= value <= MAX_QUOTA
-        if not valid:
-            raise InvalidQuotasError(
-                f'{name} is an integer from {low} to {MAX_QUOTA}, null (unlimited) or "default"',
-                quota=name,
-            )
-        out[name] = value
-    return out
+    """Validate a ``quotas`` object of the admin API."""
+    checked: dict[str, int | str | None] = QUOTA_CHANGES_SHAPE.parse(
+        given, InvalidQuotasError, where="quotas", detail="quota"
+    )
+    return checked
 
 
 def apply_quota_changes(

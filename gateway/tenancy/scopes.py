@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from gateway.broker.names import validate_topic_name
+from gateway.broker.names import TOPIC_NAME
 from partitions.errors import EventBusError, InvalidInputError
+from partitions.shapes import Choice, ListOf, Nullable, Object, OneOf
 
 MAX_SCOPE_TOPICS = 100
 
@@ -54,6 +55,29 @@ class InvalidScopeError(InvalidInputError):
     code = "invalid_scope"
 
 
+_ROLE = Choice(values=tuple(r.value for r in Role))
+# A key's scope in the admin API: a role, or a role with the only topics the key may use.
+SCOPE_SHAPE = Nullable(
+    shape=OneOf(
+        shapes=(
+            _ROLE,
+            Object(
+                fields={
+                    "role": Choice(values=_ROLE.values, default=Role.FULL.value),
+                    "topics": Nullable(
+                        shape=ListOf(item=TOPIC_NAME, min_items=1, max_items=MAX_SCOPE_TOPICS),
+                        description="The only topics the key may use (null: all of them)",
+                    ),
+                }
+            ),
+        ),
+        meaning='a role ("full", "produce", "consume") or an object {"role", "topics"}',
+    ),
+    description="What the key may do (null or left out: full)",
+    error=InvalidScopeError,
+)
+
+
 class OutOfScopeError(EventBusError):
     """A key used beyond its scope: a role without the route's action, or another topic."""
 
@@ -76,33 +100,14 @@ class KeyScope:
     @classmethod
     def parse(cls, given: Any) -> KeyScope:
         """A scope as the admin API takes it: ``"produce"``, or ``{"role": "produce",
-        "topics": ["orders"]}``; absent means full."""
-        if given is None:
+        "topics": ["orders"]}``; absent or null means full."""
+        checked = SCOPE_SHAPE.parse(given, InvalidScopeError, where="scope", detail="field")
+        if checked is None:
             return FULL
-        if isinstance(given, str):
-            given = {"role": given}
-        if not isinstance(given, Mapping):
-            raise InvalidScopeError('a scope is a role ("full", "produce", "consume") or an object')
-        unknown = set(given) - {"role", "topics"}
-        if unknown:
-            raise InvalidScopeError(f"unknown scope keys: {', '.join(sorted(unknown))}")
-        role = given.get("role", Role.FULL.value)
-        if role not in {r.value for r in Role}:
-            raise InvalidScopeError(
-                f'a scope\'s role is "full", "produce" or "consume", not {role!r}'
-            )
-        topics = given.get("topics")
-        if topics is None:
-            return cls(Role(role))
-        if not isinstance(topics, list) or not 1 <= len(topics) <= MAX_SCOPE_TOPICS:
-            raise InvalidScopeError(
-                f"a scope's topics are a list of 1 to {MAX_SCOPE_TOPICS} topic names, or null"
-            )
-        for name in topics:
-            if not isinstance(name, str):
-                raise InvalidScopeError("a scope's topics are topic names")
-            validate_topic_name(name)
-        return cls(Role(role), frozenset(topics))
+        if isinstance(checked, str):
+            return cls(Role(checked))
+        topics = checked.get("topics")
+        return cls(Role(checked["role"]), None if topics is None else frozenset(topics))
 
     @classmethod
     def from_stored(cls, stored: Mapping[str, Any]) -> KeyScope | None:

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.http.openapi.schemas import (
-    KEY_ID_PARAM,
-    TENANT_PARAM,
-    body,
-    errors,
-    json_content,
-    obj,
-)
+from gateway.http.openapi.schemas import errors, json_content, links, obj
 
 _QUOTA_VALUE = {"type": ["integer", "null"], "minimum": 0}
 _QUOTAS = obj(
@@ -27,24 +20,13 @@ _QUOTAS = obj(
         )
     }
 )
-_QUOTA_CHANGES = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        name: {"oneOf": [_QUOTA_VALUE, {"const": "default"}]} for name in _QUOTAS["properties"]
-    },
-}
-_SCOPE = {
-    "oneOf": [
-        {"enum": ["full", "produce", "consume"]},
-        obj(
-            {
-                "role": {"enum": ["full", "produce", "consume"]},
-                "topics": {"type": ["array", "null"], "items": {"type": "string"}},
-            }
-        ),
-    ]
-}
+# A key's scope as answers show it.
+_SCOPE = obj(
+    {
+        "role": {"enum": ["full", "produce", "consume"]},
+        "topics": {"type": ["array", "null"], "items": {"type": "string"}},
+    }
+)
 _TENANT = obj(
     {
         "name": {"type": "string"},
@@ -78,16 +60,6 @@ def admin_paths() -> dict[str, Any]:
         "/v1/admin/tenants": {
             "post": {
                 "summary": "Create a tenant and its first API key, shown once (admin key)",
-                "requestBody": body(
-                    obj(
-                        {
-                            "name": TENANT_PARAM["schema"],
-                            "quotas": _QUOTA_CHANGES,
-                            "plan": {"type": "object"},
-                        },
-                        ["name"],
-                    )
-                ),
                 "responses": {
                     "201": json_content(
                         {
@@ -97,6 +69,21 @@ def admin_paths() -> dict[str, Any]:
                             ]
                         },
                         "The tenant, and its first key (full scope), shown once",
+                        {
+                            **links(
+                                "get_tenant",
+                                "patch_tenant",
+                                "delete_tenant",
+                                "create_key",
+                                "list_keys",
+                                tenant="$response.body#/name",
+                            ),
+                            **links(
+                                "revoke_key",
+                                tenant="$response.body#/name",
+                                key_id="$response.body#/key_id",
+                            ),
+                        },
                     ),
                     **errors(400, 401, 403, 409),
                 },
@@ -112,14 +99,12 @@ def admin_paths() -> dict[str, Any]:
             },
         },
         tenant: {
-            "parameters": [TENANT_PARAM],
             "get": {
                 "summary": "A tenant: effective quotas, overrides, plan, and what it uses now",
                 "responses": {"200": json_content(_TENANT, "The tenant"), **errors(401, 403, 404)},
             },
             "patch": {
                 "summary": "Change a tenant's quotas (per name) and plan (JSON merge patch)",
-                "requestBody": body(obj({"quotas": _QUOTA_CHANGES, "plan": {"type": "object"}})),
                 "responses": {
                     "200": json_content(_TENANT, "The tenant, changed"),
                     **errors(400, 401, 403, 404, 409),
@@ -142,13 +127,17 @@ def admin_paths() -> dict[str, Any]:
             },
         },
         tenant + "/keys": {
-            "parameters": [TENANT_PARAM],
             "post": {
                 "summary": "Add an API key, optionally scoped (the secret is shown once)",
-                "requestBody": body(obj({"scope": _SCOPE}), required=False),
                 "responses": {
                     "201": json_content(
-                        {"allOf": [_KEY, obj({"api_key": {"type": "string"}})]}, "The new key"
+                        {"allOf": [_KEY, obj({"api_key": {"type": "string"}})]},
+                        "The new key",
+                        links(
+                            "revoke_key",
+                            tenant="$request.path.tenant",
+                            key_id="$response.body#/key_id",
+                        ),
                     ),
                     **errors(400, 401, 403, 404),
                 },
@@ -162,7 +151,6 @@ def admin_paths() -> dict[str, Any]:
             },
         },
         tenant + "/keys/{key_id}": {
-            "parameters": [TENANT_PARAM, KEY_ID_PARAM],
             "delete": {
                 "summary": "Revoke a key: its next request is refused",
                 "responses": {"204": {"description": "Revoked"}, **errors(401, 403, 404)},
@@ -171,19 +159,6 @@ def admin_paths() -> dict[str, Any]:
     }
 
 
-_HOUR_PARAMS = [
-    {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": {"type": "string", "format": "date-time", "example": "2026-01-05T13:00:00Z"},
-    }
-    for name, description in (
-        ("from", "Start of the period: RFC 3339, UTC, a whole hour (default: the month's start)"),
-        ("to", "End of the period, excluded: RFC 3339, UTC, a whole hour (default: next hour)"),
-    )
-]
 _DECIMAL = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}
 _USAGE = obj(
     {
@@ -228,7 +203,6 @@ def usage_paths() -> dict[str, Any]:
         "/v1/usage": {
             "get": {
                 "summary": "The tenant's metered usage in a period, and what it costs (full key)",
-                "parameters": _HOUR_PARAMS,
                 "responses": {
                     "200": json_content(obj({**_PERIOD, **_BILL}), "Usage and bill"),
                     **errors(400, 401, 403, 429),
@@ -238,16 +212,6 @@ def usage_paths() -> dict[str, Any]:
         "/v1/admin/usage": {
             "get": {
                 "summary": "Every tenant's usage and bill in a period (admin key)",
-                "parameters": [
-                    *_HOUR_PARAMS,
-                    {
-                        "name": "tenant",
-                        "in": "query",
-                        "required": False,
-                        "description": "Only this tenant",
-                        "schema": TENANT_PARAM["schema"],
-                    },
-                ],
                 "responses": {
                     "200": json_content(
                         obj(

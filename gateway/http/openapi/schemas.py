@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.broker.names import TOPIC_NAME
+from gateway.broker.topic_config import TOPIC_CONFIG_SHAPE
+from gateway.http.admin import KEY_ID, TENANT_NAME_SHAPE
+from gateway.http.params import PARTITION_ID
+from partitions.shapes import Shape
+
 ERROR = {"$ref": "#/components/responses/Error"}
 
 
@@ -12,40 +18,30 @@ def errors(*statuses: int) -> dict[str, Any]:
     return {str(status): ERROR for status in statuses}
 
 
-def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-TOPIC_PARAM = {
-    "name": "topic",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"},
-}
-PARTITION_PARAM = {
-    "name": "partition",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "integer", "minimum": 0},
-}
-
-
-def query(name: str, description: str, minimum: int = 0) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
+def json_content(
+    schema: dict[str, Any], description: str, links: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "description": description,
-        "schema": {"type": "integer", "minimum": minimum},
+        "content": {"application/json": {"schema": schema}},
     }
+    if links:
+        out["links"] = links
+    return out
 
 
-GROUP_PARAM = {
-    "name": "group",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"},
-}
+def links(*operations: str, **parameters: Any) -> dict[str, Any]:
+    """OpenAPI links from an answer to the operations (named by their handler) that take
+    what it made: each gets ``parameters`` (runtime expressions such as
+    ``$request.path.topic``); a value that is a dict is a request body instead."""
+    body = parameters.pop("requestBody", None)
+    out: dict[str, Any] = {}
+    for operation in operations:
+        link: dict[str, Any] = {"operationId": operation, "parameters": dict(parameters)}
+        if body is not None:
+            link["requestBody"] = body
+        out[operation] = link
+    return out
 
 
 def obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -55,33 +51,28 @@ def obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[s
     return schema
 
 
-def body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
-    return {"required": required, "content": {"application/json": {"schema": schema}}}
-
-
 PARTITION_OFFSETS = {
     "type": "array",
     "items": obj({"partition": {"type": "integer"}, "offset": {"type": "integer"}}),
 }
 
-TENANT_PARAM = {
-    "name": "tenant",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
-}
-KEY_ID_PARAM = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
-# Every ``{placeholder}`` of a route's path, as the document declares it.
+def _path(name: str, shape: Shape) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": shape.schema()}
+
+
+# Every ``{placeholder}`` of a route's path, as the document declares it: the shapes the
+# server holds them to (a topic or group name that breaks them is a 400, a tenant or key
+# that cannot exist a 404).
 PATH_PARAMS: dict[str, dict[str, Any]] = {
-    "topic": TOPIC_PARAM,
-    "partition": PARTITION_PARAM,
-    "group": GROUP_PARAM,
-    "tenant": TENANT_PARAM,
-    "key_id": KEY_ID_PARAM,
+    "topic": _path("topic", TOPIC_NAME),
+    "partition": _path("partition", PARTITION_ID),
+    "group": _path("group", TOPIC_NAME),
+    "tenant": _path("tenant", TENANT_NAME_SHAPE),
+    "key_id": _path("key_id", KEY_ID),
 }
 
-TOPIC_CONFIG = {"$ref": "#/components/schemas/TopicConfig"}
+TOPIC_CONFIG = TOPIC_CONFIG_SHAPE.schema()
 TOPIC = {"$ref": "#/components/schemas/Topic"}
 
 COMPONENTS: dict[str, Any] = {
@@ -106,43 +97,6 @@ COMPONENTS: dict[str, Any] = {
         )
     },
     "schemas": {
-        "TopicConfig": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                name: {"type": ["integer", "null"], "minimum": 1}
-                for name in (
-                    "retention_ms",
-                    "retention_bytes",
-                    "local_retention_ms",
-                    "local_retention_bytes",
-                    "segment_bytes",
-                    "segment_ms",
-                    "max_record_bytes",
-                )
-            }
-            | {"autoscale": {"$ref": "#/components/schemas/AutoscaleConfig"}},
-        },
-        "AutoscaleConfig": {
-            "type": "object",
-            "additionalProperties": False,
-            "description": "See docs/autoscaling.md; knobs left out keep their values",
-            "properties": {
-                "enabled": {"type": "boolean", "default": True},
-                "split_bytes_per_s": {"type": "integer", "minimum": 1},
-                "split_records_per_s": {"type": "integer", "minimum": 1},
-                "window_s": {"type": "integer", "minimum": 1, "maximum": 3600},
-                "merge_ratio": {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "exclusiveMaximum": 1,
-                },
-                "merge_window_s": {"type": "integer", "minimum": 1},
-                "cooldown_s": {"type": "integer", "minimum": 0},
-                "min_partitions": {"type": "integer", "minimum": 1, "maximum": 1024},
-                "max_partitions": {"type": "integer", "minimum": 1, "maximum": 1024},
-            },
-        },
         "AutoscaleStatus": {
             "type": "object",
             "description": "Measurements, hot keys, held-back changes and recent "
@@ -209,32 +163,6 @@ COMPONENTS: dict[str, Any] = {
                     "type": "array",
                     "items": {"$ref": "#/components/schemas/Partition"},
                 },
-            },
-        },
-        "NewRecord": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "key": {"type": ["string", "null"]},
-                "key_b64": {"type": "string", "contentEncoding": "base64"},
-                "value": {"type": "string"},
-                "value_b64": {"type": "string", "contentEncoding": "base64"},
-                "headers": {
-                    "type": "object",
-                    "additionalProperties": {"type": "string"},
-                },
-                "timestamp_ms": {"type": "integer", "minimum": 0},
-            },
-        },
-        "ProduceRequest": {
-            "type": "object",
-            "required": ["records"],
-            "properties": {
-                "records": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {"$ref": "#/components/schemas/NewRecord"},
-                }
             },
         },
         "ProduceResponse": {
