@@ -27,7 +27,7 @@ from autoscaler.config import autoscale_config
 from autoscaler.measure import Clock, LoadMeters
 from autoscaler.policy import Blocked, Decision, HotKey, Merge, Split, decide
 from partitions.catalog import LineageChange, PartitionRecord
-from partitions.errors import EventBusError
+from partitions.errors import EventBusError, TenantNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,17 @@ class Autoscaler:
         for topic in topics:
             tenant_active[topic.tenant] += len(topic.active)
         limits: dict[str, int | None] = {}
+        gone: set[str] = set()
         for topic in topics:
+            if topic.tenant in gone:
+                continue
             if topic.tenant not in limits:
-                limits[topic.tenant] = await self.tenant_limit(topic.tenant)
+                try:
+                    limits[topic.tenant] = await self.tenant_limit(topic.tenant)
+                except TenantNotFoundError:
+                    # Deleted since its topics were listed: they go with it, nothing to do.
+                    gone.add(topic.tenant)
+                    continue
             limit = limits[topic.tenant]
             ceiling = (
                 None if limit is None else limit - (tenant_active[topic.tenant] - len(topic.active))

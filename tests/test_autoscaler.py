@@ -22,6 +22,7 @@ from gateway.wiring.app import create_app
 from gateway.wiring.state import AUTOSCALER
 from tests.conftest import ADMIN_KEY, Api, metric_values
 from tests.servers import read_credentials
+from tests.tenants import new_tenant
 
 SLICE_MS = 200  # window_s 1 / 5
 SCALING = {
@@ -326,3 +327,27 @@ async def test_min_partitions_splits_an_idle_topic(scaled: Api, clock: Clock) ->
     assert len(active(body)) == 3
     reasons = {c["reason"] for c in body["autoscale"]["recent_changes"]}
     assert reasons == {"min_partitions"}
+
+
+async def test_a_tenant_deleted_during_a_pass_is_passed_over(scaled: Api, clock: Clock) -> None:
+    """The pass lists topics, then looks up each tenant's limit: a tenant deleted between
+    the two is left out of that pass, and the others' topics are still evaluated."""
+    doomed = await new_tenant(scaled, "doomed")
+    await doomed.call("PUT", "/v1/topics/d", json={"autoscale": SCALING})
+    await scaled.call("PUT", "/v1/topics/t", json={"autoscale": SCALING})
+    await tick(scaled)
+    autoscaler = scaled.server.app[AUTOSCALER]
+    lookup = autoscaler.tenant_limit
+
+    async def deleted_first(tenant: str) -> int | None:
+        if tenant == "doomed":
+            status, _ = await scaled.call("DELETE", "/v1/admin/tenants/doomed", key=ADMIN_KEY)
+            assert status == 200
+        return await lookup(tenant)
+
+    autoscaler.tenant_limit = deleted_first
+    await load(scaled, clock, [f"user-{n}" for n in range(64)], slices=6)
+    evaluations = autoscaler.status.evaluations
+    await tick(scaled)  # raised TenantNotFoundError before
+    assert autoscaler.status.evaluations == evaluations + 1  # the default tenant's topic
+    assert len(active(await describe(scaled))) == 2
