@@ -22,7 +22,10 @@ A producer's batch whose records go whole to one partition is appended as it cam
 very bytes, or, when the server writes a producer tag, those bytes after a new header
 and tag (the CRC computed again, in C). Records of a batch that go to several partitions
 are copied, each once, into one new batch per partition; only their ``offset_delta`` and
-``timestamp_delta`` fields are written anew.
+``timestamp_delta`` fields are written anew. So are the records of a batch whose fields
+the server owns are not what it would write (attributes other than 0, offset deltas other
+than 0, 1, 2..., a first record off ``first_timestamp``, a ``max_timestamp`` that is not
+the largest): reads and the time index rely on those, and re-framing costs no decoding.
 """
 
 from __future__ import annotations
