@@ -31,8 +31,8 @@ from autoscaler.policy import (
     slice_ms,
     slices_in,
 )
-from partitions.batch import NewRecord
 from partitions.catalog import PartitionRecord
+from partitions.incoming import IncomingRecords, Key
 from partitions.partition_key import PartitionKey
 
 Clock = Callable[[], int]
@@ -140,7 +140,7 @@ class LoadMeters:
 
     def __init__(
         self,
-        hash_key: Callable[[bytes], int],
+        hash_key: Callable[[Key], int],
         *,
         clock_ms: Clock = monotonic_ms,
         rng: random.Random | None = None,
@@ -157,10 +157,10 @@ class LoadMeters:
         key: PartitionKey,
         topic_config: Mapping[str, object],
         batch_bytes: int,
-        records: Sequence[NewRecord],
+        records: IncomingRecords,
         indexes: Sequence[int],
     ) -> None:
-        """Count one appended batch: ``records[i]`` for ``i`` in ``indexes``."""
+        """Count one appended batch: the request's ``records`` at ``indexes``."""
         now = self.clock_ms()
         count = len(indexes)
         if not count:
@@ -172,13 +172,14 @@ class LoadMeters:
         hash_key = self.hash_key
         samples = []
         for n in range(picks):
-            record = records[indexes[int(offset + n * stride)]]
-            size = len(record.value) + (0 if record.key is None else len(record.key))
-            if record.key is None:
+            index = indexes[int(offset + n * stride)]
+            size = records.key_value_size(index)
+            record_key = records.key(index)
+            if record_key is None:
                 samples.append(KeySample(None, size * stride, stride))
             else:
-                preview = record.key[:KEY_PREVIEW_BYTES]
-                samples.append(KeySample(hash_key(record.key), size * stride, stride, preview))
+                preview = bytes(record_key[:KEY_PREVIEW_BYTES])
+                samples.append(KeySample(hash_key(record_key), size * stride, stride, preview))
         self.add(key, topic_config, now, batch_bytes, count, samples)
 
     def add(
@@ -331,7 +332,7 @@ class MeterOutbox(LoadMeters):
 
     def __init__(
         self,
-        hash_key: Callable[[bytes], int],
+        hash_key: Callable[[Key], int],
         *,
         clock_ms: Clock = monotonic_ms,
         rng: random.Random | None = None,

@@ -67,9 +67,14 @@ BASE_OFFSET = struct.Struct(">Q")
 
 RECORD_HEADER = struct.Struct(">IBIqiII")
 RECORD_LENGTH = struct.Struct(">I")
-_HEADER_COUNT = struct.Struct(">H")
-_HEADER_NAME_LEN = struct.Struct(">H")
-_HEADER_VALUE_LEN = struct.Struct(">I")
+CRC = struct.Struct(">I")
+# A record header's offset_delta and timestamp_delta, which follow record_length and
+# attributes: what a batch cut from another one rewrites in each record it copies.
+RECORD_DELTAS = struct.Struct(">Iq")
+RECORD_DELTAS_AT = struct.calcsize(">IB")
+HEADER_COUNT = struct.Struct(">H")
+HEADER_NAME_LEN = struct.Struct(">H")
+HEADER_VALUE_LEN = struct.Struct(">I")
 # A record header's first and last fields only (record_length, headers_length), skipping
 # the ones between: attributes, offset_delta, timestamp_delta, key_length, value_length.
 _LENGTH_AND_HEADERS = struct.Struct(f">I{struct.calcsize('>BIqiI')}xI")
@@ -147,15 +152,15 @@ def _encode_headers(headers: tuple[tuple[str, str], ...]) -> bytes:
         return b""
     if len(headers) > _U16_MAX:
         raise InvalidBatchError("a record has more than 65535 headers")
-    parts = [_HEADER_COUNT.pack(len(headers))]
+    parts = [HEADER_COUNT.pack(len(headers))]
     for name, value in headers:
         name_b = name.encode()
         value_b = value.encode()
         if len(name_b) > _U16_MAX:
             raise InvalidBatchError("a header name is longer than 65535 bytes")
-        parts.append(_HEADER_NAME_LEN.pack(len(name_b)))
+        parts.append(HEADER_NAME_LEN.pack(len(name_b)))
         parts.append(name_b)
-        parts.append(_HEADER_VALUE_LEN.pack(len(value_b)))
+        parts.append(HEADER_VALUE_LEN.pack(len(value_b)))
         parts.append(value_b)
     return b"".join(parts)
 
@@ -219,18 +224,61 @@ def encode_batch(
         append(value)
         if header_block:
             append(header_block)
-    body = b"".join(parts)
+    return frame_batch(b"".join(parts), len(records), first_ts, max_ts, producer_tag)
+
+
+def frame_batch(
+    records: bytes | memoryview,
+    record_count: int,
+    first_timestamp: int,
+    max_timestamp: int,
+    producer_tag: bytes,
+) -> bytes:
+    """The batch (base offset 0) of ``record_count`` encoded ``records`` back to back: its
+    header and producer tag before them, and the CRC over all but the first fields."""
     checked = (
         BATCH_HEADER.pack(
-            0, 0, 0, FORMAT_VERSION, 0, len(records), first_ts, max_ts, len(producer_tag)
+            0,
+            0,
+            0,
+            FORMAT_VERSION,
+            0,
+            record_count,
+            first_timestamp,
+            max_timestamp,
+            len(producer_tag),
         )[CRC_START:]
         + producer_tag
     )
-    crc = crc32c.crc32c(body, crc32c.crc32c(checked))
-    batch_length = RECORD_LENGTH.size + len(checked) + len(body)
+    crc = crc32c.crc32c(records, crc32c.crc32c(checked))
+    batch_length = CRC.size + len(checked) + len(records)
     if batch_length > _U32_MAX:
         raise InvalidBatchError("a batch may not exceed 4 GiB")
-    return b"".join((BATCH_PREFIX.pack(0, batch_length), RECORD_LENGTH.pack(crc), checked, body))
+    return b"".join((BATCH_PREFIX.pack(0, batch_length), CRC.pack(crc), checked, records))
+
+
+def seal_batch(
+    buf: bytearray, record_count: int, first_timestamp: int, max_timestamp: int, tag: bytes
+) -> None:
+    """Write the header, the producer tag and the CRC of a batch (base offset 0) into the
+    room left for them at the start of ``buf``, whose records follow them already."""
+    if len(buf) - BATCH_PREFIX.size > _U32_MAX:
+        raise InvalidBatchError("a batch may not exceed 4 GiB")
+    BATCH_HEADER.pack_into(
+        buf,
+        0,
+        0,
+        len(buf) - BATCH_PREFIX.size,
+        0,
+        FORMAT_VERSION,
+        0,
+        record_count,
+        first_timestamp,
+        max_timestamp,
+        len(tag),
+    )
+    buf[BATCH_HEADER.size : BATCH_HEADER.size + len(tag)] = tag
+    CRC.pack_into(buf, BATCH_PREFIX.size, crc32c.crc32c(memoryview(buf)[CRC_START:]))
 
 
 class WalkStop(enum.Enum):
@@ -376,9 +424,9 @@ def payload_totals(data: bytes | bytearray | memoryview, from_offset: int = 0) -
     """
     buf = memoryview(data)
     unpack = _LENGTH_AND_HEADERS.unpack_from
-    header_count = _HEADER_COUNT.unpack_from
+    header_count = HEADER_COUNT.unpack_from
     fixed = RECORD_HEADER.size - RECORD_LENGTH.size
-    framing = _HEADER_NAME_LEN.size + _HEADER_VALUE_LEN.size
+    framing = HEADER_NAME_LEN.size + HEADER_VALUE_LEN.size
     records = payload = 0
     pos = 0
     while pos < len(buf):
@@ -396,23 +444,23 @@ def payload_totals(data: bytes | bytearray | memoryview, from_offset: int = 0) -
                 payload += length - fixed
                 if headers_len:
                     (count,) = header_count(buf, cursor - headers_len)
-                    payload -= _HEADER_COUNT.size + count * framing
+                    payload -= HEADER_COUNT.size + count * framing
     return records, payload
 
 
 def _decode_headers(buf: memoryview, pos: int, end: int) -> tuple[tuple[str, str], ...]:
     if pos == end:
         return ()
-    (count,) = _HEADER_COUNT.unpack_from(buf, pos)
-    pos += _HEADER_COUNT.size
+    (count,) = HEADER_COUNT.unpack_from(buf, pos)
+    pos += HEADER_COUNT.size
     out = []
     for _ in range(count):
-        (name_len,) = _HEADER_NAME_LEN.unpack_from(buf, pos)
-        pos += _HEADER_NAME_LEN.size
+        (name_len,) = HEADER_NAME_LEN.unpack_from(buf, pos)
+        pos += HEADER_NAME_LEN.size
         name = bytes(buf[pos : pos + name_len]).decode()
         pos += name_len
-        (value_len,) = _HEADER_VALUE_LEN.unpack_from(buf, pos)
-        pos += _HEADER_VALUE_LEN.size
+        (value_len,) = HEADER_VALUE_LEN.unpack_from(buf, pos)
+        pos += HEADER_VALUE_LEN.size
         value = bytes(buf[pos : pos + value_len]).decode()
         pos += value_len
         out.append((name, value))

@@ -52,6 +52,13 @@ class RecordTooLargeError(EventBusError):
     status = 413
 
 
+class TooManyRecordsError(EventBusError):
+    """A produce request holds more records than any request may."""
+
+    code = "too_many_records"
+    status = 413
+
+
 class BatchTooLargeError(EventBusError):
     code = "batch_too_large"
     status = 413

@@ -16,6 +16,7 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
+from partitions.batch import BatchBytes
 from partitions.errors import WorkerUnreachableError
 from partitions.log.values import (
     AppendResult,
@@ -119,7 +120,7 @@ class RoutingPartitionWorker:
             # The owner opens every partition it owns when it starts.
             log.info("partition %s: its worker is not reachable to open it now", key)
 
-    async def append(self, key: PartitionKey, batch: bytes) -> AppendResult:
+    async def append(self, key: PartitionKey, batch: BatchBytes) -> AppendResult:
         return await (await self._target(key)).append(key, batch)
 
     async def read(

@@ -62,7 +62,7 @@ class WorkerTotals:
 class PartitionWorker(Protocol):
     async def open_partition(self, key: PartitionKey, config: LogConfig) -> None: ...
 
-    async def append(self, key: PartitionKey, batch: bytes) -> AppendResult: ...
+    async def append(self, key: PartitionKey, batch: BatchBytes) -> AppendResult: ...
 
     async def read(
         self, key: PartitionKey, offset: int, *, max_records: int, max_bytes: int
@@ -226,7 +226,7 @@ class LocalPartitionWorker:
         if self.on_roll is not None:
             self.on_roll(key)
 
-    async def append(self, key: PartitionKey, batch: bytes) -> AppendResult:
+    async def append(self, key: PartitionKey, batch: BatchBytes) -> AppendResult:
         while (frozen := self._frozen.get(key)) is not None:
             await frozen.wait()
         log = self.log(key)

@@ -25,7 +25,13 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from partitions.batch import NewRecord, decode_records, encode_batch, with_base_offset
+from partitions.batch import (
+    BatchBytes,
+    NewRecord,
+    decode_records,
+    encode_batch,
+    with_base_offset,
+)
 from partitions.batch import Record as StoredRecord
 from partitions.channel import ChannelClient, ChannelServer, Connection, Payload, Received
 from partitions.log.values import (
@@ -127,14 +133,14 @@ class RemotePartitionWorker:
     def __init__(self, client: ChannelClient) -> None:
         self.client = client
 
-    async def _call(self, op: int, meta: bytes, blob: bytes = b"") -> Received:
+    async def _call(self, op: int, meta: bytes, blob: BatchBytes = b"") -> Received:
         return await self.client.call(op, meta, blob)
 
     async def open_partition(self, key: PartitionKey, config: LogConfig) -> None:
         values = [getattr(config, name) for name in _CONFIG_FIELDS]
         await self._call(OPEN, pack_key(key) + LOG_CONFIG.pack(*values))
 
-    async def append(self, key: PartitionKey, batch: bytes) -> AppendResult:
+    async def append(self, key: PartitionKey, batch: BatchBytes) -> AppendResult:
         meta, _ = await self._call(APPEND, pack_key(key), batch)
         return AppendResult(*APPENDED.unpack(meta))
 

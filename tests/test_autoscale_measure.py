@@ -13,6 +13,7 @@ from autoscaler.policy import Rate
 from gateway.broker.service import key_hash
 from partitions.batch import NewRecord
 from partitions.catalog import WHOLE_SPACE, PartitionRecord, PartitionState
+from partitions.incoming import RecordList
 from partitions.partition_key import PartitionKey
 
 CONFIG = AutoscaleConfig(window_s=1, merge_window_s=2)  # slices of 200 ms
@@ -32,12 +33,12 @@ def meters(clock: Clock) -> LoadMeters:
     return LoadMeters(key_hash, clock_ms=clock, rng=random.Random(1))
 
 
-def records(count: int, size: int = 100, key: str | None = "k") -> list[NewRecord]:
+def records(count: int, size: int = 100, key: str | None = "k") -> RecordList:
     out = []
     for n in range(count):
         name = None if key is None else f"{key}{n}".encode()
         out.append(NewRecord(value=b"v" * (size - len(name or b"")), key=name))
-    return out
+    return RecordList(out)
 
 
 def partition(pid: int) -> PartitionRecord:
@@ -91,7 +92,9 @@ def test_the_sample_is_weighted_by_bytes_bounded_and_recent() -> None:
     assert all(s.hash == key_hash(s.key or b"") for s in measured.sample)
     # Many small batches: the ring keeps the most recent ones only.
     for n in range(SAMPLE_CAPACITY + 10):
-        board.record(KEY, TOPIC_CONFIG, 100, [NewRecord(b"x", key=f"s{n}".encode())], [0])
+        board.record(
+            KEY, TOPIC_CONFIG, 100, RecordList([NewRecord(b"x", key=f"s{n}".encode())]), [0]
+        )
     (measured,) = board.topic_load("t", "inc", [partition(0)], CONFIG).partitions
     assert len(measured.sample) == SAMPLE_CAPACITY
     assert measured.sample[-1].key == f"s{SAMPLE_CAPACITY + 9}".encode()

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.client import ApiError, AsyncClient, Client, TransportError
 from gateway.client import aio as client_module
+from gateway.client.ranges import Grouping, HashRanges
 from partitions.batch import NewRecord
 from tests.conftest import Api
 from tests.proxy import LossyProxy
@@ -161,8 +162,9 @@ async def test_a_produce_whose_answer_was_lost_is_retried_and_appends_once(
     api: Api, proxy: LossyProxy
 ) -> None:
     await api.call("PUT", "/v1/topics/t")
-    proxy.drop_answers = 2  # the first two attempts reach the server; their answers do not
     async with AsyncClient(proxy.url, api.key, retries=3) as client:
+        await client.describe_topic("t")  # what produce would read first: its hash ranges
+        proxy.drop_answers = 2  # the first two attempts reach the server; their answers do not
         placed = await client.produce("t", [(None, f"r{n}") for n in range(100)])
     assert proxy.dropped == 2
     assert placed == [(0, n) for n in range(100)]
@@ -227,3 +229,77 @@ async def test_an_unreachable_server_raises_after_the_retries() -> None:
         async with AsyncClient(f"http://127.0.0.1:{port}", "k", retries=2) as client:
             with pytest.raises(TransportError, match="cannot reach"):
                 await client.list_topics()
+
+
+def test_records_are_grouped_one_batch_per_partition_in_request_order() -> None:
+    described = {
+        "partitions": [
+            {"id": 0, "state": "sealed", "hash_range": {"start": "0", "end": str(1 << 64)}},
+            {"id": 2, "state": "active", "hash_range": {"start": str(1 << 63), "end": "x"}},
+            {"id": 1, "state": "active", "hash_range": {"start": "0", "end": str(1 << 63)}},
+        ]
+    }
+    ranges = HashRanges.of_topic(described)
+    assert ranges == HashRanges((0, 1 << 63), (1, 2))
+    records = [
+        NewRecord(value=b"%d" % n, key=None if n % 4 == 0 else b"k%d" % n) for n in range(40)
+    ]
+    grouping = Grouping(records, ranges)
+    assert set(grouping.groups) == {None, 1, 2}
+    for pid, indexes in grouping.groups.items():
+        assert indexes == sorted(indexes)
+        for index in indexes:
+            key = records[index].key
+            assert pid == (None if key is None else ranges.partition_of(key))
+    assert sorted(grouping.order) == list(range(40))
+    # Answers come in the order the batches were sent; the caller gets them in its own.
+    sent_order = [(0, position) for position in range(40)]
+    placed = grouping.in_request_order(sent_order)
+    assert [placed[index] for index in grouping.order] == sent_order
+    # One partition: one batch as the records came, keyless ones too.
+    single = Grouping(records, HashRanges((0,), (7,)))
+    assert single.groups == {7: list(range(40))}
+    assert Grouping(records, None).groups == {None: list(range(40))}
+
+
+async def test_produce_groups_by_hash_range_and_reads_them_again_after_a_split(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200  # 1 and 2
+    records = [(None if n % 9 == 0 else f"user-{n % 17}", f"v{n}") for n in range(300)]
+    async with AsyncClient(api.base, api.key) as client:
+        describes = 0
+        describe = client.describe_topic
+
+        async def counted(name: str) -> object:
+            nonlocal describes
+            describes += 1
+            return await describe(name)
+
+        monkeypatch.setattr(client, "describe_topic", counted)
+
+        async def produce_and_check() -> None:
+            placed = await client.produce("t", records)
+            by_key: dict[str | None, list[tuple[int, int]]] = {}
+            for (key, _), spot in zip(records, placed, strict=True):
+                by_key.setdefault(key, []).append(spot)
+            for key, spots in by_key.items():
+                if key is not None:  # per key: one partition, offsets in request order
+                    assert len({p for p, _ in spots}) == 1
+                    assert [o for _, o in spots] == sorted(o for _, o in spots)
+            for partition in {p for p, _ in placed}:
+                stored = await client.read("t", partition, 0, max_records=10_000)
+                at = {r.offset: r.value for r in stored.records}
+                for (_, value), (p, offset) in zip(records, placed, strict=True):
+                    if p == partition:
+                        assert at[offset] == value.encode()
+
+        await produce_and_check()
+        await produce_and_check()
+        assert describes == 1  # the ranges are kept
+        assert (await api.call("POST", "/v1/topics/t/partitions/1/split"))[0] == 200
+        await produce_and_check()  # the answer shows the split: the ranges are dropped
+        assert describes == 1
+        await produce_and_check()
+        assert describes == 2

@@ -15,6 +15,7 @@ from partitions.batch import NewRecord
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
 from partitions.errors import PartitionUnavailableError
 from partitions.fileio import FileOps, WriteFailedError
+from partitions.incoming import RecordList
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
 from tests.servers import read_credentials
 
@@ -236,7 +237,7 @@ async def test_sealed_retry_deadlocks_with_a_split(api: Api) -> None:
     view = broker.views.get("default", "t")
     await broker.worker.seal(view.key(0))  # the log is sealed, the view still routes to it
     produce = asyncio.ensure_future(
-        broker.produce("default", "t", [NewRecord(value=b"v", key=b"k")])
+        broker.produce("default", "t", RecordList([NewRecord(value=b"v", key=b"k")]))
     )
     await asyncio.sleep(0)  # the produce is in flight (gathering its append)
     split = asyncio.ensure_future(broker.split("default", "t", 0, None))

@@ -13,6 +13,7 @@ import pytest
 from gateway.broker.service import Broker
 from partitions.batch import NewRecord
 from partitions.catalog_sqlite import SqliteCatalog
+from partitions.incoming import RecordList
 from partitions.worker import LocalPartitionWorker
 from tests.brokers import local_broker
 from tests.conftest import Api
@@ -41,7 +42,7 @@ async def test_a_split_waits_for_an_append_running_on_an_older_view(
     await broker.put_topic("acme", "t", {})
     ops.hold = True
     producing = asyncio.ensure_future(
-        broker.produce("acme", "t", [NewRecord(value=b"v", key=b"k")])
+        broker.produce("acme", "t", RecordList([NewRecord(value=b"v", key=b"k")]))
     )
     await asyncio.to_thread(ops.entered.wait, 10)  # the append is in flight
     # The view is reloaded from the catalog (as a produce that met a partition sealed by

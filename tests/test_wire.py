@@ -11,8 +11,21 @@ import pytest
 
 from gateway.client import wire
 from gateway.http import bodies as server_wire
-from gateway.http.record_json import MAX_PRODUCE_RECORDS, TooManyRecordsError
-from partitions.batch import NewRecord, Record, encode_batch
+from gateway.http.record_json import MAX_PRODUCE_RECORDS
+from partitions.batch import (
+    BATCH_HEADER,
+    NewRecord,
+    Record,
+    decode_records,
+    encode_batch,
+    producer_tag,
+    read_header,
+    validate_batch,
+    with_base_offset,
+)
+from partitions.errors import TooManyRecordsError
+from partitions.idempotency import decode_tag
+from tests.batches import DAMAGES, damaged
 from tests.conftest import Api, start_api, stop_api
 
 BATCH = wire.BATCH
@@ -304,3 +317,144 @@ async def test_a_compression_bomb_is_bounded_by_the_request_limit(tmp_path: Any)
         assert status == 413, raw
     finally:
         await stop_api(api)
+
+
+# --- binary batches are checked in place, stored as sent, and cut by partition -------------
+
+
+async def _read_partition(api: Api, partition: int) -> tuple[dict[str, str], bytes]:
+    """Partition ``partition`` from offset 0 as stored: the answer's headers and the
+    bytes of its one chunk's batches."""
+    status, headers, raw = await api.raw(
+        "GET",
+        f"/v1/topics/t/partitions/{partition}/records",
+        params={"offset": "0", "max_records": "10000", "max_bytes": str(8 << 20)},
+        headers={"Accept": BATCH},
+    )
+    assert status == 200, raw
+    if not raw:
+        return headers, b""
+    chunk_partition, from_offset, length = wire.CHUNK_HEADER.unpack_from(raw)
+    assert (chunk_partition, from_offset, len(raw)) == (
+        partition,
+        0,
+        wire.CHUNK_HEADER.size + length,
+    )
+    return headers, raw[wire.CHUNK_HEADER.size :]
+
+
+def _stored_batches(data: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(data):
+        size = read_header(data, pos).total_size
+        out.append(data[pos : pos + size])
+        pos += size
+    return out
+
+
+@pytest.mark.parametrize("damage", [*DAMAGES, "oversize"])
+async def test_a_bad_binary_batch_is_refused_and_writes_nothing(api: Api, damage: str) -> None:
+    """The bad batch follows a good one in the same body: neither is written."""
+    await api.call("PUT", "/v1/topics/t", json={"max_record_bytes": 1000})
+    assert (await _produce_binary(api, _batch([NewRecord(value=b"before")])))[0] == 200
+    good = _batch([NewRecord(value=b"good", key=b"k")])
+    if damage == "oversize":
+        bad = _batch([NewRecord(value=b"ok"), NewRecord(value=b"x" * 2000)])
+    else:
+        bad = damaged(damage)
+    status, answer = await _produce_binary(api, good + bad)
+    if damage == "oversize":
+        assert (status, answer["error"]["code"]) == (413, "record_too_large")
+        assert answer["error"]["details"]["index"] == 2
+    else:
+        assert (status, answer["error"]["code"]) == (400, "invalid_batch")
+        assert "batch 1" in answer["error"]["message"]
+        assert DAMAGES[damage] in answer["error"]["message"]
+    headers, data = await _read_partition(api, 0)
+    assert [r.value for r in decode_records(data)] == [b"before"]
+    assert headers["Eventbus-High-Watermark"] == "1"
+
+
+async def test_a_stored_batch_reads_back_byte_for_byte(api: Api) -> None:
+    """A producer's batch is stored as the bytes it came in: only the base offset differs,
+    and with an Idempotency-Key the header gains the producer tag (length and CRC with it)
+    while the records stay the very bytes sent."""
+    await api.call("PUT", "/v1/topics/t")
+    first, second, third = _batch(RECORDS), _batch(RECORDS[:2]), _batch(RECORDS[1:])
+    assert (await _produce_binary(api, first))[0] == 200
+    assert (await _produce_binary(api, second))[0] == 200
+    status, answer = await _produce_binary(api, third, **{"Idempotency-Key": "bytes-1"})
+    assert status == 200, answer
+    _, data = await _read_partition(api, 0)
+    stored = _stored_batches(data)
+    assert stored[:2] == [first, with_base_offset(second, 4)]
+    tagged = read_header(stored[2])
+    sent = read_header(third)
+    assert tagged.base_offset == 6
+    assert (tagged.record_count, tagged.first_timestamp, tagged.max_timestamp) == (
+        sent.record_count,
+        sent.first_timestamp,
+        sent.max_timestamp,
+    )
+    assert decode_tag(producer_tag(stored[2])).key == "bytes-1"
+    assert stored[2][BATCH_HEADER.size + tagged.producer_tag_length :] == third[BATCH_HEADER.size :]
+    validate_batch(stored[2])
+
+
+async def test_a_batch_over_several_partitions_is_cut_keeping_every_record(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    assert (await api.call("POST", "/v1/topics/t/partitions/0/split"))[0] == 200  # 1 and 2
+    assert (await api.call("POST", "/v1/topics/t/partitions/1/split"))[0] == 200  # 3 and 4
+    now = int(time.time() * 1000)
+    records = [
+        NewRecord(
+            value=f"value {n}".encode() if n % 4 else bytes([n % 256, 0, 255]),
+            key=None if n % 5 == 0 else f"key-{n % 13}".encode(),
+            headers=(("n", str(n)), ("\u00e9", "x")) if n % 3 == 0 else (),
+            timestamp_ms=now - 5000 + (n * 7919) % 3000,  # not in order
+            key_is_text=n % 2 == 0,
+            value_is_text=n % 4 != 0,
+        )
+        for n in range(300)
+    ]
+    status, answer = await _produce_binary(api, _batch(records[:170]) + _batch(records[170:]))
+    assert status == 200, answer
+    placed = [(o["partition"], o["offset"]) for o in answer["offsets"]]
+    assert len(placed) == 300 and {p for p, _ in placed} == {2, 3, 4}
+    # Per key: one partition, offsets rising in request order.
+    for key in {r.key for r in records}:
+        where = [placed[i] for i, r in enumerate(records) if r.key == key]
+        assert len({p for p, _ in where}) == 1
+        assert [o for _, o in where] == sorted(o for _, o in where)
+    stored = {}
+    for partition in (2, 3, 4):
+        _, data = await _read_partition(api, partition)
+        for batch in _stored_batches(data):
+            validate_batch(batch)
+            stored.update({(partition, r.offset): r for r in decode_records(batch)})
+    assert len(stored) == 300
+    for index, sent in enumerate(records):
+        got = stored[placed[index]]
+        _same(sent, got)
+        assert got.timestamp_ms == sent.timestamp_ms
+
+
+@pytest.mark.parametrize("splits", [0, 2])
+async def test_an_idempotent_binary_produce_retried_answers_the_same_and_stores_once(
+    api: Api, splits: int
+) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    for partition in range(splits):
+        assert (await api.call("POST", f"/v1/topics/t/partitions/{partition}/split"))[0] == 200
+    records = [
+        NewRecord(value=b"%d" % n, key=None if n % 7 == 0 else b"k%d" % (n % 11))
+        for n in range(200)
+    ]
+    body = _batch(records[:120]) + _batch(records[120:])
+    first = await _produce_binary(api, body, **{"Idempotency-Key": "retry-1"})
+    again = await _produce_binary(api, body, **{"Idempotency-Key": "retry-1"})
+    assert first[0] == again[0] == 200
+    assert first[1] == again[1]
+    described = (await api.call("GET", "/v1/topics/t"))[1]
+    assert sum(p["end_offset"] for p in described["partitions"]) == 200
+    assert len({(o["partition"], o["offset"]) for o in first[1]["offsets"]}) == 200

@@ -24,6 +24,7 @@ from gateway.client import AsyncClient
 from gateway.http.metrics import merge_metrics
 from gateway.processes.placement import Replaced, WorkerLoad, place
 from partitions.batch import NewRecord
+from partitions.incoming import RecordList
 from partitions.partition_key import PartitionKey
 from tests.clocks import QUOTA_CLOCK_FILE_ENV, USAGE_CLOCK_FILE_ENV
 from tests.conftest import ADMIN_KEY
@@ -506,7 +507,7 @@ def test_meters_measured_in_one_process_add_up_in_another() -> None:
     now = [10_000]
     outbox = MeterOutbox(key_hash, clock_ms=lambda: now[0])
     key = PartitionKey("t", "inc", 0)
-    records = [NewRecord(value=b"v" * 100, key=f"k{n}".encode()) for n in range(500)]
+    records = RecordList([NewRecord(value=b"v" * 100, key=f"k{n}".encode()) for n in range(500)])
     config = {"autoscale": {"window_s": 1}}
     for n in range(0, 500, 10):
         outbox.record(key, config, 1000, records, list(range(n, n + 10)))

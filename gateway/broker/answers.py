@@ -23,7 +23,6 @@ from functools import partial
 from gateway.broker.produce import Admit, Placed, Producer
 from gateway.broker.topology import AnswerHome, Topology
 from gateway.broker.views import TopicView, TopicViews
-from partitions.batch import NewRecord
 from partitions.errors import PartitionUnavailableError
 from partitions.idempotency import (
     ANSWER_TTL_MS,
@@ -33,6 +32,7 @@ from partitions.idempotency import (
     encode_tags,
 )
 from partitions.idempotency import Entry as IdempotencyEntry
+from partitions.incoming import IncomingRecords
 from partitions.worker import PartitionWorker
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class IdempotentProducer:
         self,
         tenant: str,
         name: str,
-        records: Sequence[NewRecord],
+        records: IncomingRecords,
         idempotency: IdempotentRequest,
         *,
         appended: list[int] | None = None,
@@ -178,7 +178,7 @@ class IdempotentProducer:
         tenant: str,
         name: str,
         incarnation: str,
-        records: Sequence[NewRecord],
+        records: IncomingRecords,
         idempotency: IdempotentRequest,
         appended: list[int] | None,
         admit: Admit | None,

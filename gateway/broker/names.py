@@ -5,6 +5,7 @@ from __future__ import annotations
 import xxhash
 
 from partitions.errors import InvalidInputError
+from partitions.incoming import Key
 from partitions.shapes import ShapeError, Text
 
 
@@ -28,6 +29,6 @@ def validate_topic_name(name: str) -> None:
         raise InvalidTopicNameError(f"invalid topic name {name!r}: {TOPIC_NAME.says()}") from None
 
 
-def key_hash(key: bytes) -> int:
+def key_hash(key: Key) -> int:
     """The point of the 64-bit hash space a key belongs to (``xxh3_64`` of its bytes)."""
     return int(xxhash.xxh3_64_intdigest(key))

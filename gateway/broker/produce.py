@@ -3,7 +3,10 @@
 A keyed record goes to the active partition whose hash range holds ``xxh3_64(key)``;
 keyless records of one request go together to the next active partition in turn (among
 those the topology says cost no hop). Every batch is encoded before any is appended, so a
-record too large fails the request before anything is written. If a batch meets a
+record too large fails the request before anything is written. Records come as
+:class:`~partitions.incoming.IncomingRecords`: a producer's binary batch whose records all
+go to one partition is appended as it came, and one whose records go to several is cut
+into one batch per partition, never decoded. If a batch meets a
 partition sealed since the view was made, only its records are routed again, with the
 topic's view read afresh; a split or merge under way holds the request at the topic's
 gate instead, which is never an error.
@@ -17,8 +20,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from autoscaler.measure import LoadMeters
 from gateway.broker.topology import Topology
 from gateway.broker.views import TopicView, TopicViews
-from partitions.batch import NewRecord, encode_batch
+from partitions.batch import BatchBytes
 from partitions.errors import PartitionSealedError, PartitionUnavailableError, WorkerLostError
+from partitions.incoming import IncomingRecords
 from partitions.partition_key import PartitionKey
 from partitions.worker import PartitionWorker
 
@@ -29,6 +33,8 @@ Tagger = Callable[[Sequence[int]], TagPieces]
 Placed = list[tuple[int, int] | None]
 # Awaited with the indexes about to be appended, before any is (quotas: it may refuse).
 Admit = Callable[[Sequence[int]], Awaitable[None]]
+# The batches to append to one partition, in order, each with the request indexes it holds.
+Pieces = list[tuple[list[int], BatchBytes]]
 
 # How often one produce request may meet a partition sealed under it (by another process)
 # and route again before it gives up; waiting out a split or merge here is not counted.
@@ -56,7 +62,7 @@ class Producer:
         self,
         tenant: str,
         name: str,
-        records: Sequence[NewRecord],
+        records: IncomingRecords,
         *,
         appended: list[int] | None = None,
         admit: Admit | None = None,
@@ -76,7 +82,7 @@ class Producer:
         self,
         tenant: str,
         name: str,
-        records: Sequence[NewRecord],
+        records: IncomingRecords,
         todo: list[int],
         placed: Placed,
         tagger: Tagger | None,
@@ -115,7 +121,7 @@ class Producer:
     async def _append_once(
         self,
         view: TopicView,
-        records: Sequence[NewRecord],
+        records: IncomingRecords,
         todo: list[int],
         placed: Placed,
         tagger: Tagger | None,
@@ -124,33 +130,34 @@ class Producer:
         """Append the records at ``todo`` with this view; answers the indexes whose
         partition turned out to be sealed (they were not written)."""
         groups: dict[int, list[int]] = {}
-        keyless: int | None = None
-        for index in todo:
-            record = records[index]
-            if record.key is None:
-                if keyless is None:
-                    ids = self._topology.keyless_targets(view)
-                    keyless = ids[next(view.keyless) % len(ids)]
-                pid = keyless
-            else:
-                pid = view.route(record.key)
-            groups.setdefault(pid, []).append(index)
+        if len(view.active_ids) == 1:
+            # One partition takes every record, keyed or not: nothing to hash.
+            groups[view.active_ids[0]] = todo
+        else:
+            keyless: int | None = None
+            for index in todo:
+                key = records.key(index)
+                if key is None:
+                    if keyless is None:
+                        ids = self._topology.keyless_targets(view)
+                        keyless = ids[next(view.keyless) % len(ids)]
+                    pid = keyless
+                else:
+                    pid = view.route(key)
+                groups.setdefault(pid, []).append(index)
         now = self._clock_ms()
         max_record_bytes = int(view.record.config["max_record_bytes"])
-        batches: dict[int, list[tuple[list[int], bytes]]] = {}
+        batches: dict[int, Pieces] = {}
         for pid, indexes in groups.items():
-            pieces = tagger(indexes) if tagger is not None else [(indexes, b"")]
+            tagged = tagger(indexes) if tagger is not None else [(indexes, b"")]
             batches[pid] = [
                 (
                     piece,
-                    encode_batch(
-                        [records[i] for i in piece],
-                        now_ms=now,
-                        max_record_bytes=max_record_bytes,
-                        producer_tag=tag,
+                    records.encode(
+                        piece, now_ms=now, max_record_bytes=max_record_bytes, producer_tag=tag
                     ),
                 )
-                for piece, tag in pieces
+                for piece, tag in tagged
             ]
         if len(batches) == 1:
             # One partition (every single-record produce): no task to run it alongside others.
@@ -178,9 +185,9 @@ class Producer:
     async def _append_pieces(
         self,
         key: PartitionKey,
-        batches: list[tuple[list[int], bytes]],
+        batches: Pieces,
         placed: Placed,
-        records: Sequence[NewRecord],
+        records: IncomingRecords,
         view: TopicView,
         lost: set[int] | None,
     ) -> list[int]:

@@ -30,7 +30,6 @@ from gateway.broker.reshape import LimitsOf, Reshaper
 from gateway.broker.topic_config import normalize_topic_config, with_defaults
 from gateway.broker.topology import SINGLE_PROCESS, Topology
 from gateway.broker.views import TopicView, TopicViews
-from partitions.batch import NewRecord
 from partitions.catalog import UNLIMITED, Catalog, LineageChange, TenantLimits, TopicRecord
 from partitions.errors import (
     ConflictError,
@@ -42,6 +41,7 @@ from partitions.errors import (
 )
 from partitions.group_model import TopicShape
 from partitions.groups import GroupCoordinator
+from partitions.incoming import IncomingRecords
 from partitions.worker import PartitionWorker
 from tiered_storage.service import TieringService
 
@@ -359,7 +359,7 @@ class Broker:
         self,
         tenant: str,
         name: str,
-        records: Sequence[NewRecord],
+        records: IncomingRecords,
         *,
         idempotency: IdempotentRequest | None = None,
         appended: list[int] | None = None,

@@ -20,6 +20,7 @@ from gateway.broker.names import key_hash, validate_topic_name
 from gateway.broker.topic_config import log_config
 from partitions.catalog import Catalog, PartitionRecord, TopicRecord
 from partitions.errors import TopicNotFoundError
+from partitions.incoming import Key
 from partitions.partition_key import PartitionKey
 from partitions.worker import PartitionWorker
 
@@ -60,7 +61,7 @@ class TopicView:
         self.active_starts = [p.hash_range.start for p in active]
         self.active_ids = [p.partition_id for p in active]
 
-    def route(self, key: bytes) -> int:
+    def route(self, key: Key) -> int:
         return self.active_ids[bisect.bisect_right(self.active_starts, key_hash(key)) - 1]
 
     def key(self, partition_id: int) -> PartitionKey:

@@ -1,7 +1,9 @@
 """A small Python client for the event bus: :class:`AsyncClient` (aiohttp) and :class:`Client`.
 
-``docs/wire-format.md`` is what this package is written from. Produce sends one binary batch
-per call with a fresh ``Idempotency-Key``; reads and group fetches ask for the binary framing.
+``docs/wire-format.md`` is what this package is written from. Produce sends binary batches,
+one per partition the records go to (by the topic's hash ranges, read from topic describe
+and read again when the topic changed shape), with a fresh ``Idempotency-Key`` per call;
+reads and group fetches ask for the binary framing.
 ``Client`` has the same methods as ``AsyncClient``, blocking.
 
 The package imports nothing of the server: only the record batch codec

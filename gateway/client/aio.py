@@ -31,6 +31,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.client import wire
 from gateway.client.errors import ApiError, ClientError, TransportError
+from gateway.client.ranges import Grouping, HashRanges
 from gateway.client.records import (
     Compression,
     FetchResult,
@@ -122,6 +123,8 @@ class AsyncClient:
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()  # noqa: S311 - backoff jitter, not a secret
+        # Hash ranges of the topics produced to, read from topic describe.
+        self._ranges: dict[str, HashRanges] = {}
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -236,8 +239,10 @@ class AsyncClient:
                 return topics
 
     async def describe_topic(self, name: str) -> Any:
-        """Config and partitions of a topic."""
-        return (await self._request("GET", self._topic(name), retry=_Retry.ALWAYS)).json()
+        """Config and partitions of a topic (produce keeps its hash ranges from it)."""
+        described = (await self._request("GET", self._topic(name), retry=_Retry.ALWAYS)).json()
+        self._ranges[name] = HashRanges.of_topic(described)
+        return described
 
     async def delete_topic(self, name: str) -> None:
         """Delete a topic and all its data."""
@@ -247,12 +252,21 @@ class AsyncClient:
 
     async def produce(self, topic: str, records: Sequence[RecordLike]) -> list[tuple[int, int]]:
         """Append ``records`` in order, exactly once even when retried; answers
-        (partition, offset) per record."""
+        (partition, offset) per record.
+
+        The records are sent as one batch per partition they go to, by the topic's hash
+        ranges as last read (see :mod:`gateway.client.ranges`), so that the server stores
+        each batch as it came; per-key order is kept."""
         batch = [to_new_record(item) for item in records]
         if not batch:
             return []
-        body = encode_batch(
-            batch, now_ms=time.time_ns() // 1_000_000, max_record_bytes=_NO_CLIENT_LIMIT
+        grouping = Grouping(batch, await self._hash_ranges(topic))
+        now_ms = time.time_ns() // 1_000_000
+        body = b"".join(
+            encode_batch(
+                [batch[i] for i in indexes], now_ms=now_ms, max_record_bytes=_NO_CLIENT_LIMIT
+            )
+            for indexes in grouping.groups.values()
         )
         headers = {"Content-Type": wire.BATCH, "Idempotency-Key": uuid.uuid4().hex}
         if self._compression is not None:
@@ -265,7 +279,22 @@ class AsyncClient:
             headers=headers,
             retry=_Retry.ALWAYS,
         )
-        return [(item["partition"], item["offset"]) for item in answer.json()["offsets"]]
+        placed = grouping.in_request_order(
+            [(item["partition"], item["offset"]) for item in answer.json()["offsets"]]
+        )
+        if not grouping.predicted(placed):
+            self._ranges.pop(topic, None)  # split or merged since: read them again next time
+        return placed
+
+    async def _hash_ranges(self, topic: str) -> HashRanges | None:
+        """The topic's hash ranges as last read; None when they cannot be read now (the
+        produce then sends one batch, and its own answer says what went wrong)."""
+        if topic not in self._ranges:
+            try:
+                await self.describe_topic(topic)
+            except ApiError:
+                return None
+        return self._ranges[topic]
 
     async def read(
         self,

@@ -22,17 +22,16 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.client.wire import BATCH, CHUNK_HEADER, JSON, NDJSON, compress
-from gateway.http.record_json import InvalidRecordError, check_count, check_timestamp
-from partitions.batch import (
-    BATCH_HEADER,
-    BatchBytes,
-    NewRecord,
-    iter_records,
-    read_header,
-    validate_batch,
+from gateway.http.record_json import (
+    MAX_FUTURE_SKEW_MS,
+    MAX_PRODUCE_RECORDS,
+    InvalidRecordError,
+    check_timestamp,
 )
-from partitions.errors import EventBusError, InvalidBatchError, InvalidInputError
+from partitions.batch import BatchBytes
+from partitions.errors import EventBusError, InvalidInputError
 from partitions.group_model import RawChunk
+from partitions.incoming import IncomingBatches, index_batches
 
 # ``curl -d`` sends form encoding, some tools text/plain and HTTP libraries octet-stream for
 # bytes they know nothing of; such bodies are read as JSON.
@@ -104,53 +103,22 @@ def produce_media_type(request: web.Request) -> str:
     )
 
 
-def parse_batches(raw: bytes, *, now_ms: int) -> list[NewRecord]:
-    """The records of the binary batches in ``raw``, in order.
-
-    Every batch is checked (version, lengths, CRC) and must have an empty producer tag: the
-    server writes the tag, from the ``Idempotency-Key`` header.
+def parse_batches(raw: bytes, *, now_ms: int) -> IncomingBatches:
+    """The records of the binary batches in ``raw``, checked where they lie and not
+    decoded (:func:`partitions.incoming.index_batches` says what is checked), with every
+    timestamp not negative and at most an hour ahead. Batches must have an empty producer
+    tag: the server writes the tag, from the ``Idempotency-Key`` header.
     """
     if not raw:
         raise InvalidBatchBodyError("the body holds no batch")
-    out: list[NewRecord] = []
-    view = memoryview(raw)
-    pos = 0
-    number = 0
-    while pos < len(raw):
-        header = read_header(raw, pos) if len(raw) - pos >= BATCH_HEADER.size else None
-        if header is None or pos + header.total_size > len(raw):
-            raise InvalidBatchBodyError(f"batch {number} is cut short")
-        try:
-            validate_batch(view[pos : pos + header.total_size])
-            if header.producer_tag_length:
-                raise InvalidBatchBodyError(
-                    f"batch {number} has a producer tag; send the Idempotency-Key header instead"
-                )
-            # The header has the count: refuse before decoding a batch too many records.
-            check_count(len(out) + header.record_count)
-            for record in iter_records(view, pos):
-                index = len(out)
-                if record.timestamp_ms < 0:
-                    raise InvalidRecordError(
-                        f"record {index} has a negative timestamp", index=index
-                    )
-                check_timestamp(record.timestamp_ms, index, now_ms=now_ms)
-                out.append(
-                    NewRecord(
-                        record.value,
-                        record.key,
-                        record.headers,
-                        record.timestamp_ms,
-                        record.key_is_text,
-                        record.value_is_text,
-                    )
-                )
-        except InvalidBatchError as exc:
-            raise InvalidBatchBodyError(f"batch {number}: {exc}") from exc
-        check_count(len(out))
-        pos += header.total_size
-        number += 1
-    return out
+    batches = index_batches(raw, max_records=MAX_PRODUCE_RECORDS)
+    if batches.min_timestamp < 0:
+        index = next(i for i, ts in enumerate(batches.timestamps) if ts < 0)
+        raise InvalidRecordError(f"record {index} has a negative timestamp", index=index)
+    if batches.max_timestamp > now_ms + MAX_FUTURE_SKEW_MS:
+        for index, timestamp in enumerate(batches.timestamps):
+            check_timestamp(timestamp, index, now_ms=now_ms)
+    return batches
 
 
 # --- binary read answers ---------------------------------------------------------------------

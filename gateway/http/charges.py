@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway.http.keys import METER, PRINCIPAL, TENANCY
-from gateway.tenancy.quotas import produce_cost
-from partitions.batch import NewRecord
+from partitions.incoming import IncomingRecords
 
 # The produce tokens a request took for the records it was to append.
 PRODUCE_CHARGE = web.RequestKey("produce_charge", int)
@@ -29,7 +28,7 @@ def _tenant(request: web.Request) -> str | None:
 
 
 async def admit_produce(
-    request: web.Request, records: Sequence[NewRecord], indexes: Sequence[int]
+    request: web.Request, records: IncomingRecords, indexes: Sequence[int]
 ) -> None:
     """Before a produce appends the records at ``indexes`` (all of them, or what an
     idempotent retry still misses; never called for a replay, which appends nothing): the
@@ -40,14 +39,12 @@ async def admit_produce(
         return
     quotas = request.app[TENANCY].quotas
     await quotas.check_storage(tenant)
-    cost = produce_cost(records if len(indexes) == len(records) else [records[i] for i in indexes])
+    cost = records.cost(indexes)
     await quotas.admit_produce(tenant, cost)
     request[PRODUCE_CHARGE] = cost
 
 
-def settle_produce(
-    request: web.Request, records: Sequence[NewRecord], appended: Sequence[int]
-) -> None:
+def settle_produce(request: web.Request, records: IncomingRecords, appended: Sequence[int]) -> None:
     """After a produce, whether it succeeded or not: the tokens of admitted records it did
     not append go back, and the bytes it appended count as stored until the next
     measurement."""
@@ -56,7 +53,7 @@ def settle_produce(
     if tenant is None or not charge:
         return
     everything = len(appended) == len(records)
-    stored = charge if everything else produce_cost([records[i] for i in appended])
+    stored = charge if everything else records.cost(appended)
     quotas = request.app[TENANCY].quotas
     if charge > stored:
         quotas.refund_produce(tenant, charge - stored)
@@ -70,18 +67,16 @@ def charge_consume(request: web.Request, nbytes: int) -> None:
         request.app[TENANCY].quotas.charge_consume(tenant, nbytes)
 
 
-def meter_produced(
-    request: web.Request, records: Sequence[NewRecord], appended: Sequence[int]
-) -> None:
+def meter_produced(request: web.Request, records: IncomingRecords, appended: Sequence[int]) -> None:
     """Count the records of a produce at the indexes it appended (a replay appends none)."""
     tenant = _tenant(request)
     if tenant is None or not appended:
         return
     if len(appended) == len(records):
         # All of them: the quota already counted their bytes.
-        nbytes = request.get(PRODUCE_CHARGE) or produce_cost(records)
+        nbytes = request.get(PRODUCE_CHARGE) or records.cost(appended)
     else:
-        nbytes = produce_cost([records[i] for i in appended])
+        nbytes = records.cost(appended)
     request.app[METER].count_in(tenant, len(appended), nbytes)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from partitions.batch import NewRecord, Record
-from partitions.errors import EventBusError, InvalidInputError
+from partitions.errors import InvalidInputError, TooManyRecordsError
 from partitions.shapes import MAX_INTEGER, Integer, ListOf, MapOf, Nullable, Object, Text
 
 MAX_FUTURE_SKEW_MS = 60 * 60 * 1000
@@ -45,11 +45,6 @@ class InvalidHeaderError(InvalidInputError):
 
 class TimestampInFutureError(InvalidInputError):
     code = "timestamp_in_future"
-
-
-class TooManyRecordsError(EventBusError):
-    code = "too_many_records"
-    status = 413
 
 
 def _bytes_field(

@@ -28,6 +28,7 @@ from partitions.errors import InvalidOffsetError
 from partitions.group_model import RawChunk
 from partitions.idempotency import KEY_SHAPE, request_hash
 from partitions.idempotency import check_key as check_idempotency_key
+from partitions.incoming import IncomingRecords, RecordList
 from partitions.log.values import BatchRead
 from partitions.shapes import Integer
 
@@ -66,12 +67,13 @@ async def produce(request: web.Request) -> web.Response:
     media = bodies.produce_media_type(request)
     raw = await bodies.read_body(request)
     now = broker.now_ms()
+    records: IncomingRecords
     if media == BATCH:
         records = bodies.parse_batches(raw, now_ms=now)
     elif media == NDJSON:
-        records = parse_ndjson(raw, now_ms=now)
+        records = RecordList(parse_ndjson(raw, now_ms=now))
     else:
-        records = parse_records(parse_json(raw), now_ms=now)
+        records = RecordList(parse_records(parse_json(raw), now_ms=now))
     idempotency = None
     if idempotency_key is not None:
         idempotency = IdempotentRequest(idempotency_key, request_hash(media, raw))
@@ -90,7 +92,7 @@ async def produce(request: web.Request) -> web.Response:
         settle_produce(request, records, appended)
     registry: Metrics = request.app[METRICS]
     registry.produced_records.inc(len(records))
-    registry.produced_bytes.inc(sum(len(r.value) + len(r.key or b"") for r in records))
+    registry.produced_bytes.inc(records.key_value_bytes())
     return await bodies.json_answer(
         request, {"offsets": [{"partition": p, "offset": o} for p, o in placed]}
     )

@@ -28,9 +28,9 @@ public routes are not metered; the front door calls :class:`Meter` as it serves 
   read or group fetch that delivered no records (a 200 with none, or a long-poll the client
   gave up on). A refused request (400, 403, 404, 429...) counts.
 - ``records_in``/``bytes_in``: the records a produce appended, and their key, value and
-  header bytes (:func:`gateway.tenancy.quotas.produce_cost`). A replayed idempotent produce
-  appends nothing and adds nothing here (it still counts as a request); a retry that
-  finishes a request cut short counts only the records it appended.
+  header bytes (``IncomingRecords.cost`` in :mod:`partitions.incoming`). A replayed
+  idempotent produce appends nothing and adds nothing here (it still counts as a
+  request); a retry that finishes a request cut short counts only the records it appended.
 - ``records_out``/``bytes_out``: the records a read or group fetch answered, in JSON or in
   binary batches (records below the asked offset in a binary answer's first batch are not
   counted), and their key, value and header bytes.

@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from gateway.settings import setting
-from partitions.batch import NewRecord
 from partitions.catalog import Catalog, TenantLimits
 from partitions.errors import EventBusError, InvalidInputError
 from partitions.shapes import Choice, Integer, Nullable, Object, OneOf
@@ -538,13 +537,3 @@ class QuotaBook:
         state = self._tenants.get(tenant)
         if state is not None and state.stored_at is not None:
             state.stored_bytes += nbytes
-
-
-def produce_cost(records: Sequence[NewRecord]) -> int:
-    """Key, value and header bytes: what the produce quota counts (as reads count them)."""
-    total = 0
-    for record in records:
-        total += len(record.value) + (len(record.key) if record.key is not None else 0)
-        for name, value in record.headers:
-            total += len(name.encode()) + len(value.encode())
-    return total

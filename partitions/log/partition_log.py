@@ -38,7 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from partitions.batch import NewRecord, encode_batch, validate_batch
+from partitions.batch import BatchBytes, NewRecord, encode_batch, validate_batch
 from partitions.errors import (
     BatchTooLargeError,
     EventBusError,
@@ -264,7 +264,7 @@ class PartitionLog:
 
     # --- appending -------------------------------------------------------------------------
 
-    async def append(self, batch: bytes) -> AppendResult:
+    async def append(self, batch: BatchBytes) -> AppendResult:
         """Append one encoded batch; resolves with its offsets once it is durable.
 
         The batch's own base offset is ignored: the log assigns the next one. Appends are

@@ -302,7 +302,7 @@ class Segment:
 
     def plan_append(
         self,
-        batches: Sequence[tuple[bytes, BatchHeader]],
+        batches: Sequence[tuple[BatchBytes, BatchHeader]],
         first_offset: int,
         index_interval: int,
     ) -> AppendPlan:

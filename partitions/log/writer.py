@@ -36,7 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from partitions.batch import BatchHeader
+from partitions.batch import BatchBytes, BatchHeader
 from partitions.errors import (
     CorruptLogError,
     DiskFullError,
@@ -68,7 +68,7 @@ _CutPoint = tuple[Path, int, int, int]
 class QueuedAppend:
     """One encoded batch waiting for the drain; ``future`` resolves once it is durable."""
 
-    data: bytes
+    data: BatchBytes
     header: BatchHeader
     size: int
     future: asyncio.Future[AppendResult]
