@@ -171,8 +171,11 @@ class Connection(asyncio.Protocol):
                 break
             meta_start = pos + FRAME.size
             blob_start = meta_start + meta_length
-            meta = bytes(buffer[meta_start:blob_start])
-            blob = bytes(buffer[blob_start:end])
+            # Through a view: slicing the bytearray itself would copy each part twice.
+            view = memoryview(buffer)
+            meta = bytes(view[meta_start:blob_start])
+            blob = bytes(view[blob_start:end])
+            view.release()  # the buffer is resized after the loop
             pos = end
             self._on_frame(self, request_id, kind, op, meta, blob)
         return pos

@@ -1,14 +1,38 @@
 """Blocking file primitives shared by the log and the stores: the fault-injection seam,
-exact reads, and atomic small-file replacement. Everything here runs on executor threads."""
+exact reads, and atomic small-file replacement. Everything here runs on executor threads,
+except reads of bytes already in the page cache (:func:`cached_reads_only`)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 _IOV_MAX = 1024
+
+#: Whether this system can read only what the page cache holds (preadv2's RWF_NOWAIT).
+CACHED_READS = hasattr(os, "RWF_NOWAIT") and hasattr(os, "preadv")
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+_mode = threading.local()
+
+
+class NotCachedError(Exception):
+    """A read limited to the page cache met bytes that would need the disk."""
+
+
+@contextlib.contextmanager
+def cached_reads_only() -> Iterator[None]:
+    """Within it, this thread's exact reads take only bytes the page cache holds and raise
+    :class:`NotCachedError` rather than wait for the disk: the event loop reads recent data
+    itself, without the hop to a reader thread, and leaves the rest to one."""
+    _mode.cached_only = True
+    try:
+        yield
+    finally:
+        _mode.cached_only = False
 
 
 class WriteFailedError(OSError):
@@ -88,9 +112,13 @@ class FileOps:
 def pread_into(fd: int, buffer: memoryview, offset: int) -> int:
     """Fill ``buffer`` from ``offset``; answers how many bytes came (fewer only at the end
     of the file)."""
+    flags = _NOWAIT if getattr(_mode, "cached_only", False) else 0
     got = 0
     while got < len(buffer):
-        n = os.preadv(fd, [buffer[got:]], offset + got)
+        try:
+            n = os.preadv(fd, [buffer[got:]], offset + got, flags)
+        except BlockingIOError as exc:
+            raise NotCachedError(f"bytes at {offset + got} are not in the page cache") from exc
         if not n:
             break
         got += n
@@ -99,6 +127,9 @@ def pread_into(fd: int, buffer: memoryview, offset: int) -> int:
 
 def pread_exact(fd: int, size: int, offset: int) -> bytes:
     """Read ``size`` bytes at ``offset``, or fewer only at the end of the file."""
+    if getattr(_mode, "cached_only", False):
+        buffer = bytearray(size)
+        return bytes(memoryview(buffer)[: pread_into(fd, memoryview(buffer), offset)])
     data = os.pread(fd, size, offset)
     if len(data) == size or not data:
         return data

@@ -22,7 +22,14 @@ from partitions.errors import (
     RecordTooLargeError,
     StorageIOError,
 )
-from partitions.fileio import FileOps
+from partitions.fileio import (
+    CACHED_READS,
+    FileOps,
+    NotCachedError,
+    cached_reads_only,
+    pread_exact,
+    pread_into,
+)
 from partitions.log.index import OFFSET_INDEX_ENTRY
 from partitions.log.layout import list_segment_bases, segment_name
 from partitions.log.partition_log import PartitionLog
@@ -614,3 +621,62 @@ async def test_tailing_readers_see_every_record_while_segments_roll_and_expire(
             mine = [v for v in seen if v.startswith(f"{n}:".encode())]
             assert [int(v.split(b":")[1]) for v in mine] == list(range(per_producer))
     await log.close()
+
+
+def _evict(path: Path) -> None:
+    """Ask the kernel to drop a file's (clean) pages from the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not CACHED_READS, reason="this system cannot read from the page cache only")
+async def test_reads_answer_the_same_bytes_from_the_page_cache_and_from_the_disk(
+    tmp_path: Path,
+) -> None:
+    log = await PartitionLog.open(tmp_path, SMALL)
+    for i in range(60):
+        await log.append_records([record(f"value-{i}" * 20, key=f"k{i % 4}")])
+    cached = [await log.read_batches(n, max_bytes=8192) for n in (0, 17, 59)]
+    cached_records = await log.read(5, max_records=40)
+    segments = sorted(tmp_path.glob("*.log"))
+    for path in segments:
+        _evict(path)
+    # Not in the cache: the event loop's attempt stops short and a reader thread reads.
+    uncached = [await log.read_batches(n, max_bytes=8192) for n in (0, 17, 59)]
+    assert [bytes(r.data) for r in uncached] == [bytes(r.data) for r in cached]
+    assert [(r.first_offset, r.next_offset) for r in uncached] == [
+        (r.first_offset, r.next_offset) for r in cached
+    ]
+    for path in segments:
+        _evict(path)
+    assert await log.read(5, max_records=40) == cached_records
+    await log.close()
+
+
+@pytest.mark.skipif(not CACHED_READS, reason="this system cannot read from the page cache only")
+def test_a_cached_only_read_refuses_what_is_not_cached(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(b"x" * 65536)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        buffer = memoryview(bytearray(65536))
+        with cached_reads_only():
+            assert pread_into(fd, buffer, 0) == 65536  # just written: cached
+            assert pread_exact(fd, 100, 65500) == b"x" * 36  # the end of the file is no error
+        _evict(path)
+        with cached_reads_only():
+            try:
+                pread_exact(fd, 4096, 0)
+            except NotCachedError:
+                pass
+            else:
+                pytest.skip("the kernel kept the file's pages (this filesystem may not drop them)")
+        # Outside the mode the same read waits for the disk.
+        assert pread_exact(fd, 4096, 0) == b"x" * 4096
+    finally:
+        os.close(fd)

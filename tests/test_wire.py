@@ -458,3 +458,33 @@ async def test_an_idempotent_binary_produce_retried_answers_the_same_and_stores_
     described = (await api.call("GET", "/v1/topics/t"))[1]
     assert sum(p["end_offset"] for p in described["partitions"]) == 200
     assert len({(o["partition"], o["offset"]) for o in first[1]["offsets"]}) == 200
+
+
+async def test_a_binary_read_answers_up_to_max_bytes_of_8_mib_in_one_answer(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    value = bytes(range(256)) * 1024  # 256 KiB
+    for _ in range(40):
+        batch = _batch([NewRecord(value=value, key=b"k")])
+        assert (await _produce_binary(api, batch))[0] == 200
+    eight_mib = 8 * 1024 * 1024
+    bodies: dict[str | None, bytes] = {}
+    for encoding in (None, "zstd"):
+        status, headers, raw = await api.raw(
+            "GET",
+            "/v1/topics/t/partitions/0/records",
+            params={"offset": "0", "max_bytes": str(eight_mib), "max_records": "1000"},
+            headers={"Accept": BATCH, "Accept-Encoding": encoding or "identity"},
+        )
+        assert status == 200 and headers.get("Content-Encoding") == encoding
+        plain = wire.decompress(raw, encoding) if encoding else raw
+        if encoding is None:
+            assert int(headers["Content-Length"]) == len(raw)
+        bodies[encoding] = plain
+    # Sent from the buffers it was read into or compressed: the same bytes either way.
+    assert bodies[None] == bodies["zstd"]
+    records = [r for _, r in wire.decode_chunks(bodies[None])]
+    assert [r.offset for r in records] == list(range(len(records)))
+    assert all(r.value == value for r in records)
+    # Whole batches up to 8 MiB: 31 of them (each a little over 256 KiB).
+    assert len(records) == eight_mib // (len(value) + 64)
+    assert 8 * 1024 * 1024 - len(bodies[None]) < len(value) + 64

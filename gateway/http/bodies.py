@@ -19,6 +19,8 @@ from collections.abc import Mapping
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.client.wire import BATCH, CHUNK_HEADER, JSON, NDJSON, compress
@@ -124,12 +126,14 @@ def parse_batches(raw: bytes, *, now_ms: int) -> IncomingBatches:
 # --- binary read answers ---------------------------------------------------------------------
 
 
-def encode_chunks(chunks: list[RawChunk]) -> bytes:
+def frame_chunks(chunks: list[RawChunk]) -> list[BatchBytes]:
+    """The chunk framing as pieces to send one after another: each chunk's header, then its
+    stored bytes as they were read (a view, never joined into one copy)."""
     parts: list[BatchBytes] = []
     for chunk in chunks:
         parts.append(CHUNK_HEADER.pack(chunk.partition, chunk.from_offset, len(chunk.data)))
         parts.append(chunk.data)
-    return b"".join(parts)
+    return parts
 
 
 def wants_batches(request: web.Request) -> bool:
@@ -199,6 +203,37 @@ async def answer(
             body = compress(body, encoding)
         out_headers["Content-Encoding"] = encoding
     return web.Response(status=status, body=body, headers=out_headers)
+
+
+class _Pieces(Payload):
+    """A body sent as the buffers it is made of: the stored batches of a binary read go from
+    the buffer they were read into to the socket, with no join into one more copy."""
+
+    def __init__(self, pieces: list[BatchBytes], content_type: str) -> None:
+        super().__init__(pieces, content_type=content_type)
+        self._pieces = pieces
+        self._size = sum(len(piece) for piece in pieces)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for piece in self._pieces:
+            await writer.write(piece)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._pieces).decode(encoding, errors)
+
+
+async def batches_answer(
+    request: web.Request, chunks: list[RawChunk], *, headers: Mapping[str, str]
+) -> web.Response:
+    """A binary read's answer: the chunk framing, compressed when the client accepts it and
+    it is worth it, else sent straight from the buffers the batches were read into."""
+    pieces = frame_chunks(chunks)
+    size = sum(len(piece) for piece in pieces)
+    encoding = choose_encoding(request.headers.get("Accept-Encoding", ""))
+    if size < MIN_COMPRESS_BYTES or encoding is None:
+        out_headers = {**headers, "Vary": "Accept, Accept-Encoding"}
+        return web.Response(body=_Pieces(pieces, BATCH), headers=out_headers)
+    return await answer(request, b"".join(pieces), BATCH, headers=headers)
 
 
 async def json_answer(request: web.Request, value: object, *, status: int = 200) -> web.Response:

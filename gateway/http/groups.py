@@ -6,7 +6,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.broker.names import validate_topic_name
-from gateway.client.wire import BATCH
 from gateway.http import bodies
 from gateway.http.charges import charge_consume, meter_delivered
 from gateway.http.inputs import JsonBody
@@ -129,8 +128,7 @@ async def group_fetch(request: web.Request) -> web.Response:
             "Eventbus-Generation": str(result.generation),
             "Eventbus-Assignment": ",".join(str(p) for p in result.assignment),
         }
-        framed = bodies.encode_chunks(result.fetched.chunks)
-        return await bodies.answer(request, framed, BATCH, headers=headers)
+        return await bodies.batches_answer(request, result.fetched.chunks, headers=headers)
     charge_consume(request, result.fetched.size)
     meter_delivered(request, len(result.records), result.fetched.size)
     return await bodies.json_answer(

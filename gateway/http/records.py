@@ -152,7 +152,7 @@ async def read_records(request: web.Request) -> web.Response:
             "Eventbus-Sealed": "true" if sealed else "false",
             "Eventbus-Children": ",".join(str(c) for c in children),
         }
-        return await bodies.answer(request, bodies.encode_chunks(chunks), BATCH, headers=headers)
+        return await bodies.batches_answer(request, chunks, headers=headers)
     request.app[METRICS].read_records.inc(len(result.records))
     payload = sum(r.payload_bytes for r in result.records)
     charge_consume(request, payload)

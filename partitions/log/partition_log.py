@@ -47,7 +47,7 @@ from partitions.errors import (
     PartitionSealedError,
     PartitionUnavailableError,
 )
-from partitions.fileio import FileOps
+from partitions.fileio import CACHED_READS, FileOps, NotCachedError, cached_reads_only
 from partitions.log.loader import LogLoader, TailRecovery
 from partitions.log.reads import (
     check_range,
@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 
 # How long close() waits for a running drain to finish its step.
 _CLOSE_WAIT_S = 60.0
+# The largest read done on the event loop (when the page cache holds all of it).
+INLINE_READ_BYTES = 4 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -410,8 +412,8 @@ class PartitionLog:
         hw, start, sealed = state.high_watermark, state.start_offset, state.sealed
         pinned = pin_from(state, offset) if offset < hw else []
         try:
-            data, first, next_offset = await self._run(
-                read_stored_batches, pinned, offset, max_bytes
+            data, first, next_offset = await self._read(
+                max_bytes, read_stored_batches, pinned, offset, max_bytes
             )
         finally:
             for segment, _ in pinned:
@@ -447,7 +449,9 @@ class PartitionLog:
             return ReadResult([], offset, hw, start, sealed)
         pinned = pin_from(state, offset)
         try:
-            records = await self._run(collect_records, pinned, offset, max_records, max_bytes)
+            records = await self._read(
+                max_bytes, collect_records, pinned, offset, max_records, max_bytes
+            )
         finally:
             for segment, _ in pinned:
                 segment.unpin()
@@ -510,3 +514,16 @@ class PartitionLog:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._loop.run_in_executor(self._executor, partial(fn, *args))
+
+    async def _read(self, max_bytes: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read on the event loop when all it needs is in the page cache (what a
+        consumer keeping up reads: the hop to a reader thread would cost more than the
+        copy), else on a reader thread. Reads larger than ``INLINE_READ_BYTES`` always
+        go to a thread, so that none holds the loop for long."""
+        if CACHED_READS and max_bytes <= INLINE_READ_BYTES:
+            try:
+                with cached_reads_only():
+                    return fn(*args)
+            except NotCachedError:
+                pass
+        return await self._run(fn, *args)

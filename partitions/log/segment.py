@@ -473,7 +473,7 @@ class Segment:
         if position >= limit:
             return b"", -1
         want = min(limit - position, max(max_bytes, BATCH_HEADER.size))
-        data = pread_exact(self.log_fd, want, position)
+        data = _read_view(self.log_fd, want, position)
         if len(data) < BATCH_HEADER.size:
             raise ShortBatchError(f"{self.log_path.name}: short read at {position}")
         walk = walk_batches(data, 0, len(data), len(data), first=True)
@@ -488,9 +488,9 @@ class Segment:
             first = self._checked_header(data, 0, position)
             if position + first.total_size > limit:
                 raise ShortBatchError(f"{self.log_path.name}: batch at {position} is cut off")
-            return pread_exact(self.log_fd, first.total_size, position), first.next_offset
+            return _read_view(self.log_fd, first.total_size, position), first.next_offset
         # A view, not a slice: cutting at the last whole batch copies nothing.
-        return (data if end == len(data) else memoryview(data)[:end]), walk.next_offset
+        return (data if end == len(data) else data[:end]), walk.next_offset
 
     def timestamp_position(self, timestamp_ms: int) -> tuple[int, int]:
         """Where to start scanning for the first record with a timestamp >= ``timestamp_ms``."""
@@ -500,6 +500,13 @@ class Segment:
         if i >= 0:
             return index.positions[i], self.base_offset + index.relative_offsets[i]
         return 0, self.base_offset
+
+
+def _read_view(fd: int, size: int, position: int) -> memoryview:
+    """``size`` bytes at ``position`` (fewer at the end of the file), read straight into the
+    buffer that answers hand on."""
+    buffer = memoryview(bytearray(size))
+    return buffer[: pread_into(fd, buffer, position)]
 
 
 def read_batch_span(
