@@ -248,12 +248,21 @@ def profile_lines(stats: pstats.Stats) -> list[str]:
             for area, share in sorted(by_area.items(), key=lambda item: -item[1])
         ],
         "",
+        *top_functions(raw, 15),
+    ]
+    return lines
+
+
+def top_functions(raw: dict[tuple[str, int, str], tuple[Any, ...]], count: int) -> list[str]:
+    """A table of the ``count`` profiled functions with the most time of their own."""
+    total = sum(entry[2] for entry in raw.values()) or 1.0
+    lines = [
         "The functions with the most time of their own:",
         "",
         "| share | function | area |",
         "| --- | --- | --- |",
     ]
-    top = sorted(raw.items(), key=lambda item: -item[1][2])[:15]
+    top = sorted(raw.items(), key=lambda item: -item[1][2])[:count]
     for (filename, line, function), entry in top:
         where = function if filename == "~" else f"{_short(filename)}:{line} {function}"
         where = where.replace("|", "/")
