@@ -121,11 +121,9 @@ def _ratio_cell(results: Results, ours: str, theirs: str | None, at_least: float
         return "not measured"
     ratio = mine / other
     if ratio >= at_least:
-        verdict = f"met, {ratio / at_least - 1:.0%} above the target"
+        verdict = f"met, by {ratio - at_least:.2f}x"
     else:
-        verdict = (
-            f"**missed**: {ratio / at_least:.0%} of the target, {at_least / ratio - 1:.0%} short"
-        )
+        verdict = f"**missed** by {at_least - ratio:.2f}x: needs {at_least / ratio:.2f}x its rate"
     return f"**{ratio:.2f}x** ({_num(mine)} / {_num(other)}): {verdict}"
 
 
@@ -195,7 +193,8 @@ def _bottlenecks(results: Results) -> list[str]:
     if not busy:
         return [
             "No load generator used 0.8 CPU s/s or more in any case: the clients were not the",
-            "limit anywhere.",
+            "limit. Where a system's CPU s/s is well under 1.0 too, it waited on its disk or on",
+            "other work on the machine's cores.",
         ]
     return [
         "Load generators at 0.8 CPU s/s or more, which may share the limit on these two",
