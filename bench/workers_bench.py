@@ -273,11 +273,12 @@ def top_functions(raw: dict[tuple[str, int, str], tuple[Any, ...]], count: int) 
 def _short(filename: str) -> str:
     """A profiled file's name as the report shows it: relative to the project, or from
     the installed package on (never a path of the machine it ran on)."""
+    # An installed package first: the project's own virtualenv may lie under its root.
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1]
     root = f"{ROOT}/"
     if filename.startswith(root):
         return filename[len(root) :]
-    if "site-packages/" in filename:
-        return filename.split("site-packages/", 1)[1]
     if "/lib/python3" in filename:
         return filename.split("/lib/python3", 1)[1].split("/", 1)[1]
     return filename
