@@ -1,28 +1,30 @@
-"""Comparison benchmark: eventbus against Redis Streams, RabbitMQ Streams and bare aiohttp.
+"""Comparison benchmark: eventbus against Redis Streams, RabbitMQ Streams and bare aiohttp,
+each driven by its own best client.
 
 Run with ``make bench`` (or ``python -m bench.compare_bench --output docs/benchmarks.md``).
 
-In one run, on this machine, one system after another:
+In one run, on this machine, one system after another, everything on 127.0.0.1:
 
-1. a bare aiohttp server (:mod:`bench.echo_server`): single-record requests from 64
-   concurrent clients, then at a fixed 1,000 requests/s: the ceiling for small requests;
-2. ``eventbus serve`` (one process, its defaults: every produce answered after its fsync),
-   topics of one partition with autoscaling off: produce of 1 KiB records in batches of
-   1000 (JSON and binary), partition reads and group fetches of the records produced
-   (JSON and binary), single-record produce from 64 concurrent clients and at a fixed
-   1,000 requests/s, and end-to-end latency to a long-polling group member at 1,000
-   records/s;
-3. Redis Streams (``XADD`` pipelined 1000 at a time under ``appendfsync always``, then
-   ``XRANGE`` of the same entries) and RabbitMQ Streams (rstream ``send_batch`` of 1000
-   with publish confirms, then a consumer from the first offset), each installed when
-   missing, on loopback, and stopped after (:mod:`bench.peers`), with the same record size
-   and count as ours.
+1. a bare aiohttp server (:mod:`bench.echo_server`): single-record requests from wrk with
+   64 connections, then a fixed 1,000 requests/s from our open-loop tool;
+2. ``eventbus serve --workers 0``, then ``--workers 2`` (each produce answered after its
+   fsync), topics of one partition with autoscaling off. Through wrk
+   (:mod:`bench.wrk`): produce of 1000 records of 1 KiB per request (JSON, and a binary
+   batch built beforehand), binary partition reads and binary group fetches of 1000
+   records, single-record JSON produce. Through ``bench.http_load``: single-record
+   produce at a fixed 1,000 requests/s, and end-to-end latency to a long-polling group
+   member at 1,000 records/s (wrk has no fixed-rate mode and cannot be a group member
+   that long-polls);
+3. Redis (``appendfsync always``) through ``redis-benchmark`` (:mod:`bench.redis_bench`):
+   ``XADD`` of 1 KiB values at two settings, ``XRANGE - + COUNT 1000`` at two, and
+   single-command ``XADD`` from 64 clients;
+4. RabbitMQ Streams through rbfly, 4 producer processes, then 4 consumer processes
+   (:mod:`bench.rabbit_load`).
 
-Every case runs ``--runs`` times (at least 3; the runs of one system take turns between
-its cases) and the median is reported with every run's value. Load comes from separate
-processes (:mod:`bench.http_load`, :mod:`bench.peer_load`), each reporting the CPU it
-used, next to the CPU of the system measured. Last, one more eventbus process runs
-under cProfile while single-record produce saturates it: where its time goes, by area.
+Every case runs ``--runs`` times (at least 3; a system's cases take turns) and the median
+is reported with every run's value, next to the CPU that the system and its load used.
+Last, one more eventbus process runs under cProfile while single-record produce saturates
+it: where its time goes, by area.
 """
 
 from __future__ import annotations
@@ -31,130 +33,133 @@ import argparse
 import asyncio
 import os
 import pstats
+import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 
+from bench import rabbit_load, redis_bench
+from bench.compare_cases import (
+    BATCH,
+    BATCH_CLIENTS,
+    FILL_RECORDS,
+    RABBIT,
+    RABBIT_PROCESSES,
+    RABBIT_RECORDS,
+    RATE,
+    READERS,
+    RECORD_BYTES,
+    REDIS,
+    REDIS_READERS,
+    REDIS_SETTINGS,
+    SINGLE_CLIENTS,
+    WORKER_MODES,
+    Results,
+    redis_xadd,
+    redis_xrange,
+)
+from bench.compare_report import report
 from bench.http_bench import ROOT, Server, _children, _cpu_seconds, listening_url
+from bench.http_load import binary_body, count_chunks, json_body, make_records
 from bench.peers import PeerUnavailableError, RabbitStreamPeer, RedisPeer
-from bench.report import machine_description, publish
-from bench.workers_bench import _area, _attributed, _short
-from gateway.client import AsyncClient
+from bench.report import publish
+from bench.wrk import GROUP_FETCH_SCRIPT, REQUEST_SCRIPT, WrkRun, run_wrk
+from gateway.client import AsyncClient, wire
 
-RECORDS = 100_000
-BATCH = 1000
-RATE = 1000
-SINGLE_CLIENTS = 64
-BATCH_CLIENTS = 4
-READERS = 4
-EVENTBUS = "eventbus"
-ECHO = "bare aiohttp"
-REDIS = "Redis Streams"
-RABBIT = "RabbitMQ Streams"
-LOAD_BEFORE = os.getloadavg()
-COMMAND = "make bench  # runs python -m bench.compare_bench --output docs/benchmarks.md"
-
-
-@dataclass(frozen=True)
-class Case:
-    """One row: what a system does, measured ``--runs`` times."""
-
-    key: str
-    system: str
-    label: str
-
-
-BATCHED = [
-    Case("produce-json", EVENTBUS, "eventbus, JSON, 4 requests in flight"),
-    Case("produce-binary", EVENTBUS, "eventbus, binary, 4 requests in flight"),
-    Case("redis-produce", REDIS, "Redis Streams `XADD`, one pipeline of 1000 at a time"),
-    Case("rabbit-produce", RABBIT, "RabbitMQ Streams `send_batch` of 1000, confirms"),
-]
-CONSUME = [
-    Case("read-json", EVENTBUS, "eventbus partition read, JSON, 4 readers"),
-    Case("read-binary", EVENTBUS, "eventbus partition read, binary, 4 readers"),
-    Case("fetch-json", EVENTBUS, "eventbus group fetch, JSON, 4 members of own groups"),
-    Case("fetch-binary", EVENTBUS, "eventbus group fetch, binary, 4 members of own groups"),
-    Case("redis-consume", REDIS, "Redis Streams `XRANGE` of 1000 at a time"),
-    Case("rabbit-consume", RABBIT, "RabbitMQ Streams consumer from the first offset"),
-]
-SINGLE = [
-    Case("single", EVENTBUS, "eventbus produce, JSON, 1 record"),
-    Case("echo", ECHO, "bare aiohttp `POST /echo`, the same body"),
-]
-PACED = [
-    Case("paced", EVENTBUS, "eventbus produce, JSON, 1 record"),
-    Case("echo-paced", ECHO, "bare aiohttp `POST /echo`, the same body"),
-]
-E2E = [Case("e2e", EVENTBUS, "eventbus: JSON produce, binary long-poll group fetch")]
-
-
-@dataclass
-class Results:
-    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-
-    def add(self, key: str, result: dict[str, Any]) -> None:
-        self.runs.setdefault(key, []).append(result)
-        rate = result["rate"]
-        print(f"{key}: {rate:,.0f}/s p99 {result.get('p99_ms', 0):.1f} ms", flush=True)
-
-    def median(self, key: str, name: str = "rate") -> float | None:
-        runs = self.runs.get(key)
-        return statistics.median(r[name] for r in runs) if runs else None
+START_DELAY_S = 3.0  # for load processes to import and connect before they start together
+MAX_BYTES = 2 << 20
+REDIS_VALUE = os.urandom(RECORD_BYTES // 2).hex()  # 1 KiB of text
 
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def _load(command: list[str], cpu: Callable[[], float], timeout_s: float) -> dict[str, Any]:
-    """Run one load process; its result with the measured system's CPU s/s and its own."""
+def tree_cpu(pid: int) -> Callable[[], float]:
+    return lambda: sum(_cpu_seconds(p) for p in [pid, *_children(pid)])
+
+
+def http_load(
+    url: str, key: str, cpu: Callable[[], float], scenario: str, *args: str
+) -> dict[str, Any]:
+    """One run of ``bench.http_load`` (our Python load tool) with the system's CPU; its
+    rate counts records delivered end to end, or requests answered."""
     before = cpu()
+    command = ["bench.http_load", "--url", url, "--key", key, "--scenario", scenario, *args]
     done = subprocess.run(
         [sys.executable, "-m", *command],
         cwd=ROOT,
         capture_output=True,
         check=False,
         env=_env(),
-        timeout=timeout_s,
+        timeout=300,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed: {done.stderr.decode(errors='replace')[-800:]}")
+        raise RuntimeError(f"http_load failed: {done.stderr.decode(errors='replace')[-800:]}")
     result: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
     wall = result["seconds"]
     result["server_cpu"] = (cpu() - before) / wall
     result["load_cpu"] = result["load_cpu_s"] / wall
+    result["rate"] = result["records" if scenario == "e2e" else "requests"] / wall
     return result
 
 
-def http_load(url: str, key: str, cpu: Callable[[], float], *args: str) -> dict[str, Any]:
-    result = _load(["bench.http_load", "--url", url, "--key", key, *args], cpu, 300)
-    counted = "requests" if "--batch" in args and args[args.index("--batch") + 1] == "1" else ""
-    result["rate"] = result[counted or "records"] / result["seconds"]
-    return result
+def _single_args(seconds: float) -> list[str]:
+    return ["--format", "json", "--batch", "1", "--client", "raw", "--seconds", f"{seconds:g}"]
 
 
-def peer_load(port: int, cpu: Callable[[], float], *args: str) -> dict[str, Any]:
-    result = _load(["bench.peer_load", "--port", str(port), *args], cpu, 300)
-    result["rate"] = result["records"] / result["seconds"]
-    return result
+def wrk_load(
+    url: str,
+    cpu: Callable[[], float],
+    script: Path,
+    script_args: list[str],
+    *,
+    connections: int,
+    seconds: float,
+    records: Callable[[WrkRun], float],
+) -> dict[str, Any]:
+    """One wrk run; ``records`` turns its numbers into records (or requests) counted."""
+    before = cpu()
+    threads = connections if script == GROUP_FETCH_SCRIPT else min(connections, 2)
+    run, load_cpu = run_wrk(
+        url, script, script_args, connections=connections, threads=threads, seconds=seconds
+    )
+    wall = run.seconds
+    return {
+        "rate": records(run) / wall,
+        "requests": run.requests,
+        "seconds": wall,
+        "errors": run.errors,
+        "p50_ms": run.p50_ms,
+        "p99_ms": run.p99_ms,
+        "bytes_read": run.bytes_read,
+        "server_cpu": (cpu() - before) / wall,
+        "load_cpu": load_cpu / wall,
+        **run.counters,
+    }
 
 
-def tree_cpu(pid: int) -> Callable[[], float]:
-    return lambda: sum(_cpu_seconds(p) for p in [pid, *_children(pid)])
+class Bodies:
+    """Request bodies written to files before any clock starts, for wrk's script to load."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        records = make_records(BATCH, random.Random(0))
+        self.single = directory / "single.json"
+        self.single.write_bytes(json_body(records[:1]))
+        self.batch_json = directory / "batch.json"
+        self.batch_json.write_bytes(json_body(records))
+        self.batch_binary = directory / "batch.bin"
+        self.batch_binary.write_bytes(binary_body(records))
 
 
 class EchoServer:
@@ -177,98 +182,191 @@ class EchoServer:
             self.process.stdout.close()
 
 
-def _single_args(seconds: float) -> list[str]:
-    return ["--format", "json", "--batch", "1", "--client", "raw", "--seconds", f"{seconds:g}"]
-
-
-def measure_echo(results: Results, runs: int, seconds: float) -> None:
+def measure_echo(results: Results, bodies: Bodies, runs: int, seconds: float) -> None:
     echo = EchoServer()
     cpu = tree_cpu(echo.process.pid)
+    single = ["POST", str(bodies.single), f"Content-Type:{wire.JSON}"]
     try:
         for _ in range(runs):
-            closed = ["--concurrency", str(SINGLE_CLIENTS)]
-            args = ["--scenario", "echo", "--topic", "-", *_single_args(seconds), *closed]
-            results.add("echo", http_load(echo.url, "none", cpu, *args))
-            paced = ["--rate", str(RATE)]
-            args = ["--scenario", "echo", "--topic", "-", *_single_args(seconds), *paced]
-            results.add("echo-paced", http_load(echo.url, "none", cpu, *args))
+            result = wrk_load(
+                echo.url + "/echo",
+                cpu,
+                REQUEST_SCRIPT,
+                single,
+                connections=SINGLE_CLIENTS,
+                seconds=seconds,
+                records=lambda run: run.requests,
+            )
+            results.add("echo", result)
+            paced = [*_single_args(seconds), "--rate", str(RATE), "--topic", "-"]
+            results.add("echo-paced", http_load(echo.url, "none", cpu, "echo", *paced))
     finally:
         echo.stop()
 
 
-async def _create_topics(server: Server, names: list[str]) -> None:
-    # One partition that stays one: the autoscaler would split it under this load.
+async def _prepare(server: Server, topics: list[str], fill: bytes) -> tuple[int, float]:
+    """Create ``topics`` (one partition that stays one: the autoscaler would split it under
+    this load) and fill ``filled``. Returns the records of the binary read that wrk repeats,
+    and the records per byte of a full binary group fetch answer (all alike)."""
     async with AsyncClient(server.url, server.key) as client:
-        for name in names:
+        for name in [*topics, "filled"]:
             await client.create_topic(name, {"autoscale": {"enabled": False}})
+    auth = {"Authorization": f"Bearer {server.key}"}
+    async with aiohttp.ClientSession(headers=auth) as session:
+        for _ in range(FILL_RECORDS // BATCH):
+            url = f"{server.url}/v1/topics/filled/records"
+            async with session.post(url, data=fill, headers={"Content-Type": wire.BATCH}) as r:
+                r.raise_for_status()
+        binary = {"Accept": wire.BATCH, "Accept-Encoding": "identity"}  # as wrk asks
+        read = f"{server.url}/v1/topics/filled/partitions/0/records"
+        params = {"offset": "0", "max_records": str(BATCH), "max_bytes": str(MAX_BYTES)}
+        async with session.get(read, params=params, headers=binary) as r:
+            answer = await r.read()
+        read_records = count_chunks(answer)
+        fetch = f"{server.url}/v1/topics/filled/groups/probe/fetch"
+        request = {"auto_offset_reset": "earliest", "max_records": BATCH, "max_bytes": MAX_BYTES}
+        async with session.post(fetch, json=request, headers=binary) as r:
+            answer = await r.read()
+        per_fetch = count_chunks(answer) / len(answer)
+    return read_records, per_fetch
 
 
-def measure_eventbus(results: Results, scratch: Path, runs: int, seconds: float) -> None:
-    server = Server(scratch / "data")
+def measure_eventbus(
+    results: Results, bodies: Bodies, scratch: Path, workers: int, runs: int, seconds: float
+) -> None:
+    server = Server(scratch / f"data-{workers}", workers=workers)
     cpu = server.cpu_seconds
     kinds = ("produce-json", "produce-binary", "single", "paced", "e2e")
-    asyncio.run(_create_topics(server, [f"{kind}-{n}" for kind in kinds for n in range(runs)]))
-    filled = "produce-json-0"  # the reads and fetches consume the first run's records
-
-    def load(key: str, *args: str) -> None:
-        results.add(key, http_load(server.url, server.key, cpu, *args))
-
+    topics = [f"{kind}-{n}" for kind in kinds for n in range(runs)]
     try:
+        read_records, per_fetch = asyncio.run(
+            _prepare(server, topics, bodies.batch_binary.read_bytes())
+        )
+        auth = f"Authorization:Bearer {server.key}"
+        produce = [
+            ("json", bodies.batch_json, wire.JSON),
+            ("binary", bodies.batch_binary, wire.BATCH),
+        ]
+
+        def wrk(key: str, path: str, script: Path, script_args: list[str], connections: int,
+                records: Callable[[WrkRun], float]) -> None:  # fmt: skip
+            result = wrk_load(
+                server.url + path, cpu, script, [*script_args, auth],
+                connections=connections, seconds=seconds, records=records,
+            )  # fmt: skip
+            results.add(f"{key}-w{workers}", result)
+
         for n in range(runs):
-            for fmt in ("json", "binary"):
-                load(
-                    f"produce-{fmt}",
-                    *("--scenario", "produce", "--format", fmt, "--topic", f"produce-{fmt}-{n}"),
-                    *("--batch", str(BATCH), "--concurrency", str(BATCH_CLIENTS)),
-                    *("--records", str(RECORDS), "--seconds", "120", "--client", "raw"),
-                )
-            for scenario in ("read", "fetch"):
-                for fmt in ("json", "binary"):
-                    load(
-                        f"{scenario}-{fmt}",
-                        *("--scenario", scenario, "--format", fmt, "--topic", filled),
-                        *("--batch", str(BATCH), "--concurrency", str(READERS)),
-                        *("--seconds", f"{seconds:g}", "--count-only"),
-                    )
-            load(
-                "single",
-                *("--scenario", "produce", "--topic", f"single-{n}", *_single_args(seconds)),
-                *("--concurrency", str(SINGLE_CLIENTS)),
-            )
-            load(
-                "paced",
-                *("--scenario", "produce", "--topic", f"paced-{n}", *_single_args(seconds)),
-                *("--rate", str(RATE)),
-            )
-            load(
-                "e2e",
-                *("--scenario", "e2e", "--topic", f"e2e-{n}", *_single_args(seconds)),
-                *("--rate", str(RATE)),
-            )
+            for fmt, body, kind in produce:
+                path = f"/v1/topics/produce-{fmt}-{n}/records"
+                script_args = ["POST", str(body), f"Content-Type:{kind}"]
+                wrk(f"produce-{fmt}", path, REQUEST_SCRIPT, script_args, BATCH_CLIENTS,
+                    lambda run: run.requests * BATCH)  # fmt: skip
+            query = f"offset=0&max_records={BATCH}&max_bytes={MAX_BYTES}"
+            wrk("read-binary", f"/v1/topics/filled/partitions/0/records?{query}", REQUEST_SCRIPT,
+                ["GET", "-", f"Accept:{wire.BATCH}"], READERS,
+                lambda run: run.requests * read_records)  # fmt: skip
+            wrk("fetch-binary", "", GROUP_FETCH_SCRIPT,
+                ["filled", f"r{n}", str(BATCH), str(MAX_BYTES)], READERS,
+                lambda run: run.counters["answer_bytes"] * per_fetch)  # fmt: skip
+            wrk("single", f"/v1/topics/single-{n}/records", REQUEST_SCRIPT,
+                ["POST", str(bodies.single), f"Content-Type:{wire.JSON}"], SINGLE_CLIENTS,
+                lambda run: run.requests)  # fmt: skip
+            for kind in ("paced", "e2e"):
+                args = [*_single_args(seconds), "--rate", str(RATE), "--topic", f"{kind}-{n}"]
+                scenario = "produce" if kind == "paced" else "e2e"
+                result = http_load(server.url, server.key, cpu, scenario, *args)
+                results.add(f"{kind}-w{workers}", result)
+            asyncio.run(_delete(server, [f"produce-json-{n}", f"produce-binary-{n}"]))
     finally:
         server.stop()
 
 
-def measure_peer(results: Results, peer: RedisPeer | RabbitStreamPeer, runs: int) -> None:
-    """Start a peer, run its produce and consume ``runs`` times through ``bench.peer_load``
-    (each run on a stream of its own), and stop it; a peer that fails is reported so."""
-    if isinstance(peer, RedisPeer):
-        name, product, kind = REDIS, "redis-server", "redis"
-    else:
-        name, product, kind = RABBIT, "RabbitMQ", "rabbit"
+async def _delete(server: Server, topics: list[str]) -> None:
+    """Drop what a run produced, so that the disk holds one run's records at a time."""
+    async with AsyncClient(server.url, server.key) as client:
+        for name in topics:
+            await client.delete_topic(name)
+
+
+def measure_redis(results: Results, peer: RedisPeer, runs: int, seconds: float) -> None:
+    """Redis through redis-benchmark: XADD at each setting then XRANGE of what it wrote,
+    and single-command XADD; a Redis that fails is reported so."""
     try:
         peer.start()
-        results.versions[name] = f"{product} {peer.version()}"
-        port = peer.port if isinstance(peer, RedisPeer) else peer.stream_port
+        results.versions[REDIS] = f"redis-server {peer.version()}, {redis_bench.version()}"
+        cpu = tree_cpu(peer.process.pid) if peer.process else (lambda: 0.0)
+
+        def bench(key: str, command: list[str], clients: int, pipeline: int, guess: float,
+                  per_request: int) -> None:  # fmt: skip
+            how = {"clients": clients, "pipeline": pipeline}
+            requests = redis_bench.sized(peer.port, command, seconds=seconds, guess_rate=guess,
+                                         **how)  # fmt: skip
+            before = cpu()
+            run, wall, load_cpu = redis_bench.run(peer.port, command, requests=requests, **how)
+            result = {"rate": run.rate * per_request, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms}
+            result.update(server_cpu=(cpu() - before) / wall, load_cpu=load_cpu / wall)
+            results.add(key, result)
+
+        for n in range(runs):
+            for clients, pipeline in REDIS_SETTINGS:
+                stream = f"s{n}-{clients}x{pipeline}"
+                xadd = ["XADD", stream, "*", "v", REDIS_VALUE]
+                bench(redis_xadd(clients, pipeline).key, xadd, clients, pipeline, 50_000, 1)
+            for clients in REDIS_READERS:
+                xrange = ["XRANGE", stream, "-", "+", "COUNT", str(BATCH)]
+                bench(redis_xrange(clients).key, xrange, clients, 1, 200, BATCH)
+            for clients, pipeline in REDIS_SETTINGS:
+                redis_bench.drop_stream(peer.port, f"s{n}-{clients}x{pipeline}")
+            single = ["XADD", f"single{n}", "*", "v", REDIS_VALUE]
+            bench(redis_xadd(SINGLE_CLIENTS, 1).key, single, SINGLE_CLIENTS, 1, 10_000, 1)
+            redis_bench.drop_stream(peer.port, f"single{n}")
+    except (PeerUnavailableError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        results.failures[REDIS] = str(exc)
+        print(f"{REDIS}: {exc}", flush=True)
+    finally:
+        peer.stop()
+
+
+def rabbit_parallel(port: int, op: str, stream: str, cpu: Callable[[], float]) -> dict[str, Any]:
+    """:data:`RABBIT_PROCESSES` processes of ``bench.rabbit_load`` that start together;
+    their records over the time from the start to the last one's end."""
+    start_at = time.time() + START_DELAY_S
+    records = RABBIT_RECORDS * (1 if op == "produce" else RABBIT_PROCESSES)
+    command = [sys.executable, "-m", "bench.rabbit_load", "--port", str(port), "--op", op]
+    command += ["--stream", stream, "--records", str(records), "--start-at", f"{start_at:.6f}"]
+    processes = [
+        subprocess.Popen(
+            command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(RABBIT_PROCESSES)
+    ]
+    time.sleep(max(0.0, start_at - time.time()))
+    before = cpu()
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (_out, err) in zip(processes, outputs, strict=True):
+        if process.returncode != 0:
+            raise RuntimeError(f"{rabbit_load.__name__} {op} failed: {err.decode()[-500:]}")
+    ran = [orjson.loads(out.splitlines()[-1]) for out, _err in outputs]
+    wall = max(r["ended"] for r in ran) - start_at
+    return {
+        "rate": sum(r["records"] for r in ran) / wall,
+        "server_cpu": (cpu() - before) / wall,
+        "load_cpu": sum(r["load_cpu_s"] for r in ran) / wall,
+    }
+
+
+def measure_rabbit(results: Results, peer: RabbitStreamPeer, runs: int) -> None:
+    try:
+        peer.start()
+        results.versions[RABBIT] = f"RabbitMQ {peer.version()}"
         cpu = tree_cpu(peer.process.pid) if peer.process else (lambda: 0.0)
         for n in range(runs):
             for op in ("produce", "consume"):
-                args = ["--peer", kind, "--op", op, "--records", str(RECORDS)]
-                args += ["--batch", str(BATCH), "--stream", f"bench-{n}"]
-                results.add(f"{kind}-{op}", peer_load(port, cpu, *args))
+                results.add(f"rabbit-{op}", rabbit_parallel(peer.stream_port, op, f"s{n}", cpu))
     except (PeerUnavailableError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        results.failures[name] = str(exc)
-        print(f"{name}: {exc}", flush=True)
+        results.failures[RABBIT] = str(exc)
+        print(f"{RABBIT}: {exc}", flush=True)
     finally:
         peer.stop()
 
@@ -283,14 +381,9 @@ def profile(scratch: Path, seconds: float) -> tuple[pstats.Stats, dict[str, Any]
         env={"BENCH_PROFILE_DIR": str(directory)},
     )
     try:
-        asyncio.run(_create_topics(server, ["single"]))
-        result = http_load(
-            server.url,
-            server.key,
-            server.cpu_seconds,
-            *("--scenario", "produce", "--topic", "single", *_single_args(seconds)),
-            *("--concurrency", str(SINGLE_CLIENTS)),
-        )
+        asyncio.run(_create(server, ["single"]))
+        args = [*_single_args(seconds), "--concurrency", str(SINGLE_CLIENTS), "--topic", "single"]
+        result = http_load(server.url, server.key, server.cpu_seconds, "produce", *args)
     finally:
         server.stop()
     files = sorted(str(p) for p in directory.glob("*.prof"))
@@ -299,363 +392,10 @@ def profile(scratch: Path, seconds: float) -> tuple[pstats.Stats, dict[str, Any]
     return pstats.Stats(*files), result
 
 
-# --- the report ---------------------------------------------------------------------------
-
-
-def _git_commit() -> str:
-    git = shutil.which("git")
-    if git is None:
-        return "unknown"
-    done = subprocess.run(
-        [git, "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() or "unknown"
-
-
-def _num(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def _table(
-    results: Results, cases: list[Case], header: list[str], cells: Callable[[Case], list[str]]
-) -> list[str]:
-    """A Markdown table: ``header``, then a row of ``cells`` per case that was measured, or
-    one saying why it was not."""
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for case in cases:
-        if results.runs.get(case.key):
-            lines.append("| " + " | ".join(cells(case)) + " |")
-            continue
-        why = results.failures.get(case.system)
-        missing = "not measured" + (f": {why}" if why else "")
-        lines.append(f"| {case.label} | {missing} |" + " |" * (len(header) - 2))
-    return lines
-
-
-def _rate_table(results: Results, cases: list[Case], unit: str) -> list[str]:
-    def cells(case: Case) -> list[str]:
-        runs = results.runs[case.key]
-        p99 = results.median(case.key, "p99_ms") if "p99_ms" in runs[0] else None
-        return [
-            case.label,
-            f"**{_num(results.median(case.key) or 0)}**",
-            " / ".join(_num(r["rate"]) for r in runs),
-            "-" if p99 is None else f"{p99:.1f}",
-            f"{results.median(case.key, 'server_cpu') or 0:.2f}",
-            f"{results.median(case.key, 'load_cpu') or 0:.2f}",
-        ]
-
-    header = ["system and client", f"median {unit}", "every run"]
-    header += ["p99 ms of a request (median)", "system CPU s/s", "load CPU s/s"]
-    return _table(results, cases, header, cells)
-
-
-def _latency_table(results: Results, cases: list[Case], unit: str) -> list[str]:
-    def cells(case: Case) -> list[str]:
-        runs = results.runs[case.key]
-        return [
-            case.label,
-            _num(results.median(case.key) or 0),
-            f"{results.median(case.key, 'p50_ms') or 0:.2f}",
-            f"**{results.median(case.key, 'p99_ms') or 0:.2f}**",
-            " / ".join(f"{r['p99_ms']:.2f}" for r in runs),
-            str(sum(r["errors"] for r in runs)),
-            f"{results.median(case.key, 'server_cpu') or 0:.2f}",
-            f"{results.median(case.key, 'load_cpu') or 0:.2f}",
-        ]
-
-    header = ["system and client", f"achieved {unit}", "median p50 ms", "median p99 ms"]
-    header += ["every run's p99 ms", "errors", "system CPU s/s", "load CPU s/s"]
-    return _table(results, cases, header, cells)
-
-
-def _ratio_target(
-    results: Results, name: str, ours: str, theirs: str, at_least: float
-) -> tuple[str, float | None]:
-    mine, other = results.median(ours), results.median(theirs)
-    if mine is None or other is None:
-        return f"- {name}: not measured (a system failed, see above)", None
-    ratio = mine / other
-    verdict = "met" if ratio >= at_least else "**NOT met**"
-    line = (
-        f"- {name}: target {at_least:g}x, measured **{ratio:.2f}x** "
-        f"({_num(mine)} against {_num(other)}) -> {verdict}"
-    )
-    return line, ratio
-
-
-def _latency_target(results: Results, name: str, key: str, below_ms: float) -> str:
-    p99 = results.median(key, "p99_ms")
-    if p99 is None:
-        return f"- {name}: not measured"
-    verdict = "met" if p99 < below_ms else "**NOT met**"
-    return f"- {name}: target p99 < {below_ms:g} ms, measured **{p99:.2f} ms** -> {verdict}"
-
-
-def targets(results: Results) -> list[str]:
-    lines = [
-        _ratio_target(
-            results,
-            "Batched durable produce, JSON, against Redis Streams `XADD` (appendfsync always)",
-            "produce-json",
-            "redis-produce",
-            1.5,
-        )[0],
-        _ratio_target(
-            results,
-            "Batched durable produce, JSON, against RabbitMQ Streams batch publish",
-            "produce-json",
-            "rabbit-produce",
-            1.0,
-        )[0],
-        _ratio_target(
-            results,
-            "Consume, binary partition read, against RabbitMQ Streams consume",
-            "read-binary",
-            "rabbit-consume",
-            1.0,
-        )[0],
-        _ratio_target(
-            results,
-            "Consume, binary group fetch, against RabbitMQ Streams consume",
-            "fetch-binary",
-            "rabbit-consume",
-            1.0,
-        )[0],
-        _ratio_target(
-            results,
-            "Single-record produce against the bare aiohttp echo, requests/s",
-            "single",
-            "echo",
-            0.6,
-        )[0],
-        _latency_target(results, "Single-record produce at 1,000 requests/s", "paced", 5),
-        _latency_target(results, "End-to-end, produce to long-polling member", "e2e", 10),
-    ]
-    return lines
-
-
-def _bottlenecks(results: Results) -> list[str]:
-    busy = []
-    for key, runs in results.runs.items():
-        load = statistics.median(r["load_cpu"] for r in runs)
-        if load >= 0.8:
-            busy.append(f"{key} ({load:.2f})")
-    highest = max(
-        (statistics.median(r["load_cpu"] for r in runs) for runs in results.runs.values()),
-        default=0.0,
-    )
-    if not busy:
-        return [
-            f"No load process used more than {highest:.2f} CPU s/s (of its one core): the",
-            "load generators were not the limit in any case.",
-        ]
-    return [
-        f"Load processes at 0.8 CPU s/s or more, which may share the limit: {', '.join(busy)}.",
-    ]
-
-
-def profile_lines(stats: pstats.Stats, profiled: dict[str, Any]) -> list[str]:
-    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
-    total = sum(entry[2] for entry in raw.values()) or 1.0
-    requests = max(int(profiled["requests"]), 1)
-    by_area = _attributed(raw)
-    lines = [
-        "One more eventbus process, under cProfile (`bench/profiled_serve.py`, its event",
-        "loop's thread CPU time), under the single-record produce load for "
-        f"{profiled['seconds']:.0f} s:",
-        f"{_num(profiled['rate'])} requests/s under the profiler (its own cost is several",
-        f"times the code's), {total:.2f} CPU s profiled, {total / requests * 1e6:,.0f} us of",
-        "the loop's CPU per request under it: read the shares, not the microseconds. The",
-        "log's writer and fsync thread and the kernel's socket work are outside these",
-        "shares; built-ins count for the areas of their callers.",
-        "",
-        "| area | share of the loop's CPU | us per request |",
-        "| --- | --- | --- |",
-    ]
-    for area, own in sorted(by_area.items(), key=lambda item: -item[1]):
-        lines.append(f"| {area} | {own / total:.0%} | {own / requests * 1e6:,.0f} |")
-    lines += [
-        "",
-        "The functions with the most time of their own:",
-        "",
-        "| share | function | area |",
-        "| --- | --- | --- |",
-    ]
-    top = sorted(raw.items(), key=lambda item: -item[1][2])[:12]
-    for (filename, line, function), entry in top:
-        where = function if filename == "~" else f"{_short(filename)}:{line} {function}"
-        where = where.replace("|", "/")
-        lines.append(f"| {entry[2] / total:.1%} | `{where}` | {_area(filename, function)} |")
-    others: dict[str, float] = {}
-    for (filename, _line, function), entry in raw.items():
-        if filename != "~" and _area(filename, function) == "other":
-            name = _short(filename)
-            others[name] = others.get(name, 0.0) + entry[2]
-    biggest = sorted(others.items(), key=lambda item: -item[1])[:5]
-    named = ", ".join(f"`{name}` {own / total:.1%}" for name, own in biggest)
-    lines += ["", f"*Other* is mostly, by file: {named}."]
-    return lines
-
-
-def profile_reading(results: Results, stats: pstats.Stats) -> list[str]:
-    """What the profile and the tables say about single-record produce, with this run's
-    numbers (the reading itself was written from the profile of such a run)."""
-    ours, echo = results.median("single"), results.median("echo")
-    ours_cpu = results.median("single", "server_cpu")
-    echo_cpu = results.median("echo", "server_cpu")
-    paced_cpu = results.median("paced", "server_cpu") or 0.0
-    if not (ours and echo and ours_cpu and echo_cpu):
-        return []
-    per_ours, per_echo = ours_cpu / ours * 1e6, echo_cpu / echo * 1e6
-    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
-    total = sum(entry[2] for entry in raw.values()) or 1.0
-    share = {area: own / total for area, own in _attributed(raw).items()}
-    shutdown = sum(
-        entry[2] for (f, _l, fn), entry in raw.items() if fn == "_on_cleanup" and "aiohttp" in f
-    )
-    target = 0.6 * echo
-    top_own = max((entry[2] for entry in raw.values()), default=0.0) / total
-
-    def pct(area: str) -> str:
-        return f"{share.get(area, 0.0):.0%}"
-
-    return [
-        "What this says, with the numbers of this run:",
-        "",
-        f"- Without the profiler, eventbus spent **{per_ours:,.0f} us of CPU per single-record"
-        f" request** (system CPU s/s over requests/s above) where bare aiohttp spent"
-        f" {per_echo:,.0f} us: what aiohttp itself costs is {per_echo / per_ours:.0%} of"
-        " ours, and eventbus is bound by its one core (system CPU near 1.0) while its load"
-        " process has time to spare.",
-        f"- By area of the event loop's CPU: aiohttp's HTTP handling"
-        f" {pct('HTTP server: aiohttp parsing and answers')} (of which {shutdown / total:.1%},"
-        " aiohttp's `_on_cleanup`, is the server's shutdown, not requests), the produce path"
-        " (handler, broker,"
-        f" idempotency table) {pct('produce path: broker, routing by key, idempotency')}, the"
-        " per-request layers around it (auth, tenancy, quotas, metrics, request logs)"
-        f" {pct('auth, tenancy, metrics, request logs')}, decoding the body and encoding the"
-        f" batch {pct('request body: batch decode, record and batch encode')}, and the log's"
-        f" append with its group-commit hand-off only"
-        f" {pct('partition log: append, group commit hand-off')}: the disk is not the limit"
-        " at 64 clients, Python work per request is. No function takes more than"
-        f" {top_own:.1%} of the loop on its own: the cost is spread over many small steps, each"
-        " paid once per request.",
-        f"- 60% of the echo is {target:,.0f} requests/s, about {1e6 / target:,.0f} us of CPU per"
-        " request on one core. What is left is spread over aiohttp's own request handling,"
-        " the two middlewares (the request's id, log, metrics and error answer; the tenant"
-        " gate's key, metering, scope, quotas and fair scheduler), the produce path with its"
-        " idempotency entry and producer tag, and the hand-off to the log's writer thread and"
-        " back: a several-fold cut, i.e. an idempotency entry and tag made without per-request"
-        " allocation, appends handed to the writer without a future and thread wake-up each,"
-        " and less work per request in each layer, plus `--workers` on machines with cores to"
-        " spare, is what would close it; no single fix will.",
-        f"- At a fixed 1,000 requests/s the one process is {paced_cpu:.0%} busy; what queues"
-        " behind a request there is that same per-request work of the others.",
-    ]
-
-
-def report(
-    args: argparse.Namespace,
-    scratch: Path,
-    results: Results,
-    profiled: tuple[pstats.Stats, dict[str, Any]] | None,
-    took_s: float,
-) -> list[str]:
-    versions = [
-        f"- eventbus {metadata.version('eventbus')} (commit {_git_commit()}); "
-        f"{results.versions.get(REDIS, 'redis-server: not started')}; "
-        f"{results.versions.get(RABBIT, 'RabbitMQ: not started')}",
-    ]
-    failures = [f"- **{system} failed**: {why}" for system, why in results.failures.items()]
-    lines = [
-        "## Comparison with Redis Streams, RabbitMQ Streams and a bare aiohttp server",
-        "",
-        f"Command: `{COMMAND}`",
-        f"(the whole comparison took {took_s / 60:.1f} minutes)",
-        "",
-        "Machine and versions:",
-        "",
-        *machine_description(
-            scratch, ("aiohttp", "uvloop", "orjson", "redis", "rstream")
-        ),  # redis = redis-py
-        *versions,
-        f"- load average of the machine before the run: {LOAD_BEFORE[0]:.2f} (other work on",
-        "  the same cores moves every number, the peers' as much as ours)",
-        *failures,
-        "",
-        "Every system runs on this machine, bound to 127.0.0.1, one after the other; every",
-        f"case ran {args.runs} times (a system's cases take turns) and each table gives the",
-        "median and every run. Records are 1 KiB (key and value). Load comes from a separate",
-        "process per run (`bench/http_load.py` for eventbus and the bare aiohttp server, with",
-        "the same minimal keep-alive HTTP/1.1 client for both; `bench/peer_load.py` for the",
-        "peers), which reports the CPU it used while the clock ran: *load CPU s/s*. *System",
-        "CPU s/s* is the measured server's (every process of it). The machine's cores are",
-        "shared by the system and its load, so a column near 1.0 marks the one-core limit.",
-        "",
-        "- eventbus: `eventbus serve --workers 0` (one process, uvloop, TLS off), each produce",
-        "  answered after its fsync (group commit); topics of one partition with autoscaling",
-        "  off; every produce request carries its own `Idempotency-Key`, as the client sends.",
-        "- Redis: `appendonly yes`, `appendfsync always` (an answer after the fsync of its",
-        "  event-loop turn, so one pipeline shares one fsync); redis-py pipelines, no transaction.",
-        "- RabbitMQ: a node of its own with the `rabbitmq_stream` plugin; rstream producer",
-        "  (confirms awaited for every message) and consumer (credit 32, from the first offset).",
-        "- Bare aiohttp: `bench/echo_server.py`, one `POST /echo` that reads the body and answers",
-        '  `{"ok":true}`, on uvloop like eventbus.',
-        "",
-        f"### Batched produce: {RECORDS:,} records of 1 KiB per run, {BATCH} per request",
-        "",
-        *_rate_table(results, BATCHED, "records/s"),
-        "",
-        f"### Consume the same {RECORDS:,} records",
-        "",
-        f"eventbus reads the {RECORDS:,} records of its first JSON produce run, over and over",
-        f"for {args.seconds:g} s (4 loops, up to 1000 records and 2 MiB a request); binary",
-        "readers count records from the batch headers, and JSON readers parse the body with",
-        "orjson. Redis and RabbitMQ read the entries produced by the same run number, once.",
-        "The clients differ: eventbus's are 4 concurrent loops that do not decode binary",
-        "records, the peers' are one client each that decodes every entry (see the load CPU",
-        "column), so these ratios compare the systems as these clients use them.",
-        "",
-        *_rate_table(results, CONSUME, "records/s"),
-        "",
-        f"### Single-record produce, {SINGLE_CLIENTS} concurrent clients, {args.seconds:g} s",
-        "",
-        *_rate_table(results, SINGLE, "requests/s"),
-        "",
-        f"### Single-record produce at a fixed {RATE:,} requests/s, {args.seconds:g} s",
-        "",
-        "An open loop: a request is sent when due whatever earlier ones are doing, and its",
-        "latency counts from when it was due.",
-        "",
-        *_latency_table(results, PACED, "requests/s"),
-        "",
-        f"### End-to-end: produce to a long-polling group member, {RATE:,} records/s",
-        "",
-        "One record per produce request, its value starting with its send time; a group",
-        "member joined at the end of the topic fetches with `wait_ms` and takes receive time",
-        f"minus send time for each record ({args.seconds:g} s of production per run).",
-        "",
-        *_latency_table(results, E2E, "records/s produced"),
-        "",
-        "### Targets (issue 13), as ratios of medians in this run",
-        "",
-        *targets(results),
-        "",
-        *_bottlenecks(results),
-        "",
-    ]
-    if profiled is not None:
-        stats, result = profiled
-        lines += [
-            "### Where single-record produce spends its time",
-            "",
-            *profile_lines(stats, result),
-            "",
-            *profile_reading(results, stats),
-            "",
-        ]
-    return lines
+async def _create(server: Server, names: list[str]) -> None:
+    async with AsyncClient(server.url, server.key) as client:
+        for name in names:
+            await client.create_topic(name, {"autoscale": {"enabled": False}})
 
 
 def main() -> int:
@@ -673,10 +413,12 @@ def main() -> int:
     started = time.monotonic()
     results = Results()
     try:
-        measure_echo(results, args.runs, args.seconds)
-        measure_eventbus(results, scratch, args.runs, args.seconds)
-        measure_peer(results, RedisPeer(scratch / "redis"), args.runs)
-        measure_peer(results, RabbitStreamPeer(scratch / "rabbit"), args.runs)
+        bodies = Bodies(scratch / "bodies")
+        measure_echo(results, bodies, args.runs, args.seconds)
+        for workers in WORKER_MODES:
+            measure_eventbus(results, bodies, scratch, workers, args.runs, args.seconds)
+        measure_redis(results, RedisPeer(scratch / "redis"), args.runs, args.seconds)
+        measure_rabbit(results, RabbitStreamPeer(scratch / "rabbit"), args.runs)
         profiled = None if args.no_profile else profile(scratch, args.seconds + 2)
         # Every run's numbers, kept next to the report for whoever wants to recompute.
         (args.dir / "compare-results.json").write_bytes(orjson.dumps(results.runs))

@@ -248,12 +248,21 @@ def profile_lines(stats: pstats.Stats) -> list[str]:
             for area, share in sorted(by_area.items(), key=lambda item: -item[1])
         ],
         "",
+        *top_functions(raw, 15),
+    ]
+    return lines
+
+
+def top_functions(raw: dict[tuple[str, int, str], tuple[Any, ...]], count: int) -> list[str]:
+    """A table of the ``count`` profiled functions with the most time of their own."""
+    total = sum(entry[2] for entry in raw.values()) or 1.0
+    lines = [
         "The functions with the most time of their own:",
         "",
         "| share | function | area |",
         "| --- | --- | --- |",
     ]
-    top = sorted(raw.items(), key=lambda item: -item[1][2])[:15]
+    top = sorted(raw.items(), key=lambda item: -item[1][2])[:count]
     for (filename, line, function), entry in top:
         where = function if filename == "~" else f"{_short(filename)}:{line} {function}"
         where = where.replace("|", "/")
@@ -264,11 +273,12 @@ def profile_lines(stats: pstats.Stats) -> list[str]:
 def _short(filename: str) -> str:
     """A profiled file's name as the report shows it: relative to the project, or from
     the installed package on (never a path of the machine it ran on)."""
+    # An installed package first: the project's own virtualenv may lie under its root.
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1]
     root = f"{ROOT}/"
     if filename.startswith(root):
         return filename[len(root) :]
-    if "site-packages/" in filename:
-        return filename.split("site-packages/", 1)[1]
     if "/lib/python3" in filename:
         return filename.split("/lib/python3", 1)[1].split("/", 1)[1]
     return filename
