@@ -213,7 +213,7 @@ def tenant_gate(
                 async with scheduler.slot(tenant):
                     response = await handler(request)
         except (QuotaExceededError, StorageQuotaExceededError) as exc:
-            request.app[METRICS].quota_refusals.labels(exc.details["quota"]).inc()
+            request.app[METRICS].count_quota_refusal(exc.details["quota"])
             status = exc.status
             raise
         except (EventBusError, web.HTTPException) as exc:

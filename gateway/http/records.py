@@ -20,7 +20,6 @@ from gateway.http.charges import (
 )
 from gateway.http.inputs import Header, Query, QueryParams
 from gateway.http.keys import BROKER, CONFIG, METRICS, tenant_of
-from gateway.http.metrics import Metrics
 from gateway.http.params import MAX_BYTES, MAX_RECORDS, WAIT_MS, parse_json, partition_param
 from gateway.http.record_json import PRODUCE_SHAPE, parse_ndjson, parse_records, render_record
 from partitions.batch import payload_totals, trim_batches
@@ -88,9 +87,9 @@ async def produce(request: web.Request) -> web.Response:
     finally:
         meter_produced(request, records, appended)
         settle_produce(request, records, appended)
-    registry: Metrics = request.app[METRICS]
-    registry.produced_records.inc(len(records))
-    registry.produced_bytes.inc(sum(len(r.value) + len(r.key or b"") for r in records))
+    request.app[METRICS].count_produced(
+        len(records), sum(len(r.value) + len(r.key or b"") for r in records)
+    )
     return await bodies.json_answer(
         request, {"offsets": [{"partition": p, "offset": o} for p, o in placed]}
     )
@@ -141,7 +140,7 @@ async def read_records(request: web.Request) -> web.Response:
         meter_delivered(request, *delivered)
         if not data:
             next_offset = result.next_offset
-        request.app[METRICS].read_records.inc(next_offset - start)
+        request.app[METRICS].count_read(next_offset - start)
         chunks = [RawChunk(partition_id, start, data)] if data else []
         headers = {
             "Eventbus-Next-Offset": str(next_offset),
@@ -151,7 +150,7 @@ async def read_records(request: web.Request) -> web.Response:
             "Eventbus-Children": ",".join(str(c) for c in children),
         }
         return await bodies.answer(request, bodies.encode_chunks(chunks), BATCH, headers=headers)
-    request.app[METRICS].read_records.inc(len(result.records))
+    request.app[METRICS].count_read(len(result.records))
     payload = sum(r.payload_bytes for r in result.records)
     charge_consume(request, payload)
     meter_delivered(request, len(result.records), payload)
