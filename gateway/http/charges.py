@@ -39,9 +39,10 @@ async def admit_produce(
     if tenant is None:
         return
     quotas = request.app[TENANCY].quotas
-    await quotas.check_storage(tenant)
     cost = produce_cost(records if len(indexes) == len(records) else [records[i] for i in indexes])
-    await quotas.admit_produce(tenant, cost)
+    if not quotas.admit_produce_now(tenant, cost):
+        await quotas.check_storage(tenant)
+        await quotas.admit_produce(tenant, cost)
     request[PRODUCE_CHARGE] = cost
 
 

@@ -1,10 +1,14 @@
-"""The two middlewares of the HTTP front door, outermost first: the request's id, its error
-answer, log line and metrics (:func:`front_middleware`); and the tenant gate
-(:func:`tenant_gate`), which in one pass authenticates the key, forwards a request
-whose state has its home in another process, counts the request for the tenant's bill,
-checks the key's scope and the tenant's quotas, and waits for the tenant's turn in the
-fair scheduler. What each route needs is read off the route table
-(``gateway/http/routing.py``).
+"""The HTTP front door: one middleware (:func:`front_door`) that every request passes, in
+one pass. It gives the request its id, authenticates the key, forwards a request whose state
+has its home in another process, counts the request for the tenant's bill, checks the key's
+scope and the tenant's quotas, waits for the tenant's turn in the fair scheduler, turns
+every failure into the JSON error answer, and writes the request's log line and metrics.
+What each route needs is read off the route table (``gateway/http/routing.py``).
+
+It is on every request's path, so it is one coroutine where it can be: the key's
+principal, the quotas and the fair turn are each taken without a coroutine of their own
+when they need no wait (a key read within a second, quotas fresh and kept here, a free
+slot), and metrics are plain counts that a scrape reads.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from aiohttp.typedefs import Middleware
 
 from gateway.http.charges import DELIVERED
 from gateway.http.errors import error_answer
-from gateway.http.keys import ADMIN_ON_TENANT_ROUTE, METRICS, PRINCIPAL
+from gateway.http.keys import ADMIN_ON_TENANT_ROUTE, PRINCIPAL
+from gateway.http.metrics import Metrics
 from gateway.http.routing import Access, Handler, Home, Route, RouteIndex, route_of
 from gateway.logs import request_id
 from gateway.tenancy.auth import Authenticator, ForbiddenError, Principal, UnauthorizedError
@@ -38,6 +43,8 @@ log = logging.getLogger("eventbus.http")
 # A route that names no action needs the most a key may do.
 _MANAGE = Action.MANAGE
 
+# Refusals of a tenant quota, counted in the metrics by quota.
+_QUOTA_REFUSALS = (QuotaExceededError, StorageQuotaExceededError)
 # Metric labels take only these methods, so that clients cannot add series at will.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Set on a request one worker process forwards to another (see came_from_peer).
@@ -65,51 +72,6 @@ _id_prefix = ""
 _new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)
 _request_numbers = itertools.count()
-
-
-@web.middleware
-async def front_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Around everything else: the request's id, every failure turned into the JSON error
-    body (``errors.py``), and the structured request log and metrics."""
-    rid = request.headers.get("X-Request-Id", "")
-    if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
-        rid = f"{_id_prefix}{next(_request_numbers):016x}"
-    token = request_id.set(rid)
-    started = time.perf_counter()
-    status = 500
-    try:
-        try:
-            response = await handler(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure gets its JSON answer
-            response = error_answer(request, exc)
-        status = response.status
-        response.headers["X-Request-Id"] = rid
-        return response
-    finally:
-        elapsed = time.perf_counter() - started
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        method = request.method if request.method in _METHODS else "other"
-        if not came_from_peer(request):  # counted once, where it was accepted
-            request.app[METRICS].observe_request(method, route, status, elapsed)
-        if log.isEnabledFor(logging.INFO):
-            principal = request.get(PRINCIPAL)
-            log.info(
-                "%s %s %d",
-                request.method,
-                route,
-                status,
-                extra={
-                    "method": request.method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "tenant": None if principal is None else principal.tenant,
-                },
-            )
-        request_id.reset(token)
 
 
 class Forwarder(Protocol):
@@ -140,9 +102,10 @@ def billable(route: Route | None, status: int, delivered: int) -> bool:
     return not empty_poll
 
 
-def tenant_gate(
+def front_door(
     routes: RouteIndex,
     *,
+    metrics: Metrics,
     authenticator: Callable[[], Authenticator],
     quotas: Callable[[], QuotaBook],
     meter: Callable[[], Meter],
@@ -150,7 +113,7 @@ def tenant_gate(
     metrics_public: bool,
     forwarder: Callable[[], Forwarder] | None = None,
 ) -> Middleware:
-    """The gate every request passes after its id and error handling (see the module).
+    """The one middleware every request passes (see the module).
 
     ``authenticator``, ``quotas``, ``meter`` and ``forwarder`` are looked up per request:
     they exist once the app has started."""
@@ -163,70 +126,132 @@ def tenant_gate(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in public:
-            return await handler(request)
+        rid = request.headers.get("X-Request-Id", "")
+        if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
+            rid = f"{_id_prefix}{next(_request_numbers):016x}"
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        route = route_of(request, routes)
+        principal: Principal | None = None
+        # Set once the request counts for a tenant's bill, however it ends; ``billed`` is
+        # the status the bill sees (499: the client went away; 500: an unknown failure).
+        tenant: str | None = None
+        billed = status = 500
+        try:
+            try:
+                if request.path in public:
+                    response = await handler(request)
+                else:
+                    principal = _known_caller(request) or await _read_caller(request)
+                    _admit_caller(request, principal, route)
+                    if principal.admin or principal.tenant is None:
+                        response = await handler(request)
+                    elif route is None:
+                        tenant = principal.tenant
+                        response = await handler(request)  # no route: 404 or 405
+                    elif (
+                        forwarder is not None
+                        and route.home is not None
+                        and (forwarded := await _forward(request, route.home, principal.tenant))
+                    ):
+                        response = forwarded  # served, and counted, by the home
+                    else:
+                        tenant = principal.tenant
+                        principal.scope.check(
+                            route.action or _MANAGE, request.match_info.get("topic")
+                        )
+                        book = quotas()
+                        if not book.admit_request_now(tenant):
+                            await book.admit_request(tenant)
+                        # A produce's storage and bytes are checked by its handler
+                        # (admit_produce) once it knows which records it appends: a replay
+                        # appends none and pays for none.
+                        if route.delivers and not book.admit_consume_now(tenant):
+                            await book.admit_consume(tenant)
+                        turn = scheduler.turn_now(tenant) or await scheduler.turn(tenant)
+                        try:
+                            response = await handler(request)
+                        finally:
+                            turn.end()
+            except asyncio.CancelledError:
+                billed = CLIENT_CLOSED
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure gets its JSON answer
+                if isinstance(exc, EventBusError | web.HTTPException):
+                    billed = exc.status
+                    if tenant is not None and isinstance(exc, _QUOTA_REFUSALS):
+                        metrics.count_quota_refusal(exc.details["quota"])
+                response = error_answer(request, exc)
+            else:
+                billed = response.status
+            status = response.status
+            response.headers["X-Request-Id"] = rid
+            return response
+        finally:
+            elapsed = time.perf_counter() - started
+            if tenant is not None and billable(route, billed, request.get(DELIVERED, 0)):
+                meter().count_request(tenant)
+            if not came_from_peer(request):  # counted once, where it was accepted
+                method = request.method if request.method in _METHODS else "other"
+                metrics.observe_request(method, _route_label(request), status, elapsed)
+            if log.isEnabledFor(logging.INFO):
+                _log_request(request, status, elapsed, principal)
+            request_id.reset(token)
+
+    def _known_caller(request: web.Request) -> Principal | None:
+        """The caller, when its key needs no catalog read (None: :func:`_read_caller`);
+        401 without a key."""
         token = bearer_token(request)
         if token is None:
             raise UnauthorizedError("send an API key as 'Authorization: Bearer <key>'")
-        principal = await authenticator().principal(token)
+        return authenticator().cached(token)
+
+    async def _read_caller(request: web.Request) -> Principal:
+        """The caller, its key read from the catalog; 401 for a key that is not valid."""
+        principal = await authenticator().principal(bearer_token(request) or "")
         if principal is None:
             raise UnauthorizedError("the API key is not valid")
-        request[PRINCIPAL] = principal
-        if request.path in metrics_paths and not principal.admin:
-            raise ForbiddenError("metrics need the admin key (or --metrics-public)")
-        route = route_of(request, routes)
-        access = None if route is None else route.access
-        if principal.admin or principal.tenant is None:
-            if access is Access.TENANT:
-                raise ForbiddenError(ADMIN_ON_TENANT_ROUTE)
-            return await handler(request)
-        if access is Access.ADMIN:
-            raise ForbiddenError("this route needs the admin key")
-        if forwarder is not None and route is not None and route.home is not None:
-            if not came_from_peer(request):
-                answer = await forwarder().forward(request, route.home, principal.tenant)
-                if answer is not None:
-                    return answer
-        return await _tenant_request(request, handler, principal, principal.tenant, route)
+        return principal
 
-    async def _tenant_request(
-        request: web.Request,
-        handler: Handler,
-        principal: Principal,
-        tenant: str,
-        route: Route | None,
-    ) -> web.StreamResponse:
-        """Counted for the tenant's bill however it ends, quota refusals included."""
-        status = 500
-        try:
-            if route is None:
-                response = await handler(request)  # no route: 404 or 405
-            else:
-                principal.scope.check(route.action or _MANAGE, request.match_info.get("topic"))
-                book = quotas()
-                await book.admit_request(tenant)
-                # A produce's storage and bytes are checked by the handler (admit_produce),
-                # once it knows which records it will append: a replay appends none and
-                # pays for none.
-                if route.delivers:
-                    await book.admit_consume(tenant)
-                async with scheduler.slot(tenant):
-                    response = await handler(request)
-        except (QuotaExceededError, StorageQuotaExceededError) as exc:
-            request.app[METRICS].count_quota_refusal(exc.details["quota"])
-            status = exc.status
-            raise
-        except (EventBusError, web.HTTPException) as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED
-            raise
-        else:
-            status = response.status
-            return response
-        finally:
-            if billable(route, status, request.get(DELIVERED, 0)):
-                meter().count_request(tenant)
+    def _admit_caller(request: web.Request, principal: Principal, route: Route | None) -> None:
+        """403 for a key on a route it may not call; else the request is the caller's."""
+        request[PRINCIPAL] = principal
+        if not principal.admin and request.path in metrics_paths:
+            raise ForbiddenError("metrics need the admin key (or --metrics-public)")
+        if principal.admin or principal.tenant is None:
+            if route is not None and route.access is Access.TENANT:
+                raise ForbiddenError(ADMIN_ON_TENANT_ROUTE)
+        elif route is not None and route.access is Access.ADMIN:
+            raise ForbiddenError("this route needs the admin key")
+
+    async def _forward(request: web.Request, home: Home, tenant: str) -> web.StreamResponse | None:
+        """The home's answer to a request whose state lives in another process."""
+        if forwarder is None or came_from_peer(request):
+            return None
+        return await forwarder().forward(request, home, tenant)
 
     return middleware
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _log_request(
+    request: web.Request, status: int, elapsed: float, principal: Principal | None
+) -> None:
+    route = _route_label(request)
+    log.info(
+        "%s %s %d",
+        request.method,
+        route,
+        status,
+        extra={
+            "method": request.method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "tenant": None if principal is None else principal.tenant,
+        },
+    )

@@ -104,14 +104,23 @@ class Authenticator:
         # Bumped by every forget: a lookup that raced a revocation is not cached.
         self._epoch = 0
 
-    async def principal(self, token: str) -> Principal | None:
+    def cached(self, token: str) -> Principal | None:
+        """The key's principal when it is known without the catalog: the admin key, or a
+        key read within ``revalidate_s``. None: ask :meth:`principal`, which may read it."""
         digest = hash_key(token)
         if hmac.compare_digest(digest, self._admin_hash):
             return ADMIN
-        now = self._clock()
         cached = self._cache.get(digest)
-        if cached is not None and now - cached[1] < self._revalidate_s:
+        if cached is not None and self._clock() - cached[1] < self._revalidate_s:
             return cached[0]
+        return None
+
+    async def principal(self, token: str) -> Principal | None:
+        known = self.cached(token)
+        if known is not None:
+            return known
+        digest = hash_key(token)
+        now = self._clock()
         epoch = self._epoch
         record = await self._catalog.find_api_key(digest)
         if record is None:
