@@ -33,7 +33,7 @@ from gateway.http.keys import BROKER, CONFIG, HEALTH, METER, METRICS, OPENAPI, T
 from gateway.http.metrics import Metrics
 from gateway.http.middlewares import Forwarder, front_door
 from gateway.http.openapi.document import build_document
-from gateway.http.routes import ROUTES
+from gateway.http.routes import ROUTES, router_order
 from gateway.http.routing import index
 from gateway.processes.peers import Peers
 from gateway.processes.role import WorkerRole
@@ -101,7 +101,7 @@ def create_app(
     app[METRICS] = metrics
     metrics.watch(loops.scheduler_collector(scheduler))
     app[OPENAPI] = build_document(_version(), ROUTES)
-    for route in ROUTES:
+    for route in router_order():
         app.router.add_route(route.method, route.path, route.handler)
     if peers is not None:
         app[PEERS] = peers
