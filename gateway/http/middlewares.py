@@ -63,12 +63,13 @@ def came_from_peer(request: web.Request) -> bool:
 
 def _new_id_prefix() -> None:
     global _id_prefix
-    _id_prefix = uuid.uuid4().hex[:16]
+    _id_prefix = uuid.uuid4().int >> 64 << 64
 
 
-# Request ids made here: a random prefix per process (made again in a forked child) and a
-# counter, unique without a random draw per request.
-_id_prefix = ""
+# Request ids made here: 32 hex digits, a random prefix per process (made again in a forked
+# child) in the high half and a counter in the low half, unique without a random draw per
+# request.
+_id_prefix = 0
 _new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)
 _request_numbers = itertools.count()
@@ -92,14 +93,14 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
-def billable(route: Route | None, status: int, delivered: int) -> bool:
+def billable(route: Route | None, status: int, request: web.Request) -> bool:
     """Whether a tenant request counts in ``requests``: everything answered below 500 but
     an empty poll (a read or fetch that delivered nothing, or one the client gave up on)."""
     if status >= 500:
         return False
-    delivers = route is not None and route.delivers
-    empty_poll = delivers and delivered == 0 and status in (200, CLIENT_CLOSED)
-    return not empty_poll
+    if route is None or not route.delivers:
+        return True
+    return request.get(DELIVERED, 0) > 0 or status not in (200, CLIENT_CLOSED)
 
 
 def front_door(
@@ -128,7 +129,7 @@ def front_door(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request.headers.get("X-Request-Id", "")
         if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
-            rid = f"{_id_prefix}{next(_request_numbers):016x}"
+            rid = "%032x" % (_id_prefix + next(_request_numbers))
         token = request_id.set(rid)
         started = time.perf_counter()
         route = route_of(request, routes)
@@ -189,7 +190,7 @@ def front_door(
             return response
         finally:
             elapsed = time.perf_counter() - started
-            if tenant is not None and billable(route, billed, request.get(DELIVERED, 0)):
+            if tenant is not None and billable(route, billed, request):
                 meter().count_request(tenant)
             if not came_from_peer(request):  # counted once, where it was accepted
                 method = request.method if request.method in _METHODS else "other"
