@@ -15,7 +15,6 @@ from gateway.http.charges import (
     admit_produce,
     charge_consume,
     meter_delivered,
-    meter_produced,
     settle_produce,
 )
 from gateway.http.inputs import Header, Query, QueryParams
@@ -58,7 +57,8 @@ async def produce(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     broker = request.app[BROKER]
     topic = request.match_info["topic"]
-    await broker.view(tenant, topic)  # 404 for an unknown topic before reading the body
+    if broker.views.get(tenant, topic) is None:
+        await broker.view(tenant, topic)  # 404 for an unknown topic before reading the body
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
@@ -85,7 +85,6 @@ async def produce(request: web.Request) -> web.Response:
             admit=partial(admit_produce, request, records),
         )
     finally:
-        meter_produced(request, records, appended)
         settle_produce(request, records, appended)
     request.app[METRICS].count_produced(
         len(records), sum(len(r.value) + len(r.key or b"") for r in records)
