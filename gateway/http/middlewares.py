@@ -20,7 +20,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -29,7 +29,7 @@ from gateway.http.charges import DELIVERED
 from gateway.http.errors import error_answer
 from gateway.http.keys import ADMIN_ON_TENANT_ROUTE, PRINCIPAL
 from gateway.http.metrics import Metrics
-from gateway.http.routing import Access, Handler, Home, Route, RouteIndex, route_of
+from gateway.http.routing import Access, Handler, Home, Route, RouteIndex
 from gateway.logs import request_id
 from gateway.tenancy.auth import Authenticator, ForbiddenError, Principal, UnauthorizedError
 from gateway.tenancy.fairness import FairScheduler
@@ -39,6 +39,8 @@ from gateway.tenancy.scopes import Action
 from partitions.errors import EventBusError
 
 log = logging.getLogger("eventbus.http")
+
+T = TypeVar("T")
 
 # A route that names no action needs the most a key may do.
 _MANAGE = Action.MANAGE
@@ -116,8 +118,10 @@ def front_door(
 ) -> Middleware:
     """The one middleware every request passes (see the module).
 
-    ``authenticator``, ``quotas``, ``meter`` and ``forwarder`` are looked up per request:
-    they exist once the app has started."""
+    ``authenticator``, ``quotas``, ``meter`` and ``forwarder`` are looked up at the first
+    request that needs them: they exist once the app has started, and are never replaced."""
+    authenticator, quotas, meter = _once(authenticator), _once(quotas), _once(meter)
+    forwarder = None if forwarder is None else _once(forwarder)
     public = frozenset(
         route.path
         for route in routes.values()
@@ -132,7 +136,9 @@ def front_door(
             rid = "%032x" % (_id_prefix + next(_request_numbers))
         token = request_id.set(rid)
         started = time.perf_counter()
-        route = route_of(request, routes)
+        resource = request.match_info.route.resource
+        label = "unmatched" if resource is None else resource.canonical
+        route = routes.get((request.method, label))
         principal: Principal | None = None
         # Set once the request counts for a tenant's bill, however it ends; ``billed`` is
         # the status the bill sees (499: the client went away; 500: an unknown failure).
@@ -183,9 +189,9 @@ def front_door(
                     if tenant is not None and isinstance(exc, _QUOTA_REFUSALS):
                         metrics.count_quota_refusal(exc.details["quota"])
                 response = error_answer(request, exc)
+                status = response.status
             else:
-                billed = response.status
-            status = response.status
+                billed = status = response.status
             response.headers["X-Request-Id"] = rid
             return response
         finally:
@@ -194,9 +200,9 @@ def front_door(
                 meter().count_request(tenant)
             if not came_from_peer(request):  # counted once, where it was accepted
                 method = request.method if request.method in _METHODS else "other"
-                metrics.observe_request(method, _route_label(request), status, elapsed)
+                metrics.observe_request(method, label, status, elapsed)
             if log.isEnabledFor(logging.INFO):
-                _log_request(request, status, elapsed, principal)
+                _log_request(request, label, status, elapsed, principal)
             request_id.reset(token)
 
     def _known_caller(request: web.Request) -> Principal | None:
@@ -234,15 +240,21 @@ def front_door(
     return middleware
 
 
-def _route_label(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+def _once(get: Callable[[], T]) -> Callable[[], T]:
+    """``get``, called the first time only."""
+    found: list[T] = []
+
+    def once() -> T:
+        if not found:
+            found.append(get())
+        return found[0]
+
+    return once
 
 
 def _log_request(
-    request: web.Request, status: int, elapsed: float, principal: Principal | None
+    request: web.Request, route: str, status: int, elapsed: float, principal: Principal | None
 ) -> None:
-    route = _route_label(request)
     log.info(
         "%s %s %d",
         request.method,
