@@ -168,7 +168,9 @@ class LoadMeters:
             return
         picks = min(SAMPLES_PER_BATCH, count)
         stride = count / picks
-        offset = self._rng.random() * stride
+        # A batch of at most SAMPLES_PER_BATCH records has every record sampled, wherever
+        # the samples start: no random draw for it (a single-record produce is such).
+        offset = self._rng.random() * stride if count > picks else 0.0
         hash_key = self.hash_key
         samples = []
         for n in range(picks):

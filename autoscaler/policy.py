@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from autoscaler.config import AutoscaleConfig
 from partitions.catalog import HashRange
@@ -70,11 +71,12 @@ class Rate:
 ZERO_RATE = Rate(0.0, 0.0)
 
 
-@dataclass(frozen=True, slots=True)
-class KeySample:
+class KeySample(NamedTuple):
     """One sampled record, standing for ``nrecords`` records and ``nbytes`` bytes of traffic.
 
     ``hash`` is None for a keyless record; ``key`` is the start of the key, to name a hot one.
+    A named tuple: one is made on the produce path for each sampled record, and the garbage
+    collector stops tracking a tuple of plain values.
     """
 
     hash: int | None

@@ -7,11 +7,13 @@ it from here, and none has to import another for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class PartitionKey:
+class PartitionKey(NamedTuple):
+    """A named tuple, not a dataclass: it is a dict key on every append's path (the log,
+    its appends in flight, the load meters), and a tuple hashes and compares in C."""
+
     tenant: str
     incarnation: str
     partition_id: int

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.http.routes import ROUTES
 from tests.conftest import ADMIN_KEY, Api, start_api, stop_api
@@ -384,6 +385,55 @@ async def test_metrics_can_be_public(tmp_path: Path) -> None:
         assert 'route="/v1/topics/{topic}"' in text and "some-topic" not in text
     finally:
         await stop_api(public)
+
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _samples(text: str) -> tuple[dict[str, str], dict[tuple[str, Labels], float]]:
+    """A scrape's family types by name, and its samples by name and labels."""
+    families = list(text_string_to_metric_families(text))
+    types = {family.name: family.type for family in families}
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families
+        for sample in family.samples
+    }
+    return types, values
+
+
+async def test_metrics_count_requests_and_records(api: Api) -> None:
+    """What the request path counts in plain numbers comes out of a scrape as the counters
+    and the histogram it always was."""
+    await api.call("PUT", "/v1/topics/m")
+    records = [{"key": "k", "value": "abc"}, {"value": "de"}, {"key": "kk", "value": ""}]
+    assert (await api.call("POST", "/v1/topics/m/records", json={"records": records}))[0] == 200
+    assert (await api.call("POST", "/v1/topics/m/records", json={"records": [{"value": "f"}]}))[
+        0
+    ] == 200
+    assert (await api.call("GET", "/v1/topics/m/partitions/0/records"))[0] == 200
+    assert (await api.call("GET", "/v1/topics/nothing-here"))[0] == 404
+    _, text = await api.call("GET", "/metrics", key=ADMIN_KEY)
+    types, values = _samples(text)
+    assert types["eventbus_http_requests"] == "counter"
+    assert types["eventbus_http_request_seconds"] == "histogram"
+    for name in ("produced_records", "produced_bytes", "read_records", "quota_refusals"):
+        assert types[f"eventbus_{name}"] == "counter"
+    assert values[("eventbus_produced_records_total", ())] == 4
+    assert values[("eventbus_produced_bytes_total", ())] == len("kabcdekkf")
+    assert values[("eventbus_read_records_total", ())] == 4
+    produce = (("method", "POST"), ("route", "/v1/topics/{topic}/records"))
+    assert values[("eventbus_http_requests_total", (*produce, ("status", "200")))] == 2
+    assert values[("eventbus_http_request_seconds_count", produce)] == 2
+    assert values[("eventbus_http_request_seconds_bucket", (("le", "+Inf"), *produce))] == 2
+    assert 0 < values[("eventbus_http_request_seconds_sum", produce)] < 60
+    assert ("eventbus_http_requests_created", (*produce, ("status", "200"))) in values
+    missing = (("method", "GET"), ("route", "/v1/topics/{topic}"), ("status", "404"))
+    assert values[("eventbus_http_requests_total", missing)] == 1
+    # The scrape before this one is counted now, and counts go on from where they were.
+    _, text = await api.call("GET", "/metrics", key=ADMIN_KEY)
+    scrape = (("method", "GET"), ("route", "/metrics"), ("status", "200"))
+    assert _samples(text)[1][("eventbus_http_requests_total", scrape)] == 1
 
 
 async def test_request_ids(api: Api) -> None:

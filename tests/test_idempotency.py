@@ -493,3 +493,19 @@ async def test_a_retry_after_a_restart_finds_its_answer_once_local_retention_ran
         assert not list((data / "topics").rglob("*.tags"))
     finally:
         await stop_api(api)
+
+
+@pytest.mark.single_process("looks at the broker's answer table in the server process")
+async def test_a_produce_without_a_key_does_no_idempotency_work(api: Api) -> None:
+    await api.call("PUT", "/v1/topics/t")
+    for n in range(3):
+        assert (await api.call("POST", "/v1/topics/t/records", data=_body(f"p{n}")))[0] == 200
+    broker = api.server.app[BROKER]
+    incarnation = (await broker.view("default", "t")).record.incarnation
+    table = broker.idempotent.table
+    # Nothing remembered, and the topic's producer tags were never read to rebuild it.
+    assert len(table) == 0
+    assert table.rebuild_future("default", incarnation) is None
+    assert broker.idempotent.replays == 0
+    assert (await _produce(api, "now-with-a-key", _body("k")))[0] == 200
+    assert len(table) == 1 and table.rebuild_future("default", incarnation) is not None

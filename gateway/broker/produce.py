@@ -93,7 +93,7 @@ class Producer:
         before answering an append go into ``lost``."""
         reroutes = 0
         while True:
-            view = await self._views.view(tenant, name)
+            view = self._views.get(tenant, name) or await self._views.view(tenant, name)
             gate = view.gate
             if not gate.open.is_set():
                 # A split or merge is reshaping the topic; route with what it leaves. However

@@ -93,7 +93,10 @@ async def read_body(request: web.Request) -> bytes:
 
 def produce_media_type(request: web.Request) -> str:
     """Which of JSON, NDJSON and BATCH the produce body is; 415 for anything else."""
-    media = request.content_type.lower() if request.headers.get("Content-Type") else ""
+    given = request.headers.get("Content-Type")
+    if given == JSON:  # as clients send it, with nothing to parse
+        return JSON
+    media = request.content_type.lower() if given else ""
     if media == BATCH:
         return BATCH
     if media in NDJSON_ALIASES:

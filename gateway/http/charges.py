@@ -38,26 +38,36 @@ async def admit_produce(
     if tenant is None:
         return
     quotas = request.app[TENANCY].quotas
-    await quotas.check_storage(tenant)
     cost = records.cost(indexes)
-    await quotas.admit_produce(tenant, cost)
+    if not quotas.admit_produce_now(tenant, cost):
+        await quotas.check_storage(tenant)
+        await quotas.admit_produce(tenant, cost)
     request[PRODUCE_CHARGE] = cost
 
 
 def settle_produce(request: web.Request, records: IncomingRecords, appended: Sequence[int]) -> None:
-    """After a produce, whether it succeeded or not: the tokens of admitted records it did
+    """After a produce, whether it succeeded or not: the records it appended (the indexes in
+    ``appended``; a replay appends none) are metered, the tokens of admitted records it did
     not append go back, and the bytes it appended count as stored until the next
     measurement."""
     tenant = _tenant(request)
-    charge = request.get(PRODUCE_CHARGE)
-    if tenant is None or not charge:
+    if tenant is None:
         return
+    charge = request.get(PRODUCE_CHARGE)
     everything = len(appended) == len(records)
-    stored = charge if everything else records.cost(appended)
+    if everything:
+        # All of them: the quota already counted their bytes.
+        nbytes = charge or records.cost(appended)
+    else:
+        nbytes = records.cost(appended)
+    if appended:
+        request.app[METER].count_in(tenant, len(appended), nbytes)
+    if not charge:
+        return
     quotas = request.app[TENANCY].quotas
-    if charge > stored:
-        quotas.refund_produce(tenant, charge - stored)
-    quotas.note_stored(tenant, stored)
+    if charge > nbytes:
+        quotas.refund_produce(tenant, charge - nbytes)
+    quotas.note_stored(tenant, nbytes)
 
 
 def charge_consume(request: web.Request, nbytes: int) -> None:
@@ -65,19 +75,6 @@ def charge_consume(request: web.Request, nbytes: int) -> None:
     tenant = _tenant(request)
     if tenant is not None:
         request.app[TENANCY].quotas.charge_consume(tenant, nbytes)
-
-
-def meter_produced(request: web.Request, records: IncomingRecords, appended: Sequence[int]) -> None:
-    """Count the records of a produce at the indexes it appended (a replay appends none)."""
-    tenant = _tenant(request)
-    if tenant is None or not appended:
-        return
-    if len(appended) == len(records):
-        # All of them: the quota already counted their bytes.
-        nbytes = request.get(PRODUCE_CHARGE) or records.cost(appended)
-    else:
-        nbytes = records.cost(appended)
-    request.app[METER].count_in(tenant, len(appended), nbytes)
 
 
 def meter_delivered(request: web.Request, records: int, nbytes: int) -> None:

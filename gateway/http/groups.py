@@ -116,7 +116,7 @@ async def group_fetch(request: web.Request) -> web.Response:
         auto_offset_reset=body["auto_offset_reset"],
         raw=binary,
     )
-    request.app[METRICS].read_records.inc(result.fetched.count)
+    request.app[METRICS].count_read(result.fetched.count)
     if binary:
         # Charged as JSON answers are: the records' payload, not the batches' framing.
         totals = [payload_totals(c.data, c.from_offset) for c in result.fetched.chunks]

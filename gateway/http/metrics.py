@@ -1,67 +1,98 @@
 """Prometheus metrics of one server process, and of several summed into one text.
 
 Requests are labelled by their route's template (``/v1/topics/{topic}``), never by the
-path, so label sets stay bounded; what the server's parts count is read by the collectors
-of ``collectors.py`` at scrape time.
+path, so label sets stay bounded. What the request path counts is kept in plain integers
+and lists (:class:`Metrics`) and turned into metric families only at scrape time: a
+``prometheus_client`` counter or histogram takes a lock on every change, which every
+request paid several times. What the server's other parts count is read by the collectors
+of ``collectors.py``, at scrape time too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import bisect
+import time
+from collections.abc import Awaitable, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+# Upper bounds of the request-time histogram's buckets (seconds): prometheus_client's.
+LATENCY_BUCKETS: tuple[float, ...] = tuple(Histogram.DEFAULT_BUCKETS)
+_BUCKET_NAMES = tuple(str(floatToGoString(bound)) for bound in LATENCY_BUCKETS)  # type: ignore[no-untyped-call]
+_FINITE_BOUNDS = LATENCY_BUCKETS[:-1]
+
+
+class _Latency:
+    """Request times of one (method, route): a count per bucket (not cumulative), the
+    sum, and when the series began (the ``_created`` sample)."""
+
+    __slots__ = ("counts", "total", "created")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(LATENCY_BUCKETS)
+        self.total = 0.0
+        self.created = time.time()
+
+
+class _Count:
+    """One counter series: its value and when it began."""
+
+    __slots__ = ("value", "created")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.created = time.time()
 
 
 class Metrics:
     def __init__(self, gather: Callable[[], Awaitable[list[bytes]]] | None = None) -> None:
         """``gather`` answers the metrics text of the server's other processes."""
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "eventbus_http_requests",
-            "HTTP requests answered",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "eventbus_http_request_seconds",
-            "Time to answer an HTTP request",
-            ["method", "route"],
-            registry=self.registry,
-        )
-        # Series by (method, route, status): looked up once each, not on every request. Few:
-        # methods and statuses are bounded, routes are the app's own.
-        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self.produced_records = Counter(
-            "eventbus_produced_records", "Records produced", registry=self.registry
-        )
-        self.produced_bytes = Counter(
-            "eventbus_produced_bytes", "Key and value bytes produced", registry=self.registry
-        )
-        self.read_records = Counter(
-            "eventbus_read_records", "Records returned by reads", registry=self.registry
-        )
-        self.quota_refusals = Counter(
-            "eventbus_quota_refusals",
-            "Requests refused by a tenant quota, by quota name (no tenant label)",
-            ["quota"],
-            registry=self.registry,
-        )
+        # (method, route, status) -> its count and the (method, route) latency it shares.
+        # Few series: methods and statuses are bounded, routes are the app's own.
+        self._requests: dict[tuple[str, str, int], tuple[_Count, _Latency]] = {}
+        self._latency: dict[tuple[str, str], _Latency] = {}
+        self.produced_records = _Count()
+        self.produced_bytes = _Count()
+        self.read_records = _Count()
+        self._quota_refusals: dict[str, _Count] = {}
+        self.registry.register(_RequestCollector(self))
         # The other worker processes' metrics, when there are others.
         self._gather = gather
 
+    # --- the request path: plain integers ------------------------------------------------
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count an answered request and its time."""
-        series = self._request_series.get((method, route, status))
+        series = self._requests.get((method, route, status))
         if series is None:
-            series = self._request_series[(method, route, status)] = (
-                self.requests.labels(method, route, str(status)),
-                self.latency.labels(method, route),
-            )
-        series[0].inc()
-        series[1].observe(seconds)
+            latency = self._latency.get((method, route))
+            if latency is None:
+                latency = self._latency[(method, route)] = _Latency()
+            series = self._requests[(method, route, status)] = (_Count(), latency)
+        series[0].value += 1
+        latency = series[1]
+        latency.counts[bisect.bisect_left(_FINITE_BOUNDS, seconds)] += 1
+        latency.total += seconds
+
+    def count_produced(self, records: int, nbytes: int) -> None:
+        self.produced_records.value += records
+        self.produced_bytes.value += nbytes
+
+    def count_read(self, records: int) -> None:
+        self.read_records.value += records
+
+    def count_quota_refusal(self, quota: str) -> None:
+        count = self._quota_refusals.get(quota)
+        if count is None:
+            count = self._quota_refusals[quota] = _Count()
+        count.value += 1
+
+    # --- scrapes -------------------------------------------------------------------------
 
     def watch(self, collector: Collector) -> None:
         """Add a collector's families to every scrape."""
@@ -76,6 +107,53 @@ class Metrics:
         if self._gather is None:
             return body, content_type
         return merge_metrics([body, *await self._gather()]), content_type
+
+    def families(self) -> Iterator[Metric]:
+        """The request path's counts as metric families, named and typed as
+        ``prometheus_client``'s own counters and histogram would name them."""
+        requests = CounterMetricFamily(
+            "eventbus_http_requests", "HTTP requests answered", labels=["method", "route", "status"]
+        )
+        for (method, route, status), (count, _) in list(self._requests.items()):
+            requests.add_metric([method, route, str(status)], count.value, created=count.created)
+        yield requests
+        latency = HistogramMetricFamily(
+            "eventbus_http_request_seconds",
+            "Time to answer an HTTP request",
+            labels=["method", "route"],
+        )
+        for (method, route), series in list(self._latency.items()):
+            cumulative, buckets = 0, []
+            for name, in_bucket in zip(_BUCKET_NAMES, series.counts, strict=True):
+                cumulative += in_bucket
+                buckets.append((name, float(cumulative)))
+            latency.add_metric([method, route], buckets, series.total)
+            latency.add_sample(
+                latency.name + "_created", {"method": method, "route": route}, series.created
+            )
+        yield latency
+        for name, documentation, count in (
+            ("eventbus_produced_records", "Records produced", self.produced_records),
+            ("eventbus_produced_bytes", "Key and value bytes produced", self.produced_bytes),
+            ("eventbus_read_records", "Records returned by reads", self.read_records),
+        ):
+            yield CounterMetricFamily(name, documentation, count.value, created=count.created)
+        refusals = CounterMetricFamily(
+            "eventbus_quota_refusals",
+            "Requests refused by a tenant quota, by quota name (no tenant label)",
+            labels=["quota"],
+        )
+        for quota, count in list(self._quota_refusals.items()):
+            refusals.add_metric([quota], count.value, created=count.created)
+        yield refusals
+
+
+class _RequestCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.families()
 
 
 def merge_metrics(texts: list[bytes]) -> bytes:

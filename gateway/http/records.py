@@ -15,12 +15,10 @@ from gateway.http.charges import (
     admit_produce,
     charge_consume,
     meter_delivered,
-    meter_produced,
     settle_produce,
 )
 from gateway.http.inputs import Header, Query, QueryParams
 from gateway.http.keys import BROKER, CONFIG, METRICS, tenant_of
-from gateway.http.metrics import Metrics
 from gateway.http.params import MAX_BYTES, MAX_RECORDS, WAIT_MS, parse_json, partition_param
 from gateway.http.record_json import PRODUCE_SHAPE, parse_ndjson, parse_records, render_record
 from partitions.batch import payload_totals, trim_batches
@@ -60,7 +58,8 @@ async def produce(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     broker = request.app[BROKER]
     topic = request.match_info["topic"]
-    await broker.view(tenant, topic)  # 404 for an unknown topic before reading the body
+    if broker.views.get(tenant, topic) is None:
+        await broker.view(tenant, topic)  # 404 for an unknown topic before reading the body
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
@@ -88,11 +87,8 @@ async def produce(request: web.Request) -> web.Response:
             admit=partial(admit_produce, request, records),
         )
     finally:
-        meter_produced(request, records, appended)
         settle_produce(request, records, appended)
-    registry: Metrics = request.app[METRICS]
-    registry.produced_records.inc(len(records))
-    registry.produced_bytes.inc(records.key_value_bytes())
+    request.app[METRICS].count_produced(len(records), records.key_value_bytes())
     return await bodies.json_answer(
         request, {"offsets": [{"partition": p, "offset": o} for p, o in placed]}
     )
@@ -143,7 +139,7 @@ async def read_records(request: web.Request) -> web.Response:
         meter_delivered(request, *delivered)
         if not data:
             next_offset = result.next_offset
-        request.app[METRICS].read_records.inc(next_offset - start)
+        request.app[METRICS].count_read(next_offset - start)
         chunks = [RawChunk(partition_id, start, data)] if data else []
         headers = {
             "Eventbus-Next-Offset": str(next_offset),
@@ -153,7 +149,7 @@ async def read_records(request: web.Request) -> web.Response:
             "Eventbus-Children": ",".join(str(c) for c in children),
         }
         return await bodies.batches_answer(request, chunks, headers=headers)
-    request.app[METRICS].read_records.inc(len(result.records))
+    request.app[METRICS].count_read(len(result.records))
     payload = sum(r.payload_bytes for r in result.records)
     charge_consume(request, payload)
     meter_delivered(request, len(result.records), payload)

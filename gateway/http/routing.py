@@ -59,11 +59,3 @@ RouteIndex = Mapping[tuple[str, str], Route]
 def index(routes: Iterable[Route]) -> dict[tuple[str, str], Route]:
     """The routes by (method, path template), as the middlewares look them up."""
     return {(route.method, route.path): route for route in routes}
-
-
-def route_of(request: web.Request, routes: RouteIndex) -> Route | None:
-    """The table's route of a request (None: no route matched, a 404 or 405 to come)."""
-    resource = request.match_info.route.resource
-    if resource is None:
-        return None
-    return routes.get((request.method, resource.canonical))

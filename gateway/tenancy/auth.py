@@ -7,13 +7,15 @@ is compared in constant time.
 
 Resolved keys are cached per process for at most ``revalidate_s`` (one second): a key
 revoked or a tenant deleted through this process is forgotten at once, so its next request
-is refused; another process sharing the catalog refuses it within that second. Each
+is refused; another process sharing the catalog refuses it within that second. Requests
+that find a key expired at the same moment share one catalog read. Each
 revalidation also notes the key's last use, which is written behind the request
 (``key_uses.py``): reading a key never writes, so keys keep working on a full disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -23,6 +25,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -103,15 +106,36 @@ class Authenticator:
         self._cache: dict[str, tuple[Principal, float]] = {}
         # Bumped by every forget: a lookup that raced a revocation is not cached.
         self._epoch = 0
+        # Catalog reads under way, by key hash.
+        self._reads: dict[str, asyncio.Task[Principal | None]] = {}
 
-    async def principal(self, token: str) -> Principal | None:
+    def cached(self, token: str) -> Principal | None:
+        """The key's principal when it is known without the catalog: the admin key, or a
+        key read within ``revalidate_s``. None: ask :meth:`principal`, which may read it."""
         digest = hash_key(token)
         if hmac.compare_digest(digest, self._admin_hash):
             return ADMIN
-        now = self._clock()
         cached = self._cache.get(digest)
-        if cached is not None and now - cached[1] < self._revalidate_s:
+        if cached is not None and self._clock() - cached[1] < self._revalidate_s:
             return cached[0]
+        return None
+
+    async def principal(self, token: str) -> Principal | None:
+        known = self.cached(token)
+        if known is not None:
+            return known
+        digest = hash_key(token)
+        read = self._reads.get(digest)
+        if read is None:
+            # One read per key at a time: requests that find the key expired together (a
+            # busy key, every second) share it rather than each reading the catalog.
+            read = asyncio.get_running_loop().create_task(self._read(digest))
+            self._reads[digest] = read
+            read.add_done_callback(partial(self._read_done, digest))
+        return await asyncio.shield(read)
+
+    async def _read(self, digest: str) -> Principal | None:
+        now = self._clock()
         epoch = self._epoch
         record = await self._catalog.find_api_key(digest)
         if record is None:
@@ -127,9 +151,15 @@ class Authenticator:
             self._cache[digest] = (principal, now)
         return principal
 
+    def _read_done(self, digest: str, read: asyncio.Task[Principal | None]) -> None:
+        if self._reads.get(digest) is read:
+            del self._reads[digest]
+
     def forget(self, tenant: str, key_id: str | None = None) -> None:
         """Drop cached keys of ``tenant`` (only ``key_id`` if given): revoked or deleted."""
         self._epoch += 1
+        # Reads under way may have begun before the change: later requests read anew.
+        self._reads.clear()
         for digest, (principal, _) in list(self._cache.items()):
             if principal.tenant == tenant and key_id in (None, principal.key_id):
                 del self._cache[digest]

@@ -55,15 +55,25 @@ class FairScheduler:
     def queued_for(self, tenant: str) -> int:
         return len(self._queues.get(tenant, ()))
 
+    def try_acquire(self, tenant: str) -> bool:
+        """Take a slot without waiting, if one is free and no queued request of the tenant
+        is ahead: a free slot that nobody else could have (queued tenants would have got it
+        unless they are at their own limit)."""
+        if (
+            self._free > 0
+            and tenant not in self._queues
+            and self._busy.get(tenant, 0) < (self.per_tenant)
+        ):
+            self._grant(tenant)
+            return True
+        return False
+
     async def acquire(self, tenant: str, *, bounded: bool = True) -> None:
         """Wait for a slot, in ``tenant``'s turn. ``bounded``: refuse when the tenant's
         queue is full (a request coming back from a long-poll is not refused)."""
-        queue = self._queues.get(tenant)
-        if self._free > 0 and queue is None and self._busy.get(tenant, 0) < self.per_tenant:
-            # A free slot and nobody else could have it: queued tenants would have got it
-            # unless they are at their own limit.
-            self._grant(tenant)
+        if self.try_acquire(tenant):
             return
+        queue = self._queues.get(tenant)
         if bounded and queue is not None and len(queue) >= self.max_queued:
             raise RequestQueueFullError(
                 f"the tenant has {len(queue)} requests waiting for service; retry later",
@@ -131,14 +141,32 @@ class FairScheduler:
                 self._grant(tenant)
                 passed = 0
 
-    def slot(self, tenant: str) -> _Slot:
+    def slot(self, tenant: str) -> Turn:
         """Hold a slot for the body of an ``async with``; lend it out during long waits."""
-        return _Slot(self, tenant)
+        return Turn(self, tenant)
+
+    def turn_now(self, tenant: str) -> Turn | None:
+        """The tenant's turn at once, when a slot is free for it (no waiting, no coroutine:
+        the usual case, on every tenant request's path); None: wait for it with
+        :meth:`turn`. A turn is ended with :meth:`Turn.end`."""
+        if not self.try_acquire(tenant):
+            return None
+        turn = Turn(self, tenant)
+        turn.begin()
+        return turn
+
+    async def turn(self, tenant: str) -> Turn:
+        """Wait for the tenant's turn (what :meth:`turn_now` could not give at once)."""
+        await self.acquire(tenant)
+        turn = Turn(self, tenant)
+        turn.begin()
+        return turn
 
 
-class _Slot:
-    """One request's place in service (a class, not a generator: it is on every request's
-    path). ``held`` is false while a long wait lends the place out."""
+class Turn:
+    """One request's place in service, from :meth:`Turn.begin` (its slot acquired) to
+    :meth:`Turn.end`; also an ``async with`` that acquires and ends it. ``held`` is false
+    while a long wait lends the place out."""
 
     __slots__ = ("_scheduler", "_tenant", "_token", "held")
 
@@ -147,16 +175,23 @@ class _Slot:
         self._tenant = tenant
         self.held = False
 
-    async def __aenter__(self) -> None:
-        await self._scheduler.acquire(self._tenant)
+    def begin(self) -> None:
+        """The slot is acquired: hold it, and lend it out during the request's long waits."""
         self.held = True
         self._token = set_wait_hook(self._lend)
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    def end(self) -> None:
         reset_wait_hook(self._token)
         if self.held:
             self.held = False
             self._scheduler.release(self._tenant)
+
+    async def __aenter__(self) -> None:
+        await self._scheduler.acquire(self._tenant)
+        self.begin()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.end()
 
     @contextlib.asynccontextmanager
     async def _lend(self) -> AsyncIterator[None]:

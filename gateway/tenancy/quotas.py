@@ -387,6 +387,60 @@ class QuotaBook:
             elif (bucket.rate, bucket.capacity) != (rate, capacity):
                 bucket.reshape(rate, capacity, now)
 
+    # --- without waiting: the usual case, on every tenant request's path -----------------
+    #
+    # Each answers True once it has done what its async namesake does (or raised its
+    # refusal), and False, having done nothing, when that needs a wait: the tenant's quotas
+    # are not fresh, its buckets live in another process, or they must be reshaped first.
+
+    def _ready(self, tenant: str, quotas: Quotas) -> _Tenant | None:
+        """The tenant's state here, current with ``quotas`` (None: take the async path)."""
+        state = self._tenants.get(tenant)
+        if state is None or state.quotas is not quotas or self._homes.quota_home(tenant):
+            return None
+        return state
+
+    def _now(self, tenant: str, quota: str) -> tuple[bool, _Tenant | None]:
+        """Whether ``quota`` can be charged without waiting, and the state whose bucket
+        takes the charge (None: the tenant has no such quota)."""
+        quotas = self.tenant_quotas.fresh(tenant)
+        if quotas is None:
+            return False, None
+        if getattr(quotas, quota) is None:
+            return True, None
+        state = self._ready(tenant, quotas)
+        return state is not None, state
+
+    def admit_request_now(self, tenant: str) -> bool:
+        ready, state = self._now(tenant, "requests_per_s")
+        if state is not None:
+            self._take(state, "requests_per_s", 1)
+        return ready
+
+    def admit_consume_now(self, tenant: str) -> bool:
+        ready, state = self._now(tenant, "consume_bytes_per_s")
+        if state is not None:
+            self._wait_positive(state)
+        return ready
+
+    def admit_produce_now(self, tenant: str, cost: int) -> bool:
+        """:meth:`check_storage`, then :meth:`admit_produce` of ``cost``, both or none."""
+        quotas = self.tenant_quotas.fresh(tenant)
+        if quotas is None:
+            return False
+        limit = quotas.max_stored_bytes
+        if limit is None and quotas.produce_bytes_per_s is None:
+            return True
+        state = self._ready(tenant, quotas)
+        if state is None:
+            return False
+        if limit is not None:
+            if not self._stored_fresh(state):
+                return False
+            self._check_stored(state, limit)
+        self._take(state, "produce_bytes_per_s", cost)
+        return True
+
     # --- the book's operations: here, or asked of the tenant's home ----------------------
 
     async def _limited(self, tenant: str, quota: str) -> bool:
@@ -480,21 +534,26 @@ class QuotaBook:
             **retry_details(quota, limit, wait_s),
         )
 
-    async def _admit_request(self, tenant: str) -> None:
-        state = await self._state(tenant)
-        bucket = state.buckets.get("requests_per_s")
-        if bucket is not None:
-            wait = bucket.take(1, self.clock())
-            if wait:
-                raise self._refuse("requests_per_s", int(bucket.rate), wait)
-
-    async def _admit_produce(self, tenant: str, cost: int) -> None:
-        state = await self._state(tenant)
-        bucket = state.buckets.get("produce_bytes_per_s")
+    def _take(self, state: _Tenant, quota: str, cost: int) -> None:
+        """Take ``cost`` tokens of the quota's bucket, if it has one, or refuse."""
+        bucket = state.buckets.get(quota)
         if bucket is not None:
             wait = bucket.take(cost, self.clock())
             if wait:
-                raise self._refuse("produce_bytes_per_s", int(bucket.rate), wait)
+                raise self._refuse(quota, int(bucket.rate), wait)
+
+    def _wait_positive(self, state: _Tenant) -> None:
+        bucket = state.buckets.get("consume_bytes_per_s")
+        if bucket is not None:
+            wait = bucket.wait_positive(self.clock())
+            if wait:
+                raise self._refuse("consume_bytes_per_s", int(bucket.rate), wait)
+
+    async def _admit_request(self, tenant: str) -> None:
+        self._take(await self._state(tenant), "requests_per_s", 1)
+
+    async def _admit_produce(self, tenant: str, cost: int) -> None:
+        self._take(await self._state(tenant), "produce_bytes_per_s", cost)
 
     def _refund_produce(self, tenant: str, cost: int) -> None:
         state = self._tenants.get(tenant)
@@ -503,12 +562,7 @@ class QuotaBook:
             bucket.refund(cost, self.clock())
 
     async def _admit_consume(self, tenant: str) -> None:
-        state = await self._state(tenant)
-        bucket = state.buckets.get("consume_bytes_per_s")
-        if bucket is not None:
-            wait = bucket.wait_positive(self.clock())
-            if wait:
-                raise self._refuse("consume_bytes_per_s", int(bucket.rate), wait)
+        self._wait_positive(await self._state(tenant))
 
     def _charge_consume(self, tenant: str, cost: int) -> None:
         state = self._tenants.get(tenant)
@@ -516,15 +570,23 @@ class QuotaBook:
         if bucket is not None and cost:
             bucket.charge(cost, self.clock())
 
+    def _stored_fresh(self, state: _Tenant) -> bool:
+        """Whether the tenant's stored bytes were measured within ``refresh_s``."""
+        at = state.stored_at
+        return at is not None and self.clock() - at < self.tenant_quotas.refresh_s
+
     async def _check_storage(self, tenant: str) -> None:
         state = await self._state(tenant)
         limit = state.quotas.max_stored_bytes
         if limit is None:
             return
-        now = self.clock()
-        if state.stored_at is None or now - state.stored_at >= self.tenant_quotas.refresh_s:
+        if not self._stored_fresh(state):
+            now = self.clock()
             state.stored_bytes = await self._stored_bytes(tenant)
             state.stored_at = now
+        self._check_stored(state, limit)
+
+    def _check_stored(self, state: _Tenant, limit: int) -> None:
         if state.stored_bytes >= limit:
             raise StorageQuotaExceededError(
                 f"the tenant stores {state.stored_bytes} bytes, at or over its "

@@ -31,9 +31,9 @@ from gateway.config import Clocks, ServerConfig
 from gateway.health import Health
 from gateway.http.keys import BROKER, CONFIG, HEALTH, METER, METRICS, OPENAPI, TENANCY
 from gateway.http.metrics import Metrics
-from gateway.http.middlewares import Forwarder, front_middleware, tenant_gate
+from gateway.http.middlewares import Forwarder, front_door
 from gateway.http.openapi.document import build_document
-from gateway.http.routes import ROUTES
+from gateway.http.routes import ROUTES, router_order
 from gateway.http.routing import index
 from gateway.processes.peers import Peers
 from gateway.processes.role import WorkerRole
@@ -79,13 +79,13 @@ def create_app(
     def forwarding() -> Forwarder:
         return app[FORWARDING]
 
-    routes = index(ROUTES)
+    metrics = Metrics(gather=None if peers is None else peers.metrics_texts)
     app = web.Application(
         client_max_size=config.max_request_bytes,
         middlewares=[
-            front_middleware,
-            tenant_gate(
-                routes,
+            front_door(
+                index(ROUTES),
+                metrics=metrics,
                 authenticator=lambda: app[AUTHENTICATOR],
                 quotas=lambda: app[TENANCY].quotas,
                 meter=lambda: app[METER],
@@ -98,10 +98,10 @@ def create_app(
     app[CONFIG] = config
     app[CLOCKS] = clocks or Clocks()
     app[HEALTH] = Health()
-    app[METRICS] = Metrics(gather=None if peers is None else peers.metrics_texts)
-    app[METRICS].watch(loops.scheduler_collector(scheduler))
+    app[METRICS] = metrics
+    metrics.watch(loops.scheduler_collector(scheduler))
     app[OPENAPI] = build_document(_version(), ROUTES)
-    for route in ROUTES:
+    for route in router_order():
         app.router.add_route(route.method, route.path, route.handler)
     if peers is not None:
         app[PEERS] = peers

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from partitions.batch import BatchBytes, Record
 from partitions.log.layout import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, segment_name
@@ -37,8 +38,9 @@ class LogConfig:
             raise ValueError("segment_bytes must be below 4 GiB (index positions are u32)")
 
 
-@dataclass(frozen=True, slots=True)
-class AppendResult:
+class AppendResult(NamedTuple):
+    """Where an append's records went. A named tuple: one is made for every append."""
+
     base_offset: int
     record_count: int
 
