@@ -23,6 +23,10 @@ class NotCachedError(Exception):
     """A read limited to the page cache met bytes that would need the disk."""
 
 
+class CachedReadsUnsupportedError(NotCachedError):
+    """The file's filesystem cannot limit a read to the page cache (tmpfs cannot)."""
+
+
 @contextlib.contextmanager
 def cached_reads_only() -> Iterator[None]:
     """Within it, this thread's exact reads take only bytes the page cache holds and raise
@@ -119,6 +123,10 @@ def pread_into(fd: int, buffer: memoryview, offset: int) -> int:
             n = os.preadv(fd, [buffer[got:]], offset + got, flags)
         except BlockingIOError as exc:
             raise NotCachedError(f"bytes at {offset + got} are not in the page cache") from exc
+        except OSError as exc:
+            if not flags or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            raise CachedReadsUnsupportedError(f"{os.strerror(exc.errno)}: RWF_NOWAIT") from exc
         if not n:
             break
         got += n

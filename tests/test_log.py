@@ -24,6 +24,7 @@ from partitions.errors import (
 )
 from partitions.fileio import (
     CACHED_READS,
+    CachedReadsUnsupportedError,
     FileOps,
     NotCachedError,
     cached_reads_only,
@@ -35,6 +36,7 @@ from partitions.log.layout import list_segment_bases, segment_name
 from partitions.log.partition_log import PartitionLog
 from partitions.log.values import LogConfig
 from tests.logtools import read_all, record
+from tests.tmpfs import small_tmpfs
 
 SMALL = LogConfig(segment_bytes=16 * 1024, index_interval_bytes=512)
 
@@ -680,3 +682,28 @@ def test_a_cached_only_read_refuses_what_is_not_cached(tmp_path: Path) -> None:
         assert pread_exact(fd, 4096, 0) == b"x" * 4096
     finally:
         os.close(fd)
+
+
+@pytest.mark.skipif(not CACHED_READS, reason="this system cannot read from the page cache only")
+async def test_a_log_on_a_filesystem_without_cached_only_reads_reads_on_threads(
+    tmp_path: Path,
+) -> None:
+    # tmpfs refuses RWF_NOWAIT.
+    with small_tmpfs(tmp_path / "tmpfs", "4m") as directory:
+        fd = os.open(directory / "probe", os.O_RDWR | os.O_CREAT)
+        try:
+            os.write(fd, b"x" * 64)
+            with cached_reads_only(), pytest.raises(CachedReadsUnsupportedError):
+                pread_exact(fd, 64, 0)
+        finally:
+            os.close(fd)
+        log = await PartitionLog.open(directory / "log", SMALL)
+        for i in range(20):
+            await log.append_records([record(f"value-{i}")])
+        for _ in range(2):  # the first read learns, the second goes straight to a thread
+            read = await log.read_batches(0, max_bytes=1 << 20)
+            assert [r.value for r in decode_records(read.data)] == [b"value-0"]
+            assert [r.value for r in await read_all(log)] == [
+                f"value-{i}".encode() for i in range(20)
+            ]
+        await log.close()

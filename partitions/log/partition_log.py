@@ -47,7 +47,13 @@ from partitions.errors import (
     PartitionSealedError,
     PartitionUnavailableError,
 )
-from partitions.fileio import CACHED_READS, FileOps, NotCachedError, cached_reads_only
+from partitions.fileio import (
+    CACHED_READS,
+    CachedReadsUnsupportedError,
+    FileOps,
+    NotCachedError,
+    cached_reads_only,
+)
 from partitions.log.loader import LogLoader, TailRecovery
 from partitions.log.reads import (
     check_range,
@@ -116,6 +122,8 @@ class PartitionLog:
         self.config = config
         self._executor = executor
         self._loop = asyncio.get_running_loop()
+        # Whether reads may first try the page cache on the event loop (see _read).
+        self._cached_reads = CACHED_READS
         self._state = state = LogState(directory, config, ops, clock_ms, self._loop)
         self._loader = LogLoader(state)
         self._writer = LogWriter(state, self._loader, writer_pool, on_roll)
@@ -520,10 +528,12 @@ class PartitionLog:
         consumer keeping up reads: the hop to a reader thread would cost more than the
         copy), else on a reader thread. Reads larger than ``INLINE_READ_BYTES`` always
         go to a thread, so that none holds the loop for long."""
-        if CACHED_READS and max_bytes <= INLINE_READ_BYTES:
+        if self._cached_reads and max_bytes <= INLINE_READ_BYTES:
             try:
                 with cached_reads_only():
                     return fn(*args)
+            except CachedReadsUnsupportedError:
+                self._cached_reads = False  # this filesystem cannot: threads from now on
             except NotCachedError:
                 pass
         return await self._run(fn, *args)
