@@ -32,7 +32,7 @@ PATCH_ATTEMPTS = 5
 
 
 def _tenancy(request: web.Request) -> Tenancy:
-    # The tenant gate admits only the admin key to these routes (the route table says so).
+    # The front door admits only the admin key to these routes (the route table says so).
     return request.app[TENANCY]
 
 

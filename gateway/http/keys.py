@@ -21,7 +21,7 @@ from partitions.catalog import Catalog
 
 @dataclass(frozen=True, slots=True)
 class Tenancy:
-    """What the admin routes and the tenant gate work with."""
+    """What the admin routes and the front door work with."""
 
     catalog: Catalog
     authenticator: Authenticator
@@ -39,7 +39,7 @@ TENANCY = web.AppKey("tenancy", Tenancy)
 METER = web.AppKey("meter", Meter)
 METERING = web.AppKey("metering", Metering)
 
-# Who is calling: set by the tenant gate for every request that is not public.
+# Who is calling: set by the front door for every request that is not public.
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 

@@ -1,7 +1,7 @@
 """The route table of API v1: every route, who may call it, the action of a key's scope it
 needs, whether it answers records, and whether it is served by its state's home process.
 
-The app's router is built from this table, the tenant gate reads it for every request, the
+The app's router is built from this table, the front door reads it for every request, the
 OpenAPI document lists exactly its routes, and the tests read it too.
 """
 

@@ -54,7 +54,7 @@ _NOT_RELAYED = frozenset(
 
 
 class Forwarding:
-    """Serves a request whose state has its home in another worker there (the tenant gate
+    """Serves a request whose state has its home in another worker there (the front door
     of ``gateway/http/middlewares.py`` asks it for each such route)."""
 
     def __init__(self, index: int, count: int, http: HttpForwarder) -> None:

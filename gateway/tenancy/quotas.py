@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from gateway.settings import setting
+from gateway.tenancy.buckets import TokenBucket
 from partitions.catalog import Catalog, TenantLimits
 from partitions.errors import EventBusError, InvalidInputError
 from partitions.shapes import Choice, Integer, Nullable, Object, OneOf
@@ -152,55 +153,6 @@ def apply_quota_changes(
         else:
             merged[name] = value if isinstance(value, int) else None
     return merged
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    """Tokens refill at ``rate`` per second up to ``capacity``; ``tokens`` may go below
-    zero only through :meth:`charge` (a debt)."""
-
-    rate: float
-    capacity: float
-    tokens: float
-    updated: float
-
-    def _refill(self, now: float) -> None:
-        if now > self.updated:
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = max(self.updated, now)
-
-    def take(self, cost: float, now: float) -> float:
-        """Take ``cost`` tokens if there are enough: answers 0.0, or the seconds to wait
-        until there will be (nothing taken). A cost above the capacity passes with a full
-        bucket and leaves a debt."""
-        self._refill(now)
-        need = min(cost, self.capacity)
-        if self.tokens >= need:
-            self.tokens -= cost
-            return 0.0
-        return (need - self.tokens) / self.rate
-
-    def wait_positive(self, now: float) -> float:
-        """0.0 when the bucket holds more than nothing, else the seconds until it will."""
-        self._refill(now)
-        if self.tokens > 0:
-            return 0.0
-        # A hair past zero, so that a retry after this long finds tokens.
-        return (-self.tokens) / self.rate + 1e-3
-
-    def charge(self, cost: float, now: float) -> None:
-        self._refill(now)
-        self.tokens -= cost
-
-    def refund(self, cost: float, now: float) -> None:
-        self._refill(now)
-        self.tokens = min(self.capacity, self.tokens + cost)
-
-    def reshape(self, rate: float, capacity: float, now: float) -> None:
-        """A new rate (a PATCH): keep what the bucket holds, within the new capacity."""
-        self._refill(now)
-        self.rate, self.capacity = rate, capacity
-        self.tokens = min(self.tokens, capacity)
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """Tenancy in the app: the keys' authenticator and the writer of their last uses, the
 tenants' quotas (read by the broker for its limits), then, once the broker can measure what
-tenants store, the quota book the tenant gate charges."""
+tenants store, the quota book the front door charges."""
 
 from __future__ import annotations
 
