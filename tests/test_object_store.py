@@ -386,3 +386,34 @@ async def test_multipart_uploads_are_create_only_and_aborted_on_failure(
     uploads = await store.client.list_multipart_uploads(Bucket=store.bucket)
     assert uploads.get("Uploads", []) == []
     assert [o.key for o in await store.list("")] == ["mp", "mp2"]
+
+
+async def test_a_delete_whose_directory_another_deletion_removed_is_done(
+    tmp_path: Path,
+) -> None:
+    """Two deletions of the last objects of one directory (worker processes deleting one
+    topic's objects): the one that removes the directory may do so between the other's
+    unlink and its fsync of the directory."""
+    root = tmp_path / "objects"
+
+    class OtherDeletionFirst(FileOps):
+        armed = False
+
+        def fsync_dir(self, path: Path) -> None:
+            if self.armed:  # the other deletion takes the last file and the directory
+                self.armed = False
+                (path / "2").unlink()
+                path.rmdir()
+            super().fsync_dir(path)
+
+    ops = OtherDeletionFirst()
+    store = await FileObjectStore.open(root, timeout_s=CALL_TIMEOUT_S, ops=ops)
+    try:
+        await store.put("t/a/1", b"1")
+        await store.put("t/a/2", b"2")
+        ops.armed = True
+        await store.delete("t/a/1")  # raised FileNotFoundError from the directory's fsync
+        assert await store.list("t/") == []
+        assert not (root / "t" / "a").exists()
+    finally:
+        await store.close()

@@ -178,7 +178,12 @@ class FileObjectStore:
             path.unlink()
         except FileNotFoundError:
             return
-        self._ops.fsync_dir(path.parent)
+        try:
+            self._ops.fsync_dir(path.parent)
+        except FileNotFoundError:
+            # Another deletion (another thread, or another worker process deleting the same
+            # topic's objects) emptied the directory and removed it: nothing left to do.
+            return
         # Drop directories left empty (a deleted topic's), up to the root.
         parent = path.parent
         while parent != self.root:
