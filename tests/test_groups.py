@@ -325,6 +325,16 @@ async def test_seek_describe_and_delete(api: Api) -> None:
     assert (await api.call("DELETE", G))[0] == 204
     assert (await api.call("GET", G))[0] == 404
     assert (await api.call("DELETE", G))[0] == 404
+    # A seek positions a group whether or not it exists, as Kafka's offset reset does (a
+    # group can be placed before its consumers start): after the deletion it makes the
+    # group again, with no members, at the generation of one change.
+    status, body = await api.call(
+        "POST", G + "/seek", json={"to": {"offsets": [{"partition": 0, "offset": 0}]}}
+    )
+    assert status == 200 and body["committed"] == [{"partition": 0, "offset": 0}]
+    status, group = await api.call("GET", G)
+    assert status == 200 and group["members"] == [] and group["generation"] == 1, group
+    assert group["partitions"][0]["committed"] == 0
 
 
 async def test_children_wait_until_every_parent_is_drained(api: Api) -> None:

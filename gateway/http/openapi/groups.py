@@ -71,6 +71,8 @@ def group_paths() -> dict[str, Any]:
         base + "/seek": {
             "post": {
                 "summary": "Reset committed offsets (only while the group has no live members)",
+                "description": "A group that does not exist is made, with the offsets sought "
+                "and no members, so that it can be placed before its consumers start.",
                 "responses": {"200": committed, **errors(400, 401, 403, 404, 409, 416)},
             },
         },
