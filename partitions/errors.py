@@ -143,6 +143,16 @@ class StorageBackpressureError(EventBusError):
     retriable = True
 
 
+class CatalogUnavailableError(EventBusError):
+    """The catalog's store cannot be reached now (DynamoDB down, throttling that outlasted
+    the retries, a call past its deadline). Nothing is known to have changed unless the
+    operation says so; the same request can be retried."""
+
+    code = "catalog_unavailable"
+    status = 503
+    retriable = True
+
+
 class PartitionUnavailableError(EventBusError):
     """The partition is recovering from a storage failure and cannot take requests yet."""
 

@@ -1,0 +1,7 @@
+"""The catalog in DynamoDB, for several nodes: ``--catalog dynamodb://PREFIX``.
+
+The same :class:`~partitions.catalog.Catalog` Protocol as the SQLite store, passing the same
+conformance suite. ``tables`` defines the four tables (and creates them), ``keys`` says where
+each thing lives, ``client`` is the one way calls are made (retries, deadlines, writes whose
+outcome is unknown), and one module per entity does the operations, as in the SQLite store.
+"""
