@@ -16,6 +16,7 @@ from yarl import URL
 
 from gateway.config import ServerConfig
 from gateway.wiring.app import create_app
+from tests.dynamodb import dynamodb_server
 from tests.s3 import moto_server
 from tests.servers import WORKERS, read_credentials, split_clocks, start_process
 
@@ -140,6 +141,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint() -> Iterator[str]:
+    """moto's DynamoDB on loopback, one request at a time, for the whole session (each test
+    makes its own tables), with fake credentials in the environment."""
+    with dynamodb_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

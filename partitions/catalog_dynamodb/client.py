@@ -118,28 +118,25 @@ def _code(exc: ClientError) -> tuple[str, int]:
 
 @dataclass(slots=True)
 class CallStats:
-    """What one kind of call cost so far: how many, and the capacity DynamoDB reported."""
+    """What one kind of call cost so far: how many, and the capacity units DynamoDB
+    reported (reads and writes together, as ``CapacityUnits`` says)."""
 
     calls: int = 0
-    read_units: float = 0.0
-    write_units: float = 0.0
+    units: float = 0.0
 
 
 @dataclass(slots=True)
 class Usage:
-    """Calls and consumed capacity by operation name, for measuring what each costs."""
+    """Calls and consumed capacity by what they were for, to measure what each costs."""
 
     by_call: dict[str, CallStats] = field(default_factory=dict)
-    reported: bool = False
 
     def add(self, what: str, answer: Mapping[str, Any]) -> None:
         stats = self.by_call.setdefault(what, CallStats())
         stats.calls += 1
         consumed = answer.get("ConsumedCapacity")
         for one in consumed if isinstance(consumed, list) else [consumed] if consumed else []:
-            self.reported = True
-            stats.read_units += float(one.get("ReadCapacityUnits", 0) or 0)
-            stats.write_units += float(one.get("WriteCapacityUnits", 0) or 0)
+            stats.units += float(one.get("CapacityUnits", 0) or 0)
 
 
 class Dynamo:
