@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 import partitions.catalog_sqlite.tenants as tenants
 from partitions.catalog import HashRange, LineageChange, PartitionRecord
+from partitions.catalog_rules import check_partition_limit
 from partitions.catalog_sqlite.incarnations import live_incarnation, live_topic
 from partitions.catalog_sqlite.rows import hash_text, json_text, partition_record
 from partitions.errors import (
-    InvalidInputError,
     InvalidMergeError,
     InvalidOffsetError,
     InvalidSplitPointError,
@@ -24,13 +24,6 @@ from partitions.errors import (
     PartitionsNotAdjacentError,
     VersionConflictError,
 )
-
-
-def check_placement(placement: Sequence[int] | None, count: int) -> None:
-    if placement is not None and (
-        len(placement) != count or any(isinstance(w, bool) or w < 0 for w in placement)
-    ):
-        raise InvalidInputError(f"a placement names one worker (>= 0) for each of {count}")
 
 
 def insert_partition(
@@ -177,7 +170,7 @@ def split_partition(
         )
     if max_partitions is not None:
         # One parent sealed, two children active: one more active partition.
-        tenants.check_partition_limit(tenants.live_counts(conn, tenant), tenant, 1, max_partitions)
+        check_partition_limit(tenants.live_counts(conn, tenant), tenant, 1, max_partitions)
     now = clock_ms()
     left, right = _next_partition_ids(conn, tenant, incarnation, 2)
     _seal(conn, parent, end_offset, [left, right], now)

@@ -41,6 +41,7 @@ from partitions.catalog import (
     TopicRecord,
     UsageRecord,
 )
+from partitions.catalog_rules import check_placement
 from partitions.catalog_sqlite.schema import (
     backup_catalog,
     connect,
@@ -259,7 +260,7 @@ class SqliteCatalog:
         max_partitions: int | None = None,
         placement: Sequence[int] | None = None,
     ) -> tuple[TopicRecord, PartitionRecord]:
-        lineage.check_placement(placement, 1)
+        check_placement(placement, 1)
         return await self._tx(
             topics.create_topic,
             tenant,
@@ -301,7 +302,7 @@ class SqliteCatalog:
         max_partitions: int | None = None,
         placement: Sequence[int] | None = None,
     ) -> LineageChange:
-        lineage.check_placement(placement, 2)
+        check_placement(placement, 2)
         return await self._tx(
             lineage.split_partition,
             tenant,
@@ -323,7 +324,7 @@ class SqliteCatalog:
         end_offsets: Sequence[int],
         placement: Sequence[int] | None = None,
     ) -> LineageChange:
-        lineage.check_placement(placement, 1)
+        check_placement(placement, 1)
         return await self._tx(
             lineage.merge_partitions,
             tenant,

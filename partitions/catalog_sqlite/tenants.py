@@ -15,10 +15,8 @@ from partitions.catalog import ApiKeyRecord, TenantCounts, TenantRecord, TopicRe
 from partitions.catalog_sqlite.rows import api_key_record, json_text, tenant_record, topic_record
 from partitions.errors import (
     ApiKeyNotFoundError,
-    PartitionLimitError,
     TenantExistsError,
     TenantNotFoundError,
-    TopicLimitError,
     VersionConflictError,
 )
 
@@ -117,29 +115,6 @@ def live_counts(conn: sqlite3.Connection, tenant: str) -> TenantCounts:
 def tenant_counts(conn: sqlite3.Connection, tenant: str) -> TenantCounts:
     require_tenant(conn, tenant)
     return live_counts(conn, tenant)
-
-
-def check_topic_limit(counts: TenantCounts, tenant: str, max_topics: int | None) -> None:
-    """Refuse one more topic if the tenant has ``max_topics`` already."""
-    if max_topics is not None and counts.topics >= max_topics:
-        raise TopicLimitError(
-            f"tenant {tenant!r} has {counts.topics} topics and may have at most {max_topics}",
-            max_topics=max_topics,
-            topics=counts.topics,
-        )
-
-
-def check_partition_limit(
-    counts: TenantCounts, tenant: str, adding: int, max_partitions: int | None
-) -> None:
-    """Refuse a change that adds ``adding`` active partitions beyond ``max_partitions``."""
-    if max_partitions is not None and counts.active_partitions + adding > max_partitions:
-        raise PartitionLimitError(
-            f"tenant {tenant!r} has {counts.active_partitions} active partitions and may "
-            f"have at most {max_partitions}",
-            max_partitions=max_partitions,
-            active_partitions=counts.active_partitions,
-        )
 
 
 def add_api_key(

@@ -15,6 +15,7 @@ from typing import Any
 
 import partitions.catalog_sqlite.tenants as tenants
 from partitions.catalog import WHOLE_SPACE, PartitionRecord, TopicRecord
+from partitions.catalog_rules import check_partition_limit, check_topic_limit
 from partitions.catalog_sqlite.incarnations import live_topic
 from partitions.catalog_sqlite.lineage import insert_partition, place, require_partition
 from partitions.catalog_sqlite.rows import json_text, topic_record
@@ -43,8 +44,8 @@ def create_topic(
         )
     if max_topics is not None or max_partitions is not None:
         counts = tenants.live_counts(conn, tenant)
-        tenants.check_topic_limit(counts, tenant, max_topics)
-        tenants.check_partition_limit(counts, tenant, 1, max_partitions)
+        check_topic_limit(counts, tenant, max_topics)
+        check_partition_limit(counts, tenant, 1, max_partitions)
     incarnation = str(uuid.uuid4())
     now = clock_ms()
     conn.execute(
