@@ -1,5 +1,5 @@
-"""The ``eventbus`` command line: the server, the catalog's backup, and a client for topics,
-records and groups."""
+"""The ``eventbus`` command line: the server, the catalog's backup and tables, and a client
+for topics, records and groups."""
 
 from __future__ import annotations
 
@@ -8,22 +8,14 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from gateway.cli.commands import (
-    CliError,
-    add_client_commands,
-    api_key,
-    default_data_dir,
-    groups,
-    topics,
-)
+from gateway.cli.catalog import add_catalog_parser, run_catalog_command
+from gateway.cli.commands import CliError, add_client_commands, api_key, groups, topics
 from gateway.cli.consume import consume
 from gateway.cli.produce import produce
 from gateway.cli.serve import WorkerMain, add_serve_parser, serve
 from gateway.client import ApiError, Client, ClientError
 from gateway.config import Clocks
-from partitions.catalog_sqlite import CATALOG_FILE, backup_catalog
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,26 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(commands)
-    catalog = commands.add_parser("catalog", help="work with the catalog of a data directory")
-    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
-    backup = catalog_commands.add_parser(
-        "backup", help="write a consistent copy of the catalog (safe while the server runs)"
-    )
-    backup.add_argument("path", type=Path, help="file to write the copy to")
-    backup.add_argument("--data-dir", default=default_data_dir(), help="the server's data dir")
+    add_catalog_parser(commands)
     add_client_commands(commands)
     return parser
-
-
-def _backup(args: argparse.Namespace) -> int:
-    source = Path(args.data_dir) / CATALOG_FILE
-    try:
-        backup_catalog(source, args.path)
-    except FileNotFoundError:
-        print(f"eventbus: no catalog at {source}", file=sys.stderr)
-        return 1
-    print(f"eventbus: wrote a copy of {source} to {args.path}")
-    return 0
 
 
 def _run_client_command(args: argparse.Namespace) -> int:
@@ -87,8 +62,8 @@ def main(
                 return main(worker_argv, clocks=clocks)
 
         return serve(parser, args, argv, clocks=clocks, worker_main=worker_main)
-    if args.command == "catalog" and args.catalog_command == "backup":
-        return _backup(args)
+    if args.command == "catalog":
+        return run_catalog_command(args)
     if args.command in ("topics", "produce", "consume", "groups"):
         try:
             return _run_client_command(args)
