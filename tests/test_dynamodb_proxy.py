@@ -204,3 +204,27 @@ async def test_the_catalogs_retry_policy_reads_the_faults_as_dynamodbs(
     finally:
         proxy.clear()
         await db.close()
+
+
+async def test_a_dynamodb_refusing_connections_is_unavailable_then_reached_again(
+    proxy: DynamoDbFaultProxy, tables: TableNames, dynamodb_endpoint: str
+) -> None:
+    """Refused connections sent nothing: retried within the deadline (the write lands once
+    DynamoDB is back), and past it the catalog is unavailable, never a library error."""
+    db = await Dynamo.open(tables, endpoint_url=proxy.url, timeout_s=1.5)
+    try:
+        await proxy.down()
+        with pytest.raises(CatalogUnavailableError):
+            await db.get("get", "catalog", _key("a"))
+        with pytest.raises(CatalogUnavailableError):
+            await db.write("put", "put_item", landed=None, TableName=tables.catalog, Item=_key("a"))
+        assert not await _exists(dynamodb_endpoint, tables.catalog, "a")
+        write = asyncio.ensure_future(
+            db.write("put", "put_item", landed=None, TableName=tables.catalog, Item=_key("b"))
+        )
+        await asyncio.sleep(0.3)
+        await proxy.up()
+        await write
+        assert await _exists(dynamodb_endpoint, tables.catalog, "b")
+    finally:
+        await db.close()

@@ -2,7 +2,8 @@
 deadline, and the rule for writes whose outcome is unknown.
 
 - **Retried**: throttling, transaction conflicts (a transaction cancelled only for those),
-  server errors (5xx) and broken connections, with exponential backoff and full jitter.
+  server errors (5xx), connections that could not be made (refused, timed out: nothing
+  was sent) and broken ones, with exponential backoff and full jitter.
   botocore's own retries are off, so that this is the one policy.
 - **Deadline**: a call, all its retries included, ends within ``timeout_s``; one that does
   not, or whose retries run out, raises :class:`~partitions.errors.CatalogUnavailableError`
@@ -31,6 +32,7 @@ import aiohttp
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from partitions.catalog_dynamodb.tables import TableNames
 from partitions.errors import CatalogUnavailableError
@@ -238,9 +240,11 @@ class Dynamo:
                     if status >= 500:
                         raise _UnknownOutcome(f"DynamoDB answered {status} {code}") from exc
                     raise
+                except BotoConnectionError:
+                    raise  # no connection was made: nothing was sent, sent again below
                 except (HTTPClientError, aiohttp.ClientError, OSError) as exc:
                     raise _UnknownOutcome(f"connection failed: {exc}") from exc
-            except ClientError as exc:
+            except (ClientError, BotoConnectionError) as exc:
                 failure = exc
             except _UnknownOutcome as exc:
                 failure = exc
