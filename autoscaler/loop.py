@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from autoscaler.config import autoscale_config
 from autoscaler.measure import Clock, LoadMeters
 from autoscaler.policy import Blocked, Decision, HotKey, Merge, Split, decide
+from partitions.backoff import Backoff
 from partitions.catalog import LineageChange, PartitionRecord
 from partitions.errors import EventBusError, TenantNotFoundError
 
@@ -140,12 +141,17 @@ class Autoscaler:
         self._wall_ms = wall_clock_ms
 
     async def run_forever(self, interval_s: float) -> None:
+        """A pass every ``interval_s``, whatever the last one met: a pass that fails (the
+        catalog cannot be reached) is logged once per run of failures, not at each."""
+        failures = Backoff("an autoscale pass", log, first_s=interval_s, max_s=interval_s)
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.tick()
-            except Exception:
-                log.exception("autoscale pass failed; trying again next time")
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again
+                failures.failed(exc)
+            else:
+                failures.succeeded()
 
     async def tick(self) -> None:
         """Evaluate every live topic once and apply what the policy decides."""

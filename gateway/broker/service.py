@@ -32,6 +32,7 @@ from gateway.broker.topology import SINGLE_PROCESS, Topology
 from gateway.broker.views import TopicView, TopicViews
 from partitions.catalog import UNLIMITED, Catalog, LineageChange, TenantLimits, TopicRecord
 from partitions.errors import (
+    CatalogUnavailableError,
     ConflictError,
     EventBusError,
     TopicExistsError,
@@ -391,12 +392,16 @@ class Broker:
         what stays on disk); answers how many segments went.
 
         A topic that fails (a partition recovering, say) is logged and skipped; the others
-        go on. Logs the catalog sealed but that are not sealed yet are sealed here too, and
-        deleted topics whose cleanup was interrupted are finished.
+        go on. A catalog that cannot be reached ends the pass (raised: the others would
+        fail alike, and the loop says so once). Logs the catalog sealed but that are not
+        sealed yet are sealed here too, and deleted topics whose cleanup was interrupted
+        are finished.
         """
         try:
             if self.topology.leader:
                 await self.finish_deletions()
+        except CatalogUnavailableError:
+            raise  # every topic would fail the same way: the pass ends here, said once
         except EventBusError as exc:
             log.warning("finishing topic deletions failed: %s", exc)
         removed = 0
@@ -409,6 +414,8 @@ class Broker:
                 removed += await self.tiered.retain_topic(
                     tenant, name, view.record.incarnation, view.record.config, list(view.partitions)
                 )
+            except CatalogUnavailableError:
+                raise
             except EventBusError as exc:
                 log.warning("retention of topic %s/%s failed: %s", tenant, name, exc)
         return removed

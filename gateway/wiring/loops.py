@@ -14,6 +14,7 @@ from gateway.http.collectors import SchedulerCollector
 from gateway.http.keys import BROKER, CONFIG, HEALTH
 from gateway.processes import memory
 from gateway.tenancy.fairness import FairScheduler
+from partitions.backoff import Backoff
 
 log = logging.getLogger("eventbus.server")
 
@@ -49,13 +50,16 @@ async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
     interval = app[CONFIG].retention_check_ms / 1000
 
     async def apply_forever() -> None:
+        # Every pass at its time; one that fails is logged once per run of failures.
+        failures = Backoff("a retention pass", log, first_s=interval, max_s=interval)
         while True:
             await asyncio.sleep(interval)
             try:
                 removed = await broker.apply_retention()
-            except Exception:
-                log.exception("retention pass failed; trying again next time")
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again
+                failures.failed(exc)
                 continue
+            failures.succeeded()
             if removed:
                 log.info("retention removed %d segments", removed)
 
