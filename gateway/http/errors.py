@@ -67,6 +67,7 @@ _PUBLIC_MESSAGES = {
     "storage_backpressure": "too much data waits for upload to object storage; retry later",
     "object_store_unavailable": "the object store holding this data did not answer; retry",
     "object_store_error": "the object store holding this data refused the read; retry later",
+    "catalog_unavailable": "the catalog did not answer in time; retry",
 }
 # Server-side answers whose message and details are meant for the client (no internals).
 _EXPLAINED_5XX = frozenset({"offset_not_local"})
