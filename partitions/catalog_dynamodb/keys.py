@@ -96,12 +96,21 @@ def groups_pk(name: str, inc: str) -> str:
     return f"G{SEP}{name}{SEP}{inc}"
 
 
+def group_prefix(group_name: str) -> str:
+    """What the sort keys of a group's item and of its offsets begin with (and nothing
+    else's: no group name holds ``#``)."""
+    return f"{group_name}{SEP}"
+
+
 def group(name: str, inc: str, group_name: str) -> dict[str, Any]:
-    return key(groups_pk(name, inc), f"{group_name}{SEP}")
+    return key(groups_pk(name, inc), group_prefix(group_name))
+
+
+OFFSET = "O"
 
 
 def group_offset(name: str, inc: str, group_name: str, pid: int) -> dict[str, Any]:
-    return key(groups_pk(name, inc), f"{group_name}{SEP}O{pad(pid)}")
+    return key(groups_pk(name, inc), f"{group_prefix(group_name)}{OFFSET}{pad(pid)}")
 
 
 def segments_pk(name: str, inc: str, pid: int) -> str:
@@ -122,6 +131,17 @@ def segment_state_pk(state: str) -> str:
 def segment_order(name: str, inc: str, pid: int, base_offset: int) -> str:
     """The index's sort key of a segment: by tenant, incarnation, partition, base."""
     return f"{name}{SEP}{inc}{SEP}{pad(pid)}{SEP}{pad(base_offset)}"
+
+
+def segment_order_after(name: str, inc: str, pid: int, base_offset: int) -> str:
+    """A bound that the index sort keys of exactly the segments after (tenant, incarnation,
+    partition, base) in that order are greater than. A negative partition or base stands
+    for "before any": (t, i, -1, -1) is passed by every segment of t and i."""
+    if pid < 0:
+        return f"{name}{SEP}{inc}"
+    if base_offset < 0:
+        return f"{name}{SEP}{inc}{SEP}{pad(pid)}"
+    return segment_order(name, inc, pid, base_offset)
 
 
 # --- usage table -------------------------------------------------------------------------------
