@@ -83,12 +83,19 @@ class Fault(StrEnum):
     CONFLICT = "conflict"
     # 500 InternalServerError, without passing the call on: not applied.
     SERVER_ERROR = "server_error"
+    # Passed on and applied, then answered 500 InternalServerError: DynamoDB says a 500 may
+    # come after the change was made.
+    APPLIED_SERVER_ERROR = "applied_server_error"
     # Passed on and applied, then the connection closes without an answer: the caller
     # cannot know whether it happened.
     DROP_ANSWER = "drop_answer"
     # Never answered and never passed on: the call waits until the caller gives up (its
     # deadline) or the proxy is cleared, which closes the connection.
     STALL = "stall"
+
+
+# Faults given after the call was passed on (and applied) upstream.
+_PASSED_ON = frozenset({Fault.DROP_ANSWER, Fault.APPLIED_SERVER_ERROR})
 
 
 @dataclass
@@ -206,7 +213,7 @@ class DynamoDbFaultProxy:
         if fault is Fault.STALL:
             await self._released.wait()
             return _cut(request)
-        if fault is not None and fault is not Fault.DROP_ANSWER:
+        if fault is not None and fault not in _PASSED_ON:
             return _error(fault, operation, body)
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -217,6 +224,8 @@ class DynamoDbFaultProxy:
             out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
         if fault is Fault.DROP_ANSWER:
             return _cut(request)  # applied upstream; the caller never hears of it
+        if fault is Fault.APPLIED_SERVER_ERROR:
+            return _error(Fault.SERVER_ERROR, operation, body)
         return web.Response(status=answer.status, body=data, headers=out)
 
 

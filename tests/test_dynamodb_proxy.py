@@ -127,6 +127,17 @@ async def test_a_server_error_is_a_500_and_applies_nothing(
     assert not await _exists(dynamodb_endpoint, tables.catalog, "a")
 
 
+async def test_an_applied_server_error_is_a_500_after_the_change(
+    proxy: DynamoDbFaultProxy, tables: TableNames, dynamodb_endpoint: str
+) -> None:
+    proxy.inject(Fault.APPLIED_SERVER_ERROR, "PutItem")
+    async with dynamodb(proxy.url) as client:
+        with pytest.raises(ClientError) as failed:
+            await client.put_item(TableName=tables.catalog, Item=_key("a"))
+    assert _code(failed.value) == ("InternalServerError", 500)
+    assert await _exists(dynamodb_endpoint, tables.catalog, "a")
+
+
 async def test_a_dropped_answer_is_applied_but_never_heard(
     proxy: DynamoDbFaultProxy, tables: TableNames, dynamodb_endpoint: str
 ) -> None:
