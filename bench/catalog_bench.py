@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import aioboto3
@@ -38,6 +39,7 @@ from partitions.catalog import (
     UsageRecord,
 )
 from partitions.catalog_dynamodb import DynamoDbCatalog, TableNames, create_tables
+from partitions.catalog_dynamodb.client import Dynamo
 from partitions.catalog_sqlite import SqliteCatalog
 
 
@@ -142,21 +144,45 @@ async def prepare(catalog: Catalog) -> None:
         )
 
 
-async def reshapes(catalog: Catalog, runs: int) -> list[Measured]:
-    """A split and a merge of one partition, timed separately."""
-    split_ms, merge_ms = [], []
+def spent(dynamo: Dynamo | None) -> tuple[float, float]:
+    """DynamoDB calls and capacity units spent so far (zeros for SQLite)."""
+    if dynamo is None:
+        return 0.0, 0.0
+    stats = dynamo.usage.by_call.values()
+    return float(sum(s.calls for s in stats)), sum(s.units for s in stats)
+
+
+async def reshapes(catalog: Catalog, dynamo: Dynamo | None, runs: int) -> list[Measured]:
+    """A split and a merge of one partition, each timed and counted on its own."""
+    times: dict[str, list[float]] = {"split a partition": [], "merge two": []}
+    costs = {name: [0.0, 0.0] for name in times}
     for n in range(runs + 2):
         name = f"r{n}"
         await catalog.create_topic("bench", name, {})
-        started = time.perf_counter()
-        await catalog.split_partition("bench", name, 0, at=1 << 63, end_offset=0)
-        middle = time.perf_counter()
-        await catalog.merge_partitions("bench", name, [1, 2], end_offsets=[0, 0])
-        ended = time.perf_counter()
-        if n >= 2:
-            split_ms.append((middle - started) * 1000)
-            merge_ms.append((ended - middle) * 1000)
-    return [Measured("split a partition", split_ms, 0, 0), Measured("merge two", merge_ms, 0, 0)]
+        steps = (
+            (
+                "split a partition",
+                partial(catalog.split_partition, "bench", name, 0, at=1 << 63, end_offset=0),
+            ),
+            (
+                "merge two",
+                partial(catalog.merge_partitions, "bench", name, [1, 2], end_offsets=[0, 0]),
+            ),
+        )
+        for label, step in steps:
+            calls, units = spent(dynamo)
+            started = time.perf_counter()
+            await step()
+            took = (time.perf_counter() - started) * 1000
+            if n >= 2:
+                times[label].append(took)
+                after_calls, after_units = spent(dynamo)
+                costs[label][0] += after_calls - calls
+                costs[label][1] += after_units - units
+    return [
+        Measured(label, times[label], costs[label][0] / runs, costs[label][1] / runs)
+        for label in times
+    ]
 
 
 async def measure(catalog: Catalog, runs: int) -> list[Measured]:
@@ -166,31 +192,17 @@ async def measure(catalog: Catalog, runs: int) -> list[Measured]:
     for name, operation in operations(catalog):
         for _ in range(3):
             await operation()
-        calls_before = units_before = 0.0
-        if dynamo is not None:
-            calls_before = sum(s.calls for s in dynamo.usage.by_call.values())
-            units_before = sum(s.units for s in dynamo.usage.by_call.values())
+        calls_before, units_before = spent(dynamo)
         latencies = []
         for _ in range(runs):
             started = time.perf_counter()
             await operation()
             latencies.append((time.perf_counter() - started) * 1000)
-        calls = units = 0.0
-        if dynamo is not None:
-            calls = (sum(s.calls for s in dynamo.usage.by_call.values()) - calls_before) / runs
-            units = (sum(s.units for s in dynamo.usage.by_call.values()) - units_before) / runs
-        out.append(Measured(name, latencies, calls, units))
-    for reshaped in await reshapes(catalog, max(5, runs // 4)):
-        out.append(reshaped)
-    if dynamo is not None:  # the calls and units of the reshapes, from their own labels
-        by_call = dynamo.usage.by_call
-        for i, (label, what) in enumerate(
-            (("split a partition", "split partition"), ("merge two", "merge partitions"))
-        ):
-            stats = by_call.get(what)
-            if stats is not None and stats.calls:
-                old = out[-2 + i]
-                out[-2 + i] = Measured(label, old.latencies_ms, 1.0, stats.units / stats.calls)
+        calls, units = spent(dynamo)
+        out.append(
+            Measured(name, latencies, (calls - calls_before) / runs, (units - units_before) / runs)
+        )
+    out.extend(await reshapes(catalog, dynamo, max(5, runs // 4)))
     return out
 
 
