@@ -51,6 +51,7 @@ bench: install $(BENCH_STAMP)
 	$(BIN)/python -m bench.autoscale_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.workers_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.cold_read_bench --output docs/benchmarks.md
+	$(BIN)/python -m bench.catalog_bench --output docs/benchmarks.md
 	$(BIN)/python -m bench.compare_bench --output docs/benchmarks.md
 
 # Ten minutes of steady load on 100 partitions: the memory of every server process.

@@ -29,9 +29,7 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ from pathlib import Path
 
 import aioboto3
 
+from bench.moto import FAKE_AWS_ENV, start_moto
 from bench.report import section_head, write_section
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog_sqlite import SqliteCatalog
@@ -59,11 +58,6 @@ RECORD_BYTES = 1024
 BATCH_RECORDS = 100
 READ_BYTES = 4 * MIB
 READ_RECORDS = 10_000
-FAKE_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 def say(line: str) -> None:
@@ -279,35 +273,6 @@ async def measure(
         await store.close()
         await catalog.close()
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_moto(scratch: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """moto's server in a process of its own; answers it and its endpoint once it listens."""
-    port = free_port()
-    with (scratch / "moto.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **FAKE_AWS_ENV},
-        )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("moto's server did not start") from None
-            time.sleep(0.1)
-        else:
-            return process, f"http://127.0.0.1:{port}"
 
 
 def ratio(a: float, b: float) -> str:

@@ -2,9 +2,9 @@
 
 Tenants and their API keys, topics and their incarnations, partitions and their lineage,
 consumer groups and their committed offsets, idempotency records, remote segments and
-metered usage all live behind the :class:`Catalog` Protocol. Today its store is SQLite in
-the data directory (``partitions.catalog_sqlite``); a DynamoDB store will implement the
-same Protocol for several nodes, so nothing here speaks SQL, and every operation is one that
+metered usage all live behind the :class:`Catalog` Protocol. Its stores are SQLite in the
+data directory (``partitions.catalog_sqlite``, the default) and DynamoDB for several nodes
+(``partitions.catalog_dynamodb``), so nothing here speaks SQL, and every operation is one that
 DynamoDB can do atomically (a conditional write or a transaction of a few items).
 
 Rules every store keeps:
@@ -527,8 +527,11 @@ class Catalog(Protocol):
     async def add_usage(self, deltas: Sequence[UsageRecord]) -> None:
         """Add each delta's counters to its (tenant, hour) row, creating missing rows, all
         in one atomic step: every delta is added exactly once, or none is. Deltas for the
-        same row add up. An hour that is not a multiple of :data:`HOUR_MS`, or a negative
-        counter, raises :class:`ValueError` and adds nothing."""
+        same row add up. A store whose atomic step is bounded (DynamoDB: 99 rows) adds
+        more in steps, each exactly once, and if one fails after others were added it
+        raises :class:`~partitions.errors.UsagePartlyAddedError` naming the rows not
+        added. An hour that is not a multiple of :data:`HOUR_MS`, or a negative counter,
+        raises :class:`ValueError` and adds nothing."""
         ...
 
     async def list_usage(

@@ -1,13 +1,22 @@
 """Rules every catalog store checks the same way, whatever it stores in: a placement's
-shape, and a tenant's limits on topics and active partitions (the stores count, these
-decide)."""
+shape, a tenant's limits on topics and active partitions (the stores count, these decide),
+and what makes a split, a merge or a new log start valid."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from partitions.catalog import TenantCounts
-from partitions.errors import InvalidInputError, PartitionLimitError, TopicLimitError
+from partitions.catalog import PartitionRecord, TenantCounts
+from partitions.errors import (
+    InvalidInputError,
+    InvalidMergeError,
+    InvalidOffsetError,
+    InvalidSplitPointError,
+    PartitionLimitError,
+    PartitionNotActiveError,
+    PartitionsNotAdjacentError,
+    TopicLimitError,
+)
 
 
 def check_placement(placement: Sequence[int] | None, count: int) -> None:
@@ -37,4 +46,64 @@ def check_partition_limit(
             f"have at most {max_partitions}",
             max_partitions=max_partitions,
             active_partitions=counts.active_partitions,
+        )
+
+
+def check_active(parent: PartitionRecord) -> None:
+    if not parent.active:
+        raise PartitionNotActiveError(
+            f"partition {parent.partition_id} is sealed", partition=parent.partition_id
+        )
+
+
+def check_split(parent: PartitionRecord, at: int) -> None:
+    """A split of ``parent`` at ``at``: an active partition, a point strictly inside."""
+    check_active(parent)
+    if not parent.hash_range.start < at < parent.hash_range.end:
+        raise InvalidSplitPointError(
+            f"split point {at} is not strictly inside partition {parent.partition_id}'s "
+            f"range [{parent.hash_range.start}, {parent.hash_range.end})",
+            partition=parent.partition_id,
+        )
+
+
+def check_merge_request(partition_ids: Sequence[int], end_offsets: Sequence[int]) -> None:
+    if len(partition_ids) != 2 or partition_ids[0] == partition_ids[1]:
+        raise InvalidMergeError("a merge takes exactly two different partitions")
+    if len(end_offsets) != 2:
+        raise InvalidMergeError("a merge needs one end offset per partition")
+
+
+def merge_order(parents: Sequence[PartitionRecord]) -> tuple[PartitionRecord, PartitionRecord]:
+    """The two parents of a merge, low range first: both active, and adjacent."""
+    for parent in parents:
+        check_active(parent)
+    low, high = sorted(parents, key=lambda p: p.hash_range.start)
+    if low.hash_range.end != high.hash_range.start:
+        raise PartitionsNotAdjacentError(
+            f"partitions {low.partition_id} and {high.partition_id} are not adjacent",
+            partitions=[low.partition_id, high.partition_id],
+        )
+    return low, high
+
+
+def check_end(parent: PartitionRecord, end_offset: int) -> None:
+    """A partition sealed at ``end_offset``: not below its start."""
+    if end_offset < parent.start_offset:
+        raise InvalidOffsetError(
+            f"partition {parent.partition_id} cannot end at {end_offset}, below its "
+            f"start {parent.start_offset}",
+            partition=parent.partition_id,
+        )
+
+
+def check_new_start(current: PartitionRecord, start_offset: int) -> None:
+    """A log start reported for ``current``: not negative, not past a sealed end."""
+    if start_offset < 0:
+        raise InvalidOffsetError(f"a start offset cannot be negative: {start_offset}")
+    if current.end_offset is not None and start_offset > current.end_offset:
+        raise InvalidOffsetError(
+            f"partition {current.partition_id} ends at {current.end_offset}; its start "
+            "cannot pass that",
+            partition=current.partition_id,
         )

@@ -153,6 +153,22 @@ class CatalogUnavailableError(EventBusError):
     retriable = True
 
 
+class CatalogTablesMissingError(EventBusError):
+    """The catalog's DynamoDB tables are not there: they are made once, by
+    ``eventbus catalog create-tables dynamodb://PREFIX`` (or the SAM stack)."""
+
+    code = "catalog_tables_missing"
+    status = 503
+
+
+class UsagePartlyAddedError(CatalogUnavailableError):
+    """A usage flush too large for one atomic write (DynamoDB's 100 actions) was added in
+    chunks, and one failed after others were added. ``details["not_added"]`` lists the
+    ``[tenant, hour_ms]`` rows not added: only those are to be flushed again."""
+
+    code = "catalog_unavailable"
+
+
 class PartitionUnavailableError(EventBusError):
     """The partition is recovering from a storage failure and cannot take requests yet."""
 

@@ -1,7 +1,7 @@
 """The catalog conformance suite: every store must pass all of it.
 
-Parametrized over the stores: SQLite today; a DynamoDB store joins the ``catalog`` fixture's
-parameters and must pass the same tests unchanged.
+Parametrized over the stores, SQLite and DynamoDB (moto's server): each test that takes the
+``catalog`` fixture runs once per store, unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aioboto3
 import pytest
 
 from partitions.catalog import (
@@ -29,6 +30,7 @@ from partitions.catalog import (
     UsageCounters,
     UsageRecord,
 )
+from partitions.catalog_dynamodb import DynamoDbCatalog, create_tables
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.catalog_sqlite.schema import (
     SCHEMA_VERSION,
@@ -59,6 +61,7 @@ from partitions.errors import (
     VersionConflictError,
 )
 from tests.catalog_checks import assert_lineage_invariants, random_lineage_change
+from tests.dynamodb import new_table_names
 from tests.tmpfs import fill, small_tmpfs
 
 MID = 1 << 63
@@ -68,12 +71,25 @@ async def _open_sqlite(directory: Path) -> Catalog:
     return await SqliteCatalog.open(directory / "catalog.sqlite3")
 
 
-STORES = {"sqlite": _open_sqlite}
+async def _open_dynamodb(request: pytest.FixtureRequest) -> Catalog:
+    """Tables of its own on moto's DynamoDB (one request at a time, as tests/dynamodb.py
+    says why)."""
+    endpoint = request.getfixturevalue("dynamodb_endpoint")
+    names = new_table_names()
+    async with aioboto3.Session().client("dynamodb", endpoint_url=endpoint) as client:
+        await create_tables(client, names)
+    return await DynamoDbCatalog.open(names, endpoint_url=endpoint)
 
 
-@pytest.fixture(params=sorted(STORES))
+STORES = ("dynamodb", "sqlite")
+
+
+@pytest.fixture(params=STORES)
 async def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Catalog]:
-    store = await STORES[request.param](tmp_path)
+    if request.param == "sqlite":
+        store = await _open_sqlite(tmp_path)
+    else:
+        store = await _open_dynamodb(request)
     await store.create_tenant("acme")
     yield store
     await store.close()

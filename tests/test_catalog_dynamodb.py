@@ -44,6 +44,7 @@ from partitions.errors import (
     RemoteSegmentStateError,
     StaleGenerationError,
     TopicNotFoundError,
+    UsagePartlyAddedError,
     VersionConflictError,
 )
 from tests.dynamodb import new_table_names
@@ -645,6 +646,29 @@ async def test_usage_of_many_rows_is_chunked_and_each_counted_once(db: Dynamo) -
     now = time.time()
     assert all(now < m[TTL_ATTRIBUTE] <= now + 86_400 + 5 for m in markers)
     assert len(await usage.list_usage(db, 0, H0 * 2)) == 250  # the Scan of wide ranges
+
+
+async def test_a_flush_cut_short_names_the_rows_it_did_not_add(db: Dynamo) -> None:
+    # The first chunk lands; then DynamoDB cannot be reached until the deadline.
+    sent = 0
+
+    async def first_only(send: Callable[[], Awaitable[Any]]) -> Any:
+        nonlocal sent
+        sent += 1
+        if sent == 1:
+            answer = await send()
+            db.timeout_s = 0.5  # down from now on: give up soon
+            return answer
+        raise ConnectionRefusedError("down")
+
+    _hook(db, "transact_write_items", first_only)
+    deltas = [_use(f"t{i:03d}", 0, requests=1) for i in range(150)]
+    with pytest.raises(UsagePartlyAddedError) as cut:
+        await usage.add_usage(db, deltas)
+    left = {(tenant, hour) for tenant, hour in cut.value.details["not_added"]}
+    added = {(r.tenant, r.hour_ms) for r in await usage.list_usage(db, H0, H0 + HOUR_MS)}
+    assert len(added) == usage.FLUSH_CHUNK and len(left) == 150 - usage.FLUSH_CHUNK
+    assert added.isdisjoint(left) and added | left == {(d.tenant, d.hour_ms) for d in deltas}
 
 
 async def test_usage_across_days_and_half_open_ranges(db: Dynamo) -> None:

@@ -40,6 +40,7 @@ from gateway.wiring.storage import OBJECTS_DIR
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog import HOUR_MS, UsageCounters, UsageRecord
 from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
+from partitions.errors import UsagePartlyAddedError
 from partitions.worker import LocalPartitionWorker
 from tests.brokers import local_broker
 from tests.clocks import FileClock
@@ -739,9 +740,18 @@ class FlakyCatalog(SqliteCatalog):
     release: asyncio.Event | None = None
     writing = asyncio.Event()
 
+    # Add the first delta, then fail naming the others: a flush a store adds in parts.
+    partly = False
+
     async def add_usage(self, deltas: Sequence[UsageRecord]) -> None:
         if self.failing:
             raise sqlite3.OperationalError("disk I/O error")
+        if self.partly:
+            first, *rest = sorted(deltas, key=lambda d: d.tenant)
+            await super().add_usage([first])
+            raise UsagePartlyAddedError(
+                "cut short", not_added=[[d.tenant, d.hour_ms] for d in rest]
+            )
         self.writing.set()
         if self.release is not None:
             await self.release.wait()
@@ -778,6 +788,26 @@ async def test_a_failed_flush_keeps_its_counts_for_the_next(
     (row,) = await catalog.list_usage(T0, T0 + H)
     assert row.counters == UsageCounters(requests=2, records_in=2, bytes_in=10)
     assert (meter.flushes, meter.flush_failures, meter.unflushed) == (1, 1, 0)
+
+
+async def test_a_flush_added_in_parts_keeps_only_what_was_not_added(
+    flaky: tuple[FlakyCatalog, Meter],
+) -> None:
+    catalog, meter = flaky
+    await catalog.create_tenant("globex")
+    meter.count_in("acme", 1, 10)
+    meter.count_in("globex", 2, 20)
+    catalog.partly = True
+    with pytest.raises(UsagePartlyAddedError):
+        await meter.flush()
+    assert meter.unflushed == 1  # acme's row was added; globex's waits
+    catalog.partly = False
+    await meter.flush()
+    rows = {r.tenant: r.counters for r in await catalog.list_usage(T0, T0 + H)}
+    assert rows == {
+        "acme": UsageCounters(records_in=1, bytes_in=10),
+        "globex": UsageCounters(records_in=2, bytes_in=20),
+    }
 
 
 async def test_a_flush_cancelled_while_writing_counts_once(

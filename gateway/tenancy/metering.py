@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from partitions.catalog import HOUR_MS, Catalog, UsageCounters, UsageRecord
-from partitions.errors import EventBusError, TenantNotFoundError
+from partitions.errors import EventBusError, TenantNotFoundError, UsagePartlyAddedError
 
 log = logging.getLogger(__name__)
 
@@ -254,11 +254,13 @@ class Meter:
             except asyncio.CancelledError:
                 await asyncio.wait([write])
                 if write.cancelled() or write.exception() is not None:
-                    self._restore(batch)
+                    self._restore(
+                        _not_added(batch, None if write.cancelled() else write.exception())
+                    )
                 raise
-            except BaseException:
+            except BaseException as exc:
                 self.flush_failures += 1
-                self._restore(batch)
+                self._restore(_not_added(batch, exc))
                 raise
             self.flushes += 1
 
@@ -311,3 +313,14 @@ class Meter:
                     if start_ms <= hour < end_ms and (tenant is None or name == tenant):
                         out[name] = out.get(name, UsageCounters()) + tally.freeze()
             return out
+
+
+def _not_added(
+    batch: Mapping[tuple[str, int], _Tally], failure: BaseException | None
+) -> Mapping[tuple[str, int], _Tally]:
+    """What of a failed flush was not added: all of it, unless the catalog added it in
+    parts and says which rows it did not (a large flush to DynamoDB)."""
+    if not isinstance(failure, UsagePartlyAddedError):
+        return batch
+    left = {(str(tenant), int(hour)) for tenant, hour in failure.details["not_added"]}
+    return {key: tally for key, tally in batch.items() if key in left}

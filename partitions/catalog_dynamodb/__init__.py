@@ -5,3 +5,8 @@ conformance suite. ``tables`` defines the four tables (and creates them), ``keys
 each thing lives, ``client`` is the one way calls are made (retries, deadlines, writes whose
 outcome is unknown), and one module per entity does the operations, as in the SQLite store.
 """
+
+from partitions.catalog_dynamodb.store import DynamoDbCatalog
+from partitions.catalog_dynamodb.tables import TableNames, create_tables
+
+__all__ = ["DynamoDbCatalog", "TableNames", "create_tables"]

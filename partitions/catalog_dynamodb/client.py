@@ -56,6 +56,21 @@ _RETRY_REASONS = frozenset(
     {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
 )
 
+# The calls that read or write items, and can say what capacity they consumed.
+_ITEM_OPERATIONS = frozenset(
+    {
+        "get_item",
+        "put_item",
+        "update_item",
+        "delete_item",
+        "query",
+        "scan",
+        "batch_get_item",
+        "batch_write_item",
+        "transact_write_items",
+    }
+)
+
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -74,6 +89,10 @@ class TransactionRefused(Exception):
 
     def failed(self, index: int) -> bool:
         return index < len(self.reasons) and self.reasons[index] == "ConditionalCheckFailed"
+
+
+class _NotApplied(Exception):
+    """Throttled, or cancelled for a conflict: certainly not applied, so sent again."""
 
 
 class _UnknownOutcome(Exception):
@@ -226,26 +245,28 @@ class Dynamo:
                 except ClientError as exc:
                     code, status = _code(exc)
                     if code in _THROTTLES:
-                        raise  # not applied: sent again below
+                        raise _NotApplied(exc) from exc  # sent again below
                     if code == "TransactionCanceledException":
                         reasons = [
                             str(r.get("Code", "None"))
                             for r in exc.response.get("CancellationReasons", [])
                         ]
                         if any(r in _RETRY_REASONS for r in reasons):
-                            raise  # a conflict, not a refusal: not applied, sent again
+                            # A conflict, not a refusal: not applied, sent again.
+                            raise _NotApplied(exc) from exc
                         raise TransactionRefused(reasons) from None
                     if code == "ConditionalCheckFailedException":
                         raise ConditionFailed(str(exc)) from None
                     if status >= 500:
                         raise _UnknownOutcome(f"DynamoDB answered {status} {code}") from exc
                     raise
-                except BotoConnectionError:
-                    raise  # no connection was made: nothing was sent, sent again below
+                except BotoConnectionError as exc:
+                    # No connection was made: nothing was sent, sent again below.
+                    raise _NotApplied(exc) from exc
                 except (HTTPClientError, aiohttp.ClientError, OSError) as exc:
                     raise _UnknownOutcome(f"connection failed: {exc}") from exc
-            except (ClientError, BotoConnectionError) as exc:
-                failure = exc
+            except _NotApplied as exc:
+                failure = exc.__cause__ or exc
             except _UnknownOutcome as exc:
                 failure = exc
                 if write and landed is not None:
@@ -277,9 +298,11 @@ class Dynamo:
     async def call(self, what: str, operation: str, **params: Any) -> dict[str, Any]:
         """A read, or a write that is safe to send twice."""
         method = getattr(self.client, operation)
+        if operation in _ITEM_OPERATIONS:
+            params["ReturnConsumedCapacity"] = "TOTAL"
 
         async def send() -> dict[str, Any]:
-            return dict(await method(ReturnConsumedCapacity="TOTAL", **params))
+            return dict(await method(**params))
 
         return await self._attempts(what, send, None, write=False)
 

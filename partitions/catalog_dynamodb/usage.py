@@ -24,6 +24,7 @@ import partitions.catalog_dynamodb.keys as keys
 from partitions.catalog import HOUR_MS, USAGE_COUNTERS, UsageCounters, UsageRecord
 from partitions.catalog_dynamodb.client import Dynamo, TransactionRefused, item, values
 from partitions.catalog_dynamodb.tables import TTL_ATTRIBUTE
+from partitions.errors import UsagePartlyAddedError
 
 # Rows one flush transaction adds to: with the marker, 100 actions, DynamoDB's most.
 FLUSH_CHUNK = 99
@@ -102,9 +103,9 @@ async def add_usage(db: Dynamo, deltas: Sequence[UsageRecord]) -> None:
 
     Up to :data:`FLUSH_CHUNK` items are one transaction: all are added, or none. More are
     sent in chunks, each its own transaction with its own marker, so each chunk is atomic
-    and counted exactly once, but not the flush as a whole: if a later chunk fails (the
-    catalog unreachable past the deadline), the chunks before it stay added and the error
-    is raised, so a caller that then adds the whole flush again counts those chunks twice.
+    and counted exactly once. If a chunk fails after earlier ones were added,
+    :class:`~partitions.errors.UsagePartlyAddedError` names the rows not added, so that
+    the caller keeps only those for its next flush and nothing is counted twice.
     """
     rows = summed(deltas)
     order = sorted(rows, key=lambda row: (row[1], row[0]))
@@ -118,7 +119,20 @@ async def add_usage(db: Dynamo, deltas: Sequence[UsageRecord]) -> None:
         except TransactionRefused as refused:
             if refused.failed(len(actions) - 1):
                 continue  # its own marker: sent again after it landed unseen
-            raise
+            if start == 0:
+                raise
+            raise _partly(order[start:], refused) from refused
+        except Exception as exc:
+            if start == 0:
+                raise
+            raise _partly(order[start:], exc) from exc
+
+
+def _partly(left: list[tuple[str, int]], cause: BaseException) -> UsagePartlyAddedError:
+    return UsagePartlyAddedError(
+        f"usage of {len(left)} tenant-hours was not added ({cause}); the rest was",
+        not_added=[[tenant, hour] for tenant, hour in left],
+    )
 
 
 def _row(found: dict[str, Any]) -> UsageRecord:

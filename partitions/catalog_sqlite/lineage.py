@@ -12,16 +12,18 @@ from collections.abc import Callable, Sequence
 
 import partitions.catalog_sqlite.tenants as tenants
 from partitions.catalog import HashRange, LineageChange, PartitionRecord
-from partitions.catalog_rules import check_partition_limit
+from partitions.catalog_rules import (
+    check_end,
+    check_merge_request,
+    check_new_start,
+    check_partition_limit,
+    check_split,
+    merge_order,
+)
 from partitions.catalog_sqlite.incarnations import live_incarnation, live_topic
 from partitions.catalog_sqlite.rows import hash_text, json_text, partition_record
 from partitions.errors import (
-    InvalidMergeError,
-    InvalidOffsetError,
-    InvalidSplitPointError,
-    PartitionNotActiveError,
     PartitionNotFoundError,
-    PartitionsNotAdjacentError,
     VersionConflictError,
 )
 
@@ -103,12 +105,7 @@ def _seal(
     children: list[int],
     now: int,
 ) -> None:
-    if end_offset < parent.start_offset:
-        raise InvalidOffsetError(
-            f"partition {parent.partition_id} cannot end at {end_offset}, below its "
-            f"start {parent.start_offset}",
-            partition=parent.partition_id,
-        )
+    check_end(parent, end_offset)
     changed = conn.execute(
         "UPDATE partitions SET state = 'sealed', end_offset = ?, children = ?, "
         "sealed_ms = ?, version = version + 1 "
@@ -160,14 +157,7 @@ def split_partition(
 ) -> LineageChange:
     incarnation = live_topic(conn, tenant, topic)["incarnation"]
     parent = require_partition(conn, tenant, incarnation, partition_id, topic)
-    if not parent.active:
-        raise PartitionNotActiveError(f"partition {partition_id} is sealed", partition=partition_id)
-    if not parent.hash_range.start < at < parent.hash_range.end:
-        raise InvalidSplitPointError(
-            f"split point {at} is not strictly inside partition {partition_id}'s range "
-            f"[{parent.hash_range.start}, {parent.hash_range.end})",
-            partition=partition_id,
-        )
+    check_split(parent, at)
     if max_partitions is not None:
         # One parent sealed, two children active: one more active partition.
         check_partition_limit(tenants.live_counts(conn, tenant), tenant, 1, max_partitions)
@@ -200,24 +190,11 @@ def merge_partitions(
     placement: Sequence[int] | None,
     clock_ms: Callable[[], int],
 ) -> LineageChange:
-    if len(partition_ids) != 2 or partition_ids[0] == partition_ids[1]:
-        raise InvalidMergeError("a merge takes exactly two different partitions")
-    if len(end_offsets) != 2:
-        raise InvalidMergeError("a merge needs one end offset per partition")
+    check_merge_request(partition_ids, end_offsets)
     incarnation = live_topic(conn, tenant, topic)["incarnation"]
     parents = [require_partition(conn, tenant, incarnation, pid, topic) for pid in partition_ids]
-    for parent in parents:
-        if not parent.active:
-            raise PartitionNotActiveError(
-                f"partition {parent.partition_id} is sealed", partition=parent.partition_id
-            )
     ends = dict(zip(partition_ids, end_offsets, strict=True))
-    low, high = sorted(parents, key=lambda p: p.hash_range.start)
-    if low.hash_range.end != high.hash_range.start:
-        raise PartitionsNotAdjacentError(
-            f"partitions {low.partition_id} and {high.partition_id} are not adjacent",
-            partitions=[low.partition_id, high.partition_id],
-        )
+    low, high = merge_order(parents)
     now = clock_ms()
     (child,) = _next_partition_ids(conn, tenant, incarnation, 1)
     for parent in (low, high):
@@ -257,15 +234,9 @@ def advance_start_offset(
     *,
     incarnation: str | None = None,
 ) -> PartitionRecord:
-    if start_offset < 0:
-        raise InvalidOffsetError(f"a start offset cannot be negative: {start_offset}")
     live = live_incarnation(conn, tenant, topic, incarnation)
     current = require_partition(conn, tenant, live, partition_id, topic)
-    if current.end_offset is not None and start_offset > current.end_offset:
-        raise InvalidOffsetError(
-            f"partition {partition_id} ends at {current.end_offset}; its start cannot pass that",
-            partition=partition_id,
-        )
+    check_new_start(current, start_offset)
     # The start only rises: a report older than the row changes nothing, not even the version.
     conn.execute(
         "UPDATE partitions SET start_offset = MAX(start_offset, ?), "
