@@ -81,6 +81,8 @@ class Fault(StrEnum):
     # the first action's reason TransactionConflict, the others None); for a single-item
     # call, 400 TransactionConflictException. Not applied.
     CONFLICT = "conflict"
+    # 400 AccessDeniedException: credentials without the permission. Not applied.
+    ACCESS_DENIED = "access_denied"
     # 500 InternalServerError, without passing the call on: not applied.
     SERVER_ERROR = "server_error"
     # Passed on and applied, then answered 500 InternalServerError: DynamoDB says a 500 may
@@ -246,6 +248,9 @@ def _error(fault: Fault, operation: str, body: bytes) -> web.Response:
         text = "The level of configured provisioned throughput for the table was exceeded."
     elif fault is Fault.SERVER_ERROR:
         status, kind, text = 500, "InternalServerError", "Internal server error"
+    elif fault is Fault.ACCESS_DENIED:
+        kind = "AccessDeniedException"
+        text = f"User is not authorized to perform: dynamodb:{operation}"
     elif operation != "TransactWriteItems":
         kind, text = "TransactionConflictException", "Transaction is ongoing for the item"
     else:

@@ -76,6 +76,7 @@ async def test_calls_pass_through_unchanged(
         (Fault.THROTTLE, "ThrottlingException"),
         (Fault.OVER_CAPACITY, "ProvisionedThroughputExceededException"),
         (Fault.CONFLICT, "TransactionConflictException"),
+        (Fault.ACCESS_DENIED, "AccessDeniedException"),
     ],
 )
 async def test_refusals_are_400s_of_dynamodb_and_apply_nothing(
