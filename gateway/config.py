@@ -16,6 +16,7 @@ from autoscaler.measure import Clock, monotonic_ms
 from gateway.settings import setting
 from gateway.tenancy.billing import PricePlan, read_plan_file
 from gateway.tenancy.quotas import Quotas
+from partitions.catalog_url import DEFAULT_CATALOG_URL, CatalogUrl, parse_catalog_url
 
 MIB = 1024 * 1024
 # Metered usage reaches the catalog at least this often: what a SIGKILL may lose.
@@ -73,12 +74,15 @@ NOT_NEGATIVE = at_least(0)
 TIERING = "tiered storage"
 TENANCY = "tenants, quotas and fair service"
 METERING = "metering and prices"
+CATALOG = "catalog"
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     data_dir: Path = setting(
-        Path("data"), "the catalog, the logs and (by default) the object store", parse=Path
+        Path("data"),
+        "the logs and, by default, the catalog and the object store",
+        parse=Path,
     )
     host: str = setting("127.0.0.1", "address to listen on", parse=str)
     port: int = setting(8080, "port to listen on; 0 picks a free one", parse=port)
@@ -215,6 +219,21 @@ class ServerConfig:
         "chunks fetched ahead of a sequential cold reader (0: none)",
         parse=NOT_NEGATIVE,
         section=TIERING,
+    )
+    catalog: CatalogUrl = setting(
+        DEFAULT_CATALOG_URL,
+        "sqlite://PATH (relative: in the data dir) or dynamodb://PREFIX[?KIND=TABLE&...] "
+        "(endpoint, region and credentials from the standard AWS settings)",
+        parse=parse_catalog_url,
+        metavar="URL",
+        section=CATALOG,
+    )
+    # A DynamoDB that stalls counts as unreachable past this deadline of each call.
+    catalog_timeout_ms: int = setting(
+        10_000,
+        "deadline of each DynamoDB catalog call, retries included",
+        parse=POSITIVE,
+        section=CATALOG,
     )
 
     def __repr__(self) -> str:

@@ -12,18 +12,23 @@
   chain), as for S3.
 
 :func:`parse_catalog_url` is the one place a URL is read and checked (a mistake is a
-:class:`ValueError` that says what is allowed, given before anything starts). The DynamoDB
-package and its AWS libraries are imported only when a ``dynamodb://`` URL is used: they
-cost every process time and memory at start, and the embedded default never needs them.
+:class:`ValueError` that says what is allowed, given before anything starts);
+:func:`open_catalog` opens what it names. The DynamoDB package and its AWS libraries are
+imported only when a ``dynamodb://`` URL is used: they cost every process time and memory
+at start, and the embedded default never needs them.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
+
+from partitions.catalog import Catalog
+from partitions.errors import CatalogTablesMissingError, CatalogUnavailableError
 
 if TYPE_CHECKING:
     from partitions.catalog_dynamodb.tables import TableNames
@@ -36,6 +41,14 @@ DEFAULT_SQLITE_FILE = "catalog.sqlite3"
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _TABLE_NAME_LENGTH = (3, 255)
 _FORMS = "sqlite://PATH or dynamodb://PREFIX[?KIND=TABLE&...]"
+# The standard AWS settings that decide where DynamoDB calls go, named when set.
+_AWS_SETTINGS = (
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +154,61 @@ def dynamodb_endpoint() -> str:
     except BotoCoreError as exc:
         return f"nowhere ({exc})"
     return f"{client.meta.endpoint_url} (region {client.meta.region_name})"
+
+
+async def open_catalog(url: CatalogUrl, data_dir: Path, *, timeout_s: float) -> Catalog:
+    """Open the catalog ``url`` names, for a server whose data directory is ``data_dir``.
+
+    A DynamoDB catalog that cannot be reached, or that refuses (credentials, permissions),
+    raises :class:`~partitions.errors.CatalogUnavailableError` with one line that says what
+    could not be done, where, and what to check; a missing table raises
+    :class:`~partitions.errors.CatalogTablesMissingError` naming it and the command that
+    makes the tables of this URL. ``timeout_s`` is the deadline of each DynamoDB call,
+    retries included (SQLite has none: it is a local file)."""
+    if isinstance(url, SqliteUrl):
+        from partitions.catalog_sqlite import SqliteCatalog
+
+        return await SqliteCatalog.open(url.file(data_dir))
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from partitions.catalog_dynamodb import DynamoDbCatalog
+
+    try:
+        return await DynamoDbCatalog.open(url.names, timeout_s=timeout_s)
+    except CatalogTablesMissingError as exc:
+        table = exc.details.get("table", "of the catalog")
+        raise CatalogTablesMissingError(
+            f"the catalog table {table} does not exist: create the tables with "
+            f"`eventbus catalog create-tables {url}` (with the same AWS settings), then start "
+            "again",
+            **exc.details,
+        ) from exc
+    except CatalogUnavailableError as exc:
+        raise CatalogUnavailableError(unreachable(url, exc.__cause__ or exc)) from exc
+    except BotoCoreError as exc:
+        # No region, no credentials: nothing was sent.
+        raise CatalogUnavailableError(unreachable(url, exc)) from exc
+    except ClientError as exc:
+        # Reached, and refused: credentials or permissions.
+        raise CatalogUnavailableError(refused(url, exc)) from exc
+
+
+def unreachable(url: DynamoDbUrl, cause: BaseException) -> str:
+    """The one line said when the DynamoDB catalog cannot be reached."""
+    reason = " ".join(str(cause).split()) or type(cause).__name__
+    settings = ", ".join(name for name in _AWS_SETTINGS if os.environ.get(name))
+    given = f" (set: {settings})" if settings else ""
+    return (
+        f"cannot reach the catalog {url} at {dynamodb_endpoint()}: {reason}; check that "
+        f"DynamoDB answers there and that the AWS endpoint, region and credentials{given} "
+        "are right, then start again"
+    )
+
+
+def refused(url: DynamoDbUrl, cause: BaseException) -> str:
+    """The one line said when DynamoDB answers, but refuses the catalog's first calls."""
+    reason = " ".join(str(cause).split())
+    return (
+        f"DynamoDB at {dynamodb_endpoint()} refused the catalog {url}: {reason}; check the "
+        "AWS credentials and their permissions on the catalog's tables, then start again"
+    )

@@ -3,6 +3,7 @@ and what the commands say when DynamoDB cannot be reached (real processes throug
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import aioboto3
+import aiohttp
 import pytest
 
 from partitions.catalog_dynamodb.tables import TTL_TABLES, TableNames
@@ -22,6 +24,7 @@ from partitions.catalog_url import (
     parse_catalog_url,
 )
 from tests.dynamodb import new_table_names
+from tests.servers import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,3 +213,30 @@ async def test_backup_copies_the_sqlite_file_the_url_names(tmp_path: Path) -> No
         assert [t.name for t in await copied.list_tenants()] == ["acme"]
     finally:
         await copied.close()
+
+
+# --- the server's SQLite file ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+async def test_the_server_keeps_its_catalog_where_the_url_says(tmp_path: Path, where: str) -> None:
+    data = tmp_path / "data"
+    file = data / "meta" / "bus.db" if where == "relative" else tmp_path / "elsewhere" / "bus.db"
+    url = "sqlite://meta/bus.db" if where == "relative" else f"sqlite://{file}"
+    server = ServerProcess(data, env={"EVENTBUS_CATALOG": url})
+    await asyncio.to_thread(server.start)
+    try:
+        key = server.keys["EVENTBUS_API_KEY"]
+        async with aiohttp.ClientSession() as session:
+            async with session.put(
+                f"{server.url}/v1/topics/orders", headers={"Authorization": f"Bearer {key}"}
+            ) as answer:
+                assert answer.status == 201
+    finally:
+        assert await asyncio.to_thread(server.stop) == 0, server.stderr()[-3000:]
+    assert not (data / "catalog.sqlite3").exists()
+    catalog = await SqliteCatalog.open(file)
+    try:
+        assert [t.name for t in await catalog.list_topics("default")] == ["orders"]
+    finally:
+        await catalog.close()

@@ -11,7 +11,9 @@ import argparse
 import dataclasses
 import faulthandler
 import os
+import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,12 @@ from gateway import logs
 from gateway.config import Clocks, ServerConfig
 from gateway.processes.role import WorkerRole
 from gateway.settings import ENV_PREFIX, Flag, flags, say, setting_of
-from partitions.errors import InvalidInputError
+from partitions.catalog_url import DynamoDbUrl
+from partitions.errors import (
+    CatalogTablesMissingError,
+    CatalogUnavailableError,
+    InvalidInputError,
+)
 from tiered_storage.store_url import parse_store_url
 
 # What a worker process runs, with the server's command line: ``main`` of the command
@@ -141,24 +148,35 @@ def serve(
     # A process killed by a fault (a crash in C code, SIGSEGV, SIGABRT) writes every
     # thread's Python stack to the log first, instead of vanishing without a word.
     faulthandler.enable()
-    if role is not None:
-        from gateway.wiring.serve import run_worker
+    try:
+        if role is not None:
+            from gateway.wiring.serve import run_worker
 
-        return run_worker(config, role, clocks)
-    workers = (os.cpu_count() or 1) if config.workers is None else config.workers
-    if workers == 0:
-        from gateway.wiring.serve import run
+            return run_worker(config, role, clocks)
+        workers = (os.cpu_count() or 1) if config.workers is None else config.workers
+        if workers == 0:
+            from gateway.wiring.serve import run
 
-        return run(config, clocks)
-    # The supervisor loads none of the server: its workers start sooner.
-    from gateway.processes.supervisor import run_supervisor
+            return run(config, clocks)
+        # The supervisor loads none of the server: its workers start sooner.
+        from gateway.processes.supervisor import run_supervisor
 
-    return run_supervisor(config, argv, workers, worker_main, preload=_load_server)
+        return run_supervisor(
+            config, argv, workers, worker_main, preload=partial(_load_server, config)
+        )
+    except (CatalogUnavailableError, CatalogTablesMissingError) as exc:
+        # The catalog cannot be reached at start, or its tables are missing: what, where
+        # and what to do, in one line (no traceback: nothing is wrong with the server).
+        print(f"eventbus: {exc.message}", file=sys.stderr, flush=True)
+        return 1
 
 
-def _load_server() -> object:
+def _load_server(config: ServerConfig) -> object:
     """What the supervisor's spawner loads once, so that every worker it forks starts with
-    the server already in memory."""
+    the server already in memory (with it, the DynamoDB store when that is the catalog)."""
     import gateway.wiring.serve
+
+    if isinstance(config.catalog, DynamoDbUrl):
+        import partitions.catalog_dynamodb  # noqa: F401 - loaded for the forks
 
     return gateway.wiring.serve

@@ -52,7 +52,7 @@ from gateway.processes.spawner import DATAGRAM, WorkerMain, start_spawner
 from gateway.processes.worker import reserve_port
 from gateway.settings import describe
 from gateway.tenancy.auth import bootstrap
-from partitions.catalog_sqlite import CATALOG_FILE, SqliteCatalog
+from partitions.catalog_url import open_catalog
 
 log = logging.getLogger("eventbus.supervisor")
 
@@ -75,7 +75,9 @@ def run_directory(data_dir: Path) -> Path:
 
 async def bootstrap_catalog(config: ServerConfig) -> None:
     """The first start's keys, made once by the supervisor before any worker runs."""
-    catalog = await SqliteCatalog.open(config.data_dir / CATALOG_FILE)
+    catalog = await open_catalog(
+        config.catalog, config.data_dir, timeout_s=config.catalog_timeout_ms / 1000
+    )
     try:
         await bootstrap(catalog, config.data_dir, config.admin_key)
     finally:
@@ -246,7 +248,11 @@ class Supervisor:
     async def run(self) -> int:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         (self.config.data_dir / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
-        await bootstrap_catalog(self.config)
+        try:
+            await bootstrap_catalog(self.config)
+        except BaseException:
+            self._stop_spawner()  # no worker was started: only the spawner to stop
+            raise
         log.info("settings", extra={"settings": describe(self.config)})
         reserved = reserve_port(self.config.host, self.config.port)
         self.port = reserved.getsockname()[1]

@@ -67,9 +67,11 @@ async def serve(config: ServerConfig, clocks: Clocks) -> int:
     log_settings(config)
     app = create_app(config, clocks=clocks)
     runner = app_runner(app)
-    await runner.setup()
     stop = _stop_on_signals()
     try:
+        # Inside: a start that fails part way (the catalog unreachable) closes what it
+        # opened before the failure is reported.
+        await runner.setup()
         site = web.TCPSite(runner, config.host, config.port, ssl_context=tls_context(config))
         await site.start()
         memory.freeze_startup()

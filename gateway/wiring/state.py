@@ -18,7 +18,7 @@ from gateway.tenancy.auth import Authenticator, TenantAnnouncer
 from gateway.tenancy.key_uses import KeyUses, OtherKeyUses
 from gateway.tenancy.metering import OtherMeters
 from gateway.tenancy.quotas import QuotaHomes, TenantQuotas
-from partitions.catalog_sqlite import SqliteCatalog
+from partitions.catalog import Catalog
 from partitions.routing import RoutingPartitionWorker
 from partitions.worker import LocalPartitionWorker, PartitionWorker
 from tiered_storage.objects import ObjectStore
@@ -38,7 +38,7 @@ class ServerTopology(Topology, QuotaHomes, TenantAnnouncer, Protocol):
 
 
 CLOCKS = web.AppKey("clocks", Clocks)
-CATALOG = web.AppKey("catalog", SqliteCatalog)
+CATALOG = web.AppKey("catalog", Catalog)
 ADMIN_KEY_HASH = web.AppKey("admin_key_hash", str)
 KEY_USES = web.AppKey("key_uses", KeyUses)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
