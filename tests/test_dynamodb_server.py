@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ async def make_tables(endpoint: str) -> tuple[str, TableNames]:
 
 
 def _serve(
-    data_dir: Path, endpoint: str, url: str, *, workers: int
+    data_dir: Path, endpoint: str, url: str, *, workers: int, more: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
     """Run ``eventbus serve`` to its end (it is expected not to start)."""
     return subprocess.run(
@@ -52,6 +52,7 @@ def _serve(
             str(workers),
             "--catalog",
             url,
+            *more,
         ],
         cwd=ROOT,
         env={
@@ -107,6 +108,23 @@ def test_a_start_without_the_tables_says_how_to_make_them(
     assert said[0].startswith("eventbus: ")
     assert names.catalog in said[0]
     assert f"eventbus catalog create-tables dynamodb://{prefix}" in said[0]
+
+
+async def test_a_start_against_a_stalled_dynamodb_ends_at_the_deadline(
+    tmp_path: Path, proxy: DynamoDbFaultProxy
+) -> None:
+    url, _ = await make_tables(proxy.upstream)
+    proxy.inject(Fault.STALL, times=None)
+    started = time.monotonic()
+    done = await asyncio.to_thread(
+        _serve, tmp_path / "data", proxy.url, url, workers=0, more=["--catalog-timeout-ms", "1000"]
+    )
+    assert time.monotonic() - started < 15
+    assert done.returncode == 1, done.stderr
+    said = _said(done.stderr)
+    assert len(said) == 1, done.stderr
+    assert said[0].startswith(f"eventbus: cannot reach the catalog {url} at {proxy.url}")
+    assert "no answer within 1.0 s" in said[0]
 
 
 async def test_a_start_refused_by_dynamodb_says_so_in_one_line(
