@@ -68,7 +68,10 @@ def _serve(
 
 
 def _said(stderr: str) -> list[str]:
-    """What a process said in plain words on stderr: every line but the JSON log's."""
+    """What a process said in plain words on stderr: every line but the JSON log's. A start
+    that fails logs nothing worse than info besides (no unclosed connection, no error)."""
+    logged = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert [entry for entry in logged if entry["level"] != "info"] == [], stderr
     return [line for line in stderr.splitlines() if not line.startswith("{")]
 
 
