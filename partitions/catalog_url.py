@@ -28,7 +28,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from partitions.catalog import Catalog
-from partitions.errors import CatalogTablesMissingError, CatalogUnavailableError
+from partitions.errors import (
+    CatalogAccessDeniedError,
+    CatalogTablesMissingError,
+    CatalogUnavailableError,
+)
 
 if TYPE_CHECKING:
     from partitions.catalog_dynamodb.tables import TableNames
@@ -183,6 +187,8 @@ async def open_catalog(url: CatalogUrl, data_dir: Path, *, timeout_s: float) -> 
             "again",
             **exc.details,
         ) from exc
+    except CatalogAccessDeniedError as exc:
+        raise CatalogUnavailableError(refused(url, exc.__cause__ or exc)) from exc
     except CatalogUnavailableError as exc:
         raise CatalogUnavailableError(unreachable(url, exc.__cause__ or exc)) from exc
     except BotoCoreError as exc:

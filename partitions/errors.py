@@ -159,6 +159,13 @@ class CatalogTablesMissingError(EventBusError):
 
     code = "catalog_tables_missing"
     status = 503
+    retriable = True
+
+
+class CatalogAccessDeniedError(CatalogUnavailableError):
+    """DynamoDB answered, and refused the catalog's credentials or their permissions."""
+
+    code = "catalog_access_denied"
 
 
 class UsagePartlyAddedError(CatalogUnavailableError):
@@ -166,7 +173,7 @@ class UsagePartlyAddedError(CatalogUnavailableError):
     chunks, and one failed after others were added. ``details["not_added"]`` lists the
     ``[tenant, hour_ms]`` rows not added: only those are to be flushed again."""
 
-    code = "catalog_unavailable"
+    code = "usage_partly_added"
 
 
 class PartitionUnavailableError(EventBusError):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aioboto3
 import aiohttp
 import orjson
 import pytest
@@ -16,7 +19,9 @@ from yarl import URL
 
 from gateway.config import ServerConfig
 from gateway.wiring.app import create_app
-from tests.dynamodb import dynamodb_server
+from partitions.catalog_dynamodb.tables import create_tables
+from partitions.catalog_url import CatalogUrl, parse_catalog_url
+from tests.dynamodb import dynamodb_server, new_table_names
 from tests.s3 import moto_server
 from tests.servers import WORKERS, read_credentials, split_clocks, start_process
 
@@ -93,7 +98,38 @@ class Api:
         return Api(self.session, self.base, key, self.server, self.data_dir)
 
 
+# EVENTBUS_TEST_CATALOG=dynamodb runs the servers the suite starts on a DynamoDB catalog:
+# moto's, one request at a time, in this process, with tables of their own for each data
+# directory (a server started again on the same directory finds its catalog again).
+CATALOG = os.environ.get("EVENTBUS_TEST_CATALOG", "sqlite")
+_DYNAMODB: dict[str, Any] = {}
+
+
+async def _dynamodb_catalog(data_dir: Path) -> CatalogUrl:
+    if "url" not in _DYNAMODB:
+        stack = contextlib.ExitStack()
+        _DYNAMODB["stack"] = stack
+        _DYNAMODB["url"] = stack.enter_context(dynamodb_server())
+        _DYNAMODB["prefixes"] = {}
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = _DYNAMODB["url"]
+    prefixes: dict[Path, str] = _DYNAMODB["prefixes"]
+    where = data_dir.resolve()
+    if where not in prefixes:
+        names = new_table_names()
+        async with aioboto3.Session().client("dynamodb", endpoint_url=_DYNAMODB["url"]) as client:
+            await create_tables(client, names)
+        prefixes[where] = names.catalog.removesuffix("-catalog")
+    return parse_catalog_url(f"dynamodb://{prefixes[where]}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if "stack" in _DYNAMODB:
+        _DYNAMODB.pop("stack").close()
+
+
 async def start_api(data_dir: Path, **settings: Any) -> Api:
+    if CATALOG == "dynamodb" and "catalog" not in settings:
+        settings["catalog"] = await _dynamodb_catalog(data_dir)
     if WORKERS:
         process = await start_process(data_dir, {"admin_key": ADMIN_KEY, **settings})
         key = read_credentials(data_dir)["EVENTBUS_API_KEY"]

@@ -16,7 +16,12 @@ import pytest
 
 from partitions.catalog import HOUR_MS, LineageChange, UsageCounters, UsageRecord
 from partitions.catalog_dynamodb import DynamoDbCatalog, create_tables
-from partitions.errors import CatalogUnavailableError
+from partitions.errors import (
+    CatalogAccessDeniedError,
+    CatalogTablesMissingError,
+    CatalogUnavailableError,
+    InvalidInputError,
+)
 from tests.dynamodb import DynamoDbFaultProxy, Fault, new_table_names
 
 TENANT = "acme"
@@ -167,3 +172,34 @@ async def test_a_stalled_dynamodb_is_unavailable_within_the_deadline(
         assert [t.name for t in await stores.direct.list_topics(TENANT)] == [TOPIC]
     finally:
         await quick.close()
+
+
+# --- refusals no retry mends ---------------------------------------------------------------
+
+
+async def test_refused_credentials_are_the_catalog_out_of_service_at_once(stores: Stores) -> None:
+    stores.proxy.inject(Fault.ACCESS_DENIED, "GetItem", times=None)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(CatalogAccessDeniedError) as refused:
+        await stores.faulty.get_tenant(TENANT)
+    assert asyncio.get_running_loop().time() - started < 2.0  # not retried to the deadline
+    assert refused.value.status == 503 and refused.value.retriable
+    stores.proxy.clear()
+    assert (await stores.faulty.get_tenant(TENANT)).name == TENANT
+
+
+async def test_a_table_gone_while_serving_is_said_to_be_missing(
+    stores: Stores, dynamodb_endpoint: str
+) -> None:
+    async with aioboto3.Session().client("dynamodb", endpoint_url=dynamodb_endpoint) as client:
+        await client.delete_table(TableName=stores.direct.dynamo.names.usage)
+    with pytest.raises(CatalogTablesMissingError) as missing:
+        await stores.faulty.list_usage(0, HOUR_MS, tenant=TENANT)
+    assert "create-tables" in missing.value.message and missing.value.status == 503
+
+
+async def test_an_item_past_dynamodb_s_limit_is_the_caller_s_input(stores: Stores) -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        await stores.faulty.create_topic(TENANT, TOPIC, {"note": "x" * 500_000})
+    assert refused.value.status == 400
+    assert await stores.direct.list_topics(TENANT) == []  # refused whole

@@ -35,7 +35,12 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from partitions.catalog_dynamodb.tables import TableNames
-from partitions.errors import CatalogUnavailableError
+from partitions.errors import (
+    CatalogAccessDeniedError,
+    CatalogTablesMissingError,
+    CatalogUnavailableError,
+    InvalidInputError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +134,40 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+# DynamoDB refusing the caller: credentials or permissions, which no retry mends.
+_DENIED = frozenset(
+    {
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "MissingAuthenticationTokenException",
+        "ExpiredTokenException",
+        "IncompleteSignatureException",
+    }
+)
+
+
+def _refusal(what: str, code: str, exc: ClientError) -> Exception | None:
+    """What a refusal that no retry mends becomes: a missing table or refused credentials
+    are the catalog out of service (503, said plainly), an item past DynamoDB's 400 KB is
+    the caller's input; anything else (``None``) is raised as it came: a bug of ours."""
+    message = str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
+    if code == "ResourceNotFoundException":
+        return CatalogTablesMissingError(
+            f"{what}: a catalog table does not exist ({message}); create the tables with "
+            "`eventbus catalog create-tables dynamodb://PREFIX`"
+        )
+    if code in _DENIED:
+        return CatalogAccessDeniedError(
+            f"{what}: DynamoDB refused the catalog's credentials ({code}: {message})"
+        )
+    if code == "ValidationException" and "size" in message.lower() and "exceed" in message:
+        return InvalidInputError(
+            f"{what}: too large for the catalog (DynamoDB keeps at most 400 KB an item)"
+        )
+    return None
 
 
 def _code(exc: ClientError) -> tuple[str, int]:
@@ -259,7 +298,10 @@ class Dynamo:
                         raise ConditionFailed(str(exc)) from None
                     if status >= 500:
                         raise _UnknownOutcome(f"DynamoDB answered {status} {code}") from exc
-                    raise
+                    refusal = _refusal(what, code, exc)
+                    if refusal is None:
+                        raise
+                    raise refusal from exc
                 except BotoConnectionError as exc:
                     # No connection was made: nothing was sent, sent again below.
                     raise _NotApplied(exc) from exc

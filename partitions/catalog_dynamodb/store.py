@@ -13,8 +13,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from botocore.exceptions import ClientError
-
 import partitions.catalog_dynamodb.answers as answers
 import partitions.catalog_dynamodb.groups as groups
 import partitions.catalog_dynamodb.lineage as lineage
@@ -282,14 +280,12 @@ class DynamoDbCatalog:
 async def _require_table(dynamo: Dynamo, name: str) -> None:
     try:
         await dynamo.call("describe table", "describe_table", TableName=name)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-            raise CatalogTablesMissingError(
-                f"the catalog table {name} does not exist: create the tables with "
-                f"`eventbus catalog create-tables dynamodb://PREFIX`",
-                table=name,
-            ) from None
-        raise
+    except CatalogTablesMissingError:
+        raise CatalogTablesMissingError(
+            f"the catalog table {name} does not exist: create the tables with "
+            f"`eventbus catalog create-tables dynamodb://PREFIX`",
+            table=name,
+        ) from None
 
 
 def _conforms(catalog: DynamoDbCatalog) -> Catalog:
