@@ -30,7 +30,7 @@ from partitions.catalog import (
     UsageCounters,
     UsageRecord,
 )
-from partitions.catalog_dynamodb import DynamoDbCatalog, create_tables
+from partitions.catalog_dynamodb import DynamoDbCatalog, TableNames, create_tables
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.catalog_sqlite.schema import (
     SCHEMA_VERSION,
@@ -71,13 +71,16 @@ async def _open_sqlite(directory: Path) -> Catalog:
     return await SqliteCatalog.open(directory / "catalog.sqlite3")
 
 
-async def _open_dynamodb(request: pytest.FixtureRequest) -> Catalog:
+async def _open_dynamodb(
+    request: pytest.FixtureRequest, names: TableNames | None = None
+) -> Catalog:
     """Tables of its own on moto's DynamoDB (one request at a time, as tests/dynamodb.py
-    says why)."""
+    says why), or another handle on ``names``."""
     endpoint = request.getfixturevalue("dynamodb_endpoint")
-    names = new_table_names()
-    async with aioboto3.Session().client("dynamodb", endpoint_url=endpoint) as client:
-        await create_tables(client, names)
+    if names is None:
+        names = new_table_names()
+        async with aioboto3.Session().client("dynamodb", endpoint_url=endpoint) as client:
+            await create_tables(client, names)
     return await DynamoDbCatalog.open(names, endpoint_url=endpoint)
 
 
@@ -93,6 +96,23 @@ async def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     await store.create_tenant("acme")
     yield store
     await store.close()
+
+
+@pytest.fixture(params=STORES)
+async def two_handles(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Catalog, Catalog]]:
+    """Two handles on one store, as two processes or two nodes have."""
+    one = await (_open_sqlite(tmp_path) if request.param == "sqlite" else _open_dynamodb(request))
+    if isinstance(one, DynamoDbCatalog):
+        two = await _open_dynamodb(request, one.dynamo.names)
+    else:
+        two = await _open_sqlite(tmp_path)
+    try:
+        yield one, two
+    finally:
+        await one.close()
+        await two.close()
 
 
 # --- settings and tenants and keys -------------------------------------------------------
@@ -719,43 +739,47 @@ async def test_racing_commits_with_one_expected_version(catalog: Catalog) -> Non
 # --- SQLite specifics ----------------------------------------------------------------------
 
 
-async def test_two_sqlite_handles_on_one_file_race_correctly(tmp_path: Path) -> None:
-    path = tmp_path / "catalog.sqlite3"
-    one = await SqliteCatalog.open(path)
-    two = await SqliteCatalog.open(path)
-    try:
-        await one.create_tenant("acme")
-        await one.create_topic("acme", "orders", {})
-        wins, losses = await _race(
-            one.split_partition("acme", "orders", 0, at=MID, end_offset=1),
-            two.split_partition("acme", "orders", 0, at=MID - 1, end_offset=2),
+async def test_two_handles_race_correctly(two_handles: tuple[Catalog, Catalog]) -> None:
+    one, two = two_handles
+    await one.create_tenant("acme")
+    await one.create_topic("acme", "orders", {})
+    wins, losses = await _race(
+        one.split_partition("acme", "orders", 0, at=MID, end_offset=1),
+        two.split_partition("acme", "orders", 0, at=MID - 1, end_offset=2),
+    )
+    assert len(wins) == 1 and isinstance(losses[0], PartitionNotActiveError)
+    low, high = (p.partition_id for p in wins[0].created)  # type: ignore[attr-defined]
+    await one.split_partition("acme", "orders", high, at=MID + MID // 2, end_offset=0)
+    right = max(p.partition_id for p in await one.list_partitions("acme", "orders"))
+    # Two merges over one shared partition, from two handles: exactly one is made.
+    wins, losses = await _race(
+        one.merge_partitions("acme", "orders", [low, right - 1], end_offsets=[0, 0]),
+        two.merge_partitions("acme", "orders", [right - 1, right], end_offsets=[0, 0]),
+    )
+    assert len(wins) == 1 and isinstance(losses[0], PartitionNotActiveError), losses
+    assert_lineage_invariants(await two.list_partitions("acme", "orders"))
+    group = await one.commit_offsets("acme", "orders", "g", {low: 1})
+    wins, losses = await _race(
+        one.commit_offsets("acme", "orders", "g", {low: 5}, expected_version=group.version),
+        two.commit_offsets("acme", "orders", "g", {low: 6}, expected_version=group.version),
+    )
+    assert len(wins) == 1 and isinstance(losses[0], VersionConflictError)
+    assert_lineage_invariants(await two.list_partitions("acme", "orders"))
+    # Two handles creating topics under one limit: the count and the insert are atomic.
+    wins, losses = await _race(
+        one.create_topic("acme", "x", {}, max_topics=2),
+        two.create_topic("acme", "y", {}, max_topics=2),
+    )
+    assert len(wins) == 1 and isinstance(losses[0], TopicLimitError)
+    # Two processes flushing usage into one row: additions, never lost updates.
+    await asyncio.gather(
+        *(
+            (one, two)[i % 2].add_usage([_use("acme", 0, requests=1, bytes_out=i)])
+            for i in range(30)
         )
-        assert len(wins) == 1 and isinstance(losses[0], PartitionNotActiveError)
-        group = await one.commit_offsets("acme", "orders", "g", {1: 1})
-        wins, losses = await _race(
-            one.commit_offsets("acme", "orders", "g", {1: 5}, expected_version=group.version),
-            two.commit_offsets("acme", "orders", "g", {1: 6}, expected_version=group.version),
-        )
-        assert len(wins) == 1 and isinstance(losses[0], VersionConflictError)
-        assert_lineage_invariants(await two.list_partitions("acme", "orders"))
-        # Two handles creating topics under one limit: the count and the insert are atomic.
-        wins, losses = await _race(
-            one.create_topic("acme", "x", {}, max_topics=2),
-            two.create_topic("acme", "y", {}, max_topics=2),
-        )
-        assert len(wins) == 1 and isinstance(losses[0], TopicLimitError)
-        # Two processes flushing usage into one row: additions, never lost updates.
-        await asyncio.gather(
-            *(
-                (one, two)[i % 2].add_usage([_use("acme", 0, requests=1, bytes_out=i)])
-                for i in range(30)
-            )
-        )
-        (row,) = await one.list_usage(H0, H0 + HOUR_MS)
-        assert row.counters == UsageCounters(requests=30, bytes_out=sum(range(30)))
-    finally:
-        await one.close()
-        await two.close()
+    )
+    (row,) = await one.list_usage(H0, H0 + HOUR_MS)
+    assert row.counters == UsageCounters(requests=30, bytes_out=sum(range(30)))
 
 
 async def test_an_older_schema_is_migrated_at_open(tmp_path: Path) -> None:
