@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.tenancy.quotas import (
+    STALE_QUOTAS_S,
     InvalidQuotasError,
     QuotaBook,
     QuotaExceededError,
@@ -20,8 +22,9 @@ from gateway.tenancy.quotas import (
     apply_quota_changes,
     parse_quota_changes,
 )
-from partitions.catalog import TenantLimits
+from partitions.catalog import TenantLimits, TenantRecord
 from partitions.catalog_sqlite import SqliteCatalog
+from partitions.errors import CatalogUnavailableError
 from tests.clocks import FileClock
 from tests.https import FakeClock
 
@@ -225,3 +228,45 @@ def test_a_file_clock_set_while_another_process_reads_it_never_kills_the_reader(
     assert int(out) > 0
     assert FileClock(path)() == 19_999.0
     assert path.stat().st_size == 8
+
+
+class OutageCatalog(SqliteCatalog):
+    """The real catalog, whose tenant reads answer that it cannot be reached while ``out``."""
+
+    out = False
+    reads = 0
+
+    async def get_tenant(self, name: str) -> TenantRecord:
+        self.reads += 1
+        if self.out:
+            raise CatalogUnavailableError("the catalog did not answer in time")
+        return await super().get_tenant(name)
+
+
+async def test_quotas_read_recently_are_applied_through_a_catalog_outage(
+    tmp_path: Path,
+) -> None:
+    catalog = await OutageCatalog.open(tmp_path / "catalog.sqlite3")
+    try:
+        await catalog.create_tenant("acme", quotas={"requests_per_s": 5})
+        await catalog.create_tenant("globex")
+        clock = FakeClock()
+        quotas = TenantQuotas(catalog, Quotas(requests_per_s=100), clock=clock)
+        assert (await quotas.quotas("acme")).requests_per_s == 5
+        catalog.out = True
+        clock.advance(2.0)
+        assert (await quotas.quotas("acme")).requests_per_s == 5  # read, failed: as read
+        reads = catalog.reads
+        for _ in range(20):  # known out: no request waits on the catalog
+            assert (await quotas.quotas("acme")).requests_per_s == 5
+        await asyncio.sleep(0)
+        assert catalog.reads <= reads + 1
+        with pytest.raises(CatalogUnavailableError):
+            await quotas.quotas("globex")  # never read: nothing to apply
+        clock.advance(STALE_QUOTAS_S)
+        with pytest.raises(CatalogUnavailableError):
+            await quotas.quotas("acme")  # read too long ago
+        catalog.out = False
+        assert (await quotas.quotas("acme")).requests_per_s == 5
+    finally:
+        await catalog.close()

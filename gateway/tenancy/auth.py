@@ -8,7 +8,11 @@ is compared in constant time.
 Resolved keys are cached per process for at most ``revalidate_s`` (one second): a key
 revoked or a tenant deleted through this process is forgotten at once, so its next request
 is refused; another process sharing the catalog refuses it within that second. Requests
-that find a key expired at the same moment share one catalog read. Each
+that find a key expired at the same moment share one catalog read. While the catalog cannot
+be reached (a DynamoDB outage: :class:`~partitions.errors.CatalogUnavailableError`), a key
+read successfully within ``stale_s`` (five minutes) goes on authenticating, without waiting
+for the catalog, so that requests which need nothing else of it (produce, reads) keep
+working; a revocation made elsewhere meanwhile takes effect once the catalog answers again. Each
 revalidation also notes the key's last use, which is written behind the request
 (``key_uses.py``): reading a key never writes, so keys keep working on a full disk.
 """
@@ -32,7 +36,12 @@ from typing import Protocol
 from gateway.tenancy.key_uses import KeyUses
 from gateway.tenancy.scopes import FULL, KeyScope
 from partitions.catalog import Catalog
-from partitions.errors import ApiKeyNotFoundError, EventBusError, TenantExistsError
+from partitions.errors import (
+    ApiKeyNotFoundError,
+    CatalogUnavailableError,
+    EventBusError,
+    TenantExistsError,
+)
 from partitions.fileio import FileOps
 
 log = logging.getLogger(__name__)
@@ -93,6 +102,7 @@ class Authenticator:
         *,
         uses: KeyUses,
         revalidate_s: float = 1.0,
+        stale_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
@@ -100,6 +110,9 @@ class Authenticator:
         self._admin_hash = admin_key_hash
         self._uses = uses
         self._revalidate_s = revalidate_s
+        self._stale_s = stale_s
+        # Set while the catalog's last answer to a key read was that it cannot be reached.
+        self._catalog_out = False
         self._clock = clock
         self._wall_clock_ms = wall_clock_ms
         # key hash -> (principal, when it was last read from the catalog)
@@ -132,12 +145,40 @@ class Authenticator:
             read = asyncio.get_running_loop().create_task(self._read(digest))
             self._reads[digest] = read
             read.add_done_callback(partial(self._read_done, digest))
-        return await asyncio.shield(read)
+        stale = self._stale(digest)
+        if stale is not None and self._catalog_out:
+            return stale  # the catalog is out: do not wait for it (the read goes on)
+        try:
+            return await asyncio.shield(read)
+        except CatalogUnavailableError:
+            if stale is None:
+                raise
+            return stale
+
+    def _stale(self, digest: str) -> Principal | None:
+        """A key read within ``stale_s``, for when the catalog cannot be reached."""
+        cached = self._cache.get(digest)
+        if cached is not None and self._clock() - cached[1] < self._stale_s:
+            return cached[0]
+        return None
 
     async def _read(self, digest: str) -> Principal | None:
         now = self._clock()
         epoch = self._epoch
-        record = await self._catalog.find_api_key(digest)
+        try:
+            record = await self._catalog.find_api_key(digest)
+        except CatalogUnavailableError:
+            if not self._catalog_out:
+                log.warning(
+                    "the catalog cannot be reached: keys read in the last %.0f s "
+                    "go on authenticating until it answers",
+                    self._stale_s,
+                )
+            self._catalog_out = True
+            raise
+        if self._catalog_out:
+            log.info("the catalog answers again: keys are read from it as before")
+        self._catalog_out = False
         if record is None:
             self._cache.pop(digest, None)
             return None

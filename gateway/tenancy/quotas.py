@@ -31,6 +31,7 @@ at most every ``refresh_s`` and grows with each accepted produce between measure
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -40,7 +41,7 @@ from typing import Any, Protocol
 from gateway.settings import setting
 from gateway.tenancy.buckets import TokenBucket
 from partitions.catalog import Catalog, TenantLimits
-from partitions.errors import EventBusError, InvalidInputError
+from partitions.errors import CatalogUnavailableError, EventBusError, InvalidInputError
 from partitions.shapes import Choice, Integer, Nullable, Object, OneOf
 
 Clock = Callable[[], float]
@@ -161,11 +162,19 @@ class _Known:
     read_at: float
 
 
+# How long quotas read from the catalog are still applied while it cannot be reached.
+STALE_QUOTAS_S = 300.0
+
+
 class TenantQuotas:
     """Every tenant's effective quotas (the defaults with its overrides), read from the
     catalog and kept for ``refresh_s``; :meth:`forget` has a tenant read again at once (its
     quotas changed), :meth:`drop` forgets it (deleted). The broker asks it for a tenant's
-    limits on topics and partitions; the :class:`QuotaBook` for its rates."""
+    limits on topics and partitions; the :class:`QuotaBook` for its rates.
+
+    While the catalog cannot be reached (:class:`CatalogUnavailableError`), quotas read
+    within :data:`STALE_QUOTAS_S` go on being applied, without waiting for it, so that
+    requests needing nothing else of the catalog are served through an outage."""
 
     def __init__(
         self,
@@ -180,16 +189,50 @@ class TenantQuotas:
         self.refresh_s = refresh_s
         self.clock = clock
         self._known: dict[str, _Known] = {}
+        # Set while the catalog's last answer was that it cannot be reached.
+        self._catalog_out = False
+        self._refreshing: dict[str, asyncio.Task[Quotas]] = {}
 
     async def quotas(self, tenant: str) -> Quotas:
         now = self.clock()
         known = self._known.get(tenant)
         if known is not None and now - known.read_at < self.refresh_s:
             return known.quotas
-        record = await self._catalog.get_tenant(tenant)
+        stale = known if known is not None and now - known.read_at < STALE_QUOTAS_S else None
+        if stale is not None and self._catalog_out:
+            self._refresh_behind(tenant)  # the request does not wait on an outage
+            return stale.quotas
+        try:
+            return await self._read(tenant)
+        except CatalogUnavailableError:
+            if stale is None:
+                raise
+            return stale.quotas
+
+    async def _read(self, tenant: str) -> Quotas:
+        now = self.clock()
+        try:
+            record = await self._catalog.get_tenant(tenant)
+        except CatalogUnavailableError:
+            self._catalog_out = True
+            raise
+        self._catalog_out = False
         quotas = self.defaults.overlay(record.quotas)
         self._known[tenant] = _Known(quotas, now)
         return quotas
+
+    def _refresh_behind(self, tenant: str) -> None:
+        if tenant in self._refreshing:
+            return
+        task = asyncio.get_running_loop().create_task(self._read(tenant))
+        self._refreshing[tenant] = task
+
+        def done(finished: asyncio.Task[Quotas]) -> None:
+            self._refreshing.pop(tenant, None)
+            if not finished.cancelled():
+                finished.exception()  # an outage, already noted: nothing more to say
+
+        task.add_done_callback(done)
 
     def fresh(self, tenant: str) -> Quotas | None:
         """The tenant's quotas if read within ``refresh_s`` (None: read them)."""
