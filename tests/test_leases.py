@@ -613,3 +613,32 @@ def test_timing_keeps_heartbeats_inside_the_lease() -> None:
     with pytest.raises(ValueError):
         Timing(heartbeat_s=0.5, lease_s=3.0, margin_s=3.0)
     assert Timing().valid_until(5.0) == 13.0
+
+
+@pytest.mark.parametrize("fault", [Fault.DROP_ANSWER, Fault.APPLIED_SERVER_ERROR])
+async def test_writes_whose_answer_is_lost_are_found_to_have_happened(
+    dynamodb_endpoint: str, names: TableNames, db: Dynamo, fault: Fault
+) -> None:
+    proxy = await DynamoDbFaultProxy(dynamodb_endpoint).start()
+    faulty = await Dynamo.open(names, endpoint_url=proxy.url, timeout_s=5.0)
+    try:
+        proxy.inject(fault, "PutItem")
+        a = await _join(faulty, "a")  # applied, answer lost: read back, not joined twice
+        assert (await _row(db, "a"))["session"] == a.session_id
+        b = await _join(db, "b")
+        proxy.inject(fault, "TransactWriteItems")
+        first = await grant(faulty, PART, node_id="a", session_id=a.session_id, expect=None)
+        assert first.epoch == 1 and await read_lease(db, PART) == first
+        watch = NodeWatch(faulty, timing=TIMING, clock=FakeClock())
+        view = (await watch.poll())["a"]
+        proxy.inject(fault, "UpdateItem")
+        assert await watch.fence(view)  # not taken for a heartbeat that came between
+        proxy.inject(fault, "TransactWriteItems")
+        moved = await grant(faulty, PART, node_id="b", session_id=b.session_id, expect=first)
+        assert (moved.epoch, moved.sources) == (2, (Source("a", a.session_id),))
+        assert proxy.given[("PutItem", fault)] == 1
+        assert proxy.given[("UpdateItem", fault)] == 1
+        assert proxy.given[("TransactWriteItems", fault)] == 2
+    finally:
+        await faulty.close()
+        await proxy.close()
