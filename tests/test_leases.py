@@ -15,28 +15,30 @@ import pytest
 import partitions.catalog_dynamodb.keys as keys
 from partitions.catalog_dynamodb.client import Dynamo, TransactionRefused, item
 from partitions.catalog_dynamodb.leases import (
-    ALIVE,
-    FENCED,
-    LEFT,
     CoordinatorLease,
-    Ended,
     LeaseState,
-    Liveness,
-    NodeWatch,
     PartitionRef,
-    Session,
     Source,
-    Timing,
     epoch_check,
     grant,
     hand_over,
-    heartbeat,
-    join,
-    leave,
     list_leases,
     mark_active,
     mark_moving,
     read_lease,
+)
+from partitions.catalog_dynamodb.nodes import (
+    ALIVE,
+    FENCED,
+    LEFT,
+    Ended,
+    Liveness,
+    NodeWatch,
+    Session,
+    Timing,
+    heartbeat,
+    join,
+    leave,
 )
 from partitions.catalog_dynamodb.tables import TableNames, create_tables
 from partitions.errors import (

@@ -34,7 +34,7 @@ every tenant's hours of a day. Flush markers: pk ``FLUSH#``\\ id, sk ``FLUSH``.
 
 ``answers``: pk tenant#inc, sk the idempotency key.
 
-``leases`` table (the rules are in :mod:`.leases`):
+``leases`` table (the rules are in :mod:`.nodes` and :mod:`.leases`):
 
 ==========================  ===============  =============================================
 pk                          sk               item
