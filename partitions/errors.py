@@ -328,3 +328,45 @@ class RemoteSegmentStateError(ConflictError):
 
 class RemoteSegmentExistsError(ConflictError):
     code = "remote_segment_exists"
+
+
+# --- nodes and leases (several nodes sharing the catalog) ---------------------------------
+
+
+class SessionFencedError(EventBusError):
+    """This node's session is no longer alive in the lease table: another node fenced it
+    (it was judged dead), it left, or a newer session of the same node id replaced it.
+    Nothing it does from now on may be acknowledged; the process starts again as a new
+    session. Whoever sent the request may retry it: another node serves it."""
+
+    code = "node_fenced"
+    status = 503
+    retriable = True
+
+
+class NodeIdInUseError(ConflictError):
+    """A node joined under a node id whose session is alive and heartbeating: two
+    processes were given the same id. The older one is left alone."""
+
+    code = "node_id_in_use"
+
+
+class NodeNotAliveError(ConflictError):
+    """A lease was to go to a node session that is not alive (fenced, left, or replaced
+    by a newer session)."""
+
+    code = "node_not_alive"
+
+
+class LeaseConflictError(ConflictError):
+    """A partition lease is not as the caller read it (another grant or hand-over came
+    first, or the partition already has a lease); ``details`` says what it is now."""
+
+    code = "lease_conflict"
+
+
+class OwnerStillAliveError(ConflictError):
+    """A partition was to be granted away from an owner whose session is still alive:
+    only the owner itself may move it then (a hand-over)."""
+
+    code = "owner_still_alive"

@@ -33,6 +33,20 @@ eventually consistent, so whoever acts on what it lists reads the item itself fi
 every tenant's hours of a day. Flush markers: pk ``FLUSH#``\\ id, sk ``FLUSH``.
 
 ``answers``: pk tenant#inc, sk the idempotency key.
+
+``leases`` table (the rules are in :mod:`.nodes` and :mod:`.leases`):
+
+==========================  ===============  =============================================
+pk                          sk               item
+==========================  ===============  =============================================
+``NODES``                   node id          a node's session: ``session``, ``address``,
+                                             ``state`` (alive, fenced, left), ``counter``
+                                             (its heartbeats), ``load``
+``COORDINATOR``             ``COORDINATOR``  the coordinator lease: ``node``, ``session``,
+                                             ``counter``
+``L#``\\ tenant#inc         partition id     a partition lease: ``owner``, ``session``,
+                                             ``epoch``, ``state``, ``sources``
+==========================  ===============  =============================================
 """
 
 from __future__ import annotations
@@ -174,3 +188,25 @@ def answers_pk(name: str, inc: str) -> str:
 
 def answer(name: str, inc: str, idempotency_key: str) -> dict[str, Any]:
     return key(answers_pk(name, inc), idempotency_key)
+
+
+# --- leases table ------------------------------------------------------------------------------
+
+NODES = "NODES"
+COORDINATOR = "COORDINATOR"
+
+
+def node(node_id: str) -> dict[str, Any]:
+    return key(NODES, node_id)
+
+
+def coordinator() -> dict[str, Any]:
+    return key(COORDINATOR, COORDINATOR)
+
+
+def leases_pk(name: str, inc: str) -> str:
+    return f"L{SEP}{name}{SEP}{inc}"
+
+
+def partition_lease(name: str, inc: str, pid: int) -> dict[str, Any]:
+    return key(leases_pk(name, inc), pad(pid))
