@@ -68,6 +68,8 @@ _PUBLIC_MESSAGES = {
     "object_store_unavailable": "the object store holding this data did not answer; retry",
     "object_store_error": "the object store holding this data refused the read; retry later",
     "catalog_unavailable": "the catalog did not answer in time; retry",
+    "catalog_access_denied": "the catalog refused this server's credentials; retry later",
+    "catalog_tables_missing": "the catalog's tables are missing; retry later",
 }
 # Server-side answers whose message and details are meant for the client (no internals).
 _EXPLAINED_5XX = frozenset({"offset_not_local"})
