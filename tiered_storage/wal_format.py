@@ -175,8 +175,8 @@ def encode_object(node: str, session: str, seq: int, entries: Sequence[WalEntry]
     """The bytes of WAL object ``seq`` of ``node``'s ``session`` holding ``entries``."""
     node_raw = _check_name("node id", node)
     session_raw = _check_name("session id", session)
-    if not 0 <= seq < 10**20:
-        raise ValueError(f"a WAL seq is a whole number below 10**20, not {seq}")
+    if not 0 <= seq < 2**64:
+        raise ValueError(f"a WAL seq is a u64, not {seq}")
     out = bytearray(HEADER.pack(MAGIC, WAL_FORMAT_VERSION, seq, len(node_raw), len(session_raw)))
     out += node_raw
     out += session_raw
