@@ -199,6 +199,28 @@ class WorkerLostError(WorkerUnreachableError):
     code = "worker_lost"
 
 
+class FencedError(EventBusError):
+    """This node's session was fenced (another node may own its partitions now), or it
+    fenced itself: it acknowledges nothing more. Appends waiting on it were not
+    acknowledged; a produce with an idempotency key may be retried safely, and the retry
+    reaches the partition's new owner."""
+
+    code = "node_fenced"
+    status = 503
+    retriable = True
+
+
+class WalUnavailableError(EventBusError):
+    """The write-ahead log in object storage could not be written now (the store is down or
+    slow), or whether the node still owns its session could not be checked after the
+    write. The append was not acknowledged; its bytes may still come back after a
+    takeover, and an idempotency key makes a retry safe."""
+
+    code = "wal_unavailable"
+    status = 503
+    retriable = True
+
+
 class CorruptLogError(EventBusError):
     """Stored bytes failed their checks where recovery cannot repair them (not the tail)."""
 
