@@ -199,17 +199,6 @@ class WorkerLostError(WorkerUnreachableError):
     code = "worker_lost"
 
 
-class FencedError(EventBusError):
-    """This node's session was fenced (another node may own its partitions now), or it
-    fenced itself: it acknowledges nothing more. Appends waiting on it were not
-    acknowledged; a produce with an idempotency key may be retried safely, and the retry
-    reaches the partition's new owner."""
-
-    code = "node_fenced"
-    status = 503
-    retriable = True
-
-
 class WalUnavailableError(EventBusError):
     """The write-ahead log in object storage could not be written now (the store is down or
     slow), or whether the node still owns its session could not be checked after the
@@ -357,9 +346,11 @@ class RemoteSegmentExistsError(ConflictError):
 
 class SessionFencedError(EventBusError):
     """This node's session is no longer alive in the lease table: another node fenced it
-    (it was judged dead), it left, or a newer session of the same node id replaced it.
-    Nothing it does from now on may be acknowledged; the process starts again as a new
-    session. Whoever sent the request may retry it: another node serves it."""
+    (it was judged dead), it fenced itself (DynamoDB unreachable past its lease), it left,
+    or a newer session of the same node id replaced it. Nothing it does from now on may be
+    acknowledged: appends waiting on it were not, and a produce with an idempotency key may
+    be retried safely (the retry reaches the partition's new owner). The process starts
+    again as a new session."""
 
     code = "node_fenced"
     status = 503

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from partitions.batch import NewRecord, encode_batch, with_base_offset
 from partitions.durability import Durability, LocalDurability, WalEntry
-from partitions.errors import FencedError, PartitionClosedError, WalUnavailableError
+from partitions.errors import PartitionClosedError, SessionFencedError, WalUnavailableError
 from partitions.partition_key import PartitionKey
 from tests.s3 import S3FaultProxy, create_bucket
 from tiered_storage.objects import ObjectStoreUnavailableError, PutResult
@@ -310,7 +310,7 @@ async def test_a_fenced_check_fails_the_waiters_and_nothing_after_is_acknowledge
     later = spawn(writer, entry(P0, 2))  # pending while the check runs
     fence.gate.set()
     for task in [*doomed, *later]:
-        with pytest.raises(FencedError) as failed:
+        with pytest.raises(SessionFencedError) as failed:
             await task
         assert (failed.value.code, failed.value.status, failed.value.retriable) == (
             "node_fenced",
@@ -318,7 +318,7 @@ async def test_a_fenced_check_fails_the_waiters_and_nothing_after_is_acknowledge
             True,
         )
     assert writer.fenced
-    with pytest.raises(FencedError):
+    with pytest.raises(SessionFencedError):
         await writer.make_durable(entry(P0, 3))
     await writer.flush()
     await writer.close()
@@ -413,7 +413,7 @@ async def test_other_bytes_under_the_sessions_key_fence_the_writer(store: S3Obje
     task = spawn(writer, entry(P0, 0))
     await settle()
     await writer.flush()
-    with pytest.raises(FencedError, match="other bytes"):
+    with pytest.raises(SessionFencedError, match="other bytes"):
         await task[0]
     assert (await objects(store))[1] == other
     await writer.close()
@@ -613,7 +613,7 @@ async def play_takeover(
             if answers[0] is None:
                 acknowledged.update(range(appended.base_offset, appended.next_offset))
             else:
-                assert isinstance(answers[0], FencedError)
+                assert isinstance(answers[0], SessionFencedError)
         if not taken:
             await taker()
         await writer.close()

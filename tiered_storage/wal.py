@@ -33,7 +33,7 @@ gathered while the previous one was in flight.
   meets an existing object with the same bytes (an earlier attempt landed after all) counts
   as written.
 - A check that answers "fenced" fails the waiters with the retriable
-  :class:`~partitions.errors.FencedError`, and so does every later ``make_durable``: a
+  :class:`~partitions.errors.SessionFencedError`, and so does every later ``make_durable``: a
   fenced writer acknowledges nothing again. So does an existing object with other bytes
   under one of this session's keys (another writer has this session: never expected).
 - A check that cannot answer (it raised) fails the waiters with ``WalUnavailableError``;
@@ -55,8 +55,8 @@ from dataclasses import dataclass, field
 from partitions.durability import WalEntry
 from partitions.errors import (
     EventBusError,
-    FencedError,
     PartitionClosedError,
+    SessionFencedError,
     WalUnavailableError,
 )
 from tiered_storage.objects import ObjectStore, PutResult
@@ -131,7 +131,7 @@ class WalWriter:
         self._work = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._fenced: FencedError | None = None
+        self._fenced: SessionFencedError | None = None
         self._closing = False
         #: The highest seq written and found unfenced (0: none yet).
         self.committed_seq = 0
@@ -253,12 +253,12 @@ class WalWriter:
                 ),
             )
             return True
-        except FencedError as exc:
+        except SessionFencedError as exc:
             self._fence(exc)
             return False
         self._unwritten.popleft()
         if not alive:
-            fenced = FencedError(f"session {self.session} of node {self.node} was fenced")
+            fenced = SessionFencedError(f"session {self.session} of node {self.node} was fenced")
             self._settle(obj.waiters, fenced)
             self._fence(fenced)
             return False
@@ -280,7 +280,7 @@ class WalWriter:
         except Exception as exc:
             raise _PutFailed() from exc
         if existing != obj.data:
-            raise FencedError(
+            raise SessionFencedError(
                 f"WAL object {obj.key} exists with other bytes: another writer has session "
                 f"{self.session}"
             )
@@ -307,7 +307,7 @@ class WalWriter:
                 future.set_exception(error)
         waiters.clear()
 
-    def _fence(self, error: FencedError) -> None:
+    def _fence(self, error: SessionFencedError) -> None:
         log.warning("WAL writer stops: %s", error.message)
         self._fenced = error
         self._fail_all(error)
