@@ -63,7 +63,7 @@ def _positive(text: str) -> int:
 # The keys a command may use: its flag, its variable (also the name in the credentials file
 # the first start writes) and what it is.
 API_KEY = ("--api-key", "EVENTBUS_API_KEY", "tenant API key")
-ADMIN_KEY = ("--admin-key", "EVENTBUS_ADMIN_KEY", "the admin key")
+ADMIN_KEY = ("--admin-key", "EVENTBUS_ADMIN_KEY", "admin key")
 
 
 def connection_options(*keys: tuple[str, str, str]) -> argparse.ArgumentParser:
