@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import select
@@ -10,13 +9,20 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.cli_tools import (
+    api,
+    client_env,
+    eventbus,
+    ok,
+    split_first_partition,
+    stop_process,
+    text,
+)
 from tests.servers import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -29,76 +35,46 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     assert process.stop() == 0
 
 
-def eventbus(
-    server: ServerProcess,
-    *args: str,
-    stdin: bytes = b"",
-    env: dict[str, str] | None = None,
-    connect: Sequence[str] | None = None,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``eventbus ARGS`` against ``server``; by default it finds the key in the data dir."""
-    if connect is None:
-        connect = ["--url", server.url, "--data-dir", str(server.data_dir)]
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args, *connect],
-        input=stdin,
-        capture_output=True,
-        cwd=ROOT,
-        env={**_clean_env(), "PYTHONPATH": str(ROOT), **(env or {})},
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("EVENTBUS_")}
-
-
-def ok(result: subprocess.CompletedProcess[bytes]) -> Any:
-    assert result.returncode == 0, result.stderr.decode()
-    return json.loads(result.stdout) if result.stdout.strip().startswith(b"{") else result.stdout
-
-
 def test_topics_create_list_describe_delete(server: ServerProcess) -> None:
-    created = ok(
-        eventbus(server, "topics", "create", "cli-topics", "--config", "retention_ms=60000")
-    )
+    created = api(server, "topics", "create", "cli-topics", "--config", "retention_ms=60000")
     assert created["name"] == "cli-topics" and created["config"]["retention_ms"] == 60000
-    listed = json.loads(ok(eventbus(server, "topics", "list")))
+    listed = api(server, "topics", "list")
     assert "cli-topics" in [t["name"] for t in listed]
-    described = ok(eventbus(server, "topics", "describe", "cli-topics"))
+    described = api(server, "topics", "describe", "cli-topics")
     assert [p["id"] for p in described["partitions"]] == [0]
-    assert ok(eventbus(server, "topics", "delete", "cli-topics")) == {"deleted": "cli-topics"}
+    assert api(server, "topics", "delete", "cli-topics") == {"deleted": "cli-topics"}
     missing = eventbus(server, "topics", "describe", "cli-topics")
     assert missing.returncode == 1
     assert b"topic_not_found" in missing.stderr
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Kill a consumer a test left running and close its pipes."""
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    for stream in (process.stdout, process.stderr):
-        if stream is not None:
-            stream.close()
-
-
-def _split_first_partition(server: ServerProcess, topic: str) -> None:
-    """Split partition 0 once, so that keys really spread over two partitions."""
-    split = urllib.request.Request(  # noqa: S310 - an http URL on loopback
-        f"{server.url}/v1/topics/{topic}/partitions/0/split",
-        method="POST",
-        headers={"Authorization": f"Bearer {server.keys['EVENTBUS_API_KEY']}"},
+def test_topics_and_groups_print_for_people_by_default(server: ServerProcess) -> None:
+    created = text(server, "topics", "create", "cli-human", "--config", "retention_ms=60000")
+    assert created.splitlines()[0] == "topic cli-human: 1 active, 0 sealed partitions"
+    assert "  retention_ms = 60,000" in created.splitlines()
+    listed = text(server, "topics", "list").splitlines()
+    assert listed[0].split() == ["TOPIC", "CREATED"]
+    assert any(line.startswith("cli-human ") for line in listed)
+    ok(eventbus(server, "produce", "cli-human", stdin=b"a\nb\n"))
+    described = text(server, "topics", "describe", "cli-human")
+    assert "0  active  hash 0%-100%  offsets 0..2" in described
+    ok(
+        eventbus(
+            server, "consume", "cli-human", "--group", "h", "--from-beginning", "--max-records", "1"
+        )
     )
-    with urllib.request.urlopen(split, timeout=30) as answer:  # noqa: S310 - loopback
-        assert answer.status == 200
+    group = text(server, "groups", "describe", "cli-human", "h").splitlines()
+    assert group[0].split() == ["group:", "h"] and group[2].split() == ["lag:", "1"]
+    header = next(n for n, line in enumerate(group) if line.startswith("PARTITION"))
+    assert group[header].split() == ["PARTITION", "STATE", "COMMITTED", "END", "LAG", "MEMBER"]
+    table = group[header + 1]
+    assert table.split() == ["0", "active", "1", "2", "1", "-"]
+    assert text(server, "topics", "delete", "cli-human") == "deleted topic cli-human\n"
 
 
 def test_produce_and_consume_ten_thousand_lines(server: ServerProcess) -> None:
     ok(eventbus(server, "topics", "create", "cli-lines"))
-    _split_first_partition(server, "cli-lines")
+    split_first_partition(server, "cli-lines")
     lines = [f"key-{n % 97}:line {n}" for n in range(10_000)]
     produced = eventbus(
         server,
@@ -128,7 +104,7 @@ def test_produce_and_consume_ten_thousand_lines(server: ServerProcess) -> None:
     )
     out = ok(consumed).decode().splitlines()
     assert sorted(out) == sorted(lines)
-    described = ok(eventbus(server, "topics", "describe", "cli-lines"))
+    described = api(server, "topics", "describe", "cli-lines")
     ends = {p["id"]: p["end_offset"] for p in described["partitions"]}
     assert ends[1] > 1000 and ends[2] > 1000 and ends[1] + ends[2] == 10_000
     # Per-key order holds.
@@ -139,7 +115,7 @@ def test_produce_and_consume_ten_thousand_lines(server: ServerProcess) -> None:
     assert all(numbers == sorted(numbers) for numbers in by_key.values())
 
     # What was printed was committed: the group has no lag, and goes on from there.
-    described = ok(eventbus(server, "groups", "describe", "cli-lines", "g"))
+    described = api(server, "groups", "describe", "cli-lines", "g")
     assert sum(p["lag"] for p in described["partitions"]) == 0
     ok(eventbus(server, "produce", "cli-lines", stdin=b"later 1\nlater 2\n"))
     more = eventbus(server, "consume", "cli-lines", "--group", "g", "--max-records", "2")
@@ -153,7 +129,7 @@ def test_groups_seek_replays_from_the_beginning(server: ServerProcess) -> None:
         server, "consume", "cli-seek", "--group", "s", "--from-beginning", "--max-records", "3"
     )
     assert ok(first).decode().splitlines() == ["a", "b", "c"]
-    seeked = ok(eventbus(server, "groups", "seek", "cli-seek", "s", "--to", "offsets:0=1"))
+    seeked = api(server, "groups", "seek", "cli-seek", "s", "--to", "offsets:0=1")
     assert seeked == {"committed": [{"partition": 0, "offset": 1}]}
     again = eventbus(
         server, "consume", "cli-seek", "--group", "s", "--max-records", "2", "--print-offset"
@@ -173,7 +149,7 @@ def test_max_records_inside_a_stored_batch_commits_only_what_was_printed(
         server, "consume", "cli-cut", "--group", "c", "--from-beginning", "--max-records", "3"
     )
     assert ok(first).decode().splitlines() == ["r0", "r1", "r2"]
-    described = ok(eventbus(server, "groups", "describe", "cli-cut", "c"))
+    described = api(server, "groups", "describe", "cli-cut", "c")
     assert described["partitions"][0]["committed"] == 3
     assert described["members"] == []  # it left
     rest = eventbus(server, "consume", "cli-cut", "--group", "c", "--max-records", "7")
@@ -200,7 +176,7 @@ def test_consume_follows_until_interrupted_and_commits(server: ServerProcess) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
-        env={**_clean_env(), "PYTHONPATH": str(ROOT)},
+        env=client_env(),
     )
     try:
         assert consumer.stdout is not None
@@ -215,9 +191,9 @@ def test_consume_follows_until_interrupted_and_commits(server: ServerProcess) ->
         consumer.send_signal(signal.SIGINT)
         assert consumer.wait(30) == 0
     finally:
-        _stop(consumer)
+        stop_process(consumer)
     assert seen.decode().splitlines() == ["wave 0", "wave 1", "wave 2"]
-    described = ok(eventbus(server, "groups", "describe", "cli-follow", "f"))
+    described = api(server, "groups", "describe", "cli-follow", "f")
     assert described["partitions"][0]["committed"] == 3
     assert described["members"] == []  # it left
 
@@ -241,7 +217,7 @@ def test_keys_come_from_flags_environment_or_the_data_dir(
     )
     assert from_url_env.returncode == 0
     none = eventbus(server, "topics", "list", connect=elsewhere)
-    assert none.returncode == 1 and b"no API key" in none.stderr
+    assert none.returncode == 1 and b"no tenant API key" in none.stderr
     wrong = eventbus(server, "topics", "list", connect=[*elsewhere, "--api-key", "ebk_wrong"])
     assert wrong.returncode == 1 and b"unauthorized" in wrong.stderr
 
@@ -268,7 +244,7 @@ def test_produce_shows_a_live_rate_on_a_terminal(server: ServerProcess) -> None:
             stdout=subprocess.PIPE,
             stderr=secondary,
             cwd=ROOT,
-            env={**_clean_env(), "PYTHONPATH": str(ROOT)},
+            env=client_env(),
             timeout=120,
             check=False,
         )
@@ -291,7 +267,7 @@ def _consumer(server: ServerProcess, topic: str, group: str) -> subprocess.Popen
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
-        env={**_clean_env(), "PYTHONPATH": str(ROOT)},
+        env=client_env(),
     )
 
 
@@ -299,7 +275,7 @@ def test_two_consumers_rebalance_and_both_stop_cleanly(server: ServerProcess) ->
     """A second `eventbus consume` joins the group of a first: a partition moves, the first
     drops what it had not committed there, and neither crashes; every record is printed."""
     ok(eventbus(server, "topics", "create", "cli-two"))
-    _split_first_partition(server, "cli-two")
+    split_first_partition(server, "cli-two")
 
     def produce(numbers: range) -> None:
         lines = "\n".join(f"k{n}:v{n}" for n in numbers)
@@ -320,7 +296,7 @@ def test_two_consumers_rebalance_and_both_stop_cleanly(server: ServerProcess) ->
         # Once the second is a member (and has a partition), more records come.
         while True:
             assert time.monotonic() < deadline, "the second consumer did not join"
-            described = ok(eventbus(server, "groups", "describe", "cli-two", "two"))
+            described = api(server, "groups", "describe", "cli-two", "two")
             if len(described["members"]) == 2 and all(
                 m["assignment"] for m in described["members"]
             ):
@@ -342,5 +318,5 @@ def test_two_consumers_rebalance_and_both_stop_cleanly(server: ServerProcess) ->
             assert b"Traceback" not in consumer.stderr.read()
     finally:
         for consumer in consumers:
-            _stop(consumer)
+            stop_process(consumer)
     assert printed[1], "the second consumer never got a partition"

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.arguments import positive_seconds
 from gateway.cli.commands import default_data_dir
 from partitions.catalog_url import (
     DEFAULT_CATALOG_URL,
@@ -35,13 +36,6 @@ def _catalog_url(text: str) -> CatalogUrl:
         return parse_catalog_url(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
 
 
 def add_catalog_parser(commands: Any) -> None:
@@ -83,7 +77,7 @@ def add_catalog_parser(commands: Any) -> None:
     )
     create.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=10.0,
         help="seconds each DynamoDB call may take (default 10)",
     )

@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.output import cell, fields, show, table, when
+from gateway.cli.partition_tree import partition_tree, topic_summary
+from gateway.cli.watch import add_watch_parser, watch
 from gateway.client import Client
 from gateway.tenancy.auth import CREDENTIALS_FILE
 
@@ -57,7 +60,15 @@ def _positive(text: str) -> int:
     return value
 
 
-def add_client_commands(commands: Any) -> None:
+# The keys a command may use: its flag, its variable (also the name in the credentials file
+# the first start writes) and what it is.
+API_KEY = ("--api-key", "EVENTBUS_API_KEY", "tenant API key")
+ADMIN_KEY = ("--admin-key", "EVENTBUS_ADMIN_KEY", "admin key")
+
+
+def connection_options(*keys: tuple[str, str, str]) -> argparse.ArgumentParser:
+    """The options every client command takes: the server, the ``keys`` it may use, where
+    to find them, and ``--json``."""
     connection = argparse.ArgumentParser(add_help=False)
     group = connection.add_argument_group("connection")
     group.add_argument(
@@ -65,11 +76,12 @@ def add_client_commands(commands: Any) -> None:
         default=os.environ.get("EVENTBUS_URL", DEFAULT_URL),
         help=f"server URL (env EVENTBUS_URL, default {DEFAULT_URL})",
     )
-    group.add_argument(
-        "--api-key",
-        default=os.environ.get("EVENTBUS_API_KEY") or None,
-        help="tenant API key (env EVENTBUS_API_KEY; default: the key in DATA_DIR/credentials)",
-    )
+    for flag, variable, meaning in keys:
+        group.add_argument(
+            flag,
+            default=os.environ.get(variable) or None,
+            help=f"{meaning} (env {variable}; default: the key in DATA_DIR/credentials)",
+        )
     group.add_argument(
         "--data-dir",
         default=default_data_dir(),
@@ -79,7 +91,24 @@ def add_client_commands(commands: Any) -> None:
     group.add_argument(
         "--timeout", type=float, default=30.0, help="seconds per request attempt (default 30)"
     )
+    connection.add_argument(
+        "--json", action="store_true", help="print the server's JSON answer, for scripts"
+    )
+    return connection
 
+
+def _progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress line with rate and ETA on stderr (default: when stderr is a "
+        "terminal the records are not printed to)",
+    )
+
+
+def add_client_commands(commands: Any) -> None:
+    connection = connection_options(API_KEY)
     topics = commands.add_parser("topics", help="create, list, describe and delete topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True)
     create = topic_commands.add_parser("create", parents=[connection], help="create a topic")
@@ -101,6 +130,7 @@ def add_client_commands(commands: Any) -> None:
         "delete", parents=[connection], help="delete a topic and all its data"
     )
     delete.add_argument("name")
+    add_watch_parser(topic_commands, connection)
 
     produce = commands.add_parser(
         "produce",
@@ -128,6 +158,7 @@ def add_client_commands(commands: Any) -> None:
     produce.add_argument(
         "--compression", choices=("zstd", "gzip", "none"), default="none", help="request bodies"
     )
+    _progress_option(produce)
 
     consume = commands.add_parser(
         "consume",
@@ -148,6 +179,7 @@ def add_client_commands(commands: Any) -> None:
         "--max-records", type=_positive, default=None, help="stop after this many records"
     )
     consume.add_argument("--print-key", action="store_true", help="print the key before the value")
+    # --json (from the connection options): each record as a line of JSON instead.
     consume.add_argument(
         "--print-offset", action="store_true", help="print partition and offset first"
     )
@@ -158,6 +190,7 @@ def add_client_commands(commands: Any) -> None:
         default=20_000,
         help="long-poll of each fetch; at most the server's --max-wait-ms (default 20000)",
     )
+    _progress_option(consume)
 
     groups = commands.add_parser("groups", help="describe and reset consumer groups")
     group_commands = groups.add_subparsers(dest="groups_command", required=True)
@@ -180,10 +213,13 @@ def add_client_commands(commands: Any) -> None:
     )
 
 
-def api_key(args: argparse.Namespace) -> str:
-    """--api-key (or EVENTBUS_API_KEY), else tenant default's key from the credentials file."""
-    if args.api_key:
-        return str(args.api_key)
+def find_key(args: argparse.Namespace, key: tuple[str, str, str] = API_KEY) -> str:
+    """The key's flag (or its variable), else the key of that name in the credentials file
+    (tenant default's key, or the admin key, as the server's first start wrote them)."""
+    flag, variable, meaning = key
+    given = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+    if given:
+        return str(given)
     path = Path(args.data_dir) / CREDENTIALS_FILE
     try:
         lines = path.read_text().splitlines()
@@ -191,38 +227,84 @@ def api_key(args: argparse.Namespace) -> str:
         lines = []
     for line in lines:
         name, _, value = line.partition("=")
-        if name.strip() == "EVENTBUS_API_KEY" and value.strip():
+        if name.strip() == variable and value.strip():
             return value.strip()
     raise CliError(
-        f"no API key: pass --api-key, set EVENTBUS_API_KEY, or point --data-dir at the "
+        f"no {meaning}: pass {flag}, set {variable}, or point --data-dir at the "
         f"server's data dir (no key in {path})"
     )
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+def _topic_view(described: Any) -> str:
+    config = described.get("config", {})
+    lines = [topic_summary(described), "", "config:"]
+    lines += [f"  {name} = {cell(value)}" for name, value in sorted(config.items())]
+    lines += ["", "partitions:"]
+    lines += ["  " + line for line in partition_tree(described)]
+    return "\n".join(lines)
+
+
+def _topics_table(listed: list[dict[str, Any]]) -> str:
+    return table(["TOPIC", "CREATED"], [[t["name"], when(t.get("created_ms"))] for t in listed])
 
 
 def topics(args: argparse.Namespace, client: Client) -> int:
     command = args.topics_command
     if command == "create":
-        _print_json(client.create_topic(args.name, dict(args.config)))
+        show(args, client.create_topic(args.name, dict(args.config)), _topic_view)
     elif command == "list":
-        _print_json(client.list_topics())
+        show(args, client.list_topics(), _topics_table)
     elif command == "describe":
-        _print_json(client.describe_topic(args.name))
+        show(args, client.describe_topic(args.name), _topic_view)
+    elif command == "watch":
+        return watch(args, client)
     else:
         client.delete_topic(args.name)
-        _print_json({"deleted": args.name})
+        show(args, {"deleted": args.name}, lambda _: f"deleted topic {args.name}")
     return 0
+
+
+def _group_view(described: Any) -> str:
+    members = table(
+        ["MEMBER", "ASSIGNMENT"],
+        [[m.get("member_id"), m.get("assignment", [])] for m in described.get("members", [])],
+    )
+    partitions = table(
+        ["PARTITION", "STATE", "COMMITTED", "END", "LAG", "MEMBER"],
+        [
+            [
+                p.get("partition"),
+                p.get("state"),
+                p.get("committed"),
+                p.get("end_offset"),
+                p.get("lag"),
+                p.get("member_id"),
+            ]
+            for p in described.get("partitions", [])
+        ],
+    )
+    head = fields(
+        [
+            ("group", described.get("group")),
+            ("generation", described.get("generation")),
+            ("lag", described.get("lag")),
+        ]
+    )
+    return f"{head}\n\n{members}\n\n{partitions}"
+
+
+def _committed_view(answer: Any) -> str:
+    rows = [[c["partition"], c["offset"]] for c in answer["committed"]]
+    return table(["PARTITION", "COMMITTED"], rows)
 
 
 def groups(args: argparse.Namespace, client: Client) -> int:
     if args.groups_command == "describe":
-        _print_json(client.describe_group(args.topic, args.group))
+        show(args, client.describe_group(args.topic, args.group), _group_view)
     else:
         committed = client.seek_group(args.topic, args.group, args.to)
-        _print_json(
-            {"committed": [{"partition": p, "offset": o} for p, o in sorted(committed.items())]}
-        )
+        answer = {
+            "committed": [{"partition": p, "offset": o} for p, o in sorted(committed.items())]
+        }
+        show(args, answer, _committed_view)
     return 0

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import json
 import signal
 import sys
+from typing import Any
 
+from gateway.cli.progress import ProgressLine, wanted
 from gateway.client import ApiError, AsyncClient, ClientError, FetchResult
 from partitions.batch import Record
 
@@ -16,7 +20,25 @@ MAX_FETCH_RECORDS = 10_000
 FETCH_MAX_BYTES = 4 * 1024 * 1024
 
 
+def _json_line(pid: int, record: Record) -> bytes:
+    """The record as one line of JSON, with the fields of the API's JSON record object."""
+    out: dict[str, Any] = {"partition": pid, "offset": record.offset}
+    out["timestamp_ms"] = record.timestamp_ms
+    for name, data, is_text in (
+        ("key", record.key, record.key_is_text),
+        ("value", record.value, record.value_is_text),
+    ):
+        if data is None or is_text:
+            out[name] = None if data is None else data.decode()
+        else:
+            out[name + "_b64"] = base64.b64encode(data).decode()
+    out["headers"] = dict(record.headers)
+    return json.dumps(out, ensure_ascii=False).encode() + b"\n"
+
+
 def _format(pid: int, record: Record, args: argparse.Namespace, separator: bytes) -> bytes:
+    if args.json:
+        return _json_line(pid, record)
     fields: list[bytes] = []
     if args.print_offset:
         fields += [str(pid).encode(), str(record.offset).encode()]
@@ -46,6 +68,7 @@ async def consume(args: argparse.Namespace, url: str, key: str) -> int:
     limit: int | None = args.max_records
     printed: dict[int, int] = {}  # partition -> offset after the last record printed
     count = 0
+    progress = ProgressLine(enabled=wanted(args.progress, records_to=sys.stdout), total=limit)
     member: str | None = None
     answer: FetchResult | None = None
     async with AsyncClient(url, key, timeout=args.timeout) as client:
@@ -86,9 +109,11 @@ async def consume(args: argparse.Namespace, url: str, key: str) -> int:
                 out.write(b"".join(_format(pid, r, args, separator) for pid, r in records))
                 out.flush()
                 count += len(records)
+                progress.update(count)
                 for pid, record in records:
                     printed[pid] = max(printed.get(pid, 0), record.offset + 1)
         finally:
+            progress.clear()
             if member is not None and answer is not None:
                 await _commit_and_leave(client, args, answer, printed)
     return 0

@@ -1,5 +1,5 @@
-"""The ``eventbus`` command line: the server, the catalog's backup and tables, and a client
-for topics, records and groups."""
+"""The ``eventbus`` command line: the server, the catalog's backup and tables, a client for
+topics, records and groups, tenants and usage, and its own shell completion."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import sys
 from collections.abc import Sequence
 
 from gateway.cli.catalog import add_catalog_parser, run_catalog_command
-from gateway.cli.commands import CliError, add_client_commands, api_key, groups, topics
+from gateway.cli.commands import ADMIN_KEY, CliError, add_client_commands, find_key, groups, topics
+from gateway.cli.completion import add_completion_parser, script
 from gateway.cli.consume import consume
 from gateway.cli.produce import produce
 from gateway.cli.serve import WorkerMain, add_serve_parser, serve
+from gateway.cli.tenants import add_tenants_parser, tenants
+from gateway.cli.usage import add_usage_parser, needs_admin_key, usage
 from gateway.client import ApiError, Client, ClientError
 from gateway.config import Clocks
 
@@ -26,11 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(commands)
     add_catalog_parser(commands)
     add_client_commands(commands)
+    add_tenants_parser(commands)
+    add_usage_parser(commands)
+    add_completion_parser(commands)
     return parser
 
 
+CLIENT_COMMANDS = ("topics", "produce", "consume", "groups", "tenants", "usage")
+
+
 def _run_client_command(args: argparse.Namespace) -> int:
-    key = api_key(args)
+    admin = args.command == "tenants" or (args.command == "usage" and needs_admin_key(args))
+    key = find_key(args, ADMIN_KEY) if admin else find_key(args)
     if args.command == "consume":
         return asyncio.run(consume(args, args.url, key))
     compression = None if getattr(args, "compression", "none") == "none" else args.compression
@@ -39,6 +49,10 @@ def _run_client_command(args: argparse.Namespace) -> int:
             return topics(args, client)
         if args.command == "groups":
             return groups(args, client)
+        if args.command == "tenants":
+            return tenants(args, client)
+        if args.command == "usage":
+            return usage(args, client)
         return produce(args, client)
 
 
@@ -64,7 +78,10 @@ def main(
         return serve(parser, args, argv, clocks=clocks, worker_main=worker_main)
     if args.command == "catalog":
         return run_catalog_command(args)
-    if args.command in ("topics", "produce", "consume", "groups"):
+    if args.command == "completion":
+        sys.stdout.write(script(parser, args.shell))
+        return 0
+    if args.command in CLIENT_COMMANDS:
         try:
             return _run_client_command(args)
         except ApiError as exc:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import queue
 import signal
+import stat
 import sys
 import threading
 import time
@@ -14,12 +16,12 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import BinaryIO
 
+from gateway.cli.progress import ProgressLine, wanted
 from gateway.client import Client
 from partitions.batch import NewRecord
 
 # Bounds of one produce request built from stdin.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-PROGRESS_EVERY_S = 0.2
 
 
 @contextlib.contextmanager
@@ -80,30 +82,13 @@ def _line_record(line: bytes, separator: bytes | None) -> NewRecord:
     )
 
 
-class _Progress:
-    """A records/s line on stderr, rewritten in place, when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.enabled = sys.stderr.isatty()
-        self._shown = 0.0
-
-    def rate(self, count: int) -> tuple[float, float]:
-        elapsed = time.monotonic() - self.started
-        return elapsed, count / elapsed if elapsed > 0 else 0.0
-
-    def update(self, count: int) -> None:
-        now = time.monotonic()
-        if self.enabled and now - self._shown >= PROGRESS_EVERY_S:
-            self._shown = now
-            _elapsed, rate = self.rate(count)
-            sys.stderr.write(f"\r{count:,} records  {rate:,.0f} records/s\x1b[K")
-            sys.stderr.flush()
-
-    def clear(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+def _input_size(source: BinaryIO) -> int | None:
+    """The size of stdin when it is a regular file (``< FILE``), for the progress bar."""
+    try:
+        status = os.fstat(source.fileno())
+    except (OSError, ValueError):
+        return None
+    return status.st_size if stat.S_ISREG(status.st_mode) and status.st_size else None
 
 
 def produce(args: argparse.Namespace, client: Client) -> int:
@@ -113,17 +98,19 @@ def produce(args: argparse.Namespace, client: Client) -> int:
     reader = threading.Thread(
         target=_read_lines, args=(sys.stdin.buffer, chunks), name="stdin", daemon=True
     )
-    progress = _Progress()
-    produced = 0
+    progress = ProgressLine(enabled=wanted(args.progress))
+    input_size = _input_size(sys.stdin.buffer)
+    produced = sent_bytes = 0
     pending: list[bytes] = []
     pending_bytes = 0
     deadline = 0.0
 
     def send(lines: list[bytes]) -> None:
-        nonlocal produced
+        nonlocal produced, sent_bytes
         client.produce(args.topic, [_line_record(line, separator) for line in lines])
         produced += len(lines)
-        progress.update(produced)
+        sent_bytes += sum(len(line) + 1 for line in lines)  # each with its newline
+        progress.update(produced, fraction=sent_bytes / input_size if input_size else None)
 
     with _stop_on_signals() as stop:
         reader.start()
@@ -163,12 +150,16 @@ def produce(args: argparse.Namespace, client: Client) -> int:
                 )
             raise
     progress.clear()
-    elapsed, rate = progress.rate(produced)
-    print(
-        f"eventbus: produced {produced:,} records to {args.topic} in {elapsed:.2f} s "
-        f"({rate:,.0f} records/s)",
-        file=sys.stderr,
-    )
+    elapsed, rate = progress.elapsed(), progress.rate(produced)
+    if args.json:
+        summary = {"topic": args.topic, "records": produced, "seconds": round(elapsed, 3)}
+        print(json.dumps(summary))
+    else:
+        print(
+            f"eventbus: produced {produced:,} records to {args.topic} in {elapsed:.2f} s "
+            f"({rate:,.0f} records/s)",
+            file=sys.stderr,
+        )
     return 0
 
 

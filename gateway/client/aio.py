@@ -461,6 +461,102 @@ class AsyncClient:
         )
         return _committed(answer.json())
 
+    # --- usage ----------------------------------------------------------------------------
+
+    async def usage(self, start: str | None = None, end: str | None = None) -> Any:
+        """The calling tenant's usage and bill over ``[start, end)``, whole UTC hours in
+        RFC 3339 (left out: the server's defaults, this month so far)."""
+        return (
+            await self._request("GET", "/v1/usage", params=_period(start, end), retry=_Retry.ALWAYS)
+        ).json()
+
+    async def all_usage(
+        self, start: str | None = None, end: str | None = None, *, tenant: str | None = None
+    ) -> Any:
+        """Every tenant's usage and bill, or ``tenant``'s alone (the admin key)."""
+        params = _period(start, end)
+        if tenant is not None:
+            params["tenant"] = tenant
+        return (
+            await self._request("GET", "/v1/admin/usage", params=params, retry=_Retry.ALWAYS)
+        ).json()
+
+    # --- tenants and their keys (the admin key) -------------------------------------------
+
+    @staticmethod
+    def _tenant(name: str) -> str:
+        return "/v1/admin/tenants/" + quote(name, safe="")
+
+    async def create_tenant(
+        self,
+        name: str,
+        *,
+        quotas: Mapping[str, Any] | None = None,
+        plan: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Create a tenant and its first key; the answer holds the key's secret, once."""
+        body: dict[str, Any] = {"name": name}
+        if quotas:
+            body["quotas"] = dict(quotas)
+        if plan:
+            body["plan"] = dict(plan)
+        answer = await self._request("POST", "/v1/admin/tenants", json=body, retry=_Retry.UNSENT)
+        return answer.json()
+
+    async def list_tenants(self) -> list[dict[str, Any]]:
+        """Every tenant, by name."""
+        answer = await self._request("GET", "/v1/admin/tenants", retry=_Retry.ALWAYS)
+        tenants: list[dict[str, Any]] = answer.json()["tenants"]
+        return tenants
+
+    async def describe_tenant(self, name: str) -> Any:
+        """A tenant's quotas and plan, with what it uses now (``in_use``)."""
+        return (await self._request("GET", self._tenant(name), retry=_Retry.ALWAYS)).json()
+
+    async def update_tenant(
+        self,
+        name: str,
+        *,
+        quotas: Mapping[str, Any] | None = None,
+        plan: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Change quotas (a value, ``None`` for unlimited, ``"default"``) and merge-patch
+        the plan (``None`` drops a price); answers the tenant."""
+        body: dict[str, Any] = {}
+        if quotas is not None:
+            body["quotas"] = dict(quotas)
+        if plan is not None:
+            body["plan"] = dict(plan)
+        # Setting values is idempotent: repeating the patch gives the same tenant.
+        answer = await self._request("PATCH", self._tenant(name), json=body, retry=_Retry.ALWAYS)
+        return answer.json()
+
+    async def delete_tenant(self, name: str) -> Any:
+        """Delete a tenant with its keys, topics and data; answers the deleted topics."""
+        return (await self._request("DELETE", self._tenant(name), retry=_Retry.UNSENT)).json()
+
+    async def create_key(self, tenant: str, scope: str | Mapping[str, Any] = "full") -> Any:
+        """Add a key to ``tenant``: a role, or ``{"role", "topics"}``; the answer holds the
+        secret, once."""
+        body = {"scope": scope if isinstance(scope, str) else dict(scope)}
+        path = self._tenant(tenant) + "/keys"
+        return (await self._request("POST", path, json=body, retry=_Retry.UNSENT)).json()
+
+    async def list_keys(self, tenant: str) -> list[dict[str, Any]]:
+        """A tenant's keys (never their secrets)."""
+        answer = await self._request("GET", self._tenant(tenant) + "/keys", retry=_Retry.ALWAYS)
+        keys: list[dict[str, Any]] = answer.json()["keys"]
+        return keys
+
+    async def revoke_key(self, tenant: str, key_id: str) -> None:
+        """Revoke a key: its next request is refused."""
+        path = f"{self._tenant(tenant)}/keys/{quote(key_id, safe='')}"
+        await self._request("DELETE", path, retry=_Retry.UNSENT)
+
+
+def _period(start: str | None, end: str | None) -> dict[str, str]:
+    return {name: value for name, value in (("from", start), ("to", end)) if value is not None}
+
 
 def _committed(body: Any) -> dict[int, int]:
     return {item["partition"]: item["offset"] for item in body["committed"]}

@@ -172,3 +172,57 @@ class Client:
     def seek_group(self, topic: str, group: str, to: SeekTarget) -> dict[int, int]:
         """See :meth:`AsyncClient.seek_group`."""
         return self._run(self._async.seek_group(topic, group, to))
+
+    def usage(self, start: str | None = None, end: str | None = None) -> Any:
+        """See :meth:`AsyncClient.usage`."""
+        return self._run(self._async.usage(start, end))
+
+    def all_usage(
+        self, start: str | None = None, end: str | None = None, *, tenant: str | None = None
+    ) -> Any:
+        """See :meth:`AsyncClient.all_usage`."""
+        return self._run(self._async.all_usage(start, end, tenant=tenant))
+
+    def create_tenant(
+        self,
+        name: str,
+        *,
+        quotas: Mapping[str, Any] | None = None,
+        plan: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """See :meth:`AsyncClient.create_tenant`."""
+        return self._run(self._async.create_tenant(name, quotas=quotas, plan=plan))
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        """See :meth:`AsyncClient.list_tenants`."""
+        return self._run(self._async.list_tenants())
+
+    def describe_tenant(self, name: str) -> Any:
+        """See :meth:`AsyncClient.describe_tenant`."""
+        return self._run(self._async.describe_tenant(name))
+
+    def update_tenant(
+        self,
+        name: str,
+        *,
+        quotas: Mapping[str, Any] | None = None,
+        plan: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """See :meth:`AsyncClient.update_tenant`."""
+        return self._run(self._async.update_tenant(name, quotas=quotas, plan=plan))
+
+    def delete_tenant(self, name: str) -> Any:
+        """See :meth:`AsyncClient.delete_tenant`."""
+        return self._run(self._async.delete_tenant(name))
+
+    def create_key(self, tenant: str, scope: str | Mapping[str, Any] = "full") -> Any:
+        """See :meth:`AsyncClient.create_key`."""
+        return self._run(self._async.create_key(tenant, scope))
+
+    def list_keys(self, tenant: str) -> list[dict[str, Any]]:
+        """See :meth:`AsyncClient.list_keys`."""
+        return self._run(self._async.list_keys(tenant))
+
+    def revoke_key(self, tenant: str, key_id: str) -> None:
+        """See :meth:`AsyncClient.revoke_key`."""
+        self._run(self._async.revoke_key(tenant, key_id))
