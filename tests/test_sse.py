@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
-from tests.conftest import Api
+from tests.conftest import Api, start_api, stop_api
+from tests.tenants import new_tenant
 
+U = TypeVar("U")
 T = "/v1/topics/t"
 SSE = {"Accept": "text/event-stream"}
 # The longest a test waits for one event.
@@ -103,6 +107,17 @@ async def produce(api: Api, records: list[dict[str, Any]]) -> list[tuple[int, in
     status, body = await api.call("POST", T + "/records", json={"records": records})
     assert status == 200, body
     return [(o["partition"], o["offset"]) for o in body["offsets"]]
+
+
+async def eventually(
+    look: Callable[[], Awaitable[U]], holds: Callable[[U], bool], within: float = EVENT_TIMEOUT_S
+) -> U:
+    """What ``look`` finds once ``holds`` says yes (polled: the server writes behind)."""
+    deadline = time.monotonic() + within
+    while not holds(found := await look()):
+        assert time.monotonic() < deadline, f"still {found!r}"
+        await asyncio.sleep(0.1)
+    return found
 
 
 def values(events: list[Event]) -> list[str]:
@@ -224,3 +239,164 @@ async def test_follow_children_false_ends_at_the_seal(api: Api) -> None:
         got = await events.until("end")
     assert [e.name for e in got] == ["record", "sealed", "end"]
     assert got[-1].data == {"reason": "sealed"}
+
+
+# --- a topic's changes ---------------------------------------------------------------------
+
+
+async def test_topic_events_on_connect_after_a_split_and_ticks(api: Api) -> None:
+    await api.call("PUT", T)
+    path = T + "/events"
+    async with stream(api, path, params={"interval_ms": 500}) as events:
+        first = await events.next()
+        assert first.name == "topic"
+        assert first.data == (await api.call("GET", T))[1] | {"autoscale": first.data["autoscale"]}
+        await produce(api, [{"key": "a", "value": "x"} for _ in range(10)])
+        ticks = [e for e in await events.until("throughput")]
+        tick = ticks[-1].data
+        assert [p["partition"] for p in tick["partitions"]] == [0]
+        assert tick["partitions"][0]["end_offset"] == 10 and tick["ts_ms"] > 0
+        assert (await api.call("POST", T + "/partitions/0/split"))[0] == 200
+        changed = await events.until("topic")
+        after = changed[-1]
+        assert after.id != first.id
+        assert [p["state"] for p in after.data["partitions"]] == ["sealed", "active", "active"]
+        # Ticks now name the active partitions, the children.
+        tick = (await events.until("throughput"))[-1].data
+        assert [p["partition"] for p in tick["partitions"]] == [1, 2]
+        assert (await api.call("DELETE", T))[0] == 204
+        ending = await events.until("end")
+    assert [e.name for e in ending[-2:]] == ["deleted", "end"]
+    assert ending[-1].data == {"reason": "deleted"}
+    status, body = await api.call("GET", "/v1/topics/nope/events")
+    assert status == 404, body
+    status, body = await api.call("GET", path, params={"interval_ms": 10})
+    assert status == 400 and body["error"]["code"] == "invalid_parameter"
+
+
+# --- a consumer group's records ------------------------------------------------------------
+
+G = T + "/groups/g"
+
+
+async def committed(api: Api) -> dict[int, int]:
+    status, body = await api.call("GET", G)
+    assert status == 200, body
+    return {p["partition"]: p["committed"] for p in body["partitions"] if "committed" in p}
+
+
+async def test_group_stream_commits_as_it_goes(api: Api) -> None:
+    await api.call("PUT", T)
+    await produce(api, [{"key": "a", "value": f"v{i}"} for i in range(10)])
+    params = {"auto_offset_reset": "earliest"}
+    async with stream(api, G + "/records", params=params) as events:
+        member = await events.next()
+        assert member.name == "member" and member.data["assignment"] == [0]
+        got = await events.records(10)
+        assert values(got) == [f"v{i}" for i in range(10)] and got[-1].id == "0-10"
+        await produce(api, [{"key": "a", "value": "v10"}])
+        assert values(await events.records(1)) == ["v10"]
+        # What was sent before the last fetch is committed while the stream goes on.
+        await eventually(lambda: committed(api), lambda found: found.get(0) == 11)
+    # The member left with the stream.
+    await eventually(lambda: api.call("GET", G), lambda found: not found[1]["members"])
+
+
+async def test_group_stream_with_ack_commits_only_what_the_client_commits(api: Api) -> None:
+    await api.call("PUT", T)
+    await produce(api, [{"key": "a", "value": f"v{i}"} for i in range(10)])
+    params = {"commit": "ack", "auto_offset_reset": "earliest"}
+    async with stream(api, G + "/records", params=params) as events:
+        member = (await events.next()).data
+        got = await events.records(10)
+        await produce(api, [{"key": "a", "value": "v10"}])
+        await events.records(1)
+        assert (await committed(api))[0] is None  # nothing committed
+        status, body = await api.call(
+            "POST",
+            G + "/commit",
+            json={"member_id": member["member_id"], "offsets": [{"partition": 0, "offset": 4}]},
+        )
+        assert status == 200, body
+        assert (await committed(api))[0] == 4
+    # The stream's member left without committing more.
+    assert (await committed(api))[0] == 4
+    # Back with the cursor of the 7th record: that is committed first, and the stream goes
+    # on from there.
+    cursor = {"Last-Event-ID": got[6].id or ""}
+    async with stream(api, G + "/records", params=params, headers=cursor) as events:
+        assert (await events.next()).name == "member"
+        assert values(await events.records(4)) == ["v7", "v8", "v9", "v10"]
+        assert (await committed(api))[0] == 7
+
+
+async def test_group_stream_resumes_after_a_disconnect_without_loss(api: Api) -> None:
+    await api.call("PUT", T)
+    await produce(api, [{"key": "a", "value": f"v{i}"} for i in range(30)])
+    params = {"auto_offset_reset": "earliest"}
+    async with stream(api, G + "/records", params=params) as events:
+        before = await events.records(12)
+    cursor = {"Last-Event-ID": before[-1].id or ""}
+    async with stream(api, G + "/records", params=params, headers=cursor) as events:
+        after = await events.records(18)
+    assert values(before) + values(after) == [f"v{i}" for i in range(30)]
+
+
+# --- what every stream shares --------------------------------------------------------------
+
+
+async def test_streams_are_bounded_per_tenant_and_metered(tmp_path: Path) -> None:
+    api = await start_api(tmp_path / "data", max_streams_per_tenant=2)
+    try:
+        await api.call("PUT", T)
+        await produce(api, [{"key": "a", "value": "abc"} for _ in range(7)])
+        async with stream(api, T + "/events"), stream(api, T + "/partitions/0/records") as events:
+            assert len(await events.records(7)) == 7
+            status, body = await api.call("GET", T + "/partitions/0/records", headers=SSE)
+            assert status == 429 and body["error"]["code"] == "too_many_streams", body
+            status, body = await api.call("GET", G + "/records", headers=SSE)
+            assert status == 429, body
+            # JSON reads are not streams.
+            assert (await api.call("GET", T + "/partitions/0/records"))[0] == 200
+            # Another tenant has places of its own.
+            other = await new_tenant(api, "other")
+            await other.call("PUT", T)
+            async with stream(other, T + "/events") as theirs:
+                assert (await theirs.next()).name == "topic"
+        # Closed streams give their places back.
+        async with stream(api, T + "/events") as events:
+            assert (await events.next()).name == "topic"
+        status, body = await api.call("GET", "/v1/usage")
+        assert status == 200, body
+        # 7 records by the stream, 7 by the JSON read; 4 bytes each (key and value).
+        assert body["usage"]["records_out"] == 14 and body["usage"]["bytes_out"] == 56
+    finally:
+        await stop_api(api)
+
+
+async def test_streams_expire_and_end_at_shutdown(tmp_path: Path) -> None:
+    api = await start_api(tmp_path / "data", max_stream_ms=500)
+    await api.call("PUT", T)
+    async with stream(api, T + "/partitions/0/records") as events:
+        assert (await events.next()).data == {"reason": "expired"}
+    await stop_api(api)
+    api = await start_api(tmp_path / "data")
+    try:
+        await api.call("PUT", T)
+        async with (
+            stream(api, T + "/partitions/0/records") as records,
+            stream(api, T + "/events") as changes,
+            stream(api, G + "/records") as group,
+        ):
+            assert (await changes.next()).name == "topic"
+            assert (await group.next()).name == "member"
+            started = time.monotonic()
+            closing = asyncio.ensure_future(api.server.close())
+            for events in (records, changes, group):
+                ending = await events.until("end")
+                assert ending[-1].data == {"reason": "shutdown"}
+            await closing
+            # Well within the server's grace for requests still running (30 s and more).
+            assert time.monotonic() - started < 10
+    finally:
+        await api.session.close()

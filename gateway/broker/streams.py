@@ -323,7 +323,7 @@ class TopicChanged:
     """The topic as it is now (first, then after every change)."""
 
     view: TopicView
-    version: int
+    change: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +374,7 @@ class TopicWatch:
         view = await self._broker.view(self._tenant, self._topic)
         incarnation = view.record.incarnation
         shown = _signature(view)
-        yield TopicChanged(view, view.record.version)
+        yield TopicChanged(view, change_count(view))
         await self._throughput(view)  # the first sample: rates start at the next tick
         next_tick = loop.time() + self._interval_s
         while True:
@@ -391,7 +391,7 @@ class TopicWatch:
                 return
             if _signature(current) != shown:
                 shown = _signature(current)
-                yield TopicChanged(current, current.record.version)
+                yield TopicChanged(current, change_count(current))
             if loop.time() >= next_tick:
                 next_tick += self._interval_s
                 yield await self._throughput(current)
@@ -419,10 +419,16 @@ class TopicWatch:
         return Throughput(self._broker.now_ms(), tuple(rates))
 
 
+def change_count(view: TopicView) -> int:
+    """A number that every change of the topic raises: the versions of its catalog rows
+    (a config change raises the topic's, a split or merge its parents' and adds rows)."""
+    return view.record.version + sum(p.version for p in view.partitions.values())
+
+
 def _signature(view: TopicView) -> tuple[object, ...]:
-    """What a change of the topic changes: its version, config and partitions' states."""
+    """What a change of the topic changes: its rows' versions, config and partitions."""
     return (
-        view.record.version,
+        change_count(view),
         tuple(sorted(view.record.config.items())),
         tuple((pid, p.state, p.end_offset) for pid, p in sorted(view.partitions.items())),
     )

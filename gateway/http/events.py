@@ -341,7 +341,7 @@ async def topic_stream(
 
     async def send(event: TopicEvent) -> None:
         if isinstance(event, TopicChanged):
-            await stream.send("topic", await describe(event.view), event.version)
+            await stream.send("topic", await describe(event.view), event.change)
         elif isinstance(event, Throughput):
             data = {
                 "ts_ms": event.ts_ms,
