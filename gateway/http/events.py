@@ -110,7 +110,8 @@ LAST_EVENT_ID_HEADER: Final = Header(
     LAST_EVENT_ID,
     Text(
         pattern=r"[0-9]{1,10}-[0-9]{1,19}(\.[0-9]{1,10}-[0-9]{1,19})*",
-        max_length=64 * 1024,
+        # Well within the longest header line the server reads (8 KiB).
+        max_length=4096,
         description="Resume an event stream where it was: the id of the last event seen",
     ),
 )
