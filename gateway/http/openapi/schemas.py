@@ -12,6 +12,14 @@ from gateway.http.params import PARTITION_ID
 from partitions.shapes import Shape
 
 ERROR = {"$ref": "#/components/responses/Error"}
+# A text/event-stream body: events of "event:", "id:" and "data:" lines (docs/api.md); the
+# schema is each event's data's.
+EVENTS = {
+    "schema": {
+        "type": "object",
+        "description": "Each event's data: one JSON object, as docs/api.md says per event",
+    }
+}
 
 
 def errors(*statuses: int) -> dict[str, Any]:
