@@ -146,7 +146,8 @@ def front_door(
         billed = status = 500
         try:
             try:
-                if request.path in public:
+                # Public by its path, or by the route it matched (a console file).
+                if request.path in public or label in public:
                     response = await handler(request)
                 else:
                     principal = _known_caller(request) or await _read_caller(request)
