@@ -11,7 +11,7 @@ export function render(main, [topic, group]) {
   document.title = `${group} on ${topic} · eventbus console`;
   rememberGroup(topic, group);
   const lag = h("p", { class: "big", id: "group-lag" }, "…");
-  const members = h("div");
+  const members = h("div", { id: "members" });
   const partitions = h("div");
   const refresh = async () => {
     let state;
