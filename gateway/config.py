@@ -111,6 +111,11 @@ class ServerConfig:
         "longest long-poll a read or group fetch waits (a longer wait_ms is cut to it)",
         parse=NOT_NEGATIVE,
     )
+    max_stream_ms: int = setting(
+        300_000,
+        "longest an event stream lasts before it ends (its client resumes with Last-Event-ID)",
+        parse=between(100, 86_400_000),
+    )
     retention_check_ms: int = setting(30_000, "how often retention is applied", parse=POSITIVE)
     autoscale_interval_ms: int = setting(
         1000, "how often the autoscaler evaluates every topic", parse=POSITIVE
@@ -138,6 +143,12 @@ class ServerConfig:
     )
     max_in_service_per_tenant: int = setting(
         128, "requests of one tenant in service at once", parse=POSITIVE, section=TENANCY
+    )
+    max_streams_per_tenant: int = setting(
+        16,
+        "event streams one tenant may hold open in a process; past it, 429",
+        parse=POSITIVE,
+        section=TENANCY,
     )
     # Prices of every tenant whose plan does not name its own.
     default_plan: PricePlan = setting(

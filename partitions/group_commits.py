@@ -153,6 +153,34 @@ class GroupCommits:
             with contextlib.suppress(Exception):
                 await self.written(group)
 
+    async def commit_seen(
+        self, shape: TopicShape, name: str, offsets: Mapping[int, int], reset: str
+    ) -> None:
+        """Commit exactly what a client saw, for the group (a group stream's client that
+        comes back with its cursor): higher or lower than committed, so that nothing it
+        saw is delivered again and nothing it did not see is skipped. A group that does not
+        exist is made (starting where ``reset`` says), partitions the topic does not have
+        are left out, and a member that owns one of them now goes on from its own
+        position; the partitions nobody owns start from the offsets committed here."""
+        group = self._groups.group(shape, name)
+        async with group.lock:
+            if not await self._groups.load(group, shape):
+                await self._groups.start_new(group, shape, reset)
+            known = {pid: offset for pid, offset in offsets.items() if pid in shape.partitions}
+            for pid, offset in known.items():
+                stats = await self._worker.stats(shape.key(pid))
+                if not 0 <= offset <= stats.end_offset:
+                    raise InvalidOffsetError(
+                        f"offset {offset} for partition {pid} is past its end {stats.end_offset}",
+                        partition=pid,
+                    )
+            if not known:
+                return
+            await self.written(group)  # after the automatic ones it may overwrite
+            stored = await self._catalog.commit_offsets(shape.tenant, shape.name, name, known)
+            group.committed = dict(stored.offsets)
+            group.notify()
+
     async def commit(
         self,
         shape: TopicShape,

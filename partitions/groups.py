@@ -79,10 +79,12 @@ class GroupCoordinator:
             catalog, worker, self._groups, assignor, self._commits, clock_ms=clock_ms
         )
         # The coordinator's operations are its parts' own (their docstrings say the rest):
-        # join or continue and fetch; commit by hand; describe, delete and seek a group;
-        # wait until a group's, or every group's, automatic commits are in the catalog.
+        # join or continue and fetch; commit by hand, or what a stream's client saw;
+        # describe, delete and seek a group; wait until a group's, or every group's,
+        # automatic commits are in the catalog.
         self.fetch = self._fetcher.fetch
         self.commit = self._commits.commit
+        self.commit_seen = self._commits.commit_seen
         self.describe = self._admin.describe
         self.delete = self._admin.delete
         self.seek = self._admin.seek

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.broker.views import TopicViews
@@ -95,6 +95,30 @@ class Reader:
             current = self._views.get(tenant, name) or current
             record = current.partitions.get(partition_id, record)
         return ReadAnswer(record, offset, result)
+
+    async def wait_for_any(
+        self, tenant: str, name: str, positions: Mapping[int, int], timeout_s: float
+    ) -> None:
+        """Wait until one of the partitions has a record at its position (a stream following
+        several), for shutdown, or for the timeout, whichever is first."""
+        view = await self._views.view(tenant, name)
+        keys = [(view.key(pid), offset) for pid, offset in positions.items()]
+        waits = [
+            asyncio.ensure_future(self._worker.wait_for_data(key, offset, timeout_s))
+            for key, offset in keys
+        ]
+        stop = asyncio.ensure_future(self.stopping.wait())
+        self.waiting += 1
+        try:
+            async with waiting():
+                await asyncio.wait(
+                    {*waits, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            self.waiting -= 1
+            for task in (*waits, stop):
+                task.cancel()
+            await asyncio.gather(*waits, stop, return_exceptions=True)
 
     async def _long_poll(self, key: PartitionKey, offset: int, timeout_s: float) -> None:
         """Wait for data at ``offset``, for shutdown, or for the timeout, whichever is first."""

@@ -41,6 +41,8 @@ JSON_ALIASES = frozenset(
     {"", JSON, "application/x-www-form-urlencoded", "text/plain", "application/octet-stream"}
 )
 NDJSON_ALIASES = frozenset({NDJSON, "application/jsonl", "application/x-jsonlines"})
+EVENT_STREAM = "text/event-stream"
+_EVENTS_RANGES = frozenset({EVENT_STREAM, "text/*", "*/*"})
 # aiohttp decodes these request encodings before the handler reads the body.
 REQUEST_ENCODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate", "zstd"})
 RESPONSE_ENCODINGS = ("zstd", "gzip")
@@ -139,6 +141,27 @@ def frame_chunks(chunks: list[RawChunk]) -> list[BatchBytes]:
     return parts
 
 
+def wants_events(request: web.Request) -> bool:
+    """Whether ``Accept`` asks for an event stream: named, and not below JSON or batches."""
+    quality = dict(_ranges(request))
+    q = quality.get(EVENT_STREAM, 0.0)
+    return q > 0 and q >= quality.get(JSON, 0.0) and q >= quality.get(BATCH, 0.0)
+
+
+def accept_events(request: web.Request) -> None:
+    """406 unless ``Accept`` (if given) admits an event stream: a route that answers only one."""
+    if not request.headers.get("Accept", "").strip():
+        return
+    if any(q > 0 and media in _EVENTS_RANGES for media, q in _ranges(request)):
+        return
+    raise NotAcceptableError(f"this route answers {EVENT_STREAM} only")
+
+
+def _ranges(request: web.Request) -> list[tuple[str, float]]:
+    accept = request.headers.get("Accept", "")
+    return [_media_range(part) for part in accept.split(",") if part.strip()]
+
+
 def wants_batches(request: web.Request) -> bool:
     """Whether ``Accept`` asks for the binary framing (it wins over JSON only when named)."""
     accept = request.headers.get("Accept", "")
@@ -150,7 +173,9 @@ def wants_batches(request: web.Request) -> bool:
         return True
     if any(q > 0 and media in (JSON, "application/*", "*/*") for media, q in ranges):
         return False
-    raise NotAcceptableError(f"answers are {JSON} or {BATCH}; Accept names neither")
+    raise NotAcceptableError(
+        f"answers are {JSON}, {BATCH} or {EVENT_STREAM}; Accept names none of them"
+    )
 
 
 def _media_range(part: str) -> tuple[str, float]:

@@ -70,6 +70,17 @@ def settle_produce(request: web.Request, records: IncomingRecords, appended: Seq
     quotas.note_stored(tenant, nbytes)
 
 
+async def admit_consume(request: web.Request) -> None:
+    """Before a stream reads more: wait while the tenant's consume quota is in debt, as the
+    front door makes a read or fetch wait before it starts."""
+    tenant = _tenant(request)
+    if tenant is None:
+        return
+    quotas = request.app[TENANCY].quotas
+    if not quotas.admit_consume_now(tenant):
+        await quotas.admit_consume(tenant)
+
+
 def charge_consume(request: web.Request, nbytes: int) -> None:
     """Charge the bytes a read or fetch returned; a debt slows the tenant's next read."""
     tenant = _tenant(request)

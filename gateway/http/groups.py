@@ -1,14 +1,15 @@
-"""HTTP handlers of consumer groups: fetch (joining, continuing, long-polling), commit,
-leave, seek, describe and delete. The broker's group coordinator does the work."""
+"""HTTP handlers of consumer groups: fetch (joining, continuing, long-polling), a member's
+event stream, commit, leave, seek, describe and delete. The broker's group coordinator
+does the work."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from gateway.broker.names import validate_topic_name
-from gateway.http import bodies
+from gateway.http import bodies, events
 from gateway.http.charges import charge_consume, meter_delivered
-from gateway.http.inputs import JsonBody
+from gateway.http.inputs import JsonBody, Query, QueryParams
 from gateway.http.keys import BROKER, CONFIG, METRICS, tenant_of
 from gateway.http.params import MAX_BYTES, MAX_RECORDS, WAIT_MS, json_response
 from gateway.http.record_json import render_record
@@ -25,6 +26,16 @@ _PARTITION_OFFSETS = ListOf(
     ),
     min_items=1,
 )
+_SESSION_TIMEOUT_MS = Integer(
+    low=1_000,
+    high=300_000,
+    description="A member that does not fetch for this long leaves (default 30000)",
+)
+_AUTO_OFFSET_RESET = Choice(
+    values=(LATEST, EARLIEST),
+    default=LATEST,
+    description="Where a partition without a committed offset starts",
+)
 FETCH_BODY = JsonBody(
     Object(
         fields={
@@ -38,20 +49,25 @@ FETCH_BODY = JsonBody(
                 description="Commit what the last fetch delivered at the next fetch "
                 "(the member's choice at join stays until it says otherwise; default true)"
             ),
-            "session_timeout_ms": Integer(
-                low=1_000,
-                high=300_000,
-                description="A member that does not fetch for this long leaves (default 30000)",
-            ),
-            "auto_offset_reset": Choice(
-                values=(LATEST, EARLIEST),
-                default=LATEST,
-                description="Where a partition without a committed offset starts",
-            ),
+            "session_timeout_ms": _SESSION_TIMEOUT_MS,
+            "auto_offset_reset": _AUTO_OFFSET_RESET,
         }
     ),
     required=False,
 )
+STREAM_QUERY = QueryParams(
+    (
+        Query(
+            "commit",
+            Choice(values=("auto", "ack"), default="auto"),
+            "auto: what was sent is committed as the stream goes on (at least once); ack: "
+            "the client commits with POST .../commit and the member event's member_id",
+        ),
+        Query("auto_offset_reset", _AUTO_OFFSET_RESET, _AUTO_OFFSET_RESET.description or ""),
+        Query("session_timeout_ms", _SESSION_TIMEOUT_MS, "The member's session timeout"),
+    )
+)
+STREAM_HEADERS = (events.LAST_EVENT_ID_HEADER,)
 COMMIT_BODY = JsonBody(
     Object(
         fields={
@@ -139,6 +155,20 @@ async def group_fetch(request: web.Request) -> web.Response:
             "assignment": result.assignment,
             "records": [render_record(record, pid) for pid, record in result.records],
         },
+    )
+
+
+async def group_records(request: web.Request) -> web.StreamResponse:
+    """One member of the group for as long as the stream lasts (see ``events.py``)."""
+    bodies.accept_events(request)
+    query = STREAM_QUERY.read(request)
+    name = _group_name(request)
+    return await events.group_stream(
+        request,
+        name,
+        auto_commit=query["commit"] == "auto",
+        auto_offset_reset=query["auto_offset_reset"],
+        session_timeout_ms=query["session_timeout_ms"],
     )
 
 

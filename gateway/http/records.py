@@ -1,5 +1,6 @@
 """HTTP handlers of records: produce (JSON, NDJSON or binary batches, idempotent with a
-key) and partition reads (JSON or stored batches, long-polling at the end)."""
+key) and partition reads (JSON or stored batches, long-polling at the end, or an event
+stream)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from aiohttp import web
 
 from gateway.broker.answers import IdempotentRequest
 from gateway.client.wire import BATCH, JSON, NDJSON
-from gateway.http import bodies
+from gateway.http import bodies, events
 from gateway.http.charges import (
     admit_produce,
     charge_consume,
     meter_delivered,
     settle_produce,
 )
+from gateway.http.events import LAST_EVENT_ID_HEADER, last_event_id
 from gateway.http.inputs import Header, Query, QueryParams
 from gateway.http.keys import BROKER, CONFIG, METRICS, tenant_of
 from gateway.http.params import MAX_BYTES, MAX_RECORDS, WAIT_MS, parse_json, partition_param
@@ -28,7 +30,7 @@ from partitions.idempotency import KEY_SHAPE, request_hash
 from partitions.idempotency import check_key as check_idempotency_key
 from partitions.incoming import IncomingRecords, RecordList
 from partitions.log.values import BatchRead
-from partitions.shapes import Integer
+from partitions.shapes import Choice, Integer
 
 
 class ProduceBody:
@@ -52,6 +54,7 @@ class ProduceBody:
 
 PRODUCE_BODY = ProduceBody()
 PRODUCE_HEADERS = (Header("Idempotency-Key", KEY_SHAPE),)
+READ_HEADERS = (LAST_EVENT_ID_HEADER,)
 
 
 async def produce(request: web.Request) -> web.Response:
@@ -105,17 +108,31 @@ READ_QUERY = QueryParams(
         Query("max_records", MAX_RECORDS, "At most this many records"),
         Query("max_bytes", MAX_BYTES, "At most about this many bytes of records"),
         Query("wait_ms", WAIT_MS, WAIT_MS.description or ""),
+        Query(
+            "follow_children",
+            Choice(values=("true", "false"), default="true"),
+            "Event streams: once the partition is sealed and read, go on with its children",
+        ),
     ),
     at_most_one=(("offset", "timestamp_ms"),),
 )
 
 
-async def read_records(request: web.Request) -> web.Response:
+async def read_records(request: web.Request) -> web.StreamResponse:
     tenant = tenant_of(request)
     broker = request.app[BROKER]
     partition_id = partition_param(request)
-    binary = bodies.wants_batches(request)
     query = READ_QUERY.read(request)
+    if bodies.wants_events(request):
+        return await events.partition_stream(
+            request,
+            partition_id,
+            offset=query["offset"],
+            timestamp_ms=query["timestamp_ms"],
+            follow_children=query["follow_children"] == "true",
+        )
+    last_event_id(request)  # checked alike, though only a stream resumes from it
+    binary = bodies.wants_batches(request)
     answer = await broker.read(
         tenant,
         request.match_info["topic"],

@@ -51,6 +51,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", _TOPIC, topics.get_topic, TENANT, READ),
     Route("PATCH", _TOPIC, topics.patch_topic, TENANT, MANAGE, body=topics.CHANGE_BODY),
     Route("DELETE", _TOPIC, topics.delete_topic, TENANT, MANAGE),
+    Route("GET", _TOPIC + "/events", topics.topic_events, TENANT, READ, query=topics.EVENTS_QUERY),
     Route(
         "POST",
         _TOPIC + "/partitions/{partition}/split",
@@ -80,9 +81,18 @@ ROUTES: tuple[Route, ...] = (
         CONSUME,
         delivers=True,
         query=records.READ_QUERY,
+        headers=records.READ_HEADERS,
     ),
     # Consumer groups: each group's requests are served by the process that is its home.
     _group("POST", "/fetch", groups.group_fetch, delivers=True, body=groups.FETCH_BODY),
+    _group(
+        "GET",
+        "/records",
+        groups.group_records,
+        delivers=True,
+        query=groups.STREAM_QUERY,
+        headers=groups.STREAM_HEADERS,
+    ),
     _group("POST", "/commit", groups.group_commit, body=groups.COMMIT_BODY),
     _group("POST", "/leave", groups.group_leave, body=groups.LEAVE_BODY),
     _group("POST", "/seek", groups.group_seek, body=groups.SEEK_BODY),

@@ -1,5 +1,5 @@
-"""HTTP handlers of topics: create, list, describe, change, delete, and split and merge
-partitions by hand."""
+"""HTTP handlers of topics: create, list, describe, change, delete, split and merge
+partitions by hand, and a topic's changes as an event stream."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.broker.service import Broker
 from gateway.broker.topic_config import TOPIC_CONFIG_SHAPE, InvalidConfigError, with_defaults
 from gateway.broker.views import TopicView
+from gateway.http import events
 from gateway.http.inputs import JsonBody, Query, QueryParams
 from gateway.http.keys import BROKER, PRINCIPAL, tenant_of
 from gateway.http.params import MAX_LIST_LIMIT, json_response, partition_param
@@ -61,6 +62,15 @@ LIST_QUERY = QueryParams(
             "after",
             Text(min_length=1, max_length=249),
             "List names after this one (the last page's next_after)",
+        ),
+    )
+)
+EVENTS_QUERY = QueryParams(
+    (
+        Query(
+            "interval_ms",
+            Integer(low=500, high=60_000, default=2000),
+            "How often a throughput event comes",
         ),
     )
 )
@@ -128,6 +138,15 @@ async def get_topic(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     view = await broker.view(tenant, request.match_info["topic"])
     return json_response(await describe(broker, view))
+
+
+async def topic_events(request: web.Request) -> web.StreamResponse:
+    """The topic, first and after every change, and its throughput (see ``events.py``)."""
+    query = EVENTS_QUERY.read(request)
+    broker = request.app[BROKER]
+    return await events.topic_stream(
+        request, query["interval_ms"], lambda view: describe(broker, view)
+    )
 
 
 async def patch_topic(request: web.Request) -> web.Response:

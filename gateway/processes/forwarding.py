@@ -4,7 +4,8 @@ Every worker process serves the whole API, but a consumer group's members, assig
 positions have one owner: every group route of one group is served by the worker
 ``hash(tenant, topic, group) mod N``. The process that accepted such a request
 authenticates it, then forwards it unchanged (its body decompressed) over the owner's
-internal HTTP socket and relays the answer as it came. Quotas, fair service, metering and
+internal HTTP socket and relays the answer as it came (an event stream as it comes,
+a chunk at a time). Quotas, fair service, metering and
 everything else are the owner's to apply, once. An owner that cannot be reached (it is
 restarting) answers a retriable 503, ``worker_unavailable`` (or ``worker_lost``, when it
 went away with the request in flight).
@@ -17,13 +18,15 @@ have a home.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from gateway.http.bodies import read_body
+from gateway.http.bodies import EVENT_STREAM, read_body
 from gateway.http.middlewares import FORWARDED_HEADER
 from gateway.http.routing import Home
 from gateway.processes.homes import group_home
@@ -47,6 +50,8 @@ _NOT_FORWARDED = frozenset(
         "Content-Encoding",
     )
 )
+# How often a relayed event stream with nothing to send looks whether its client went away.
+_CLIENT_LOOK_S = 1.0
 _NOT_RELAYED = frozenset(
     h.lower()
     for h in ("Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "Date", "Server")
@@ -86,7 +91,7 @@ class HttpForwarder:
             for worker, path in sockets.items()
         }
 
-    async def forward(self, owner: int, request: web.Request) -> web.Response:
+    async def forward(self, owner: int, request: web.Request) -> web.StreamResponse:
         body = await read_body(request) if request.can_read_body else b""
         headers = {
             name: value
@@ -100,12 +105,14 @@ class HttpForwarder:
             async with session.request(
                 request.method, url, data=body, headers=headers, allow_redirects=False
             ) as answer:
-                payload = await answer.read()
                 relayed = [
                     (name, value)
                     for name, value in answer.headers.items()
                     if name.lower() not in _NOT_RELAYED
                 ]
+                if answer.content_type == EVENT_STREAM:
+                    return await _relay_stream(request, answer, relayed)
+                payload = await answer.read()
                 status = answer.status
         except aiohttp.ClientConnectorError:
             raise WorkerUnreachableError(
@@ -124,3 +131,29 @@ class HttpForwarder:
     async def close(self) -> None:
         for session in self._sessions.values():
             await session.close()
+
+
+async def _relay_stream(
+    request: web.Request, answer: aiohttp.ClientResponse, headers: list[tuple[str, str]]
+) -> web.StreamResponse:
+    """Relay an event stream as it comes, a chunk at a time, until the home ends it or
+    either side goes away (leaving the upstream answer unread closes its connection, so
+    that the home sees its client gone)."""
+    response = web.StreamResponse(status=answer.status)
+    for name, value in headers:
+        response.headers.add(name, value)
+    await response.prepare(request)
+    with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+        while True:
+            try:
+                chunk = await asyncio.wait_for(answer.content.readany(), _CLIENT_LOOK_S)
+            except TimeoutError:
+                # Nothing from the home: is the client still there? (Its going away is seen
+                # only here, or at the next write.)
+                if request.transport is None or request.transport.is_closing():
+                    break
+                continue
+            if not chunk:
+                break
+            await response.write(chunk)
+    return response

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from gateway.config import Clocks, ServerConfig
 from gateway.health import Health
+from gateway.http.events import STREAMS, Streams
 from gateway.http.keys import BROKER, CONFIG, HEALTH, METER, METRICS, OPENAPI, TENANCY
 from gateway.http.metrics import Metrics
 from gateway.http.middlewares import Forwarder, front_door
@@ -100,6 +101,7 @@ def create_app(
     app[HEALTH] = Health()
     app[METRICS] = metrics
     metrics.watch(loops.scheduler_collector(scheduler))
+    app[STREAMS] = Streams(config.max_streams_per_tenant)
     app[OPENAPI] = build_document(_version(), ROUTES)
     for route in router_order():
         app.router.add_route(route.method, route.path, route.handler)
@@ -132,6 +134,8 @@ def create_app(
 
 
 async def _on_shutdown(app: web.Application) -> None:
-    # Release long-polls at once, so that shutdown does not wait out their timeouts.
+    # Release long-polls and end event streams at once, so that shutdown does not wait out
+    # their timeouts.
+    app[STREAMS].stop()
     if BROKER in app:
         app[BROKER].stop_waiting()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.http.openapi.schemas import (
+    EVENTS,
     PARTITION_OFFSETS,
     errors,
     json_content,
@@ -49,6 +50,25 @@ def group_paths() -> dict[str, Any]:
                         _MEMBER,
                     ),
                     **errors(400, 401, 403, 404, 409),
+                },
+            },
+        },
+        base + "/records": {
+            "get": {
+                "summary": "Consume as one member of the group, as server-sent events",
+                "description": "The stream is one member for its lifetime: event: member "
+                "(member_id, generation, assignment) first and after every change, event: "
+                "record (id: the cursor of everything sent), event: end at shutdown or after "
+                "the server's --max-stream-ms. commit=auto commits what was sent as the "
+                "stream goes on; commit=ack leaves commits to the client (POST .../commit "
+                "with the member_id). Last-Event-ID commits that cursor first. docs/api.md, "
+                "Server-sent events.",
+                "responses": {
+                    "200": {
+                        "description": "A stream of events",
+                        "content": {"text/event-stream": EVENTS},
+                    },
+                    **errors(400, 401, 403, 404, 406, 409, 429),
                 },
             },
         },

@@ -13,6 +13,8 @@ from gateway.http.params import PARTITION_ID
 from partitions.shapes import Shape
 
 ERROR = {"$ref": "#/components/responses/Error"}
+# A text/event-stream body: events of "event:", "id:" and "data:" lines (docs/api.md).
+EVENTS = {"schema": {"type": "string"}}
 
 
 def errors(*statuses: int) -> dict[str, Any]:

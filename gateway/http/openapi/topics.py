@@ -6,6 +6,7 @@ from typing import Any
 
 from gateway.console.assets import ASSETS
 from gateway.http.openapi.schemas import (
+    EVENTS,
     TOPIC,
     errors,
     json_content,
@@ -133,6 +134,22 @@ def topic_paths() -> dict[str, Any]:
                 },
             },
         },
+        "/v1/topics/{topic}/events": {
+            "get": {
+                "summary": "A topic's changes and throughput, as server-sent events",
+                "description": "event: topic (the body of GET /v1/topics/{topic}) first and "
+                "after every split, merge, seal or config change; event: throughput every "
+                "interval_ms; event: deleted; event: end at shutdown or after the server's "
+                "--max-stream-ms. docs/api.md, Server-sent events.",
+                "responses": {
+                    "200": {
+                        "description": "A stream of events",
+                        "content": {"text/event-stream": EVENTS},
+                    },
+                    **errors(400, 401, 403, 404, 429),
+                },
+            },
+        },
         "/v1/topics/{topic}/records": {
             "post": {
                 "summary": "Produce records; answers their offsets once durable",
@@ -150,11 +167,17 @@ def topic_paths() -> dict[str, Any]:
         "/v1/topics/{topic}/partitions/{partition}/records": {
             "get": {
                 "summary": "Read a partition from an offset or a timestamp; long-polls",
+                "description": "With Accept: text/event-stream, a stream of the records "
+                "(event: record, id: the cursor after it), then of the partition's children "
+                "once it is sealed and read (event: sealed); Last-Event-ID resumes there. "
+                "docs/api.md, Server-sent events.",
                 "responses": {
                     "200": {
                         "description": "Records, maybe none; with Accept: "
-                        "application/vnd.eventbus.batch, stored batches (wire-format.md)",
+                        "application/vnd.eventbus.batch, stored batches (wire-format.md); "
+                        "with Accept: text/event-stream, a stream of events",
                         "content": {
+                            "text/event-stream": EVENTS,
                             "application/json": {
                                 "schema": {"$ref": "#/components/schemas/ReadResponse"}
                             },
