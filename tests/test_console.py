@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,7 +110,7 @@ class Watched:
 def open_page(browser: Browser) -> Iterator[Any]:
     opened: list[Watched] = []
 
-    def open_page(viewport: dict[str, int] = LAPTOP) -> Watched:
+    def open_page(viewport: Any = LAPTOP) -> Watched:
         context = browser.new_context(viewport=viewport)
         watched = Watched(context.new_page())
         watched.page.on("console", watched.on_console)
@@ -180,6 +181,8 @@ def test_a_topic_is_made_produced_to_and_its_tree_follows_splits_and_merges(
     assert server.call("GET", "/v1/topics/orders")["name"] == "orders"
 
     page.get_by_role("link", name="orders").click()
+    # The tree follows the topic's event stream, which the server has.
+    expect(page.get_by_text("Live: the server streams this topic's changes.")).to_be_visible()
     tree = page.locator("#lineage")
     expect(tree.locator("[data-partition]")).to_have_count(1)
     page.get_by_label("Key (optional)").fill("user-1")
@@ -205,8 +208,7 @@ def test_a_topic_is_made_produced_to_and_its_tree_follows_splits_and_merges(
 
     # Tail a partition from its start: it shows what it holds, then what comes.
     answers = [
-        server.produce("orders", [{"key": f"user-{n}", "value": f"order {n}"}])
-        for n in range(12)
+        server.produce("orders", [{"key": f"user-{n}", "value": f"order {n}"}]) for n in range(12)
     ]
     partition = answers[0]["offsets"][0]["partition"]
     assert partition in (4, 5)
@@ -218,6 +220,14 @@ def test_a_topic_is_made_produced_to_and_its_tree_follows_splits_and_merges(
     assert "order 0" in values and all(v.startswith("order ") for v in values)
     server.produce("orders", [{"key": "user-0", "value": "late order"}])  # the same partition
     expect(page.locator("#tail li .value").first).to_have_text("late order")
+    # Some traffic for a few seconds, so that the picture has throughput in it.
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        server.produce("orders", [{"key": f"user-{n}", "value": "x" * 40} for n in range(20)])
+        time.sleep(0.05)
+    expect(page.locator('#partitions tr[data-partition="4"] polyline')).to_have_attribute(
+        "points", re.compile(r"\S+ \S+")
+    )
     screenshot(page, "topic")
 
     assert watched.unexpected() == []
@@ -227,9 +237,7 @@ def test_a_topic_is_made_produced_to_and_its_tree_follows_splits_and_merges(
     assert stored[0] >= 1 and stored[1] == 0
 
 
-def test_markup_in_a_record_is_shown_as_text_and_never_runs(
-    server: Server, open_page: Any
-) -> None:
+def test_markup_in_a_record_is_shown_as_text_and_never_runs(server: Server, open_page: Any) -> None:
     server.call("PUT", "/v1/topics/markup", {})
     attacks = [
         "<script>window.__ran = 'script'</script>",
@@ -260,7 +268,9 @@ def test_a_groups_lag_falls_as_it_consumes(server: Server, open_page: Any) -> No
     server.call("PUT", "/v1/topics/payments", {})
     server.produce("payments", [{"key": f"k{n}", "value": f"payment {n}"} for n in range(10)])
     group = "/v1/topics/payments/groups/billing"
-    joined = server.call("POST", group + "/fetch", {"auto_offset_reset": "earliest", "max_records": 4})
+    joined = server.call(
+        "POST", group + "/fetch", {"auto_offset_reset": "earliest", "max_records": 4}
+    )
     assert len(joined["records"]) == 4
 
     watched = open_page()
@@ -310,12 +320,12 @@ def test_an_admin_manages_keys_and_a_revoked_key_signs_its_console_out(
     got = server.call("GET", "/v1/admin/tenants/acme", key=server.admin_key)
     assert got["quotas"]["max_topics"] == 7
 
-    # A key made here works once, shown once.
+    screenshot(page, "tenant")
+    # A key made here works, shown once.
     page.get_by_label("Scope").select_option("consume")
     page.get_by_role("button", name="Make key").click()
     secret = page.locator("[data-secret]").inner_text()
     assert server.call("GET", "/v1/topics", key=secret) == {"topics": [], "next_after": None}
-    screenshot(page, "tenant")
 
     # Revoking the first key signs out the console that uses it.
     page.locator(f'button[data-key="{made["key_id"]}"]').click()

@@ -25,13 +25,19 @@ export class ThroughputHistory {
     return list?.length ? list[list.length - 1] : null;
   }
 
-  /** A line of the partition's records per second over the last five minutes. */
+  /** A line of the partition's records per second over the last minutes (at least one:
+   * the time axis grows with what was seen, up to five). */
   sparkline(partition, now) {
     const list = this.samples.get(partition) ?? [];
+    const span = Math.min(KEEP_MS, Math.max(60000, list.length ? now - list[0].t : 0));
     const top = Math.max(1, ...list.map((p) => p.records));
     const points = list
-      .map((p) => `${(100 - (now - p.t) / (KEEP_MS / 100)).toFixed(1)},${(19 - (p.records / top) * 18).toFixed(1)}`)
+      .map((p) => {
+        const x = 100 - ((now - p.t) / span) * 100;
+        return `${x.toFixed(1)},${(19 - (p.records / top) * 18).toFixed(1)}`;
+      })
       .join(" ");
+    const minutes = Math.round(span / 60000);
     return s(
       "svg",
       {
@@ -39,7 +45,7 @@ export class ThroughputHistory {
         viewBox: "0 0 100 20",
         preserveAspectRatio: "none",
         role: "img",
-        "aria-label": `records per second over the last 5 minutes, peak ${top.toFixed(1)}`,
+        "aria-label": `records per second over the last ${minutes} minutes, peak ${top.toFixed(1)}`,
       },
       s("polyline", { points }),
     );

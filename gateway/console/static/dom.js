@@ -83,7 +83,12 @@ export function time(ms) {
   return ms === null || ms === undefined ? "never" : new Date(ms).toLocaleString();
 }
 
-/** The status line at the bottom of the page (read out by screen readers). */
+let unsay = null;
+
+/** The status line at the bottom of the page (read out by screen readers), for a while. */
 export function say(text) {
-  document.getElementById("status").textContent = text;
+  const status = document.getElementById("status");
+  status.textContent = text;
+  clearTimeout(unsay);
+  unsay = setTimeout(() => status.replaceChildren(), 10000);
 }

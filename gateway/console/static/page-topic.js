@@ -89,14 +89,14 @@ export function render(main, [name]) {
     );
     fill(
       graph,
-      lineage(current.partitions),
+      lineage(current.partitions, graph.clientWidth - 34),
       h("figcaption", null, "Lineage: each row a generation, each box as wide as its hash range; blue active, grey sealed."),
     );
     fill(
       details,
       table(
         "Partitions, newest first",
-        ["Partition", "State", "Hash range", "Start", "End", "Worker", "Now", "Last 5 minutes", "Parents", "Children"],
+        ["Partition", "State", "Hash range", "Start", "End", "Worker", "Now", "Records/s, last minutes", "Parents", "Children"],
         partitionRows(current, history),
       ),
     );
@@ -131,6 +131,11 @@ export function render(main, [name]) {
         if (type === "topic") described(data, false);
         else if (type === "throughput") {
           history.add(data.ts_ms, data.partitions);
+          // The ticks carry the active partitions' ends: the table's offsets stay current.
+          for (const row of data.partitions) {
+            const partition = current?.partitions.find((p) => p.id === row.partition);
+            if (partition && row.end_offset !== undefined) partition.end_offset = row.end_offset;
+          }
           draw();
         } else if (type === "deleted") say(`Topic ${name} was deleted.`);
       },

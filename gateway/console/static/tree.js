@@ -6,9 +6,8 @@
 import { s } from "./dom.js";
 
 const SPACE = 2n ** 64n;
-const WIDTH = 960;
-const ROW = 56;
-const BOX = 34;
+const ROW = 52;
+const BOX = 32;
 
 /** Where a hash point lies in the key space, from 0 to 1. */
 export function fraction(point) {
@@ -29,8 +28,10 @@ function depths(partitions) {
   return depth;
 }
 
-/** The lineage graph of a topic's partitions (its describe's "partitions"). */
-export function lineage(partitions) {
+/** The lineage graph of a topic's partitions (its describe's "partitions"), drawn for a
+ * box this many pixels wide (drawn again at the next update when the window changes). */
+export function lineage(partitions, width) {
+  const WIDTH = Math.max(240, Math.round(width) || 960);
   const depth = depths(partitions);
   const rows = Math.max(0, ...depth.values()) + 1;
   const height = rows * ROW;
@@ -56,7 +57,7 @@ export function lineage(partitions) {
   const active = partitions.filter((p) => p.state === "active").length;
   const nodes = partitions.map((p) => {
     const at = place.get(p.id);
-    const label = at.w > 30 ? `P${p.id}` : "";
+    const label = at.w > 10 * String(p.id).length + 14 ? `P${p.id}` : "";
     return s(
       "g",
       { class: `node ${p.state}`, "data-partition": p.id, "data-state": p.state },
@@ -70,7 +71,8 @@ export function lineage(partitions) {
     {
       class: "lineage",
       viewBox: `0 0 ${WIDTH} ${height}`,
-      preserveAspectRatio: "none",
+      width: WIDTH,
+      height,
       role: "img",
       "aria-label": `Partition lineage: ${partitions.length} partitions, ${active} active, ${rows} generations; the table below lists them`,
     },
