@@ -85,7 +85,17 @@ def fuzz(run: Run, scratch: Path, extra: list[str]) -> bool:
     data_dir = scratch / run.name
     server = ServerProcess(
         data_dir,
-        args=["--workers", "0", "--max-wait-ms", "1000", "--log-level", "WARNING"],
+        # Long polls and event streams end within the fuzzer's request timeout.
+        args=[
+            "--workers",
+            "0",
+            "--max-wait-ms",
+            "1000",
+            "--max-stream-ms",
+            "2000",
+            "--log-level",
+            "WARNING",
+        ],
         inherit_settings=False,
     ).start()
     try:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import Api, start_api, stop_api
 from tests.tenants import new_tenant
@@ -345,6 +346,7 @@ async def test_group_stream_resumes_after_a_disconnect_without_loss(api: Api) ->
 # --- what every stream shares --------------------------------------------------------------
 
 
+@pytest.mark.single_process("the bound is each process's: worker processes share connections")
 async def test_streams_are_bounded_per_tenant_and_metered(tmp_path: Path) -> None:
     api = await start_api(tmp_path / "data", max_streams_per_tenant=2)
     try:
