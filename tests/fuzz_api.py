@@ -44,7 +44,13 @@ RUNS = (
     Run("tenant", r"^/v1/(topics|usage)", "EVENTBUS_API_KEY", 110),
     Run("admin", r"^/(v1/admin/|metrics$)", "EVENTBUS_ADMIN_KEY", 60),
     # No stateful phase: the public routes make nothing, so no link leads from them.
-    Run("public", r"^/(healthz|openapi\.json)$", None, 10, "examples,coverage,fuzzing"),
+    Run(
+        "public",
+        r"^/(healthz|openapi\.json|console|console/\{asset\})$",
+        None,
+        15,
+        "examples,coverage,fuzzing",
+    ),
 )
 
 

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,8 @@ _QUOTA_REFUSALS = (QuotaExceededError, StorageQuotaExceededError)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Set on a request one worker process forwards to another (see came_from_peer).
 FORWARDED_HEADER = "Eventbus-Forwarded"
+# A placeholder of a route's path, as ``{topic}``.
+_PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
 # A request whose client went away before the answer (nginx's name for it).
 CLIENT_CLOSED = 499
 
@@ -128,6 +131,13 @@ def front_door(
         if route.access is Access.PUBLIC or (metrics_public and route.access is Access.METRICS)
     )
     metrics_paths = frozenset(r.path for r in routes.values() if r.access is Access.METRICS)
+    # The public routes with placeholders (the console's files), to tell a request that
+    # matched no route (a method they do not have: 405) that it needs no key either.
+    public_templates = [
+        re.compile("[^/]+".join(re.escape(part) for part in _PLACEHOLDER.split(path)))
+        for path in public
+        if _PLACEHOLDER.search(path)
+    ]
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -146,7 +156,16 @@ def front_door(
         billed = status = 500
         try:
             try:
-                if request.path in public:
+                # Public by its path, by the route it matched (a console file), or, for a
+                # method a public route does not have, by the path of that route.
+                if (
+                    request.path in public
+                    or label in public
+                    or (
+                        resource is None
+                        and any(t.fullmatch(request.path) for t in public_templates)
+                    )
+                ):
                     response = await handler(request)
                 else:
                     principal = _known_caller(request) or await _read_caller(request)

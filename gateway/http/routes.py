@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.http import admin, groups, records, service, topics, usage
+from gateway.http import admin, console, groups, records, service, topics, usage
 from gateway.http.routing import Access, Handler, Home, Route
 from gateway.tenancy.scopes import Action
 
@@ -30,6 +30,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", service.healthz, PUBLIC),
     Route("GET", "/metrics", service.metrics, METRICS),
     Route("GET", "/openapi.json", service.openapi, PUBLIC),
+    # The web console's files: the page holds no data, and fetches all with the user's key.
+    Route("GET", "/console", console.console_page, PUBLIC),
+    Route("GET", "/console/{asset}", console.console_asset, PUBLIC),
     # Tenants and their keys, quotas and plans.
     Route("POST", "/v1/admin/tenants", admin.create_tenant, ADMIN, body=admin.CREATE_TENANT_BODY),
     Route("GET", "/v1/admin/tenants", admin.list_tenants, ADMIN),

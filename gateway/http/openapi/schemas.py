@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.broker.names import TOPIC_NAME
 from gateway.broker.topic_config import TOPIC_CONFIG_SHAPE
+from gateway.console.assets import ASSETS
 from gateway.http.admin import KEY_ID, TENANT_NAME_SHAPE
 from gateway.http.params import PARTITION_ID
 from partitions.shapes import Shape
@@ -78,6 +79,13 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
     "group": _path("group", TOPIC_NAME),
     "tenant": _path("tenant", TENANT_NAME_SHAPE),
     "key_id": _path("key_id", KEY_ID),
+    # A file of the web console: exactly those the server has (any other name is a 404).
+    "asset": {
+        "name": "asset",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": list(ASSETS)},
+    },
 }
 
 TOPIC_CONFIG = TOPIC_CONFIG_SHAPE.schema()

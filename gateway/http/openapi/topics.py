@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.console.assets import ASSETS
 from gateway.http.openapi.schemas import (
     EVENTS,
     TOPIC,
@@ -33,6 +34,12 @@ _MADE = {
 }
 
 
+def _text(description: str, *media_types: str) -> dict[str, Any]:
+    """An answer that is a file of one of these media types."""
+    content = {media.partition(";")[0]: {"schema": {"type": "string"}} for media in media_types}
+    return {"description": description, "content": content}
+
+
 def topic_paths() -> dict[str, Any]:
     return {
         "/healthz": {
@@ -59,6 +66,23 @@ def topic_paths() -> dict[str, Any]:
                 "summary": "This document",
                 "security": [],
                 "responses": {"200": json_content({"type": "object"}, "OpenAPI document")},
+            }
+        },
+        "/console": {
+            "get": {
+                "summary": "The web console (docs/console.md): sign in with a key in the page",
+                "security": [],
+                "responses": {"200": _text("The console's page", "text/html")},
+            }
+        },
+        "/console/{asset}": {
+            "get": {
+                "summary": "A file of the web console (a JavaScript module or its style sheet)",
+                "security": [],
+                "responses": {
+                    "200": _text("The file", *sorted({a.media_type for a in ASSETS.values()})),
+                    **errors(404),
+                },
             }
         },
         "/v1/topics": {
