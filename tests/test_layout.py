@@ -32,9 +32,11 @@ ROOM_ARROWS = {
     "health": set(),
     "client": set(),
     "broker": set(),
+    # The web console's files: served by the HTTP front door, importing nothing of ours.
+    "console": set(),
     "tenancy": {"broker", "settings"},
     "config": {"settings", "tenancy"},
-    "http": {"broker", "tenancy", "client", "config", "health", "logs", "settings"},
+    "http": {"broker", "tenancy", "client", "console", "config", "health", "logs", "settings"},
     "processes": {"broker", "tenancy", "http", "config", "logs", "settings"},
     "wiring": {"broker", "tenancy", "http", "processes", "config", "health", "logs", "settings"},
     "cli": {"client", "wiring", "processes", "tenancy", "config", "logs", "settings"},
