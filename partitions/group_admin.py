@@ -1,6 +1,6 @@
-"""Operations on a group as a whole, not by one of its members: describe it (committed
-offsets, lag, members), delete it, and seek it (reset its committed offsets). Deleting and
-seeking need a group without live members."""
+"""Operations on a group as a whole, not by one of its members: list a topic's groups,
+describe one (committed offsets, lag, members), delete it, and seek it (reset its committed
+offsets). Deleting and seeking need a group without live members."""
 
 from __future__ import annotations
 
@@ -91,6 +91,32 @@ class GroupAdmin:
                 "lag": total_lag,
             }
 
+    async def list(self, shape: TopicShape) -> list[dict[str, Any]]:
+        """Every group of the topic by name, with its committed offsets and total lag as the
+        catalog holds them. Automatic commits reach the catalog within a moment, and members
+        live only in the group's home: describe one group for those."""
+        records = await self._catalog.list_groups(shape.tenant, shape.name)
+        if not records:
+            return []
+        ranges = await self._ranges(shape)
+        listed = []
+        for record in sorted(records, key=lambda r: r.group):
+            lag = sum(
+                max(0, end - max(record.offsets.get(pid, 0), start))
+                for pid, (start, end) in ranges.items()
+            )
+            listed.append(
+                {
+                    "group": record.group,
+                    "committed": [
+                        {"partition": pid, "offset": offset}
+                        for pid, offset in sorted(record.offsets.items())
+                    ],
+                    "lag": lag,
+                }
+            )
+        return listed
+
     async def delete(self, shape: TopicShape, name: str) -> None:
         group = self._groups.group(shape, name)
         async with group.lock:
@@ -127,13 +153,18 @@ class GroupAdmin:
             group.generation += 1
             return group.committed
 
-    async def _seek_offsets(self, shape: TopicShape, target: Any) -> dict[int, int]:
-        offsets: dict[int, int] = {}
-        ends = {}
+    async def _ranges(self, shape: TopicShape) -> dict[int, tuple[int, int]]:
+        """Each partition's readable range now: its start, and its end (final once sealed)."""
+        ranges = {}
         for pid, partition in shape.partitions.items():
             stats = await self._worker.stats(shape.key(pid))
             end = partition.end_offset if partition.end_offset is not None else stats.end_offset
-            ends[pid] = (stats.start_offset, end)
+            ranges[pid] = (stats.start_offset, end)
+        return ranges
+
+    async def _seek_offsets(self, shape: TopicShape, target: Any) -> dict[int, int]:
+        offsets: dict[int, int] = {}
+        ends = await self._ranges(shape)
         if target == EARLIEST:
             return {pid: start for pid, (start, _end) in ends.items()}
         if target == LATEST:

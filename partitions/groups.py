@@ -28,7 +28,7 @@ A group consumes one topic. Members join by fetching; their sessions live in thi
 :class:`GroupCoordinator` is the one entry point; it is composed of one part per concern,
 each in its module: the groups held in memory (:mod:`partitions.group_table`), assignment
 (:mod:`partitions.group_assignment`), fetching (:mod:`partitions.group_fetch`), every kind
-of commit (:mod:`partitions.group_commits`), and describe, delete and seek
+of commit (:mod:`partitions.group_commits`), and list, describe, delete and seek
 (:mod:`partitions.group_admin`). The value types and errors are in
 :mod:`partitions.group_model`.
 """
@@ -80,11 +80,12 @@ class GroupCoordinator:
         )
         # The coordinator's operations are its parts' own (their docstrings say the rest):
         # join or continue and fetch; commit by hand, or what a stream's client saw;
-        # describe, delete and seek a group; wait until a group's, or every group's,
-        # automatic commits are in the catalog.
+        # list a topic's groups; describe, delete and seek a group; wait until a group's, or
+        # every group's, automatic commits are in the catalog.
         self.fetch = self._fetcher.fetch
         self.commit = self._commits.commit
         self.commit_seen = self._commits.commit_seen
+        self.list = self._admin.list
         self.describe = self._admin.describe
         self.delete = self._admin.delete
         self.seek = self._admin.seek

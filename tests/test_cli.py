@@ -69,6 +69,10 @@ def test_topics_and_groups_print_for_people_by_default(server: ServerProcess) ->
     assert group[header].split() == ["PARTITION", "STATE", "COMMITTED", "END", "LAG", "MEMBER"]
     table = group[header + 1]
     assert table.split() == ["0", "active", "1", "2", "1", "-"]
+    listed = text(server, "groups", "list", "cli-human").splitlines()
+    assert [line.split() for line in listed] == [["GROUP", "LAG"], ["h", "1"]]
+    as_json = api(server, "groups", "list", "cli-human")
+    assert [(g["group"], g["lag"]) for g in as_json["groups"]] == [("h", 1)]
     assert text(server, "topics", "delete", "cli-human") == "deleted topic cli-human\n"
 
 

@@ -679,3 +679,45 @@ async def test_booleans_are_not_partitions_or_offsets(api: Api) -> None:
         assert status == 400 and answer["error"]["code"] == "invalid_seek", answer
     status, group = await api.call("GET", G)
     assert [p["committed"] for p in group["partitions"]] == [None] * 3  # nothing changed
+
+
+async def test_a_topics_groups_are_listed_with_their_commits_and_lag(api: Api) -> None:
+    await _three_active_partitions(api)
+    assert await api.call("GET", "/v1/topics/t/groups") == (
+        200,
+        {"groups": [], "next_after": None},
+    )
+    await _produce(api, [{"key": f"k{i}", "value": f"v{i}"} for i in range(30)])
+    # "g" reads 10 and commits them as its member leaves; "a" is placed at the ends by a
+    # seek, "c" at the starts.
+    member = (await _fetch(api, auto_offset_reset="earliest", max_records=10))["member_id"]
+    status, _ = await api.call("POST", G + "/leave", json={"member_id": member})
+    assert status == 204
+    for name, to in (("a", "latest"), ("c", "earliest")):
+        status, _ = await api.call("POST", f"/v1/topics/t/groups/{name}/seek", json={"to": to})
+        assert status == 200
+    status, listed = await api.call("GET", "/v1/topics/t/groups")
+    assert status == 200, listed
+    lags = {g["group"]: g["lag"] for g in listed["groups"]}
+    assert lags == {"a": 0, "c": 30, "g": 20}
+    assert [g["group"] for g in listed["groups"]] == ["a", "c", "g"]
+    by_name = {g["group"]: g for g in listed["groups"]}
+    assert {c["partition"] for c in by_name["a"]["committed"]} == {0, 1, 2, 3, 4}
+    assert sum(c["offset"] for c in by_name["a"]["committed"]) == 30
+    # The same lag as each group's describe.
+    for name in ("a", "c", "g"):
+        status, described = await api.call("GET", f"/v1/topics/t/groups/{name}")
+        assert status == 200 and described["lag"] == lags[name]
+    # A page at a time, by name.
+    status, page = await api.call("GET", "/v1/topics/t/groups?limit=2")
+    assert [g["group"] for g in page["groups"]] == ["a", "c"] and page["next_after"] == "c"
+    status, page = await api.call("GET", "/v1/topics/t/groups?limit=2&after=c")
+    assert [g["group"] for g in page["groups"]] == ["g"] and page["next_after"] is None
+    # A deleted group is gone from the list; an unknown topic is a 404.
+    assert (await api.call("DELETE", "/v1/topics/t/groups/c"))[0] == 204
+    status, listed = await api.call("GET", "/v1/topics/t/groups")
+    assert [g["group"] for g in listed["groups"]] == ["a", "g"]
+    status, body = await api.call("GET", "/v1/topics/nope/groups")
+    assert status == 404 and body["error"]["code"] == "topic_not_found"
+    status, body = await api.call("GET", "/v1/topics/t/groups?limit=0")
+    assert status == 400 and body["error"]["code"] == "invalid_parameter"

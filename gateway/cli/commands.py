@@ -192,8 +192,12 @@ def add_client_commands(commands: Any) -> None:
     )
     _progress_option(consume)
 
-    groups = commands.add_parser("groups", help="describe and reset consumer groups")
+    groups = commands.add_parser("groups", help="list, describe and reset consumer groups")
     group_commands = groups.add_subparsers(dest="groups_command", required=True)
+    list_groups = group_commands.add_parser(
+        "list", parents=[connection], help="a topic's groups with their lag"
+    )
+    list_groups.add_argument("topic")
     describe_group = group_commands.add_parser(
         "describe", parents=[connection], help="members, commits and lag of a group"
     )
@@ -298,8 +302,15 @@ def _committed_view(answer: Any) -> str:
     return table(["PARTITION", "COMMITTED"], rows)
 
 
+def _groups_view(answer: Any) -> str:
+    rows = [[g["group"], g["lag"]] for g in answer["groups"]]
+    return table(["GROUP", "LAG"], rows)
+
+
 def groups(args: argparse.Namespace, client: Client) -> int:
-    if args.groups_command == "describe":
+    if args.groups_command == "list":
+        show(args, {"groups": client.list_groups(args.topic)}, _groups_view)
+    elif args.groups_command == "describe":
         show(args, client.describe_group(args.topic, args.group), _group_view)
     else:
         committed = client.seek_group(args.topic, args.group, args.to)

@@ -224,19 +224,21 @@ class AsyncClient:
 
     async def list_topics(self) -> list[dict[str, Any]]:
         """Every topic of the tenant, following the pages to the end."""
-        topics: list[dict[str, Any]] = []
+        return await self._every_page("/v1/topics", "topics")
+
+    async def _every_page(self, path: str, field: str) -> list[dict[str, Any]]:
+        """Every item of a listing route, following its ``next_after`` to the end."""
+        items: list[dict[str, Any]] = []
         after: str | None = None
         while True:
             params = {"limit": str(_LIST_PAGE)}
             if after is not None:
                 params["after"] = after
-            page = (
-                await self._request("GET", "/v1/topics", params=params, retry=_Retry.ALWAYS)
-            ).json()
-            topics.extend(page["topics"])
+            page = (await self._request("GET", path, params=params, retry=_Retry.ALWAYS)).json()
+            items.extend(page[field])
             after = page.get("next_after")
             if after is None:
-                return topics
+                return items
 
     async def describe_topic(self, name: str) -> Any:
         """Config and partitions of a topic (produce keeps its hash ranges from it)."""
@@ -448,6 +450,10 @@ class AsyncClient:
             json={"member_id": member_id, "commit": commit},
             retry=_Retry.UNSENT,
         )
+
+    async def list_groups(self, topic: str) -> list[dict[str, Any]]:
+        """Every group of the topic with its committed offsets and lag, by name."""
+        return await self._every_page(self._topic(topic) + "/groups", "groups")
 
     async def describe_group(self, topic: str, group: str) -> Any:
         """Members, generation, and per partition the committed offset and lag."""

@@ -165,6 +165,10 @@ class Client:
         """See :meth:`AsyncClient.leave`."""
         self._run(self._async.leave(topic, group, member_id, commit=commit))
 
+    def list_groups(self, topic: str) -> list[dict[str, Any]]:
+        """See :meth:`AsyncClient.list_groups`."""
+        return self._run(self._async.list_groups(topic))
+
     def describe_group(self, topic: str, group: str) -> Any:
         """See :meth:`AsyncClient.describe_group`."""
         return self._run(self._async.describe_group(topic, group))

@@ -1,6 +1,6 @@
-"""HTTP handlers of consumer groups: fetch (joining, continuing, long-polling), a member's
-event stream, commit, leave, seek, describe and delete. The broker's group coordinator
-does the work."""
+"""HTTP handlers of consumer groups: a topic's list of them, fetch (joining, continuing,
+long-polling), a member's event stream, commit, leave, seek, describe and delete. The
+broker's group coordinator does the work."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gateway.http import bodies, events
 from gateway.http.charges import charge_consume, meter_delivered
 from gateway.http.inputs import JsonBody, Query, QueryParams
 from gateway.http.keys import BROKER, CONFIG, METRICS, tenant_of
-from gateway.http.params import MAX_BYTES, MAX_RECORDS, WAIT_MS, json_response
+from gateway.http.params import MAX_BYTES, MAX_LIST_LIMIT, MAX_RECORDS, WAIT_MS, json_response
 from gateway.http.record_json import render_record
 from partitions.batch import payload_totals
 from partitions.group_model import EARLIEST, LATEST, InvalidSeekError
@@ -197,6 +197,31 @@ async def group_leave(request: web.Request) -> web.Response:
     body = await LEAVE_BODY.read(request)
     await broker.groups.leave(shape, _group_name(request), body["member_id"], commit=body["commit"])
     return web.Response(status=204)
+
+
+LIST_QUERY = QueryParams(
+    (
+        Query("limit", Integer(low=1, high=MAX_LIST_LIMIT, default=100), "Groups per page"),
+        Query(
+            "after",
+            Text(min_length=1, max_length=256),
+            "List groups after this name (the last page's next_after)",
+        ),
+    )
+)
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    """A topic's groups by name, a page at a time (served by any process: the catalog's)."""
+    tenant = tenant_of(request)
+    query = LIST_QUERY.read(request)
+    broker = request.app[BROKER]
+    shape = await broker.shape(tenant, request.match_info["topic"])
+    after, limit = query["after"], query["limit"]
+    listed = [g for g in await broker.groups.list(shape) if after is None or g["group"] > after]
+    page = listed[:limit]
+    more = len(listed) > limit
+    return json_response({"groups": page, "next_after": page[-1]["group"] if more else None})
 
 
 async def group_describe(request: web.Request) -> web.Response:

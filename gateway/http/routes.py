@@ -83,7 +83,16 @@ ROUTES: tuple[Route, ...] = (
         query=records.READ_QUERY,
         headers=records.READ_HEADERS,
     ),
-    # Consumer groups: each group's requests are served by the process that is its home.
+    # Consumer groups: a topic's list is the catalog's; each group's requests are served by
+    # the process that is its home.
+    Route(
+        "GET",
+        _TOPIC + "/groups",
+        groups.list_groups,
+        TENANT,
+        CONSUME,
+        query=groups.LIST_QUERY,
+    ),
     _group("POST", "/fetch", groups.group_fetch, delivers=True, body=groups.FETCH_BODY),
     _group(
         "GET",

@@ -1,15 +1,12 @@
 // One consumer group: its members and what each is assigned, and per partition the
-// committed offset, the end and the lag. There is no route that lists a topic's groups,
-// so groups are opened by name (the topic page keeps the names opened in this tab).
+// committed offset, the end and the lag (the topic page lists the groups).
 
 import { ApiError, call, path } from "./api.js";
 import { fill, h, table, time } from "./dom.js";
 import { repeat } from "./poll.js";
-import { rememberGroup } from "./page-topic.js";
 
 export function render(main, [topic, group]) {
   document.title = `${group} on ${topic} · eventbus console`;
-  rememberGroup(topic, group);
   const lag = h("p", { class: "big", id: "group-lag" }, "…");
   const members = h("div", { id: "members" });
   const partitions = h("div");

@@ -10,17 +10,25 @@ import { follow } from "./sse.js";
 import { Tail } from "./tail.js";
 import { lineage, rangeBar } from "./tree.js";
 
-const GROUPS = "eventbus.console.groups";
-
-function rememberedGroups(topic) {
-  const all = JSON.parse(sessionStorage.getItem(GROUPS) ?? "{}");
-  return all[topic] ?? [];
+function groupHref(topic, group) {
+  return `#/topics/${encodeURIComponent(topic)}/groups/${encodeURIComponent(group)}`;
 }
 
-export function rememberGroup(topic, group) {
-  const all = JSON.parse(sessionStorage.getItem(GROUPS) ?? "{}");
-  all[topic] = [group, ...(all[topic] ?? []).filter((g) => g !== group)].slice(0, 10);
-  sessionStorage.setItem(GROUPS, JSON.stringify(all));
+// The topic's groups with their lag (the first page: the busiest topics have a few).
+function groupRows(topic, groups) {
+  if (!groups.length) return h("p", null, "No consumer groups yet.");
+  return table(
+    null,
+    ["Group", "Lag"],
+    groups.map((g) =>
+      h(
+        "tr",
+        { "data-group": g.group },
+        h("th", { scope: "row" }, h("a", { href: groupHref(topic, g.group) }, g.group)),
+        h("td", { class: "num", "data-lag": g.lag }, g.lag),
+      ),
+    ),
+  );
 }
 
 function partitionRows(topic, history) {
@@ -167,10 +175,13 @@ export function render(main, [name]) {
   const group = h("input", { name: "group", required: true, autocomplete: "off" });
   const openGroup = (event) => {
     event.preventDefault();
-    rememberGroup(name, group.value);
-    location.hash = `#/topics/${encodeURIComponent(name)}/groups/${encodeURIComponent(group.value)}`;
+    location.hash = groupHref(name, group.value);
   };
-  const known = rememberedGroups(name);
+  const groups = h("div", { id: "groups" });
+  const stopGroups = repeat(async () => {
+    const page = await call("GET", path`/v1/topics/${name}/groups?limit=50`);
+    fill(groups, groupRows(name, page.groups));
+  }, 5000);
 
   fill(
     main,
@@ -195,17 +206,9 @@ export function render(main, [name]) {
         "form",
         { class: "card", "aria-labelledby": "h-groups", onsubmit: openGroup },
         h("h2", { id: "h-groups" }, "Consumer groups"),
+        groups,
         field("Group name", group),
         h("button", { type: "submit" }, "Show group"),
-        known.length
-          ? h(
-              "ul",
-              { class: "links" },
-              known.map((g) =>
-                h("li", null, h("a", { href: `#/topics/${encodeURIComponent(name)}/groups/${encodeURIComponent(g)}` }, g)),
-              ),
-            )
-          : null,
       ),
     ),
     tail.element,
@@ -213,6 +216,7 @@ export function render(main, [name]) {
   return () => {
     stopped = true;
     stopPolling?.();
+    stopGroups();
     stream?.close();
     tail.stop();
   };

@@ -33,6 +33,34 @@ def group_paths() -> dict[str, Any]:
     base = "/v1/topics/{topic}/groups/{group}"
     committed = json_content(obj({"committed": PARTITION_OFFSETS}), "The committed offsets")
     return {
+        "/v1/topics/{topic}/groups": {
+            "get": {
+                "summary": "The topic's groups by name, with committed offsets and lag",
+                "description": "As the catalog holds them: automatic commits reach it within "
+                "a moment; a group's members are in its describe.",
+                "responses": {
+                    "200": json_content(
+                        obj(
+                            {
+                                "groups": {
+                                    "type": "array",
+                                    "items": obj(
+                                        {
+                                            "group": {"type": "string"},
+                                            "committed": PARTITION_OFFSETS,
+                                            "lag": {"type": "integer"},
+                                        }
+                                    ),
+                                },
+                                "next_after": {"type": ["string", "null"]},
+                            }
+                        ),
+                        "A page of groups",
+                    ),
+                    **errors(400, 401, 403, 404),
+                },
+            },
+        },
         base + "/fetch": {
             "post": {
                 "summary": "Join (without member_id) or continue, and fetch from the assignment",
