@@ -156,7 +156,9 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
 
 
 # The names through which a test module starts servers: with EVENTBUS_TEST_WORKERS set,
-# only modules that use one run again (the others do not depend on how servers run).
+# only modules that use one run again (the others do not depend on how servers run), and
+# of those not the tests marked client_side (a client's own behaviour: the command line's
+# output, the console in a browser; the routes they call run again in the API's tests).
 _SERVER_HELPERS = ("start_api", "start_https_api", "start_tiered", "ServerProcess", "Api")
 
 
@@ -169,7 +171,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         uses_servers = "api" in getattr(item, "fixturenames", ()) or any(
             name in vars(module) for name in _SERVER_HELPERS if module is not None
         )
-        (kept if uses_servers else dropped).append(item)
+        client_side = item.get_closest_marker("client_side") is not None
+        (kept if uses_servers and not client_side else dropped).append(item)
         marker = item.get_closest_marker("single_process")
         if marker is not None:
             reason = marker.args[0] if marker.args else "it looks inside the server process"

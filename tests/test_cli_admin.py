@@ -12,7 +12,10 @@ import pytest
 from tests.cli_tools import api, eventbus, ok, text
 from tests.servers import ServerProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.client_side("the operator commands' arguments and output"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,10 @@ from gateway.cli.main import build_parser
 from tests.cli_tools import api, client_env, eventbus, ok, split_first_partition, stop_process, text
 from tests.servers import ROOT, ServerProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.client_side("the terminal views, progress lines and completion scripts"),
+]
 
 
 @pytest.fixture(scope="module")

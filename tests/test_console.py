@@ -28,6 +28,8 @@ import pytest
 
 from tests.servers import ROOT, ServerProcess
 
+pytestmark = pytest.mark.client_side("the console's pages in a browser")
+
 IMAGES = ROOT / "docs" / "images"
 CHROMIUM = os.environ.get("EVENTBUS_CHROMIUM") or shutil.which("chromium")
 LAPTOP = {"width": 1280, "height": 860}
