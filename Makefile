@@ -29,13 +29,14 @@ lint: install
 # The suite as one process serves, then again with every server the suite starts run as
 # two worker processes (`eventbus serve --workers 2`): tests/conftest.py, EVENTBUS_TEST_WORKERS;
 # then the HTTP suite's main scenarios once more on a DynamoDB catalog (moto's, in the
-# test process): EVENTBUS_TEST_CATALOG.
+# test process): EVENTBUS_TEST_CATALOG. Each pass names its slowest tests, to keep the whole
+# run (CI's .ci/run) under 25 minutes.
 DYNAMODB_SCENARIOS = tests/test_gateway_api.py tests/test_groups.py tests/test_groups_reshape.py \
 	tests/test_gateway_lineage.py tests/test_tenancy.py tests/test_idempotency.py
 pytest: install
-	$(BIN)/python -m pytest
-	EVENTBUS_TEST_WORKERS=2 $(BIN)/python -m pytest
-	EVENTBUS_TEST_CATALOG=dynamodb $(BIN)/python -m pytest $(DYNAMODB_SCENARIOS)
+	$(BIN)/python -m pytest --durations=20
+	EVENTBUS_TEST_WORKERS=2 $(BIN)/python -m pytest --durations=20
+	EVENTBUS_TEST_CATALOG=dynamodb $(BIN)/python -m pytest --durations=10 $(DYNAMODB_SCENARIOS)
 
 # The API fuzzed from its own OpenAPI document against live servers, about three minutes:
 # tests/fuzz_api.py (a tenant's key, the admin key, no key), every check.
