@@ -266,6 +266,28 @@ def test_markup_in_a_record_is_shown_as_text_and_never_runs(server: Server, open
     assert watched.unexpected() == []
 
 
+def test_a_hot_key_shows_while_one_key_carries_the_load(server: Server, open_page: Any) -> None:
+    # A low split threshold: one key at about 100 records/s is hot, and cannot be split.
+    scaling = {"split_records_per_s": 20, "split_bytes_per_s": 10**9, "window_s": 1}
+    scaling["cooldown_s"] = 0
+    server.call("PUT", "/v1/topics/celebs", {"autoscale": scaling})
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, server, server.tenant_key)
+    page.goto(server.url + "/console#/topics/celebs")
+    expect(page.get_by_text("No hot keys right now.")).to_be_visible()
+    hot = page.locator("#hot-keys td.data", has_text="<i>star</i>")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while time.monotonic() < deadline and hot.count() == 0:
+        server.produce("celebs", [{"key": "<i>star</i>", "value": "v"}] * 10)
+        page.wait_for_timeout(100)
+    expect(hot).to_have_count(1)  # as text: a key is data, never markup
+    row = page.locator("#hot-keys tbody tr").first
+    expect(row.locator("td").nth(1)).to_have_text("P0")
+    assert page.locator("#hot-keys i").count() == 0
+    assert watched.unexpected() == []
+
+
 def test_a_groups_lag_falls_as_it_consumes(server: Server, open_page: Any) -> None:
     server.call("PUT", "/v1/topics/payments", {})
     server.produce("payments", [{"key": f"k{n}", "value": f"payment {n}"} for n in range(10)])
