@@ -55,7 +55,8 @@ _MAX_NODE_ID = 255
 # proof. Anything more is refused before it is buffered.
 MAX_UNAUTHENTICATED = HELLO.size + _MAX_NODE_ID + PROOF.size
 HANDSHAKE_TIMEOUT_S = 5.0
-# One captured handshake lets an eavesdropper guess secrets offline: a short one falls fast.
+# Anyone who can connect gets a server's proof, against which to guess secrets offline: the
+# secret must be random and long enough that guessing is hopeless, not a password.
 MIN_SECRET_BYTES = 16
 
 P = TypeVar("P", bound=asyncio.Protocol)
