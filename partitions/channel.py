@@ -1,11 +1,12 @@
-"""A framed request/answer channel between the processes of one server, over Unix sockets.
+"""A framed request/answer channel between the processes of one server, over Unix sockets,
+and between nodes, over TCP.
 
-One :class:`ChannelServer` per process listens on a socket path; a :class:`ChannelClient`
-per peer connects to it on first use and multiplexes every call over that one connection,
-each call waiting for the answer with its request id. Payloads are bytes: an operation's
-small fixed fields (``meta``, packed with :mod:`struct` by the caller) and an opaque blob
-(record batches exactly as they are stored), so that no record is ever turned into JSON or
-copied into another shape on its way.
+One :class:`ChannelServer` per process listens on a socket path (or a TCP address); a
+:class:`ChannelClient` per peer connects to it on first use and multiplexes every call over
+that one connection, each call waiting for the answer with its request id. Payloads are
+bytes: an operation's small fixed fields (``meta``, packed with :mod:`struct` by the
+caller) and an opaque blob (record batches exactly as they are stored), so that no record
+is ever turned into JSON or copied into another shape on its way.
 
 Frame layout, every integer big-endian (``FRAME``)::
 
@@ -26,6 +27,10 @@ Failures of the channel itself are errors of the root too: a peer that cannot be
 raises :class:`~partitions.errors.WorkerUnreachableError` (nothing was sent), and a
 connection lost while a call waited raises :class:`~partitions.errors.WorkerLostError`
 (the request may or may not have been carried out). Both are retriable 503s.
+
+Over TCP, each connection first runs the handshake of ``partitions/channel_auth.py``: both
+ends prove that they share the nodes' secret before the first frame, and a peer that cannot
+is refused. A Unix socket needs none (its file is for this server's own user only).
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ from typing import Any, cast
 import orjson
 
 from partitions.batch import BatchBytes
+from partitions.channel_auth import (
+    HANDSHAKE_TIMEOUT_S,
+    PeerAuth,
+    ServerHandshake,
+    TcpAddress,
+    connect,
+)
 from partitions.errors import (
     EventBusError,
     WorkerLostError,
@@ -65,6 +77,20 @@ Blob = BatchBytes | Sequence[BatchBytes]
 Payload = tuple[bytes, Blob]
 Received = tuple[bytes, bytes]
 Handler = Callable[[bytes, bytes, "Connection"], Awaitable[Payload]]
+# Where a channel listens: a Unix socket's path, or a TCP address (then with a PeerAuth).
+Where = Path | TcpAddress
+
+
+def _checked(where: Where, auth: PeerAuth | None) -> Where:
+    if isinstance(where, TcpAddress):
+        _required(auth)
+    return where
+
+
+def _required(auth: PeerAuth | None) -> PeerAuth:
+    if auth is None:
+        raise ValueError("a channel over TCP needs the nodes' shared secret (a PeerAuth)")
+    return auth
 
 
 class ChannelProtocolError(Exception):
@@ -209,15 +235,28 @@ async def _unknown_op(meta: bytes, blob: bytes, conn: Connection) -> Payload:
 
 
 class ChannelServer:
-    """Answers requests on a Unix socket with the handler registered for each op.
+    """Answers requests on a Unix socket, or on a TCP address to authenticated peers only,
+    with the handler registered for each op.
 
     Each request runs as its own task, so a long-poll never holds up the calls behind it.
     """
 
-    def __init__(self, path: Path, handlers: Mapping[int, Handler] | None = None) -> None:
-        self.path = path
+    def __init__(
+        self,
+        where: Where,
+        handlers: Mapping[int, Handler] | None = None,
+        *,
+        auth: PeerAuth | None = None,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+    ) -> None:
+        self.where = _checked(where, auth)
+        # The address it listens on once started (the port chosen, where 0 was asked).
+        self.address: TcpAddress | None = None
         self.handlers: dict[int, Handler] = dict(handlers or {})
+        self._auth = auth
+        self._handshake_timeout_s = handshake_timeout_s
         self._server: asyncio.Server | None = None
+        self._handshakes: set[ServerHandshake] = set()
         self._connections: set[Connection] = set()
         self._tasks: dict[tuple[Connection, int], asyncio.Task[None]] = {}
 
@@ -232,11 +271,24 @@ class ChannelServer:
         self.handlers[op] = handler
 
     async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # left by a process that died
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(self._connection, str(self.path))
-        self.path.chmod(0o600)
+        where = self.where
+        if isinstance(where, TcpAddress):
+            auth = _required(self._auth)
+            self._server = await loop.create_server(
+                lambda: ServerHandshake(
+                    auth, self._connection, self._handshakes, self._handshake_timeout_s
+                ),
+                where.host,
+                where.port,
+            )
+            host, port = self._server.sockets[0].getsockname()[:2]
+            self.address = TcpAddress(host, port)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            where.unlink()  # left by a process that died
+        self._server = await loop.create_unix_server(self._connection, str(where))
+        where.chmod(0o600)
 
     def _connection(self) -> Connection:
         conn = Connection(self._on_frame)
@@ -285,6 +337,8 @@ class ChannelServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for handshake in list(self._handshakes):
+            handshake.abort()
         for conn in list(self._connections):
             conn.abort()
         tasks = list(self._tasks.values())
@@ -294,18 +348,27 @@ class ChannelServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if isinstance(self.where, Path):
+            with contextlib.suppress(FileNotFoundError):
+                self.where.unlink()
 
 
 class ChannelClient:
     """Calls to one peer's :class:`ChannelServer`, over one connection made on first use
     and made again after it is lost."""
 
-    def __init__(self, path: Path, *, name: str = "", connect_timeout_s: float = 2.0) -> None:
-        self.path = path
-        self.name = name or str(path)
+    def __init__(
+        self,
+        where: Where,
+        *,
+        name: str = "",
+        connect_timeout_s: float = 2.0,
+        auth: PeerAuth | None = None,
+    ) -> None:
+        self.where = _checked(where, auth)
+        self.name = name or str(where)
         self.connect_timeout_s = connect_timeout_s
+        self._auth = auth
         self._conn: Connection | None = None
         self._connecting: asyncio.Future[Connection] | None = None
         self._pending: dict[int, asyncio.Future[Received]] = {}
@@ -329,9 +392,7 @@ class ChannelClient:
         try:
             try:
                 async with asyncio.timeout(self.connect_timeout_s):
-                    _, protocol = await loop.create_unix_connection(
-                        lambda: Connection(self._on_frame), str(self.path)
-                    )
+                    protocol = await self._connect()
             except (OSError, TimeoutError) as exc:
                 raise WorkerUnreachableError(
                     f"worker {self.name} cannot be reached ({type(exc).__name__}); retry",
@@ -346,6 +407,17 @@ class ChannelClient:
         self._conn = protocol
         self._connecting.set_result(protocol)
         self._connecting = None
+        return protocol
+
+    async def _connect(self) -> Connection:
+        """A new connection to the peer (authenticated both ways over TCP)."""
+        where = self.where
+        if isinstance(where, TcpAddress):
+            auth = _required(self._auth)
+            return await connect(where, auth, lambda: Connection(self._on_frame), self.name)
+        _, protocol = await asyncio.get_running_loop().create_unix_connection(
+            lambda: Connection(self._on_frame), str(where)
+        )
         return protocol
 
     def _lost(self, conn: Connection) -> None:

@@ -199,6 +199,14 @@ class WorkerLostError(WorkerUnreachableError):
     code = "worker_lost"
 
 
+class PeerAuthenticationError(EventBusError):
+    """A node's channel peer could not be authenticated (it proved no knowledge of the
+    nodes' shared secret, or does not speak the channel handshake): nothing was sent to it.
+    A configuration to fix, not a failure to retry."""
+
+    code = "peer_unauthenticated"
+
+
 class WalUnavailableError(EventBusError):
     """The write-ahead log in object storage could not be written now (the store is down or
     slow), or whether the node still owns its session could not be checked after the
