@@ -622,6 +622,8 @@ class LocalPartitionWorker:
         flush), then close the logs."""
         self._closing = True
         await self.durability.close()
+        # Appends taken before now end here (answered, or failed by the closed durability).
+        await asyncio.gather(*self._durable_steps, return_exceptions=True)
         for task in list(self._late):
             task.cancel()
         await asyncio.gather(*self._late, return_exceptions=True)
