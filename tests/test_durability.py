@@ -10,6 +10,7 @@ consistent read of the node's row in moto's DynamoDB.
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -29,8 +30,11 @@ from partitions.errors import (
     PartitionSealedError,
     SessionFencedError,
     StorageBackpressureError,
+    StorageIOError,
     WalUnavailableError,
 )
+from partitions.fileio import FileOps
+from partitions.log.partition_log import PartitionLog
 from partitions.log.values import LogConfig
 from partitions.partition_key import PartitionKey
 from partitions.worker import LocalPartitionWorker
@@ -323,3 +327,38 @@ async def test_local_durability_shows_an_append_at_its_fsync(tmp_path: Path) -> 
         assert await worker.seal(KEY) == 2
     finally:
         await worker.close()
+
+
+class FailOneFsync(FileOps):
+    """Fails the next fdatasync when told to, as a dying disk would."""
+
+    def __init__(self) -> None:
+        self.fail_next = False
+
+    def fdatasync(self, fd: int) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError(errno.EIO, "EIO")
+        super().fdatasync(fd)
+
+
+async def test_a_gated_log_reopened_after_a_failed_fsync_shows_only_what_was_visible(
+    tmp_path: Path,
+) -> None:
+    ops = FailOneFsync()
+    log = await PartitionLog.open(tmp_path / "p", ops=ops, gated=True)
+    try:
+        await log.append(batch("a"))
+        log.advance_visible_end(1)
+        await log.append(batch("b"))  # fsync'd, not durable elsewhere yet
+        ops.fail_next = True
+        with pytest.raises(StorageIOError):
+            await log.append(batch("c"))
+        await until(lambda: log.fsynced_end == 2 and not log.draining)
+        read = await log.read(0)
+        assert ([r.value for r in read.records], read.high_watermark) == ([b"a"], 1)
+        log.advance_visible_end(2)
+        assert [r.value for r in (await log.read(0)).records] == [b"a", b"b"]
+        assert (await log.append(batch("d"))).base_offset == 2
+    finally:
+        await log.close()
