@@ -14,15 +14,24 @@ second condition, as a Protocol with two implementations:
   durable once its object is written *and* a check afterwards found the node still the
   owner of its session (see that module).
 
-How the app factory will wire it (not done yet): the partitions entry builds one
-``Durability`` per process, ``LocalDurability()`` without ``--cluster``, else a started
-``WalWriter`` over the cluster's object store with the node id, the session id and the lease
-module's fence check; it hands it to the partition worker, which after each successful
-``log.append`` calls ``make_durable`` with a :class:`WalEntry` of the stored batch (in the
-order the log assigned offsets, per partition) and answers the produce only when that
-returns. ``close()`` runs after the worker stops taking appends, so that a last flush
-carries what is pending. An error from ``make_durable`` is an
-:class:`~partitions.errors.EventBusError` whose ``retriable`` tells the client what to do.
+How it is wired: the partition worker takes one ``Durability`` at construction
+(``LocalDurability()`` unless told otherwise; the app factory passes nothing yet, so a server
+runs in single-machine mode until cluster mode builds a started ``WalWriter`` over the
+cluster's object store with the node id, the session id and the lease module's fence check).
+With a Durability whose ``acknowledges_at_fsync`` is false, the worker opens its logs
+*gated*: the log keeps two ends, the fsync'd end (where the next append goes) and the
+visible end (what readers, ``wait_for_data``, seals, freezes and stats see). After each
+successful ``log.append`` the worker calls ``make_durable`` with a :class:`WalEntry` of the
+stored batch (in the order the log assigned offsets, per partition, in a task of its own so
+that a producer that goes away cannot leave a gap), then advances the visible end, then
+answers. When ``make_durable`` fails, the producer gets the error as it is (retriable
+503s); the entry may still land later (a store that comes back), and the worker then
+advances the visible end once ``wait_durable`` says so. Before appending, the worker refuses
+with ``storage_backpressure`` while ``backlog_bytes`` is over its bound. ``close()`` runs
+after the worker stops taking appends, so that a last flush carries what is pending.
+
+An error from ``make_durable`` is an :class:`~partitions.errors.EventBusError` whose
+``retriable`` tells the client what to do.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from partitions.batch import read_header
+from partitions.batch import BASE_OFFSET, BatchBytes, read_header
 from partitions.partition_key import PartitionKey
 
 
@@ -44,6 +53,18 @@ class WalEntry:
     epoch: int
     base_offset: int
     data: bytes
+
+    @classmethod
+    def of_append(
+        cls, partition: PartitionKey, epoch: int, batch: BatchBytes, base_offset: int
+    ) -> WalEntry:
+        """The entry of one appended batch as the log stored it: ``batch`` as it was handed
+        to the append, its base offset field written the way the log wrote it (the CRC does
+        not cover it). No copy when the batch already held that offset, else one."""
+        if isinstance(batch, bytes) and BASE_OFFSET.unpack_from(batch)[0] == base_offset:
+            return cls(partition, epoch, base_offset, batch)
+        stored = b"".join((BASE_OFFSET.pack(base_offset), memoryview(batch)[BASE_OFFSET.size :]))
+        return cls(partition, epoch, base_offset, stored)
 
     @property
     def tenant(self) -> str:
@@ -72,9 +93,27 @@ class WalEntry:
 class Durability(Protocol):
     """What an append waits for, after the local fsync, before it is acknowledged."""
 
+    @property
+    def acknowledges_at_fsync(self) -> bool:
+        """True when the local fsync is already the acknowledgement: the worker then
+        builds no entries and its logs show what is fsync'd at once."""
+        ...
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes handed to :meth:`make_durable` and not yet durable (the produce path
+        refuses new appends while this is over its bound)."""
+        ...
+
     async def make_durable(self, entry: WalEntry) -> None:
         """Return once ``entry`` would survive the loss of this machine; raise an
         :class:`~partitions.errors.EventBusError` (retriable or not) when it may not."""
+        ...
+
+    async def wait_durable(self, entry: WalEntry) -> None:
+        """After :meth:`make_durable` of ``entry`` raised: return once the entry did become
+        durable after all (its write was retried and landed), or raise when it never will
+        (the session was fenced, or this was closed first)."""
         ...
 
     async def close(self) -> None:
@@ -85,7 +124,13 @@ class Durability(Protocol):
 class LocalDurability:
     """Single-machine mode: the local fsync already made the entry as durable as it gets."""
 
+    acknowledges_at_fsync = True
+    backlog_bytes = 0
+
     async def make_durable(self, entry: WalEntry) -> None:
+        return None
+
+    async def wait_durable(self, entry: WalEntry) -> None:
         return None
 
     async def close(self) -> None:

@@ -136,7 +136,8 @@ class StorageIOError(EventBusError):
 class StorageBackpressureError(EventBusError):
     """Too much data waits for upload to object storage (the store is down or slow), so
     produce is refused rather than fill the disk or block. It clears by itself once
-    uploads catch up."""
+    uploads catch up. In cluster mode the same holds for the batches waiting to be written
+    to the node's write-ahead log in object storage (refused before they reach the log)."""
 
     code = "storage_backpressure"
     status = 503

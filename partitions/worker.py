@@ -5,6 +5,15 @@ for data, seal, stats, and opening and dropping partitions. :class:`LocalPartiti
 keeps the logs in this process; a remote implementation (worker processes, other machines)
 implements the same Protocol.
 
+**Durability.** The worker takes a :class:`~partitions.durability.Durability`. With
+:class:`~partitions.durability.LocalDurability` (single-machine mode) an append is answered
+at its local fsync, as always. With one that waits for more (cluster mode's write-ahead log
+in object storage), the logs are opened *gated*: each append is fsync'd, handed to
+``make_durable`` as a :class:`~partitions.durability.WalEntry` of its stored bytes, and only
+then made visible to readers and answered. That second step runs in a task of its own, so
+that a producer that goes away mid-append cannot leave an fsync'd batch out of the WAL (a
+gap there would stop a takeover's replay before later acknowledged entries).
+
 Partition directories live under ``{data_dir}/topics/{tenant}/{incarnation}/{partition}``.
 Tenant names are validated before they get here, incarnations are UUIDs the catalog made,
 and partition ids are integers, so no path can leave its tenant's directory.
@@ -15,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import shutil
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -22,12 +32,15 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from partitions.batch import BatchBytes, Record, whole_batches_within
+from partitions.durability import Durability, LocalDurability, WalEntry
 from partitions.errors import (
     EventBusError,
     OffsetNotLocalError,
     OffsetOutOfRangeError,
     PartitionClosedError,
     PartitionUnavailableError,
+    StorageBackpressureError,
+    WalUnavailableError,
 )
 from partitions.fileio import FileOps
 from partitions.log.partition_log import PartitionLog
@@ -44,6 +57,18 @@ from partitions.partition_key import PartitionKey
 from partitions.remote import RemoteLogReader
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+#: Bytes waiting to become durable beyond this machine past which appends are refused.
+DEFAULT_DURABILITY_BACKLOG_BYTES = 64 * 1024 * 1024
+
+#: A partition's lease epoch, as the owner holds it (0 where there are no leases).
+EpochOf = Callable[[PartitionKey], int]
+
+
+def no_epochs(key: PartitionKey) -> int:
+    return 0
 
 
 @dataclass(slots=True)
@@ -161,11 +186,26 @@ class LocalPartitionWorker:
         on_roll: Callable[[PartitionKey], None] | None = None,
         remote: RemoteLogReader | None = None,
         ops: FileOps | None = None,
+        durability: Durability | None = None,
+        epochs: EpochOf = no_epochs,
+        max_durability_backlog_bytes: int = DEFAULT_DURABILITY_BACKLOG_BYTES,
     ) -> None:
         """``on_roll`` hears of every segment that stops taking appends (tiered storage
         uploads it); ``remote`` reads offsets whose data is only in object storage; the
-        logs do their file calls through ``ops`` (tests pass one that fails or holds)."""
+        logs do their file calls through ``ops`` (tests pass one that fails or holds).
+        ``durability`` is what an append waits for after its fsync (default: nothing more,
+        :class:`LocalDurability`), ``epochs`` the lease epoch each partition's entries
+        carry, and past ``max_durability_backlog_bytes`` waiting in ``durability``, appends
+        are refused with ``storage_backpressure``."""
         self.root = data_dir / "topics"
+        self.durability: Durability = durability or LocalDurability()
+        self._gated = not self.durability.acknowledges_at_fsync
+        self._epochs = epochs
+        self.max_durability_backlog_bytes = max_durability_backlog_bytes
+        self._closing = False
+        # Waits for entries whose make_durable failed but that may still land.
+        self._late: set[asyncio.Task[None]] = set()
+        self._durable_steps: set[asyncio.Task[AppendResult]] = set()
         self.on_roll = on_roll
         self.remote = remote
         self._ops = ops
@@ -211,7 +251,11 @@ class LocalPartitionWorker:
         self._opening[key] = future
         try:
             log = await PartitionLog.open(
-                self.directory(key), config, on_roll=lambda: self._rolled(key), ops=self._ops
+                self.directory(key),
+                config,
+                on_roll=lambda: self._rolled(key),
+                ops=self._ops,
+                gated=self._gated,
             )
         except BaseException as exc:
             future.set_exception(exc)
@@ -230,22 +274,93 @@ class LocalPartitionWorker:
         while (frozen := self._frozen.get(key)) is not None:
             await frozen.wait()
         log = self.log(key)
+        if self._gated:
+            self._check_backlog()
+        # Counted at once, so that a freeze from here on waits for this append.
         in_flight = self._in_flight
         in_flight[key] = in_flight.get(key, 0) + 1
+        if self._gated:
+            # Shielded: the durable step must run to its end even if the caller goes.
+            task = asyncio.create_task(self._append_durably(key, log, batch))
+            self._durable_steps.add(task)
+            task.add_done_callback(self._durable_step_done)
+            return await asyncio.shield(task)
         try:
             result = await log.append(batch)
         finally:
-            left = in_flight[key] - 1
-            if left:
-                in_flight[key] = left
-            else:
-                del in_flight[key]
-                idle = self._idle.pop(key, None)
-                if idle is not None:
-                    idle.set()
+            self._append_done(key)
         appended = self.appended_bytes
         appended[key] = appended.get(key, 0) + len(batch)
         return result
+
+    def _append_done(self, key: PartitionKey) -> None:
+        in_flight = self._in_flight
+        left = in_flight[key] - 1
+        if left:
+            in_flight[key] = left
+        else:
+            del in_flight[key]
+            idle = self._idle.pop(key, None)
+            if idle is not None:
+                idle.set()
+
+    def _check_backlog(self) -> None:
+        if self._closing:
+            raise PartitionClosedError("the partition worker is closing")
+        backlog = self.durability.backlog_bytes
+        if backlog > self.max_durability_backlog_bytes:
+            raise StorageBackpressureError(
+                f"{backlog} bytes wait for the write-ahead log in object storage "
+                f"(limit {self.max_durability_backlog_bytes}); retry later",
+                backlog_bytes=backlog,
+            )
+
+    async def _append_durably(
+        self, key: PartitionKey, log: PartitionLog, batch: BatchBytes
+    ) -> AppendResult:
+        """Append, make the stored batch durable beyond this machine, then show it (the
+        caller counted it in flight)."""
+        try:
+            result = await log.append(batch)
+            # No await between the fsync and make_durable: entries reach the durability
+            # in the order the log assigned their offsets.
+            entry = WalEntry.of_append(key, self._epochs(key), batch, result.base_offset)
+            try:
+                await self.durability.make_durable(entry)
+            except EventBusError:
+                self._watch_late(log, entry)
+                raise
+            log.advance_visible_end(entry.next_offset)
+        finally:
+            self._append_done(key)
+        appended = self.appended_bytes
+        appended[key] = appended.get(key, 0) + len(batch)
+        return result
+
+    def _watch_late(self, log: PartitionLog, entry: WalEntry) -> None:
+        """Show ``entry`` once it lands after all (a store that comes back)."""
+
+        async def wait() -> None:
+            try:
+                await self.durability.wait_durable(entry)
+            except EventBusError:
+                return  # never durable (fenced, closed): it stays invisible
+            if not log.closed:
+                log.advance_visible_end(entry.next_offset)
+
+        task = asyncio.create_task(wait(), name=f"durable-{entry.partition}")
+        self._late.add(task)
+        task.add_done_callback(self._late_done)
+
+    def _durable_step_done(self, task: asyncio.Task[AppendResult]) -> None:
+        self._durable_steps.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller, if still there, got it
+
+    def _late_done(self, task: asyncio.Task[None]) -> None:
+        self._late.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("waiting for a late durable entry failed", exc_info=task.exception())
 
     async def read(
         self, key: PartitionKey, offset: int, *, max_records: int, max_bytes: int
@@ -416,7 +531,7 @@ class LocalPartitionWorker:
         try:
             if self._in_flight.get(key):
                 await self._idle.setdefault(key, asyncio.Event()).wait()
-            return log.stats().end_offset
+            return _durable_end(key, log)
         except BaseException:
             await self.thaw(key)
             raise
@@ -503,6 +618,15 @@ class LocalPartitionWorker:
                 await self.drop_tenant(name)
 
     async def close(self) -> None:
+        """Take no more appends, let the durability write what is pending (its last
+        flush), then close the logs."""
+        self._closing = True
+        await self.durability.close()
+        # Appends taken before now end here (answered, or failed by the closed durability).
+        await asyncio.gather(*self._durable_steps, return_exceptions=True)
+        for task in list(self._late):
+            task.cancel()
+        await asyncio.gather(*self._late, return_exceptions=True)
         logs, self._logs = list(self._logs.values()), {}
         for key in list(self._frozen):
             await self.thaw(key)
@@ -531,6 +655,20 @@ async def _remote_call(log: PartitionLog, offset: int, call: Awaitable[T]) -> T:
     if log.closed:
         raise PartitionClosedError(f"partition log {log.directory} is closed")
     return result
+
+
+def _durable_end(key: PartitionKey, log: PartitionLog) -> int:
+    """The end a freeze answers: the visible end, once nothing fsync'd lies past it."""
+    end = log.stats().end_offset
+    if log.fsynced_end > end:
+        # Appends that failed to become durable may still land: the end a split records
+        # must not move under it.
+        raise WalUnavailableError(
+            f"offsets {end} to {log.fsynced_end} of partition {key.partition_id} are not "
+            "durable yet; try again once the write-ahead log is back",
+            partition=key.partition_id,
+        )
+    return end
 
 
 def _records_within(records: Sequence[Record], max_bytes: int) -> list[Record]:

@@ -39,6 +39,10 @@ gathered while the previous one was in flight.
 - A check that cannot answer (it raised) fails the waiters with ``WalUnavailableError``;
   the object is written, so the writer goes on with the next.
 
+An entry whose waiter failed with ``WalUnavailableError`` is still queued: once its object
+is written and a later check passes, :meth:`WalWriter.wait_durable` returns for it, so that
+the partition's visible end catches up without another append.
+
 Nothing here bounds how much waits while the store is down: :attr:`WalWriter.backlog_bytes`
 is for the produce path to refuse new appends (backpressure) before they reach the log.
 """
@@ -89,6 +93,7 @@ class _Object:
     key: str
     data: bytes
     waiters: list[asyncio.Future[None]]
+    entries: list[WalEntry] = field(default_factory=list)
 
 
 class _PutFailed(Exception):
@@ -135,8 +140,13 @@ class WalWriter:
         self._closing = False
         #: The highest seq written and found unfenced (0: none yet).
         self.committed_seq = 0
+        # (seq, future) of wait_durable calls: settled once committed_seq reaches seq.
+        self._late: list[tuple[int, asyncio.Future[None]]] = []
 
     # --- what callers see ------------------------------------------------------------------
+
+    #: Appends wait for the object store after the local fsync.
+    acknowledges_at_fsync = False
 
     @property
     def fenced(self) -> bool:
@@ -162,6 +172,31 @@ class WalWriter:
         if pending.size >= self.flush_bytes:
             self._full.set()
         await future
+
+    async def wait_durable(self, entry: WalEntry) -> None:
+        """After ``make_durable(entry)`` failed: return once the entry's object is written
+        and a check after that write passed (a check passing after a write covers every
+        earlier write too); raise once the writer is fenced or closed first."""
+        if self._fenced is not None:
+            raise self._fenced
+        seq = self._seq_holding(entry)
+        if seq <= self.committed_seq:
+            return
+        if self._closing and self._task is None:
+            raise PartitionClosedError(f"the WAL writer of session {self.session} is closed")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._late.append((seq, future))
+        await future
+
+    def _seq_holding(self, entry: WalEntry) -> int:
+        """The seq of the object that holds (or will hold) ``entry``; for an entry already
+        written, the last seq written (its own or later)."""
+        if any(e is entry for e in self._pending.entries):
+            return self._next_seq
+        for obj in self._unwritten:
+            if any(e is entry for e in obj.entries):
+                return obj.seq
+        return (self._unwritten[0].seq if self._unwritten else self._next_seq) - 1
 
     def start(self) -> None:
         if self._task is None:
@@ -230,7 +265,9 @@ class WalWriter:
         self._next_seq += 1
         data = encode_object(self.node, self.session, seq, pending.entries)
         self._unwritten.append(
-            _Object(seq, wal_key(self.node, self.session, seq), data, pending.waiters)
+            _Object(
+                seq, wal_key(self.node, self.session, seq), data, pending.waiters, pending.entries
+            )
         )
         self._pending = _Pending()
         self._full.clear()
@@ -264,6 +301,9 @@ class WalWriter:
             return False
         self.committed_seq = obj.seq
         self._settle(obj.waiters, None)
+        landed = [future for seq, future in self._late if seq <= obj.seq]
+        self._late = [(seq, future) for seq, future in self._late if seq > obj.seq]
+        self._settle(landed, None)
         return True
 
     async def _write_then_check(self, obj: _Object) -> bool:
@@ -316,6 +356,8 @@ class WalWriter:
         for obj in self._unwritten:
             self._settle(obj.waiters, error)
         self._settle(self._pending.waiters, error)
+        late, self._late = [future for _, future in self._late], []
+        self._settle(late, error)
         if self._fenced is not None:
             self._unwritten.clear()
             self._pending = _Pending()

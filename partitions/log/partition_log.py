@@ -16,6 +16,16 @@ An append's future resolves only after its bytes are durable, and only then does
 watermark (the offset readers see and wait on) move: no reader ever sees an offset that a
 crash could take back.
 
+A log opened with ``gated=True`` (cluster mode, where the machine itself can be lost) has
+two ends: appends still resolve at the fsync (``fsynced_end``), but the high watermark
+readers see, and every answer built on it (reads, ``wait_for_data``, the seal, stats), is
+the *visible* end, which moves only when the owner calls :meth:`PartitionLog.advance_visible_end`
+once an append is also in the write-ahead log beyond this machine. At open, a gated log
+shows everything it loads: only a partition its owner has recovered is opened gated, and
+recovery (the takeover's WAL replay) cuts the local tail back to the WAL-committed end first,
+so what is on disk at open is durable. A tail fsync'd but never made durable must not be
+left there for a gated open to show.
+
 Directory layout::
 
     partition.json          {"format_version": 1, "sealed": bool, "end_offset": int|null,
@@ -66,7 +76,7 @@ from partitions.log.reads import (
     read_stored_batches,
 )
 from partitions.log.retention import LogRetention
-from partitions.log.segment import retire_segments
+from partitions.log.segment import Segment, retire_segments
 from partitions.log.state import LogState
 from partitions.log.values import (
     AppendResult,
@@ -117,6 +127,8 @@ class PartitionLog:
         writer_pool: Executor,
         clock_ms: Callable[[], int],
         on_roll: Callable[[], None] | None = None,
+        *,
+        gated: bool = False,
     ) -> None:
         self.directory = directory
         self.config = config
@@ -124,7 +136,7 @@ class PartitionLog:
         self._loop = asyncio.get_running_loop()
         # Whether reads may first try the page cache on the event loop (see _read).
         self._cached_reads = CACHED_READS
-        self._state = state = LogState(directory, config, ops, clock_ms, self._loop)
+        self._state = state = LogState(directory, config, ops, clock_ms, self._loop, gated=gated)
         self._loader = LogLoader(state)
         self._writer = LogWriter(state, self._loader, writer_pool, on_roll)
         self._retention = LogRetention(state)
@@ -143,13 +155,15 @@ class PartitionLog:
         writer_pool: Executor | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
         on_roll: Callable[[], None] | None = None,
+        gated: bool = False,
     ) -> PartitionLog:
         """Open (or create) the log in ``directory``, recovering the tail of the last segment.
 
         ``executor`` runs reads (default: the loop's); ``writer_pool`` runs drains
         (default: one pool per process, see :func:`default_writer_pool`). ``on_roll`` is
         called on the event loop whenever a segment stops taking appends (a roll or a
-        seal), so that tiered storage can upload it soon.
+        seal), so that tiered storage can upload it soon (in a gated log, once all of it is
+        visible). ``gated``: see the module's docstring; what the log loads is visible.
         """
         self = cls(
             directory,
@@ -159,12 +173,14 @@ class PartitionLog:
             writer_pool or default_writer_pool(),
             clock_ms,
             on_roll,
+            gated=gated,
         )
         loaded = await self._run(self._loader.load)
         state = self._state
         state.segments = loaded.segments
         state.sealed = state.w_sealed = loaded.sealed
         state.high_watermark = state.w_end = loaded.end_offset
+        self._writer.fsynced_end = loaded.end_offset
         state.log_start = loaded.log_start
         self._writer.arm_roll_timer()
         return self
@@ -196,8 +212,25 @@ class PartitionLog:
 
     @property
     def high_watermark(self) -> int:
-        """The durable end: the offset the next append gets, and the bound of every read."""
+        """The durable end: the bound of every read; in a log that is not gated, also the
+        offset the next append gets."""
         return self._state.high_watermark
+
+    @property
+    def gated(self) -> bool:
+        return self._state.gated
+
+    @property
+    def fsynced_end(self) -> int:
+        """Where the next append goes: the end of what is fsync'd here. Above the high
+        watermark only in a gated log, while appends wait to be durable elsewhere too."""
+        state = self._state
+        return self._writer.fsynced_end if state.gated else state.high_watermark
+
+    def advance_visible_end(self, offset: int) -> None:
+        """A gated log: show readers the fsync'd appends that end at or below ``offset``
+        (durable beyond this machine now). Monotonic; wakes waiting readers."""
+        self._writer.advance_visible_end(offset)
 
     @property
     def end_offset(self) -> int:
@@ -249,12 +282,20 @@ class PartitionLog:
         return self._loader.last_recovery
 
     def segments(self) -> list[SegmentInfo]:
-        state = self._state
-        segments = state.segments
-        active = None if state.sealed or not segments else segments[-1]
+        segments = self._state.segments
+        open_ = self._open_segments(segments)
         return [
-            SegmentInfo(s.base_offset, s.next_offset, s.durable_size, s is active) for s in segments
+            SegmentInfo(s.base_offset, s.next_offset, s.durable_size, s in open_) for s in segments
         ]
+
+    def _open_segments(self, segments: list[Segment]) -> list[Segment]:
+        """The segments not final yet (reported ``active``): the one taking appends and, in
+        a gated log, rolled ones whose tail readers cannot see yet."""
+        state = self._state
+        found = [] if state.sealed or not segments else [segments[-1]]
+        if state.gated:
+            found += [s for s in segments[:-1] if s.durable_size < s.size]
+        return found
 
     def stats(self) -> LogStats:
         state, writer = self._state, self._writer
@@ -396,10 +437,10 @@ class PartitionLog:
         thread, once per segment; ``None`` for an empty segment)."""
         state = self._state
         check_readable(state)
-        active = None if state.sealed or not state.segments else state.segments[-1]
+        open_ = self._open_segments(state.segments)
         pinned = [(s, s.durable_size) for s in state.segments if s.pin()]
         try:
-            return await self._run(describe_segments, pinned, active)
+            return await self._run(describe_segments, pinned, open_)
         finally:
             for segment, _ in pinned:
                 segment.unpin()

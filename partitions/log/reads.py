@@ -169,13 +169,14 @@ def collect_records(
 
 
 def describe_segments(
-    pinned: Sequence[tuple[Segment, int]], active: Segment | None
+    pinned: Sequence[tuple[Segment, int]], open_: Sequence[Segment]
 ) -> list[SegmentInfo]:
     out = []
     for segment, size in pinned:
-        newest = None if segment is active else segment.ensure_max_timestamp()
+        final = segment not in open_
+        newest = segment.ensure_max_timestamp() if final else None
         first = segment.first_timestamp
-        if first is None and size and segment is not active:
+        if first is None and size and final:
             first = next(segment.scan(0, size, segment.base_offset, verify_crc=False))[
                 1
             ].first_timestamp
@@ -185,7 +186,7 @@ def describe_segments(
                 segment.base_offset,
                 segment.next_offset,
                 size,
-                segment is active,
+                not final,
                 first,
                 newest,
             )

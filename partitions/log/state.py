@@ -26,6 +26,12 @@ class LogState:
     durable, in the order it posted them. The writer's view (``w_sealed``, ``w_end``,
     ``w_log_start``) is what is on disk; it belongs to the drain's thread. ``segments`` is
     replaced, never changed in place, so that a reader iterating it is never upset.
+
+    A *gated* log (cluster mode) shows readers less than is fsync'd: ``high_watermark`` and
+    each segment's ``durable_size`` then move only when the partition worker says an append
+    is durable beyond this machine too (``LogWriter.advance_visible_end``), under
+    ``visible_lock``, which the reopen after a storage failure also takes to size the
+    segments it loads.
     """
 
     __slots__ = (
@@ -47,6 +53,8 @@ class LogState:
         "w_end",
         "w_log_start",
         "data_event",
+        "gated",
+        "visible_lock",
     )
 
     def __init__(
@@ -56,6 +64,8 @@ class LogState:
         ops: FileOps,
         clock_ms: Callable[[], int],
         loop: asyncio.AbstractEventLoop,
+        *,
+        gated: bool = False,
     ) -> None:
         self.directory = directory
         self.config = config
@@ -80,6 +90,8 @@ class LogState:
         self.w_log_start = 0
         # Replaced at each publish: waiters of the old one wake, later ones wait anew.
         self.data_event = asyncio.Event()
+        self.gated = gated
+        self.visible_lock = threading.Lock()
 
     @property
     def start_offset(self) -> int:
