@@ -23,6 +23,15 @@ Rules every store keeps:
 - Rows that concurrent writers may race on carry a ``version``; writers that read-modify-
   write pass the version they read, and the loser of a race gets
   :class:`~partitions.errors.VersionConflictError`.
+- Owner-side writes about a partition (a remote segment added, moved on or forgotten, the
+  log start advanced, a parent sealed by a split or a merge) may carry a
+  :class:`LeaseFence`: the writer's partition lease as it believes it holds it. A store
+  shared by several nodes (DynamoDB) makes the write and a check of that lease one atomic
+  step, and refuses it with :class:`~partitions.errors.LeaseLostError`, changing nothing,
+  once the lease has moved to another session or epoch: an owner that was judged dead and
+  replaced (a zombie) can no longer change what its successor owns. Without a fence (one
+  machine, or a shared store used by one node) nothing is checked; a store that only ever
+  has one owner per partition (SQLite) accepts a fence and ignores it.
 - Usage rows are counters per tenant and UTC hour that only ever grow by *adding* deltas
   (a DynamoDB ``ADD``), so that any number of processes can flush into one catalog without
   reading first; they outlive their tenant (its last bill still needs them).
@@ -72,6 +81,21 @@ class RemoteSegmentState(StrEnum):
     COPY_STARTED = "copy-started"
     COPY_FINISHED = "copy-finished"
     DELETE_STARTED = "delete-started"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class LeaseFence:
+    """The lease a writer holds on a partition: its node session and the lease's epoch.
+
+    Given to an owner-side write, it makes the write conditional on the partition's lease
+    being still this session's at this epoch (see the module's rules)."""
+
+    session_id: str
+    epoch: int
+
+    def __post_init__(self) -> None:
+        if self.epoch < 1:
+            raise ValueError(f"a lease epoch starts at 1, not {self.epoch}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +217,9 @@ class RemoteSegmentRecord:
     object_key: str
     state: RemoteSegmentState
     version: int = 1
+    # The lease epoch its objects were uploaded under: part of their keys when not 0 (see
+    # tiered_storage.layout). 0 for one machine and every segment uploaded before epochs.
+    epoch: int = 0
 
 
 USAGE_COUNTERS = (
@@ -378,12 +405,14 @@ class Catalog(Protocol):
         end_offset: int,
         max_partitions: int | None = None,
         placement: Sequence[int] | None = None,
+        fence: LeaseFence | None = None,
     ) -> LineageChange:
         """Seal ``partition_id`` at ``end_offset``; create children ``[start, at)`` and
         ``[at, end)``. ``at`` must lie strictly inside the range. A split adds one active
         partition: with ``max_partitions``, one that would take the tenant's active
         partitions (across all its topics) past it raises :class:`PartitionLimitError`.
-        ``placement``: the children's workers, low child first."""
+        ``placement``: the children's workers, low child first. ``fence``: the parent
+        owner's lease (:class:`~partitions.errors.LeaseLostError` once it moved)."""
         ...
 
     async def merge_partitions(
@@ -394,9 +423,11 @@ class Catalog(Protocol):
         *,
         end_offsets: Sequence[int],
         placement: Sequence[int] | None = None,
+        fences: Sequence[LeaseFence] | None = None,
     ) -> LineageChange:
         """Seal two adjacent active partitions at their end offsets; create one child over
-        both ranges. ``placement``: the child's worker."""
+        both ranges. ``placement``: the child's worker. ``fences``: each parent owner's
+        lease, in the order of ``partition_ids`` (as ``end_offsets``)."""
         ...
 
     async def list_placements(self, tenant: str, incarnation: str) -> dict[int, int]:
@@ -412,12 +443,15 @@ class Catalog(Protocol):
         start_offset: int,
         *,
         incarnation: str | None = None,
+        fence: LeaseFence | None = None,
     ) -> PartitionRecord:
         """Record that retention moved a partition's log start (it never moves back).
 
         With ``incarnation``, only while that is the live incarnation of the name (else
         :class:`TopicNotFoundError`), checked in the same step as the write: a retention pass
         of a deleted topic never moves the start of the topic created again under its name.
+        With ``fence``, only while the writer holds the partition's lease (a start that
+        would not move changes nothing and is not checked).
         """
         ...
 
@@ -476,11 +510,14 @@ class Catalog(Protocol):
 
     # --- remote segments -----------------------------------------------------------------
 
-    async def add_remote_segment(self, record: RemoteSegmentRecord) -> RemoteSegmentRecord:
+    async def add_remote_segment(
+        self, record: RemoteSegmentRecord, *, fence: LeaseFence | None = None
+    ) -> RemoteSegmentRecord:
         """Record a segment whose copy is starting; its state must be copy-started.
 
         A deleted or unknown topic incarnation raises :class:`TopicNotFoundError`, so that
-        no copy can start after a topic's objects were cleaned up.
+        no copy can start after a topic's objects were cleaned up. The record's ``epoch``
+        is stored with it (which object keys the segment has).
         """
         ...
 
@@ -493,6 +530,7 @@ class Catalog(Protocol):
         *,
         from_state: RemoteSegmentState,
         to_state: RemoteSegmentState,
+        fence: LeaseFence | None = None,
     ) -> RemoteSegmentRecord: ...
 
     async def list_remote_segments(
@@ -502,7 +540,13 @@ class Catalog(Protocol):
         ...
 
     async def remove_remote_segment(
-        self, tenant: str, incarnation: str, partition_id: int, base_offset: int
+        self,
+        tenant: str,
+        incarnation: str,
+        partition_id: int,
+        base_offset: int,
+        *,
+        fence: LeaseFence | None = None,
     ) -> None:
         """Forget a segment whose objects are deleted; it must be delete-started."""
         ...

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from partitions.catalog import PartitionRecord, TenantCounts
+from partitions.catalog import LeaseFence, PartitionRecord, TenantCounts
 from partitions.errors import (
     InvalidInputError,
     InvalidMergeError,
@@ -67,11 +67,17 @@ def check_split(parent: PartitionRecord, at: int) -> None:
         )
 
 
-def check_merge_request(partition_ids: Sequence[int], end_offsets: Sequence[int]) -> None:
+def check_merge_request(
+    partition_ids: Sequence[int],
+    end_offsets: Sequence[int],
+    fences: Sequence[LeaseFence] | None = None,
+) -> None:
     if len(partition_ids) != 2 or partition_ids[0] == partition_ids[1]:
         raise InvalidMergeError("a merge takes exactly two different partitions")
     if len(end_offsets) != 2:
         raise InvalidMergeError("a merge needs one end offset per partition")
+    if fences is not None and len(fences) != 2:
+        raise InvalidMergeError("a merge takes one lease fence per partition, or none")
 
 
 def merge_order(parents: Sequence[PartitionRecord]) -> tuple[PartitionRecord, PartitionRecord]:

@@ -392,3 +392,13 @@ class OwnerStillAliveError(ConflictError):
     only the owner itself may move it then (a hand-over)."""
 
     code = "owner_still_alive"
+
+
+class LeaseLostError(ConflictError):
+    """An owner-side write about a partition (a remote segment, the log start, a seal) was
+    refused because the writer no longer holds the partition's lease: it was granted or
+    handed over to another node session, at a higher epoch. Nothing was changed. Retrying
+    from the same writer cannot succeed, so it is final (409, not retriable); the writer
+    stops serving the partition, and a client's next request reaches the new owner."""
+
+    code = "lease_lost"

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import random
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from partitions.catalog import (
     Catalog,
     HashRange,
     IdempotencyRecord,
+    LeaseFence,
     PartitionState,
     RemoteSegmentRecord,
     RemoteSegmentState,
@@ -31,6 +33,8 @@ from partitions.catalog import (
     UsageRecord,
 )
 from partitions.catalog_dynamodb import DynamoDbCatalog, TableNames, create_tables
+from partitions.catalog_dynamodb.leases import Lease, PartitionRef, grant, hand_over
+from partitions.catalog_dynamodb.nodes import Session, Timing, join
 from partitions.catalog_sqlite import SqliteCatalog
 from partitions.catalog_sqlite.schema import (
     SCHEMA_VERSION,
@@ -45,6 +49,7 @@ from partitions.errors import (
     InvalidMergeError,
     InvalidOffsetError,
     InvalidSplitPointError,
+    LeaseLostError,
     PartitionLimitError,
     PartitionNotActiveError,
     PartitionNotFoundError,
@@ -557,6 +562,25 @@ async def test_remote_segments_follow_kip_405_states(catalog: Catalog) -> None:
     assert [s.base_offset for s in await catalog.list_remote_segments("acme", inc, 0)] == [10, 20]
 
 
+async def test_a_remote_segment_keeps_the_epoch_it_was_uploaded_under(catalog: Catalog) -> None:
+    topic, _ = await catalog.create_topic("acme", "orders", {})
+    inc = topic.incarnation
+    started = RemoteSegmentState.COPY_STARTED
+    assert (await catalog.add_remote_segment(_segment(inc, 0, started))).epoch == 0
+    added = await catalog.add_remote_segment(
+        dataclasses.replace(_segment(inc, 10, started), epoch=3)
+    )
+    assert added.epoch == 3
+    moved = await catalog.set_remote_segment_state(
+        "acme", inc, 0, 10, from_state=started, to_state=RemoteSegmentState.COPY_FINISHED
+    )
+    assert moved.epoch == 3
+    listed = await catalog.list_remote_segments("acme", inc, 0)
+    assert [(s.base_offset, s.epoch) for s in listed] == [(0, 0), (10, 3)]
+    (in_flight,) = await catalog.list_remote_segments_in_state(started)
+    assert (in_flight.base_offset, in_flight.epoch) == (0, 0)
+
+
 async def test_no_copy_starts_for_a_deleted_or_unknown_topic(catalog: Catalog) -> None:
     topic, _ = await catalog.create_topic("acme", "orders", {})
     inc = topic.incarnation
@@ -736,7 +760,214 @@ async def test_racing_commits_with_one_expected_version(catalog: Catalog) -> Non
     assert stored.offsets == wins[0].offsets  # type: ignore[attr-defined]
 
 
+# --- DynamoDB specifics: owner-side writes fenced by the partition lease ---------------------
+
+FENCE_TIMING = Timing(heartbeat_s=0.5, lease_s=3.0, margin_s=1.0)
+
+
+async def _session(catalog: DynamoDbCatalog, node_id: str) -> Session:
+    return await join(
+        catalog.dynamo, node_id, f"{node_id}.local:9000", timing=FENCE_TIMING, clock=time.monotonic
+    )
+
+
+@pytest.fixture
+async def dynamodb_catalog(request: pytest.FixtureRequest) -> AsyncIterator[DynamoDbCatalog]:
+    store = await _open_dynamodb(request)
+    assert isinstance(store, DynamoDbCatalog)
+    await store.create_tenant("acme")
+    yield store
+    await store.close()
+
+
+async def _topic_and_nodes(catalog: DynamoDbCatalog) -> tuple[str, Session, Session]:
+    """Topic ``orders`` (its incarnation) and two live nodes, ``a`` and ``b``."""
+    topic, _ = await catalog.create_topic("acme", "orders", {})
+    return topic.incarnation, await _session(catalog, "a"), await _session(catalog, "b")
+
+
+async def _owned(
+    catalog: DynamoDbCatalog, inc: str, pid: int, owner: Session
+) -> tuple[Lease, LeaseFence]:
+    """A first grant of partition ``pid`` to ``owner``, and the fence it writes with."""
+    lease = await grant(
+        catalog.dynamo,
+        PartitionRef("acme", inc, pid),
+        node_id=owner.node_id,
+        session_id=owner.session_id,
+        expect=None,
+    )
+    return lease, LeaseFence(lease.session_id, lease.epoch)
+
+
+async def _moved(catalog: DynamoDbCatalog, lease: Lease, to: Session) -> tuple[Lease, LeaseFence]:
+    """The owner hands ``lease`` over to ``to`` (its epoch goes up by one)."""
+    moved = await hand_over(catalog.dynamo, lease, node_id=to.node_id, session_id=to.session_id)
+    assert moved.epoch == lease.epoch + 1
+    return moved, LeaseFence(moved.session_id, moved.epoch)
+
+
+def _lost(raised: pytest.ExceptionInfo[LeaseLostError], *sessions: Session) -> None:
+    """A refusal is final, a 409, and says nothing of sessions or epochs."""
+    error = raised.value
+    assert (error.code, error.status, error.retriable) == ("lease_lost", 409, False)
+    assert all(s.session_id not in error.message for s in sessions)
+    assert "epoch" not in error.message
+
+
+async def test_fenced_remote_segment_writes_need_the_current_lease(
+    dynamodb_catalog: DynamoDbCatalog,
+) -> None:
+    catalog = dynamodb_catalog
+    inc, a, b = await _topic_and_nodes(catalog)
+    lease, old = await _owned(catalog, inc, 0, a)
+    started, finished, deleting = (
+        RemoteSegmentState.COPY_STARTED,
+        RemoteSegmentState.COPY_FINISHED,
+        RemoteSegmentState.DELETE_STARTED,
+    )
+    await catalog.add_remote_segment(_segment(inc, 0, started), fence=old)
+    await catalog.set_remote_segment_state(
+        "acme", inc, 0, 0, from_state=started, to_state=finished, fence=old
+    )
+    _, new = await _moved(catalog, lease, b)
+    before = await catalog.list_remote_segments("acme", inc, 0)
+    # The old owner (a zombie) and a fence of the right session at the wrong epoch: refused,
+    # and nothing changes.
+    for stale in (old, LeaseFence(b.session_id, old.epoch)):
+        with pytest.raises(LeaseLostError) as raised:
+            await catalog.add_remote_segment(_segment(inc, 10, started), fence=stale)
+        _lost(raised, a, b)
+        with pytest.raises(LeaseLostError) as raised:
+            await catalog.set_remote_segment_state(
+                "acme", inc, 0, 0, from_state=finished, to_state=deleting, fence=stale
+            )
+        _lost(raised, a, b)
+        assert await catalog.list_remote_segments("acme", inc, 0) == before
+    assert await catalog.list_remote_segments_in_state(started) == []
+    # The new owner's writes, with its fence, are made.
+    await catalog.add_remote_segment(_segment(inc, 10, started), fence=new)
+    await catalog.set_remote_segment_state(
+        "acme", inc, 0, 0, from_state=finished, to_state=deleting, fence=new
+    )
+    with pytest.raises(LeaseLostError):
+        await catalog.remove_remote_segment("acme", inc, 0, 0, fence=old)
+    listed = await catalog.list_remote_segments("acme", inc, 0)
+    assert [(s.base_offset, s.state) for s in listed] == [(0, deleting), (10, started)]
+    await catalog.remove_remote_segment("acme", inc, 0, 0, fence=new)
+    assert [s.base_offset for s in await catalog.list_remote_segments("acme", inc, 0)] == [10]
+    # A fenced write that is refused for its own reason still says that reason.
+    with pytest.raises(RemoteSegmentExistsError):
+        await catalog.add_remote_segment(_segment(inc, 10, started), fence=new)
+    with pytest.raises(RemoteSegmentStateError):
+        await catalog.set_remote_segment_state(
+            "acme", inc, 0, 10, from_state=finished, to_state=deleting, fence=new
+        )
+    with pytest.raises(RemoteSegmentNotFoundError):
+        await catalog.remove_remote_segment("acme", inc, 0, 0, fence=new)
+
+
+async def test_fenced_start_offsets_and_seals_need_the_current_lease(
+    dynamodb_catalog: DynamoDbCatalog,
+) -> None:
+    catalog = dynamodb_catalog
+    inc, a, b = await _topic_and_nodes(catalog)
+    lease, old = await _owned(catalog, inc, 0, a)
+    assert (await catalog.advance_start_offset("acme", "orders", 0, 5, fence=old)).start_offset == 5
+    _, new = await _moved(catalog, lease, b)
+    with pytest.raises(LeaseLostError) as raised:
+        await catalog.advance_start_offset("acme", "orders", 0, 7, fence=old)
+    _lost(raised, a, b)
+    with pytest.raises(LeaseLostError):
+        await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=9, fence=old)
+    (only,) = await catalog.list_partitions("acme", "orders")
+    assert (only.start_offset, only.state, only.version) == (5, PartitionState.ACTIVE, 2)
+    assert (await catalog.advance_start_offset("acme", "orders", 0, 7, fence=new)).start_offset == 7
+    change = await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=9, fence=new)
+    assert [c.partition_id for c in change.created] == [1, 2]  # the refusal spent no ids
+    # A merge checks each parent's owner: here 1 is a's and 2 was b's, then a's.
+    _, one = await _owned(catalog, inc, 1, a)
+    two_lease, two_old = await _owned(catalog, inc, 2, b)
+    _, two_new = await _moved(catalog, two_lease, a)
+    with pytest.raises(LeaseLostError) as raised:
+        await catalog.merge_partitions(
+            "acme", "orders", [1, 2], end_offsets=[0, 0], fences=[one, two_old]
+        )
+    _lost(raised, a, b)
+    assert raised.value.details == {"partition": 2}
+    assert [p.partition_id for p in await catalog.list_partitions("acme", "orders")] == [0, 1, 2]
+    with pytest.raises(InvalidMergeError):
+        await catalog.merge_partitions("acme", "orders", [1, 2], end_offsets=[0, 0], fences=[one])
+    change = await catalog.merge_partitions(
+        "acme", "orders", [1, 2], end_offsets=[0, 0], fences=[one, two_new]
+    )
+    assert [c.partition_id for c in change.created] == [3]
+    assert_lineage_invariants(await catalog.list_partitions("acme", "orders"))
+
+
 # --- SQLite specifics ----------------------------------------------------------------------
+
+
+async def test_sqlite_accepts_lease_fences_and_ignores_them(tmp_path: Path) -> None:
+    catalog = await _open_sqlite(tmp_path)
+    try:
+        await catalog.create_tenant("acme")
+        topic, _ = await catalog.create_topic("acme", "orders", {})
+        inc = topic.incarnation
+        fence = LeaseFence("whoever", 7)
+        started = RemoteSegmentState.COPY_STARTED
+        await catalog.add_remote_segment(_segment(inc, 0, started), fence=fence)
+        await catalog.set_remote_segment_state(
+            "acme",
+            inc,
+            0,
+            0,
+            from_state=started,
+            to_state=RemoteSegmentState.DELETE_STARTED,
+            fence=fence,
+        )
+        await catalog.remove_remote_segment("acme", inc, 0, 0, fence=fence)
+        await catalog.advance_start_offset("acme", "orders", 0, 3, fence=fence)
+        await catalog.split_partition("acme", "orders", 0, at=MID, end_offset=4, fence=fence)
+        change = await catalog.merge_partitions(
+            "acme", "orders", [1, 2], end_offsets=[0, 0], fences=[fence, fence]
+        )
+        assert [c.partition_id for c in change.created] == [3]
+    finally:
+        await catalog.close()
+
+
+async def test_a_catalog_from_before_epochs_opens_with_its_segments_at_epoch_0(
+    tmp_path: Path,
+) -> None:
+    from partitions.catalog_sqlite.schema import MIGRATIONS
+
+    path = tmp_path / "catalog.sqlite3"
+    with sqlite3.connect(path) as conn:  # a file as the release before epochs left it
+        for step in MIGRATIONS[:4]:
+            conn.executescript(step)
+        conn.execute("PRAGMA user_version = 4")
+        conn.execute("INSERT INTO tenants VALUES ('acme', 1, '{}', '{}', 1)")
+        conn.execute(
+            "INSERT INTO remote_segments VALUES "
+            "('acme', 'inc', 0, 0, 9, 1000, 1, 2, 'acme/inc/0/00000000000000000000.log', "
+            "'copy-finished', 2)"
+        )
+    conn.close()
+    store = await SqliteCatalog.open(path)
+    try:
+        (old,) = await store.list_remote_segments("acme", "inc", 0)
+        assert (old.base_offset, old.state, old.version, old.epoch) == (
+            0,
+            RemoteSegmentState.COPY_FINISHED,
+            2,
+            0,
+        )
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    conn.close()
 
 
 async def test_two_handles_race_correctly(two_handles: tuple[Catalog, Catalog]) -> None:

@@ -9,7 +9,9 @@ Every ``orphan_check_ms``, :meth:`OrphanCleaner.run_once`:
    whose segment is no longer waiting for upload here), once the uploader has left them
    alone for the grace period: row delete-started, objects deleted, row removed;
 4. deletes objects that no row names (a crash between a put and the row's removal, a
-   topic purged while a copy ran), once they are older than the grace period.
+   topic purged while a copy ran, a replaced owner's upload under its old epoch), once they
+   are older than the grace period. A row names the objects of its base offset *and* epoch:
+   keys with and without an epoch are both recognised, and only the row's are kept.
 
 Only keys in this project's layout (:mod:`tiered_storage.layout`) are ever touched, so a
 bucket shared with other data is safe. Deleting a topic deletes its objects at once
@@ -121,20 +123,21 @@ class OrphanCleaner:
         return removed
 
     async def _unnamed_objects(self, cutoff: int) -> int:
-        by_partition: dict[PartitionKey, list[tuple[ObjectInfo, int]]] = {}
+        by_partition: dict[PartitionKey, list[tuple[ObjectInfo, tuple[int, int]]]] = {}
         for info in await self._store.list(""):
             parsed = parse_segment_key(info.key)
             if parsed is not None and info.last_modified_ms < cutoff:
-                by_partition.setdefault(parsed.partition, []).append((info, parsed.base_offset))
+                copy = (parsed.base_offset, parsed.epoch)
+                by_partition.setdefault(parsed.partition, []).append((info, copy))
         removed = 0
         for key, objects in by_partition.items():
             # The catalog, not this process's mirror: another writer may have added rows.
             rows = await self._catalog.list_remote_segments(
                 key.tenant, key.incarnation, key.partition_id
             )
-            named = {row.base_offset for row in rows}
-            for info, base in objects:
-                if base in named:
+            named = {(row.base_offset, row.epoch) for row in rows}
+            for info, copy in objects:
+                if copy in named:
                     continue
                 await self._store.delete(info.key)
                 self._counters.orphans_deleted += 1

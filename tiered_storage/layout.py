@@ -1,4 +1,7 @@
-"""Where a segment's objects go: ``{tenant}/{incarnation}/{partition}/{base_offset:020d}{suffix}``.
+"""Where a segment's objects go::
+
+    {tenant}/{incarnation}/{partition}/{base_offset:020d}{suffix}                   epoch 0
+    {tenant}/{incarnation}/{partition}/{base_offset:020d}-{epoch:010d}{suffix}      epoch >= 1
 
 Each uploaded segment is three objects, its log and its two indexes, byte for byte as they
 are on local disk::
@@ -6,17 +9,27 @@ are on local disk::
     acme/5f0c.../0/00000000000000004711.log
     acme/5f0c.../0/00000000000000004711.index
     acme/5f0c.../0/00000000000000004711.timeindex
+    acme/5f0c.../0/00000000000000004711-0000000003.log        (uploaded under epoch 3)
 
 The topic *incarnation* (a UUID) keeps a deleted and re-created topic from ever seeing the
 old one's objects; base offsets are zero-padded to 20 digits so that a listing is offset
-order. Keys are a pure function of the segment, so a retried upload can never make a second
-copy of one segment: create-only puts answer "already exists" instead.
+order. Keys are a pure function of the segment and the *epoch* it was uploaded under, so a
+retried upload can never make a second copy of one segment: create-only puts answer
+"already exists" instead.
+
+The epoch is that of the uploading owner's partition lease (several nodes). An owner that
+was replaced but still runs (a zombie) uploads under its old epoch, so its objects never
+collide with its successor's for the same base offset; the catalog row names the epoch of
+the copy that counts, and cleanup deletes the other as an orphan. Epoch 0, one machine's
+and every segment uploaded before epochs existed, keeps the key without one: nothing is
+renamed. A ``-`` sorts before ``.``, so a listing stays in base-offset order either way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from partitions.catalog import RemoteSegmentRecord
 from partitions.log.layout import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
 from partitions.partition_key import PartitionKey
 
@@ -33,12 +46,28 @@ def partition_prefix(key: PartitionKey) -> str:
     return f"{key.tenant}/{key.incarnation}/{key.partition_id}/"
 
 
-def segment_key(key: PartitionKey, base_offset: int, suffix: str = LOG_SUFFIX) -> str:
-    return f"{partition_prefix(key)}{base_offset:020d}{suffix}"
+OFFSET_DIGITS = 20
+EPOCH_DIGITS = 10
+EPOCH_SEPARATOR = "-"
 
 
-def segment_keys(key: PartitionKey, base_offset: int) -> list[str]:
-    return [segment_key(key, base_offset, suffix) for suffix in SUFFIXES]
+def segment_key(
+    key: PartitionKey, base_offset: int, suffix: str = LOG_SUFFIX, epoch: int = 0
+) -> str:
+    if epoch < 0:
+        raise ValueError(f"an epoch is not negative: {epoch}")
+    tag = f"{EPOCH_SEPARATOR}{epoch:0{EPOCH_DIGITS}d}" if epoch else ""
+    return f"{partition_prefix(key)}{base_offset:0{OFFSET_DIGITS}d}{tag}{suffix}"
+
+
+def segment_keys(key: PartitionKey, base_offset: int, epoch: int = 0) -> list[str]:
+    return [segment_key(key, base_offset, suffix, epoch) for suffix in SUFFIXES]
+
+
+def row_keys(row: RemoteSegmentRecord) -> list[str]:
+    """The object keys of the segment a catalog row describes (its epoch's)."""
+    key = PartitionKey(row.tenant, row.incarnation, row.partition_id)
+    return segment_keys(key, row.base_offset, row.epoch)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -48,23 +77,33 @@ class SegmentObject:
     partition: PartitionKey
     base_offset: int
     suffix: str
+    epoch: int = 0
+
+
+def _digits(text: str, width: int) -> bool:
+    return len(text) == width and text.isascii() and text.isdigit()
 
 
 def parse_segment_key(key: str) -> SegmentObject | None:
-    """The segment an object key names, or None for a key that is not in this layout."""
+    """The segment an object key names, with or without an epoch, or None for a key that
+    is not in this layout."""
     parts = key.split("/")
     if len(parts) != 4:
         return None
     tenant, incarnation, pid, name = parts
     stem, dot, ext = name.partition(".")
     suffix = dot + ext
+    offset, separator, epoch = stem.partition(EPOCH_SEPARATOR)
     if (
         not tenant
         or not incarnation
+        or not pid.isascii()
         or not pid.isdigit()
-        or len(stem) != 20
-        or not stem.isdigit()
+        or not _digits(offset, OFFSET_DIGITS)
+        or (separator and (not _digits(epoch, EPOCH_DIGITS) or int(epoch) == 0))
         or suffix not in SUFFIXES
     ):
         return None
-    return SegmentObject(PartitionKey(tenant, incarnation, int(pid)), int(stem), suffix)
+    return SegmentObject(
+        PartitionKey(tenant, incarnation, int(pid)), int(offset), suffix, int(epoch or 0)
+    )

@@ -52,15 +52,15 @@ class RemoteSegment:
 
     @classmethod
     def of(cls, key: PartitionKey, row: RemoteSegmentRecord) -> RemoteSegment:
-        base = row.base_offset
+        base, epoch = row.base_offset, row.epoch  # the keys of the copy the row names
         return cls(
             base,
             row.last_offset,
             row.size_bytes,
             row.max_timestamp_ms,
-            segment_key(key, base, LOG_SUFFIX),
-            segment_key(key, base, INDEX_SUFFIX),
-            segment_key(key, base, TIME_INDEX_SUFFIX),
+            segment_key(key, base, LOG_SUFFIX, epoch),
+            segment_key(key, base, INDEX_SUFFIX, epoch),
+            segment_key(key, base, TIME_INDEX_SUFFIX, epoch),
         )
 
     @property

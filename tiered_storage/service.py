@@ -27,6 +27,7 @@ from partitions.partition_key import PartitionKey
 from partitions.worker import PartitionWorker
 from tiered_storage.cleanup import OrphanCleaner
 from tiered_storage.objects import ObjectStore
+from tiered_storage.ownership import ONE_OWNER, PartitionLeases
 from tiered_storage.read_settings import ColdReadSettings
 from tiered_storage.reader import RemoteSegmentReader
 from tiered_storage.retention import TieredRetention
@@ -124,6 +125,7 @@ class TieredStorage:
         read_settings: ColdReadSettings | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
         others: OtherUploaders | None = None,
+        leases: PartitionLeases = ONE_OWNER,
     ) -> None:
         self.settings = settings or TieringSettings()
         self.store = store
@@ -142,6 +144,7 @@ class TieredStorage:
             self.counters,
             clock_ms,
             wake=cold.rolled,
+            leases=leases,
         )
         self.retention = TieredRetention(
             catalog,

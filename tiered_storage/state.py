@@ -7,10 +7,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from partitions.catalog import Catalog, RemoteSegmentRecord, RemoteSegmentState
+from partitions.catalog import Catalog, LeaseFence, RemoteSegmentRecord, RemoteSegmentState
 from partitions.errors import RemoteSegmentNotFoundError
 from partitions.partition_key import PartitionKey
-from tiered_storage.layout import segment_keys
+from tiered_storage.layout import row_keys
 from tiered_storage.objects import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,12 @@ async def delete_remote_segment(
     store: ObjectStore,
     index: RemoteIndex,
     row: RemoteSegmentRecord,
+    *,
+    fence: LeaseFence | None = None,
 ) -> None:
     """KIP-405's deletion of one remote segment: mark the row delete-started (unless it is
-    already), delete its objects, then remove the row. Safe to repeat after a crash."""
+    already), delete its objects, then remove the row. Safe to repeat after a crash.
+    ``fence``: the partition owner's lease, which both row writes then carry."""
     key = PartitionKey(row.tenant, row.incarnation, row.partition_id)
     if row.state is not RemoteSegmentState.DELETE_STARTED:
         row = await catalog.set_remote_segment_state(
@@ -160,14 +163,15 @@ async def delete_remote_segment(
             row.base_offset,
             from_state=row.state,
             to_state=RemoteSegmentState.DELETE_STARTED,
+            fence=fence,
         )
         if index.cached(key) is not None:
             index.put(row)
-    for object_key in segment_keys(key, row.base_offset):
+    for object_key in row_keys(row):  # the keys of the copy the row names
         await store.delete(object_key)
     try:
         await catalog.remove_remote_segment(
-            row.tenant, row.incarnation, row.partition_id, row.base_offset
+            row.tenant, row.incarnation, row.partition_id, row.base_offset, fence=fence
         )
     except RemoteSegmentNotFoundError:
         pass  # removed meanwhile (a purge, or a cleanup finishing the same deletion)

@@ -9,7 +9,13 @@ the first pass after a start re-uploads whatever a crash left unfinished.
 
 One upload follows KIP-405: the catalog row goes *copy-started* first, then the three
 objects are put (create-only, so an object an earlier attempt already made answers "already
-exists" and is checked by size), then the row goes *copy-finished*. A failure leaves the
+exists" and is checked by size), then the row goes *copy-finished*. The row and the object
+keys carry the epoch of the lease this process holds on the partition
+(:class:`~tiered_storage.ownership.PartitionLeases`, given at construction; none on one
+machine, epoch 0), and the lease fences both row writes. A copy-started row left by an
+earlier attempt of this epoch is finished under the keys it names; one left by an earlier
+owner (another epoch, whose objects may still be arriving from it) is deleted with its
+objects and the copy made again under this owner's keys. A failure leaves the
 row copy-started and the local files in place; the segment is tried again after a backoff
 that doubles per failure (with jitter) up to ``upload_retry_ms[1]``. Nothing is deleted
 here: local retention deletes local copies, and only copy-finished ones.
@@ -29,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from partitions.catalog import Catalog, RemoteSegmentRecord, RemoteSegmentState
+from partitions.catalog import Catalog, LeaseFence, RemoteSegmentRecord, RemoteSegmentState
 from partitions.errors import (
     EventBusError,
     RemoteSegmentExistsError,
@@ -42,7 +48,13 @@ from partitions.partition_key import PartitionKey
 from partitions.worker import PartitionWorker
 from tiered_storage.layout import SUFFIXES, segment_key
 from tiered_storage.objects import ObjectStore, PutResult
-from tiered_storage.state import RemoteIndex, TieringCounters, TieringSettings
+from tiered_storage.ownership import ONE_OWNER, PartitionLeases, epoch_of
+from tiered_storage.state import (
+    RemoteIndex,
+    TieringCounters,
+    TieringSettings,
+    delete_remote_segment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +86,10 @@ class SegmentUploader:
         clock_ms: Callable[[], int],
         *,
         wake: asyncio.Event | None = None,
+        leases: PartitionLeases = ONE_OWNER,
     ) -> None:
         self._catalog = catalog
+        self._leases = leases
         self._worker = worker
         self._store = store
         self._index = index
@@ -241,12 +255,16 @@ class SegmentUploader:
             return  # deleted by retention meanwhile
         rows = await self._index.rows(key)
         row = rows.get(base)
+        fence = self._leases.fence(key)
+        if row is not None and row.state is not RemoteSegmentState.COPY_STARTED:
+            return
+        if row is not None and row.epoch != epoch_of(fence):
+            await delete_remote_segment(self._catalog, self._store, self._index, row, fence=fence)
+            row = None
         if row is None:
-            row = await self._start_copy(key, detail)
+            row = await self._start_copy(key, detail, fence)
             if row is None:
                 return
-        elif row.state is not RemoteSegmentState.COPY_STARTED:
-            return
         elif (row.last_offset + 1, row.size_bytes) != (detail.next_offset, detail.size_bytes):
             raise SegmentChangedError(
                 f"the copy-started row of segment {base} of {key} describes other data"
@@ -259,7 +277,7 @@ class SegmentUploader:
         }
         sent = 0
         for suffix in SUFFIXES:
-            object_key = segment_key(key, base, suffix)
+            object_key = segment_key(key, base, suffix, row.epoch)
             path = paths[suffix]
             try:
                 size = (await asyncio.to_thread(path.stat)).st_size
@@ -287,14 +305,16 @@ class SegmentUploader:
             base,
             from_state=RemoteSegmentState.COPY_STARTED,
             to_state=RemoteSegmentState.COPY_FINISHED,
+            fence=fence,
         )
         self._index.put(done)
         self._counters.uploaded_segments += 1
         self._counters.uploaded_bytes += sent
 
     async def _start_copy(
-        self, key: PartitionKey, detail: SegmentInfo
+        self, key: PartitionKey, detail: SegmentInfo, fence: LeaseFence | None
     ) -> RemoteSegmentRecord | None:
+        epoch = epoch_of(fence)
         record = RemoteSegmentRecord(
             tenant=key.tenant,
             incarnation=key.incarnation,
@@ -304,11 +324,12 @@ class SegmentUploader:
             size_bytes=detail.size_bytes,
             first_timestamp_ms=detail.first_timestamp_ms or 0,
             max_timestamp_ms=detail.max_timestamp_ms or 0,
-            object_key=segment_key(key, detail.base_offset),
+            object_key=segment_key(key, detail.base_offset, epoch=epoch),
             state=RemoteSegmentState.COPY_STARTED,
+            epoch=epoch,
         )
         try:
-            row = await self._catalog.add_remote_segment(record)
+            row = await self._catalog.add_remote_segment(record, fence=fence)
         except RemoteSegmentExistsError:
             await self._index.reload(key)  # another writer's row: look again next pass
             return None

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import partitions.catalog_dynamodb.keys as keys
+from partitions.catalog import LeaseFence
 from partitions.catalog_dynamodb.client import (
     ConditionFailed,
     Dynamo,
@@ -57,6 +58,7 @@ from partitions.catalog_dynamodb.nodes import (
 from partitions.errors import (
     CatalogUnavailableError,
     LeaseConflictError,
+    LeaseLostError,
     NodeNotAliveError,
     OwnerStillAliveError,
     SessionFencedError,
@@ -270,6 +272,24 @@ def epoch_check(db: Dynamo, partition: PartitionRef, session_id: str, epoch: int
             "ExpressionAttributeValues": values(session=session_id, epoch=epoch),
         }
     }
+
+
+def fence_check(
+    db: Dynamo, tenant: str, incarnation: str, partition_id: int, fence: LeaseFence
+) -> dict[str, Any]:
+    """:func:`epoch_check` of the lease a catalog write about a partition carries."""
+    return epoch_check(
+        db, PartitionRef(tenant, incarnation, partition_id), fence.session_id, fence.epoch
+    )
+
+
+def lease_lost(partition_id: int) -> LeaseLostError:
+    """What a refused :func:`fence_check` means to the writer (no session or epoch in it:
+    the message may reach a client)."""
+    return LeaseLostError(
+        f"this node no longer owns partition {partition_id}; nothing was changed",
+        partition=partition_id,
+    )
 
 
 # A transaction's check, and the error its refusal means.

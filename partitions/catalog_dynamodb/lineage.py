@@ -1,9 +1,12 @@
 """Partitions and their lineage: splits, merges, placements and start offsets.
 
-A split or a merge is one ``TransactWriteItems`` of at most six actions: the incarnation
+A split or a merge is one ``TransactWriteItems`` of at most seven actions: the incarnation
 (its id counter moved on from the value read, its active count, and a check that it lives),
-each parent sealed at the version read while still active, the children created, and the
-tenant's active count (with its limit as the condition). Of two racing changes one wins;
+each parent sealed at the version read while still active, the children created, the
+tenant's active count (with its limit as the condition) and, when the caller gives the
+parent owners' leases, a check of each (first; a failed one raises
+:class:`~partitions.errors.LeaseLostError` before any other explanation). An advance of the
+log start carries the same check when given a lease. Of two racing changes one wins;
 the other is cancelled whole and, read again, finds its parent sealed (or, if only the
 id counter moved, tries again). A refusal spends no ids. The children carry the
 operation's id, which is how a change whose answer was lost is found to have happened.
@@ -12,11 +15,17 @@ operation's id, which is how a change whose answer was lost is found to have hap
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import partitions.catalog_dynamodb.keys as keys
-from partitions.catalog import HashRange, LineageChange, PartitionRecord, PartitionState
+from partitions.catalog import (
+    HashRange,
+    LeaseFence,
+    LineageChange,
+    PartitionRecord,
+    PartitionState,
+)
 from partitions.catalog_dynamodb.client import Dynamo, TransactionRefused, values
 from partitions.catalog_dynamodb.incarnations import (
     live_incarnation,
@@ -24,6 +33,7 @@ from partitions.catalog_dynamodb.incarnations import (
     missing,
     name_points_at,
 )
+from partitions.catalog_dynamodb.leases import fence_check, lease_lost
 from partitions.catalog_dynamodb.records import partition_record
 from partitions.catalog_dynamodb.tenants import count_change, counts_of, no_tenant
 from partitions.catalog_dynamodb.topics import RACE_ATTEMPTS, new_partition_item
@@ -201,7 +211,9 @@ async def split_partition(
     max_partitions: int | None,
     placement: Sequence[int] | None,
     clock_ms: Callable[[], int],
+    fence: LeaseFence | None = None,
 ) -> LineageChange:
+    fenced = {} if fence is None else {partition_id: fence}
     for _ in range(RACE_ATTEMPTS):
         current = await live_topic(db, tenant, topic)
         incarnation = current["incarnation"]
@@ -223,6 +235,7 @@ async def split_partition(
         ranges = (HashRange(parent.hash_range.start, at), HashRange(at, parent.hash_range.end))
         workers = [None, None] if placement is None else list(placement)
         actions = [
+            *_fence_checks(db, tenant, incarnation, fenced),
             _take_ids(db, tenant, incarnation, left, 2, 1),
             _seal(db, parent, end_offset, [left, right], now),
             *(
@@ -242,6 +255,7 @@ async def split_partition(
         try:
             await _apply(db, "split partition", tenant, topic, incarnation, actions, left, op)
         except TransactionRefused as refused:
+            _lease_refused(refused, fenced)
             await _explain(db, tenant, topic, incarnation, [partition_id], refused, max_partitions)
             continue
         return LineageChange(
@@ -263,9 +277,11 @@ async def merge_partitions(
     end_offsets: Sequence[int],
     placement: Sequence[int] | None,
     clock_ms: Callable[[], int],
+    fences: Sequence[LeaseFence] | None = None,
 ) -> LineageChange:
-    check_merge_request(partition_ids, end_offsets)
+    check_merge_request(partition_ids, end_offsets, fences)
     ends = dict(zip(partition_ids, end_offsets, strict=True))
+    fenced = {} if fences is None else dict(zip(partition_ids, fences, strict=True))
     for _ in range(RACE_ATTEMPTS):
         current = await live_topic(db, tenant, topic)
         incarnation = current["incarnation"]
@@ -280,6 +296,7 @@ async def merge_partitions(
         lineage = (low.partition_id, high.partition_id)
         worker = None if placement is None else placement[0]
         actions = [
+            *_fence_checks(db, tenant, incarnation, fenced),
             _take_ids(db, tenant, incarnation, child, 1, -1),
             _seal(db, low, ends[low.partition_id], [child], now),
             _seal(db, high, ends[high.partition_id], [child], now),
@@ -305,6 +322,7 @@ async def merge_partitions(
         try:
             await _apply(db, "merge partitions", tenant, topic, incarnation, actions, child, op)
         except TransactionRefused as refused:
+            _lease_refused(refused, fenced)
             await _explain(db, tenant, topic, incarnation, list(lineage), refused, None)
             continue
         return LineageChange(
@@ -314,6 +332,21 @@ async def merge_partitions(
     raise VersionConflictError(
         f"topic {topic!r} kept changing; merge of {list(partition_ids)} not made"
     )
+
+
+def _fence_checks(
+    db: Dynamo, tenant: str, incarnation: str, fenced: Mapping[int, LeaseFence]
+) -> list[dict[str, Any]]:
+    """The checks of the parents' leases, by partition id: the first actions (so the
+    tenant's counter stays the last, where :func:`_explain` finds it)."""
+    return [fence_check(db, tenant, incarnation, pid, fence) for pid, fence in fenced.items()]
+
+
+def _lease_refused(refused: TransactionRefused, fenced: Mapping[int, LeaseFence]) -> None:
+    """Raise :class:`LeaseLostError` if a parent's lease check (the first actions) failed."""
+    for index, pid in enumerate(fenced):
+        if refused.failed(index):
+            raise lease_lost(pid) from None
 
 
 async def _explain(
@@ -346,6 +379,7 @@ async def advance_start_offset(
     start_offset: int,
     *,
     incarnation: str | None = None,
+    fence: LeaseFence | None = None,
 ) -> PartitionRecord:
     live = await live_incarnation(db, tenant, topic, incarnation)
     current = await _partition(db, tenant, topic, live, partition_id)
@@ -363,6 +397,7 @@ async def advance_start_offset(
                 "ExpressionAttributeValues": values(s=start_offset, one=1),
             }
         },
+        *_fence_checks(db, tenant, live, {} if fence is None else {partition_id: fence}),
     ]
 
     async def landed() -> bool:
@@ -372,6 +407,8 @@ async def advance_start_offset(
     try:
         await db.transact("advance start offset", actions, landed=landed)
     except TransactionRefused as refused:
+        if refused.failed(2):
+            raise lease_lost(partition_id) from None
         if refused.failed(0):
             raise missing(topic) from None
         # Another report moved it as far or further meanwhile.

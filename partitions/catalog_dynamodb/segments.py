@@ -5,6 +5,9 @@ collection, so a partition's segments are one query in base-offset order. An ite
 as copy-started before the upload, moves to copy-finished after it, to delete-started before
 the objects are deleted, and is removed only from delete-started. Every change is
 conditioned on the state it expects to leave, so a change made from a stale read is refused.
+A change given the writer's :class:`~partitions.catalog.LeaseFence` is one transaction with
+the check of the partition's lease (:func:`.leases.fence_check`), so a stale owner's change
+is refused as :class:`~partitions.errors.LeaseLostError` and changes nothing.
 
 While copy-started or delete-started, an item is also in the sparse index ``gsi1``
 (``gsi1pk`` = ``SEG#``\\ state, ``gsi1sk`` = tenant, incarnation, partition, base): the
@@ -20,7 +23,7 @@ from typing import Any
 from uuid import uuid4
 
 import partitions.catalog_dynamodb.keys as keys
-from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
+from partitions.catalog import LeaseFence, RemoteSegmentRecord, RemoteSegmentState
 from partitions.catalog_dynamodb.client import (
     ConditionFailed,
     Dynamo,
@@ -30,6 +33,7 @@ from partitions.catalog_dynamodb.client import (
     values,
 )
 from partitions.catalog_dynamodb.incarnations import still_live
+from partitions.catalog_dynamodb.leases import fence_check, lease_lost
 from partitions.errors import (
     InvalidOffsetError,
     RemoteSegmentExistsError,
@@ -58,6 +62,7 @@ def _record(found: Mapping[str, Any]) -> RemoteSegmentRecord:
         object_key=str(found["object_key"]),
         state=RemoteSegmentState(found["state"]),
         version=int(found["version"]),
+        epoch=int(found.get("epoch", 0)),  # items written before epochs have none
     )
 
 
@@ -93,10 +98,38 @@ def _gone(db: Dynamo, key: Mapping[str, Any]) -> Callable[[], Awaitable[bool]]:
     return landed
 
 
-async def add_remote_segment(db: Dynamo, record: RemoteSegmentRecord) -> RemoteSegmentRecord:
+async def _fenced(
+    db: Dynamo,
+    what: str,
+    record: tuple[str, str, int],
+    fence: LeaseFence,
+    action: dict[str, Any],
+    landed: Callable[[], Awaitable[bool]],
+) -> None:
+    """``action`` (a transaction's ``Update`` or ``Delete``) in one transaction with the
+    check of ``fence`` on the partition ``record`` (tenant, incarnation, partition id):
+    a failed check raises :class:`LeaseLostError`, a failed ``action``
+    :class:`ConditionFailed`, as the same write unfenced would."""
+    tenant, incarnation, partition_id = record
+    try:
+        await db.transact(
+            what, [fence_check(db, tenant, incarnation, partition_id, fence), action], landed=landed
+        )
+    except TransactionRefused as refused:
+        if refused.failed(0):
+            raise lease_lost(partition_id) from None
+        if refused.failed(1):
+            raise ConditionFailed(what) from None
+        raise
+
+
+async def add_remote_segment(
+    db: Dynamo, record: RemoteSegmentRecord, *, fence: LeaseFence | None = None
+) -> RemoteSegmentRecord:
     """Record a segment whose copy is starting (its state must be copy-started), in one
     transaction with the check that its incarnation is live: a copy racing the topic's
-    deletion cannot leave an item behind the purge."""
+    deletion cannot leave an item behind the purge (and, with ``fence``, the check of the
+    writer's lease)."""
     if record.state is not RemoteSegmentState.COPY_STARTED:
         raise RemoteSegmentStateError("a remote segment starts as copy-started")
     if record.last_offset < record.base_offset:
@@ -120,6 +153,7 @@ async def add_remote_segment(db: Dynamo, record: RemoteSegmentRecord) -> RemoteS
                 object_key=stored.object_key,
                 state=stored.state.value,
                 version=stored.version,
+                epoch=stored.epoch,
                 write_id=write_id,
                 gsi1pk=keys.segment_state_pk(stored.state.value),
                 gsi1sk=keys.segment_order(*_order(stored)),
@@ -127,13 +161,16 @@ async def add_remote_segment(db: Dynamo, record: RemoteSegmentRecord) -> RemoteS
             "ConditionExpression": "attribute_not_exists(pk)",
         }
     }
-    try:
-        await db.transact(
-            "add remote segment",
-            [still_live(db, record.tenant, record.incarnation), put],
-            landed=_written(db, key, write_id),
+    actions = [still_live(db, record.tenant, record.incarnation), put]
+    if fence is not None:
+        actions.append(
+            fence_check(db, record.tenant, record.incarnation, record.partition_id, fence)
         )
+    try:
+        await db.transact("add remote segment", actions, landed=_written(db, key, write_id))
     except TransactionRefused as refused:
+        if refused.failed(2):  # first: a stale owner learns nothing else
+            raise lease_lost(record.partition_id) from None
         if refused.failed(0):
             raise TopicNotFoundError(
                 f"no live topic incarnation {record.incarnation}",
@@ -169,9 +206,11 @@ async def set_remote_segment_state(
     *,
     from_state: RemoteSegmentState,
     to_state: RemoteSegmentState,
+    fence: LeaseFence | None = None,
 ) -> RemoteSegmentRecord:
-    """Move a segment from ``from_state`` to ``to_state`` (one conditional update), in or
-    out of the index as ``to_state`` says."""
+    """Move a segment from ``from_state`` to ``to_state`` (one conditional update, or a
+    transaction of it and the check of ``fence``), in or out of the index as ``to_state``
+    says."""
     key = keys.segment(tenant, incarnation, partition_id, base_offset)
     write_id = uuid4().hex
     names: dict[str, Any] = {"from": from_state.value, "to": to_state.value, "one": 1}
@@ -182,19 +221,24 @@ async def set_remote_segment_state(
         names["gsk"] = keys.segment_order(tenant, incarnation, partition_id, base_offset)
     else:
         expression += " REMOVE gsi1pk, gsi1sk"
+    update = {
+        "TableName": db.table("catalog"),
+        "Key": key,
+        "UpdateExpression": expression,
+        "ConditionExpression": "attribute_exists(pk) AND #state = :from",
+        "ExpressionAttributeNames": STATE,
+        "ExpressionAttributeValues": values(wid=write_id, **names),
+    }
+    what, landed = "set remote segment state", _written(db, key, write_id)
     try:
-        answer = await db.write(
-            "set remote segment state",
-            "update_item",
-            landed=_written(db, key, write_id),
-            TableName=db.table("catalog"),
-            Key=key,
-            UpdateExpression=expression,
-            ConditionExpression="attribute_exists(pk) AND #state = :from",
-            ExpressionAttributeNames=STATE,
-            ExpressionAttributeValues=values(wid=write_id, **names),
-            ReturnValues="ALL_NEW",
-        )
+        if fence is None:
+            answer = await db.write(
+                what, "update_item", landed=landed, ReturnValues="ALL_NEW", **update
+            )
+        else:
+            where = (tenant, incarnation, partition_id)
+            await _fenced(db, what, where, fence, {"Update": update}, landed)
+            answer = {}  # a transaction answers no item: read it below
     except ConditionFailed:
         found = await db.get("read remote segment", "catalog", key)
         if found is None:
@@ -204,7 +248,7 @@ async def set_remote_segment_state(
         raise _state_error(_record(found), from_state) from None
     if "Attributes" in answer:
         return _record(plain(answer["Attributes"]))
-    # The answer was lost and the write found to have landed: read what it wrote.
+    # Fenced, or the answer was lost and the write found to have landed: read what it wrote.
     written = await _read(db, tenant, incarnation, partition_id, base_offset)
     if written is None:
         raise _not_found(partition_id, base_offset)
@@ -225,21 +269,30 @@ async def list_remote_segments(
 
 
 async def remove_remote_segment(
-    db: Dynamo, tenant: str, incarnation: str, partition_id: int, base_offset: int
+    db: Dynamo,
+    tenant: str,
+    incarnation: str,
+    partition_id: int,
+    base_offset: int,
+    *,
+    fence: LeaseFence | None = None,
 ) -> None:
     """Forget a segment whose objects are deleted; it must be delete-started."""
     key = keys.segment(tenant, incarnation, partition_id, base_offset)
+    delete = {
+        "TableName": db.table("catalog"),
+        "Key": key,
+        "ConditionExpression": "attribute_exists(pk) AND #state = :deleting",
+        "ExpressionAttributeNames": STATE,
+        "ExpressionAttributeValues": values(deleting=RemoteSegmentState.DELETE_STARTED.value),
+    }
+    what = "remove remote segment"
     try:
-        await db.write(
-            "remove remote segment",
-            "delete_item",
-            landed=_gone(db, key),
-            TableName=db.table("catalog"),
-            Key=key,
-            ConditionExpression="attribute_exists(pk) AND #state = :deleting",
-            ExpressionAttributeNames=STATE,
-            ExpressionAttributeValues=values(deleting=RemoteSegmentState.DELETE_STARTED.value),
-        )
+        if fence is None:
+            await db.write(what, "delete_item", landed=_gone(db, key), **delete)
+        else:
+            where = (tenant, incarnation, partition_id)
+            await _fenced(db, what, where, fence, {"Delete": delete}, _gone(db, key))
     except ConditionFailed:
         current = await _read(db, tenant, incarnation, partition_id, base_offset)
         if current is None:

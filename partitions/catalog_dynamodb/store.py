@@ -24,6 +24,7 @@ from partitions.catalog import (
     ApiKeyRecord,
     Catalog,
     IdempotencyRecord,
+    LeaseFence,
     LineageChange,
     PartitionRecord,
     TenantRecord,
@@ -199,6 +200,7 @@ class DynamoDbCatalog:
         end_offset: int,
         max_partitions: int | None = None,
         placement: Sequence[int] | None = None,
+        fence: LeaseFence | None = None,
     ) -> LineageChange:
         check_placement(placement, 2)
         return await lineage.split_partition(
@@ -211,6 +213,7 @@ class DynamoDbCatalog:
             max_partitions=max_partitions,
             placement=placement,
             clock_ms=self._clock_ms,
+            fence=fence,
         )
 
     async def merge_partitions(
@@ -221,6 +224,7 @@ class DynamoDbCatalog:
         *,
         end_offsets: Sequence[int],
         placement: Sequence[int] | None = None,
+        fences: Sequence[LeaseFence] | None = None,
     ) -> LineageChange:
         check_placement(placement, 1)
         return await lineage.merge_partitions(
@@ -231,6 +235,7 @@ class DynamoDbCatalog:
             end_offsets=end_offsets,
             placement=placement,
             clock_ms=self._clock_ms,
+            fences=fences,
         )
 
     list_placements = on_dynamo(lineage.list_placements)

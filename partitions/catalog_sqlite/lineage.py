@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 import partitions.catalog_sqlite.tenants as tenants
-from partitions.catalog import HashRange, LineageChange, PartitionRecord
+from partitions.catalog import HashRange, LeaseFence, LineageChange, PartitionRecord
 from partitions.catalog_rules import (
     check_end,
     check_merge_request,
@@ -154,6 +154,7 @@ def split_partition(
     max_partitions: int | None,
     placement: Sequence[int] | None,
     clock_ms: Callable[[], int],
+    fence: LeaseFence | None = None,  # one machine, one owner: nothing to check
 ) -> LineageChange:
     incarnation = live_topic(conn, tenant, topic)["incarnation"]
     parent = require_partition(conn, tenant, incarnation, partition_id, topic)
@@ -189,8 +190,9 @@ def merge_partitions(
     end_offsets: Sequence[int],
     placement: Sequence[int] | None,
     clock_ms: Callable[[], int],
+    fences: Sequence[LeaseFence] | None = None,  # one machine, one owner: nothing to check
 ) -> LineageChange:
-    check_merge_request(partition_ids, end_offsets)
+    check_merge_request(partition_ids, end_offsets, fences)
     incarnation = live_topic(conn, tenant, topic)["incarnation"]
     parents = [require_partition(conn, tenant, incarnation, pid, topic) for pid in partition_ids]
     ends = dict(zip(partition_ids, end_offsets, strict=True))
@@ -233,6 +235,7 @@ def advance_start_offset(
     start_offset: int,
     *,
     incarnation: str | None = None,
+    fence: LeaseFence | None = None,  # one machine, one owner: nothing to check
 ) -> PartitionRecord:
     live = live_incarnation(conn, tenant, topic, incarnation)
     current = require_partition(conn, tenant, live, partition_id, topic)

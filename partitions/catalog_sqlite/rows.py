@@ -98,4 +98,5 @@ def remote_segment_record(row: sqlite3.Row) -> RemoteSegmentRecord:
         object_key=row["object_key"],
         state=RemoteSegmentState(row["state"]),
         version=row["version"],
+        epoch=row["epoch"],
     )

@@ -142,6 +142,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, incarnation, partition_id)
     );
     """,
+    # 5: the lease epoch a remote segment's objects were uploaded under (part of their keys
+    # when not 0); every row before it is of epoch 0, whose keys carry none.
+    """
+    ALTER TABLE remote_segments ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -5,13 +5,17 @@ delete-started before the objects are deleted, and is removed only from delete-s
 Every state change names the state it expects to leave, so a change made from a stale read
 is refused. Rows are listed by state across all topics for tiered storage's start-up and
 cleanup: the copies that never finished and the deletions a crash interrupted.
+
+A row keeps the lease epoch its objects were uploaded under (``epoch``, 0 for rows made
+before epochs). The writer's lease fence that the Protocol's changes take is accepted and
+ignored: one machine has one owner of each partition, so there is no stale owner to refuse.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-from partitions.catalog import RemoteSegmentRecord, RemoteSegmentState
+from partitions.catalog import LeaseFence, RemoteSegmentRecord, RemoteSegmentState
 from partitions.catalog_sqlite.rows import remote_segment_record
 from partitions.errors import (
     InvalidOffsetError,
@@ -38,7 +42,7 @@ def _require_segment(
 
 
 def add_remote_segment(
-    conn: sqlite3.Connection, record: RemoteSegmentRecord
+    conn: sqlite3.Connection, record: RemoteSegmentRecord, *, fence: LeaseFence | None = None
 ) -> RemoteSegmentRecord:
     if record.state is not RemoteSegmentState.COPY_STARTED:
         raise RemoteSegmentStateError("a remote segment starts as copy-started")
@@ -56,7 +60,9 @@ def add_remote_segment(
         )
     try:
         conn.execute(
-            "INSERT INTO remote_segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            "INSERT INTO remote_segments (tenant, incarnation, partition_id, base_offset, "
+            "last_offset, size_bytes, first_timestamp_ms, max_timestamp_ms, object_key, state, "
+            "version, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
             (
                 record.tenant,
                 record.incarnation,
@@ -68,6 +74,7 @@ def add_remote_segment(
                 record.max_timestamp_ms,
                 record.object_key,
                 record.state.value,
+                record.epoch,
             ),
         )
     except sqlite3.IntegrityError as exc:
@@ -90,6 +97,7 @@ def set_remote_segment_state(
     *,
     from_state: RemoteSegmentState,
     to_state: RemoteSegmentState,
+    fence: LeaseFence | None = None,
 ) -> RemoteSegmentRecord:
     current = _require_segment(conn, tenant, incarnation, partition_id, base_offset)
     if current.state is not from_state:
@@ -117,7 +125,13 @@ def list_remote_segments(
 
 
 def remove_remote_segment(
-    conn: sqlite3.Connection, tenant: str, incarnation: str, partition_id: int, base_offset: int
+    conn: sqlite3.Connection,
+    tenant: str,
+    incarnation: str,
+    partition_id: int,
+    base_offset: int,
+    *,
+    fence: LeaseFence | None = None,
 ) -> None:
     current = _require_segment(conn, tenant, incarnation, partition_id, base_offset)
     if current.state is not RemoteSegmentState.DELETE_STARTED:

@@ -35,6 +35,7 @@ import partitions.catalog_sqlite.usage as usage
 from partitions.catalog import (
     ApiKeyRecord,
     Catalog,
+    LeaseFence,
     LineageChange,
     PartitionRecord,
     TenantRecord,
@@ -112,7 +113,12 @@ class transaction(Generic[P, T]):  # noqa: N801 - read as a decorator of the cla
 
 
 class SqliteCatalog:
-    """:class:`partitions.catalog.Catalog` in one SQLite file."""
+    """:class:`partitions.catalog.Catalog` in one SQLite file.
+
+    Lease fences (``fence=``, ``fences=`` of the owner-side writes) are accepted and
+    ignored: a SQLite catalog serves one machine, which has one owner of each partition,
+    so no write can come from an owner that lost its partition to another node.
+    """
 
     def __init__(self, path: Path, clock_ms: Callable[[], int]) -> None:
         self.path = path
@@ -301,6 +307,7 @@ class SqliteCatalog:
         end_offset: int,
         max_partitions: int | None = None,
         placement: Sequence[int] | None = None,
+        fence: LeaseFence | None = None,
     ) -> LineageChange:
         check_placement(placement, 2)
         return await self._tx(
@@ -313,6 +320,7 @@ class SqliteCatalog:
             max_partitions=max_partitions,
             placement=placement,
             clock_ms=self._clock_ms,
+            fence=fence,
         )
 
     async def merge_partitions(
@@ -323,6 +331,7 @@ class SqliteCatalog:
         *,
         end_offsets: Sequence[int],
         placement: Sequence[int] | None = None,
+        fences: Sequence[LeaseFence] | None = None,
     ) -> LineageChange:
         check_placement(placement, 1)
         return await self._tx(
@@ -333,6 +342,7 @@ class SqliteCatalog:
             end_offsets=end_offsets,
             placement=placement,
             clock_ms=self._clock_ms,
+            fences=fences,
         )
 
     list_placements = transaction(lineage.list_placements)
