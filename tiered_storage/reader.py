@@ -40,7 +40,6 @@ of one partition, wait on the store at the same time.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import time
@@ -72,6 +71,7 @@ from tiered_storage.remote_segments import (
     SegmentRun,
     checked_header,
     plan_ranges,
+    run_from,
 )
 from tiered_storage.segment_fetcher import SegmentFetcher
 from tiered_storage.segment_views import CachedChunkView, DirectView, SegmentView
@@ -374,10 +374,9 @@ class RemoteSegmentReader:
         if offset >= end_offset:
             return SegmentRun(key, [], 0, end_offset)
         for attempt in range(2):
-            rows = await self._rows(key)
-            i = bisect.bisect_right(rows, offset, key=lambda r: r.base_offset) - 1
-            if i >= 0 and rows[i].last_offset >= offset:
-                return SegmentRun(key, rows, i, end_offset)
+            run = run_from(key, await self._rows(key), offset, end_offset)
+            if run is not None:
+                return run
             if attempt == 0:
                 await self._reload(key)  # another process may have changed the rows
         raise RemoteSegmentMissingError(

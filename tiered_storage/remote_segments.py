@@ -8,7 +8,9 @@ are those of a segment that is not in the store, or not what its row and headers
 
 from __future__ import annotations
 
+import bisect
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -125,6 +127,29 @@ class SegmentRun:
         while (seg := self._make(i)) is not None:
             yield seg
             i += 1
+
+
+def run_from(
+    key: PartitionKey, rows: list[RemoteSegmentRecord], offset: int, end_offset: int
+) -> SegmentRun | None:
+    """The run of ``rows`` (copy-finished, by base offset) from the segment holding
+    ``offset`` up to ``end_offset``, or None when no row holds ``offset``."""
+    i = bisect.bisect_right(rows, offset, key=lambda r: r.base_offset) - 1
+    if i >= 0 and rows[i].last_offset >= offset:
+        return SegmentRun(key, rows, i, end_offset)
+    return None
+
+
+def uploaded_end(key: PartitionKey, rows: list[RemoteSegmentRecord], log_start: int) -> int:
+    """The partition's *uploaded end*: where its copy-finished segments (``rows``, by base
+    offset) stop following each other without a gap from the one holding ``log_start``.
+    Every offset from the log start up to it can be read from object storage; a hole
+    (a segment whose copy has not finished) ends it. ``log_start`` itself when no
+    finished segment holds it."""
+    end = log_start
+    for seg in run_from(key, rows, log_start, sys.maxsize) or ():
+        end = seg.next_offset
+    return end
 
 
 # Ranges ``(segment, start, end)`` of segments' logs, in reading order.

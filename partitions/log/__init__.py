@@ -9,6 +9,9 @@
 - ``reads``: pinning segments, and the reads done on reader threads;
 - ``retention``: deleting segments from the head, the log start, saving producer tags first.
 
+Apart from them, ``restore`` writes a whole log afresh from stored batches at their own
+offsets (a takeover's rebuild from the write-ahead log).
+
 Below them: ``values`` (the settings and the answers), ``meta`` (``partition.json``),
 ``segment`` (one segment's data file, its appends and reads), ``index`` (the offset and time
 indexes: byte layouts, in-memory copy, files) and ``layout`` (how segment files are named).

@@ -22,9 +22,9 @@ readers see, and every answer built on it (reads, ``wait_for_data``, the seal, s
 the *visible* end, which moves only when the owner calls :meth:`PartitionLog.advance_visible_end`
 once an append is also in the write-ahead log beyond this machine. At open, a gated log
 shows everything it loads: only a partition its owner has recovered is opened gated, and
-recovery (the takeover's WAL replay) cuts the local tail back to the WAL-committed end first,
-so what is on disk at open is durable. A tail fsync'd but never made durable must not be
-left there for a gated open to show.
+recovery (the takeover's WAL replay, ``tiered_storage.takeover``) rebuilds the log up to the
+WAL-committed end first (``partitions.log.restore``), so what is on disk at open is durable.
+A tail fsync'd but never made durable must not be left there for a gated open to show.
 
 Directory layout::
 
