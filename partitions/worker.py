@@ -8,11 +8,10 @@ implements the same Protocol.
 **Durability.** The worker takes a :class:`~partitions.durability.Durability`. With
 :class:`~partitions.durability.LocalDurability` (single-machine mode) an append is answered
 at its local fsync, as always. With one that waits for more (cluster mode's write-ahead log
-in object storage), the logs are opened *gated*: each append is fsync'd, handed to
-``make_durable`` as a :class:`~partitions.durability.WalEntry` of its stored bytes, and only
-then made visible to readers and answered. That second step runs in a task of its own, so
-that a producer that goes away mid-append cannot leave an fsync'd batch out of the WAL (a
-gap there would stop a takeover's replay before later acknowledged entries).
+in object storage), the logs are opened *gated*: each append is fsync'd, then made durable
+beyond this machine and only then visible and answered
+(:mod:`partitions.durable_appends`). Reads below a partition's local start run from object
+storage on into local disk (:mod:`partitions.tiered_reads`).
 
 Partition directories live under ``{data_dir}/topics/{tenant}/{incarnation}/{partition}``.
 Tenant names are validated before they get here, incarnations are UUIDs the catalog made,
@@ -26,21 +25,23 @@ import contextlib
 import dataclasses
 import logging
 import shutil
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from partitions.batch import BatchBytes, Record, whole_batches_within
-from partitions.durability import Durability, LocalDurability, WalEntry
+from partitions.batch import BatchBytes
+from partitions.durability import Durability, LocalDurability
+from partitions.durable_appends import (
+    DEFAULT_DURABILITY_BACKLOG_BYTES,
+    DurableAppends,
+    EpochOf,
+    durable_end,
+    no_epochs,
+)
 from partitions.errors import (
-    EventBusError,
     OffsetNotLocalError,
-    OffsetOutOfRangeError,
-    PartitionClosedError,
     PartitionUnavailableError,
-    StorageBackpressureError,
-    WalUnavailableError,
 )
 from partitions.fileio import FileOps
 from partitions.log.partition_log import PartitionLog
@@ -55,20 +56,11 @@ from partitions.log.values import (
 )
 from partitions.partition_key import PartitionKey
 from partitions.remote import RemoteLogReader
+from partitions.tiered_reads import read_batches_tiered, read_tiered, remote_call
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
-
-#: Bytes waiting to become durable beyond this machine past which appends are refused.
-DEFAULT_DURABILITY_BACKLOG_BYTES = 64 * 1024 * 1024
-
-#: A partition's lease epoch, as the owner holds it (0 where there are no leases).
-EpochOf = Callable[[PartitionKey], int]
-
-
-def no_epochs(key: PartitionKey) -> int:
-    return 0
 
 
 @dataclass(slots=True)
@@ -199,13 +191,10 @@ class LocalPartitionWorker:
         are refused with ``storage_backpressure``."""
         self.root = data_dir / "topics"
         self.durability: Durability = durability or LocalDurability()
-        self._gated = not self.durability.acknowledges_at_fsync
-        self._epochs = epochs
-        self.max_durability_backlog_bytes = max_durability_backlog_bytes
-        self._closing = False
-        # Waits for entries whose make_durable failed but that may still land.
-        self._late: set[asyncio.Task[None]] = set()
-        self._durable_steps: set[asyncio.Task[AppendResult]] = set()
+        self._durable = DurableAppends(
+            self.durability, epochs=epochs, max_backlog_bytes=max_durability_backlog_bytes
+        )
+        self._gated = self._durable.gated
         self.on_roll = on_roll
         self.remote = remote
         self._ops = ops
@@ -275,16 +264,12 @@ class LocalPartitionWorker:
             await frozen.wait()
         log = self.log(key)
         if self._gated:
-            self._check_backlog()
+            self._durable.check_backlog()
         # Counted at once, so that a freeze from here on waits for this append.
         in_flight = self._in_flight
         in_flight[key] = in_flight.get(key, 0) + 1
         if self._gated:
-            # Shielded: the durable step must run to its end even if the caller goes.
-            task = asyncio.create_task(self._append_durably(key, log, batch))
-            self._durable_steps.add(task)
-            task.add_done_callback(self._durable_step_done)
-            return await asyncio.shield(task)
+            return await self._durable.run(self._append_durably(key, log, batch))
         try:
             result = await log.append(batch)
         finally:
@@ -304,17 +289,6 @@ class LocalPartitionWorker:
             if idle is not None:
                 idle.set()
 
-    def _check_backlog(self) -> None:
-        if self._closing:
-            raise PartitionClosedError("the partition worker is closing")
-        backlog = self.durability.backlog_bytes
-        if backlog > self.max_durability_backlog_bytes:
-            raise StorageBackpressureError(
-                f"{backlog} bytes wait for the write-ahead log in object storage "
-                f"(limit {self.max_durability_backlog_bytes}); retry later",
-                backlog_bytes=backlog,
-            )
-
     async def _append_durably(
         self, key: PartitionKey, log: PartitionLog, batch: BatchBytes
     ) -> AppendResult:
@@ -322,45 +296,12 @@ class LocalPartitionWorker:
         caller counted it in flight)."""
         try:
             result = await log.append(batch)
-            # No await between the fsync and make_durable: entries reach the durability
-            # in the order the log assigned their offsets.
-            entry = WalEntry.of_append(key, self._epochs(key), batch, result.base_offset)
-            try:
-                await self.durability.make_durable(entry)
-            except EventBusError:
-                self._watch_late(log, entry)
-                raise
-            log.advance_visible_end(entry.next_offset)
+            await self._durable.make_visible(key, log, batch, result)
         finally:
             self._append_done(key)
         appended = self.appended_bytes
         appended[key] = appended.get(key, 0) + len(batch)
         return result
-
-    def _watch_late(self, log: PartitionLog, entry: WalEntry) -> None:
-        """Show ``entry`` once it lands after all (a store that comes back)."""
-
-        async def wait() -> None:
-            try:
-                await self.durability.wait_durable(entry)
-            except EventBusError:
-                return  # never durable (fenced, closed): it stays invisible
-            if not log.closed:
-                log.advance_visible_end(entry.next_offset)
-
-        task = asyncio.create_task(wait(), name=f"durable-{entry.partition}")
-        self._late.add(task)
-        task.add_done_callback(self._late_done)
-
-    def _durable_step_done(self, task: asyncio.Task[AppendResult]) -> None:
-        self._durable_steps.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller, if still there, got it
-
-    def _late_done(self, task: asyncio.Task[None]) -> None:
-        self._late.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("waiting for a late durable entry failed", exc_info=task.exception())
 
     async def read(
         self, key: PartitionKey, offset: int, *, max_records: int, max_bytes: int
@@ -371,7 +312,7 @@ class LocalPartitionWorker:
         except OffsetNotLocalError:
             if self.remote is None:
                 raise
-            return await self._read_tiered(self.remote, key, log, offset, max_records, max_bytes)
+            return await read_tiered(self.remote, key, log, offset, max_records, max_bytes)
 
     async def read_batches(self, key: PartitionKey, offset: int, *, max_bytes: int) -> BatchRead:
         log = self.log(key)
@@ -380,7 +321,7 @@ class LocalPartitionWorker:
         except OffsetNotLocalError:
             if self.remote is None:
                 raise
-            return await self._read_batches_tiered(self.remote, key, log, offset, max_bytes)
+            return await read_batches_tiered(self.remote, key, log, offset, max_bytes)
 
     async def offset_for_timestamp(self, key: PartitionKey, timestamp_ms: int) -> int | None:
         """The first offset whose record timestamp is at least ``timestamp_ms``, searching
@@ -391,7 +332,7 @@ class LocalPartitionWorker:
         while True:
             start, local = log.start_offset, log.local_start_offset
             if self.remote is not None and start < local:
-                found = await _remote_call(
+                found = await remote_call(
                     log,
                     start,
                     self.remote.offset_for_timestamp(
@@ -410,106 +351,6 @@ class LocalPartitionWorker:
                 # Local retention moved the local start meanwhile: search again.
 
     # --- reads that start below the local start ----------------------------------------------
-
-    @staticmethod
-    async def _read_tiered(
-        remote: RemoteLogReader,
-        key: PartitionKey,
-        log: PartitionLog,
-        offset: int,
-        max_records: int,
-        max_bytes: int,
-    ) -> ReadResult:
-        """Records from object storage up to the local start, then on from local disk while
-        the bounds allow: one seamless run of offsets. If local retention moves the local
-        start during the read, the remote part simply reaches further."""
-        records: list[Record] = []
-        size = 0
-        next_offset = offset
-        while len(records) < max_records and (not records or size < max_bytes):
-            local_start = log.local_start_offset
-            from_remote = next_offset < local_start
-            if from_remote:
-                part = await _remote_call(
-                    log,
-                    next_offset,
-                    remote.read(
-                        key,
-                        next_offset,
-                        max_records=max_records - len(records),
-                        max_bytes=max(1, max_bytes - size),
-                        end_offset=local_start,
-                    ),
-                )
-                found = part.records
-            else:
-                try:
-                    local = await log.read(
-                        next_offset,
-                        max_records=max_records - len(records),
-                        max_bytes=max(1, max_bytes - size),
-                    )
-                except OffsetNotLocalError:
-                    continue  # local retention moved the local start: read on remotely
-                found = local.records
-            taken = _records_within(found, max_bytes - size) if records else found
-            if not taken:
-                break
-            records.extend(taken)
-            size += sum(r.payload_bytes for r in taken)
-            next_offset = taken[-1].offset + 1
-            if not from_remote or len(taken) < len(found) or next_offset < local_start:
-                # A local read answers all it may; a remote one that stopped short of the
-                # local start, or was cut, used up the bounds.
-                break
-        return ReadResult(records, next_offset, log.high_watermark, log.start_offset, log.sealed)
-
-    @staticmethod
-    async def _read_batches_tiered(
-        remote: RemoteLogReader,
-        key: PartitionKey,
-        log: PartitionLog,
-        offset: int,
-        max_bytes: int,
-    ) -> BatchRead:
-        """Stored batches from object storage, continued from local disk like
-        :meth:`_read_tiered`."""
-        pieces: list[BatchBytes] = []
-        total = 0
-        first = offset
-        next_offset = offset
-        while not pieces or total < max_bytes:
-            local_start = log.local_start_offset
-            from_remote = next_offset < local_start
-            if from_remote:
-                part = await _remote_call(
-                    log,
-                    next_offset,
-                    remote.read_batches(
-                        key, next_offset, max_bytes=max_bytes - total, end_offset=local_start
-                    ),
-                )
-                data, part_first, part_next = part.data, part.first_offset, part.next_offset
-            else:
-                try:
-                    local = await log.read_batches(next_offset, max_bytes=max_bytes - total)
-                except OffsetNotLocalError:
-                    continue
-                data, part_first, part_next = local.data, local.first_offset, local.next_offset
-            taken = data
-            if pieces:
-                taken, part_next = whole_batches_within(data, max_bytes - total)
-            if not taken:
-                break
-            if not pieces:
-                first = part_first
-            pieces.append(taken)
-            total += len(taken)
-            next_offset = part_next
-            if not from_remote or len(taken) < len(data) or next_offset < local_start:
-                break
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        return BatchRead(data, first, next_offset, log.high_watermark, log.start_offset, log.sealed)
 
     async def wait_for_data(self, key: PartitionKey, offset: int, timeout_s: float) -> bool:
         return await self.log(key).wait_for_data(offset, timeout_s)
@@ -531,7 +372,7 @@ class LocalPartitionWorker:
         try:
             if self._in_flight.get(key):
                 await self._idle.setdefault(key, asyncio.Event()).wait()
-            return _durable_end(key, log)
+            return durable_end(key, log)
         except BaseException:
             await self.thaw(key)
             raise
@@ -620,65 +461,12 @@ class LocalPartitionWorker:
     async def close(self) -> None:
         """Take no more appends, let the durability write what is pending (its last
         flush), then close the logs."""
-        self._closing = True
-        await self.durability.close()
         # Appends taken before now end here (answered, or failed by the closed durability).
-        await asyncio.gather(*self._durable_steps, return_exceptions=True)
-        for task in list(self._late):
-            task.cancel()
-        await asyncio.gather(*self._late, return_exceptions=True)
+        await self._durable.close()
         logs, self._logs = list(self._logs.values()), {}
         for key in list(self._frozen):
             await self.thaw(key)
         await asyncio.gather(*(log.close() for log in logs))
-
-
-async def _remote_call(log: PartitionLog, offset: int, call: Awaitable[T]) -> T:
-    """Await a remote read; if it failed because total retention removed its data
-    meanwhile, answer what a local read would: the offset is out of range now. If the log
-    was closed meanwhile (its topic deleted, or the server stopping), answer what a local
-    read would too, whatever the store said: partition_closed."""
-    try:
-        result = await call
-    except EventBusError as exc:
-        if log.closed:
-            raise PartitionClosedError(f"partition log {log.directory} is closed") from exc
-        start = log.start_offset
-        if offset < start:
-            raise OffsetOutOfRangeError(
-                f"offset {offset} was removed by retention while it was being read",
-                offset=offset,
-                start_offset=start,
-                high_watermark=log.high_watermark,
-            ) from exc
-        raise
-    if log.closed:
-        raise PartitionClosedError(f"partition log {log.directory} is closed")
-    return result
-
-
-def _durable_end(key: PartitionKey, log: PartitionLog) -> int:
-    """The end a freeze answers: the visible end, once nothing fsync'd lies past it."""
-    end = log.stats().end_offset
-    if log.fsynced_end > end:
-        # Appends that failed to become durable may still land: the end a split records
-        # must not move under it.
-        raise WalUnavailableError(
-            f"offsets {end} to {log.fsynced_end} of partition {key.partition_id} are not "
-            "durable yet; try again once the write-ahead log is back",
-            partition=key.partition_id,
-        )
-    return end
-
-
-def _records_within(records: Sequence[Record], max_bytes: int) -> list[Record]:
-    """The leading records whose payload fits ``max_bytes`` together (maybe none)."""
-    size = 0
-    for n, record in enumerate(records):
-        size += record.payload_bytes
-        if size > max_bytes:
-            return list(records[:n])
-    return list(records)
 
 
 def _remove_tree(directory: Path) -> None:
