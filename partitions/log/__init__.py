@@ -6,6 +6,7 @@
   tail is cut), finishing a deletion a crash interrupted;
 - ``writer``: the append queue, group commit on a writer thread, rolls and their timer, the
   seal, failing the waiters of a failed write and reopening with recovery;
+- ``visibility``: a gated log's two ends, fsync'd here and visible to readers (the writer's);
 - ``reads``: pinning segments, and the reads done on reader threads;
 - ``retention``: deleting segments from the head, the log start, saving producer tags first.
 

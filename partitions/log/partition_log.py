@@ -7,6 +7,7 @@ work to the parts that do it:
 - ``partitions.log.loader``: opening the directory and recovering the last segment's tail;
 - ``partitions.log.writer``: the append queue, group commit on a writer thread, rolls, the
   seal, and the reopen after a failed fsync (how durability works is told there);
+- ``partitions.log.visibility``: a gated log's fsync'd end and the visible end behind it;
 - ``partitions.log.reads``: pinning segments and the reads done on reader threads;
 - ``partitions.log.retention``: deleting segments from the head, the log start and the
   producer tags saved before a deletion;
@@ -180,7 +181,7 @@ class PartitionLog:
         state.segments = loaded.segments
         state.sealed = state.w_sealed = loaded.sealed
         state.high_watermark = state.w_end = loaded.end_offset
-        self._writer.fsynced_end = loaded.end_offset
+        self._writer.visible.after_load(loaded.end_offset)
         state.log_start = loaded.log_start
         self._writer.arm_roll_timer()
         return self
@@ -225,12 +226,12 @@ class PartitionLog:
         """Where the next append goes: the end of what is fsync'd here. Above the high
         watermark only in a gated log, while appends wait to be durable elsewhere too."""
         state = self._state
-        return self._writer.fsynced_end if state.gated else state.high_watermark
+        return self._writer.visible.fsynced_end if state.gated else state.high_watermark
 
     def advance_visible_end(self, offset: int) -> None:
         """A gated log: show readers the fsync'd appends that end at or below ``offset``
         (durable beyond this machine now). Monotonic; wakes waiting readers."""
-        self._writer.advance_visible_end(offset)
+        self._writer.visible.advance(offset)
 
     @property
     def end_offset(self) -> int:

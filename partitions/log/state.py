@@ -29,7 +29,7 @@ class LogState:
 
     A *gated* log (cluster mode) shows readers less than is fsync'd: ``high_watermark`` and
     each segment's ``durable_size`` then move only when the partition worker says an append
-    is durable beyond this machine too (``LogWriter.advance_visible_end``), under
+    is durable beyond this machine too (``VisibleEnd.advance``), under
     ``visible_lock``, which the reopen after a storage failure also takes to size the
     segments it loads.
     """

@@ -19,13 +19,7 @@ the partition closes its files and reopens them with recovery before it writes a
 disk (``ENOSPC``) fails only the appends of that write; the file is cut back to where it
 was, so the log stays readable and consistent, and appends work again once space is freed.
 
-**A gated log** (cluster mode, where a local fsync is not enough) has two ends. Appends
-resolve at the fsync as above, and ``fsynced_end`` moves, but readers see only the *visible*
-end: the high watermark and the segments' readable sizes move when the partition worker
-calls :meth:`LogWriter.advance_visible_end` once an append is in the write-ahead log beyond
-this machine. The writer keeps, per fsync'd append not yet visible, where it ends (segment,
-byte position, next offset), so that the visible end moves in offset order and only ever at
-an append's boundary.
+A gated log's two ends (fsync'd here, seen by readers): ``partitions.log.visibility``.
 """
 
 from __future__ import annotations
@@ -60,6 +54,7 @@ from partitions.log.meta import write_meta
 from partitions.log.segment import Segment, retire_segments
 from partitions.log.state import LogState
 from partitions.log.values import AppendResult
+from partitions.log.visibility import VisibleEnd
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +75,6 @@ class QueuedAppend:
     header: BatchHeader
     size: int
     future: asyncio.Future[AppendResult]
-
-
-@dataclass(frozen=True, slots=True)
-class FsyncedAppend:
-    """Where an append that a gated log fsync'd, but does not show yet, ends."""
-
-    segment_base: int
-    end_position: int
-    next_offset: int
 
 
 @dataclass(slots=True)
@@ -124,10 +110,8 @@ class LogWriter:
         self._recovery_timer: asyncio.TimerHandle | None = None
         self._cut: _CutPoint | None = None
         self._roll_timer: asyncio.TimerHandle | None = None
-        # A gated log's fsync'd appends not visible yet, in offset order (event loop side).
-        self._not_visible: deque[FsyncedAppend] = deque()
-        # A gated log's end as fsync'd and published to the loop (the next append's offset).
-        self.fsynced_end = 0
+        # A gated log's fsync'd end and what readers see of it.
+        self.visible = VisibleEnd(state, self.arm_roll_timer, self._segment_rolled)
         self.group_commits = 0
         self.appends = 0
         # Seconds spent in write+fsync (on the drain's thread).
@@ -214,15 +198,7 @@ class LogWriter:
         if state.w_sealed:
             return end
         if state.gated:
-            with state.visible_lock:
-                visible = state.high_watermark
-            if end > visible:
-                # Sealing would make offsets final that readers may never see (or that
-                # come back from the WAL after the split recorded a shorter end).
-                raise PartitionUnavailableError(
-                    f"offsets {visible} to {end} are fsync'd but not durable yet; "
-                    "seal again once they are"
-                )
+            self.visible.check_sealable(end)
         if segments and not segments[-1].read_only:
             segments[-1].finish()
         write_meta(
@@ -406,14 +382,14 @@ class LogWriter:
     ) -> None:
         """Make a durable group visible and answer its appends (event loop side)."""
         state = self._state
+        self.group_commits += 1
+        self.appends += len(group)
         if state.gated:
-            self._publish_fsynced(segment, durable_size, next_offset, group)
+            self.visible.publish_fsynced(segment, durable_size, next_offset, group)
             return
         first_in_segment = segment.durable_size == 0
         segment.durable_size = durable_size
         state.high_watermark = max(state.high_watermark, next_offset)
-        self.group_commits += 1
-        self.appends += len(group)
         base = next_offset - sum(item.header.record_count for item in group)
         for item in group:
             if not item.future.done():
@@ -422,52 +398,6 @@ class LogWriter:
         state.notify_data()
         if first_in_segment:
             self.arm_roll_timer()
-
-    def _publish_fsynced(
-        self, segment: Segment, durable_size: int, next_offset: int, group: list[QueuedAppend]
-    ) -> None:
-        """A gated log's :meth:`_publish`: answer the appends, show nothing yet."""
-        self.group_commits += 1
-        self.appends += len(group)
-        position = durable_size - sum(item.size for item in group)
-        offset = next_offset - sum(item.header.record_count for item in group)
-        not_visible = self._not_visible
-        for item in group:
-            count = item.header.record_count
-            position += item.size
-            not_visible.append(FsyncedAppend(segment.base_offset, position, offset + count))
-            if not item.future.done():
-                item.future.set_result(AppendResult(offset, count))
-            offset += count
-        self.fsynced_end = next_offset
-
-    def advance_visible_end(self, offset: int) -> None:
-        """Show readers every fsync'd append that ends at or below ``offset`` (a gated log,
-        event loop side): the high watermark moves, waiting readers wake. Never moves back,
-        and never past what is fsync'd."""
-        state = self._state
-        not_visible = self._not_visible
-        if not not_visible or not_visible[0].next_offset > offset:
-            return
-        newly_final: list[Segment] = []
-        first_data = False
-        with state.visible_lock:
-            segments = state.segments
-            while not_visible and not_visible[0].next_offset <= offset:
-                done = not_visible.popleft()
-                segment = _segment_at(segments, done.segment_base)
-                if segment is not None:
-                    first_data = first_data or segment.durable_size == 0
-                    segment.durable_size = max(segment.durable_size, done.end_position)
-                    if segment.read_only and segment.durable_size >= segment.size:
-                        newly_final.append(segment)
-                state.high_watermark = max(state.high_watermark, done.next_offset)
-        state.notify_data()
-        if first_data:
-            self.arm_roll_timer()
-        if newly_final:
-            # Tiered storage uploads a rolled segment only once all of it is visible.
-            self._segment_rolled()
 
     # --- failure handling ------------------------------------------------------------------
 
@@ -549,15 +479,7 @@ class LogWriter:
             return False
         self._cut = None
         if state.gated:
-            with state.visible_lock:
-                # Loaded segments show readers what was visible before, no more.
-                visible = state.high_watermark
-                for segment in loaded.segments:
-                    if segment.next_offset <= visible:
-                        segment.durable_size = segment.size
-                    elif segment.base_offset < visible:
-                        segment.durable_size = segment.locate(visible, segment.size)
-                state.segments = loaded.segments
+            self.visible.install_reloaded(loaded.segments)
         else:
             for segment in loaded.segments:
                 segment.durable_size = segment.size
@@ -579,10 +501,7 @@ class LogWriter:
     def _after_reopen(self, loaded: LoadedLog) -> None:
         state = self._state
         if state.gated:
-            # What the failed fsync cut off was never answered, nor is it in the WAL.
-            self.fsynced_end = loaded.end_offset
-            while self._not_visible and self._not_visible[-1].next_offset > loaded.end_offset:
-                self._not_visible.pop()
+            self.visible.after_load(loaded.end_offset)
         else:
             state.high_watermark = max(state.high_watermark, loaded.end_offset)
         state.raise_log_start(loaded.log_start)
@@ -640,13 +559,6 @@ class LogWriter:
         if self._state.closing or self._state.closed:
             return
         self.enqueue(QueuedControl(partial(self._roll_if_due, segment), None))
-
-
-def _segment_at(segments: list[Segment], base_offset: int) -> Segment | None:
-    for segment in reversed(segments):
-        if segment.base_offset == base_offset:
-            return segment
-    return None
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
