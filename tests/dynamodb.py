@@ -17,10 +17,11 @@ import os
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+import aioboto3
 import aiohttp
 from aiohttp import web
 from moto.moto_server.werkzeug_app import (
@@ -30,7 +31,8 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from partitions.catalog_dynamodb.tables import TableNames
+from partitions.catalog_dynamodb.client import Dynamo
+from partitions.catalog_dynamodb.tables import TableNames, create_tables
 from tests.s3 import FAKE_AWS_ENV
 
 
@@ -61,6 +63,19 @@ def dynamodb_server() -> Iterator[str]:
 def new_table_names() -> TableNames:
     """Tables of their own for one test: a fresh prefix."""
     return TableNames.from_prefix(f"eventbus-test-{uuid.uuid4().hex[:12]}")
+
+
+@contextlib.asynccontextmanager
+async def fresh_dynamo(endpoint: str) -> AsyncIterator[Dynamo]:
+    """A :class:`Dynamo` on tables of its own, made at ``endpoint``, closed on exit."""
+    names = new_table_names()
+    async with aioboto3.Session().client("dynamodb", endpoint_url=endpoint) as client:
+        await create_tables(client, names)
+    dynamo = await Dynamo.open(names, endpoint_url=endpoint, timeout_s=5.0)
+    try:
+        yield dynamo
+    finally:
+        await dynamo.close()
 
 
 # --- a proxy that misbehaves as DynamoDB can -----------------------------------------------

@@ -16,14 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aioboto3
 import pytest
 
 import partitions.catalog_dynamodb.keys as keys
 from partitions.batch import NewRecord, encode_batch
 from partitions.catalog_dynamodb.client import Dynamo
 from partitions.catalog_dynamodb.nodes import ALIVE, Session, Timing, fence, join
-from partitions.catalog_dynamodb.tables import create_tables
 from partitions.durability import WalEntry
 from partitions.errors import (
     EventBusError,
@@ -38,7 +36,7 @@ from partitions.log.partition_log import PartitionLog
 from partitions.log.values import LogConfig
 from partitions.partition_key import PartitionKey
 from partitions.worker import LocalPartitionWorker
-from tests.dynamodb import new_table_names
+from tests.dynamodb import fresh_dynamo
 from tests.s3 import S3FaultProxy, create_bucket
 from tiered_storage.s3_store import S3ObjectStore
 from tiered_storage.wal import WalWriter
@@ -110,12 +108,8 @@ def fence_check(db: Dynamo, session: Session) -> Callable[[], Awaitable[bool]]:
 
 @pytest.fixture
 async def db(dynamodb_endpoint: str) -> AsyncIterator[Dynamo]:
-    names = new_table_names()
-    async with aioboto3.Session().client("dynamodb", endpoint_url=dynamodb_endpoint) as client:
-        await create_tables(client, names)
-    dynamo = await Dynamo.open(names, endpoint_url=dynamodb_endpoint, timeout_s=5.0)
-    yield dynamo
-    await dynamo.close()
+    async with fresh_dynamo(dynamodb_endpoint) as dynamo:
+        yield dynamo
 
 
 async def start_node(

@@ -47,6 +47,10 @@ pk                          sk               item
 ``L#``\\ tenant#inc         partition id     a partition lease: ``owner``, ``session``,
                                              ``epoch``, ``state``, ``sources``
 ==========================  ===============  =============================================
+
+The sparse index ``by_owner`` (``owner``, ``session``) holds the partition leases alone
+(nothing else has an ``owner``): the leases of a node, or of one of its sessions, which the
+coordinator looks for once a session is over. It is eventually consistent too.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ from partitions.catalog_dynamodb.nodes import (
     node_alive,
     node_not_alive,
 )
+from partitions.catalog_dynamodb.tables import LEASES_BY_OWNER
 from partitions.errors import (
     CatalogUnavailableError,
     LeaseConflictError,
@@ -206,7 +207,7 @@ class LeaseState(enum.StrEnum):
     MOVING = "moving"  # the owner froze it to hand it over
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class PartitionRef:
     tenant: str
     incarnation: str
@@ -245,6 +246,11 @@ def _lease(partition: PartitionRef, row: Mapping[str, Any]) -> Lease:
     )
 
 
+def _ref(row: Mapping[str, Any]) -> PartitionRef:
+    """The partition a lease item is about (each carries its tenant, incarnation and id)."""
+    return PartitionRef(str(row["tenant"]), str(row["incarnation"]), int(row["pid"]))
+
+
 async def read_lease(db: Dynamo, partition: PartitionRef) -> Lease | None:
     found = await db.get("read lease", "leases", partition.key())
     return None if found is None else _lease(partition, found)
@@ -259,6 +265,34 @@ async def list_leases(db: Dynamo, tenant: str, incarnation: str) -> list[Lease]:
         ExpressionAttributeValues=values(pk=keys.leases_pk(tenant, incarnation)),
     )
     return [_lease(PartitionRef(tenant, incarnation, int(r["pid"])), r) for r in rows]
+
+
+async def leases_of(db: Dynamo, node_id: str, session_id: str | None = None) -> list[Lease]:
+    """The partition leases held by ``node_id`` (by its session ``session_id`` only, if
+    given), found through the index ``by_owner`` and each read again from the table: the
+    index is eventually consistent, so a lease that has moved meanwhile is left out, and
+    what is answered is the lease as it is now (what a grant's ``expect`` needs). By
+    partition."""
+    condition = "#owner = :owner"
+    given: dict[str, Any] = {"owner": node_id}
+    if session_id is not None:
+        condition += " AND #session = :session"
+        given["session"] = session_id
+    found = await db.query(
+        "find leases by owner",
+        "leases",
+        index=LEASES_BY_OWNER,
+        **expression(KeyConditionExpression=condition),
+        ExpressionAttributeValues=values(**given),
+    )
+    refs = {_ref(row) for row in found}
+    rows = await db.batch_get("read leases", "leases", [ref.key() for ref in refs])
+    out = []
+    for row in rows:
+        lease = _lease(_ref(row), row)
+        if lease.owner == node_id and session_id in (None, lease.session_id):
+            out.append(lease)
+    return sorted(out, key=lambda lease: lease.partition)
 
 
 def epoch_check(db: Dynamo, partition: PartitionRef, session_id: str, epoch: int) -> dict[str, Any]:

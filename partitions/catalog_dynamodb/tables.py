@@ -7,8 +7,10 @@ entity (a transaction may span tables):
 - ``catalog`` (``pk``, ``sk``; the sparse index ``gsi1`` on ``gsi1pk``, ``gsi1sk``): tenants
   with their live counters, API keys, topic names, incarnations, partitions, groups and
   their offsets, remote segments. What each item looks like is in :mod:`.keys`.
-- ``leases`` (``pk``, ``sk``): node sessions, partition leases and the coordinator row, for
-  several nodes.
+- ``leases`` (``pk``, ``sk``; the sparse index ``by_owner`` on ``owner``, ``session``):
+  node sessions, partition leases and the coordinator row, for several nodes. Only
+  partition leases carry ``owner``, so the index holds them alone: a node's leases, by
+  session, without a scan (what the coordinator's takeover looks for).
 - ``usage`` (``pk`` = tenant, ``sk`` = hour; the index ``by_day``): hourly counters, only
   ever added to, and the markers that make a retried flush count once (which expire).
 - ``answers`` (``pk`` = tenant and incarnation, ``sk`` = idempotency key; TTL on
@@ -29,6 +31,10 @@ TABLE_KINDS = ("catalog", "leases", "usage", "answers")
 # The attribute DynamoDB's TTL deletes items by (seconds since the epoch): usage flush
 # markers and remembered answers. It deletes lazily, so readers also compare it.
 TTL_ATTRIBUTE = "expires_at"
+
+
+# The sparse index of the leases table: partition leases by owner node and session.
+LEASES_BY_OWNER = "by_owner"
 
 
 def _string_keys(*names: str) -> list[dict[str, str]]:
@@ -58,8 +64,15 @@ DEFINITIONS: Mapping[str, Mapping[str, Any]] = {
         "BillingMode": "PAY_PER_REQUEST",
     },
     "leases": {
-        "AttributeDefinitions": _string_keys("pk", "sk"),
+        "AttributeDefinitions": _string_keys("pk", "sk", "owner", "session"),
         "KeySchema": _key_schema("pk", "sk"),
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": LEASES_BY_OWNER,
+                "KeySchema": _key_schema("owner", "session"),
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
         "BillingMode": "PAY_PER_REQUEST",
     },
     "usage": {
@@ -115,8 +128,9 @@ class TableNames:
 
 
 async def create_tables(client: Any, names: TableNames) -> list[str]:
-    """Create the tables that do not exist yet and wait until each is active; answers the
-    names of those it created. Running it again creates nothing."""
+    """Create the tables that do not exist yet, add the indexes an existing table lacks
+    (tables made by an older version), and wait until each is active; answers the names of
+    the tables it created. Running it again creates nothing."""
     created = []
     for kind in TABLE_KINDS:
         name = names.of(kind)
@@ -129,6 +143,8 @@ async def create_tables(client: Any, names: TableNames) -> list[str]:
             created.append(name)
     for kind in TABLE_KINDS:
         await _wait_active(client, names.of(kind))
+        if names.of(kind) not in created:
+            await _add_missing_indexes(client, names.of(kind), DEFINITIONS[kind])
     for kind in TTL_TABLES:
         name = names.of(kind)
         ttl = await client.describe_time_to_live(TableName=name)
@@ -141,6 +157,25 @@ async def create_tables(client: Any, names: TableNames) -> list[str]:
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
             )
     return created
+
+
+async def _add_missing_indexes(client: Any, name: str, definition: Mapping[str, Any]) -> None:
+    """Create each index of ``definition`` the table lacks, one at a time (DynamoDB adds one
+    per update), waiting for each to be active: items already there are indexed too."""
+    for index in definition.get("GlobalSecondaryIndexes", []):
+        table = (await client.describe_table(TableName=name))["Table"]
+        have = {found["IndexName"] for found in table.get("GlobalSecondaryIndexes", [])}
+        if index["IndexName"] in have:
+            continue
+        used = {part["AttributeName"] for part in index["KeySchema"]}
+        await client.update_table(
+            TableName=name,
+            AttributeDefinitions=[
+                a for a in definition["AttributeDefinitions"] if a["AttributeName"] in used
+            ],
+            GlobalSecondaryIndexUpdates=[{"Create": dict(index)}],
+        )
+        await _wait_active(client, name)
 
 
 async def _wait_active(client: Any, name: str, *, timeout_s: float = 120.0) -> None:
