@@ -304,11 +304,8 @@ def retry_details(quota: str, limit: int, wait_s: float) -> dict[str, Any]:
 
 
 def refusal(quota: str, limit: int, wait_s: float) -> QuotaExceededError:
-    """The 429 of a rate quota that cannot pay now: ``wait_s`` until it can."""
-    return QuotaExceededError(
-        f"the tenant's {quota} quota ({limit}) is used up; retry in {wait_s:.3f} s",
-        **retry_details(quota, limit, wait_s),
-    )
+    message = f"the tenant's {quota} quota ({limit}) is used up; retry in {wait_s:.3f} s"
+    return QuotaExceededError(message, **retry_details(quota, limit, wait_s))
 
 
 class QuotaBook:
@@ -391,8 +388,7 @@ class QuotaBook:
                 bucket.reshape(rate, capacity, now)
 
     async def rate_bucket(self, tenant: str, quota: str) -> TokenBucket | None:
-        """The tenant's bucket of a rate quota, here (None: the quota is unlimited). For the
-        token leases handed out of it to other nodes (``token_leases.py``)."""
+        """The tenant's bucket of a rate quota (None: unlimited), to lease out of it."""
         return (await self._state(tenant)).buckets.get(quota)
 
     # --- without waiting: the usual case, on every tenant request's path -----------------
