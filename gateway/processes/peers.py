@@ -40,6 +40,8 @@ USAGE_SETTLED = 43
 ANSWER_CLAIM = 44
 ANSWER_SETTLE = 45
 KEY_USES = 46
+TOKEN_LEASE = 47
+TOKEN_RETURN = 48
 
 STATUS_INTERVAL_S = 0.25
 # A worker that does not answer a broadcast within this long is left to catch up by itself.

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Tokens short of a cost that still pay it: a retry after exactly the wait a refusal named
+# finds the tokens, whatever the clock's float rounding lost of them (a millionth of one).
+_ROUNDING = 1e-6
+
 
 @dataclass(slots=True)
 class TokenBucket:
@@ -33,7 +37,7 @@ class TokenBucket:
         bucket and leaves a debt."""
         self._refill(now)
         need = min(cost, self.capacity)
-        if self.tokens >= need:
+        if self.tokens + _ROUNDING >= need:
             self.tokens -= cost
             return 0.0
         return (need - self.tokens) / self.rate

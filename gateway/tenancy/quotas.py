@@ -303,6 +303,11 @@ def retry_details(quota: str, limit: int, wait_s: float) -> dict[str, Any]:
     return {"quota": quota, "limit": limit, "retry_after_ms": max(1, math.ceil(wait_s * 1000))}
 
 
+def refusal(quota: str, limit: int, wait_s: float) -> QuotaExceededError:
+    message = f"the tenant's {quota} quota ({limit}) is used up; retry in {wait_s:.3f} s"
+    return QuotaExceededError(message, **retry_details(quota, limit, wait_s))
+
+
 class QuotaBook:
     """Every tenant's buckets and stored-bytes measure, where they live.
 
@@ -381,6 +386,10 @@ class QuotaBook:
                 state.buckets[quota] = TokenBucket(rate, capacity, capacity, now)
             elif (bucket.rate, bucket.capacity) != (rate, capacity):
                 bucket.reshape(rate, capacity, now)
+
+    async def rate_bucket(self, tenant: str, quota: str) -> TokenBucket | None:
+        """The tenant's bucket of a rate quota (None: unlimited), to lease out of it."""
+        return (await self._state(tenant)).buckets.get(quota)
 
     # --- without waiting: the usual case, on every tenant request's path -----------------
     #
@@ -523,26 +532,20 @@ class QuotaBook:
 
     # --- the buckets, in this process -----------------------------------------------------
 
-    def _refuse(self, quota: str, limit: int, wait_s: float) -> QuotaExceededError:
-        return QuotaExceededError(
-            f"the tenant's {quota} quota ({limit}) is used up; retry in {wait_s:.3f} s",
-            **retry_details(quota, limit, wait_s),
-        )
-
     def _take(self, state: _Tenant, quota: str, cost: int) -> None:
         """Take ``cost`` tokens of the quota's bucket, if it has one, or refuse."""
         bucket = state.buckets.get(quota)
         if bucket is not None:
             wait = bucket.take(cost, self.clock())
             if wait:
-                raise self._refuse(quota, int(bucket.rate), wait)
+                raise refusal(quota, int(bucket.rate), wait)
 
     def _wait_positive(self, state: _Tenant) -> None:
         bucket = state.buckets.get("consume_bytes_per_s")
         if bucket is not None:
             wait = bucket.wait_positive(self.clock())
             if wait:
-                raise self._refuse("consume_bytes_per_s", int(bucket.rate), wait)
+                raise refusal("consume_bytes_per_s", int(bucket.rate), wait)
 
     async def _admit_request(self, tenant: str) -> None:
         self._take(await self._state(tenant), "requests_per_s", 1)
