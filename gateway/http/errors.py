@@ -70,6 +70,11 @@ _PUBLIC_MESSAGES = {
     "catalog_unavailable": "the catalog did not answer in time; retry",
     "catalog_access_denied": "the catalog refused this server's credentials; retry later",
     "catalog_tables_missing": "the catalog's tables are missing; retry later",
+    # Several nodes.
+    "wal_unavailable": "the write-ahead log in object storage did not take this; retry",
+    "node_fenced": "this node no longer serves this (its session ended); retry",
+    "quota_home_unreachable": "the node keeping this tenant's quotas did not answer; retry",
+    "peer_unauthenticated": "a node of this cluster could not be authenticated",
 }
 # Server-side answers whose message and details are meant for the client (no internals).
 _EXPLAINED_5XX = frozenset({"offset_not_local"})
